@@ -1,0 +1,58 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers (dependencies point downwards only) — see ../shared/ARCHITECTURE.md:
+//   strato (CLI) → Experiments, Benchmarks → Coordinator, agents → Scheduling, Cluster → Wire, Protocol → CZeroMQ
+let package = Package(
+    name: "Stratolab",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "strato", targets: ["strato"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CZeroMQ", path: "Sources/CZeroMQ", pkgConfig: "libzmq",
+            providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(
+            name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+            providers: [.apt(["libsqlite3-dev"])]),
+        .target(
+            name: "Protocol",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .target(name: "Wire", dependencies: ["CZeroMQ", "Protocol"]),
+        .target(name: "Scheduling", dependencies: ["Protocol"]),
+        .target(
+            name: "Cluster",
+            dependencies: ["Wire", "Protocol", "Scheduling", .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "Coordinator",
+            dependencies: ["Cluster", "Scheduling", "CSQLite", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "GPUAgent", dependencies: ["Cluster", "Scheduling"]),
+        .target(name: "MemoryAgent", dependencies: ["Cluster"]),
+        .target(name: "RenderAgent", dependencies: ["Cluster", "Scheduling"]),
+        .target(
+            name: "Experiments",
+            dependencies: ["Cluster", "Coordinator", "GPUAgent", "MemoryAgent", "RenderAgent", "Yams"]),
+        .target(name: "Benchmarks", dependencies: ["Wire", "Cluster", "CZeroMQ", "Experiments"]),
+        .executableTarget(
+            name: "strato",
+            dependencies: [
+                "Coordinator", "GPUAgent", "MemoryAgent", "RenderAgent", "Experiments", "Benchmarks",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
+            name: "StratolabTests",
+            dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "GPUAgent", "MemoryAgent", "RenderAgent"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["Wire", "Cluster", "Experiments"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,187 @@
+import CZeroMQ
+import Cluster
+import Foundation
+import Protocol
+import Wire
+
+/// `strato bench wire`: raw libzmq ROUTER/DEALER against the same traffic through Stratolab's
+/// socket wrapper and envelope codec, measured in one run so the ratio compares like with like.
+public enum WireBench {
+    public struct Figures {
+        public var messagesPerSecond: Double
+        public var p50Micros: Double
+        public var p99Micros: Double
+    }
+
+    public struct Result {
+        public var raw: Figures
+        public var wrapped: Figures
+        public var payloadBytes: Int
+
+        public var throughputRatio: Double { wrapped.messagesPerSecond / raw.messagesPerSecond }
+        public var table: String {
+            func row(_ name: String, _ f: Figures) -> String {
+                String(format: "%-28@ %14.0f %12.1f %12.1f", name as NSString, f.messagesPerSecond, f.p50Micros, f.p99Micros)
+            }
+            return """
+
+            wire benchmark (tcp loopback, ROUTER/DEALER, \(payloadBytes)-byte heartbeat envelope)
+            \(String(format: "%-28@ %14@ %12@ %12@", "path" as NSString, "msgs/s" as NSString, "RTT p50 µs" as NSString, "RTT p99 µs" as NSString))
+            \(row("raw libzmq (C API)", raw))
+            \(row("Stratolab wrapper+envelope", wrapped))
+            ratio (Stratolab / raw): throughput \(String(format: "%.2f", throughputRatio)), RTT p50 \(String(format: "%.2f", raw.p50Micros / wrapped.p50Micros)) (target ≥ 0.50: \(throughputRatio >= 0.5 ? "met" : "NOT met"))
+            """
+        }
+    }
+
+    static func sampleEnvelope() -> Envelope {
+        var hb = Heartbeat()
+        hb.nodeID = "gpu-a100-0"
+        hb.incarnation = 3
+        hb.sequence = 12345
+        var t = Telemetry()
+        t.processCpuSeconds = 1.25
+        t.processRssBytes = 48 << 20
+        t.gpus = (0..<4).map { i in var g = GpuTelemetry(); g.index = UInt32(i); g.utilization = 0.5; return g }
+        hb.telemetry = t
+        return Envelope.make(sender: "gpu-a100-0", messageID: 1, sentAtNanos: SystemClock.shared.wallNanos(), body: .heartbeat(hb))
+    }
+
+    public static func run(messages: Int, roundTrips: Int, progress: (String) -> Void) throws -> Result {
+        let codec = EnvelopeCodec()
+        let payload = codec.encode(sampleEnvelope())
+        progress("raw libzmq: \(messages) messages, \(roundTrips) round trips …")
+        let raw = try rawRun(payload: payload, messages: messages, roundTrips: roundTrips)
+        progress("Stratolab wrapper + envelope: same traffic …")
+        let wrapped = try wrappedRun(messages: messages, roundTrips: roundTrips)
+        return Result(raw: raw, wrapped: wrapped, payloadBytes: payload.count)
+    }
+
+    // MARK: Raw libzmq
+
+    static func rawRun(payload: [UInt8], messages: Int, roundTrips: Int) throws -> Figures {
+        let ctx = zmq_ctx_new()!
+        defer { zmq_ctx_term(ctx) }
+        let router = zmq_socket(ctx, ZMQ_ROUTER)!
+        let dealer = zmq_socket(ctx, ZMQ_DEALER)!
+        var hwm: Int32 = 0
+        for s in [router, dealer] {
+            zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, 4); zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, 4)
+            var linger: Int32 = 0; zmq_setsockopt(s, ZMQ_LINGER, &linger, 4)
+        }
+        defer { zmq_close(dealer); zmq_close(router) }
+        zmq_bind(router, "tcp://127.0.0.1:*")
+        var buf = [CChar](repeating: 0, count: 256); var len = 256
+        zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, &buf, &len)
+        zmq_connect(dealer, String(cString: buf))
+
+        // Throughput: the router drains on its own thread while the dealer sends.
+        let routerBox = UnsafeSendable(router)
+        let done = DispatchSemaphore(value: 0)
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        Thread.detachNewThread {
+            var msg = zmq_msg_t()
+            zmq_msg_init(&msg)
+            var received = 0
+            while received < messages {
+                zmq_msg_recv(&msg, routerBox.value, 0)              // identity
+                zmq_msg_recv(&msg, routerBox.value, 0)              // payload
+                received += 1
+            }
+            zmq_msg_close(&msg)
+            done.signal()
+        }
+        payload.withUnsafeBytes { p in
+            for _ in 0..<messages { zmq_send(dealer, p.baseAddress, p.count, 0) }
+        }
+        done.wait()
+        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+
+        // Round trips: router echoes each message back.
+        var lat: [Int64] = []
+        lat.reserveCapacity(roundTrips)
+        var identity = [UInt8](repeating: 0, count: 256)
+        var data = [UInt8](repeating: 0, count: 65536)
+        for _ in 0..<roundTrips {
+            let s = DispatchTime.now().uptimeNanoseconds
+            payload.withUnsafeBytes { _ = zmq_send(dealer, $0.baseAddress, $0.count, 0) }
+            let idLen = zmq_recv(router, &identity, identity.count, 0)
+            let n = zmq_recv(router, &data, data.count, 0)
+            zmq_send(router, identity, Int(idLen), ZMQ_SNDMORE)
+            zmq_send(router, data, Int(n), 0)
+            _ = zmq_recv(dealer, &data, data.count, 0)
+            lat.append(Int64(DispatchTime.now().uptimeNanoseconds - s))
+        }
+        lat.sort()
+        return Figures(messagesPerSecond: Double(messages) / elapsed,
+                       p50Micros: Double(LatencyWindow.percentile(50, ofSorted: lat)) / 1000,
+                       p99Micros: Double(LatencyWindow.percentile(99, ofSorted: lat)) / 1000)
+    }
+
+    // MARK: Stratolab path
+
+    static func wrappedRun(messages: Int, roundTrips: Int) throws -> Figures {
+        let codec = EnvelopeCodec()
+        let ctx = ZMQContext()
+        let router = try ZMQSocket(ctx, .router)
+        let dealer = try ZMQSocket(ctx, .dealer)
+        try router.setHighWaterMarks(send: 0, receive: 0)
+        try dealer.setHighWaterMarks(send: 0, receive: 0)
+        try router.bind("tcp://127.0.0.1:*")
+        try dealer.connect(try router.lastEndpoint())
+        defer { dealer.close(); router.close(); ctx.terminate() }
+
+        let routerBox = UnsafeSendable(router)
+        let done = DispatchSemaphore(value: 0)
+        var base = sampleEnvelope()
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        Thread.detachNewThread {
+            var received = 0
+            while received < messages {
+                guard let frames = try? routerBox.value.receive(), frames.count == 2,
+                      (try? codec.decode(frames[1])) != nil else { continue }
+                received += 1
+            }
+            done.signal()
+        }
+        for i in 0..<messages {
+            base.messageID = UInt64(i)
+            base.sentAtUnixNanos = SystemClock.shared.wallNanos()
+            try dealer.send([codec.encode(base)])
+        }
+        done.wait()
+        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+
+        var lat: [Int64] = []
+        lat.reserveCapacity(roundTrips)
+        for i in 0..<roundTrips {
+            let s = DispatchTime.now().uptimeNanoseconds
+            base.messageID = UInt64(i)
+            base.sentAtUnixNanos = SystemClock.shared.wallNanos()
+            try dealer.send([codec.encode(base)])
+            guard let frames = try router.receive(), frames.count == 2 else { continue }
+            let request = try codec.decode(frames[1])
+            var ack = HeartbeatAck()
+            ack.sequence = request.heartbeat.sequence
+            ack.receivedAtUnixNanos = SystemClock.shared.wallNanos()
+            ack.sentAtUnixNanos = ack.receivedAtUnixNanos
+            let reply = Envelope.make(sender: "coordinator", messageID: request.messageID, sentAtNanos: ack.sentAtUnixNanos,
+                                      recipient: request.sender, inReplyTo: request.messageID, body: .heartbeatAck(ack))
+            try router.send([frames[0], codec.encode(reply)])
+            guard let back = try dealer.receive() else { continue }
+            _ = try codec.decode(back[0])
+            lat.append(Int64(DispatchTime.now().uptimeNanoseconds - s))
+        }
+        lat.sort()
+        return Figures(messagesPerSecond: Double(messages) / elapsed,
+                       p50Micros: Double(LatencyWindow.percentile(50, ofSorted: lat)) / 1000,
+                       p99Micros: Double(LatencyWindow.percentile(99, ofSorted: lat)) / 1000)
+    }
+}
+
+/// Hands a non-Sendable value to exactly one other thread (the benchmark's receiver), which then
+/// owns it until the sender waits on the semaphore.
+struct UnsafeSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}

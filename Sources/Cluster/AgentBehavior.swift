@@ -1,0 +1,37 @@
+import Protocol
+
+/// What makes a GPU, memory or render agent different; the shared `AgentSession` does the rest
+/// (registration, heartbeats, reconnection, command de-duplication, clock estimation).
+///
+/// Methods are called on the session's thread only.
+public protocol AgentBehavior: AnyObject {
+    var kind: NodeKind { get }
+    /// Resources to register with.
+    func capabilities() -> Capabilities
+    /// Adds kind-specific telemetry (GPU utilisation, tier use, render slots) to `telemetry`.
+    func fillTelemetry(_ telemetry: inout Telemetry)
+    /// Ids of the work this node runs now (reported on registration so the coordinator can reconcile).
+    func running() -> [String]
+    /// Executes a kind-specific command; nil if this agent does not know the action.
+    func execute(_ command: Command) -> (ok: Bool, detail: String)?
+}
+
+/// Who a node is: its id, site and labels.
+public struct AgentIdentity: Sendable {
+    public var nodeID: String
+    public var site: Site
+    public var labels: [String: String]
+
+    public init(nodeID: String, site: Site, labels: [String: String] = [:]) {
+        self.nodeID = nodeID
+        self.site = site
+        self.labels = labels
+    }
+
+    public init(nodeID: String, siteName: String, siteKind: SiteKind, labels: [String: String] = [:]) {
+        var site = Site()
+        site.name = siteName
+        site.kind = siteKind
+        self.init(nodeID: nodeID, site: site, labels: labels)
+    }
+}

@@ -1,0 +1,282 @@
+import Foundation
+import Logging
+import Protocol
+import Wire
+
+/// Settings shared by every agent kind.
+public struct AgentSessionConfig: Sendable {
+    public var endpoint = "tcp://127.0.0.1:7700"
+    /// `strato keys generate` directory; nil connects without CURVE.
+    public var keysDirectory: String?
+    /// Key pair file to use instead of the directory's agent.key (e.g. a node's own key).
+    public var clientKeyFile: String?
+    public var heartbeatIntervalMs: UInt32 = 200
+    /// With no answer from the coordinator for this long, the agent assumes it lost the coordinator
+    /// (or was paused) and registers again.
+    public var coordinatorSilenceMs: Int64 = 2000
+    public var registerRetryMs: Int64 = 500
+    public var maxFrameBytes = EnvelopeCodec.defaultMaxFrameBytes
+
+    public init() {}
+}
+
+/// The agent side of the control plane for one or many nodes (virtual agents share one DEALER).
+///
+/// **Ownership:** `run()` owns the DEALER socket and all node state on the calling thread; `stop()`
+/// may be called from any thread. The coordinator is authoritative: an agent that loses it keeps
+/// retrying, and registers again with what it runs when it comes back.
+public final class AgentSession: @unchecked Sendable {
+    struct Node {
+        var identity: AgentIdentity
+        let behavior: AgentBehavior
+        let instanceID: String
+        var incarnation: UInt64 = 0
+        var registered = false
+        var lastAnswerMono: Int64 = 0
+        var sequence: UInt64 = 0
+        var lastHeartbeatSentWall: Int64 = 0
+        var lastHeartbeatSequence: UInt64 = 0
+        var estimator = ClockOffsetEstimator()
+        var ledger = CommandLedger()
+        var epoch: UInt64 = 0
+        var drained = false
+        var registerAttempts = 0
+        var lastRegisterProblem = ""
+    }
+
+    public let config: AgentSessionConfig
+    private let clock: Clock
+    private var logger: Logger
+    private let codec: EnvelopeCodec
+    private var nodes: [Node]
+    private var index: [String: Int] = [:]
+    private var timers = TimerHeap()
+    private var nextMessageID: UInt64 = 0
+    private var sent: UInt64 = 0
+    private var received: UInt64 = 0
+    private var heartbeatIntervalNanos: Int64
+    private let stopLock = NSLock()
+    private var stopRequested = false
+    private var registeredCount = 0
+
+    public init(config: AgentSessionConfig, nodes: [(AgentIdentity, AgentBehavior)],
+                clock: Clock = SystemClock.shared, logger: Logger = Logger(label: "strato.agent")) {
+        self.config = config
+        self.clock = clock
+        self.logger = logger
+        self.codec = EnvelopeCodec(maxFrameBytes: config.maxFrameBytes)
+        self.heartbeatIntervalNanos = .millis(Int64(config.heartbeatIntervalMs))
+        self.nodes = nodes.map { Node(identity: $0.0, behavior: $0.1, instanceID: UUID().uuidString) }
+        for (i, n) in self.nodes.enumerated() { index[n.identity.nodeID] = i }
+    }
+
+    public func stop() { stopLock.lock(); stopRequested = true; stopLock.unlock() }
+    private var shouldStop: Bool { stopLock.lock(); defer { stopLock.unlock() }; return stopRequested }
+
+    /// Number of nodes currently registered (for progress lines and tests).
+    public var registeredNodes: Int { registeredCount }
+
+    public func run() throws {
+        let context = ZMQContext()
+        let dealer = try ZMQSocket(context, .dealer)
+        defer { dealer.close(linger: 200); context.terminate() }
+        try dealer.setHighWaterMarks(send: 100_000, receive: 100_000)
+        try dealer.setOption(ZMQ_IMMEDIATE_OPTION, Int32(1))   // never queue for a dead connection
+        try dealer.setOption(ZMQ_RECONNECT_IVL_MAX_OPTION, Int32(1000))
+        if let dir = config.keysDirectory {
+            let keys = KeyDirectory(path: dir)
+            let pair = try config.clientKeyFile.map(KeyDirectory.readPair) ?? keys.agentKeys()
+            try dealer.makeCurveClient(pair, serverPublicKey: try keys.coordinatorPublicKey())
+        }
+        try dealer.connect(config.endpoint)
+        logger.info("agent connecting", metadata: ["endpoint": "\(config.endpoint)", "nodes": "\(nodes.count)",
+                                                    "curve": "\(config.keysDirectory != nil)"])
+        // Spread first registrations so thousands of virtual nodes do not arrive at once.
+        let start = clock.monotonicNanos()
+        let spread = nodes.count > 1 ? heartbeatIntervalNanos : 0
+        for i in nodes.indices {
+            timers.schedule(i, at: start + spread * Int64(i) / Int64(max(1, nodes.count)))
+        }
+        var lastSummary = start
+        while !shouldStop {
+            let now = clock.monotonicNanos()
+            let wait = max(1, min(50, ((timers.nextDue ?? now + .millis(50)) - now) / 1_000_000))
+            if try ZMQPoller.readable([dealer], timeoutMs: Int(wait))[0] {
+                for _ in 0..<4096 {
+                    guard let frames = try dealer.receive(dontWait: true) else { break }
+                    received += 1
+                    handle(frames, dealer)
+                }
+            }
+            let t = clock.monotonicNanos()
+            for i in timers.popDue(now: t) { act(on: i, dealer, now: t) }
+            if nodes.count > 16 && t - lastSummary > .millis(5000) {
+                lastSummary = t
+                logger.info("virtual agents", metadata: ["registered": "\(registeredCount)", "of": "\(nodes.count)"])
+            }
+        }
+        for i in nodes.indices where nodes[i].registered {
+            var d = Deregister()
+            d.nodeID = nodes[i].identity.nodeID
+            d.incarnation = nodes[i].incarnation
+            d.reason = "agent shut down"
+            send(.deregister(d), from: i, dealer)
+        }
+        logger.info("agent stopped")
+    }
+
+    // MARK: Timers
+
+    private func act(on i: Int, _ dealer: ZMQSocket, now: Int64) {
+        if nodes[i].registered && now - nodes[i].lastAnswerMono > .millis(config.coordinatorSilenceMs) {
+            // Lost the coordinator, or this process was paused: its view of us is stale.
+            setRegistered(i, false)
+            logger.warning("no answer from the coordinator; registering again", metadata: [
+                "node": "\(nodes[i].identity.nodeID)", "silence_ms": "\((now - nodes[i].lastAnswerMono) / 1_000_000)"])
+        }
+        if nodes[i].registered {
+            sendHeartbeat(i, dealer)
+            timers.schedule(i, at: now + heartbeatIntervalNanos)
+        } else {
+            sendRegister(i, dealer)
+            let backoff = min(Int64(4), Int64(1) << Int64(min(nodes[i].registerAttempts, 3)))
+            timers.schedule(i, at: now + .millis(config.registerRetryMs) * backoff / 2)
+        }
+    }
+
+    private func sendRegister(_ i: Int, _ dealer: ZMQSocket) {
+        let n = nodes[i]
+        var r = Register()
+        r.nodeID = n.identity.nodeID
+        r.kind = n.behavior.kind
+        r.site = n.identity.site
+        r.labels = n.identity.labels
+        r.capabilities = n.behavior.capabilities()
+        r.instanceID = n.instanceID
+        r.lastIncarnation = n.incarnation
+        r.running = n.behavior.running()
+        r.agentVersion = StratolabVersion.string
+        r.host = ProcessStats.hostName
+        r.pid = getpid()
+        nodes[i].registerAttempts += 1
+        if nodes[i].registerAttempts == 20 && nodes.count <= 16 {
+            logger.warning("still not registered after 20 attempts; is the coordinator running at \(config.endpoint)? (with CURVE, are our keys authorised?)",
+                           metadata: ["node": "\(n.identity.nodeID)"])
+        }
+        send(.register(r), from: i, dealer)
+    }
+
+    private func sendHeartbeat(_ i: Int, _ dealer: ZMQSocket) {
+        nodes[i].sequence += 1
+        var hb = Heartbeat()
+        hb.nodeID = nodes[i].identity.nodeID
+        hb.incarnation = nodes[i].incarnation
+        hb.sequence = nodes[i].sequence
+        var t = Telemetry()
+        t.processCpuSeconds = ProcessStats.cpuSeconds()
+        t.processRssBytes = ProcessStats.residentBytes()
+        t.messagesSent = sent
+        t.messagesReceived = received
+        nodes[i].behavior.fillTelemetry(&t)
+        hb.telemetry = t
+        if let estimate = nodes[i].estimator.estimate { hb.clock = estimate }
+        hb.running = nodes[i].behavior.running()
+        let sentAt = send(.heartbeat(hb), from: i, dealer)
+        nodes[i].lastHeartbeatSentWall = sentAt
+        nodes[i].lastHeartbeatSequence = hb.sequence
+    }
+
+    // MARK: Messages
+
+    private func handle(_ frames: [[UInt8]], _ dealer: ZMQSocket) {
+        guard frames.count == 1, let envelope = try? codec.decode(frames[0]) else {
+            logger.warning("dropped an undecodable message from the coordinator")
+            return
+        }
+        let now = clock.monotonicNanos()
+        let target = envelope.recipient
+        guard let i = index[target] else { return }
+        nodes[i].lastAnswerMono = now
+        switch envelope.body {
+        case .registerAck(let ack):
+            let wasRegistered = nodes[i].registered
+            let changed = ack.incarnation != nodes[i].incarnation
+            nodes[i].incarnation = ack.incarnation
+            nodes[i].epoch = ack.coordinatorEpoch
+            nodes[i].registerAttempts = 0
+            if ack.heartbeatIntervalMs > 0 { heartbeatIntervalNanos = .millis(Int64(ack.heartbeatIntervalMs)) }
+            setRegistered(i, true)
+            if nodes.count <= 16 && (!wasRegistered || changed) {
+                logger.info("registered", metadata: ["node": "\(target)", "incarnation": "\(ack.incarnation)",
+                                                     "coordinator_epoch": "\(ack.coordinatorEpoch)"])
+            }
+            timers.schedule(i, at: now + heartbeatIntervalNanos)
+        case .heartbeatAck(let ack):
+            if ack.sequence == nodes[i].lastHeartbeatSequence {
+                nodes[i].estimator.add(ClockSample(t1: nodes[i].lastHeartbeatSentWall, t2: ack.receivedAtUnixNanos,
+                                                   t3: ack.sentAtUnixNanos, t4: clock.wallNanos()))
+            }
+            if nodes[i].registered && ack.coordinatorEpoch != nodes[i].epoch {
+                // The coordinator restarted: tell the new one what we run.
+                logger.info("coordinator restarted; reconciling", metadata: ["node": "\(target)", "epoch": "\(ack.coordinatorEpoch)"])
+                nodes[i].epoch = ack.coordinatorEpoch
+                sendRegister(i, dealer)
+            }
+        case .command(let command):
+            // Take the ledger out while executing: the action may change this node's state.
+            var ledger = nodes[i].ledger
+            let ack = ledger.handle(command) { self.execute($0, on: i) }
+            nodes[i].ledger = ledger
+            send(.commandAck(ack), from: i, dealer)
+        case .error(let err):
+            switch err.code {
+            case .notRegistered:
+                if nodes[i].registered {
+                    logger.notice("coordinator asks us to register again: \(err.message)", metadata: ["node": "\(target)"])
+                }
+                setRegistered(i, false)
+                timers.schedule(i, at: now)
+            case .nodeIDConflict, .invalidRegistration:
+                if err.message != nodes[i].lastRegisterProblem {
+                    logger.error("registration refused: \(err.message)", metadata: ["node": "\(target)"])
+                    nodes[i].lastRegisterProblem = err.message
+                }
+                setRegistered(i, false)
+                timers.schedule(i, at: now + .millis(err.code == .nodeIDConflict ? 1000 : 5000))
+            default:
+                logger.warning("coordinator reported an error: \(err.message)", metadata: ["node": "\(target)"])
+            }
+        default:
+            logger.warning("unexpected '\(envelope.bodyName)' from the coordinator", metadata: ["node": "\(target)"])
+        }
+    }
+
+    private func execute(_ command: Command, on i: Int) -> (ok: Bool, detail: String) {
+        switch command.action {
+        case .ping(let p)?:
+            return (true, "pong \(p.note)")
+        case .setLabels(let s)?:
+            for (k, v) in s.labels { nodes[i].identity.labels[k] = v.isEmpty ? nil : v }
+            return (true, "labels: " + nodes[i].identity.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))
+        case .drain(let d)?:
+            nodes[i].drained = d.drain
+            return (true, d.drain ? "draining" : "accepting work")
+        default:
+            return nodes[i].behavior.execute(command) ?? (false, "\(nodes[i].behavior.kind.name) agents do not support this command")
+        }
+    }
+
+    @discardableResult
+    private func send(_ body: Envelope.OneOf_Body, from i: Int, _ dealer: ZMQSocket) -> Int64 {
+        nextMessageID += 1
+        let now = clock.wallNanos()
+        let e = Envelope.make(sender: nodes[i].identity.nodeID, messageID: nextMessageID, sentAtNanos: now, body: body)
+        if (try? dealer.send([codec.encode(e)], dontWait: true)) == true { sent += 1 }
+        return now
+    }
+
+    private func setRegistered(_ i: Int, _ value: Bool) {
+        if nodes[i].registered != value { registeredCount += value ? 1 : -1 }
+        nodes[i].registered = value
+    }
+}

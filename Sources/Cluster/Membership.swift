@@ -1,0 +1,168 @@
+import Protocol
+
+/// What the coordinator knows of one node. `status` is the operator-facing record (and what the
+/// state store persists); the other fields are volatile bookkeeping.
+public struct NodeRecord: Sendable {
+    public var status: NodeStatus
+    public var instanceID: String
+    /// Monotonic time last heard, since this coordinator started; nil if not heard yet.
+    public var lastHeardMono: Int64?
+    /// Wall time last heard (persisted, so age survives a coordinator restart).
+    public var lastHeardWall: Int64
+    /// True once heard by this coordinator process (restored records start unconfirmed).
+    public var confirmed: Bool
+
+    public var id: String { status.nodeID }
+
+    public init(status: NodeStatus, instanceID: String, lastHeardMono: Int64?, lastHeardWall: Int64, confirmed: Bool) {
+        self.status = status
+        self.instanceID = instanceID
+        self.lastHeardMono = lastHeardMono
+        self.lastHeardWall = lastHeardWall
+        self.confirmed = confirmed
+    }
+}
+
+/// Membership of the cluster: registrations, heartbeats and liveness. A pure state machine: the
+/// coordinator shell feeds it events with timestamps and carries out what it returns.
+public struct Membership: Sendable {
+    public enum RegisterOutcome: Equatable, Sendable {
+        /// Accepted. `newLife` is true when the incarnation changed (new process or rejoin after
+        /// being declared dead); false for a same-process re-registration (reconciliation).
+        case accepted(incarnation: UInt64, newLife: Bool)
+        case rejected(ErrorCode, String)
+    }
+
+    public enum HeartbeatOutcome: Equatable, Sendable {
+        case ok(revived: Bool)
+        case mustRegister(String)
+    }
+
+    public private(set) var nodes: [String: NodeRecord] = [:]
+    public private(set) var detector: FailureDetector
+
+    public init(config: FailureDetectorConfig = .default) {
+        detector = FailureDetector(config: config)
+    }
+
+    /// Restores records loaded from the state store after a coordinator restart. Nodes that were
+    /// alive or suspect are watched again from `now`: they are alive if they keep heartbeating and
+    /// go suspect, then dead, like any silent node if they died while the coordinator was down.
+    public mutating func restore(_ records: [NodeRecord], now: Int64) {
+        for var r in records {
+            r.confirmed = false
+            r.lastHeardMono = nil
+            if r.status.state == .alive || r.status.state == .suspect {
+                detector.track(r.id, now: now)
+                r.status.state = .alive
+            }
+            nodes[r.id] = r
+        }
+    }
+
+    public mutating func register(_ reg: Register, instanceID: String, now: Int64, wallNow: Int64) -> RegisterOutcome {
+        let problems = RegistrationValidator.problems(in: reg)
+        if !problems.isEmpty {
+            return .rejected(.invalidRegistration, "registration of '\(reg.nodeID)' rejected: " + problems.joined(separator: "; "))
+        }
+        let incarnation: UInt64
+        let newLife: Bool
+        if let existing = nodes[reg.nodeID] {
+            let live = existing.status.state == .alive || existing.status.state == .suspect
+            let sameProcess = existing.instanceID == instanceID
+            if live && !sameProcess && existing.confirmed {
+                return .rejected(.nodeIDConflict,
+                    "node id '\(reg.nodeID)' is held by a live node (pid \(existing.status.pid) on \(existing.status.host), incarnation \(existing.status.incarnation)); a second node cannot claim it until that one is dead")
+            }
+            if live && sameProcess {
+                incarnation = existing.status.incarnation
+                newLife = false
+            } else {
+                incarnation = max(existing.status.incarnation, reg.lastIncarnation) + 1
+                newLife = true
+            }
+        } else {
+            incarnation = reg.lastIncarnation + 1
+            newLife = true
+        }
+        var status = nodes[reg.nodeID]?.status ?? NodeStatus()
+        status.nodeID = reg.nodeID
+        status.kind = reg.kind
+        status.site = reg.site
+        status.state = .alive
+        status.incarnation = incarnation
+        status.labels = reg.labels
+        status.capabilities = reg.capabilities
+        status.running = reg.running
+        status.host = reg.host
+        status.pid = reg.pid
+        if newLife { status.registeredAtUnixNanos = wallNow; status.drained = false }
+        nodes[reg.nodeID] = NodeRecord(status: status, instanceID: instanceID, lastHeardMono: now,
+                                       lastHeardWall: wallNow, confirmed: true)
+        detector.track(reg.nodeID, now: now)
+        return .accepted(incarnation: incarnation, newLife: newLife)
+    }
+
+    public mutating func heartbeat(_ hb: Heartbeat, now: Int64, wallNow: Int64) -> HeartbeatOutcome {
+        guard var record = nodes[hb.nodeID] else {
+            return .mustRegister("node '\(hb.nodeID)' is not registered")
+        }
+        switch record.status.state {
+        case .dead: return .mustRegister("node '\(hb.nodeID)' was declared dead; register again")
+        case .left: return .mustRegister("node '\(hb.nodeID)' left; register again")
+        default: break
+        }
+        if hb.incarnation != record.status.incarnation {
+            return .mustRegister("heartbeat for incarnation \(hb.incarnation) but '\(hb.nodeID)' is at incarnation \(record.status.incarnation)")
+        }
+        let transition = detector.heard(hb.nodeID, now: now)
+        record.lastHeardMono = now
+        record.lastHeardWall = wallNow
+        record.confirmed = true
+        record.status.state = .alive
+        record.status.telemetry = hb.telemetry
+        if hb.hasClock { record.status.clock = hb.clock }
+        record.status.running = hb.running
+        nodes[hb.nodeID] = record
+        return .ok(revived: transition != nil)
+    }
+
+    /// A clean departure: the node is marked left and no longer watched.
+    public mutating func deregister(_ d: Deregister) -> Bool {
+        guard var record = nodes[d.nodeID], record.status.incarnation == d.incarnation else { return false }
+        record.status.state = .left
+        nodes[d.nodeID] = record
+        detector.forget(d.nodeID)
+        return true
+    }
+
+    /// Applies the failure detector's timeouts.
+    public mutating func tick(now: Int64) -> [LivenessTransition] {
+        let transitions = detector.tick(now: now)
+        for t in transitions {
+            nodes[t.nodeID]?.status.state = t.to.nodeState
+        }
+        return transitions
+    }
+
+    public mutating func setLabels(_ labels: [String: String], on nodeID: String) {
+        guard nodes[nodeID] != nil else { return }
+        for (k, v) in labels {
+            if v.isEmpty { nodes[nodeID]!.status.labels[k] = nil } else { nodes[nodeID]!.status.labels[k] = v }
+        }
+    }
+
+    public mutating func setDrained(_ drained: Bool, on nodeID: String) {
+        nodes[nodeID]?.status.drained = drained
+    }
+
+    /// Whether a node can be sent commands now.
+    public func isReachable(_ nodeID: String) -> Bool {
+        guard let r = nodes[nodeID] else { return false }
+        return r.status.state == .alive || r.status.state == .suspect
+    }
+
+    public func count(in state: NodeState) -> Int {
+        nodes.values.filter { $0.status.state == state }.count
+    }
+}

@@ -1,0 +1,413 @@
+import Cluster
+import Foundation
+import Logging
+import Protocol
+import Wire
+
+/// Settings of a coordinator process.
+public struct CoordinatorConfig {
+    public var endpoint: String = "tcp://127.0.0.1:7700"
+    public var stateDirectory: String
+    /// Directory written by `strato keys generate`; nil runs without CURVE (open, said at start).
+    public var keysDirectory: String?
+    public var detector = FailureDetectorConfig.default
+    public var heartbeatIntervalMs: UInt32 = 200
+    public var maxFrameBytes = EnvelopeCodec.defaultMaxFrameBytes
+
+    public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
+}
+
+/// The coordinator process: a ROUTER socket on the control endpoint, the membership state machine,
+/// command delivery, and the durable state store.
+///
+/// **Ownership:** `run()` owns the ROUTER socket and the store on the calling thread until `stop()`
+/// is called from any thread (e.g. a signal handler's flag). All state lives on that thread.
+public final class CoordinatorServer: @unchecked Sendable {
+    public let config: CoordinatorConfig
+    private let clock: Clock
+    private var logger: Logger
+    private let codec: EnvelopeCodec
+    private let context = ZMQContext()
+    private var zap: ZAPAuthenticator?
+
+    private var store: StateStore!
+    private var membership: Membership
+    private var outstanding = OutstandingCommands()
+    private var routes: [String: [UInt8]] = [:]
+    private var counters: [String: UInt64] = [:]
+    private var countersDirty = false
+    private var dirtyNodes = Set<String>()
+    private var pendingEvents: [StateStore.Event] = []
+    private var latencies = LatencyWindow()
+    private var heartbeatRate = RateMeter()
+    private var heartbeatsHandled: UInt64 = 0
+    private var nextMessageID: UInt64 = 0
+    private var epoch: UInt64 = 0
+    private var startedAtWall: Int64 = 0
+    private var logBudget: [String: Int] = [:]
+
+    private let stopLock = NSLock()
+    private var stopRequested = false
+    /// The endpoint actually bound (with the real port when the config asked for port 0).
+    public private(set) var boundEndpoint = ""
+    private let readySemaphore = DispatchSemaphore(value: 0)
+
+    public init(config: CoordinatorConfig, clock: Clock = SystemClock.shared, logger: Logger = Logger(label: "strato.coordinator")) {
+        self.config = config
+        self.clock = clock
+        self.logger = logger
+        self.codec = EnvelopeCodec(maxFrameBytes: config.maxFrameBytes)
+        self.membership = Membership(config: config.detector)
+    }
+
+    public func stop() { stopLock.lock(); stopRequested = true; stopLock.unlock() }
+    private var shouldStop: Bool { stopLock.lock(); defer { stopLock.unlock() }; return stopRequested }
+
+    /// Blocks until the coordinator has bound its endpoint (for in-process use by benchmarks/tests).
+    public func waitUntilReady() { readySemaphore.wait(); readySemaphore.signal() }
+
+    // MARK: Main loop
+
+    public func run() throws {
+        store = try StateStore(directory: config.stateDirectory)
+        epoch = try store.nextEpoch()
+        startedAtWall = clock.wallNanos()
+        let now = clock.monotonicNanos()
+        let restored = try store.loadNodes()
+        membership.restore(restored, now: now)
+        for c in try store.loadPendingCommands() { outstanding.add(c.command, now: now, attempts: c.attempts) }
+        counters = try store.loadCounters()
+        logger.info("coordinator starting", metadata: [
+            "epoch": "\(epoch)", "state": "\(config.stateDirectory)", "restored_nodes": "\(restored.count)",
+            "pending_commands": "\(outstanding.count)", "libzmq": "\(ZMQContext.libraryVersion)"])
+
+        let router = try ZMQSocket(context, .router)
+        defer { router.close(); zap?.stop(); context.terminate() }
+        try router.setHighWaterMarks(send: 100_000, receive: 100_000)
+        if let dir = config.keysDirectory {
+            let keys = KeyDirectory(path: dir)
+            let allowed = try keys.authorizedKeys()
+            let auth = ZAPAuthenticator(context: context, allowedPublicKeys: allowed) { [logger] key, address in
+                logger.warning("refused a client with an unknown CURVE key", metadata: ["key": "\(key)", "peer": "\(address)"])
+            }
+            try auth.start()
+            zap = auth
+            try router.makeCurveServer(try keys.coordinatorKeys())
+            logger.info("CURVE security on: traffic encrypted, \(allowed.count) authorised client keys", metadata: ["keys": "\(dir)"])
+        } else {
+            logger.warning("running OPEN: no --keys given, so traffic is not encrypted and any client may connect")
+        }
+        try router.bind(config.endpoint)
+        boundEndpoint = try router.lastEndpoint()
+        logger.info("listening", metadata: ["endpoint": "\(boundEndpoint)"])
+        readySemaphore.signal()
+
+        var lastTick: Int64 = 0, lastResend: Int64 = 0, lastFlush: Int64 = 0, lastHeartbeatFlush: Int64 = 0
+        while !shouldStop {
+            let readable = try ZMQPoller.readable([router], timeoutMs: 20)[0]
+            if readable {
+                // Drain what is queued, bounded so timers still run under load.
+                for _ in 0..<4096 {
+                    guard let frames = try router.receive(dontWait: true) else { break }
+                    handle(frames, on: router)
+                }
+            }
+            let mono = clock.monotonicNanos()
+            if mono - lastTick >= .millis(50) { lastTick = mono; tickDetector(now: mono) }
+            if mono - lastResend >= .millis(100) { lastResend = mono; resendCommands(on: router, now: mono) }
+            if mono - lastFlush >= .millis(250) {
+                lastFlush = mono
+                let heartbeats = mono - lastHeartbeatFlush >= .millis(1000)
+                if heartbeats { lastHeartbeatFlush = mono }
+                flush(includeHeartbeats: heartbeats)
+            }
+        }
+        flush(includeHeartbeats: true)
+        logger.info("coordinator stopped")
+    }
+
+    // MARK: Messages
+
+    private func handle(_ frames: [[UInt8]], on router: ZMQSocket) {
+        let receivedAt = clock.wallNanos()
+        guard frames.count == 2 else {
+            count("rejected_malformed")
+            logLimited("malformed", "dropped a message with \(frames.count) frames (expected identity + one envelope)")
+            if let id = frames.first, frames.count > 1 {
+                reply(on: router, to: id, recipient: "", inReplyTo: 0, .error(errorReply(.malformed, "expected exactly one envelope frame, got \(frames.count - 1)")))
+            }
+            return
+        }
+        let identity = frames[0], payload = frames[1]
+        let envelope: Envelope
+        do {
+            envelope = try codec.decode(payload)
+        } catch let e as EnvelopeDecodeError {
+            count(e.counterName)
+            logLimited(e.counterName, "rejected a frame: \(e)")
+            var err = errorReply(e.code, e.description)
+            err.offendingMessageID = codec.messageIDIfReadable(payload)
+            reply(on: router, to: identity, recipient: "", inReplyTo: err.offendingMessageID, .error(err))
+            return
+        } catch {
+            count("rejected_malformed")
+            return
+        }
+        count("received_\(envelope.bodyName)")
+        switch envelope.body {
+        case .register(let r): handleRegister(r, envelope, identity, router)
+        case .heartbeat(let hb): handleHeartbeat(hb, envelope, identity, router, receivedAt: receivedAt)
+        case .commandAck(let ack): handleCommandAck(ack, router)
+        case .deregister(let d):
+            if membership.deregister(d) {
+                routes[d.nodeID] = nil
+                event(d.nodeID, "left", d.reason.isEmpty ? "deregistered" : d.reason)
+                persistNow(d.nodeID)
+                logger.info("node left", metadata: ["node": "\(d.nodeID)", "reason": "\(d.reason)"])
+            }
+        case .statusRequest(let req):
+            reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .statusReply(status(req)))
+        case .operatorCommand(let oc):
+            reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID,
+                  handleOperatorCommand(oc, now: clock.monotonicNanos(), router: router))
+        case .error(let e):
+            count("errors_from_peers")
+            logLimited("peer_error", "peer \(envelope.sender) reported: \(e.message)")
+        default:
+            count("rejected_unknown_body")
+            logLimited("unexpected_body", "'\(envelope.bodyName)' from \(envelope.sender) is not a message the coordinator accepts")
+            reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID,
+                  .error(errorReply(.unknownBody, "the coordinator does not accept '\(envelope.bodyName)' messages")))
+        }
+    }
+
+    private func handleRegister(_ r: Register, _ envelope: Envelope, _ identity: [UInt8], _ router: ZMQSocket) {
+        let outcome = membership.register(r, instanceID: r.instanceID, now: clock.monotonicNanos(), wallNow: clock.wallNanos())
+        switch outcome {
+        case let .accepted(incarnation, newLife):
+            routes[r.nodeID] = identity
+            event(r.nodeID, newLife ? "registered" : "reconciled",
+                  "incarnation \(incarnation), kind \(r.kind.name), running \(r.running.count)")
+            persistNow(r.nodeID)   // durable before we acknowledge
+            var ack = RegisterAck()
+            ack.nodeID = r.nodeID
+            ack.incarnation = incarnation
+            ack.coordinatorEpoch = epoch
+            ack.heartbeatIntervalMs = config.heartbeatIntervalMs
+            reply(on: router, to: identity, recipient: r.nodeID, inReplyTo: envelope.messageID, .registerAck(ack))
+            outstanding.expedite(nodeID: r.nodeID, now: clock.monotonicNanos())
+            count(newLife ? "registrations" : "reconciliations")
+            logger.info(newLife ? "node registered" : "node reconciled", metadata: [
+                "node": "\(r.nodeID)", "kind": "\(r.kind.name)", "incarnation": "\(incarnation)", "running": "\(r.running.count)"])
+        case let .rejected(code, message):
+            count(code == .nodeIDConflict ? "rejected_node_id_conflict" : "rejected_invalid_registration")
+            event(r.nodeID.isEmpty ? "?" : r.nodeID, "registration_rejected", message)
+            logLimited("register_\(code.rawValue)", message)
+            reply(on: router, to: identity, recipient: r.nodeID, inReplyTo: envelope.messageID, .error(errorReply(code, message)))
+        }
+    }
+
+    private func handleHeartbeat(_ hb: Heartbeat, _ envelope: Envelope, _ identity: [UInt8], _ router: ZMQSocket, receivedAt: Int64) {
+        let mono = clock.monotonicNanos()
+        switch membership.heartbeat(hb, now: mono, wallNow: receivedAt) {
+        case .ok(let revived):
+            routes[hb.nodeID] = identity
+            dirtyNodes.insert(hb.nodeID)
+            heartbeatsHandled += 1
+            heartbeatRate.add(at: mono)
+            // Sent → state updated, on the coordinator's clock: correct the agent's timestamp by
+            // its estimated offset (coordinator − agent).
+            let offset = hb.hasClock ? hb.clock.offsetNanos : 0
+            latencies.record(max(0, clock.wallNanos() - (envelope.sentAtUnixNanos + offset)))
+            if revived {
+                event(hb.nodeID, "alive", "heard again")
+                persistNow(hb.nodeID)
+                logger.info("node alive again", metadata: ["node": "\(hb.nodeID)"])
+            }
+            var ack = HeartbeatAck()
+            ack.nodeID = hb.nodeID
+            ack.sequence = hb.sequence
+            ack.receivedAtUnixNanos = receivedAt
+            ack.coordinatorEpoch = epoch
+            ack.sentAtUnixNanos = clock.wallNanos()
+            reply(on: router, to: identity, recipient: hb.nodeID, inReplyTo: envelope.messageID, .heartbeatAck(ack))
+        case .mustRegister(let why):
+            count("heartbeats_from_unregistered")
+            reply(on: router, to: identity, recipient: hb.nodeID, inReplyTo: envelope.messageID, .error(errorReply(.notRegistered, why)))
+        }
+    }
+
+    private func handleCommandAck(_ ack: CommandAck, _ router: ZMQSocket) {
+        guard let entry = outstanding.acknowledge(ack.commandID) else {
+            count("duplicate_command_acks")
+            return
+        }
+        if ack.ok {
+            switch entry.command.action {
+            case .setLabels(let s)?: membership.setLabels(s.labels, on: entry.command.nodeID)
+            case .drain(let d)?: membership.setDrained(d.drain, on: entry.command.nodeID)
+            default: break
+            }
+        }
+        do {
+            try store.batch {
+                try store.markAcknowledged(ack, at: clock.wallNanos())
+                if let r = membership.nodes[entry.command.nodeID] { try store.save([r]) }
+            }
+        } catch {
+            logger.error("could not persist a command acknowledgement: \(error)")
+        }
+        event(entry.command.nodeID, "command_ack", "command \(ack.commandID) ok=\(ack.ok) \(ack.detail)")
+        count("commands_acknowledged")
+    }
+
+    private func handleOperatorCommand(_ oc: OperatorCommand, now: Int64, router: ZMQSocket) -> Envelope.OneOf_Body {
+        guard membership.nodes[oc.nodeID] != nil else {
+            count("rejected_unknown_node")
+            return .error(errorReply(.unknownNode, "no node '\(oc.nodeID)' (see `strato status`)"))
+        }
+        guard oc.command.action != nil else {
+            count("rejected_invalid_request")
+            return .error(errorReply(.invalidRequest, "the command has no action"))
+        }
+        var command = oc.command
+        command.nodeID = oc.nodeID
+        do {
+            command.commandID = try store.nextCommandID()
+            try store.savePending(command, attempts: 0, at: clock.wallNanos())
+        } catch {
+            logger.error("could not persist a command: \(error)")
+            return .error(errorReply(.invalidRequest, "the coordinator could not persist the command: \(error)"))
+        }
+        outstanding.add(command, now: now)
+        resendCommands(on: router, now: now)
+        var reply = OperatorCommandReply()
+        reply.commandID = command.commandID
+        reply.accepted = true
+        reply.detail = membership.isReachable(oc.nodeID) ? "sent" : "queued until \(oc.nodeID) is back"
+        return .operatorCommandReply(reply)
+    }
+
+    // MARK: Timers
+
+    private func tickDetector(now: Int64) {
+        for t in membership.tick(now: now) {
+            let silence = String(format: "%.2f s", Double(t.silenceNanos) / 1e9)
+            event(t.nodeID, t.to.rawValue, "silent for \(silence)")
+            persistNow(t.nodeID)
+            count(t.to == .dead ? "nodes_declared_dead" : "nodes_suspected")
+            if t.to == .dead { routes[t.nodeID] = nil }
+            logger.log(level: t.to == .dead ? .warning : .notice, "node \(t.to.rawValue)",
+                       metadata: ["node": "\(t.nodeID)", "silence": "\(silence)"])
+        }
+    }
+
+    private func resendCommands(on router: ZMQSocket, now: Int64) {
+        let due = outstanding.due(now: now) { [membership, routes] in membership.isReachable($0) && routes[$0] != nil }
+        for command in due {
+            guard let identity = routes[command.nodeID] else { continue }
+            reply(on: router, to: identity, recipient: command.nodeID, inReplyTo: 0, .command(command))
+            count("commands_sent")
+        }
+    }
+
+    private func flush(includeHeartbeats: Bool) {
+        do {
+            try store.batch {
+                if includeHeartbeats && !dirtyNodes.isEmpty {
+                    try store.save(dirtyNodes.compactMap { membership.nodes[$0] })
+                    dirtyNodes.removeAll(keepingCapacity: true)
+                }
+                try store.append(pendingEvents)
+                pendingEvents.removeAll()
+                if countersDirty { try store.saveCounters(counters); countersDirty = false }
+            }
+        } catch {
+            logger.error("state flush failed: \(error)")
+        }
+    }
+
+    /// Persists one node (and pending events) before the caller replies.
+    private func persistNow(_ nodeID: String) {
+        do {
+            try store.batch {
+                if let r = membership.nodes[nodeID] { try store.save([r]) }
+                try store.append(pendingEvents)
+                pendingEvents.removeAll()
+            }
+            dirtyNodes.remove(nodeID)
+        } catch {
+            logger.error("could not persist node \(nodeID): \(error)")
+        }
+    }
+
+    // MARK: Status
+
+    private func status(_ req: StatusRequest) -> StatusReply {
+        var reply = StatusReply()
+        reply.coordinatorEpoch = epoch
+        reply.coordinatorVersion = StratolabVersion.string
+        reply.secure = config.keysDirectory != nil
+        reply.startedAtUnixNanos = startedAtWall
+        reply.stateDir = config.stateDirectory
+        reply.pendingCommands = UInt64(outstanding.count)
+        let wall = clock.wallNanos()
+        reply.nodes = membership.nodes.values.sorted { $0.id < $1.id }.map { r in
+            var s = r.status
+            s.lastHeartbeatAgeNanos = r.lastHeardWall > 0 ? max(0, wall - r.lastHeardWall) : -1
+            return s
+        }
+        var allCounters = counters
+        if let z = zap {
+            allCounters["curve_clients_admitted"] = z.acceptedCount
+            allCounters["rejected_curve_key"] = z.rejectedCount
+        }
+        reply.counters = allCounters.sorted { $0.key < $1.key }.map {
+            var c = Stratolab_V1_Counter(); c.name = $0.key; c.value = $0.value; return c
+        }
+        var stats = ControlStats()
+        stats.heartbeatsHandled = heartbeatsHandled
+        stats.heartbeatsPerSecond = heartbeatRate.rate(at: clock.monotonicNanos())
+        stats.heartbeatLatencyP50Ms = Double(latencies.percentile(50)) / 1e6
+        stats.heartbeatLatencyP99Ms = Double(latencies.percentile(99)) / 1e6
+        stats.latencySamples = UInt64(latencies.count)
+        stats.processCpuSeconds = ProcessStats.cpuSeconds()
+        reply.control = stats
+        return reply
+    }
+
+    // MARK: Helpers
+
+    private func reply(on router: ZMQSocket, to identity: [UInt8], recipient: String, inReplyTo: UInt64, _ body: Envelope.OneOf_Body) {
+        nextMessageID += 1
+        let e = Envelope.make(sender: "coordinator", messageID: nextMessageID, sentAtNanos: clock.wallNanos(),
+                              recipient: recipient, inReplyTo: inReplyTo, body: body)
+        do {
+            if try !router.send([identity, codec.encode(e)], dontWait: true) { count("send_dropped") }
+        } catch {
+            count("send_failed")
+        }
+    }
+
+    private func errorReply(_ code: ErrorCode, _ message: String) -> ErrorReply {
+        var e = ErrorReply(); e.code = code; e.message = message; return e
+    }
+
+    private func count(_ name: String) {
+        counters[name, default: 0] += 1
+        countersDirty = true
+    }
+
+    private func event(_ nodeID: String, _ kind: String, _ detail: String) {
+        pendingEvents.append(StateStore.Event(at: clock.wallNanos(), nodeID: nodeID, kind: kind, detail: detail))
+    }
+
+    /// Logs the first 20 of each kind of problem, then every 1000th, so a flood cannot fill disks.
+    private func logLimited(_ kind: String, _ message: String) {
+        let n = logBudget[kind, default: 0] + 1
+        logBudget[kind] = n
+        if n <= 20 || n % 1000 == 0 {
+            logger.warning("\(message)", metadata: n > 20 ? ["occurrences": "\(n)"] : [:])
+        }
+    }
+}

@@ -1,0 +1,189 @@
+import Cluster
+import Foundation
+import MemoryAgent
+import Protocol
+import Scheduling
+
+/// A testbed topology: one coordinator and the nodes to start, as read from TOPOLOGY.yaml.
+public struct Topology: Equatable {
+    public enum Security: String, Equatable { case curve, open }
+
+    public struct CoordinatorSpec: Equatable {
+        public var endpoint = "tcp://127.0.0.1:7700"
+        public var heartbeatMs = 200
+        public var suspectAfterMs = 1000
+        public var deadAfterMs = 2000
+    }
+
+    public enum NodeSpec: Equatable {
+        case gpu(model: String, count: Int)
+        case memory(tiers: [MemoryHost.TierSpec])
+        case render(slots: Int, gpuModel: String)
+    }
+
+    public struct Node: Equatable {
+        public var id: String
+        public var kind: NodeKind
+        public var siteName: String
+        public var siteKind: SiteKind
+        public var labels: [String: String]
+        public var spec: NodeSpec
+        /// Number of virtual nodes this process hosts (ids `<id>-0` … when above 1).
+        public var virtual: Int
+        public var line: Int
+    }
+
+    public var name: String
+    public var file: String
+    public var security: Security
+    public var coordinator: CoordinatorSpec
+    public var nodes: [Node]
+
+    /// Every node id the testbed will have (virtual ones expanded).
+    public var nodeIDs: [String] {
+        nodes.flatMap { n in n.virtual > 1 ? (0..<n.virtual).map { "\(n.id)-\($0)" } : [n.id] }
+    }
+
+    public static func load(file: String) throws -> Topology {
+        try parse(YAMLValue.load(file: file))
+    }
+
+    public static func parse(_ text: String, file: String = "<string>") throws -> Topology {
+        try parse(YAMLValue.parse(text, file: file))
+    }
+
+    static func parse(_ root: YAMLValue) throws -> Topology {
+        let top = try root.mapping(allowed: ["name", "description", "security", "coordinator", "nodes"])
+        var t = Topology(name: try top["name"]?.string() ?? "testbed", file: root.file, security: .curve,
+                         coordinator: CoordinatorSpec(), nodes: [])
+        if let s = top["security"] {
+            guard let sec = Security(rawValue: try s.string()) else { throw s.fail("expected 'curve' or 'open'") }
+            t.security = sec
+        }
+        if let c = top["coordinator"] {
+            let m = try c.mapping(allowed: ["endpoint", "heartbeat_ms", "suspect_after_ms", "dead_after_ms"])
+            if let e = m["endpoint"] {
+                let ep = try e.string()
+                guard ep.hasPrefix("tcp://") || ep.hasPrefix("ipc://") else { throw e.fail("endpoint '\(ep)' must start with tcp:// or ipc://") }
+                t.coordinator.endpoint = ep
+            }
+            if let v = m["heartbeat_ms"] { t.coordinator.heartbeatMs = try v.int(in: 10...60_000) }
+            if let v = m["suspect_after_ms"] { t.coordinator.suspectAfterMs = try v.int(in: 50...600_000) }
+            if let v = m["dead_after_ms"] {
+                t.coordinator.deadAfterMs = try v.int(in: 100...600_000)
+                if t.coordinator.deadAfterMs <= t.coordinator.suspectAfterMs {
+                    throw v.fail("dead_after_ms (\(t.coordinator.deadAfterMs)) must exceed suspect_after_ms (\(t.coordinator.suspectAfterMs))")
+                }
+            }
+            if t.coordinator.suspectAfterMs <= t.coordinator.heartbeatMs {
+                throw c.fail("suspect_after_ms (\(t.coordinator.suspectAfterMs)) must exceed heartbeat_ms (\(t.coordinator.heartbeatMs))")
+            }
+        }
+        guard let nodes = top["nodes"] else { throw root.fail("missing 'nodes': a topology needs at least one node") }
+        var seen = Set<String>()
+        for n in try nodes.sequence() {
+            let node = try parseNode(n)
+            let ids = node.virtual > 1 ? (0..<node.virtual).map { "\(node.id)-\($0)" } : [node.id]
+            for id in ids where !seen.insert(id).inserted {
+                throw n.fail("node id '\(id)' is used twice")
+            }
+            t.nodes.append(node)
+        }
+        if t.nodes.isEmpty { throw nodes.fail("the list is empty: a topology needs at least one node") }
+        return t
+    }
+
+    static func parseNode(_ n: YAMLValue) throws -> Node {
+        let m = try n.mapping(allowed: ["id", "kind", "site", "labels", "gpu", "tiers", "render", "virtual"])
+        guard let idValue = m["id"] else { throw n.fail("missing 'id'") }
+        let id = try idValue.string()
+        guard !id.isEmpty, id.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+            throw idValue.fail("node id '\(id)' may hold only letters, digits, '-', '_' and '.'")
+        }
+        guard let kindValue = m["kind"] else { throw n.fail("missing 'kind' (gpu, memory or render)") }
+        let kindName = try kindValue.string()
+        var siteName = "cloud", siteKind = SiteKind.cloud
+        if let s = m["site"] {
+            if case .scalar = s.node {
+                siteName = try s.string()
+                guard let k = SiteKind(name: siteName) else { throw s.fail("site '\(siteName)' must be cloud, edge or device (or a mapping with name and kind)") }
+                siteKind = k
+            } else {
+                let sm = try s.mapping(allowed: ["name", "kind"])
+                siteName = try sm["name"]?.string() ?? "cloud"
+                let kindText = try sm["kind"]?.string() ?? "cloud"
+                guard let k = SiteKind(name: kindText) else { throw (sm["kind"] ?? s).fail("site kind '\(kindText)' must be cloud, edge or device") }
+                siteKind = k
+            }
+        }
+        let labels = try m["labels"]?.stringMap() ?? [:]
+        let virtual = try m["virtual"]?.int(in: 1...10_000) ?? 1
+        let kind: NodeKind
+        let spec: NodeSpec
+        switch kindName {
+        case "gpu":
+            kind = .gpu
+            guard let g = m["gpu"] else { throw n.fail("a gpu node needs 'gpu: {model: …, count: …}'") }
+            let gm = try g.mapping(allowed: ["model", "count"])
+            guard let modelValue = gm["model"] else { throw g.fail("missing 'model'") }
+            let model = try modelValue.string()
+            guard GPUCatalog.model(named: model) != nil else {
+                throw modelValue.fail("unknown GPU model '\(model)'; known: \(GPUCatalog.names.joined(separator: ", "))")
+            }
+            spec = .gpu(model: model, count: try gm["count"]?.int(in: 1...64) ?? 1)
+        case "memory":
+            kind = .memory
+            guard let tiersValue = m["tiers"] else { throw n.fail("a memory node needs 'tiers: [dram:4GiB, …]'") }
+            var tiers: [MemoryHost.TierSpec] = []
+            for tv in try tiersValue.sequence() {
+                do { tiers.append(try MemoryHost.TierSpec.parse(try tv.string())) } catch let e as MemoryHost.SpecError {
+                    throw tv.fail(e.description)
+                }
+            }
+            if tiers.isEmpty { throw tiersValue.fail("needs at least one tier") }
+            spec = .memory(tiers: tiers)
+        case "render":
+            kind = .render
+            guard siteKind == .edge || siteKind == .cloud else { throw n.fail("a render site must be at an edge or cloud site") }
+            let rm = try m["render"]?.mapping(allowed: ["slots", "gpu"]) ?? [:]
+            let gpu = try rm["gpu"]?.string() ?? "L4"
+            guard GPUCatalog.model(named: gpu) != nil else { throw (rm["gpu"] ?? n).fail("unknown GPU model '\(gpu)'") }
+            spec = .render(slots: try rm["slots"]?.int(in: 1...4096) ?? 8, gpuModel: gpu)
+        default:
+            throw kindValue.fail("unknown kind '\(kindName)'; expected gpu, memory or render")
+        }
+        for (key, belongs) in [("gpu", "gpu"), ("tiers", "memory"), ("render", "render")] where m[key] != nil && kindName != belongs {
+            throw m[key]!.fail("'\(key)' belongs to \(belongs) nodes, not \(kindName) nodes")
+        }
+        return Node(id: id, kind: kind, siteName: siteName, siteKind: siteKind, labels: labels, spec: spec,
+                    virtual: virtual, line: n.node.mark?.line ?? 0)
+    }
+
+    /// The `strato agent …` arguments that start this node.
+    public func agentArguments(for node: Node, keysDirectory: String?, nvmeRoot: String) -> [String] {
+        var args = ["agent", node.kind.name, "--id", node.id, "--site", node.siteKind.name, "--site-name", node.siteName,
+                    "--endpoint", coordinator.endpoint, "--heartbeat-ms", "\(coordinator.heartbeatMs)",
+                    "--coordinator-timeout-ms", "\(coordinator.deadAfterMs)"]
+        if let k = keysDirectory { args += ["--keys", k] }
+        if node.virtual > 1 { args += ["--virtual", "\(node.virtual)"] }
+        for (k, v) in node.labels.sorted(by: { $0.key < $1.key }) { args += ["--label", "\(k)=\(v)"] }
+        switch node.spec {
+        case let .gpu(model, count): args += ["--gpu-model", model, "--gpus", "\(count)"]
+        case let .memory(tiers):
+            for t in tiers {
+                let path = t.kind == .nvme ? (t.path.isEmpty ? "\(nvmeRoot)/\(node.id)" : t.path) : ""
+                args += ["--tier", "\(t.kind.name):\(t.capacityBytes)" + (path.isEmpty ? "" : ":\(path)")]
+            }
+        case let .render(slots, gpu): args += ["--slots", "\(slots)", "--render-gpu", gpu]
+        }
+        return args
+    }
+
+    public func coordinatorArguments(stateDirectory: String, keysDirectory: String?) -> [String] {
+        var args = ["coordinator", "--endpoint", coordinator.endpoint, "--state-dir", stateDirectory,
+                    "--heartbeat-ms", "\(coordinator.heartbeatMs)", "--suspect-after-ms", "\(coordinator.suspectAfterMs)",
+                    "--dead-after-ms", "\(coordinator.deadAfterMs)"]
+        if let k = keysDirectory { args += ["--keys", k] }
+        return args
+    }
+}

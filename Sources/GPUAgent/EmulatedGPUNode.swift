@@ -1,0 +1,56 @@
+import Cluster
+import Protocol
+import Scheduling
+
+/// A GPU node whose GPUs are emulated from the published figures of a real model in the
+/// catalogue. It sits behind `AgentBehavior`, the same interface a node with real GPUs uses, and
+/// says in its capabilities (`emulated`, `source`) that it is an emulation.
+public final class EmulatedGPUNode: AgentBehavior {
+    public let model: GPUModel
+    public let count: UInt32
+    public let interconnect: Interconnect?
+    /// Work placed on each GPU (job or instance ids); empty until scheduling places work.
+    private var placements: [[String]]
+
+    public enum ConfigError: Error, CustomStringConvertible {
+        case unknownModel(String)
+        case badCount(Int)
+        public var description: String {
+            switch self {
+            case .unknownModel(let m): return "unknown GPU model '\(m)'; known models: \(GPUCatalog.names.joined(separator: ", "))"
+            case .badCount(let n): return "GPU count \(n) must be between 1 and 64"
+            }
+        }
+    }
+
+    public init(modelName: String, count: Int, interconnect: Interconnect? = nil) throws {
+        guard let model = GPUCatalog.model(named: modelName) else { throw ConfigError.unknownModel(modelName) }
+        guard (1...64).contains(count) else { throw ConfigError.badCount(count) }
+        self.model = model
+        self.count = UInt32(count)
+        self.interconnect = interconnect
+        self.placements = Array(repeating: [], count: count)
+    }
+
+    public var kind: NodeKind { .gpu }
+
+    public func capabilities() -> Capabilities {
+        var c = Capabilities()
+        c.gpu = GPUCatalog.capabilities(for: model, count: count, interconnect: interconnect)
+        return c
+    }
+
+    public func fillTelemetry(_ telemetry: inout Telemetry) {
+        telemetry.gpus = (0..<Int(count)).map { i in
+            var g = GpuTelemetry()
+            g.index = UInt32(i)
+            g.utilization = placements[i].isEmpty ? 0 : 1
+            g.memoryUsedBytes = 0
+            return g
+        }
+    }
+
+    public func running() -> [String] { Array(Set(placements.joined())).sorted() }
+
+    public func execute(_ command: Command) -> (ok: Bool, detail: String)? { nil }
+}

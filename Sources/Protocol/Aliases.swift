@@ -1,0 +1,101 @@
+// Short names for the generated stratolab.v1 messages. The .proto files in Protos/ are the
+// contract; regenerate with scripts/gen-protos.
+public typealias Envelope = Stratolab_V1_Envelope
+public typealias TraceContext = Stratolab_V1_TraceContext
+public typealias ErrorReply = Stratolab_V1_ErrorReply
+public typealias ErrorCode = Stratolab_V1_ErrorCode
+public typealias NodeKind = Stratolab_V1_NodeKind
+public typealias SiteKind = Stratolab_V1_SiteKind
+public typealias Site = Stratolab_V1_Site
+public typealias Interconnect = Stratolab_V1_Interconnect
+public typealias GpuCapabilities = Stratolab_V1_GpuCapabilities
+public typealias MemoryTierKind = Stratolab_V1_MemoryTierKind
+public typealias MemoryTier = Stratolab_V1_MemoryTier
+public typealias MemoryCapabilities = Stratolab_V1_MemoryCapabilities
+public typealias RenderCapabilities = Stratolab_V1_RenderCapabilities
+public typealias Capabilities = Stratolab_V1_Capabilities
+public typealias Register = Stratolab_V1_Register
+public typealias RegisterAck = Stratolab_V1_RegisterAck
+public typealias Deregister = Stratolab_V1_Deregister
+public typealias Telemetry = Stratolab_V1_Telemetry
+public typealias GpuTelemetry = Stratolab_V1_GpuTelemetry
+public typealias TierTelemetry = Stratolab_V1_TierTelemetry
+public typealias ClockEstimate = Stratolab_V1_ClockEstimate
+public typealias Heartbeat = Stratolab_V1_Heartbeat
+public typealias HeartbeatAck = Stratolab_V1_HeartbeatAck
+public typealias Command = Stratolab_V1_Command
+public typealias CommandAck = Stratolab_V1_CommandAck
+public typealias StatusRequest = Stratolab_V1_StatusRequest
+public typealias StatusReply = Stratolab_V1_StatusReply
+public typealias NodeStatus = Stratolab_V1_NodeStatus
+public typealias NodeState = Stratolab_V1_NodeState
+public typealias ControlStats = Stratolab_V1_ControlStats
+public typealias OperatorCommand = Stratolab_V1_OperatorCommand
+public typealias OperatorCommandReply = Stratolab_V1_OperatorCommandReply
+
+/// The protocol version this build speaks.
+public let currentProtocolVersion: UInt32 = UInt32(Stratolab_V1_ProtocolVersion.current.rawValue)
+
+extension NodeKind {
+    /// Lower-case name used on the command line and in status output.
+    public var name: String {
+        switch self {
+        case .gpu: return "gpu"
+        case .memory: return "memory"
+        case .render: return "render"
+        default: return "unspecified"
+        }
+    }
+}
+
+extension SiteKind {
+    public var name: String {
+        switch self {
+        case .cloud: return "cloud"
+        case .edge: return "edge"
+        case .device: return "device"
+        default: return "unspecified"
+        }
+    }
+
+    public init?(name: String) {
+        switch name.lowercased() {
+        case "cloud": self = .cloud
+        case "edge": self = .edge
+        case "device": self = .device
+        default: return nil
+        }
+    }
+}
+
+extension NodeState {
+    public var name: String {
+        switch self {
+        case .alive: return "alive"
+        case .suspect: return "suspect"
+        case .dead: return "dead"
+        case .left: return "left"
+        default: return "unknown"
+        }
+    }
+}
+
+extension MemoryTierKind {
+    public var name: String {
+        switch self {
+        case .dram: return "dram"
+        case .cxl: return "cxl"
+        case .nvme: return "nvme"
+        default: return "unspecified"
+        }
+    }
+
+    public init?(name: String) {
+        switch name.lowercased() {
+        case "dram": self = .dram
+        case "cxl": self = .cxl
+        case "nvme": self = .nvme
+        default: return nil
+        }
+    }
+}

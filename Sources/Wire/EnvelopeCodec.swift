@@ -1,0 +1,122 @@
+import Protocol
+import SwiftProtobuf
+
+/// Why a frame could not be accepted as an `Envelope`. Each case maps to a wire `ErrorCode` and a
+/// counter name, so a receiver can answer and count without crashing.
+public enum EnvelopeDecodeError: Error, Equatable, CustomStringConvertible {
+    case frameTooLarge(size: Int, limit: Int)
+    case malformed(String)
+    case unsupportedVersion(UInt32)
+    case missingBody(messageID: UInt64)
+
+    public var code: ErrorCode {
+        switch self {
+        case .frameTooLarge: return .frameTooLarge
+        case .malformed: return .malformed
+        case .unsupportedVersion: return .unsupportedVersion
+        case .missingBody: return .unknownBody
+        }
+    }
+
+    public var counterName: String {
+        switch self {
+        case .frameTooLarge: return "rejected_frame_too_large"
+        case .malformed: return "rejected_malformed"
+        case .unsupportedVersion: return "rejected_unsupported_version"
+        case .missingBody: return "rejected_unknown_body"
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case let .frameTooLarge(size, limit): return "frame of \(size) bytes is over the limit of \(limit) bytes"
+        case let .malformed(reason): return "malformed envelope: \(reason)"
+        case let .unsupportedVersion(v):
+            return "protocol version \(v) is not supported (this build speaks \(currentProtocolVersion))"
+        case let .missingBody(id):
+            return "envelope \(id) has no body this build understands (unknown or missing oneof field)"
+        }
+    }
+}
+
+/// Encodes and decodes control-plane frames. Pure: no sockets, no clocks.
+public struct EnvelopeCodec: Sendable {
+    /// Frames larger than this are rejected before parsing.
+    public var maxFrameBytes: Int
+
+    public static let defaultMaxFrameBytes = 1 << 20
+
+    public init(maxFrameBytes: Int = EnvelopeCodec.defaultMaxFrameBytes) {
+        self.maxFrameBytes = maxFrameBytes
+    }
+
+    public func encode(_ envelope: Envelope) -> [UInt8] {
+        // Serializing a message with only known fields cannot fail.
+        (try? envelope.serializedBytes()) ?? []
+    }
+
+    /// Decodes a frame, checking size, wire format, version and body, in that order.
+    public func decode(_ frame: [UInt8]) throws -> Envelope {
+        if frame.count > maxFrameBytes {
+            throw EnvelopeDecodeError.frameTooLarge(size: frame.count, limit: maxFrameBytes)
+        }
+        let envelope: Envelope
+        do {
+            var options = BinaryDecodingOptions()
+            options.messageDepthLimit = 32
+            envelope = try Envelope(serializedBytes: frame, options: options)
+        } catch {
+            throw EnvelopeDecodeError.malformed("\(error)")
+        }
+        if envelope.protocolVersion != currentProtocolVersion {
+            throw EnvelopeDecodeError.unsupportedVersion(envelope.protocolVersion)
+        }
+        if envelope.body == nil {
+            throw EnvelopeDecodeError.missingBody(messageID: envelope.messageID)
+        }
+        return envelope
+    }
+
+    /// Best effort: the message id of a frame that failed to decode, to name it in the error reply.
+    public func messageIDIfReadable(_ frame: [UInt8]) -> UInt64 {
+        guard frame.count <= maxFrameBytes, let e = try? Envelope(serializedBytes: frame) else { return 0 }
+        return e.messageID
+    }
+}
+
+extension Envelope {
+    /// A current-version envelope with the given header fields and body.
+    public static func make(
+        sender: String, messageID: UInt64, sentAtNanos: Int64, recipient: String = "",
+        inReplyTo: UInt64 = 0, body: Envelope.OneOf_Body
+    ) -> Envelope {
+        var e = Envelope()
+        e.protocolVersion = currentProtocolVersion
+        e.sender = sender
+        e.messageID = messageID
+        e.sentAtUnixNanos = sentAtNanos
+        e.recipient = recipient
+        e.inReplyTo = inReplyTo
+        e.body = body
+        return e
+    }
+
+    /// A short name for the body, for logs and counters.
+    public var bodyName: String {
+        switch body {
+        case .register: return "register"
+        case .registerAck: return "register_ack"
+        case .heartbeat: return "heartbeat"
+        case .heartbeatAck: return "heartbeat_ack"
+        case .command: return "command"
+        case .commandAck: return "command_ack"
+        case .error: return "error"
+        case .deregister: return "deregister"
+        case .statusRequest: return "status_request"
+        case .statusReply: return "status_reply"
+        case .operatorCommand: return "operator_command"
+        case .operatorCommandReply: return "operator_command_reply"
+        case nil: return "none"
+        }
+    }
+}

@@ -1,0 +1,189 @@
+import CZeroMQ
+
+/// Socket types Stratolab uses.
+public enum ZMQSocketType {
+    case router, dealer, rep, req, pair, pub, sub, push, pull
+
+    var raw: Int32 {
+        switch self {
+        case .router: return ZMQ_ROUTER
+        case .dealer: return ZMQ_DEALER
+        case .rep: return ZMQ_REP
+        case .req: return ZMQ_REQ
+        case .pair: return ZMQ_PAIR
+        case .pub: return ZMQ_PUB
+        case .sub: return ZMQ_SUB
+        case .push: return ZMQ_PUSH
+        case .pull: return ZMQ_PULL
+        }
+    }
+}
+
+/// A ZeroMQ socket.
+///
+/// **Ownership:** libzmq sockets are not thread-safe. A `ZMQSocket` belongs to the thread that
+/// uses it: create it, use it and close it on one thread at a time (handing it over between threads
+/// is fine only with a happens-before edge, e.g. before the thread starts).
+///
+/// Calls retry on `EINTR`. Non-blocking calls report `EAGAIN` as `nil`/`false` rather than an error.
+/// A terminated context surfaces as a `ZMQError` whose `isContextTerminated` is true.
+public final class ZMQSocket {
+    public let type: ZMQSocketType
+    let handle: UnsafeMutableRawPointer
+    private var closed = false
+
+    public init(_ context: ZMQContext, _ type: ZMQSocketType) throws {
+        guard let handle = zmq_socket(context.handle, type.raw) else { throw ZMQError.last("zmq_socket") }
+        self.handle = handle
+        self.type = type
+        // Never let an unsent message block process exit for long.
+        try setOption(ZMQ_LINGER, Int32(0))
+    }
+
+    deinit { close() }
+
+    /// Closes the socket, discarding unsent messages after `linger` milliseconds.
+    public func close(linger: Int32 = 0) {
+        if closed { return }
+        closed = true
+        var value = linger
+        zmq_setsockopt(handle, ZMQ_LINGER, &value, MemoryLayout<Int32>.size)
+        zmq_close(handle)
+    }
+
+    // MARK: Options
+
+    public func setOption(_ option: Int32, _ value: Int32) throws {
+        var v = value
+        try check(zmq_setsockopt(handle, option, &v, MemoryLayout<Int32>.size), "zmq_setsockopt(\(option))")
+    }
+
+    public func setOption(_ option: Int32, _ value: Int64) throws {
+        var v = value
+        try check(zmq_setsockopt(handle, option, &v, MemoryLayout<Int64>.size), "zmq_setsockopt(\(option))")
+    }
+
+    public func setOption(_ option: Int32, bytes: [UInt8]) throws {
+        let rc = bytes.withUnsafeBytes { zmq_setsockopt(handle, option, $0.baseAddress, $0.count) }
+        try check(rc, "zmq_setsockopt(\(option))")
+    }
+
+    public func setOption(_ option: Int32, string: String) throws {
+        try setOption(option, bytes: Array(string.utf8))
+    }
+
+    public func intOption(_ option: Int32) throws -> Int32 {
+        var v: Int32 = 0
+        var size = MemoryLayout<Int32>.size
+        try check(zmq_getsockopt(handle, option, &v, &size), "zmq_getsockopt(\(option))")
+        return v
+    }
+
+    /// The endpoint last bound, with the real port when bound to port 0 ("tcp://127.0.0.1:*").
+    public func lastEndpoint() throws -> String {
+        var buffer = [CChar](repeating: 0, count: 512)
+        var size = buffer.count
+        try check(zmq_getsockopt(handle, ZMQ_LAST_ENDPOINT, &buffer, &size), "zmq_getsockopt(LAST_ENDPOINT)")
+        return String(cString: buffer)
+    }
+
+    /// Sets this socket's routing identity (as seen by a ROUTER peer). Call before connect.
+    public func setRoutingID(_ id: [UInt8]) throws { try setOption(ZMQ_ROUTING_ID, bytes: id) }
+
+    public func setHighWaterMarks(send: Int32, receive: Int32) throws {
+        try setOption(ZMQ_SNDHWM, send)
+        try setOption(ZMQ_RCVHWM, receive)
+    }
+
+    // MARK: Connections
+
+    public func bind(_ endpoint: String) throws {
+        try check(zmq_bind(handle, endpoint), "zmq_bind(\(endpoint))")
+    }
+
+    public func connect(_ endpoint: String) throws {
+        try check(zmq_connect(handle, endpoint), "zmq_connect(\(endpoint))")
+    }
+
+    public func disconnect(_ endpoint: String) throws {
+        try check(zmq_disconnect(handle, endpoint), "zmq_disconnect(\(endpoint))")
+    }
+
+    // MARK: Messages
+
+    /// Sends one multipart message. Returns false if `dontWait` and the message would block
+    /// (high-water mark reached, or a ROUTER with no such peer when mandatory routing is on).
+    @discardableResult
+    public func send(_ frames: [[UInt8]], dontWait: Bool = false) throws -> Bool {
+        precondition(!frames.isEmpty, "a message has at least one frame")
+        for (index, frame) in frames.enumerated() {
+            var flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
+            if index < frames.count - 1 { flags |= ZMQ_SNDMORE }
+            while true {
+                let rc = frame.withUnsafeBytes { zmq_send(handle, $0.baseAddress, $0.count, flags) }
+                if rc >= 0 { break }
+                let err = zmq_errno()
+                if err == EINTR { continue }
+                // Only the first frame can be refused atomically; later frames never block.
+                if err == EAGAIN && index == 0 { return false }
+                if err == EHOSTUNREACH && index == 0 { return false }
+                throw ZMQError(code: err, operation: "zmq_send")
+            }
+        }
+        return true
+    }
+
+    /// Receives one multipart message. Returns nil if `dontWait` and nothing is queued, or when a
+    /// receive timeout (`ZMQ_RCVTIMEO`) expires.
+    public func receive(dontWait: Bool = false) throws -> [[UInt8]]? {
+        var frames: [[UInt8]] = []
+        var msg = zmq_msg_t()
+        zmq_msg_init(&msg)
+        defer { zmq_msg_close(&msg) }
+        while true {
+            let flags: Int32 = (dontWait && frames.isEmpty) ? ZMQ_DONTWAIT : 0
+            let rc = zmq_msg_recv(&msg, handle, flags)
+            if rc < 0 {
+                let err = zmq_errno()
+                if err == EINTR { continue }
+                if err == EAGAIN && frames.isEmpty { return nil }
+                throw ZMQError(code: err, operation: "zmq_msg_recv")
+            }
+            let size = zmq_msg_size(&msg)
+            if size == 0 {
+                frames.append([])
+            } else {
+                let data = zmq_msg_data(&msg)!
+                frames.append(Array(UnsafeRawBufferPointer(start: data, count: size)))
+            }
+            if zmq_msg_more(&msg) == 0 { return frames }
+        }
+    }
+
+    private func check(_ rc: Int32, _ operation: @autoclosure () -> String) throws {
+        if rc != 0 { throw ZMQError.last(operation()) }
+    }
+}
+
+/// Waits on several sockets at once.
+public enum ZMQPoller {
+    /// Returns, for each socket in order, whether it has a message to read. Retries on EINTR
+    /// (with the full timeout again, which is fine for the short timeouts Stratolab uses).
+    public static func readable(_ sockets: [ZMQSocket], timeoutMs: Int) throws -> [Bool] {
+        var items = sockets.map { zmq_pollitem_t(socket: $0.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0) }
+        while true {
+            let rc = zmq_poll(&items, Int32(items.count), timeoutMs)
+            if rc >= 0 { break }
+            let err = zmq_errno()
+            if err == EINTR { continue }
+            throw ZMQError(code: err, operation: "zmq_poll")
+        }
+        return items.map { ($0.revents & Int16(ZMQ_POLLIN)) != 0 }
+    }
+}
+
+// Option numbers for modules that do not import CZeroMQ themselves.
+public let ZMQ_IMMEDIATE_OPTION: Int32 = ZMQ_IMMEDIATE
+public let ZMQ_RECONNECT_IVL_MAX_OPTION: Int32 = ZMQ_RECONNECT_IVL_MAX
+public let ZMQ_RECONNECT_IVL_OPTION: Int32 = ZMQ_RECONNECT_IVL
+public let ZMQ_RCVTIMEO_OPTION: Int32 = ZMQ_RCVTIMEO

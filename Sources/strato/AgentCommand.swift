@@ -1,0 +1,112 @@
+import ArgumentParser
+import Cluster
+import Foundation
+import GPUAgent
+import Logging
+import MemoryAgent
+import Protocol
+import RenderAgent
+
+struct AgentCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent", abstract: "Run an agent that registers with the coordinator and heartbeats.",
+        subcommands: [GPU.self, Memory.self, Render.self])
+
+    struct Common: ParsableArguments {
+        @Option(help: "Node id (with --virtual N, ids are ID-0 … ID-(N-1)).") var id: String
+        @Option(help: "Site kind: cloud, edge or device.") var site = "cloud"
+        @Option(name: .customLong("site-name"), help: "Site name (defaults to the site kind).") var siteName: String?
+        @Option(name: .customLong("label"), help: "A label KEY=VALUE (repeatable).") var labels: [String] = []
+        @Option(help: "Coordinator endpoint.") var endpoint = "tcp://127.0.0.1:7700"
+        @Option(help: "Key directory from `strato keys generate` (CURVE on).") var keys: String?
+        @Option(name: .customLong("client-key"), help: "Key pair file to use instead of KEYS/agent.key.") var clientKey: String?
+        @Option(name: .customLong("heartbeat-ms"), help: "Heartbeat interval until the coordinator says otherwise.") var heartbeatMs: UInt32 = 200
+        @Option(name: .customLong("coordinator-timeout-ms"), help: "Silence after which the agent registers again.") var coordinatorTimeoutMs: Int64 = 2000
+        @Option(help: "Host this many virtual nodes in this process (scale tests).") var virtual = 1
+
+        func validate() throws {
+            guard SiteKind(name: site) != nil else { throw ValidationError("--site '\(site)' must be cloud, edge or device") }
+            guard (1...100_000).contains(virtual) else { throw ValidationError("--virtual \(virtual) must be between 1 and 100000") }
+            for l in labels where !l.contains("=") { throw ValidationError("--label '\(l)' must be KEY=VALUE") }
+        }
+
+        func identities() -> [AgentIdentity] {
+            var labelMap: [String: String] = [:]
+            for l in labels {
+                let p = l.split(separator: "=", maxSplits: 1).map(String.init)
+                labelMap[p[0]] = p.count > 1 ? p[1] : ""
+            }
+            let kind = SiteKind(name: site)!
+            let ids = virtual > 1 ? (0..<virtual).map { "\(id)-\($0)" } : [id]
+            return ids.map { AgentIdentity(nodeID: $0, siteName: siteName ?? site, siteKind: kind, labels: labelMap) }
+        }
+
+        var sessionConfig: AgentSessionConfig {
+            var c = AgentSessionConfig()
+            c.endpoint = endpoint
+            c.keysDirectory = keys
+            c.clientKeyFile = clientKey
+            c.heartbeatIntervalMs = heartbeatMs
+            c.coordinatorSilenceMs = coordinatorTimeoutMs
+            return c
+        }
+
+        func run(_ make: (AgentIdentity) throws -> AgentBehavior) throws {
+            Strato.bootstrapLogging()
+            let nodes = try identities().map { ($0, try make($0)) }
+            let session = AgentSession(config: sessionConfig, nodes: nodes,
+                                       logger: Logger(label: "strato.agent.\(nodes[0].1.kind.name)"))
+            SignalTrap.onTerminate { session.stop() }
+            try session.run()
+        }
+    }
+
+    struct GPU: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "gpu", abstract: "A GPU node (GPUs emulated from the catalogue of real models).")
+        @OptionGroup var common: Common
+        @Option(name: .customLong("gpu-model"), help: "GPU model from the catalogue (V100, A100-40GB, A100-80GB, H100, A10, T4, L4, …).") var gpuModel = "A100-80GB"
+        @Option(help: "Number of GPUs.") var gpus = 1
+        @Option(help: "Interconnect override: pcie or nvlink.") var interconnect: String?
+
+        func run() throws {
+            let ic: Interconnect? = try interconnect.map {
+                switch $0.lowercased() {
+                case "pcie": return .pcie
+                case "nvlink": return .nvlink
+                case "nvswitch": return .nvswitch
+                default: throw ValidationError("--interconnect '\($0)' must be pcie, nvlink or nvswitch")
+                }
+            }
+            try common.run { _ in try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic) }
+        }
+    }
+
+    struct Memory: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "memory", abstract: "A memory host with DRAM, CXL and NVMe tiers (probed at start).")
+        @OptionGroup var common: Common
+        @Option(name: .customLong("tier"), help: "A tier KIND:CAPACITY[:PATH], e.g. dram:4GiB, cxl:8GiB, nvme:16GiB:/data (repeatable).")
+        var tiers: [String] = ["dram:1GiB", "cxl:2GiB", "nvme:4GiB"]
+
+        func run() throws {
+            let specs: [MemoryHost.TierSpec]
+            do { specs = try tiers.map(MemoryHost.TierSpec.parse) } catch { throw ValidationError("\(error)") }
+            let dram = TierProbe.probeDRAM()   // measured once, shared by every virtual host
+            try common.run { identity in
+                try MemoryHost(specs: specs, dramProbe: dram, defaultNVMeDirectory: ".strato/nvme/\(identity.nodeID)")
+            }
+        }
+    }
+
+    struct Render: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "render", abstract: "An edge or cloud render site.")
+        @OptionGroup var common: Common
+        @Option(help: "Concurrent remote renderers.") var slots = 8
+        @Option(name: .customLong("render-gpu"), help: "GPU model used for rendering.") var renderGPU = "L4"
+        @Option(name: .customLong("max-fps"), help: "Frame-rate cap of a renderer.") var maxFPS = 60
+
+        func run() throws {
+            let kind = SiteKind(name: common.site) ?? .cloud
+            try common.run { _ in try RenderSite(siteKind: kind, slots: slots, gpuModel: renderGPU, maxFPS: maxFPS) }
+        }
+    }
+}

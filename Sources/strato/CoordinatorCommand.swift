@@ -1,0 +1,40 @@
+import ArgumentParser
+import Cluster
+import Coordinator
+import Foundation
+import Logging
+
+struct CoordinatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator", abstract: "Run the coordinator: membership, failure detection and durable state.")
+
+    @Option(help: "ZeroMQ endpoint to bind (ROUTER).") var endpoint = "tcp://127.0.0.1:7700"
+    @Option(name: .customLong("state-dir"), help: "Directory for the durable state (SQLite with WAL).") var stateDir = ".strato/state"
+    @Option(help: "Key directory from `strato keys generate`; without it the coordinator runs open.") var keys: String?
+    @Option(name: .customLong("heartbeat-ms"), help: "Heartbeat interval agents are told to use.") var heartbeatMs: UInt32 = 200
+    @Option(name: .customLong("suspect-after-ms"), help: "Silence after which a node is suspect.") var suspectAfterMs: Int64 = 1000
+    @Option(name: .customLong("dead-after-ms"), help: "Silence after which a node is dead.") var deadAfterMs: Int64 = 2000
+    @Option(name: .customLong("max-frame-bytes"), help: "Largest control frame accepted.") var maxFrameBytes = 1 << 20
+
+    func validate() throws {
+        guard suspectAfterMs > 0, deadAfterMs > suspectAfterMs else {
+            throw ValidationError("--dead-after-ms (\(deadAfterMs)) must exceed --suspect-after-ms (\(suspectAfterMs)), both positive")
+        }
+        guard heartbeatMs > 0, Int64(heartbeatMs) < suspectAfterMs else {
+            throw ValidationError("--heartbeat-ms (\(heartbeatMs)) must be positive and below --suspect-after-ms (\(suspectAfterMs))")
+        }
+    }
+
+    func run() throws {
+        Strato.bootstrapLogging()
+        var config = CoordinatorConfig(stateDirectory: stateDir)
+        config.endpoint = endpoint
+        config.keysDirectory = keys
+        config.heartbeatIntervalMs = heartbeatMs
+        config.detector = FailureDetectorConfig(suspectAfterNanos: .millis(suspectAfterMs), deadAfterNanos: .millis(deadAfterMs))
+        config.maxFrameBytes = maxFrameBytes
+        let server = CoordinatorServer(config: config)
+        SignalTrap.onTerminate { server.stop() }
+        try server.run()
+    }
+}
