@@ -1,0 +1,115 @@
+import Cluster
+import Experiments
+import Foundation
+import Protocol
+
+/// A real testbed of `strato` processes for one test, in its own temporary directory and on its
+/// own IPC endpoint (so tests never collide on ports). `shutdown()` stops every process it started;
+/// call it in a `defer`.
+final class TestCluster {
+    let directory: String
+    let topology: Topology
+    private(set) var bed: Testbed
+    private var extra: [pid_t] = []
+
+    /// The `strato` binary built beside the test bundle (or $STRATO_BIN).
+    static var stratoBinary: String {
+        if let b = ProcessInfo.processInfo.environment["STRATO_BIN"] { return b }
+        let dir = (ProcessLauncher.selfExecutable as NSString).deletingLastPathComponent
+        return dir + "/strato"
+    }
+
+    init(name: String, security: Topology.Security = .curve, nodes: String? = nil, timeout: Double = 30) throws {
+        directory = NSTemporaryDirectory() + "strato-it-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let yaml = """
+            name: \(name)
+            security: \(security.rawValue)
+            coordinator:
+              endpoint: ipc://\(directory)/control.sock
+            nodes:
+            \(nodes ?? TestCluster.allKinds)
+            """
+        let file = directory + "/topology.yaml"
+        try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+        topology = try Topology.load(file: file)
+        bed = try Testbed.up(topology: topology, runDirectory: directory + "/run", executable: TestCluster.stratoBinary)
+        do {
+            _ = try bed.waitUntilAlive(timeoutSeconds: timeout)
+        } catch {
+            shutdown()
+            throw error
+        }
+    }
+
+    static let allKinds = """
+          - {id: gpu-a, kind: gpu, site: cloud, gpu: {model: A100-80GB, count: 4}}
+          - {id: gpu-b, kind: gpu, site: cloud, gpu: {model: T4, count: 2}}
+          - {id: mem-a, kind: memory, site: cloud, tiers: [dram:256MiB, cxl:512MiB, nvme:512MiB]}
+          - {id: render-edge, kind: render, site: edge, render: {slots: 4, gpu: L4}}
+          - {id: render-cloud, kind: render, site: cloud, render: {slots: 16, gpu: A10}}
+        """
+
+    func client() throws -> OperatorClient {
+        try OperatorClient(endpoint: bed.endpoint, keysDirectory: bed.keysDirectory)
+    }
+
+    func status() throws -> StatusReply {
+        let c = try client()
+        defer { c.close() }
+        return try c.status(timeoutMs: 3000)
+    }
+
+    func node(_ id: String) throws -> NodeStatus? {
+        try status().nodes.first { $0.nodeID == id }
+    }
+
+    func pid(of name: String) -> pid_t {
+        bed.processes.first { $0.name == name }!.pid
+    }
+
+    func signal(_ name: String, _ sig: Int32) {
+        kill(pid(of: name), sig)
+    }
+
+    /// Starts another process with the same binary (e.g. a second coordinator or a rogue agent).
+    @discardableResult
+    func spawn(_ name: String, _ args: [String]) throws -> pid_t {
+        let pid = try ProcessLauncher.spawn(TestCluster.stratoBinary, args, logFile: directory + "/run/logs/\(name).log")
+        extra.append(pid)
+        return pid
+    }
+
+    /// Restarts a process of the testbed with its original arguments (after it was killed).
+    func restart(_ name: String) throws {
+        guard let i = bed.processes.firstIndex(where: { $0.name == name }) else { return }
+        let p = bed.processes[i]
+        bed.processes[i].pid = try ProcessLauncher.spawn(TestCluster.stratoBinary, p.arguments, logFile: p.log)
+    }
+
+    /// Polls `condition` every 50 ms until it holds or `seconds` pass; returns the time it took.
+    @discardableResult
+    func waitFor(_ what: String, seconds: Double, _ condition: () throws -> Bool) throws -> Double {
+        let start = Date()
+        while Date().timeIntervalSince(start) < seconds {
+            if (try? condition()) == true { return Date().timeIntervalSince(start) }
+            usleep(50_000)
+        }
+        throw TestFailure("timed out after \(seconds) s waiting for: \(what)\n\(logs())")
+    }
+
+    func logs() -> String {
+        bed.processes.map { "--- \($0.name)\n" + Testbed.tail($0.log, lines: 8) }.joined(separator: "\n")
+    }
+
+    func shutdown() {
+        for p in extra { ProcessLauncher.terminate(p, grace: 2) }
+        bed.down()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
