@@ -17,22 +17,30 @@ public enum WireBench {
         public var raw: Figures
         public var wrapped: Figures
         public var payloadBytes: Int
+        public var encodeNanos: Double
+        public var decodeNanos: Double
 
         public var throughputRatio: Double { wrapped.messagesPerSecond / raw.messagesPerSecond }
         public var table: String {
             func row(_ name: String, _ f: Figures) -> String {
-                String(format: "%-28@ %14.0f %12.1f %12.1f", name as NSString, f.messagesPerSecond, f.p50Micros, f.p99Micros)
+                name.padding(toLength: 28, withPad: " ", startingAt: 0)
+                    + String(format: " %14.0f %12.1f %12.1f", f.messagesPerSecond, f.p50Micros, f.p99Micros)
             }
+            let head = "path".padding(toLength: 28, withPad: " ", startingAt: 0)
+                + "msgs/s".leftPadded(15) + "RTT p50 µs".leftPadded(13) + "RTT p99 µs".leftPadded(13)
             return """
 
-            wire benchmark (tcp loopback, ROUTER/DEALER, \(payloadBytes)-byte heartbeat envelope)
-            \(String(format: "%-28@ %14@ %12@ %12@", "path" as NSString, "msgs/s" as NSString, "RTT p50 µs" as NSString, "RTT p99 µs" as NSString))
+            wire benchmark (tcp loopback, ROUTER/DEALER, \(payloadBytes)-byte heartbeat envelope with \(WireBench.telemetryGPUs) GPUs of telemetry)
+            \(head)
             \(row("raw libzmq (C API)", raw))
             \(row("Stratolab wrapper+envelope", wrapped))
+            envelope codec alone: encode \(String(format: "%.0f", encodeNanos)) ns, decode \(String(format: "%.0f", decodeNanos)) ns per message
             ratio (Stratolab / raw): throughput \(String(format: "%.2f", throughputRatio)), RTT p50 \(String(format: "%.2f", raw.p50Micros / wrapped.p50Micros)) (target ≥ 0.50: \(throughputRatio >= 0.5 ? "met" : "NOT met"))
             """
         }
     }
+
+    nonisolated(unsafe) static var telemetryGPUs = 4
 
     static func sampleEnvelope() -> Envelope {
         var hb = Heartbeat()
@@ -42,19 +50,35 @@ public enum WireBench {
         var t = Telemetry()
         t.processCpuSeconds = 1.25
         t.processRssBytes = 48 << 20
-        t.gpus = (0..<4).map { i in var g = GpuTelemetry(); g.index = UInt32(i); g.utilization = 0.5; return g }
+        t.gpus = (0..<telemetryGPUs).map { i in var g = GpuTelemetry(); g.index = UInt32(i); g.utilization = 0.5; return g }
         hb.telemetry = t
         return Envelope.make(sender: "gpu-a100-0", messageID: 1, sentAtNanos: SystemClock.shared.wallNanos(), body: .heartbeat(hb))
     }
 
-    public static func run(messages: Int, roundTrips: Int, progress: (String) -> Void) throws -> Result {
+    public static func run(messages: Int, roundTrips: Int, telemetryGPUs: Int = 4, progress: (String) -> Void) throws -> Result {
+        WireBench.telemetryGPUs = telemetryGPUs
         let codec = EnvelopeCodec()
         let payload = codec.encode(sampleEnvelope())
+        let (enc, dec) = codecCost(iterations: 100_000)
         progress("raw libzmq: \(messages) messages, \(roundTrips) round trips …")
         let raw = try rawRun(payload: payload, messages: messages, roundTrips: roundTrips)
         progress("Stratolab wrapper + envelope: same traffic …")
         let wrapped = try wrappedRun(messages: messages, roundTrips: roundTrips)
-        return Result(raw: raw, wrapped: wrapped, payloadBytes: payload.count)
+        return Result(raw: raw, wrapped: wrapped, payloadBytes: payload.count, encodeNanos: enc, decodeNanos: dec)
+    }
+
+    /// Nanoseconds per encode and per decode of the sample envelope, without sockets.
+    static func codecCost(iterations: Int) -> (Double, Double) {
+        let codec = EnvelopeCodec()
+        var e = sampleEnvelope()
+        var bytes: [UInt8] = []
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        for i in 0..<iterations { e.messageID = UInt64(i); bytes = codec.encode(e) }
+        let t1 = DispatchTime.now().uptimeNanoseconds
+        var sum: UInt64 = 0
+        for _ in 0..<iterations { sum &+= (try? codec.decode(bytes))?.messageID ?? 0 }
+        let t2 = DispatchTime.now().uptimeNanoseconds
+        return (Double(t1 - t0) / Double(iterations), Double(t2 - t1) / Double(iterations) + Double(sum & 0))
     }
 
     // MARK: Raw libzmq
@@ -176,6 +200,12 @@ public enum WireBench {
         return Figures(messagesPerSecond: Double(messages) / elapsed,
                        p50Micros: Double(LatencyWindow.percentile(50, ofSorted: lat)) / 1000,
                        p99Micros: Double(LatencyWindow.percentile(99, ofSorted: lat)) / 1000)
+    }
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: " ", count: width - count) + self
     }
 }
 

@@ -10,8 +10,9 @@ struct BenchCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Raw libzmq ROUTER/DEALER vs Stratolab's wrapper + envelope, in one run.")
         @Option(help: "Messages per throughput run.") var messages = 200_000
         @Option(help: "Round trips for latency.") var roundTrips = 20_000
+        @Option(name: .customLong("telemetry-gpus"), help: "GPU entries in the heartbeat's telemetry (message size).") var telemetryGPUs = 4
         func run() throws {
-            let r = try WireBench.run(messages: messages, roundTrips: roundTrips) { print($0); fflush(stdout) }
+            let r = try WireBench.run(messages: messages, roundTrips: roundTrips, telemetryGPUs: telemetryGPUs) { print($0); fflush(stdout) }
             print(r.table)
         }
     }
