@@ -94,7 +94,8 @@ public enum ByteSize {
                                          ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12), ("B", 1)]
         for (suffix, factor) in units where t.hasSuffix(suffix) {
             guard let v = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), v >= 0, v.isFinite else { return nil }
-            return UInt64(v * factor)
+            // UInt64(_: Double) traps past UInt64.max; a size that large is an input error, not a crash.
+            return UInt64(exactly: (v * factor).rounded(.down))
         }
         return UInt64(t)
     }
