@@ -188,7 +188,8 @@ public final class CoordinatorServer: @unchecked Sendable {
             routes[r.nodeID] = identity
             event(r.nodeID, newLife ? "registered" : "reconciled",
                   "incarnation \(incarnation), kind \(r.kind.name), running \(r.running.count)")
-            persistNow(r.nodeID)   // durable before we acknowledge
+            count(newLife ? "registrations" : "reconciliations")
+            persistNow(r.nodeID)   // durable (with its counters) before we acknowledge
             var ack = RegisterAck()
             ack.nodeID = r.nodeID
             ack.incarnation = incarnation
@@ -196,7 +197,6 @@ public final class CoordinatorServer: @unchecked Sendable {
             ack.heartbeatIntervalMs = config.heartbeatIntervalMs
             reply(on: router, to: identity, recipient: r.nodeID, inReplyTo: envelope.messageID, .registerAck(ack))
             outstanding.expedite(nodeID: r.nodeID, now: clock.monotonicNanos())
-            count(newLife ? "registrations" : "reconciliations")
             logger.info(newLife ? "node registered" : "node reconciled", metadata: [
                 "node": "\(r.nodeID)", "kind": "\(r.kind.name)", "incarnation": "\(incarnation)", "running": "\(r.running.count)"])
         case let .rejected(code, message):
@@ -249,16 +249,16 @@ public final class CoordinatorServer: @unchecked Sendable {
             default: break
             }
         }
+        event(entry.command.nodeID, "command_ack", "command \(ack.commandID) ok=\(ack.ok) \(ack.detail)")
+        count("commands_acknowledged")
         do {
             try store.batch {
                 try store.markAcknowledged(ack, at: clock.wallNanos())
-                if let r = membership.nodes[entry.command.nodeID] { try store.save([r]) }
+                persistNow(entry.command.nodeID)
             }
         } catch {
             logger.error("could not persist a command acknowledgement: \(error)")
         }
-        event(entry.command.nodeID, "command_ack", "command \(ack.commandID) ok=\(ack.ok) \(ack.detail)")
-        count("commands_acknowledged")
     }
 
     private func handleOperatorCommand(_ oc: OperatorCommand, now: Int64, router: ZMQSocket) -> Envelope.OneOf_Body {
@@ -327,13 +327,14 @@ public final class CoordinatorServer: @unchecked Sendable {
         }
     }
 
-    /// Persists one node (and pending events) before the caller replies.
+    /// Persists one node, pending events and counters in one transaction, before the caller replies.
     private func persistNow(_ nodeID: String) {
         do {
             try store.batch {
                 if let r = membership.nodes[nodeID] { try store.save([r]) }
                 try store.append(pendingEvents)
                 pendingEvents.removeAll()
+                if countersDirty { try store.saveCounters(counters); countersDirty = false }
             }
             dirtyNodes.remove(nodeID)
         } catch {
