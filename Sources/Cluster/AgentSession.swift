@@ -173,8 +173,9 @@ public final class AgentSession: @unchecked Sendable {
         hb.incarnation = nodes[i].incarnation
         hb.sequence = nodes[i].sequence
         var t = Telemetry()
-        t.processCpuSeconds = ProcessStats.cpuSeconds()
-        t.processRssBytes = ProcessStats.residentBytes()
+        let (cpu, rss) = processStats()
+        t.processCpuSeconds = cpu
+        t.processRssBytes = rss
         t.messagesSent = sent
         t.messagesReceived = received
         nodes[i].behavior.fillTelemetry(&t)
@@ -184,6 +185,18 @@ public final class AgentSession: @unchecked Sendable {
         let sentAt = send(.heartbeat(hb), from: i, dealer)
         nodes[i].lastHeartbeatSentWall = sentAt
         nodes[i].lastHeartbeatSequence = hb.sequence
+    }
+
+    private var cachedStats: (cpu: Double, rss: UInt64, at: Int64)?
+
+    /// This process's CPU and RSS, sampled at most every 100 ms: every virtual node of the process
+    /// reports the same figures, and reading /proc per heartbeat would cost thousands of reads a second.
+    private func processStats() -> (Double, UInt64) {
+        let now = clock.monotonicNanos()
+        if let c = cachedStats, now - c.at < .millis(100) { return (c.cpu, c.rss) }
+        let fresh = (cpu: ProcessStats.cpuSeconds(), rss: ProcessStats.residentBytes(), at: now)
+        cachedStats = fresh
+        return (fresh.cpu, fresh.rss)
     }
 
     // MARK: Messages

@@ -22,7 +22,7 @@ public struct YAMLValue {
     public let file: String
     public let path: String
 
-    public var line: Int { (node.mark?.line ?? 0) + (node.mark == nil ? 0 : 0) }
+    public var line: Int { node.mark?.line ?? 0 }
 
     public static func load(file: String) throws -> YAMLValue {
         guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {

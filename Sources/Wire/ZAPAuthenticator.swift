@@ -13,7 +13,6 @@ public final class ZAPAuthenticator: @unchecked Sendable {
     private let lock = NSLock()
     private var _accepted: UInt64 = 0
     private var _rejected: UInt64 = 0
-    private var _lastRejectedKey = ""
     private var stopping = false
     private var thread: Thread?
     private let ready = DispatchSemaphore(value: 0)
@@ -85,21 +84,21 @@ public final class ZAPAuthenticator: @unchecked Sendable {
         let address = String(decoding: request[3], as: UTF8.self)
         let mechanism = String(decoding: request[5], as: UTF8.self)
         guard mechanism == "CURVE", let key = CurveKeyPair.encodeZ85(request[6]) else {
-            bump(accepted: false, key: "")
+            bump(accepted: false)
             return answer("400", "only CURVE clients are admitted")
         }
         if allowed.contains(key) {
-            bump(accepted: true, key: key)
+            bump(accepted: true)
             return answer("200", "OK")
         }
-        bump(accepted: false, key: key)
+        bump(accepted: false)
         onReject?(key, address)
         return answer("400", "public key not authorised")
     }
 
-    private func bump(accepted: Bool, key: String) {
+    private func bump(accepted: Bool) {
         lock.lock()
-        if accepted { _accepted += 1 } else { _rejected += 1; _lastRejectedKey = key }
+        if accepted { _accepted += 1 } else { _rejected += 1 }
         lock.unlock()
     }
 }
