@@ -1,3 +1,4 @@
+import Foundation
 import Protocol
 
 /// A GPU model as published by its vendor. Emulated GPU nodes are described from these figures.
@@ -91,11 +92,5 @@ public enum GPUCatalog {
         caps.emulated = true
         caps.source = model.source
         return caps
-    }
-}
-
-extension String {
-    func replacingOccurrences(of target: String, with replacement: String) -> String {
-        split(separator: Character(target), omittingEmptySubsequences: false).joined(separator: replacement)
     }
 }

@@ -1,0 +1,99 @@
+import Foundation
+
+/// What became of one job in a run.
+public struct JobOutcome: Sendable, Codable, Equatable {
+    public var id: String
+    public var kind: String
+    public var arrival: Double
+    public var firstStart: Double?
+    public var finish: Double?
+    public var queueing: Double
+    public var preemptions: Int
+    public var restarts: Int
+    public var failedStarts: Int
+    public var gpuModel: String?
+    public var gpus: Int?
+    public var jct: Double? { finish.map { $0 - arrival } }
+}
+
+/// Served versus offered requests of one online service.
+public struct ServiceOutcome: Sendable, Codable, Equatable {
+    public var id: String
+    public var offeredRequests: Double = 0
+    public var servedWithinSLO: Double = 0
+    public var replicaSeconds: Double = 0
+    public var attainment: Double { offeredRequests > 0 ? servedWithinSLO / offeredRequests : 1 }
+    public init(id: String) { self.id = id }
+}
+
+/// The measurements of one run (testbed or twin) and their summary.
+public struct RunResult: Sendable, Codable {
+    public var policy: String
+    public var workload: String
+    public var engine: String              // "twin" or "testbed"
+    public var emulated: Bool
+    public var jobs: [JobOutcome]
+    public var services: [ServiceOutcome]
+    /// GPU-seconds allocated to offline jobs, per GPU model, and the GPUs of each model.
+    public var busyGPUSeconds: [String: Double]
+    public var gpusByModel: [String: Int]
+    public var makespan: Double
+    public var skipped: [String]
+    public var events: Int
+    public var wallSeconds: Double
+
+    public var finished: [JobOutcome] { jobs.filter { $0.finish != nil } }
+
+    public var summary: RunSummary { RunSummary(self) }
+}
+
+public func percentile(_ sorted: [Double], _ p: Double) -> Double {
+    guard !sorted.isEmpty else { return .nan }
+    let rank = p / 100 * Double(sorted.count - 1)
+    let lo = Int(rank.rounded(.down)), hi = Int(rank.rounded(.up))
+    return sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - Double(lo))
+}
+
+public struct RunSummary: Sendable, Codable, Equatable {
+    public var policy: String
+    public var jobs: Int
+    public var finished: Int
+    public var meanJCT: Double
+    public var medianJCT: Double
+    public var p99JCT: Double
+    public var meanQueueing: Double
+    public var makespan: Double
+    public var preemptions: Int
+    public var restarts: Int
+    public var failedStarts: Int
+    public var utilization: [String: Double]
+    public var sloAttainment: Double?
+
+    public init(_ r: RunResult) {
+        let jcts = r.finished.compactMap(\.jct).sorted()
+        policy = r.policy
+        jobs = r.jobs.count
+        finished = jcts.count
+        meanJCT = jcts.isEmpty ? .nan : jcts.reduce(0, +) / Double(jcts.count)
+        medianJCT = percentile(jcts, 50)
+        p99JCT = percentile(jcts, 99)
+        meanQueueing = r.jobs.isEmpty ? .nan : r.jobs.map(\.queueing).reduce(0, +) / Double(r.jobs.count)
+        makespan = r.makespan
+        preemptions = r.jobs.map(\.preemptions).reduce(0, +)
+        restarts = r.jobs.map(\.restarts).reduce(0, +)
+        failedStarts = r.jobs.map(\.failedStarts).reduce(0, +)
+        var u: [String: Double] = [:]
+        for (m, n) in r.gpusByModel where n > 0 && r.makespan > 0 { u[m] = (r.busyGPUSeconds[m] ?? 0) / (Double(n) * r.makespan) }
+        utilization = u
+        let offered = r.services.map(\.offeredRequests).reduce(0, +)
+        sloAttainment = offered > 0 ? r.services.map(\.servedWithinSLO).reduce(0, +) / offered : nil
+    }
+}
+
+extension JobRecord {
+    public var outcome: JobOutcome {
+        JobOutcome(id: spec.id, kind: spec.kind.description, arrival: spec.arrival, firstStart: firstStart, finish: phase == .finished ? finishedAt : nil,
+                   queueing: queueingDelay, preemptions: preemptions, restarts: restarts, failedStarts: failedStarts,
+                   gpuModel: placement?.key.gpuModel ?? lastKey?.gpuModel, gpus: placement?.key.gpuCount ?? lastKey?.gpuCount)
+    }
+}

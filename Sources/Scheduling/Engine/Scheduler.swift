@@ -1,0 +1,126 @@
+import Foundation
+
+/// What the scheduler asks the cluster to do. The coordinator turns these into commands to GPU
+/// agents; the digital twin applies them to its modelled agents.
+public enum SchedulerAction: Sendable, Equatable {
+    case startJob(jobID: String, placement: Placement, resumeWork: Double)
+    case preemptJob(jobID: String, nodeID: String, reason: String)
+    case startReplica(replicaID: String, serviceID: String, placement: Placement)
+    case stopReplica(replicaID: String, serviceID: String, nodeID: String)
+}
+
+/// A service whose capacity per replica could not be derived (no profile for its model and GPU).
+public struct SkippedService: Sendable, Equatable { public var id: String; public var reason: String }
+
+/// One scheduling engine: the cluster state, the knowledge base and a policy. Online services are
+/// served first (they hold priority and take GPUs back from offline jobs, which are preempted at
+/// a checkpoint); the policy then places queued offline jobs on what is free.
+public struct Scheduler: Sendable {
+    public let policy: SchedulingPolicy
+    public var state = ClusterState()
+    public var kb: KnowledgeBase
+    public private(set) var services: [ServiceSpec] = []
+    public private(set) var capacityPerReplica: [String: Double] = [:]
+    public private(set) var skippedServices: [SkippedService] = []
+    public private(set) var rejectedDecisions: [String] = []
+    public var counts = [1, 2, 4, 8]
+    public var window = 128
+    private var replicaSerial = 0
+
+    public init(policy: SchedulingPolicy, kb: KnowledgeBase, services: [ServiceSpec] = []) {
+        self.policy = policy
+        self.kb = kb
+        for s in services.sorted(by: { $0.id < $1.id }) { addService(s) }
+    }
+
+    public mutating func addService(_ s: ServiceSpec) {
+        guard let model = InferenceModel(kb: kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpusPerReplica) else {
+            skippedServices.append(SkippedService(id: s.id, reason: "no inference profile for \(s.model) on \(s.gpusPerReplica)x\(s.gpuModel)"))
+            return
+        }
+        guard let op = model.operatingPoint(prefill: s.meanPrefillTokens, decode: s.meanDecodeTokens, slo: s.sloSeconds) else {
+            skippedServices.append(SkippedService(id: s.id, reason: "\(s.model) on \(s.gpusPerReplica)x\(s.gpuModel) cannot meet a \(s.sloSeconds) s SLO or does not fit"))
+            return
+        }
+        services.append(s)
+        capacityPerReplica[s.id] = op.requestsPerSecond
+    }
+
+    public func desiredReplicas(_ s: ServiceSpec, at now: Double) -> Int {
+        guard let cap = capacityPerReplica[s.id], cap > 0 else { return 0 }
+        return max(s.minReplicas, Int((s.rate(at: now) / cap).rounded(.up)))
+    }
+
+    public func replicas(of service: String) -> [ReplicaRecord] {
+        state.replicas.values.filter { $0.serviceID == service }.sorted { $0.id < $1.id }
+    }
+
+    /// One decision round at `now`. `currentWork` gives a running job's work done right now (the
+    /// twin computes it; the coordinator answers with the last report and corrects it when the
+    /// agent acknowledges the preemption with its checkpoint).
+    public mutating func step(now: Double, currentWork: (String) -> Double? = { _ in nil }) -> [SchedulerAction] {
+        var actions = serveOnline(now: now, currentWork: currentWork)
+        guard state.free.totalFree > 0, !state.pendingOrder.isEmpty else { return actions }
+        var ctx = PolicyContext(now: now, free: state.free, pending: state.pendingJobs, kb: kb, learnedNoFit: state.learnedNoFit)
+        ctx.counts = counts
+        ctx.window = window
+        ctx.offlineVisible = policy.knowledge == .offline || policy.knowledge == .hybrid
+        ctx.onlineVisible = policy.knowledge == .online || policy.knowledge == .hybrid
+        for d in policy.schedule(&ctx) {
+            do {
+                let resume = state.jobs[d.jobID]?.workDone ?? 0
+                let p = try state.start(job: d.jobID, node: d.nodeID, key: d.key, at: now)
+                actions.append(.startJob(jobID: d.jobID, placement: p, resumeWork: resume))
+            } catch {
+                rejectedDecisions.append("\(policy.name) at \(now): \(d): \(error)")
+            }
+        }
+        return actions
+    }
+
+    private mutating func serveOnline(now: Double, currentWork: (String) -> Double?) -> [SchedulerAction] {
+        var actions: [SchedulerAction] = []
+        for s in services {
+            let want = desiredReplicas(s, at: now)
+            var have = replicas(of: s.id)
+            while have.count > want, let r = have.popLast() {
+                state.stopReplica(r.id)
+                actions.append(.stopReplica(replicaID: r.id, serviceID: s.id, nodeID: r.placement.nodeID))
+            }
+            let key = ConfigKey(model: s.model, task: "inference", gpuModel: s.gpuModel, gpuCount: s.gpusPerReplica, batchPerGPU: 0)
+            for _ in have.count..<max(want, have.count) {
+                var node = state.free.bestNode(model: s.gpuModel, count: s.gpusPerReplica)
+                if node == nil { node = makeRoom(model: s.gpuModel, gpus: s.gpusPerReplica, now: now, for: s.id, currentWork: currentWork, actions: &actions) }
+                guard let node else { break }
+                replicaSerial += 1
+                let id = "\(s.id)-r\(replicaSerial)"
+                if let p = try? state.startReplica(id: id, service: s.id, node: node, key: key) {
+                    actions.append(.startReplica(replicaID: id, serviceID: s.id, placement: p))
+                }
+            }
+        }
+        return actions
+    }
+
+    /// Preempts offline jobs on the node of `model` where the fewest GPUs must be taken back.
+    private mutating func makeRoom(model: String, gpus: Int, now: Double, for service: String, currentWork: (String) -> Double?, actions: inout [SchedulerAction]) -> String? {
+        var best: (node: String, victims: [JobRecord], taken: Int)? = nil
+        for id in state.nodeOrder {
+            guard let n = state.nodes[id], n.alive, n.gpuModel == model, n.gpuCount >= gpus else { continue }
+            let jobIDs = Set(n.holders.compactMap { $0 }).filter { state.jobs[$0] != nil }
+            let jobs = jobIDs.compactMap { state.jobs[$0] }.sorted { ($0.startedAt ?? 0, $0.spec.id) > ($1.startedAt ?? 0, $1.spec.id) }
+            var freeNow = n.freeCount, victims: [JobRecord] = [], taken = 0
+            for j in jobs where freeNow < gpus {
+                victims.append(j); freeNow += j.placement?.gpus.count ?? 0; taken += j.placement?.gpus.count ?? 0
+            }
+            guard freeNow >= gpus else { continue }
+            if best == nil || taken < best!.taken { best = (id, victims, taken) }
+        }
+        guard let best else { return nil }
+        for v in best.victims {
+            state.preempt(job: v.spec.id, workDone: currentWork(v.spec.id), at: now)
+            actions.append(.preemptJob(jobID: v.spec.id, nodeID: best.node, reason: "service \(service) needs \(gpus)x\(model)"))
+        }
+        return best.node
+    }
+}

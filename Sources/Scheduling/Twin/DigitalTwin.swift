@@ -1,0 +1,180 @@
+import Foundation
+
+/// A node failure for the twin to replay: `node` dies at `at` and is back `downFor` later.
+public struct NodeFailure: Sendable, Codable, Equatable {
+    public var node: String
+    public var at: Double
+    public var downFor: Double
+    public init(node: String, at: Double, downFor: Double) { self.node = node; self.at = at; self.downFor = downFor }
+}
+
+public struct TwinOptions: Sendable {
+    /// Trace seconds between the step-time reports a modelled agent sends.
+    public var reportInterval: Double = 300
+    public var seed: UInt64 = 1
+    public var failures: [NodeFailure] = []
+    /// Seconds between a job's start decision and the agent acting on it (command latency on the
+    /// testbed, in trace time); 0 in a pure simulation.
+    public var startLatency: Double = 0
+    public init() {}
+}
+
+/// The digital twin: the same `Scheduler`, `ClusterState` and policies as the coordinator, with
+/// modelled GPU agents (`ExecutionModel`) on a discrete-event clock. Time is trace seconds.
+public struct DigitalTwin {
+    public let nodes: [NodeSlot]
+    public let workload: Workload
+    public let options: TwinOptions
+    public var execution: ExecutionModel
+
+    public init(nodes: [NodeSlot], workload: Workload, kb: KnowledgeBase, options: TwinOptions = TwinOptions()) {
+        self.nodes = nodes; self.workload = workload; self.options = options
+        self.execution = ExecutionModel(kb: kb)
+    }
+
+    enum Event {
+        case arrival(Int)
+        case started(String, Int)      // overhead over: progress begins (or OOM)
+        case done(String, Int)
+        case report(String, Int)
+        case serviceChange
+        case nodeDown(String)
+        case nodeUp(String)
+    }
+
+    struct Run {
+        var generation: Int
+        var key: ConfigKey
+        var nodeID: String
+        var startedAt: Double
+        var overhead: Double
+        var resume: Double
+        var rate: Double
+        var progressFrom: Double { startedAt + overhead }
+    }
+
+    public func run(policy: SchedulingPolicy) -> RunResult {
+        let wallStart = DispatchTime.now().uptimeNanoseconds
+        var scheduler = Scheduler(policy: policy, kb: execution.kb, services: workload.services)
+        for n in nodes { scheduler.state.addNode(n) }
+        var rng = SeededRandom(seed: options.seed)
+        var queue = EventQueue<Event>()
+        for (i, j) in workload.jobs.enumerated() { queue.push(j.arrival, .arrival(i)) }
+        for s in scheduler.services { for p in s.rateCurve { queue.push(p.time, .serviceChange) } }
+        for f in options.failures {
+            queue.push(f.at, .nodeDown(f.node))
+            queue.push(f.at + f.downFor, .nodeUp(f.node))
+        }
+        var runs: [String: Run] = [:]
+        var generation: [String: Int] = [:]
+        var busy: [String: Double] = [:]
+        var serviceOut = Dictionary(uniqueKeysWithValues: scheduler.services.map { ($0.id, ServiceOutcome(id: $0.id)) })
+        var lastServiceTime = 0.0
+        var events = 0
+        var submitted = 0
+        var lastFinish = 0.0
+
+        func workNow(_ id: String, _ now: Double) -> Double? {
+            guard let r = runs[id] else { return nil }
+            let w = r.resume + max(0, now - r.progressFrom) * r.rate
+            return min(w, scheduler.state.jobs[id]?.spec.work ?? w)
+        }
+        func endRun(_ id: String, _ now: Double) {
+            if let r = runs.removeValue(forKey: id) { busy[r.key.gpuModel, default: 0] += (now - r.startedAt) * Double(r.key.gpuCount) }
+            generation[id, default: 0] += 1
+        }
+        func accountServices(until now: Double) {
+            guard now > lastServiceTime else { return }
+            let dt = now - lastServiceTime
+            for s in scheduler.services {
+                let offered = s.rate(at: lastServiceTime) * dt
+                let reps = scheduler.replicas(of: s.id).count
+                let cap = Double(reps) * (scheduler.capacityPerReplica[s.id] ?? 0) * dt
+                serviceOut[s.id]!.offeredRequests += offered
+                serviceOut[s.id]!.servedWithinSLO += min(offered, cap)
+                serviceOut[s.id]!.replicaSeconds += Double(reps) * dt
+            }
+            lastServiceTime = now
+        }
+
+        while let (now, first) = queue.pop() {
+            var batch = [first]
+            while let t = queue.nextTime, t == now, let e = queue.pop() { batch.append(e.event) }
+            accountServices(until: now)
+            var dirty = false
+            for ev in batch {
+                events += 1
+                switch ev {
+                case .arrival(let i):
+                    scheduler.state.submit(workload.jobs[i]); submitted += 1; dirty = true
+                case .serviceChange:
+                    dirty = true
+                case .started(let id, let g):
+                    guard generation[id, default: 0] == g, let r = runs[id] else { continue }
+                    if r.rate <= 0 {
+                        endRun(id, now)
+                        scheduler.state.failedStart(job: id, at: now)
+                        dirty = true
+                    } else {
+                        queue.push(now + max((scheduler.state.jobs[id]!.spec.work - r.resume) / r.rate, 0), .done(id, g))
+                        queue.push(now + options.reportInterval, .report(id, g))
+                    }
+                case .done(let id, let g):
+                    guard generation[id, default: 0] == g else { continue }
+                    endRun(id, now)
+                    scheduler.state.finish(job: id, at: now)
+                    lastFinish = max(lastFinish, now)
+                    dirty = true
+                case .report(let id, let g):
+                    guard generation[id, default: 0] == g, let r = runs[id] else { continue }
+                    let cv = execution.stepTimeCV(r.key.gpuModel)
+                    let measured = r.rate * max(0.05, 1 + cv * rng.normal())
+                    scheduler.kb.recordOnline(r.key, throughput: measured, unit: scheduler.state.jobs[id]!.spec.unit, stepTime: nil)
+                    let w = workNow(id, now)!
+                    scheduler.state.progress(job: id, workDone: w, checkpointed: execution.checkpointed(resume: r.resume, ranFor: now - r.progressFrom, rate: r.rate))
+                    queue.push(now + options.reportInterval, .report(id, g))
+                case .nodeDown(let node):
+                    for (id, r) in runs where r.nodeID == node {
+                        let w = workNow(id, now)!
+                        scheduler.state.progress(job: id, workDone: w, checkpointed: execution.checkpointed(resume: r.resume, ranFor: now - r.progressFrom, rate: r.rate))
+                    }
+                    let lost = scheduler.state.nodeFailed(node, at: now)
+                    for id in lost.jobs { endRun(id, now) }
+                    dirty = true
+                case .nodeUp(let node):
+                    scheduler.state.nodeRecovered(node); dirty = true
+                }
+            }
+            if dirty {
+                let actions = scheduler.step(now: now, currentWork: { workNow($0, now) })
+                for a in actions {
+                    switch a {
+                    case .startJob(let id, let p, let resume):
+                        let g = generation[id, default: 0]
+                        let spec = scheduler.state.jobs[id]!.spec
+                        let overhead = execution.restartSeconds(spec) + options.startLatency
+                        runs[id] = Run(generation: g, key: p.key, nodeID: p.nodeID, startedAt: now, overhead: overhead, resume: resume, rate: execution.rate(p.key))
+                        queue.push(now + overhead, .started(id, g))
+                    case .preemptJob(let id, _, _):
+                        endRun(id, now)
+                    case .startReplica, .stopReplica:
+                        break
+                    }
+                }
+            }
+            if submitted == workload.jobs.count && scheduler.state.unfinishedCount == 0 { break }
+        }
+        let states = scheduler.state.jobs.values.sorted { $0.spec.id < $1.spec.id }
+        var gpus: [String: Int] = [:]
+        for n in nodes { gpus[n.gpuModel, default: 0] += n.gpuCount }
+        let firstArrival = workload.jobs.map(\.arrival).min() ?? 0
+        var skipped = workload.skipped.map(\.description) + scheduler.skippedServices.map { "service \($0.id): \($0.reason)" }
+        skipped += states.filter(\.failed).map { "job \($0.spec.id): failed to start \($0.failedStarts) times (does not fit)" }
+        skipped += scheduler.rejectedDecisions
+        skipped += states.filter { $0.phase != .finished }.map { "job \($0.spec.id): never finished (\($0.phase); no node could hold a configuration it fits)" }
+        return RunResult(policy: policy.name, workload: workload.name, engine: "twin", emulated: true, jobs: states.map(\.outcome),
+                         services: serviceOut.values.sorted { $0.id < $1.id }, busyGPUSeconds: busy, gpusByModel: gpus,
+                         makespan: max(lastFinish - firstArrival, 0), skipped: skipped, events: events,
+                         wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9)
+    }
+}

@@ -1,0 +1,117 @@
+import Foundation
+
+/// Request-rate curves from the Azure LLM inference traces (Splitwise; as converted by Vidur):
+/// arrivals are binned, the curve's shape (rate relative to its mean) is kept and stretched over
+/// the experiment, and the request mix (mean prefill and decode tokens) is the trace's own.
+public struct AzureTraceShape: Sendable {
+    /// Relative rate per bin (mean 1).
+    public var relativeRates: [Double]
+    public var meanPrefillTokens: Double
+    public var meanDecodeTokens: Double
+    public var requests: Int
+    public var spanSeconds: Double
+
+    public static func read(file: String, bins: Int = 48) throws -> AzureTraceShape {
+        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+            throw DataError(file: file, line: 0, field: "(file)", message: "cannot read the file")
+        }
+        return try parse(text, file: file, bins: bins)
+    }
+
+    public static func parse(_ text: String, file: String, bins: Int = 48) throws -> AzureTraceShape {
+        let lines = text.split(separator: "\n").map(String.init)
+        guard let header = lines.first?.split(separator: ",").map(String.init) else {
+            throw DataError(file: file, line: 1, field: "(header)", message: "empty file")
+        }
+        let need = ["arrived_at", "num_prefill_tokens", "num_decode_tokens"]
+        let missing = need.filter { !header.contains($0) }
+        guard missing.isEmpty else { throw DataError(file: file, line: 1, field: missing.joined(separator: ", "), message: "missing column(s)") }
+        let ia = header.firstIndex(of: "arrived_at")!, ip = header.firstIndex(of: "num_prefill_tokens")!, id = header.firstIndex(of: "num_decode_tokens")!
+        var arrivals: [Double] = [], prefill = 0.0, decode = 0.0
+        for (i, l) in lines.enumerated().dropFirst() {
+            let c = l.split(separator: ",", omittingEmptySubsequences: false)
+            guard c.count == header.count, let a = Double(c[ia]), let p = Double(c[ip]), let d = Double(c[id]) else {
+                throw DataError(file: file, line: i + 1, field: "row", message: "expected \(header.count) numeric fields")
+            }
+            arrivals.append(a); prefill += p; decode += d
+        }
+        guard arrivals.count >= 2, let first = arrivals.min(), let last = arrivals.max(), last > first else {
+            throw DataError(file: file, line: 2, field: "arrived_at", message: "need at least two requests spread in time")
+        }
+        var counts = [Double](repeating: 0, count: bins)
+        for a in arrivals { counts[min(bins - 1, Int((a - first) / (last - first) * Double(bins)))] += 1 }
+        let mean = counts.reduce(0, +) / Double(bins)
+        return AzureTraceShape(relativeRates: counts.map { $0 / mean }, meanPrefillTokens: prefill / Double(arrivals.count),
+                               meanDecodeTokens: decode / Double(arrivals.count), requests: arrivals.count, spanSeconds: last - first)
+    }
+
+    /// A rate curve over `seconds` with the given mean rate.
+    public func curve(seconds: Double, meanRPS: Double) -> [RatePoint] {
+        let step = seconds / Double(relativeRates.count)
+        return relativeRates.enumerated().map { RatePoint(time: Double($0.offset) * step, rps: $0.element * meanRPS) }
+    }
+}
+
+/// Serving capacity of one replica, from Vidur's operator profiles plus attention modelled from
+/// the KV bytes read at the GPU's memory bandwidth:
+/// - a forward iteration over `n` tokens costs the profiled non-attention time at `n` tokens
+///   (linear interpolation between profiled sizes), plus reading the batch's KV cache;
+/// - a request costs one prefill iteration of its prompt, plus its decode tokens, each an
+///   iteration shared with the rest of the batch;
+/// - the batch is the largest that fits the KV cache in memory left after the weights and keeps
+///   the request latency under the SLO.
+public struct InferenceModel: Sendable {
+    public let arch: ModelArchitecture
+    public let gpu: GPUModel
+    public let tensorParallel: Int
+    let points: [(Double, Double)]   // (tokens, seconds)
+
+    public init?(kb: KnowledgeBase, model: String, gpuModel: String, tensorParallel: Int) {
+        guard let arch = ModelCatalog.model(named: model), let gpu = GPUCatalog.model(named: gpuModel) else { return nil }
+        let rows = kb.offline.values.filter { $0.key.task == "inference" && $0.key.model == arch.name && $0.key.gpuModel == gpu.name && $0.key.gpuCount == tensorParallel }
+        let pts = rows.compactMap { r in r.stepTime.map { (Double(r.key.batchPerGPU), $0) } }.sorted { $0.0 < $1.0 }
+        guard pts.count >= 2 else { return nil }
+        self.arch = arch; self.gpu = gpu; self.tensorParallel = tensorParallel; self.points = pts
+    }
+
+    /// Non-attention seconds for one iteration over `tokens` tokens.
+    public func iteration(tokens: Double) -> Double {
+        if tokens <= points[0].0 { return points[0].1 }
+        for i in 1..<points.count where tokens <= points[i].0 {
+            let (x0, y0) = points[i - 1], (x1, y1) = points[i]
+            return y0 + (y1 - y0) * (tokens - x0) / (x1 - x0)
+        }
+        let (x0, y0) = points[points.count - 2], (x1, y1) = points[points.count - 1]
+        return y1 + (y1 - y0) / (x1 - x0) * (tokens - x1)
+    }
+
+    func attention(kvTokens: Double) -> Double {
+        kvTokens * arch.kvBytesPerToken / Double(tensorParallel) / (gpu.memoryBandwidthGBps * 1e9)
+    }
+
+    public struct Operating: Sendable {
+        public var batch: Int
+        public var requestsPerSecond: Double
+        public var latencySeconds: Double
+    }
+
+    /// The best operating point for requests of `prefill` + `decode` tokens under `slo` seconds.
+    public func operatingPoint(prefill: Double, decode: Double, slo: Double) -> Operating? {
+        let free = gpu.memoryGiB * 1_073_741_824 * Double(tensorParallel) * 0.9 - arch.weightBytes
+        guard free > 0 else { return nil }
+        let maxBatch = max(1, Int(free / (arch.kvBytesPerToken * (prefill + decode))))
+        var best: Operating? = nil
+        var b = 1
+        while b <= min(maxBatch, 512) {
+            let context = prefill + decode / 2
+            let decodeIter = iteration(tokens: Double(b)) + attention(kvTokens: Double(b) * context)
+            let prefillTime = iteration(tokens: prefill) + attention(kvTokens: prefill / 2)
+            let latency = prefillTime + decode * decodeIter
+            let perRequest = prefillTime + decode * decodeIter / Double(b)
+            if latency <= slo { best = Operating(batch: b, requestsPerSecond: 1 / perRequest, latencySeconds: latency) }
+            else { break }
+            b = b < 8 ? b + 1 : b * 2
+        }
+        return best
+    }
+}

@@ -1,0 +1,71 @@
+import Foundation
+
+/// An offline job (fine-tuning or training) as submitted.
+public struct JobSpec: Sendable, Codable, Equatable {
+    public var id: String
+    public var kind: JobKind
+    /// Seconds since the start of the trace.
+    public var arrival: Double
+    /// What the user asked for; `fifo` runs exactly this, informed policies may choose otherwise.
+    public var requestedGPUModel: String?
+    public var requestedGPUs: Int
+    /// Total work in the knowledge base's unit for this kind (tokens or steps).
+    public var work: Double
+    public var unit: String
+    public var priority: Int
+    /// May run on fewer GPUs than asked (shrink instead of preempt).
+    public var elastic: Bool
+
+    public init(id: String, kind: JobKind, arrival: Double, requestedGPUModel: String?, requestedGPUs: Int,
+                work: Double, unit: String, priority: Int = 1, elastic: Bool = false) {
+        self.id = id; self.kind = kind; self.arrival = arrival; self.requestedGPUModel = requestedGPUModel
+        self.requestedGPUs = requestedGPUs; self.work = work; self.unit = unit; self.priority = priority; self.elastic = elastic
+    }
+}
+
+/// An online inference service: a model served on replicas of `gpusPerReplica` GPUs of
+/// `gpuModel`, under a request-rate curve, with a latency SLO.
+public struct ServiceSpec: Sendable, Codable, Equatable {
+    public var id: String
+    public var model: String
+    public var gpuModel: String
+    public var gpusPerReplica: Int
+    /// (trace seconds, requests/s) points; the rate holds until the next point.
+    public var rateCurve: [RatePoint]
+    public var meanPrefillTokens: Double
+    public var meanDecodeTokens: Double
+    /// End-to-end latency objective per request, seconds.
+    public var sloSeconds: Double
+    public var minReplicas: Int
+
+    public init(id: String, model: String, gpuModel: String, gpusPerReplica: Int, rateCurve: [RatePoint],
+                meanPrefillTokens: Double, meanDecodeTokens: Double, sloSeconds: Double, minReplicas: Int = 1) {
+        self.id = id; self.model = model; self.gpuModel = gpuModel; self.gpusPerReplica = gpusPerReplica
+        self.rateCurve = rateCurve; self.meanPrefillTokens = meanPrefillTokens; self.meanDecodeTokens = meanDecodeTokens
+        self.sloSeconds = sloSeconds; self.minReplicas = minReplicas
+    }
+
+    public func rate(at t: Double) -> Double {
+        var r = rateCurve.first?.rps ?? 0
+        for p in rateCurve { if p.time <= t { r = p.rps } else { break } }
+        return r
+    }
+}
+
+public struct RatePoint: Sendable, Codable, Equatable {
+    public var time: Double
+    public var rps: Double
+    public init(time: Double, rps: Double) { self.time = time; self.rps = rps }
+}
+
+/// A workload: offline jobs and online services, with what was skipped while reading it.
+public struct Workload: Sendable, Codable {
+    public var name: String
+    public var jobs: [JobSpec]
+    public var services: [ServiceSpec]
+    public var skipped: [DataError]
+    public init(name: String, jobs: [JobSpec], services: [ServiceSpec] = [], skipped: [DataError] = []) {
+        self.name = name; self.jobs = jobs.sorted { ($0.arrival, $0.id) < ($1.arrival, $1.id) }; self.services = services; self.skipped = skipped
+    }
+}
+

@@ -1,0 +1,116 @@
+import ArgumentParser
+import Experiments
+import Foundation
+import Scheduling
+
+struct TwinCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "twin", abstract: "The digital twin: the coordinator's policies on a virtual clock with modelled GPU agents.",
+        subcommands: [Run.self])
+
+    struct WorkloadOptions: ParsableArguments {
+        @Option(help: "Seed data folder (default: data/ of the repository).") var data: String?
+        @Option(help: "Cluster as MODEL:TOTAL/PER_NODE,… (default: the D2.1-style 24×T4, 16×A100-80GB, 24×V100).") var cluster: String?
+        @Option(help: "Take the GPU nodes of a topology file instead of --cluster.") var topology: String?
+        @Option(help: "Generated traces: this many, seeds 1…N.") var traces = 1
+        @Option(name: .customLong("first-seed"), help: "Seed of the first generated trace.") var firstSeed: UInt64 = 1
+        @Option(name: .customLong("jobs-per-hour"), help: "Generated arrival rate.") var jobsPerHour = 40.0
+        @Option(help: "Generated trace length in hours.") var hours = 24.0
+        @Option(name: .customLong("gavel-trace"), help: "Replay a Gavel job trace instead of generated ones.") var gavelTrace: String?
+        @Option(name: .customLong("max-jobs"), help: "Read at most this many jobs from a Gavel trace.") var maxJobs: Int?
+        @Option(name: .customLong("services-rps"), help: "Add the two Azure-shaped inference services at this mean request rate each (0: none).") var servicesRPS = 0.0
+        @Option(name: .customLong("services-gpu"), help: "GPU model the services run on.") var servicesGPU = "A100-80GB"
+
+        func nodes() throws -> [NodeSlot] {
+            if let topology { return ClusterSpec.nodes(of: try Topology.load(file: topology)) }
+            return try ClusterSpec.parse(cluster ?? ClusterSpec.d21)
+        }
+
+        func build() throws -> (nodes: [NodeSlot], kb: KnowledgeBase, workloads: [Workload], notes: [String]) {
+            let nodes = try nodes()
+            guard !nodes.isEmpty else { throw ValidationError("the cluster has no GPU nodes") }
+            let dataDir = DataPaths.dataDirectory(data)
+            let models = Array(Set(nodes.map(\.gpuModel))).sorted()
+            let (kb, imported, estimated) = KnowledgeSeeding.seeded(dataDirectory: dataDir, gpuModels: models)
+            guard !imported.rows.isEmpty else { throw ValidationError("no knowledge could be read from \(dataDir): \(imported.skipped.first?.description ?? "")") }
+            var notes = ["knowledge base: \(imported.rows.count) measured rows from \(imported.files.count) files, \(estimated) estimated; \(imported.skipped.count) skipped"]
+            var services: [ServiceSpec] = []
+            if servicesRPS > 0 {
+                services = try ServiceSetup.azureServices(dataDirectory: dataDir, seconds: hours * 3600, gpuModel: servicesGPU, meanRPS: servicesRPS)
+            }
+            var workloads: [Workload] = []
+            if let gavelTrace {
+                var w = try GavelTraceReader.read(file: gavelTrace, kb: kb, limit: maxJobs)
+                w.services = services
+                workloads.append(w)
+            } else {
+                var g = TraceGenerator()
+                g.jobsPerHour = jobsPerHour
+                g.hours = hours
+                var maxPer: [String: Int] = [:]
+                for n in nodes { maxPer[n.gpuModel] = max(maxPer[n.gpuModel] ?? 0, n.gpuCount) }
+                for i in 0..<UInt64(max(traces, 1)) {
+                    var w = try g.generate(seed: firstSeed + i, kb: kb, maxGPUsPerNode: maxPer)
+                    w.services = services
+                    workloads.append(w)
+                }
+            }
+            return (nodes, kb, workloads, notes)
+        }
+    }
+
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Replay traces through the policies on the twin; write results and a report.")
+        @OptionGroup var workload: WorkloadOptions
+        @Option(help: "Policies: all, or a comma-separated list of \(Policies.names.joined(separator: ", ")).") var policy = "all"
+        @Option(help: "Results folder.") var out: String?
+        @Option(name: .customLong("fail"), help: "Kill a node during the run: NODE@HOURS+DOWN_HOURS (repeatable).") var failures: [String] = []
+
+        func run() throws {
+            let policies = try TwinCommand.policies(policy)
+            let (nodes, kb, workloads, notes) = try workload.build()
+            var options = TwinOptions()
+            options.failures = try failures.map { try TwinCommand.parseFailure($0, nodes: nodes) }
+            let gpus = nodes.map(\.gpuCount).reduce(0, +)
+            print("twin: \(nodes.count) nodes, \(gpus) GPUs (\(Dictionary(grouping: nodes, by: \.gpuModel).map { "\($0.value.map(\.gpuCount).reduce(0, +))×\($0.key)" }.sorted().joined(separator: ", "))); \(workloads.count) trace(s) × \(policies.count) policies — emulated GPUs")
+            var results = SchedulingResults()
+            results.notes = notes + ["Engine: digital twin (discrete-event, trace time). GPUs emulated from published measurements."]
+            let total = workloads.count * policies.count
+            var done = 0
+            for w in workloads {
+                if !w.skipped.isEmpty { print("  \(w.name): skipped \(w.skipped.count) rows, e.g. \(w.skipped[0])") }
+                for p in policies {
+                    let r = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: options).run(policy: p)
+                    done += 1
+                    let s = r.summary
+                    print(String(format: "  [%d/%d] %@ on %@: %d/%d jobs, mean JCT %.2f h, p99 %.2f h, makespan %.1f h, %d events in %.2f s",
+                                 done, total, p.name.padding(toLength: 13, withPad: " ", startingAt: 0), w.name, s.finished, s.jobs, s.meanJCT / 3600, s.p99JCT / 3600, s.makespan / 3600, r.events, r.wallSeconds))
+                    results.runs.append(r)
+                }
+            }
+            print("")
+            print(results.table())
+            if let out {
+                try results.write(to: out, title: "Stratolab twin: \(policies.map(\.name).joined(separator: ", ")) on \(workloads.count) trace(s)")
+                print("\nresults in \(out)/ (summary.csv, summary.json, jobs.csv, jct_cdf.svg, report.html)")
+            }
+        }
+    }
+
+    static func policies(_ s: String) throws -> [SchedulingPolicy] {
+        if s == "all" { return Policies.all }
+        return try s.split(separator: ",").map {
+            guard let p = Policies.named(String($0)) else { throw ValidationError("unknown policy '\($0)' (known: \(Policies.names.joined(separator: ", ")))") }
+            return p
+        }
+    }
+
+    static func parseFailure(_ s: String, nodes: [NodeSlot]) throws -> NodeFailure {
+        let a = s.split(separator: "@").map(String.init)
+        guard a.count == 2, let b = Optional(a[1].split(separator: "+").map { Double($0) }), b.count == 2, let at = b[0], let down = b[1], at >= 0, down > 0 else {
+            throw ValidationError("--fail '\(s)': expected NODE@HOURS+DOWN_HOURS, e.g. v100-000@2+1")
+        }
+        guard nodes.contains(where: { $0.id == a[0] }) else { throw ValidationError("--fail '\(s)': unknown node '\(a[0])' (e.g. \(nodes.first?.id ?? ""))") }
+        return NodeFailure(node: a[0], at: at * 3600, downFor: down * 3600)
+    }
+}
