@@ -14,6 +14,15 @@ public protocol AgentBehavior: AnyObject {
     func running() -> [String]
     /// Executes a kind-specific command; nil if this agent does not know the action.
     func execute(_ command: Command) -> (ok: Bool, detail: String)?
+    /// Progress of the work this node runs, for the next heartbeat (`wallNanos` = agent clock).
+    func jobReports(wallNanos: Int64) -> [JobReport]
+    /// The coordinator made these terminal reports durable: stop repeating them.
+    func settle(_ jobIDs: [String])
+}
+
+extension AgentBehavior {
+    public func jobReports(wallNanos: Int64) -> [JobReport] { [] }
+    public func settle(_ jobIDs: [String]) {}
 }
 
 /// Who a node is: its id, site and labels.

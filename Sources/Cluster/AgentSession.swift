@@ -182,6 +182,7 @@ public final class AgentSession: @unchecked Sendable {
         hb.telemetry = t
         if let estimate = nodes[i].estimator.estimate { hb.clock = estimate }
         hb.running = nodes[i].behavior.running()
+        hb.jobs = nodes[i].behavior.jobReports(wallNanos: clock.wallNanos())
         let sentAt = send(.heartbeat(hb), from: i, dealer)
         nodes[i].lastHeartbeatSentWall = sentAt
         nodes[i].lastHeartbeatSequence = hb.sequence
@@ -225,6 +226,7 @@ public final class AgentSession: @unchecked Sendable {
             }
             timers.schedule(i, at: now + heartbeatIntervalNanos)
         case .heartbeatAck(let ack):
+            if !ack.settledJobs.isEmpty { nodes[i].behavior.settle(ack.settledJobs) }
             if ack.sequence == nodes[i].lastHeartbeatSequence {
                 nodes[i].estimator.add(ClockSample(t1: nodes[i].lastHeartbeatSentWall, t2: ack.receivedAtUnixNanos,
                                                    t3: ack.sentAtUnixNanos, t4: clock.wallNanos()))

@@ -96,3 +96,17 @@ public final class OperatorClient {
         return try? codec.decode(first)
     }
 }
+
+extension OperatorClient {
+    public func submit(_ jobs: [JobSubmission], timeoutMs: Int = 5000) throws -> SubmitJobsReply {
+        var s = SubmitJobs()
+        s.jobs = jobs
+        guard case .submitJobsReply(let r) = try request(.submitJobs(s), timeoutMs: timeoutMs) else { throw ClientError.unexpected("not a submit reply") }
+        return r
+    }
+
+    public func jobs(timeoutMs: Int = 5000) throws -> JobsReply {
+        guard case .jobsReply(let r) = try request(.jobsRequest(JobsRequest()), timeoutMs: timeoutMs) else { throw ClientError.unexpected("not a jobs reply") }
+        return r
+    }
+}

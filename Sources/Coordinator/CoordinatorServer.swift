@@ -2,6 +2,7 @@ import Cluster
 import Foundation
 import Logging
 import Protocol
+import Scheduling
 import Wire
 
 /// Settings of a coordinator process.
@@ -13,6 +14,12 @@ public struct CoordinatorConfig {
     public var detector = FailureDetectorConfig.default
     public var heartbeatIntervalMs: UInt32 = 200
     public var maxFrameBytes = EnvelopeCodec.defaultMaxFrameBytes
+    /// Scheduling policy for offline jobs (see `Policies`).
+    public var policy = "hybrid"
+    /// Trace seconds per wall second for job execution (1 = real time).
+    public var timeScale = 1.0
+    /// Seed data to fill an empty knowledge base from (nil: leave it empty).
+    public var dataDirectory: String?
 
     public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
 }
@@ -45,6 +52,7 @@ public final class CoordinatorServer: @unchecked Sendable {
     private var epoch: UInt64 = 0
     private var startedAtWall: Int64 = 0
     private var logBudget: [String: Int] = [:]
+    private var jobs: JobManager!
 
     private let stopLock = NSLock()
     private var stopRequested = false
@@ -77,6 +85,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         membership.restore(restored, now: now)
         for c in try store.loadPendingCommands() { outstanding.add(c.command, now: now, attempts: c.attempts) }
         counters = try store.loadCounters()
+        try startJobManager(restored: restored)
         logger.info("coordinator starting", metadata: [
             "epoch": "\(epoch)", "state": "\(config.stateDirectory)", "restored_nodes": "\(restored.count)",
             "pending_commands": "\(outstanding.count)", "libzmq": "\(ZMQContext.libraryVersion)"])
@@ -114,7 +123,7 @@ public final class CoordinatorServer: @unchecked Sendable {
             }
             let mono = clock.monotonicNanos()
             if mono - lastTick >= .millis(50) { lastTick = mono; tickDetector(now: mono) }
-            if mono - lastResend >= .millis(100) { lastResend = mono; resendCommands(on: router, now: mono) }
+            if mono - lastResend >= .millis(100) { lastResend = mono; scheduleJobs(on: router, now: mono); resendCommands(on: router, now: mono) }
             if mono - lastFlush >= .millis(250) {
                 lastFlush = mono
                 let heartbeats = mono - lastHeartbeatFlush >= .millis(1000)
@@ -170,6 +179,18 @@ public final class CoordinatorServer: @unchecked Sendable {
         case .operatorCommand(let oc):
             reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID,
                   handleOperatorCommand(oc, now: clock.monotonicNanos(), router: router))
+        case .submitJobs(let sj):
+            let (accepted, rejected) = jobs.submit(sj.jobs)
+            let started = accepted > 0 && jobs.startClockIfNeeded(wall: clock.wallNanos())
+            do { try store.batch {
+                try store.saveFutureJobs(jobs.futureJobs)
+                if started { try store.setMetaValue("trace_t0_nanos", jobs.t0Wall) }
+            } } catch { logger.error("could not persist submitted jobs: \(error)") }
+            if !rejected.isEmpty { count("rejected_jobs") }
+            var r = SubmitJobsReply(); r.accepted = UInt32(accepted); r.rejected = rejected
+            reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .submitJobsReply(r))
+        case .jobsRequest:
+            reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .jobsReply(jobs.jobsReply(wall: clock.wallNanos())))
         case .error(let e):
             count("errors_from_peers")
             logLimited("peer_error", "peer \(envelope.sender) reported: \(e.message)")
@@ -189,7 +210,11 @@ public final class CoordinatorServer: @unchecked Sendable {
             event(r.nodeID, newLife ? "registered" : "reconciled",
                   "incarnation \(incarnation), kind \(r.kind.name), running \(r.running.count)")
             count(newLife ? "registrations" : "reconciliations")
-            persistNow(r.nodeID)   // durable (with its counters) before we acknowledge
+            if r.kind == .gpu && { if case .gpu? = r.capabilities.kind { return true }; return false }() {
+                jobs.nodeUp(r.nodeID, gpuModel: r.capabilities.gpu.model, count: Int(r.capabilities.gpu.count), newLife: newLife,
+                            now: jobs.traceNow(wall: clock.wallNanos()))
+            }
+            persistNow(r.nodeID)   // durable (with its counters and jobs) before we acknowledge
             var ack = RegisterAck()
             ack.nodeID = r.nodeID
             ack.incarnation = incarnation
@@ -225,6 +250,15 @@ public final class CoordinatorServer: @unchecked Sendable {
                 logger.info("node alive again", metadata: ["node": "\(hb.nodeID)"])
             }
             var ack = HeartbeatAck()
+            if !hb.jobs.isEmpty {
+                let (settled, stop) = jobs.apply(reports: hb.jobs, from: hb.nodeID, clockOffsetNanos: offset)
+                persistJobs()   // durable before the agent may forget its terminal reports
+                ack.settledJobs = settled
+                for id in stop {
+                    var c = Command(); var p = PreemptJob(); p.jobID = id; c.preemptJob = p; c.nodeID = hb.nodeID
+                    do { try enqueue(c, now: mono) } catch { logger.error("could not persist a stop command: \(error)") }
+                }
+            }
             ack.nodeID = hb.nodeID
             ack.sequence = hb.sequence
             ack.receivedAtUnixNanos = receivedAt
@@ -246,14 +280,19 @@ public final class CoordinatorServer: @unchecked Sendable {
             switch entry.command.action {
             case .setLabels(let s)?: membership.setLabels(s.labels, on: entry.command.nodeID)
             case .drain(let d)?: membership.setDrained(d.drain, on: entry.command.nodeID)
+            case .preemptJob(let p)?: jobs.preemptAcknowledged(job: p.jobID, detail: ack.detail)
             default: break
             }
+        } else if case .startJob(let s)? = entry.command.action, jobs.startCommand[s.jobID] == ack.commandID {
+            logLimited("start_refused", "\(entry.command.nodeID) refused to start \(s.jobID): \(ack.detail)")
+            jobs.startRefused(job: s.jobID, now: jobs.traceNow(wall: clock.wallNanos()))
         }
         event(entry.command.nodeID, "command_ack", "command \(ack.commandID) ok=\(ack.ok) \(ack.detail)")
         count("commands_acknowledged")
         do {
             try store.batch {
                 try store.markAcknowledged(ack, at: clock.wallNanos())
+                try store.saveJobs(jobs.takeDirty())
                 persistNow(entry.command.nodeID)
             }
         } catch {
@@ -273,13 +312,11 @@ public final class CoordinatorServer: @unchecked Sendable {
         var command = oc.command
         command.nodeID = oc.nodeID
         do {
-            command.commandID = try store.nextCommandID()
-            try store.savePending(command, attempts: 0, at: clock.wallNanos())
+            command = try enqueue(command, now: now)
         } catch {
             logger.error("could not persist a command: \(error)")
             return .error(errorReply(.invalidRequest, "the coordinator could not persist the command: \(error)"))
         }
-        outstanding.add(command, now: now)
         resendCommands(on: router, now: now)
         var reply = OperatorCommandReply()
         reply.commandID = command.commandID
@@ -296,9 +333,89 @@ public final class CoordinatorServer: @unchecked Sendable {
             event(t.nodeID, t.to.rawValue, "silent for \(silence)")
             persistNow(t.nodeID)
             count(t.to == .dead ? "nodes_declared_dead" : "nodes_suspected")
-            if t.to == .dead { routes[t.nodeID] = nil }
+            if t.to == .dead {
+                routes[t.nodeID] = nil
+                jobs.nodeDead(t.nodeID, now: jobs.traceNow(wall: clock.wallNanos()))
+                persistJobs()
+            }
             logger.log(level: t.to == .dead ? .warning : .notice, "node \(t.to.rawValue)",
                        metadata: ["node": "\(t.nodeID)", "silence": "\(silence)"])
+        }
+    }
+
+    /// Persists a new command (with a fresh id) and queues it for delivery.
+    @discardableResult
+    private func enqueue(_ c: Command, now: Int64) throws -> Command {
+        var command = c
+        command.commandID = try store.nextCommandID()
+        try store.savePending(command, attempts: 0, at: clock.wallNanos())
+        outstanding.add(command, now: now)
+        return command
+    }
+
+    private func startJobManager(restored: [NodeRecord]) throws {
+        var kb = try store.loadKnowledge()
+        if kb.offline.isEmpty, let dir = config.dataDirectory {
+            let imported = KnowledgeImporter.importAll(dataDirectory: dir)
+            kb = KnowledgeBase(rows: imported.rows, facts: imported.facts)
+            _ = Estimator.estimateMissing(in: &kb, gpuModels: GPUCatalog.names)
+            try store.saveKnowledge(rows: Array(kb.offline.values), facts: kb.facts)
+            logger.info("knowledge base seeded", metadata: ["rows": "\(kb.offline.count)", "skipped": "\(imported.skipped.count)", "data": "\(dir)"])
+        }
+        guard let policy = Policies.named(config.policy) else {
+            throw SQLiteError(code: 0, message: "unknown policy '\(config.policy)' (known: \(Policies.names.joined(separator: ", ")))", sql: "")
+        }
+        let t0 = try store.metaValue("trace_t0_nanos")
+        jobs = JobManager(policy: policy, kb: kb, timeScale: config.timeScale, t0Wall: t0)
+        for r in restored where r.status.kind == .gpu && { if case .gpu? = r.status.capabilities.kind { return true }; return false }() {
+            let g = r.status.capabilities.gpu
+            jobs.scheduler.state.addNode(NodeSlot(id: r.id, gpuModel: g.model, gpuCount: Int(g.count), alive: r.status.state != .dead))
+        }
+        let (future, records) = try store.loadJobs()
+        jobs.restore(future: future, records: records)
+        // Start commands still pending, then the last acknowledged one per job, identify current runs.
+        for (_, e) in outstanding.entries.sorted(by: { $0.key < $1.key }) { if case .startJob(let s)? = e.command.action { jobs.noteStartCommand(job: s.jobID, commandID: e.command.commandID) } }
+        for (id, cmd) in try store.lastStartCommands() where jobs.startCommand[id] == nil { jobs.noteStartCommand(job: id, commandID: cmd) }
+    }
+
+    private func persistJobs() {
+        guard !jobs.dirtyJobs.isEmpty else { return }
+        do { try store.batch { try store.saveJobs(jobs.takeDirty()) } } catch { logger.error("could not persist jobs: \(error)") }
+    }
+
+    /// A decision round: releases arrived jobs, runs the policy, persists, then sends commands.
+    private func scheduleJobs(on router: ZMQSocket, now: Int64) {
+        let wall = clock.wallNanos()
+        let actions = jobs.tick(wall: wall) { [jobs] id in jobs!.scheduler.state.jobs[id]?.workDone }
+        guard !actions.isEmpty else { return }
+        do {
+            try store.batch {
+                try store.saveJobs(jobs.takeDirty())
+                for a in actions {
+                    var c = Command()
+                    switch a {
+                    case .startJob(let id, let p, let resume):
+                        guard let spec = jobs.scheduler.state.jobs[id]?.spec else { continue }
+                        var s = StartJob()
+                        s.jobID = id; s.model = spec.kind.model; s.task = spec.kind.task; s.batchPerGpu = UInt32(spec.kind.batchPerGPU)
+                        s.gpuModel = p.key.gpuModel; s.gpus = p.gpus.map(UInt32.init); s.totalWork = spec.work; s.resumeWork = resume
+                        s.unit = spec.unit; s.timeScale = jobs.timeScale
+                        c.startJob = s; c.nodeID = p.nodeID
+                        let sent = try enqueue(c, now: now)
+                        jobs.noteStartCommand(job: id, commandID: sent.commandID)
+                        event(p.nodeID, "job_start", "\(id) on \(p.gpus.count)x\(p.key.gpuModel) resume \(resume)")
+                    case .preemptJob(let id, let node, let reason):
+                        var pj = PreemptJob(); pj.jobID = id
+                        c.preemptJob = pj; c.nodeID = node
+                        try enqueue(c, now: now)
+                        event(node, "job_preempt", "\(id): \(reason)")
+                    case .startReplica, .stopReplica:
+                        break   // services run on the twin; the testbed serves offline jobs
+                    }
+                }
+            }
+        } catch {
+            logger.error("could not persist scheduling decisions: \(error)")
         }
     }
 

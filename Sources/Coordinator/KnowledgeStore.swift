@@ -1,4 +1,5 @@
 import Foundation
+import Protocol
 import Scheduling
 
 /// The configuration-performance database in the coordinator's SQLite store: one row per
@@ -48,5 +49,56 @@ extension StateStore {
         for r in try db.run("SELECT row FROM perf") { if case .blob(let b) = r[0] { rows.append(try dec.decode(PerfRow.self, from: Data(b))) } }
         for r in try db.run("SELECT row FROM perf_facts") { if case .blob(let b) = r[0] { facts.append(try dec.decode(KnowledgeFact.self, from: Data(b))) } }
         return KnowledgeBase(rows: rows, facts: facts)
+    }
+}
+
+/// Offline jobs in the store: one row per job (its scheduler record as JSON), written before the
+/// coordinator acts on a change; future submissions kept apart until they arrive.
+extension StateStore {
+    func ensureJobTables() throws {
+        try db.execute("""
+            CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, phase TEXT NOT NULL, record BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS future_jobs (id TEXT PRIMARY KEY, spec BLOB NOT NULL);
+            """)
+    }
+
+    func saveJobs(_ records: [JobRecord]) throws {
+        let enc = JSONEncoder()
+        enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        for r in records {
+            try db.run("INSERT INTO jobs(id, phase, record) VALUES(?,?,?) ON CONFLICT(id) DO UPDATE SET phase = excluded.phase, record = excluded.record",
+                       [.text(r.spec.id), .text(r.phase.rawValue), .blob(Array(try enc.encode(r)))])
+            try db.run("DELETE FROM future_jobs WHERE id = ?", [.text(r.spec.id)])
+        }
+    }
+
+    func saveFutureJobs(_ specs: [JobSpec]) throws {
+        let enc = JSONEncoder()
+        for s in specs { try db.run("INSERT OR REPLACE INTO future_jobs(id, spec) VALUES(?,?)", [.text(s.id), .blob(Array(try enc.encode(s)))]) }
+    }
+
+    func loadJobs() throws -> (future: [JobSpec], records: [JobRecord]) {
+        try ensureJobTables()
+        let dec = JSONDecoder()
+        dec.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        var f: [JobSpec] = [], r: [JobRecord] = []
+        for row in try db.run("SELECT spec FROM future_jobs") { f.append(try dec.decode(JobSpec.self, from: Data(row[0].blob))) }
+        for row in try db.run("SELECT record FROM jobs") { r.append(try dec.decode(JobRecord.self, from: Data(row[0].blob))) }
+        return (f, r)
+    }
+
+    func metaValue(_ key: String) throws -> Int64 { try meta(key) }
+    func setMetaValue(_ key: String, _ v: Int64) throws { try setMeta(key, v) }
+}
+
+extension StateStore {
+    /// The newest start_job command id per job (acknowledged or not), to tell current runs from old ones.
+    func lastStartCommands() throws -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for row in try db.run("SELECT id, body FROM commands ORDER BY id") {
+            guard let c = try? Command(serializedBytes: row[1].blob), case .startJob(let s)? = c.action else { continue }
+            out[s.jobID] = UInt64(row[0].int)
+        }
+        return out
     }
 }

@@ -13,6 +13,9 @@ public struct Topology: Equatable {
         public var heartbeatMs = 200
         public var suspectAfterMs = 1000
         public var deadAfterMs = 2000
+        /// Scheduling policy for offline jobs and trace seconds per wall second.
+        public var policy = "hybrid"
+        public var timeScale = 1.0
     }
 
     public enum NodeSpec: Equatable {
@@ -61,7 +64,17 @@ public struct Topology: Equatable {
             t.security = sec
         }
         if let c = top["coordinator"] {
-            let m = try c.mapping(allowed: ["endpoint", "heartbeat_ms", "suspect_after_ms", "dead_after_ms"])
+            let m = try c.mapping(allowed: ["endpoint", "heartbeat_ms", "suspect_after_ms", "dead_after_ms", "policy", "time_scale"])
+            if let v = m["policy"] {
+                let p = try v.string()
+                guard Policies.named(p) != nil else { throw v.fail("unknown policy '\(p)' (known: \(Policies.names.joined(separator: ", ")))") }
+                t.coordinator.policy = p
+            }
+            if let v = m["time_scale"] {
+                let x = try v.double()
+                guard x > 0 && x <= 1_000_000 else { throw v.fail("time_scale \(x) must be > 0 and ≤ 1000000") }
+                t.coordinator.timeScale = x
+            }
             if let e = m["endpoint"] {
                 let ep = try e.string()
                 guard ep.hasPrefix("tcp://") || ep.hasPrefix("ipc://") else { throw e.fail("endpoint '\(ep)' must start with tcp:// or ipc://") }
@@ -168,7 +181,7 @@ public struct Topology: Equatable {
         if node.virtual > 1 { args += ["--virtual", "\(node.virtual)"] }
         for (k, v) in node.labels.sorted(by: { $0.key < $1.key }) { args += ["--label", "\(k)=\(v)"] }
         switch node.spec {
-        case let .gpu(model, count): args += ["--gpu-model", model, "--gpus", "\(count)"]
+        case let .gpu(model, count): args += ["--gpu-model", model, "--gpus", "\(count)", "--data", DataPaths.dataDirectory()]
         case let .memory(tiers):
             for t in tiers {
                 let path = t.kind == .nvme ? (t.path.isEmpty ? "\(nvmeRoot)/\(node.id)" : t.path) : ""
@@ -182,7 +195,8 @@ public struct Topology: Equatable {
     public func coordinatorArguments(stateDirectory: String, keysDirectory: String?) -> [String] {
         var args = ["coordinator", "--endpoint", coordinator.endpoint, "--state-dir", stateDirectory,
                     "--heartbeat-ms", "\(coordinator.heartbeatMs)", "--suspect-after-ms", "\(coordinator.suspectAfterMs)",
-                    "--dead-after-ms", "\(coordinator.deadAfterMs)"]
+                    "--dead-after-ms", "\(coordinator.deadAfterMs)", "--policy", coordinator.policy,
+                    "--time-scale", "\(coordinator.timeScale)", "--data", DataPaths.dataDirectory()]
         if let k = keysDirectory { args += ["--keys", k] }
         return args
     }

@@ -1,4 +1,5 @@
 import Cluster
+import Foundation
 import Protocol
 import Scheduling
 
@@ -23,7 +24,11 @@ public final class EmulatedGPUNode: AgentBehavior {
         }
     }
 
-    public init(modelName: String, count: Int, interconnect: Interconnect? = nil) throws {
+    /// Runs offline jobs (emulated); nil when the node was started without job knowledge.
+    public var runner: EmulatedJobRunner?
+
+    public init(modelName: String, count: Int, interconnect: Interconnect? = nil, runner: EmulatedJobRunner? = nil) throws {
+        self.runner = runner
         guard let model = GPUCatalog.model(named: modelName) else { throw ConfigError.unknownModel(modelName) }
         guard (1...64).contains(count) else { throw ConfigError.badCount(count) }
         self.model = model
@@ -44,13 +49,31 @@ public final class EmulatedGPUNode: AgentBehavior {
         telemetry.gpus = (0..<Int(count)).map { i in
             var g = GpuTelemetry()
             g.index = UInt32(i)
-            g.utilization = placements[i].isEmpty ? 0 : 1
+            g.utilization = placements[i].isEmpty && !(runner?.busyGPUs().contains(UInt32(i)) ?? false) ? 0 : 1
             g.memoryUsedBytes = 0
             return g
         }
     }
 
-    public func running() -> [String] { Array(Set(placements.joined())).sorted() }
+    public func running() -> [String] { Array(Set(placements.joined()).union(runner?.runningIDs ?? [])).sorted() }
 
-    public func execute(_ command: Command) -> (ok: Bool, detail: String)? { nil }
+    public func execute(_ command: Command) -> (ok: Bool, detail: String)? {
+        let now = Int64(Date().timeIntervalSince1970 * 1e9)
+        switch command.action {
+        case .startJob(let s)?:
+            guard let runner else { return (false, "this GPU agent runs no jobs (started without --data)") }
+            guard s.gpuModel == model.name, s.gpus.allSatisfy({ $0 < count }) else {
+                return (false, "start_job for \(s.gpus.count)x\(s.gpuModel) GPUs \(s.gpus) does not match this node's \(count)x\(model.name)")
+            }
+            return runner.start(s, commandID: command.commandID, wallNanos: now)
+        case .preemptJob(let p)?:
+            guard let runner else { return (false, "this GPU agent runs no jobs") }
+            return runner.preempt(p.jobID, wallNanos: now)
+        default:
+            return nil
+        }
+    }
+
+    public func jobReports(wallNanos: Int64) -> [JobReport] { runner?.reports(wallNanos: wallNanos) ?? [] }
+    public func settle(_ jobIDs: [String]) { runner?.settle(jobIDs) }
 }

@@ -99,3 +99,14 @@ extension MemoryTierKind {
         }
     }
 }
+
+public typealias JobReport = Stratolab_V1_JobReport
+public typealias JobState = Stratolab_V1_JobState
+public typealias StartJob = Stratolab_V1_StartJob
+public typealias PreemptJob = Stratolab_V1_PreemptJob
+public typealias JobSubmission = Stratolab_V1_JobSubmission
+public typealias SubmitJobs = Stratolab_V1_SubmitJobs
+public typealias SubmitJobsReply = Stratolab_V1_SubmitJobsReply
+public typealias JobsRequest = Stratolab_V1_JobsRequest
+public typealias JobStatus = Stratolab_V1_JobStatus
+public typealias JobsReply = Stratolab_V1_JobsReply

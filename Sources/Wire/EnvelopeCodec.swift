@@ -116,6 +116,10 @@ extension Envelope {
         case .statusReply: return "status_reply"
         case .operatorCommand: return "operator_command"
         case .operatorCommandReply: return "operator_command_reply"
+        case .submitJobs: return "submit_jobs"
+        case .submitJobsReply: return "submit_jobs_reply"
+        case .jobsRequest: return "jobs_request"
+        case .jobsReply: return "jobs_reply"
         case nil: return "none"
         }
     }

@@ -3,6 +3,8 @@ import Cluster
 import Foundation
 import GPUAgent
 import Logging
+import Experiments
+import Scheduling
 import MemoryAgent
 import Protocol
 import RenderAgent
@@ -67,6 +69,7 @@ struct AgentCommand: ParsableCommand {
         @Option(name: .customLong("gpu-model"), help: "GPU model from the catalogue (V100, A100-40GB, A100-80GB, H100, A10, T4, L4, …).") var gpuModel = "A100-80GB"
         @Option(help: "Number of GPUs.") var gpus = 1
         @Option(help: "Interconnect override: pcie or nvlink.") var interconnect: String?
+        @Option(help: "Seed data for job emulation (default: data/ of the repository).") var data: String?
 
         func run() throws {
             let ic: Interconnect? = try interconnect.map {
@@ -77,7 +80,21 @@ struct AgentCommand: ParsableCommand {
                 default: throw ValidationError("--interconnect '\($0)' must be pcie, nvlink or nvswitch")
                 }
             }
-            try common.run { _ in try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic) }
+            let dir = DataPaths.dataDirectory(data)
+            var result = ImportResult()
+            // Training rows drive the emulation; Vidur's small phi-2 profiles give the measured step-time variance.
+            for f in ["/training/vectorlm-llm-finetune-throughput.md", "/training/gavel/simulation_throughputs.json",
+                      "/profiles/vidur/a100_phi-2_mlp.csv", "/profiles/vidur/h100_phi-2_mlp.csv", "/profiles/vidur/a40_phi-2_mlp.csv"] {
+                result.merge(KnowledgeImporter.importFile(dir + f))
+            }
+            var kb = KnowledgeBase(rows: result.rows, facts: result.facts)
+            _ = Estimator.estimateMissing(in: &kb, gpuModels: GPUCatalog.names)
+            let execution = ExecutionModel(kb: kb)
+            try common.run { identity in
+                let seed = UInt64(truncatingIfNeeded: identity.nodeID.utf8.reduce(5381) { ($0 << 5) &+ $0 &+ Int($1) })
+                return try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic,
+                                           runner: result.rows.isEmpty ? nil : EmulatedJobRunner(execution: execution, seed: seed))
+            }
         }
     }
 

@@ -3,6 +3,8 @@ import Cluster
 import Coordinator
 import Foundation
 import Logging
+import Experiments
+import Scheduling
 
 struct CoordinatorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,8 +17,13 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(name: .customLong("suspect-after-ms"), help: "Silence after which a node is suspect.") var suspectAfterMs: Int64 = 1000
     @Option(name: .customLong("dead-after-ms"), help: "Silence after which a node is dead.") var deadAfterMs: Int64 = 2000
     @Option(name: .customLong("max-frame-bytes"), help: "Largest control frame accepted.") var maxFrameBytes = 1 << 20
+    @Option(help: "Scheduling policy for offline jobs: \(Policies.names.joined(separator: ", ")).") var policy = "hybrid"
+    @Option(name: .customLong("time-scale"), help: "Trace seconds per wall second for job execution (e.g. 1000 replays 24 h in 86 s).") var timeScale = 1.0
+    @Option(help: "Seed data to fill an empty knowledge base from (default: data/ of the repository).") var data: String?
 
     func validate() throws {
+        guard Policies.named(policy) != nil else { throw ValidationError("--policy '\(policy)' is unknown (known: \(Policies.names.joined(separator: ", ")))") }
+        guard timeScale > 0 else { throw ValidationError("--time-scale must be positive") }
         guard suspectAfterMs > 0, deadAfterMs > suspectAfterMs else {
             throw ValidationError("--dead-after-ms (\(deadAfterMs)) must exceed --suspect-after-ms (\(suspectAfterMs)), both positive")
         }
@@ -33,6 +40,9 @@ struct CoordinatorCommand: ParsableCommand {
         config.heartbeatIntervalMs = heartbeatMs
         config.detector = FailureDetectorConfig(suspectAfterNanos: .millis(suspectAfterMs), deadAfterNanos: .millis(deadAfterMs))
         config.maxFrameBytes = maxFrameBytes
+        config.policy = policy
+        config.timeScale = timeScale
+        config.dataDirectory = DataPaths.dataDirectory(data)
         let server = CoordinatorServer(config: config)
         SignalTrap.onTerminate { server.stop() }
         try server.run()

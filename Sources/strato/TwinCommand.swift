@@ -1,4 +1,5 @@
 import ArgumentParser
+import Cluster
 import Experiments
 import Foundation
 import Scheduling
@@ -6,7 +7,7 @@ import Scheduling
 struct TwinCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "twin", abstract: "The digital twin: the coordinator's policies on a virtual clock with modelled GPU agents.",
-        subcommands: [Run.self])
+        subcommands: [Run.self, Validate.self])
 
     struct WorkloadOptions: ParsableArguments {
         @Option(help: "Seed data folder (default: data/ of the repository).") var data: String?
@@ -112,5 +113,80 @@ struct TwinCommand: ParsableCommand {
         }
         guard nodes.contains(where: { $0.id == a[0] }) else { throw ValidationError("--fail '\(s)': unknown node '\(a[0])' (e.g. \(nodes.first?.id ?? ""))") }
         return NodeFailure(node: a[0], at: at * 3600, downFor: down * 3600)
+    }
+}
+
+extension TwinCommand {
+    struct Validate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run one trace on the local testbed and in the twin; report the twin's error in mean and p99 JCT and makespan.")
+        @Option(help: "Topology of the testbed (its GPU nodes are the twin's cluster).") var topology = "experiments/default-topology.yaml"
+        @Option(help: "Policy.") var policy = "hybrid"
+        @Option(name: .customLong("time-scale"), help: "Trace seconds per wall second on the testbed.") var timeScale = 1000.0
+        @Option(help: "Trace length in hours.") var hours = 4.0
+        @Option(name: .customLong("jobs-per-hour"), help: "Arrival rate.") var jobsPerHour = 20.0
+        @Option(help: "Trace seed.") var seed: UInt64 = 1
+        @Option(name: .customLong("kill"), help: "Kill this GPU node's agent at 30 % of the trace (restarting its jobs elsewhere).") var kill: String?
+        @Option(help: "Results folder.") var out = "results/twin-validate"
+        @Option(help: "Seed data folder.") var data: String?
+
+        func run() throws {
+            guard let p = Policies.named(policy) else { throw ValidationError("unknown policy '\(policy)'") }
+            var topo = try Topology.load(file: topology)
+            topo.coordinator.policy = p.name
+            topo.coordinator.timeScale = timeScale
+            let nodes = ClusterSpec.nodes(of: topo)
+            guard !nodes.isEmpty else { throw ValidationError("\(topology) has no GPU nodes") }
+            if let kill, !nodes.contains(where: { $0.id == kill }) { throw ValidationError("--kill: no GPU node '\(kill)' in \(topology)") }
+            let dataDir = DataPaths.dataDirectory(data)
+            let (kb, _, _) = KnowledgeSeeding.seeded(dataDirectory: dataDir, gpuModels: Array(Set(nodes.map(\.gpuModel))))
+            var maxPer: [String: Int] = [:]
+            for n in nodes { maxPer[n.gpuModel] = max(maxPer[n.gpuModel] ?? 0, n.gpuCount) }
+            var g = TraceGenerator(); g.hours = hours; g.jobsPerHour = jobsPerHour
+            let workload = try g.generate(seed: seed, kb: kb, maxGPUsPerNode: maxPer)
+            print("validate: \(workload.jobs.count) jobs over \(hours) h, policy \(p.name), time scale \(Int(timeScale))× on \(nodes.count) GPU nodes (emulated GPUs)")
+
+            let runDir = ".strato/validate"
+            if let old = Testbed.load(runDirectory: runDir) { old.down() }
+            try? FileManager.default.removeItem(atPath: runDir)
+            let start = Date()
+            let bed = try Testbed.up(topology: topo, runDirectory: runDir) { print("  \($0)") }
+            defer { bed.down() }
+            _ = try bed.waitUntilAlive(timeoutSeconds: 60)
+            let client = try OperatorClient(endpoint: bed.endpoint, keysDirectory: bed.keysDirectory)
+            defer { client.close() }
+            var run = SchedulingTestbedRun(client: client, workload: workload)
+            var failures: [NodeFailure] = []
+            if let kill, let proc = bed.processes.first(where: { $0.name == kill }) {
+                let at = hours * 3600 * 0.3
+                run.faults = [(at, "kill \(kill) (SIGKILL)", { _ = Glibc.kill(proc.pid, SIGKILL) })]
+                // The coordinator declares the node dead after dead_after_ms of silence.
+                failures = [NodeFailure(node: kill, at: at + Double(topo.coordinator.deadAfterMs) / 1000 * timeScale, downFor: 1e9)]
+            }
+            run.timeoutSeconds = max(600, hours * 3600 / timeScale * 20)
+            let (reply, notes) = try run.run { print($0) }
+            let testbed = SchedulingTestbedRun.result(reply, workload: workload, nodes: nodes, wallSeconds: Date().timeIntervalSince(start), notes: notes)
+            var options = TwinOptions()
+            options.failures = failures
+            // The testbed learns of a finish with the next heartbeat (200 ms) and decides on its
+            // next 100 ms tick: on average half of each, in trace time.
+            options.reportLatency = (Double(topo.coordinator.heartbeatMs) / 2 + 50) / 1000 * timeScale
+            let twin = DigitalTwin(nodes: nodes, workload: workload, kb: kb, options: options).run(policy: p)
+            let v = ValidationReport(testbed: testbed, twin: twin)
+            var results = SchedulingResults()
+            results.runs = [testbed, twin]
+            results.notes = ["Validation: the same trace and policy on the testbed (\(Int(timeScale))× time scale, real processes) and in the twin."]
+            let tableRows = [("mean JCT (h)", v.testbed.meanJCT, v.twin.meanJCT, v.meanJCTError), ("p99 JCT (h)", v.testbed.p99JCT, v.twin.p99JCT, v.p99JCTError),
+                             ("makespan (h)", v.testbed.makespan, v.twin.makespan, v.makespanError)]
+            var text = "figure          testbed     twin    error\n"
+            for (name, a, b, e) in tableRows { text += name.padding(toLength: 14, withPad: " ", startingAt: 0) + String(format: "%9.3f %9.3f   %5.2f%%\n", a / 3600, b / 3600, e * 100) }
+            text += String(format: "finished        %d/%d   %d/%d", v.testbed.finished, v.testbed.jobs, v.twin.finished, v.twin.jobs)
+            print("\n" + text)
+            print(v.worst <= 0.05 ? "twin error ≤ 5 %: target met" : String(format: "twin error %.1f %% > 5 %%: target NOT met", v.worst * 100))
+            try results.write(to: out, title: "Twin validation: \(p.name), \(workload.jobs.count) jobs", extraHTML: "<h2>Twin vs testbed</h2><pre>\(text)</pre>")
+            let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+            try enc.encode(v).write(to: URL(fileURLWithPath: out + "/validation.json"))
+            print("results in \(out)/")
+        }
     }
 }

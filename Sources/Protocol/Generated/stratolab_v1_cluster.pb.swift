@@ -22,6 +22,62 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+public nonisolated enum Stratolab_V1_JobState: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+
+  /// restarting: framework start, weights and checkpoint loading
+  case jobLoading // = 1
+  case jobRunning // = 2
+  case jobFinished // = 3
+
+  /// the configuration does not fit in GPU memory
+  case jobFailedOom // = 4
+
+  /// stopped at a checkpoint on the coordinator's request
+  case jobPreempted // = 5
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .jobLoading
+    case 2: self = .jobRunning
+    case 3: self = .jobFinished
+    case 4: self = .jobFailedOom
+    case 5: self = .jobPreempted
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .jobLoading: return 1
+    case .jobRunning: return 2
+    case .jobFinished: return 3
+    case .jobFailedOom: return 4
+    case .jobPreempted: return 5
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Stratolab_V1_JobState] = [
+    .unspecified,
+    .jobLoading,
+    .jobRunning,
+    .jobFinished,
+    .jobFailedOom,
+    .jobPreempted,
+  ]
+
+}
+
 public nonisolated struct Stratolab_V1_Register: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -242,12 +298,56 @@ public nonisolated struct Stratolab_V1_Heartbeat: Sendable {
 
   public var running: [String] = []
 
+  /// Progress of the jobs this node runs, and terminal reports (finished, failed, preempted) it
+  /// repeats until the coordinator lists them in HeartbeatAck.settled_jobs.
+  public var jobs: [Stratolab_V1_JobReport] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _telemetry: Stratolab_V1_Telemetry? = nil
   fileprivate var _clock: Stratolab_V1_ClockEstimate? = nil
+}
+
+public nonisolated struct Stratolab_V1_JobReport: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var state: Stratolab_V1_JobState = .unspecified
+
+  /// in the job's unit (tokens or steps)
+  public var workDone: Double = 0
+
+  /// what a restart after a crash resumes from
+  public var checkpointedWork: Double = 0
+
+  /// measured since the last report (trace time)
+  public var meanStepSeconds: Double = 0
+
+  public var steps: UInt64 = 0
+
+  /// work per trace second measured since the last report
+  public var throughput: Double = 0
+
+  public var gpuUtilization: Double = 0
+
+  public var memoryBytesPerGpu: UInt64 = 0
+
+  /// agent clock, for terminal states
+  public var endedAtUnixNanos: Int64 = 0
+
+  public var emulated: Bool = false
+
+  /// which start this report belongs to
+  public var startCommandID: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// t2/t3 of the NTP exchange; t1 is the heartbeat's sent_at and t4 the agent's receive time.
@@ -265,6 +365,9 @@ public nonisolated struct Stratolab_V1_HeartbeatAck: Sendable {
   public var sentAtUnixNanos: Int64 = 0
 
   public var coordinatorEpoch: UInt64 = 0
+
+  /// Terminal job reports the coordinator has made durable; the agent stops repeating them.
+  public var settledJobs: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -309,14 +412,77 @@ public nonisolated struct Stratolab_V1_Command: Sendable {
     set {action = .drain(newValue)}
   }
 
+  public var startJob: Stratolab_V1_StartJob {
+    get {
+      if case .startJob(let v)? = action {return v}
+      return Stratolab_V1_StartJob()
+    }
+    set {action = .startJob(newValue)}
+  }
+
+  public var preemptJob: Stratolab_V1_PreemptJob {
+    get {
+      if case .preemptJob(let v)? = action {return v}
+      return Stratolab_V1_PreemptJob()
+    }
+    set {action = .preemptJob(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Action: Equatable, Sendable {
     case ping(Stratolab_V1_Ping)
     case setLabels(Stratolab_V1_SetLabels)
     case drain(Stratolab_V1_Drain)
+    case startJob(Stratolab_V1_StartJob)
+    case preemptJob(Stratolab_V1_PreemptJob)
 
   }
+
+  public init() {}
+}
+
+/// Run (or resume) an offline job on the given GPU indices of this node.
+public nonisolated struct Stratolab_V1_StartJob: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var model: String = String()
+
+  public var task: String = String()
+
+  public var batchPerGpu: UInt32 = 0
+
+  public var gpuModel: String = String()
+
+  public var gpus: [UInt32] = []
+
+  public var totalWork: Double = 0
+
+  public var resumeWork: Double = 0
+
+  public var unit: String = String()
+
+  /// trace seconds per wall second
+  public var timeScale: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Stop a job at a checkpoint; the acknowledgement's detail carries the work saved.
+public nonisolated struct Stratolab_V1_PreemptJob: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -383,6 +549,10 @@ public nonisolated struct Stratolab_V1_CommandAck: Sendable {
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "stratolab.v1"
+
+nonisolated extension Stratolab_V1_JobState: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0JOB_STATE_UNSPECIFIED\0\u{1}JOB_LOADING\0\u{1}JOB_RUNNING\0\u{1}JOB_FINISHED\0\u{1}JOB_FAILED_OOM\0\u{1}JOB_PREEMPTED\0")
+}
 
 nonisolated extension Stratolab_V1_Register: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Register"
@@ -786,7 +956,7 @@ nonisolated extension Stratolab_V1_ClockEstimate: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Stratolab_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}telemetry\0\u{1}clock\0\u{1}running\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}telemetry\0\u{1}clock\0\u{1}running\0\u{1}jobs\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -800,6 +970,7 @@ nonisolated extension Stratolab_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtob
       case 4: try { try decoder.decodeSingularMessageField(value: &self._telemetry) }()
       case 5: try { try decoder.decodeSingularMessageField(value: &self._clock) }()
       case 6: try { try decoder.decodeRepeatedStringField(value: &self.running) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.jobs) }()
       default: break
       }
     }
@@ -828,6 +999,9 @@ nonisolated extension Stratolab_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtob
     if !self.running.isEmpty {
       try visitor.visitRepeatedStringField(value: self.running, fieldNumber: 6)
     }
+    if !self.jobs.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.jobs, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -838,6 +1012,92 @@ nonisolated extension Stratolab_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtob
     if lhs._telemetry != rhs._telemetry {return false}
     if lhs._clock != rhs._clock {return false}
     if lhs.running != rhs.running {return false}
+    if lhs.jobs != rhs.jobs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_JobReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobReport"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}state\0\u{3}work_done\0\u{3}checkpointed_work\0\u{3}mean_step_seconds\0\u{1}steps\0\u{1}throughput\0\u{3}gpu_utilization\0\u{3}memory_bytes_per_gpu\0\u{3}ended_at_unix_nanos\0\u{1}emulated\0\u{3}start_command_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.state) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.workDone) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.checkpointedWork) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.meanStepSeconds) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.steps) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.throughput) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.gpuUtilization) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.memoryBytesPerGpu) }()
+      case 10: try { try decoder.decodeSingularInt64Field(value: &self.endedAtUnixNanos) }()
+      case 11: try { try decoder.decodeSingularBoolField(value: &self.emulated) }()
+      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.startCommandID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if self.state != .unspecified {
+      try visitor.visitSingularEnumField(value: self.state, fieldNumber: 2)
+    }
+    if self.workDone.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.workDone, fieldNumber: 3)
+    }
+    if self.checkpointedWork.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.checkpointedWork, fieldNumber: 4)
+    }
+    if self.meanStepSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.meanStepSeconds, fieldNumber: 5)
+    }
+    if self.steps != 0 {
+      try visitor.visitSingularUInt64Field(value: self.steps, fieldNumber: 6)
+    }
+    if self.throughput.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.throughput, fieldNumber: 7)
+    }
+    if self.gpuUtilization.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.gpuUtilization, fieldNumber: 8)
+    }
+    if self.memoryBytesPerGpu != 0 {
+      try visitor.visitSingularUInt64Field(value: self.memoryBytesPerGpu, fieldNumber: 9)
+    }
+    if self.endedAtUnixNanos != 0 {
+      try visitor.visitSingularInt64Field(value: self.endedAtUnixNanos, fieldNumber: 10)
+    }
+    if self.emulated != false {
+      try visitor.visitSingularBoolField(value: self.emulated, fieldNumber: 11)
+    }
+    if self.startCommandID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.startCommandID, fieldNumber: 12)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_JobReport, rhs: Stratolab_V1_JobReport) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.workDone != rhs.workDone {return false}
+    if lhs.checkpointedWork != rhs.checkpointedWork {return false}
+    if lhs.meanStepSeconds != rhs.meanStepSeconds {return false}
+    if lhs.steps != rhs.steps {return false}
+    if lhs.throughput != rhs.throughput {return false}
+    if lhs.gpuUtilization != rhs.gpuUtilization {return false}
+    if lhs.memoryBytesPerGpu != rhs.memoryBytesPerGpu {return false}
+    if lhs.endedAtUnixNanos != rhs.endedAtUnixNanos {return false}
+    if lhs.emulated != rhs.emulated {return false}
+    if lhs.startCommandID != rhs.startCommandID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -845,7 +1105,7 @@ nonisolated extension Stratolab_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Stratolab_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeartbeatAck"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}sequence\0\u{3}received_at_unix_nanos\0\u{3}sent_at_unix_nanos\0\u{3}coordinator_epoch\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}sequence\0\u{3}received_at_unix_nanos\0\u{3}sent_at_unix_nanos\0\u{3}coordinator_epoch\0\u{3}settled_jobs\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -858,6 +1118,7 @@ nonisolated extension Stratolab_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPro
       case 3: try { try decoder.decodeSingularInt64Field(value: &self.receivedAtUnixNanos) }()
       case 4: try { try decoder.decodeSingularInt64Field(value: &self.sentAtUnixNanos) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.coordinatorEpoch) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.settledJobs) }()
       default: break
       }
     }
@@ -879,6 +1140,9 @@ nonisolated extension Stratolab_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPro
     if self.coordinatorEpoch != 0 {
       try visitor.visitSingularUInt64Field(value: self.coordinatorEpoch, fieldNumber: 5)
     }
+    if !self.settledJobs.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.settledJobs, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -888,6 +1152,7 @@ nonisolated extension Stratolab_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPro
     if lhs.receivedAtUnixNanos != rhs.receivedAtUnixNanos {return false}
     if lhs.sentAtUnixNanos != rhs.sentAtUnixNanos {return false}
     if lhs.coordinatorEpoch != rhs.coordinatorEpoch {return false}
+    if lhs.settledJobs != rhs.settledJobs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -895,7 +1160,7 @@ nonisolated extension Stratolab_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Stratolab_V1_Command: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Command"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}command_id\0\u{3}node_id\0\u{2}\u{8}ping\0\u{3}set_labels\0\u{1}drain\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}command_id\0\u{3}node_id\0\u{2}\u{8}ping\0\u{3}set_labels\0\u{1}drain\0\u{3}start_job\0\u{3}preempt_job\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -944,6 +1209,32 @@ nonisolated extension Stratolab_V1_Command: SwiftProtobuf.Message, SwiftProtobuf
           self.action = .drain(v)
         }
       }()
+      case 13: try {
+        var v: Stratolab_V1_StartJob?
+        var hadOneofValue = false
+        if let current = self.action {
+          hadOneofValue = true
+          if case .startJob(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.action = .startJob(v)
+        }
+      }()
+      case 14: try {
+        var v: Stratolab_V1_PreemptJob?
+        var hadOneofValue = false
+        if let current = self.action {
+          hadOneofValue = true
+          if case .preemptJob(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.action = .preemptJob(v)
+        }
+      }()
       default: break
       }
     }
@@ -973,6 +1264,14 @@ nonisolated extension Stratolab_V1_Command: SwiftProtobuf.Message, SwiftProtobuf
       guard case .drain(let v)? = self.action else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
     }()
+    case .startJob?: try {
+      guard case .startJob(let v)? = self.action else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+    }()
+    case .preemptJob?: try {
+      guard case .preemptJob(let v)? = self.action else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -982,6 +1281,111 @@ nonisolated extension Stratolab_V1_Command: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.commandID != rhs.commandID {return false}
     if lhs.nodeID != rhs.nodeID {return false}
     if lhs.action != rhs.action {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_StartJob: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StartJob"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}model\0\u{1}task\0\u{3}batch_per_gpu\0\u{3}gpu_model\0\u{1}gpus\0\u{3}total_work\0\u{3}resume_work\0\u{1}unit\0\u{3}time_scale\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.model) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.task) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.batchPerGpu) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.gpuModel) }()
+      case 6: try { try decoder.decodeRepeatedUInt32Field(value: &self.gpus) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.totalWork) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.resumeWork) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.unit) }()
+      case 10: try { try decoder.decodeSingularDoubleField(value: &self.timeScale) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if !self.model.isEmpty {
+      try visitor.visitSingularStringField(value: self.model, fieldNumber: 2)
+    }
+    if !self.task.isEmpty {
+      try visitor.visitSingularStringField(value: self.task, fieldNumber: 3)
+    }
+    if self.batchPerGpu != 0 {
+      try visitor.visitSingularUInt32Field(value: self.batchPerGpu, fieldNumber: 4)
+    }
+    if !self.gpuModel.isEmpty {
+      try visitor.visitSingularStringField(value: self.gpuModel, fieldNumber: 5)
+    }
+    if !self.gpus.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.gpus, fieldNumber: 6)
+    }
+    if self.totalWork.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.totalWork, fieldNumber: 7)
+    }
+    if self.resumeWork.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.resumeWork, fieldNumber: 8)
+    }
+    if !self.unit.isEmpty {
+      try visitor.visitSingularStringField(value: self.unit, fieldNumber: 9)
+    }
+    if self.timeScale.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.timeScale, fieldNumber: 10)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_StartJob, rhs: Stratolab_V1_StartJob) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.model != rhs.model {return false}
+    if lhs.task != rhs.task {return false}
+    if lhs.batchPerGpu != rhs.batchPerGpu {return false}
+    if lhs.gpuModel != rhs.gpuModel {return false}
+    if lhs.gpus != rhs.gpus {return false}
+    if lhs.totalWork != rhs.totalWork {return false}
+    if lhs.resumeWork != rhs.resumeWork {return false}
+    if lhs.unit != rhs.unit {return false}
+    if lhs.timeScale != rhs.timeScale {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_PreemptJob: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PreemptJob"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_PreemptJob, rhs: Stratolab_V1_PreemptJob) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

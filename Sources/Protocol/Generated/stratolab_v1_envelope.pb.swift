@@ -320,6 +320,38 @@ public nonisolated struct Stratolab_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._body = .operatorCommandReply(newValue)}
   }
 
+  public var submitJobs: Stratolab_V1_SubmitJobs {
+    get {
+      if case .submitJobs(let v)? = _storage._body {return v}
+      return Stratolab_V1_SubmitJobs()
+    }
+    set {_uniqueStorage()._body = .submitJobs(newValue)}
+  }
+
+  public var submitJobsReply: Stratolab_V1_SubmitJobsReply {
+    get {
+      if case .submitJobsReply(let v)? = _storage._body {return v}
+      return Stratolab_V1_SubmitJobsReply()
+    }
+    set {_uniqueStorage()._body = .submitJobsReply(newValue)}
+  }
+
+  public var jobsRequest: Stratolab_V1_JobsRequest {
+    get {
+      if case .jobsRequest(let v)? = _storage._body {return v}
+      return Stratolab_V1_JobsRequest()
+    }
+    set {_uniqueStorage()._body = .jobsRequest(newValue)}
+  }
+
+  public var jobsReply: Stratolab_V1_JobsReply {
+    get {
+      if case .jobsReply(let v)? = _storage._body {return v}
+      return Stratolab_V1_JobsReply()
+    }
+    set {_uniqueStorage()._body = .jobsReply(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -335,6 +367,10 @@ public nonisolated struct Stratolab_V1_Envelope: @unchecked Sendable {
     case statusReply(Stratolab_V1_StatusReply)
     case operatorCommand(Stratolab_V1_OperatorCommand)
     case operatorCommandReply(Stratolab_V1_OperatorCommandReply)
+    case submitJobs(Stratolab_V1_SubmitJobs)
+    case submitJobsReply(Stratolab_V1_SubmitJobsReply)
+    case jobsRequest(Stratolab_V1_JobsRequest)
+    case jobsReply(Stratolab_V1_JobsReply)
 
   }
 
@@ -419,7 +455,7 @@ nonisolated extension Stratolab_V1_TraceContext: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}message_id\0\u{1}sender\0\u{3}sent_at_unix_nanos\0\u{1}trace\0\u{1}recipient\0\u{3}in_reply_to\0\u{2}\u{3}register\0\u{3}register_ack\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}command\0\u{3}command_ack\0\u{1}error\0\u{1}deregister\0\u{4}\u{3}status_request\0\u{3}status_reply\0\u{3}operator_command\0\u{3}operator_command_reply\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}message_id\0\u{1}sender\0\u{3}sent_at_unix_nanos\0\u{1}trace\0\u{1}recipient\0\u{3}in_reply_to\0\u{2}\u{3}register\0\u{3}register_ack\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}command\0\u{3}command_ack\0\u{1}error\0\u{1}deregister\0\u{4}\u{3}status_request\0\u{3}status_reply\0\u{3}operator_command\0\u{3}operator_command_reply\0\u{3}submit_jobs\0\u{3}submit_jobs_reply\0\u{3}jobs_request\0\u{3}jobs_reply\0")
 
   fileprivate class _StorageClass {
     var _protocolVersion: UInt32 = 0
@@ -629,6 +665,58 @@ nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobu
             _storage._body = .operatorCommandReply(v)
           }
         }()
+        case 24: try {
+          var v: Stratolab_V1_SubmitJobs?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .submitJobs(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .submitJobs(v)
+          }
+        }()
+        case 25: try {
+          var v: Stratolab_V1_SubmitJobsReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .submitJobsReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .submitJobsReply(v)
+          }
+        }()
+        case 26: try {
+          var v: Stratolab_V1_JobsRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .jobsRequest(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .jobsRequest(v)
+          }
+        }()
+        case 27: try {
+          var v: Stratolab_V1_JobsReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .jobsReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .jobsReply(v)
+          }
+        }()
         default: break
         }
       }
@@ -710,6 +798,22 @@ nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobu
       case .operatorCommandReply?: try {
         guard case .operatorCommandReply(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+      }()
+      case .submitJobs?: try {
+        guard case .submitJobs(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+      }()
+      case .submitJobsReply?: try {
+        guard case .submitJobsReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+      }()
+      case .jobsRequest?: try {
+        guard case .jobsRequest(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+      }()
+      case .jobsReply?: try {
+        guard case .jobsReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
       }()
       case nil: break
       }

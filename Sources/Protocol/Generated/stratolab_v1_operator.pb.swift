@@ -303,6 +303,144 @@ public nonisolated struct Stratolab_V1_OperatorCommandReply: Sendable {
   public init() {}
 }
 
+/// Offline jobs for the coordinator's scheduler. A job whose arrival lies in the future (trace
+/// seconds since the scheduler's start) waits until then.
+public nonisolated struct Stratolab_V1_JobSubmission: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var model: String = String()
+
+  public var task: String = String()
+
+  public var batchPerGpu: UInt32 = 0
+
+  public var arrival: Double = 0
+
+  public var requestedGpuModel: String = String()
+
+  public var requestedGpus: UInt32 = 0
+
+  public var work: Double = 0
+
+  public var unit: String = String()
+
+  public var priority: Int32 = 0
+
+  public var elastic: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_SubmitJobs: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobs: [Stratolab_V1_JobSubmission] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_SubmitJobsReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var accepted: UInt32 = 0
+
+  /// "job-id: reason"
+  public var rejected: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_JobsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_JobStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  /// pending, running, finished, failed
+  public var phase: String = String()
+
+  public var nodeID: String = String()
+
+  public var gpuModel: String = String()
+
+  public var gpus: UInt32 = 0
+
+  public var work: Double = 0
+
+  public var workDone: Double = 0
+
+  public var arrival: Double = 0
+
+  /// -1 when never started
+  public var firstStart: Double = 0
+
+  /// -1 when not finished
+  public var finish: Double = 0
+
+  public var queueing: Double = 0
+
+  public var preemptions: UInt32 = 0
+
+  public var restarts: UInt32 = 0
+
+  public var failedStarts: UInt32 = 0
+
+  public var kind: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_JobsReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var policy: String = String()
+
+  public var timeScale: Double = 0
+
+  /// trace seconds since the scheduler started
+  public var traceNow: Double = 0
+
+  public var jobs: [Stratolab_V1_JobStatus] = []
+
+  public var unfinished: UInt32 = 0
+
+  /// emulation label, skipped services, rejected decisions
+  public var notes: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "stratolab.v1"
@@ -747,6 +885,325 @@ nonisolated extension Stratolab_V1_OperatorCommandReply: SwiftProtobuf.Message, 
     if lhs.commandID != rhs.commandID {return false}
     if lhs.accepted != rhs.accepted {return false}
     if lhs.detail != rhs.detail {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_JobSubmission: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobSubmission"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}model\0\u{1}task\0\u{3}batch_per_gpu\0\u{1}arrival\0\u{3}requested_gpu_model\0\u{3}requested_gpus\0\u{1}work\0\u{1}unit\0\u{1}priority\0\u{1}elastic\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.model) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.task) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.batchPerGpu) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.arrival) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.requestedGpuModel) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.requestedGpus) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.work) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.unit) }()
+      case 10: try { try decoder.decodeSingularInt32Field(value: &self.priority) }()
+      case 11: try { try decoder.decodeSingularBoolField(value: &self.elastic) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if !self.model.isEmpty {
+      try visitor.visitSingularStringField(value: self.model, fieldNumber: 2)
+    }
+    if !self.task.isEmpty {
+      try visitor.visitSingularStringField(value: self.task, fieldNumber: 3)
+    }
+    if self.batchPerGpu != 0 {
+      try visitor.visitSingularUInt32Field(value: self.batchPerGpu, fieldNumber: 4)
+    }
+    if self.arrival.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.arrival, fieldNumber: 5)
+    }
+    if !self.requestedGpuModel.isEmpty {
+      try visitor.visitSingularStringField(value: self.requestedGpuModel, fieldNumber: 6)
+    }
+    if self.requestedGpus != 0 {
+      try visitor.visitSingularUInt32Field(value: self.requestedGpus, fieldNumber: 7)
+    }
+    if self.work.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.work, fieldNumber: 8)
+    }
+    if !self.unit.isEmpty {
+      try visitor.visitSingularStringField(value: self.unit, fieldNumber: 9)
+    }
+    if self.priority != 0 {
+      try visitor.visitSingularInt32Field(value: self.priority, fieldNumber: 10)
+    }
+    if self.elastic != false {
+      try visitor.visitSingularBoolField(value: self.elastic, fieldNumber: 11)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_JobSubmission, rhs: Stratolab_V1_JobSubmission) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.model != rhs.model {return false}
+    if lhs.task != rhs.task {return false}
+    if lhs.batchPerGpu != rhs.batchPerGpu {return false}
+    if lhs.arrival != rhs.arrival {return false}
+    if lhs.requestedGpuModel != rhs.requestedGpuModel {return false}
+    if lhs.requestedGpus != rhs.requestedGpus {return false}
+    if lhs.work != rhs.work {return false}
+    if lhs.unit != rhs.unit {return false}
+    if lhs.priority != rhs.priority {return false}
+    if lhs.elastic != rhs.elastic {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_SubmitJobs: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SubmitJobs"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}jobs\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.jobs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobs.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.jobs, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_SubmitJobs, rhs: Stratolab_V1_SubmitJobs) -> Bool {
+    if lhs.jobs != rhs.jobs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_SubmitJobsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SubmitJobsReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}accepted\0\u{1}rejected\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.accepted) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.rejected) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.accepted != 0 {
+      try visitor.visitSingularUInt32Field(value: self.accepted, fieldNumber: 1)
+    }
+    if !self.rejected.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.rejected, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_SubmitJobsReply, rhs: Stratolab_V1_SubmitJobsReply) -> Bool {
+    if lhs.accepted != rhs.accepted {return false}
+    if lhs.rejected != rhs.rejected {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_JobsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_JobsRequest, rhs: Stratolab_V1_JobsRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}phase\0\u{3}node_id\0\u{3}gpu_model\0\u{1}gpus\0\u{1}work\0\u{3}work_done\0\u{1}arrival\0\u{3}first_start\0\u{1}finish\0\u{1}queueing\0\u{1}preemptions\0\u{1}restarts\0\u{3}failed_starts\0\u{1}kind\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.phase) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.gpuModel) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.gpus) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.work) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.workDone) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.arrival) }()
+      case 9: try { try decoder.decodeSingularDoubleField(value: &self.firstStart) }()
+      case 10: try { try decoder.decodeSingularDoubleField(value: &self.finish) }()
+      case 11: try { try decoder.decodeSingularDoubleField(value: &self.queueing) }()
+      case 12: try { try decoder.decodeSingularUInt32Field(value: &self.preemptions) }()
+      case 13: try { try decoder.decodeSingularUInt32Field(value: &self.restarts) }()
+      case 14: try { try decoder.decodeSingularUInt32Field(value: &self.failedStarts) }()
+      case 15: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if !self.phase.isEmpty {
+      try visitor.visitSingularStringField(value: self.phase, fieldNumber: 2)
+    }
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 3)
+    }
+    if !self.gpuModel.isEmpty {
+      try visitor.visitSingularStringField(value: self.gpuModel, fieldNumber: 4)
+    }
+    if self.gpus != 0 {
+      try visitor.visitSingularUInt32Field(value: self.gpus, fieldNumber: 5)
+    }
+    if self.work.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.work, fieldNumber: 6)
+    }
+    if self.workDone.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.workDone, fieldNumber: 7)
+    }
+    if self.arrival.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.arrival, fieldNumber: 8)
+    }
+    if self.firstStart.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.firstStart, fieldNumber: 9)
+    }
+    if self.finish.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.finish, fieldNumber: 10)
+    }
+    if self.queueing.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.queueing, fieldNumber: 11)
+    }
+    if self.preemptions != 0 {
+      try visitor.visitSingularUInt32Field(value: self.preemptions, fieldNumber: 12)
+    }
+    if self.restarts != 0 {
+      try visitor.visitSingularUInt32Field(value: self.restarts, fieldNumber: 13)
+    }
+    if self.failedStarts != 0 {
+      try visitor.visitSingularUInt32Field(value: self.failedStarts, fieldNumber: 14)
+    }
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 15)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_JobStatus, rhs: Stratolab_V1_JobStatus) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.phase != rhs.phase {return false}
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.gpuModel != rhs.gpuModel {return false}
+    if lhs.gpus != rhs.gpus {return false}
+    if lhs.work != rhs.work {return false}
+    if lhs.workDone != rhs.workDone {return false}
+    if lhs.arrival != rhs.arrival {return false}
+    if lhs.firstStart != rhs.firstStart {return false}
+    if lhs.finish != rhs.finish {return false}
+    if lhs.queueing != rhs.queueing {return false}
+    if lhs.preemptions != rhs.preemptions {return false}
+    if lhs.restarts != rhs.restarts {return false}
+    if lhs.failedStarts != rhs.failedStarts {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_JobsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobsReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{3}time_scale\0\u{3}trace_now\0\u{1}jobs\0\u{1}unfinished\0\u{1}notes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.policy) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.timeScale) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.traceNow) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.jobs) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.unfinished) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.notes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.policy.isEmpty {
+      try visitor.visitSingularStringField(value: self.policy, fieldNumber: 1)
+    }
+    if self.timeScale.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.timeScale, fieldNumber: 2)
+    }
+    if self.traceNow.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.traceNow, fieldNumber: 3)
+    }
+    if !self.jobs.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.jobs, fieldNumber: 4)
+    }
+    if self.unfinished != 0 {
+      try visitor.visitSingularUInt32Field(value: self.unfinished, fieldNumber: 5)
+    }
+    if !self.notes.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.notes, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_JobsReply, rhs: Stratolab_V1_JobsReply) -> Bool {
+    if lhs.policy != rhs.policy {return false}
+    if lhs.timeScale != rhs.timeScale {return false}
+    if lhs.traceNow != rhs.traceNow {return false}
+    if lhs.jobs != rhs.jobs {return false}
+    if lhs.unfinished != rhs.unfinished {return false}
+    if lhs.notes != rhs.notes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -14,6 +14,12 @@ public struct JobOutcome: Sendable, Codable, Equatable {
     public var gpuModel: String?
     public var gpus: Int?
     public var jct: Double? { finish.map { $0 - arrival } }
+
+    public init(id: String, kind: String, arrival: Double, firstStart: Double?, finish: Double?, queueing: Double, preemptions: Int,
+                restarts: Int, failedStarts: Int, gpuModel: String?, gpus: Int?) {
+        self.id = id; self.kind = kind; self.arrival = arrival; self.firstStart = firstStart; self.finish = finish; self.queueing = queueing
+        self.preemptions = preemptions; self.restarts = restarts; self.failedStarts = failedStarts; self.gpuModel = gpuModel; self.gpus = gpus
+    }
 }
 
 /// Served versus offered requests of one online service.
@@ -43,6 +49,13 @@ public struct RunResult: Sendable, Codable {
     public var wallSeconds: Double
 
     public var finished: [JobOutcome] { jobs.filter { $0.finish != nil } }
+
+    public init(policy: String, workload: String, engine: String, emulated: Bool, jobs: [JobOutcome], services: [ServiceOutcome],
+                busyGPUSeconds: [String: Double], gpusByModel: [String: Int], makespan: Double, skipped: [String], events: Int, wallSeconds: Double) {
+        self.policy = policy; self.workload = workload; self.engine = engine; self.emulated = emulated; self.jobs = jobs; self.services = services
+        self.busyGPUSeconds = busyGPUSeconds; self.gpusByModel = gpusByModel; self.makespan = makespan; self.skipped = skipped
+        self.events = events; self.wallSeconds = wallSeconds
+    }
 
     public var summary: RunSummary { RunSummary(self) }
 }

@@ -16,6 +16,9 @@ public struct TwinOptions: Sendable {
     /// Seconds between a job's start decision and the agent acting on it (command latency on the
     /// testbed, in trace time); 0 in a pure simulation.
     public var startLatency: Double = 0
+    /// Trace seconds between a job finishing and the scheduler learning it (the testbed hears it
+    /// with the next heartbeat); the job's finish time stays exact, its GPUs free up this much later.
+    public var reportLatency: Double = 0
     public init() {}
 }
 
@@ -36,6 +39,7 @@ public struct DigitalTwin {
         case arrival(Int)
         case started(String, Int)      // overhead over: progress begins (or OOM)
         case done(String, Int)
+        case released(String, Int, Double)
         case report(String, Int)
         case serviceChange
         case nodeDown(String)
@@ -121,9 +125,16 @@ public struct DigitalTwin {
                     }
                 case .done(let id, let g):
                     guard generation[id, default: 0] == g else { continue }
+                    if options.reportLatency > 0 { queue.push(now + options.reportLatency, .released(id, g, now)); continue }
                     endRun(id, now)
                     scheduler.state.finish(job: id, at: now)
                     lastFinish = max(lastFinish, now)
+                    dirty = true
+                case .released(let id, let g, let at):
+                    guard generation[id, default: 0] == g else { continue }
+                    endRun(id, now)
+                    scheduler.state.finish(job: id, at: at)
+                    lastFinish = max(lastFinish, at)
                     dirty = true
                 case .report(let id, let g):
                     guard generation[id, default: 0] == g, let r = runs[id] else { continue }

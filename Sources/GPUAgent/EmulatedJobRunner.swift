@@ -1,0 +1,119 @@
+import Foundation
+import Protocol
+import Scheduling
+
+/// Runs offline jobs by emulation on a GPU node: progress, step times (with the variance Vidur
+/// measured), memory fit and restart cost all come from `ExecutionModel` over the knowledge base's
+/// measured and estimated rows. Reports say `emulated`. Time is trace time: wall seconds × the
+/// start command's time scale.
+public final class EmulatedJobRunner {
+    public let execution: ExecutionModel
+    private var rng: SeededRandom
+
+    struct Job {
+        var start: StartJob
+        var commandID: UInt64
+        var startedWall: Int64
+        var overhead: Double      // trace seconds before progress begins
+        var rate: Double          // work per trace second (0: does not fit)
+        var lastReportWall: Int64
+        var lastReportWork: Double
+        var key: ConfigKey
+    }
+    private var jobs: [String: Job] = [:]
+    /// Terminal reports repeated until the coordinator settles them.
+    private var terminal: [String: JobReport] = [:]
+
+    public init(execution: ExecutionModel, seed: UInt64) {
+        self.execution = execution
+        self.rng = SeededRandom(seed: seed)
+    }
+
+    public var runningIDs: [String] { jobs.keys.sorted() }
+
+    public func busyGPUs() -> Set<UInt32> { Set(jobs.values.flatMap(\.start.gpus)) }
+
+    public func start(_ s: StartJob, commandID: UInt64, wallNanos: Int64) -> (ok: Bool, detail: String) {
+        guard s.timeScale > 0, s.totalWork > 0 else { return (false, "start_job needs time_scale > 0 and total_work > 0") }
+        let key = ConfigKey(model: s.model, task: s.task, gpuModel: s.gpuModel, gpuCount: s.gpus.count, batchPerGPU: Int(s.batchPerGpu))
+        let spec = JobSpec(id: s.jobID, kind: key.job, arrival: 0, requestedGPUModel: nil, requestedGPUs: s.gpus.count, work: s.totalWork, unit: s.unit)
+        terminal[s.jobID] = nil
+        jobs[s.jobID] = Job(start: s, commandID: commandID, startedWall: wallNanos, overhead: execution.restartSeconds(spec),
+                            rate: execution.rate(key), lastReportWall: wallNanos, lastReportWork: s.resumeWork, key: key)
+        return (true, "started \(s.jobID) on GPUs \(s.gpus.map(String.init).joined(separator: ",")) (emulated)")
+    }
+
+    /// Stops a job at a checkpoint taken now; the detail carries the work saved (`work=…`).
+    public func preempt(_ id: String, wallNanos: Int64) -> (ok: Bool, detail: String) {
+        guard let j = jobs.removeValue(forKey: id) else { return (true, "work=-1 not running") }
+        let w = work(j, wallNanos)
+        return (true, "work=\(w)")
+    }
+
+    private func traceSeconds(_ j: Job, _ wall: Int64) -> Double { Double(wall - j.startedWall) / 1e9 * j.start.timeScale }
+
+    private func work(_ j: Job, _ wall: Int64) -> Double {
+        let ran = traceSeconds(j, wall) - j.overhead
+        return min(j.start.resumeWork + max(0, ran) * j.rate, j.start.totalWork)
+    }
+
+    public func reports(wallNanos now: Int64) -> [JobReport] {
+        var out: [JobReport] = []
+        for id in jobs.keys.sorted() {
+            var j = jobs[id]!
+            var r = JobReport()
+            r.jobID = id
+            r.emulated = true
+            r.startCommandID = j.commandID
+            let t = traceSeconds(j, now)
+            if t < j.overhead {
+                r.state = .jobLoading
+                r.workDone = j.start.resumeWork
+                r.checkpointedWork = j.start.resumeWork
+                out.append(r)
+                continue
+            }
+            if j.rate <= 0 {
+                r.state = .jobFailedOom
+                r.workDone = j.start.resumeWork
+                r.checkpointedWork = j.start.resumeWork
+                r.endedAtUnixNanos = j.startedWall + Int64(j.overhead / j.start.timeScale * 1e9)
+                terminal[id] = r
+                jobs[id] = nil
+                continue
+            }
+            let w = work(j, now)
+            let ran = t - j.overhead
+            r.checkpointedWork = execution.checkpointed(resume: j.start.resumeWork, ranFor: ran, rate: j.rate)
+            r.workDone = w
+            r.gpuUtilization = 1
+            if w >= j.start.totalWork {
+                r.state = .jobFinished
+                r.checkpointedWork = w
+                let finishTrace = j.overhead + (j.start.totalWork - j.start.resumeWork) / j.rate
+                r.endedAtUnixNanos = j.startedWall + Int64(finishTrace / j.start.timeScale * 1e9)
+                terminal[id] = r
+                jobs[id] = nil
+                continue
+            }
+            // Measured rate since the last report: nominal rate with step-time noise.
+            let dtTrace = Double(now - j.lastReportWall) / 1e9 * j.start.timeScale
+            if dtTrace > 0, let step = execution.stepTime(j.key) {
+                let steps = max(1, (dtTrace / step).rounded())
+                let cv = execution.stepTimeCV(j.key.gpuModel)
+                let measuredStep = step * max(0.05, 1 + cv * rng.normal() / steps.squareRoot())
+                r.meanStepSeconds = measuredStep
+                r.steps = UInt64(steps)
+                r.throughput = execution.workPerStep(j.key) / measuredStep
+            }
+            r.state = .jobRunning
+            j.lastReportWall = now
+            j.lastReportWork = w
+            jobs[id] = j
+            out.append(r)
+        }
+        return out + terminal.keys.sorted().map { terminal[$0]! }
+    }
+
+    public func settle(_ ids: [String]) { for id in ids { terminal[id] = nil } }
+}
