@@ -119,7 +119,7 @@ strato_status() {
 # waited are left in WAITED.
 wait_status() {
   local timeout=$1; shift
-  local start now json out rc=1
+  local start now json out rc=1 shown=""
   start=${WAIT_FROM:-$(date +%s.%N)}
   while :; do
     if json=$(strato_status --json 2>&1); then
@@ -135,7 +135,8 @@ wait_status() {
     if awk -v w="$WAITED" -v t="$timeout" 'BEGIN{exit !(w>=t)}'; then
       echo "  timed out after ${WAITED} s (limit ${timeout} s): $out" >&2; return 1
     fi
-    [ -n "${VERBOSE_WAIT:-}" ] && say "  ${WAITED} s: $out"
+    # With VERBOSE_WAIT set, each new summary is printed once.
+    if [ -n "${VERBOSE_WAIT:-}" ] && [ "$out" != "$shown" ]; then say "  ${WAITED} s: $out"; shown=$out; fi
     sleep 0.2
   done
 }
