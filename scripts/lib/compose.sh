@@ -13,7 +13,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 COMPOSE_FILE="$REPO/compose/docker-compose.yml"
 WORK="$REPO/.strato/compose"
 export STRATO_IMAGE=${STRATO_IMAGE:-stratolab:local}
-export STRATO_KEYS=${STRATO_KEYS:-$WORK/keys}
+# Absolute, so that `docker run -v` and the compose file (which resolves paths from compose/) agree.
+STRATO_KEYS=$(realpath -m "${STRATO_KEYS:-$WORK/keys}")
+export STRATO_KEYS
 PROJECT=${STRATO_PROJECT:-stratolab}
 # The uid/gid the image runs as (compose/Dockerfile's USER); key files are made readable to this group.
 STRATO_GID=10001
@@ -45,7 +47,8 @@ ensure_docker() {
   local log=${STRATO_DOCKERD_LOG:-$WORK/dockerd.log}
   mkdir -p "$(dirname "$log")"
   say "no Docker daemon answers; starting dockerd in the background (log: $log)"
-  nohup dockerd >>"$log" 2>&1 </dev/null &
+  # Its own session, so it outlives this script and whatever job control ends the script's group.
+  setsid nohup dockerd >>"$log" 2>&1 </dev/null &
   local pid=$! i
   for i in $(seq 1 60); do
     if docker info >/dev/null 2>&1; then say "dockerd (pid $pid) is up after ${i} s"; return 0; fi
