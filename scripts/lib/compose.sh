@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/build-image, compose-up/-down, swarm-up/-down and test-compose (sourced, not run).
 # Every wait has a timeout, and every failure names what failed.
 #
@@ -7,7 +8,7 @@
 #   STRATO_COMPOSE      compose command, e.g. "docker-compose" (default: `docker compose` v2 if it
 #                       works, else docker-compose 1.29, installed from Debian if missing)
 #   STRATO_KEYS         CURVE key directory mounted into the containers (default .strato/compose/keys)
-#   STRATO_DOCKERD_LOG  where a dockerd started by these scripts logs (default .strato/compose/dockerd.log)
+#   STRATO_DOCKERD_LOG  where a dockerd started by these scripts logs (default /var/log/stratolab-dockerd.log)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 COMPOSE_FILE="$REPO/compose/docker-compose.yml"
@@ -44,7 +45,7 @@ ensure_docker() {
     echo "no Docker daemon answers and starting dockerd needs root (run as root, or start Docker yourself)" >&2
     return 1
   fi
-  local log=${STRATO_DOCKERD_LOG:-$WORK/dockerd.log}
+  local log=${STRATO_DOCKERD_LOG:-/var/log/stratolab-dockerd.log}
   mkdir -p "$(dirname "$log")"
   say "no Docker daemon answers; starting dockerd in the background (log: $log)"
   # Its own session, so it outlives this script and whatever job control ends the script's group.
