@@ -52,7 +52,7 @@ let package = Package(
             dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "GPUAgent", "MemoryAgent", "RenderAgent"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["Wire", "Cluster", "Experiments"]),
+            dependencies: ["Wire", "Cluster", "Experiments", "Scheduling"]),
     ],
     swiftLanguageModes: [.v5]
 )
