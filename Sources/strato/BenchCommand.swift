@@ -1,10 +1,12 @@
 import ArgumentParser
+import Experiments
+import Scheduling
 import Benchmarks
 import Foundation
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "bench", abstract: "Benchmarks that print figures.",
-                                                    subcommands: [Wire.self, Control.self])
+                                                    subcommands: [Wire.self, Control.self, Twin.self, Schedule.self])
 
     struct Wire: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Raw libzmq ROUTER/DEALER vs Stratolab's wrapper + envelope, in one run.")
@@ -25,6 +27,31 @@ struct BenchCommand: ParsableCommand {
         func run() throws {
             let r = try ControlBench.run(agents: agents, seconds: seconds, heartbeatMs: heartbeatMs) { print($0); fflush(stdout) }
             print(r.table)
+        }
+    }
+
+    struct Twin: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Digital-twin replay speed: the 960-job trace per policy, and a large cluster.")
+        @Option(name: .customLong("large-gpus"), help: "GPUs of the large cluster.") var largeGPUs = 10_000
+        @Option(name: .customLong("large-jobs"), help: "Jobs of the large trace.") var largeJobs = 100_000
+        @Option(name: .customLong("large-policies"), help: "Policies for the large run.") var largePolicies = "fifo,hybrid"
+        @Option(help: "Seed data folder.") var data: String?
+        func run() throws {
+            let ps = try largePolicies.split(separator: ",").map { n -> SchedulingPolicy in
+                guard let p = Policies.named(String(n)) else { throw ValidationError("unknown policy '\(n)'") }
+                return p
+            }
+            try SchedulingBench.twin(dataDirectory: DataPaths.dataDirectory(data), largeGPUs: largeGPUs, largeJobs: largeJobs, largePolicies: ps) { print($0); fflush(stdout) }
+        }
+    }
+
+    struct Schedule: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Scheduling decision latency p50/p99 at 100, 1,000 and 10,000 nodes, every policy.")
+        @Option(help: "Cluster sizes in nodes (comma-separated).") var sizes = "100,1000,10000"
+        @Option(help: "Rounds per size and policy.") var rounds = 20
+        @Option(help: "Seed data folder.") var data: String?
+        func run() throws {
+            try SchedulingBench.schedule(dataDirectory: DataPaths.dataDirectory(data), sizes: sizes.split(separator: ",").compactMap { Int($0) }, rounds: rounds) { print($0); fflush(stdout) }
         }
     }
 }

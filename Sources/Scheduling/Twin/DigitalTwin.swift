@@ -54,6 +54,7 @@ public struct DigitalTwin {
         var overhead: Double
         var resume: Double
         var rate: Double
+        var total: Double
         var progressFrom: Double { startedAt + overhead }
     }
 
@@ -80,8 +81,8 @@ public struct DigitalTwin {
 
         func workNow(_ id: String, _ now: Double) -> Double? {
             guard let r = runs[id] else { return nil }
-            let w = r.resume + max(0, now - r.progressFrom) * r.rate
-            return min(w, scheduler.state.jobs[id]?.spec.work ?? w)
+            // Reads only the run (the scheduler may be mid-step when it asks).
+            return min(r.resume + max(0, now - r.progressFrom) * r.rate, r.total)
         }
         func endRun(_ id: String, _ now: Double) {
             if let r = runs.removeValue(forKey: id) { busy[r.key.gpuModel, default: 0] += (now - r.startedAt) * Double(r.key.gpuCount) }
@@ -164,7 +165,7 @@ public struct DigitalTwin {
                         let g = generation[id, default: 0]
                         let spec = scheduler.state.jobs[id]!.spec
                         let overhead = execution.restartSeconds(spec) + options.startLatency
-                        runs[id] = Run(generation: g, key: p.key, nodeID: p.nodeID, startedAt: now, overhead: overhead, resume: resume, rate: execution.rate(p.key))
+                        runs[id] = Run(generation: g, key: p.key, nodeID: p.nodeID, startedAt: now, overhead: overhead, resume: resume, rate: execution.rate(p.key), total: spec.work)
                         queue.push(now + overhead, .started(id, g))
                     case .preemptJob(let id, _, _):
                         endRun(id, now)
