@@ -34,7 +34,7 @@ let package = Package(
             name: "Coordinator",
             dependencies: ["Cluster", "Scheduling", "CSQLite", .product(name: "Logging", package: "swift-log")]),
         .target(name: "GPUAgent", dependencies: ["Cluster", "Scheduling"]),
-        .target(name: "MemoryAgent", dependencies: ["Cluster"]),
+        .target(name: "MemoryAgent", dependencies: ["Cluster", "Scheduling"]),
         .target(name: "RenderAgent", dependencies: ["Cluster", "Scheduling"]),
         .target(
             name: "Experiments",

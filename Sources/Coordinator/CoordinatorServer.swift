@@ -252,7 +252,9 @@ public final class CoordinatorServer: @unchecked Sendable {
             var ack = HeartbeatAck()
             if !hb.jobs.isEmpty {
                 let (settled, stop) = jobs.apply(reports: hb.jobs, from: hb.nodeID, clockOffsetNanos: offset)
-                persistJobs()   // durable before the agent may forget its terminal reports
+                // Terminal reports are made durable before the agent may forget them; plain progress
+                // rides the periodic flush (a crash then resumes from the last checkpoint anyway).
+                if !settled.isEmpty || !stop.isEmpty { persistJobs() }
                 ack.settledJobs = settled
                 for id in stop {
                     var c = Command(); var p = PreemptJob(); p.jobID = id; c.preemptJob = p; c.nodeID = hb.nodeID
@@ -438,6 +440,7 @@ public final class CoordinatorServer: @unchecked Sendable {
                 try store.append(pendingEvents)
                 pendingEvents.removeAll()
                 if countersDirty { try store.saveCounters(counters); countersDirty = false }
+                if !jobs.dirtyJobs.isEmpty { try store.saveJobs(jobs.takeDirty()) }
             }
         } catch {
             logger.error("state flush failed: \(error)")

@@ -99,8 +99,7 @@ final class JobManager {
             dirtyJobs.insert(f.id)
             released = true
         }
-        let servicesDue = !scheduler.services.isEmpty
-        guard released || needsDecision || servicesDue else { return [] }
+        guard released || needsDecision else { return [] }
         needsDecision = false
         let actions = scheduler.step(now: now, currentWork: currentWork)
         for a in actions {

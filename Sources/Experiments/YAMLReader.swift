@@ -1,19 +1,10 @@
 import Foundation
+import Scheduling
 import Yams
 
-/// An error in a YAML input file, naming the file, the line and the field, and what was expected.
-public struct SpecError: Error, CustomStringConvertible, Equatable {
-    public let file: String
-    public let line: Int
-    public let field: String
-    public let message: String
-
-    public init(file: String, line: Int, field: String, message: String) {
-        self.file = file; self.line = line; self.field = field; self.message = message
-    }
-
-    public var description: String { "\(file):\(line): \(field): \(message)" }
-}
+/// An error in a YAML input file, naming the file, the line and the field, and what was expected:
+/// the same error the data readers give (`DataError`).
+public typealias SpecError = DataError
 
 /// A typed view over a YAML node that remembers where it came from, so every error names the
 /// file, line and field path (e.g. `nodes[2].gpu.count`).

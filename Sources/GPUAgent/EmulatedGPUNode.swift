@@ -46,10 +46,11 @@ public final class EmulatedGPUNode: AgentBehavior {
     }
 
     public func fillTelemetry(_ telemetry: inout Telemetry) {
+        let busy = runner?.busyGPUs() ?? []
         telemetry.gpus = (0..<Int(count)).map { i in
             var g = GpuTelemetry()
             g.index = UInt32(i)
-            g.utilization = placements[i].isEmpty && !(runner?.busyGPUs().contains(UInt32(i)) ?? false) ? 0 : 1
+            g.utilization = placements[i].isEmpty && !busy.contains(UInt32(i)) ? 0 : 1
             g.memoryUsedBytes = 0
             return g
         }

@@ -8,7 +8,7 @@ import Scheduling
 /// start command's time scale.
 public final class EmulatedJobRunner {
     public let execution: ExecutionModel
-    private var rng: SeededRandom
+    private var rng: SplitMix64
 
     struct Job {
         var start: StartJob
@@ -26,7 +26,7 @@ public final class EmulatedJobRunner {
 
     public init(execution: ExecutionModel, seed: UInt64) {
         self.execution = execution
-        self.rng = SeededRandom(seed: seed)
+        self.rng = SplitMix64(seed: seed)
     }
 
     public var runningIDs: [String] { jobs.keys.sorted() }

@@ -1,4 +1,5 @@
 import Foundation
+import Scheduling
 import Protocol
 
 /// Measures this host's memory tiers so a memory agent registers real figures.
@@ -98,18 +99,5 @@ public enum TierProbe {
             case let .io(f, why): return "I/O error on \(f): \(why)"
             }
         }
-    }
-}
-
-/// A small deterministic random generator (SplitMix64), for probes and tests.
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -209,7 +209,7 @@ struct PolicyTests {
 struct InvariantTests {
     @Test("random starts, preemptions, failures and finishes never double-allocate or lose a job", arguments: [1, 2, 3, 4, 5] as [UInt64])
     func random(seed: UInt64) {
-        var rng = SeededRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         var st = ClusterState()
         let models = ["T4", "V100"]
         for i in 0..<6 { st.addNode(NodeSlot(id: "n\(i)", gpuModel: models[i % 2], gpuCount: [1, 2, 4, 8][i % 4])) }

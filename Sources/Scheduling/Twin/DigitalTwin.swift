@@ -62,7 +62,7 @@ public struct DigitalTwin {
         let wallStart = DispatchTime.now().uptimeNanoseconds
         var scheduler = Scheduler(policy: policy, kb: execution.kb, services: workload.services)
         for n in nodes { scheduler.state.addNode(n) }
-        var rng = SeededRandom(seed: options.seed)
+        var rng = SplitMix64(seed: options.seed)
         var queue = EventQueue<Event>()
         for (i, j) in workload.jobs.enumerated() { queue.push(j.arrival, .arrival(i)) }
         for s in scheduler.services { for p in s.rateCurve { queue.push(p.time, .serviceChange) } }

@@ -1,7 +1,8 @@
 import Foundation
 
-/// A small, fast, seedable generator (SplitMix64) so traces and the twin are reproducible.
-public struct SeededRandom: RandomNumberGenerator, Sendable {
+/// A small, fast, seedable generator (SplitMix64) so traces, the twin, probes and fuzz tests are
+/// reproducible.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
     public init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
     public mutating func next() -> UInt64 {

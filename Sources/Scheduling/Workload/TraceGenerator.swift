@@ -42,7 +42,7 @@ public struct TraceGenerator: Sendable {
     /// Generates a trace for a cluster whose GPU models and largest node (GPUs) per model are given.
     public func generate(seed: UInt64, kb: KnowledgeBase, maxGPUsPerNode: [String: Int], name: String? = nil) throws -> Workload {
         let gpuModels = maxGPUsPerNode.keys.sorted()
-        var rng = SeededRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let count = Int((jobsPerHour * hours).rounded())
         // Candidate kinds with the (gpu model, count, throughput) configurations they fit.
         var llm: [(JobKind, [PerfRow])] = [], train: [(JobKind, [PerfRow])] = []
