@@ -110,6 +110,7 @@ public final class AgentSession: @unchecked Sendable {
             }
             let t = clock.monotonicNanos()
             for i in timers.popDue(now: t) { act(on: i, dealer, now: t) }
+            if tracer.isEnabled { traceTick(dealer, now: t) }
             if nodes.count > 16 && t - lastSummary > .millis(5000) {
                 lastSummary = t
                 logger.info("virtual agents", metadata: ["registered": "\(registeredCount)", "of": "\(nodes.count)"])
@@ -122,6 +123,7 @@ public final class AgentSession: @unchecked Sendable {
             d.reason = "agent shut down"
             send(.deregister(d), from: i, dealer)
         }
+        if tracer.isEnabled { try? flushTrace(dealer) }
         logger.info("agent stopped")
     }
 
@@ -211,6 +213,16 @@ public final class AgentSession: @unchecked Sendable {
         let target = envelope.recipient
         guard let i = index[target] else { return }
         nodes[i].lastAnswerMono = now
+        let traced = tracer.tracesMessage(envelope)
+        let handledFrom = traced ? clock.wallNanos() : 0
+        defer {
+            if traced {
+                let flow = Tracer.flowID(sender: envelope.sender, messageID: envelope.messageID)
+                tracer.record(.flowIn, envelope.bodyName, category: "message", track: "control", at: handledFrom, flow: flow)
+                tracer.span("recv \(envelope.bodyName)", category: "message", track: "control", start: handledFrom, end: clock.wallNanos(),
+                            args: ["from": envelope.sender, "node": target])
+            }
+        }
         switch envelope.body {
         case .registerAck(let ack):
             let wasRegistered = nodes[i].registered
@@ -237,6 +249,8 @@ public final class AgentSession: @unchecked Sendable {
                 nodes[i].epoch = ack.coordinatorEpoch
                 sendRegister(i, dealer)
             }
+        case .traceBatchAck(let ack):
+            tracer.acknowledge(ack)
         case .command(let command):
             // Take the ledger out while executing: the action may change this node's state.
             var ledger = nodes[i].ledger
@@ -287,11 +301,86 @@ public final class AgentSession: @unchecked Sendable {
         let now = clock.wallNanos()
         let e = Envelope.make(sender: nodes[i].identity.nodeID, messageID: nextMessageID, sentAtNanos: now, body: body)
         if (try? dealer.send([codec.encode(e)], dontWait: true)) == true { sent += 1 }
+        if tracer.tracesMessage(e) {
+            let flow = Tracer.flowID(sender: e.sender, messageID: e.messageID)
+            tracer.span("send \(e.bodyName)", category: "message", track: "control", start: now, end: clock.wallNanos(),
+                        args: ["to": "coordinator", "node": e.sender])
+            tracer.record(.flowOut, e.bodyName, category: "message", track: "control", at: now, flow: flow)
+        }
         return now
     }
 
     private func setRegistered(_ i: Int, _ value: Bool) {
-        if nodes[i].registered != value { registeredCount += value ? 1 : -1 }
+        if nodes[i].registered != value {
+            registeredCount += value ? 1 : -1
+            tracer.instant(value ? "registered" : "lost coordinator", category: "membership", track: "control",
+                           args: ["node": nodes[i].identity.nodeID, "incarnation": "\(nodes[i].incarnation)"])
+        }
         nodes[i].registered = value
+    }
+
+    // MARK: Tracing
+
+    private var tracer: Tracer { Tracer.shared }
+    private var lastTraceShip: Int64 = 0
+    private var lastTraceCounters: Int64 = 0
+    private var lastCounterCPU: (cpu: Double, at: Int64)?
+
+    /// Every 250 ms ships a batch of trace events to the collector (through node 0's identity);
+    /// every second records this process's counters.
+    private func traceTick(_ dealer: ZMQSocket, now: Int64) {
+        if now - lastTraceCounters >= .millis(1000) {
+            lastTraceCounters = now
+            recordCounters(now: now)
+        }
+        guard now - lastTraceShip >= .millis(250), !nodes.isEmpty else { return }
+        lastTraceShip = now
+        while let batch = tracer.takeBatch(nowMono: now, clock: nodes[0].estimator.estimate) {
+            send(.traceBatch(batch), from: 0, dealer)
+            if tracer.unacknowledged == 0 || batch.events.count < 2000 { break }
+        }
+    }
+
+    private func recordCounters(now: Int64) {
+        let (cpu, rss) = processStats()
+        var values: [String: Double] = ["rss_mb": Double(rss) / 1_048_576, "messages_sent": Double(sent),
+                                        "messages_received": Double(received), "nodes_registered": Double(registeredCount)]
+        if let last = lastCounterCPU, now > last.at { values["cpu_percent"] = (cpu - last.cpu) / (Double(now - last.at) / 1e9) * 100 }
+        lastCounterCPU = (cpu, now)
+        tracer.counter("process", values)
+        // Workload counters per node (skipped for large virtual fleets: one process, thousands of nodes).
+        guard nodes.count <= 16 else { return }
+        for n in nodes {
+            var t = Telemetry()
+            n.behavior.fillTelemetry(&t)
+            var w: [String: Double] = [:]
+            if !t.gpus.isEmpty {
+                w["gpu_utilization"] = t.gpus.map(\.utilization).reduce(0, +) / Double(t.gpus.count)
+                w["gpu_memory_gib"] = Double(t.gpus.map(\.memoryUsedBytes).reduce(0, +)) / 1_073_741_824
+                w["jobs_running"] = Double(n.behavior.running().count)
+            }
+            for tier in t.tiers { w["\(tier.kind.name)_used_mib"] = Double(tier.usedBytes) / 1_048_576 }
+            if n.behavior.kind == .render { w["render_slots_used"] = Double(t.renderSlotsUsed) }
+            if !w.isEmpty { tracer.counter(n.identity.nodeID, w, track: "workload") }
+        }
+    }
+
+    /// At shutdown: ships what is left and waits briefly for the acknowledgement (the spool keeps
+    /// it either way).
+    private func flushTrace(_ dealer: ZMQSocket) throws {
+        let deadline = clock.monotonicNanos() + .millis(500)
+        var shipped = false
+        while clock.monotonicNanos() < deadline {
+            if !shipped || tracer.unacknowledged > 0 {
+                if let b = tracer.takeBatch(nowMono: clock.monotonicNanos(), clock: nodes.first?.estimator.estimate, resendAfterNanos: .millis(200)) {
+                    send(.traceBatch(b), from: 0, dealer)
+                }
+                shipped = true
+            }
+            if tracer.unacknowledged == 0 { return }
+            if try ZMQPoller.readable([dealer], timeoutMs: 50)[0], let frames = try dealer.receive(dontWait: true) {
+                handle(frames, dealer)
+            }
+        }
     }
 }

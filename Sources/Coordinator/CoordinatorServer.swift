@@ -20,6 +20,9 @@ public struct CoordinatorConfig {
     public var timeScale = 1.0
     /// Seed data to fill an empty knowledge base from (nil: leave it empty).
     public var dataDirectory: String?
+    /// Record this process's own trace events (the collector always accepts agents' batches).
+    public var trace = false
+    public var traceHeartbeatSample: UInt64 = 5
 
     public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
 }
@@ -53,6 +56,9 @@ public final class CoordinatorServer: @unchecked Sendable {
     private var startedAtWall: Int64 = 0
     private var logBudget: [String: Int] = [:]
     private var jobs: JobManager!
+    private var collector: TraceCollector!
+    private var tracer: Tracer { Tracer.shared }
+    private var lastCounterCPU: (cpu: Double, at: Int64)?
 
     private let stopLock = NSLock()
     private var stopRequested = false
@@ -86,6 +92,13 @@ public final class CoordinatorServer: @unchecked Sendable {
         for c in try store.loadPendingCommands() { outstanding.add(c.command, now: now, attempts: c.attempts) }
         counters = try store.loadCounters()
         try startJobManager(restored: restored)
+        collector = try TraceCollector(stateDirectory: config.stateDirectory)
+        defer { collector.close() }
+        if config.trace {
+            try tracer.enable(process: "coordinator", spoolDirectory: collector.directory, heartbeatSample: config.traceHeartbeatSample)
+            tracer.instant("coordinator start", category: "lifecycle", track: "decisions",
+                           args: ["epoch": "\(epoch)", "restored_nodes": "\(restored.count)", "pending_commands": "\(outstanding.count)"])
+        }
         logger.info("coordinator starting", metadata: [
             "epoch": "\(epoch)", "state": "\(config.stateDirectory)", "restored_nodes": "\(restored.count)",
             "pending_commands": "\(outstanding.count)", "libzmq": "\(ZMQContext.libraryVersion)"])
@@ -111,7 +124,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         logger.info("listening", metadata: ["endpoint": "\(boundEndpoint)"])
         readySemaphore.signal()
 
-        var lastTick: Int64 = 0, lastResend: Int64 = 0, lastFlush: Int64 = 0, lastHeartbeatFlush: Int64 = 0
+        var lastTick: Int64 = 0, lastResend: Int64 = 0, lastFlush: Int64 = 0, lastHeartbeatFlush: Int64 = 0, lastCounters: Int64 = 0
         while !shouldStop {
             let readable = try ZMQPoller.readable([router], timeoutMs: 20)[0]
             if readable {
@@ -129,9 +142,16 @@ public final class CoordinatorServer: @unchecked Sendable {
                 let heartbeats = mono - lastHeartbeatFlush >= .millis(1000)
                 if heartbeats { lastHeartbeatFlush = mono }
                 flush(includeHeartbeats: heartbeats)
+                collectOwnTrace(now: mono)
             }
+            if tracer.isEnabled && mono - lastCounters >= .millis(1000) { lastCounters = mono; recordCounters(now: mono) }
         }
         flush(includeHeartbeats: true)
+        if tracer.isEnabled {
+            tracer.instant("coordinator stop", category: "lifecycle", track: "decisions")
+            collectOwnTrace(now: clock.monotonicNanos())
+            tracer.disable()
+        }
         logger.info("coordinator stopped")
     }
 
@@ -163,7 +183,26 @@ public final class CoordinatorServer: @unchecked Sendable {
             return
         }
         count("received_\(envelope.bodyName)")
+        let traced = tracer.tracesMessage(envelope)
+        defer {
+            if traced {
+                tracer.record(.flowIn, envelope.bodyName, category: "message", track: "control", at: receivedAt,
+                              flow: Tracer.flowID(sender: envelope.sender, messageID: envelope.messageID))
+                tracer.span("handle \(envelope.bodyName)", category: "message", track: "control", start: receivedAt, end: clock.wallNanos(),
+                            args: ["from": envelope.sender])
+            }
+        }
         switch envelope.body {
+        case .traceBatch(let b):
+            do {
+                let ack = try collector.store(b)
+                count("trace_batches_collected")
+                reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .traceBatchAck(ack))
+            } catch {
+                // No ack: the sender keeps the batch and sends it again; its spool holds it anyway.
+                count("trace_batches_failed")
+                logLimited("trace_store", "could not store a trace batch from \(b.process): \(error)")
+            }
         case .register(let r): handleRegister(r, envelope, identity, router)
         case .heartbeat(let hb): handleHeartbeat(hb, envelope, identity, router, receivedAt: receivedAt)
         case .commandAck(let ack): handleCommandAck(ack, router)
@@ -508,6 +547,12 @@ public final class CoordinatorServer: @unchecked Sendable {
         } catch {
             count("send_failed")
         }
+        if tracer.tracesMessage(e) {
+            tracer.span("send \(e.bodyName)", category: "message", track: "control", start: e.sentAtUnixNanos, end: clock.wallNanos(),
+                        args: ["to": recipient])
+            tracer.record(.flowOut, e.bodyName, category: "message", track: "control", at: e.sentAtUnixNanos,
+                          flow: Tracer.flowID(sender: e.sender, messageID: e.messageID))
+        }
     }
 
     private func errorReply(_ code: ErrorCode, _ message: String) -> ErrorReply {
@@ -520,7 +565,38 @@ public final class CoordinatorServer: @unchecked Sendable {
     }
 
     private func event(_ nodeID: String, _ kind: String, _ detail: String) {
-        pendingEvents.append(StateStore.Event(at: clock.wallNanos(), nodeID: nodeID, kind: kind, detail: detail))
+        let at = clock.wallNanos()
+        pendingEvents.append(StateStore.Event(at: at, nodeID: nodeID, kind: kind, detail: detail))
+        // Every membership change and decision is also a trace event.
+        tracer.record(.instant, "\(kind) \(nodeID)", category: kind.hasPrefix("job") ? "decision" : "membership", track: "decisions",
+                      at: at, args: ["node": nodeID, "detail": detail])
+    }
+
+    /// The coordinator's own events go straight into its collector file.
+    private func collectOwnTrace(now: Int64) {
+        guard tracer.isEnabled else { return }
+        while let b = tracer.takeBatch(nowMono: now, clock: nil) {
+            guard let ack = try? collector.store(b) else { return }
+            tracer.acknowledge(ack)
+        }
+    }
+
+    private func recordCounters(now: Int64) {
+        var byState: [NodeState: Int] = [:]
+        for r in membership.nodes.values { byState[r.status.state, default: 0] += 1 }
+        let cpu = ProcessStats.cpuSeconds()
+        var values: [String: Double] = [
+            "rss_mb": Double(ProcessStats.residentBytes()) / 1_048_576,
+            "heartbeats_per_s": heartbeatRate.rate(at: now),
+            "pending_commands": Double(outstanding.count)]
+        if let last = lastCounterCPU, now > last.at { values["cpu_percent"] = (cpu - last.cpu) / (Double(now - last.at) / 1e9) * 100 }
+        lastCounterCPU = (cpu, now)
+        tracer.counter("process", values)
+        tracer.counter("nodes", ["alive": Double(byState[.alive] ?? 0), "suspect": Double(byState[.suspect] ?? 0),
+                                 "dead": Double(byState[.dead] ?? 0), "left": Double(byState[.left] ?? 0)], track: "workload")
+        var phases: [String: Double] = ["pending": 0, "running": 0, "finished": 0, "future": Double(jobs.futureJobs.count)]
+        for j in jobs.scheduler.state.jobs.values { phases[j.phase.rawValue, default: 0] += 1 }
+        tracer.counter("jobs", phases, track: "workload")
     }
 
     /// Logs the first 20 of each kind of problem, then every 1000th, so a flood cannot fill disks.

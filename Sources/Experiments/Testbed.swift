@@ -49,7 +49,7 @@ public struct Testbed: Codable {
 
     /// Starts the coordinator, waits for it to answer, then starts every agent.
     public static func up(topology: Topology, runDirectory: String, executable: String = ProcessLauncher.selfExecutable,
-                          progress: (String) -> Void = { _ in }) throws -> Testbed {
+                          traceHeartbeatSample: UInt64? = nil, progress: (String) -> Void = { _ in }) throws -> Testbed {
         let fm = FileManager.default
         let run = (runDirectory as NSString).standardizingPath.hasPrefix("/") ? runDirectory
             : fm.currentDirectoryPath + "/" + runDirectory
@@ -73,15 +73,31 @@ public struct Testbed: Codable {
             bed.processes.append(Proc(name: name, pid: pid, arguments: args, log: log))
             try bed.save()
         }
-        try start("coordinator", topology.coordinatorArguments(stateDirectory: run + "/state", keysDirectory: keys))
+        // With tracing, the coordinator records into its collector and every agent spools to RUN/trace.
+        let traceArgs = traceHeartbeatSample.map { ["--trace-dir", run + "/trace", "--trace-sample", "\($0)"] } ?? []
+        try start("coordinator", topology.coordinatorArguments(stateDirectory: run + "/state", keysDirectory: keys)
+                  + (traceHeartbeatSample.map { ["--trace", "--trace-sample", "\($0)"] } ?? []))
         progress("coordinator started (pid \(bed.processes[0].pid)) on \(topology.coordinator.endpoint)")
         _ = try bed.waitForCoordinator(timeoutSeconds: 15)
         for node in topology.nodes {
-            try start(node.id, topology.agentArguments(for: node, keysDirectory: keys, nvmeRoot: run + "/nvme"))
+            try start(node.id, topology.agentArguments(for: node, keysDirectory: keys, nvmeRoot: run + "/nvme") + traceArgs)
         }
         progress("started \(topology.nodes.count) agent processes for \(topology.nodeIDs.count) nodes")
         return bed
     }
+
+    /// Starts a stopped (killed) process again with the arguments it had; the record keeps the new pid.
+    public mutating func restart(_ name: String) throws {
+        guard let i = processes.firstIndex(where: { $0.name == name }) else {
+            throw ProcessLauncher.LaunchError(description: "no process '\(name)' in this testbed")
+        }
+        let p = processes[i]
+        if ProcessLauncher.isAlive(p.pid) { return }
+        processes[i].pid = try ProcessLauncher.spawn(executable, p.arguments, logFile: p.log)
+        try save()
+    }
+
+    public func process(named name: String) -> Proc? { processes.first { $0.name == name } }
 
     /// Polls the coordinator until it answers a status request.
     public func waitForCoordinator(timeoutSeconds: Double) throws -> StatusReply {

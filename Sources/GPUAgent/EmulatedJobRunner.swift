@@ -1,3 +1,4 @@
+import Cluster
 import Foundation
 import Protocol
 import Scheduling
@@ -40,6 +41,9 @@ public final class EmulatedJobRunner {
         terminal[s.jobID] = nil
         jobs[s.jobID] = Job(start: s, commandID: commandID, startedWall: wallNanos, overhead: execution.restartSeconds(spec),
                             rate: execution.rate(key), lastReportWall: wallNanos, lastReportWork: s.resumeWork, key: key)
+        Tracer.shared.instant("start \(s.jobID)", category: "job", track: "jobs",
+                              args: ["job": s.jobID, "gpus": s.gpus.map(String.init).joined(separator: ","), "gpu_model": s.gpuModel,
+                                     "resume_work": "\(s.resumeWork)", "emulated": "true"])
         return (true, "started \(s.jobID) on GPUs \(s.gpus.map(String.init).joined(separator: ",")) (emulated)")
     }
 
@@ -47,6 +51,7 @@ public final class EmulatedJobRunner {
     public func preempt(_ id: String, wallNanos: Int64) -> (ok: Bool, detail: String) {
         guard let j = jobs.removeValue(forKey: id) else { return (true, "work=-1 not running") }
         let w = work(j, wallNanos)
+        traceRun(j, end: wallNanos, outcome: "preempted", work: w)
         return (true, "work=\(w)")
     }
 
@@ -78,6 +83,7 @@ public final class EmulatedJobRunner {
                 r.workDone = j.start.resumeWork
                 r.checkpointedWork = j.start.resumeWork
                 r.endedAtUnixNanos = j.startedWall + Int64(j.overhead / j.start.timeScale * 1e9)
+                traceRun(j, end: r.endedAtUnixNanos, outcome: "failed_oom", work: r.workDone)
                 terminal[id] = r
                 jobs[id] = nil
                 continue
@@ -92,6 +98,7 @@ public final class EmulatedJobRunner {
                 r.checkpointedWork = w
                 let finishTrace = j.overhead + (j.start.totalWork - j.start.resumeWork) / j.rate
                 r.endedAtUnixNanos = j.startedWall + Int64(finishTrace / j.start.timeScale * 1e9)
+                traceRun(j, end: r.endedAtUnixNanos, outcome: "finished", work: w)
                 terminal[id] = r
                 jobs[id] = nil
                 continue
@@ -113,6 +120,13 @@ public final class EmulatedJobRunner {
             out.append(r)
         }
         return out + terminal.keys.sorted().map { terminal[$0]! }
+    }
+
+    /// One span per run of a job on this node, from its start command to how it ended.
+    private func traceRun(_ j: Job, end: Int64, outcome: String, work: Double) {
+        Tracer.shared.span("run \(j.start.jobID)", category: "job", track: "jobs", start: j.startedWall, end: end,
+                           args: ["job": j.start.jobID, "outcome": outcome, "work": "\(work)", "total_work": "\(j.start.totalWork)",
+                                  "gpu_model": j.start.gpuModel, "gpus": "\(j.start.gpus.count)", "emulated": "true"])
     }
 
     public func settle(_ ids: [String]) { for id in ids { terminal[id] = nil } }

@@ -110,3 +110,7 @@ public typealias SubmitJobsReply = Stratolab_V1_SubmitJobsReply
 public typealias JobsRequest = Stratolab_V1_JobsRequest
 public typealias JobStatus = Stratolab_V1_JobStatus
 public typealias JobsReply = Stratolab_V1_JobsReply
+public typealias TracePhase = Stratolab_V1_TracePhase
+public typealias TraceEvent = Stratolab_V1_TraceEvent
+public typealias TraceBatch = Stratolab_V1_TraceBatch
+public typealias TraceBatchAck = Stratolab_V1_TraceBatchAck

@@ -120,6 +120,8 @@ extension Envelope {
         case .submitJobsReply: return "submit_jobs_reply"
         case .jobsRequest: return "jobs_request"
         case .jobsReply: return "jobs_reply"
+        case .traceBatch: return "trace_batch"
+        case .traceBatchAck: return "trace_batch_ack"
         case nil: return "none"
         }
     }

@@ -25,6 +25,8 @@ struct AgentCommand: ParsableCommand {
         @Option(name: .customLong("heartbeat-ms"), help: "Heartbeat interval until the coordinator says otherwise.") var heartbeatMs: UInt32 = 200
         @Option(name: .customLong("coordinator-timeout-ms"), help: "Silence after which the agent registers again.") var coordinatorTimeoutMs: Int64 = 2000
         @Option(help: "Host this many virtual nodes in this process (scale tests).") var virtual = 1
+        @Option(name: .customLong("trace-dir"), help: "Record trace events, spool them here and ship them to the coordinator's collector.") var traceDir: String?
+        @Option(name: .customLong("trace-sample"), help: "Trace 1 in N heartbeat exchanges (other messages always).") var traceSample: UInt64 = 5
 
         func validate() throws {
             guard SiteKind(name: site) != nil else { throw ValidationError("--site '\(site)' must be cloud, edge or device") }
@@ -56,6 +58,11 @@ struct AgentCommand: ParsableCommand {
         func run(_ make: (AgentIdentity) throws -> AgentBehavior) throws {
             Strato.bootstrapLogging()
             let nodes = try identities().map { ($0, try make($0)) }
+            if let dir = traceDir {
+                try Tracer.shared.enable(process: id, spoolDirectory: dir, heartbeatSample: traceSample)
+                Tracer.shared.instant("agent start", category: "lifecycle", track: "control",
+                                      args: ["kind": nodes[0].1.kind.name, "nodes": "\(nodes.count)", "pid": "\(getpid())"])
+            }
             let session = AgentSession(config: sessionConfig, nodes: nodes,
                                        logger: Logger(label: "strato.agent.\(nodes[0].1.kind.name)"))
             SignalTrap.onTerminate { session.stop() }

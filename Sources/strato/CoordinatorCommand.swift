@@ -20,6 +20,8 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Scheduling policy for offline jobs: \(Policies.names.joined(separator: ", ")).") var policy = "hybrid"
     @Option(name: .customLong("time-scale"), help: "Trace seconds per wall second for job execution (e.g. 1000 replays 24 h in 86 s).") var timeScale = 1.0
     @Option(help: "Seed data to fill an empty knowledge base from (default: data/ of the repository).") var data: String?
+    @Flag(help: "Record this process's trace events into the collector (STATE/trace/).") var trace = false
+    @Option(name: .customLong("trace-sample"), help: "Trace 1 in N heartbeat exchanges (other messages always).") var traceSample: UInt64 = 5
 
     func validate() throws {
         guard Policies.named(policy) != nil else { throw ValidationError("--policy '\(policy)' is unknown (known: \(Policies.names.joined(separator: ", ")))") }
@@ -43,6 +45,8 @@ struct CoordinatorCommand: ParsableCommand {
         config.policy = policy
         config.timeScale = timeScale
         config.dataDirectory = DataPaths.dataDirectory(data)
+        config.trace = trace
+        config.traceHeartbeatSample = traceSample
         let server = CoordinatorServer(config: config)
         SignalTrap.onTerminate { server.stop() }
         try server.run()

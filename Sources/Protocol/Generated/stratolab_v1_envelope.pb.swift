@@ -352,6 +352,22 @@ public nonisolated struct Stratolab_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._body = .jobsReply(newValue)}
   }
 
+  public var traceBatch: Stratolab_V1_TraceBatch {
+    get {
+      if case .traceBatch(let v)? = _storage._body {return v}
+      return Stratolab_V1_TraceBatch()
+    }
+    set {_uniqueStorage()._body = .traceBatch(newValue)}
+  }
+
+  public var traceBatchAck: Stratolab_V1_TraceBatchAck {
+    get {
+      if case .traceBatchAck(let v)? = _storage._body {return v}
+      return Stratolab_V1_TraceBatchAck()
+    }
+    set {_uniqueStorage()._body = .traceBatchAck(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -371,6 +387,8 @@ public nonisolated struct Stratolab_V1_Envelope: @unchecked Sendable {
     case submitJobsReply(Stratolab_V1_SubmitJobsReply)
     case jobsRequest(Stratolab_V1_JobsRequest)
     case jobsReply(Stratolab_V1_JobsReply)
+    case traceBatch(Stratolab_V1_TraceBatch)
+    case traceBatchAck(Stratolab_V1_TraceBatchAck)
 
   }
 
@@ -455,7 +473,7 @@ nonisolated extension Stratolab_V1_TraceContext: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}message_id\0\u{1}sender\0\u{3}sent_at_unix_nanos\0\u{1}trace\0\u{1}recipient\0\u{3}in_reply_to\0\u{2}\u{3}register\0\u{3}register_ack\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}command\0\u{3}command_ack\0\u{1}error\0\u{1}deregister\0\u{4}\u{3}status_request\0\u{3}status_reply\0\u{3}operator_command\0\u{3}operator_command_reply\0\u{3}submit_jobs\0\u{3}submit_jobs_reply\0\u{3}jobs_request\0\u{3}jobs_reply\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}message_id\0\u{1}sender\0\u{3}sent_at_unix_nanos\0\u{1}trace\0\u{1}recipient\0\u{3}in_reply_to\0\u{2}\u{3}register\0\u{3}register_ack\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}command\0\u{3}command_ack\0\u{1}error\0\u{1}deregister\0\u{4}\u{3}status_request\0\u{3}status_reply\0\u{3}operator_command\0\u{3}operator_command_reply\0\u{3}submit_jobs\0\u{3}submit_jobs_reply\0\u{3}jobs_request\0\u{3}jobs_reply\0\u{3}trace_batch\0\u{3}trace_batch_ack\0")
 
   fileprivate class _StorageClass {
     var _protocolVersion: UInt32 = 0
@@ -717,6 +735,32 @@ nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobu
             _storage._body = .jobsReply(v)
           }
         }()
+        case 28: try {
+          var v: Stratolab_V1_TraceBatch?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .traceBatch(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .traceBatch(v)
+          }
+        }()
+        case 29: try {
+          var v: Stratolab_V1_TraceBatchAck?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .traceBatchAck(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .traceBatchAck(v)
+          }
+        }()
         default: break
         }
       }
@@ -814,6 +858,14 @@ nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobu
       case .jobsReply?: try {
         guard case .jobsReply(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
+      }()
+      case .traceBatch?: try {
+        guard case .traceBatch(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 28)
+      }()
+      case .traceBatchAck?: try {
+        guard case .traceBatchAck(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
       }()
       case nil: break
       }

@@ -1,0 +1,112 @@
+import Foundation
+import Protocol
+
+/// Builds an experiment's outputs from its raw files: `trace.json`, `metrics.csv`,
+/// `metrics/<node>.csv`, the trace half of `summary.json` with the lost-nothing check, and
+/// `report.html`. The runner calls it after collecting; `strato report DIR` calls it again.
+public enum ExperimentReport {
+    /// `trace.json` and metrics only (`strato trace merge DIR`).
+    @discardableResult
+    public static func mergeTrace(directory dir: String, title: String) throws -> (MergedTrace, TraceExport.Stats) {
+        let merged = try MergedTrace.load(directory: dir + "/raw/trace")
+        let stats = try TraceExport.writeChrome(merged, title: title, to: dir + "/trace.json")
+        try TraceExport.writeMetrics(merged, to: dir)
+        return (merged, stats)
+    }
+
+    @discardableResult
+    public static func build(directory dir: String, title: String? = nil, include: Set<String> = ExperimentSpec.outputNames) throws -> ExperimentSummary {
+        var summary = try ExperimentSummary.load(from: dir)
+        let name = title ?? summary.name
+        let merged = try MergedTrace.load(directory: dir + "/raw/trace")
+        var stats: TraceExport.Stats
+        if include.contains("trace") {
+            stats = try TraceExport.writeChrome(merged, title: name, to: dir + "/trace.json")
+        } else {
+            stats = TraceExport.chromeJSON(merged, title: name).stats
+        }
+        if include.contains("metrics") { try TraceExport.writeMetrics(merged, to: dir) }
+        var t = ExperimentSummary.TraceAccounting()
+        t.events = merged.events.count
+        t.processes = stats.processes
+        t.instances = merged.instances.count
+        t.missingEvents = merged.missingEvents
+        t.fromSpoolOnly = merged.instances.reduce(0) { $0 + $1.fromSpoolOnly }
+        t.duplicatesDropped = merged.duplicatesDropped
+        t.flows = stats.flows
+        t.counters = stats.counters
+        t.truncatedFiles = merged.truncatedFiles
+        t.nodesWithoutTrace = summary.expectedProcesses.filter { !stats.processes.contains($0) }
+        t.maxClockErrorMs = merged.instances.compactMap(\.errorBoundNanos).max().map { Double($0) / 1e6 }
+        summary.trace = t
+        summary.faultWindows = merged.faults
+        summary.check()
+        try summary.save(to: dir)
+        if include.contains("report") {
+            try html(summary, merged, dir: dir).write(toFile: dir + "/report.html", atomically: true, encoding: .utf8)
+        }
+        return summary
+    }
+
+    static func html(_ s: ExperimentSummary, _ t: MergedTrace, dir: String) -> String {
+        let samples = TraceExport.samples(t)
+        let t0 = t.startNanos
+        let shaded = t.faults.map { f in
+            (Double(f.startNanos - t0) / 1e9, Double((f.endNanos ?? t.endNanos) - t0) / 1e9, "\(f.action) \(f.target)")
+        }
+        func plot(_ title: String, _ y: String, _ pick: (TraceExport.Sample) -> String?) -> String {
+            var groups: [String: [(Double, Double)]] = [:]
+            for x in samples { if let k = pick(x) { groups[k, default: []].append((x.t, x.value)) } }
+            guard !groups.isEmpty else { return "" }
+            var p = SVGPlot(title: title, xLabel: "seconds since the trace started", yLabel: y)
+            p.series = groups.keys.sorted().map { SVGPlot.Series(name: $0, points: groups[$0]!.sorted { $0.0 < $1.0 }) }
+            p.shaded = shaded
+            return "<h3>\(title)</h3>" + p.render()
+        }
+        var plots = ""
+        plots += plot("Nodes by state (coordinator's view)", "nodes") { $0.process == "coordinator" && $0.counter == "nodes" ? $0.metric : nil }
+        plots += plot("Jobs by phase", "jobs") { $0.process == "coordinator" && $0.counter == "jobs" ? $0.metric : nil }
+        plots += plot("GPU utilisation per node (emulated)", "mean utilisation") { $0.metric == "gpu_utilization" ? $0.counter : nil }
+        plots += plot("CPU per process", "% of one core") { $0.counter == "process" && $0.metric == "cpu_percent" ? $0.process : nil }
+        plots += plot("Heartbeats handled by the coordinator", "per second") { $0.process == "coordinator" && $0.metric == "heartbeats_per_s" ? "heartbeats/s" : nil }
+        if let cdf = try? String(contentsOfFile: dir + "/scheduling/jct_cdf.svg", encoding: .utf8) {
+            plots += "<h3>Job completion time CDF</h3>" + cdf
+        }
+        func esc(_ x: String) -> String {
+            x.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+        }
+        var faults = "<table><tr><th>fault</th><th>target</th><th>start s</th><th>end s</th></tr>"
+        for f in t.faults {
+            faults += "<tr><td>\(esc(f.action))</td><td>\(esc(f.target))</td><td>" + String(format: "%.1f", Double(f.startNanos - t0) / 1e9) + "</td><td>"
+                + (f.endNanos.map { String(format: "%.1f", Double($0 - t0) / 1e9) } ?? "open") + "</td></tr>"
+        }
+        faults += "</table>"
+        var clocks = "<table><tr><th>process</th><th>instance</th><th>host</th><th>events</th><th>missing</th><th>spool only</th><th>offset ms</th><th>± ms</th></tr>"
+        for i in t.instances {
+            clocks += "<tr><td>\(esc(i.process))</td><td>\(i.instance)</td><td>\(esc(i.host))</td><td>\(i.events)</td><td>\(i.missing)</td><td>\(i.fromSpoolOnly)</td><td>"
+                + String(format: "%.3f", Double(i.offsetNanos) / 1e6) + "</td><td>" + (i.errorBoundNanos.map { String(format: "%.3f", Double($0) / 1e6) } ?? "?") + "</td></tr>"
+        }
+        clocks += "</table>"
+        let check = "<p><b>Lost-nothing check: \(s.lostNothing.ok ? "passed" : "FAILED")</b></p><ul>" + s.lostNothing.lines.map { "<li>\(esc($0))</li>" }.joined() + "</ul>"
+        return """
+        <!doctype html><html><head><meta charset="utf-8"><title>\(esc(s.name))</title>
+        <style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>
+        <h1>Experiment \(esc(s.name))</h1>
+        <p>Seed \(s.seed) on \(esc(s.platform)), started \(ISO8601DateFormatter().string(from: s.startedAt)); workload \(esc(s.workload)), policy \(esc(s.policy)), time scale \(fmt(s.timeScale))×; ended by \(esc(s.endReason)).</p>
+        \(s.emulated ? "<p><b>Emulation:</b> GPUs and job execution are emulated from published measurements (VectorLM, Gavel, Vidur); latency, jitter and loss are emulated in Stratolab's transport. The processes, messages, faults and timings are real.</p>" : "")
+        <h2>Summary</h2>
+        <pre>\(esc(ExperimentSummary.table([s])))</pre>
+        \(check)
+        <h2>Over time</h2>
+        <p>Shaded: fault windows. Open <code>trace.json</code> in <a href="https://ui.perfetto.dev">ui.perfetto.dev</a> for every event, message flow and counter.</p>
+        \(plots)
+        <h2>Faults</h2>
+        \(faults)
+        <h2>Trace: processes and clocks</h2>
+        <p>Timestamps are on the coordinator's clock; each process's offset and its error bound (half the round trip of the best sample).</p>
+        \(clocks)
+        <h2>Fault log</h2><pre>\(esc(s.faultLog.joined(separator: "\n")))</pre>
+        </body></html>
+        """
+    }
+}

@@ -1,0 +1,264 @@
+import Cluster
+import Foundation
+import Protocol
+import Scheduling
+
+/// Where an experiment runs: brings the topology up and down, reaches its coordinator, breaks
+/// things, and gathers raw files afterwards.
+public protocol ExperimentPlatform: AnyObject {
+    var name: String { get }
+    /// Starts everything with tracing on; returns an operator client for the coordinator.
+    func up(_ spec: ExperimentSpec, progress: (String) -> Void) throws -> OperatorClient
+    var faults: FaultBackend { get }
+    /// Stops every process (agents first, so they ship their last trace batch).
+    func down(progress: (String) -> Void)
+    /// Copies trace files (collector and spools) into `traceDir`, logs into `logDir`.
+    func collect(traceDir: String, logDir: String) throws
+}
+
+/// Runs one experiment spec end to end, repetition by repetition, and writes the results folder.
+public final class ExperimentRunner: @unchecked Sendable {
+    public let spec: ExperimentSpec
+    public let platform: ExperimentPlatform
+    public let out: String
+    public var dataDirectory = DataPaths.dataDirectory()
+    public var print: (String) -> Void = { Swift.print($0) }
+    /// Faults injected live into this run by `strato fault inject` land in the trace anyway; this
+    /// only says how often progress lines appear.
+    public var progressInterval = 2.0
+
+    private let interruptLock = NSLock()
+    private var interrupted = false
+    /// Ends the run early (Ctrl-C): the final heal, collection and teardown still happen.
+    public func interrupt() { interruptLock.lock(); interrupted = true; interruptLock.unlock() }
+    private var isInterrupted: Bool { interruptLock.lock(); defer { interruptLock.unlock() }; return interrupted }
+
+    public init(spec: ExperimentSpec, platform: ExperimentPlatform, out: String) {
+        self.spec = spec
+        self.platform = platform
+        self.out = out
+    }
+
+    /// Runs every repetition; returns their summaries (also written to `out`).
+    public func runAll() throws -> [ExperimentSummary] {
+        let fm = FileManager.default
+        try? fm.removeItem(atPath: out)
+        try fm.createDirectory(atPath: out, withIntermediateDirectories: true)
+        var summaries: [ExperimentSummary] = []
+        for (i, seed) in spec.seeds.enumerated() {
+            let dir = spec.repetitions == 1 ? out : "\(out)/run-\(i + 1)-seed-\(seed)"
+            print("== \(spec.name): run \(i + 1)/\(spec.repetitions) (seed \(seed)) on \(platform.name) ==")
+            summaries.append(try runOnce(seed: seed, dir: dir))
+        }
+        if spec.repetitions > 1 {
+            try ExperimentSummary.writeAll(summaries, to: out)
+        }
+        print("")
+        print(ExperimentSummary.table(summaries))
+        return summaries
+    }
+
+    /// The workload for one seed (jobs to submit; none for idle).
+    func workload(seed: UInt64) throws -> Workload? {
+        switch spec.workload.kind {
+        case .idle: return nil
+        case .scheduling, .gavelTrace:
+            let nodes = ClusterSpec.nodes(of: spec.topology)
+            guard !nodes.isEmpty else {
+                throw SpecError(file: spec.file, line: 0, field: "workload", message: "a \(spec.workload.kind.rawValue) workload needs GPU nodes in the topology")
+            }
+            let (kb, imported, _) = KnowledgeSeeding.seeded(dataDirectory: dataDirectory, gpuModels: Array(Set(nodes.map(\.gpuModel))))
+            guard !imported.rows.isEmpty else {
+                throw SpecError(file: spec.file, line: 0, field: "workload", message: "no knowledge could be read from \(dataDirectory)")
+            }
+            if let trace = spec.workload.traceFile {
+                return try GavelTraceReader.read(file: trace, kb: kb, limit: spec.workload.maxJobs)
+            }
+            var g = TraceGenerator()
+            g.jobsPerHour = spec.workload.jobsPerHour
+            g.hours = spec.workload.hours
+            var maxPer: [String: Int] = [:]
+            for n in nodes { maxPer[n.gpuModel] = max(maxPer[n.gpuModel] ?? 0, n.gpuCount) }
+            var w = try g.generate(seed: seed, kb: kb, maxGPUsPerNode: maxPer)
+            if let m = spec.workload.maxJobs, w.jobs.count > m { w = Workload(name: w.name, jobs: Array(w.jobs.prefix(m)), skipped: w.skipped) }
+            return w
+        }
+    }
+
+    func runOnce(seed: UInt64, dir: String) throws -> ExperimentSummary {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: dir + "/raw", withIntermediateDirectories: true)
+        if let text = try? String(contentsOfFile: spec.file, encoding: .utf8) {
+            try text.write(toFile: dir + "/spec.yaml", atomically: true, encoding: .utf8)
+        }
+        if spec.topologyFile != spec.file, let text = try? String(contentsOfFile: spec.topologyFile, encoding: .utf8) {
+            try text.write(toFile: dir + "/topology.yaml", atomically: true, encoding: .utf8)
+        }
+        let workload = try self.workload(seed: seed)
+        // The runner records too: phases, submissions and fault windows, on the coordinator's host clock.
+        try Tracer.shared.enable(process: "experiment", spoolDirectory: dir + "/raw/trace/experiment", heartbeatSample: spec.heartbeatSample)
+        defer { Tracer.shared.disable() }
+        var summary = ExperimentSummary(name: spec.name, seed: seed, platform: platform.name, startedAt: Date())
+        summary.workload = spec.workload.kind.rawValue
+        summary.policy = spec.topology.coordinator.policy
+        summary.timeScale = spec.topology.coordinator.timeScale
+        summary.nodesTotal = spec.topology.nodeIDs.count
+        summary.expectedProcesses = ["coordinator"] + spec.topology.nodes.map(\.id)
+
+        var injectorRef: FaultInjector?
+        var healErrors: [String] = []
+        var lastJobs: JobsReply?
+        var lastStatus: StatusReply?
+        var submitted = 0, rejected: [String] = []
+        var endReason = "duration"
+        let upStart = Date()
+        do {
+            defer { platform.down { print("  \($0)") } }
+            let client = try platform.up(spec) { print("  \($0)") }
+            defer { client.close() }
+            let injector = FaultInjector(backend: platform.faults)
+            injectorRef = injector
+            Tracer.shared.instant("testbed up", category: "experiment", track: "phases")
+            lastStatus = try waitAlive(client)
+            summary.secondsToAlive = Date().timeIntervalSince(upStart)
+            print(String(format: "  all %d nodes alive after %.1f s", spec.topology.nodeIDs.count, summary.secondsToAlive))
+            Tracer.shared.instant("all alive", category: "experiment", track: "phases")
+            let t0 = Date()
+            if let w = workload {
+                let start = SystemClock.shared.wallNanos()
+                for chunk in stride(from: 0, to: w.jobs.count, by: 500) {
+                    let part = w.jobs[chunk..<min(chunk + 500, w.jobs.count)].map(\.submission)
+                    let r = try client.submit(Array(part))
+                    submitted += part.count
+                    rejected += r.rejected
+                }
+                Tracer.shared.span("submit \(submitted) jobs", category: "workload", track: "workload", start: start, end: SystemClock.shared.wallNanos(),
+                                   args: ["jobs": "\(submitted)", "rejected": "\(rejected.count)", "workload": w.name])
+                print("  submitted \(submitted) jobs (\(w.name))\(rejected.isEmpty ? "" : ", \(rejected.count) rejected")")
+                for r in rejected.prefix(5) { print("    rejected: \(r)") }
+            }
+            // The timeline: every start and stop, in time order.
+            var timeline: [(at: Double, start: Bool, index: Int)] = []
+            for (i, f) in spec.faults.enumerated() {
+                timeline.append((f.at, true, i))
+                if let e = f.end { timeline.append((e, false, i)) }
+            }
+            timeline.sort { ($0.at, $0.start ? 1 : 0, $0.index) < ($1.at, $1.start ? 1 : 0, $1.index) }
+            var ids: [Int: String] = [:]
+            var lastProgress = Date.distantPast
+            while true {
+                let elapsed = Date().timeIntervalSince(t0)
+                while let next = timeline.first, next.at <= elapsed {
+                    timeline.removeFirst()
+                    let f = spec.faults[next.index]
+                    do {
+                        if next.start {
+                            ids[next.index] = try injector.start(f)
+                            print(String(format: "  ! %6.1f s  %@", elapsed, f.describe))
+                        } else if let id = ids[next.index] {
+                            try injector.stop(id)
+                            print(String(format: "  ! %6.1f s  %@ (%@)", elapsed, f.action.healName, f.describe))
+                        }
+                    } catch {
+                        healErrors.append("fault at line \(f.line) (\(f.describe)): \(error)")
+                        print("  ! fault failed: \(error)")
+                    }
+                }
+                // The coordinator may be down on purpose: keep the last answers then.
+                if let s = try? client.status(timeoutMs: 700) { lastStatus = s }
+                if workload != nil, let j = try? client.jobs(timeoutMs: 1500) { lastJobs = j }
+                let done = workload != nil && lastJobs.map { $0.unfinished == 0 && $0.jobs.count >= submitted - rejected.count } == true
+                if Date().timeIntervalSince(lastProgress) >= progressInterval || done {
+                    lastProgress = Date()
+                    print(progressLine(elapsed: elapsed, jobs: lastJobs, status: lastStatus, injector: injector))
+                }
+                if spec.end == .jobsDone && done && injector.active.isEmpty && timeline.allSatisfy({ !$0.start }) {
+                    endReason = "jobs_done"
+                    break
+                }
+                if isInterrupted { endReason = "interrupted"; print("  interrupted: healing, collecting and tearing down"); break }
+                if elapsed >= spec.duration { endReason = spec.end == .jobsDone ? "duration limit (jobs unfinished)" : "duration"; break }
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+            summary.workloadSeconds = Date().timeIntervalSince(t0)
+            // The final heal always runs, then the testbed gets a moment to settle and report.
+            healErrors += injector.healAll()
+            Tracer.shared.instant("final heal", category: "experiment", track: "phases", args: ["healed": "\(injector.healed)"])
+            let settleUntil = Date().addingTimeInterval(30)
+            while Date() < settleUntil {
+                if let s = try? client.status(timeoutMs: 1000) {
+                    lastStatus = s
+                    let alive = s.nodes.filter { $0.state == .alive }.count
+                    if alive == spec.topology.nodeIDs.count { break }
+                }
+                Thread.sleep(forTimeInterval: 0.3)
+            }
+            if workload != nil, let j = try? client.jobs(timeoutMs: 3000) { lastJobs = j }
+            Thread.sleep(forTimeInterval: 0.6)   // one more trace shipment from every agent
+            Tracer.shared.instant("end", category: "experiment", track: "phases", args: ["reason": endReason])
+        }
+        summary.endReason = endReason
+        summary.faultLog = injectorRef?.log ?? []
+        summary.faultsApplied = injectorRef?.applied ?? 0
+        summary.faultsHealed = injectorRef?.healed ?? 0
+        summary.problems += healErrors
+        summary.nodesAliveAtEnd = lastStatus?.nodes.filter { $0.state == .alive }.count ?? 0
+        Tracer.shared.disable()
+
+        // Collect, then build everything from the raw files (the same code `strato report` runs).
+        try platform.collect(traceDir: dir + "/raw/trace", logDir: dir + "/logs")
+        if let j = lastJobs { try j.jsonString().write(toFile: dir + "/raw/jobs.json", atomically: true, encoding: .utf8) }
+        if let s = lastStatus { try s.jsonString().write(toFile: dir + "/raw/status.json", atomically: true, encoding: .utf8) }
+        summary.jobs = JobAccounting(submitted: submitted, rejected: rejected, reply: lastJobs, expectAllDone: spec.end == .jobsDone)
+        if let w = workload, let j = lastJobs {
+            let result = SchedulingTestbedRun.result(j, workload: w, nodes: ClusterSpec.nodes(of: spec.topology),
+                                                     wallSeconds: summary.workloadSeconds, notes: [])
+            let s = result.summary
+            summary.meanJCTHours = s.meanJCT / 3600
+            summary.p99JCTHours = s.p99JCT / 3600
+            summary.makespanHours = s.makespan / 3600
+            var results = SchedulingResults()
+            results.runs = [result]
+            try results.write(to: dir + "/scheduling", title: "\(spec.name): jobs on the testbed (seed \(seed))")
+        }
+        try summary.save(to: dir)
+        let final = try ExperimentReport.build(directory: dir, title: spec.name, include: spec.outputs)
+        print("  results in \(dir)/")
+        return final
+    }
+
+    func waitAlive(_ client: OperatorClient) throws -> StatusReply {
+        let deadline = Date().addingTimeInterval(spec.startTimeout)
+        let ids = Set(spec.topology.nodeIDs)
+        var last: StatusReply?
+        var lastPrint = Date()
+        while Date() < deadline {
+            if let s = try? client.status(timeoutMs: 1000) {
+                last = s
+                let alive = s.nodes.filter { $0.state == .alive && ids.contains($0.nodeID) }.count
+                if alive == ids.count { return s }
+                if Date().timeIntervalSince(lastPrint) > 2 { lastPrint = Date(); print("  waiting: \(alive)/\(ids.count) nodes alive") }
+            }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        let alive = Set(last?.nodes.filter { $0.state == .alive }.map(\.nodeID) ?? [])
+        throw ProcessLauncher.LaunchError(description: "not every node was alive within \(Int(spec.startTimeout)) s; missing: \(ids.subtracting(alive).sorted().joined(separator: ", "))")
+    }
+
+    func progressLine(elapsed: Double, jobs: JobsReply?, status: StatusReply?, injector: FaultInjector) -> String {
+        var s = String(format: "  [%6.1f s]", elapsed)
+        if let j = jobs {
+            let fin = j.jobs.filter { $0.phase == "finished" }.count
+            let run = j.jobs.filter { $0.phase == "running" }.count
+            s += String(format: " jobs %d/%d done, %d running (trace %.1f h)", fin, j.jobs.count, run, j.traceNow / 3600)
+        } else if spec.workload.kind == .idle {
+            s += " idle workload"
+        }
+        s += " · faults \(injector.applied)/\(spec.faults.count) applied"
+        if !injector.active.isEmpty { s += " (\(injector.active.count) active)" }
+        if let st = status {
+            s += " · nodes \(st.nodes.filter { $0.state == .alive }.count)/\(spec.topology.nodeIDs.count) alive"
+        }
+        return s
+    }
+}

@@ -1,0 +1,395 @@
+import Foundation
+import Scheduling
+
+/// One experiment, as read from SPEC.yaml: what to bring up, what to drive, what to break and
+/// when, when to stop, how often to repeat, and what to write.
+///
+///     name: default
+///     topology: default-topology.yaml        # relative to this file
+///     workload: {kind: scheduling, jobs_per_hour: 30, hours: 2}
+///     policy: hybrid
+///     time_scale: 1500
+///     end: jobs_done                         # or: duration
+///     duration: 150s                         # the hard limit either way
+///     repetitions: 1
+///     seeds: [1]
+///     faults:
+///       - {at: 20s, action: kill, target: gpu-v100-0, for: 10s}
+///     outputs: [trace, metrics, report]
+public struct ExperimentSpec: Equatable {
+    public enum WorkloadKind: String, Equatable, CaseIterable {
+        /// LLM fine-tuning/training jobs in the D2.1 trace shape, replayed at `time_scale`.
+        case scheduling
+        /// A Gavel job trace file, replayed at `time_scale`.
+        case gavelTrace = "gavel-trace"
+        /// No driven work: membership, heartbeats and telemetry only (control-plane experiments).
+        case idle
+    }
+
+    public struct Workload: Equatable {
+        public var kind: WorkloadKind = .idle
+        public var jobsPerHour = 30.0
+        public var hours = 2.0
+        public var traceFile: String?
+        public var maxJobs: Int?
+    }
+
+    public enum EndCondition: String, Equatable { case jobsDone = "jobs_done", duration }
+
+    public enum FaultAction: String, Equatable, CaseIterable, Codable {
+        case kill, pause, partition, slow
+        case crashCoordinator = "crash_coordinator"
+
+        /// What ends the window.
+        public var healName: String {
+            switch self {
+            case .kill: return "restart"
+            case .pause: return "resume"
+            case .partition: return "heal"
+            case .slow: return "restore"
+            case .crashCoordinator: return "restart coordinator"
+            }
+        }
+    }
+
+    public struct Fault: Equatable, Codable {
+        public var at: Double
+        /// Window length; nil = until the end of the run (the final heal ends it).
+        public var duration: Double?
+        public var action: FaultAction
+        /// As written: a node id, `kind:K`, `site:S`, `random` or `random:K`.
+        public var target: String
+        /// Resolved node ids (empty for the coordinator).
+        public var nodes: [String]
+        /// slow: fraction of one CPU the process may use (0 < cpu < 1), added latency, bandwidth.
+        public var cpu: Double?
+        public var latencyMs: Double?
+        public var bandwidth: String?
+        public var line: Int
+
+        public init(at: Double, duration: Double?, action: FaultAction, target: String, nodes: [String],
+                    cpu: Double? = nil, latencyMs: Double? = nil, bandwidth: String? = nil, line: Int = 0) {
+            self.at = at; self.duration = duration; self.action = action; self.target = target; self.nodes = nodes
+            self.cpu = cpu; self.latencyMs = latencyMs; self.bandwidth = bandwidth; self.line = line
+        }
+
+        public var end: Double? { duration.map { at + $0 } }
+        public var describe: String {
+            var s = "\(action.rawValue) \(nodes.isEmpty ? "coordinator" : nodes.joined(separator: ","))"
+            if target.hasPrefix("random") || target.contains(":") { s += " (\(target))" }
+            if let c = cpu { s += String(format: " cpu %.0f%%", c * 100) }
+            if let l = latencyMs { s += " +\(fmt(l)) ms" }
+            if let b = bandwidth { s += " \(b)" }
+            return s
+        }
+    }
+
+    public var name: String
+    public var description = ""
+    public var file: String
+    public var topologyFile: String
+    public var topology: Topology
+    public var workload = Workload()
+    public var policy: String?
+    public var timeScale: Double?
+    public var end: EndCondition = .duration
+    public var duration: Double = 60
+    public var repetitions = 1
+    public var seeds: [UInt64] = [1]
+    public var faults: [Fault] = []
+    public var outputs: Set<String> = ["trace", "metrics", "report"]
+    public var heartbeatSample: UInt64 = 5
+    /// Seconds to wait for every node to be alive before the workload starts.
+    public var startTimeout: Double = 60
+
+    public static let outputNames: Set<String> = ["trace", "metrics", "report"]
+
+    public static func load(file: String) throws -> ExperimentSpec {
+        try parse(YAMLValue.load(file: file))
+    }
+
+    public static func parse(_ text: String, file: String, baseDirectory: String? = nil) throws -> ExperimentSpec {
+        try parse(YAMLValue.parse(text, file: file), baseDirectory: baseDirectory)
+    }
+
+    static func parse(_ root: YAMLValue, baseDirectory: String? = nil) throws -> ExperimentSpec {
+        let keys: Set<String> = ["name", "description", "topology", "workload", "policy", "time_scale", "end", "duration",
+                                 "repetitions", "seeds", "faults", "outputs", "tracing", "start_timeout"]
+        let m = try root.mapping(allowed: keys)
+        let base = baseDirectory ?? (root.file as NSString).deletingLastPathComponent
+        guard let nameValue = m["name"] else { throw root.fail("missing 'name'") }
+        let name = try nameValue.string()
+        guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+            throw nameValue.fail("name '\(name)' may hold only letters, digits, '-', '_' and '.' (it names the results folder)")
+        }
+        // Topology: a file (relative to the spec) or an inline mapping.
+        guard let topoValue = m["topology"] else { throw root.fail("missing 'topology' (a file, e.g. default-topology.yaml, or an inline mapping)") }
+        let topology: Topology, topologyFile: String
+        if case .scalar = topoValue.node {
+            let rel = try topoValue.string()
+            let path = rel.hasPrefix("/") ? rel : (base.isEmpty ? rel : base + "/" + rel)
+            guard FileManager.default.fileExists(atPath: path) else { throw topoValue.fail("topology file '\(path)' does not exist") }
+            topology = try Topology.load(file: path)
+            topologyFile = path
+        } else {
+            topology = try Topology.parse(topoValue)
+            topologyFile = root.file
+        }
+        var spec = ExperimentSpec(name: name, file: root.file, topologyFile: topologyFile, topology: topology)
+        spec.description = try m["description"]?.string() ?? ""
+        if let w = m["workload"] { spec.workload = try parseWorkload(w, base: base) }
+        if let p = m["policy"] {
+            let policy = try p.string()
+            guard Policies.named(policy) != nil else { throw p.fail("unknown policy '\(policy)' (known: \(Policies.names.joined(separator: ", ")))") }
+            spec.policy = policy
+            spec.topology.coordinator.policy = policy
+        }
+        if let v = m["time_scale"] {
+            let x = try v.double()
+            guard x > 0 && x <= 1_000_000 else { throw v.fail("time_scale \(x) must be > 0 and ≤ 1000000") }
+            spec.timeScale = x
+            spec.topology.coordinator.timeScale = x
+        }
+        if let v = m["duration"] {
+            spec.duration = try seconds(v)
+            guard spec.duration > 0 && spec.duration <= 86_400 else { throw v.fail("duration must be > 0 s and ≤ 24 h") }
+        }
+        if let v = m["start_timeout"] { spec.startTimeout = try seconds(v) }
+        if let v = m["end"] {
+            let e = try v.string()
+            guard let c = EndCondition(rawValue: e) else { throw v.fail("end '\(e)' must be jobs_done or duration") }
+            if c == .jobsDone && spec.workload.kind == .idle { throw v.fail("end: jobs_done needs a workload with jobs (the workload is idle)") }
+            spec.end = c
+        } else if spec.workload.kind != .idle {
+            spec.end = .jobsDone
+        }
+        if let v = m["repetitions"] { spec.repetitions = try v.int(in: 1...100) }
+        if let v = m["seeds"] {
+            spec.seeds = try v.sequence().map { s in
+                let n = try s.int(in: 0...Int.max)
+                return UInt64(n)
+            }
+            if spec.seeds.isEmpty { throw v.fail("seeds is empty; give one seed per repetition") }
+        }
+        if m["seeds"] != nil && spec.seeds.count != spec.repetitions {
+            if m["repetitions"] == nil { spec.repetitions = spec.seeds.count } else {
+                throw m["seeds"]!.fail("\(spec.seeds.count) seeds for \(spec.repetitions) repetitions; give one seed per repetition")
+            }
+        } else if m["seeds"] == nil {
+            spec.seeds = (1...spec.repetitions).map { UInt64($0) }
+        }
+        if let o = m["outputs"] {
+            var set = Set<String>()
+            for v in try o.sequence() {
+                let s = try v.string()
+                guard outputNames.contains(s) else { throw v.fail("unknown output '\(s)'; expected \(outputNames.sorted().joined(separator: ", "))") }
+                set.insert(s)
+            }
+            spec.outputs = set
+        }
+        if let t = m["tracing"] {
+            let tm = try t.mapping(allowed: ["heartbeat_sample"])
+            if let s = tm["heartbeat_sample"] { spec.heartbeatSample = UInt64(try s.int(in: 1...1_000_000)) }
+        }
+        if let f = m["faults"] {
+            for (i, fv) in try f.sequence().enumerated() {
+                spec.faults.append(try parseFault(fv, index: i, spec: spec))
+            }
+            try checkOverlaps(spec.faults, f)
+        }
+        return spec
+    }
+
+    static func parseWorkload(_ w: YAMLValue, base: String) throws -> Workload {
+        let m = try w.mapping(allowed: ["kind", "jobs_per_hour", "hours", "trace", "max_jobs"])
+        guard let k = m["kind"] else { throw w.fail("missing 'kind' (\(WorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")))") }
+        let kindText = try k.string()
+        guard let kind = WorkloadKind(rawValue: kindText) else {
+            throw k.fail("unknown workload kind '\(kindText)'; expected \(WorkloadKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        var out = Workload(kind: kind)
+        if let v = m["jobs_per_hour"] {
+            out.jobsPerHour = try v.double()
+            guard out.jobsPerHour > 0 && out.jobsPerHour <= 100_000 else { throw v.fail("jobs_per_hour must be > 0 and ≤ 100000") }
+        }
+        if let v = m["hours"] {
+            out.hours = try v.double()
+            guard out.hours > 0 && out.hours <= 24 * 30 else { throw v.fail("hours must be > 0 and ≤ 720") }
+        }
+        if let v = m["max_jobs"] { out.maxJobs = try v.int(in: 1...1_000_000) }
+        if let v = m["trace"] {
+            let rel = try v.string()
+            let path = rel.hasPrefix("/") ? rel : (base.isEmpty ? rel : base + "/" + rel)
+            guard kind == .gavelTrace else { throw v.fail("'trace' belongs to gavel-trace workloads") }
+            guard FileManager.default.fileExists(atPath: path) else { throw v.fail("trace file '\(path)' does not exist") }
+            out.traceFile = path
+        } else if kind == .gavelTrace {
+            throw w.fail("a gavel-trace workload needs 'trace: FILE'")
+        }
+        for key in ["jobs_per_hour", "hours"] where m[key] != nil && kind == .idle {
+            throw m[key]!.fail("'\(key)' does not apply to an idle workload")
+        }
+        return out
+    }
+
+    static func parseFault(_ fv: YAMLValue, index: Int, spec: ExperimentSpec) throws -> Fault {
+        let m = try fv.mapping(allowed: ["at", "for", "action", "target", "cpu", "latency_ms", "bandwidth", "seed"])
+        guard let atValue = m["at"] else { throw fv.fail("missing 'at' (e.g. 20s)") }
+        guard let actionValue = m["action"] else { throw fv.fail("missing 'action' (\(FaultAction.allCases.map(\.rawValue).joined(separator: ", ")))") }
+        let actionText = try actionValue.string()
+        guard let action = FaultAction(rawValue: actionText) else {
+            throw actionValue.fail("unknown action '\(actionText)'; expected \(FaultAction.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let at = try seconds(atValue)
+        guard at >= 0 else { throw atValue.fail("'at' must not be negative") }
+        guard at < spec.duration else {
+            throw atValue.fail("fault at \(fmt(at)) s never happens: the run lasts at most \(fmt(spec.duration)) s (duration)")
+        }
+        var duration: Double?
+        if let f = m["for"] {
+            let d = try seconds(f)
+            guard d > 0 else { throw f.fail("'for' must be > 0 s") }
+            guard at + d <= spec.duration else {
+                throw f.fail("the window \(fmt(at))–\(fmt(at + d)) s ends after the run's duration (\(fmt(spec.duration)) s)")
+            }
+            duration = d
+        }
+        var fault = Fault(at: at, duration: duration, action: action, target: "", nodes: [], line: fv.line)
+        if action == .crashCoordinator {
+            if let t = m["target"], try t.string() != "coordinator" { throw t.fail("crash_coordinator targets the coordinator; leave 'target' out") }
+            fault.target = "coordinator"
+        } else {
+            guard let t = m["target"] else { throw fv.fail("missing 'target' (a node id, kind:K, site:S, random or random:K)") }
+            fault.target = try t.string()
+            let seed = try m["seed"].map { UInt64(try $0.int(in: 0...Int.max)) } ?? (spec.seeds.first ?? 1) &+ UInt64(index)
+            fault.nodes = try resolveTarget(fault.target, in: spec.topology, seed: seed, at: t)
+        }
+        if let c = m["cpu"] {
+            guard action == .slow else { throw c.fail("'cpu' belongs to slow faults") }
+            let x = try c.double()
+            guard x > 0 && x < 1 else { throw c.fail("cpu \(x) must be between 0 and 1 (the fraction of one CPU the process keeps)") }
+            fault.cpu = x
+        }
+        if let l = m["latency_ms"] {
+            guard action == .slow else { throw l.fail("'latency_ms' belongs to slow faults") }
+            let x = try l.double()
+            guard x > 0 && x <= 60_000 else { throw l.fail("latency_ms must be > 0 and ≤ 60000") }
+            fault.latencyMs = x
+        }
+        if let b = m["bandwidth"] {
+            guard action == .slow else { throw b.fail("'bandwidth' belongs to slow faults") }
+            let text = try b.string()
+            guard ExperimentSpec.bandwidthBytesPerSecond(text) != nil else { throw b.fail("bandwidth '\(text)' is not a rate like 10mbit, 1gbit or 5MB/s") }
+            fault.bandwidth = text
+        }
+        if action == .slow && fault.cpu == nil && fault.latencyMs == nil && fault.bandwidth == nil {
+            throw fv.fail("a slow fault needs cpu, latency_ms or bandwidth")
+        }
+        return fault
+    }
+
+    /// Node ids a target names. Virtual nodes are hosted by one process: faults act on processes,
+    /// so a target names topology nodes (a virtual group by its base id).
+    public static func resolveTarget(_ target: String, in topology: Topology, seed: UInt64, at v: YAMLValue? = nil) throws -> [String] {
+        func fail(_ msg: String) -> Error {
+            v?.fail(msg) ?? SpecError(file: topology.file, line: 0, field: "target", message: msg)
+        }
+        let nodes = topology.nodes
+        let ids = nodes.map(\.id)
+        if target == "random" || target.hasPrefix("random:") {
+            var pool = nodes
+            if target.hasPrefix("random:") {
+                let k = String(target.dropFirst(7))
+                pool = nodes.filter { $0.kind.name == k }
+                if pool.isEmpty { throw fail("no nodes of kind '\(k)' to choose from (kinds: gpu, memory, render)") }
+            }
+            var rng = SplitMix64(seed: seed)
+            return [pool[Int(rng.next() % UInt64(pool.count))].id]
+        }
+        if target.hasPrefix("kind:") {
+            let k = String(target.dropFirst(5))
+            let hit = nodes.filter { $0.kind.name == k }.map(\.id)
+            if hit.isEmpty { throw fail("no nodes of kind '\(k)' in the topology (kinds: gpu, memory, render)") }
+            return hit
+        }
+        if target.hasPrefix("site:") {
+            let s = String(target.dropFirst(5))
+            let hit = nodes.filter { $0.siteName == s }.map(\.id)
+            if hit.isEmpty { throw fail("no nodes at site '\(s)'; sites: \(Array(Set(nodes.map(\.siteName))).sorted().joined(separator: ", "))") }
+            return hit
+        }
+        guard ids.contains(target) else {
+            throw fail("unknown node '\(target)' in the topology; nodes: \(ids.joined(separator: ", "))")
+        }
+        return [target]
+    }
+
+    /// Two windows on the same node may not overlap (a paused node cannot also be killed); the
+    /// coordinator crashes one at a time.
+    static func checkOverlaps(_ faults: [Fault], _ where_: YAMLValue) throws {
+        for (i, a) in faults.enumerated() {
+            for b in faults[(i + 1)...] {
+                let shared = a.action == .crashCoordinator && b.action == .crashCoordinator ? ["coordinator"] : Array(Set(a.nodes).intersection(b.nodes))
+                guard !shared.isEmpty else { continue }
+                let aEnd = a.end ?? .infinity, bEnd = b.end ?? .infinity
+                if a.at < bEnd && b.at < aEnd {
+                    throw SpecError(file: where_.file, line: b.line, field: "faults",
+                                    message: "faults at lines \(a.line) and \(b.line) overlap on \(shared.sorted().joined(separator: ", ")) (\(fmt(a.at))–\(aEnd.isFinite ? fmt(aEnd) : "end") s and \(fmt(b.at))–\(bEnd.isFinite ? fmt(bEnd) : "end") s)")
+                }
+            }
+        }
+    }
+
+    /// "90s", "2m", "1h", "1500ms" or a plain number of seconds.
+    static func seconds(_ v: YAMLValue) throws -> Double {
+        let text = try v.string().trimmingCharacters(in: .whitespaces).lowercased()
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        for (u, f) in units where text.hasSuffix(u) {
+            if let x = Double(text.dropLast(u.count).trimmingCharacters(in: .whitespaces)), x.isFinite { return x * f }
+        }
+        if let x = Double(text), x.isFinite { return x }
+        throw v.fail("expected a duration like 30s, 2m or 1500ms, found '\(text)'")
+    }
+
+    /// "10mbit", "1gbit", "500kbit", "5MB/s", "100KB/s" → bytes per second.
+    public static func bandwidthBytesPerSecond(_ text: String) -> Double? {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        let units: [(String, Double)] = [("gbit", 1e9 / 8), ("mbit", 1e6 / 8), ("kbit", 1e3 / 8), ("bit", 1.0 / 8),
+                                         ("GB/s", 1e9), ("MB/s", 1e6), ("KB/s", 1e3), ("B/s", 1)]
+        for (u, f) in units where t.lowercased().hasSuffix(u.lowercased()) {
+            if let x = Double(t.dropLast(u.count)), x > 0, x.isFinite { return x * f }
+        }
+        return nil
+    }
+
+    /// The plan `--dry-run` prints.
+    public func plan() -> String {
+        var s = "experiment \(name)\(description.isEmpty ? "" : ": \(description)")\n"
+        s += "  spec        \(file)\n"
+        s += "  topology    \(topologyFile) (\(topology.nodeIDs.count) nodes: \(topology.nodes.map { "\($0.id)" }.joined(separator: ", ")))\n"
+        switch workload.kind {
+        case .idle: s += "  workload    idle (membership, heartbeats and telemetry only)\n"
+        case .scheduling: s += "  workload    scheduling: \(fmt(workload.jobsPerHour)) jobs/h over \(fmt(workload.hours)) h of trace time (D2.1 shape)\(workload.maxJobs.map { ", at most \($0) jobs" } ?? "")\n"
+        case .gavelTrace: s += "  workload    gavel trace \(workload.traceFile ?? "")\(workload.maxJobs.map { ", first \($0) jobs" } ?? "")\n"
+        }
+        s += "  policy      \(topology.coordinator.policy), time scale \(fmt(topology.coordinator.timeScale))×\n"
+        s += "  end         \(end == .jobsDone ? "when every job is done, at most \(fmt(duration)) s" : "after \(fmt(duration)) s")\n"
+        s += "  runs        \(repetitions) (seeds \(seeds.map(String.init).joined(separator: ", ")))\n"
+        if faults.isEmpty { s += "  faults      none\n" } else {
+            s += "  faults      (a final heal always runs)\n"
+            for f in faults.sorted(by: { $0.at < $1.at }) {
+                s += "    \(fmt(f.at).leftPad(6)) s  \(f.describe)" + (f.duration.map { ", \(f.action.healName) at \(fmt(f.at + $0)) s" } ?? ", until the end") + "\n"
+            }
+        }
+        s += "  outputs     \(outputs.sorted().joined(separator: ", ")), summary.json, spec.yaml\n"
+        return s
+    }
+}
+
+func fmt(_ x: Double) -> String {
+    x == x.rounded() && abs(x) < 1e15 ? String(Int(x)) : String(format: "%.3g", x)
+}
+
+extension String {
+    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
+}

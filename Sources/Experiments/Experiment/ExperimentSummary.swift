@@ -1,0 +1,168 @@
+import Foundation
+import Protocol
+
+/// Every job accounted for: each accepted job must be in the coordinator's final list, and with
+/// `end: jobs_done` every one must have finished (or failed with a stated reason).
+public struct JobAccounting: Codable, Equatable {
+    public var submitted = 0
+    public var rejected = 0
+    public var rejectedReasons: [String] = []
+    public var known = 0
+    public var finished = 0
+    public var failed = 0
+    public var unfinished = 0
+    public var restartedAndFinished = 0
+    public var preemptions = 0
+    public var lost: [String] = []
+    public var expectAllDone = false
+
+    public init() {}
+
+    public init(submitted: Int, rejected: [String], reply: JobsReply?, expectAllDone: Bool) {
+        self.submitted = submitted
+        self.rejected = rejected.count
+        self.rejectedReasons = Array(rejected.prefix(20))
+        self.expectAllDone = expectAllDone
+        guard submitted > 0 else { return }
+        guard let r = reply else {
+            lost = ["(no answer from the coordinator at the end: nothing could be checked)"]
+            return
+        }
+        known = r.jobs.count
+        finished = r.jobs.filter { $0.phase == "finished" }.count
+        failed = r.jobs.filter { $0.phase == "failed" }.count
+        unfinished = r.jobs.count - finished - failed
+        restartedAndFinished = r.jobs.filter { $0.phase == "finished" && $0.restarts > 0 }.count
+        preemptions = r.jobs.reduce(0) { $0 + Int($1.preemptions) }
+        let accepted = submitted - rejected.count
+        if known < accepted { lost.append("\(accepted - known) accepted jobs are missing from the coordinator") }
+    }
+
+    public var ok: Bool { lost.isEmpty && (!expectAllDone || unfinished == 0) }
+}
+
+/// What one run produced, as `summary.json`, and the lost-nothing check over it.
+public struct ExperimentSummary: Codable {
+    public var name: String
+    public var seed: UInt64
+    public var platform: String
+    public var startedAt: Date
+    public var emulated = true
+    public var workload = ""
+    public var policy = ""
+    public var timeScale = 1.0
+    public var endReason = ""
+    public var secondsToAlive = 0.0
+    public var workloadSeconds = 0.0
+    public var nodesTotal = 0
+    /// Processes that must appear in the trace: the coordinator and one per topology node.
+    public var expectedProcesses: [String] = []
+    public var nodesAliveAtEnd = 0
+    public var faultsApplied = 0
+    public var faultsHealed = 0
+    public var faultLog: [String] = []
+    public var faultWindows: [MergedTrace.FaultWindow] = []
+    public var jobs = JobAccounting()
+    public var meanJCTHours: Double?
+    public var p99JCTHours: Double?
+    public var makespanHours: Double?
+    public var trace = TraceAccounting()
+    public var problems: [String] = []
+    public var lostNothing = LostNothingCheck()
+
+    public init(name: String, seed: UInt64, platform: String, startedAt: Date) {
+        self.name = name; self.seed = seed; self.platform = platform; self.startedAt = startedAt
+    }
+
+    public struct TraceAccounting: Codable, Equatable {
+        public var events = 0
+        public var processes: [String] = []
+        public var instances = 0
+        public var missingEvents: UInt64 = 0
+        public var fromSpoolOnly = 0
+        public var duplicatesDropped = 0
+        public var flows = 0
+        public var counters = 0
+        public var truncatedFiles: [String] = []
+        public var nodesWithoutTrace: [String] = []
+        public var maxClockErrorMs: Double?
+        public init() {}
+    }
+
+    public struct LostNothingCheck: Codable, Equatable {
+        public var ok = false
+        public var lines: [String] = []
+        public init() {}
+        public init(ok: Bool, lines: [String]) { self.ok = ok; self.lines = lines }
+    }
+
+    /// Jobs, requests and measurements, each accounted for.
+    public mutating func check() {
+        var lines: [String] = [], ok = true
+        if jobs.submitted == 0 {
+            lines.append("jobs: none in this workload")
+        } else {
+            let j = jobs
+            var line = "jobs: \(j.submitted) submitted, \(j.rejected) rejected (named), \(j.known) known to the coordinator: \(j.finished) finished (\(j.restartedAndFinished) after a restart), \(j.failed) failed with a reason, \(j.unfinished) unfinished"
+            if !j.lost.isEmpty { line += " — LOST: " + j.lost.joined(separator: "; "); ok = false }
+            else if j.expectAllDone && j.unfinished > 0 { line += " — NOT all done before the duration limit"; ok = false }
+            lines.append(line)
+        }
+        lines.append("requests: none in this workload (no inference requests are driven on the testbed yet)")
+        var m = "measurements: \(trace.events) trace events from \(trace.instances) process instances, \(trace.missingEvents) missing (sequence gaps), \(trace.fromSpoolOnly) recovered from local spools"
+        if trace.missingEvents > 0 { ok = false; m += " — MISSING" }
+        if !trace.nodesWithoutTrace.isEmpty { ok = false; m += " — no trace from \(trace.nodesWithoutTrace.joined(separator: ", "))" }
+        lines.append(m)
+        if !problems.isEmpty { ok = false; lines.append("problems: " + problems.joined(separator: "; ")) }
+        lostNothing = LostNothingCheck(ok: ok, lines: lines)
+    }
+
+    static var encoder: JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        e.dateEncodingStrategy = .iso8601
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return e
+    }
+
+    public func save(to dir: String) throws {
+        try ExperimentSummary.encoder.encode(self).write(to: URL(fileURLWithPath: dir + "/summary.json"))
+    }
+
+    public static func load(from dir: String) throws -> ExperimentSummary {
+        guard let data = FileManager.default.contents(atPath: dir + "/summary.json") else {
+            throw SpecError(file: dir + "/summary.json", line: 0, field: "(file)", message: "no summary.json: is this an experiment results folder?")
+        }
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        d.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return try d.decode(ExperimentSummary.self, from: data)
+    }
+
+    public static func writeAll(_ all: [ExperimentSummary], to dir: String) throws {
+        try encoder.encode(all).write(to: URL(fileURLWithPath: dir + "/summary.json"))
+        try table(all).write(toFile: dir + "/summary.txt", atomically: true, encoding: .utf8)
+    }
+
+    /// The table printed at the end of a run.
+    public static func table(_ all: [ExperimentSummary]) -> String {
+        func h(_ x: Double?) -> String { x.map { $0.isFinite ? String(format: "%.2f", $0) : "-" } ?? "-" }
+        var rows: [[String]] = [["run", "seed", "on", "end", "wall s", "alive", "faults", "jobs done", "restarted", "mean JCT h", "p99 JCT h", "trace events", "missing", "lost nothing"]]
+        for (i, s) in all.enumerated() {
+            rows.append(["\(i + 1)", "\(s.seed)", s.platform, s.endReason, String(format: "%.1f", s.workloadSeconds),
+                         "\(s.nodesAliveAtEnd)/\(s.nodesTotal)", "\(s.faultsApplied)/\(s.faultsHealed) healed",
+                         s.jobs.submitted == 0 ? "-" : "\(s.jobs.finished)/\(s.jobs.submitted - s.jobs.rejected)", s.jobs.submitted == 0 ? "-" : "\(s.jobs.restartedAndFinished)",
+                         h(s.meanJCTHours), h(s.p99JCTHours), "\(s.trace.events)", "\(s.trace.missingEvents)", s.lostNothing.ok ? "yes" : "NO"])
+        }
+        let widths = rows[0].indices.map { c in rows.map { $0[c].count }.max() ?? 0 }
+        var out = rows.map { r in r.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  ") }
+        out.insert(widths.map { String(repeating: "-", count: $0) }.joined(separator: "  "), at: 1)
+        for (i, s) in all.enumerated() {
+            out.append("")
+            out.append("run \(i + 1) lost-nothing check: \(s.lostNothing.ok ? "PASSED" : "FAILED")")
+            out += s.lostNothing.lines.map { "  - " + $0 }
+        }
+        if all.contains(where: \.emulated) { out.append("(GPUs and job execution are emulated from published measurements)") }
+        return out.joined(separator: "\n")
+    }
+}
