@@ -7,7 +7,12 @@ public final class LocalPlatform: ExperimentPlatform {
     public let runDirectory: String
     private var backend: LocalFaultBackend?
 
-    public init(runDirectory: String = Testbed.defaultRunDirectory) { self.runDirectory = runDirectory }
+    public let executable: String
+
+    public init(runDirectory: String = Testbed.defaultRunDirectory, executable: String = ProcessLauncher.selfExecutable) {
+        self.runDirectory = runDirectory
+        self.executable = executable
+    }
 
     public var faults: FaultBackend {
         guard let b = backend else { fatalError("the local platform has no testbed before up()") }
@@ -20,7 +25,7 @@ public final class LocalPlatform: ExperimentPlatform {
         }
         // A fresh state and trace for every run: results must hold only this run.
         try? FileManager.default.removeItem(atPath: runDirectory)
-        let bed = try Testbed.up(topology: spec.topology, runDirectory: runDirectory, traceHeartbeatSample: spec.heartbeatSample, progress: progress)
+        let bed = try Testbed.up(topology: spec.topology, runDirectory: runDirectory, executable: executable, traceHeartbeatSample: spec.heartbeatSample, progress: progress)
         backend = LocalFaultBackend(testbed: bed)
         return try OperatorClient(endpoint: bed.endpoint, keysDirectory: bed.keysDirectory)
     }

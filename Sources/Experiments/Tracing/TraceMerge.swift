@@ -38,6 +38,8 @@ public struct MergedTrace {
     public var truncatedFiles: [String] = []
     public var duplicatesDropped = 0
 
+    public init() {}
+
     public var missingEvents: UInt64 { instances.reduce(0) { $0 + $1.missing } }
     public var startNanos: Int64 { events.first?.event.tsUnixNanos ?? 0 }
     public var endNanos: Int64 { events.map { $0.event.tsUnixNanos + $0.event.durationNanos }.max() ?? 0 }
