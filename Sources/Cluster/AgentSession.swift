@@ -213,11 +213,10 @@ public final class AgentSession: @unchecked Sendable {
         let target = envelope.recipient
         guard let i = index[target] else { return }
         nodes[i].lastAnswerMono = now
-        let traced = tracer.tracesMessage(envelope)
-        let handledFrom = traced ? clock.wallNanos() : 0
+        let flow = tracer.receivedFlow(envelope)
+        let handledFrom = flow != 0 ? clock.wallNanos() : 0
         defer {
-            if traced {
-                let flow = Tracer.flowID(sender: envelope.sender, messageID: envelope.messageID)
+            if flow != 0 {
                 tracer.record(.flowIn, envelope.bodyName, category: "message", track: "control", at: handledFrom, flow: flow)
                 tracer.span("recv \(envelope.bodyName)", category: "message", track: "control", start: handledFrom, end: clock.wallNanos(),
                             args: ["from": envelope.sender, "node": target])
@@ -299,10 +298,10 @@ public final class AgentSession: @unchecked Sendable {
     private func send(_ body: Envelope.OneOf_Body, from i: Int, _ dealer: ZMQSocket) -> Int64 {
         nextMessageID += 1
         let now = clock.wallNanos()
-        let e = Envelope.make(sender: nodes[i].identity.nodeID, messageID: nextMessageID, sentAtNanos: now, body: body)
+        var e = Envelope.make(sender: nodes[i].identity.nodeID, messageID: nextMessageID, sentAtNanos: now, body: body)
+        let flow = tracer.tracesMessage(e) ? tracer.markTraced(&e) : 0
         if (try? dealer.send([codec.encode(e)], dontWait: true)) == true { sent += 1 }
-        if tracer.tracesMessage(e) {
-            let flow = Tracer.flowID(sender: e.sender, messageID: e.messageID)
+        if flow != 0 {
             tracer.span("send \(e.bodyName)", category: "message", track: "control", start: now, end: clock.wallNanos(),
                         args: ["to": "coordinator", "node": e.sender])
             tracer.record(.flowOut, e.bodyName, category: "message", track: "control", at: now, flow: flow)

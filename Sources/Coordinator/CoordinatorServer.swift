@@ -183,11 +183,10 @@ public final class CoordinatorServer: @unchecked Sendable {
             return
         }
         count("received_\(envelope.bodyName)")
-        let traced = tracer.tracesMessage(envelope)
+        let flow = tracer.receivedFlow(envelope)
         defer {
-            if traced {
-                tracer.record(.flowIn, envelope.bodyName, category: "message", track: "control", at: receivedAt,
-                              flow: Tracer.flowID(sender: envelope.sender, messageID: envelope.messageID))
+            if flow != 0 {
+                tracer.record(.flowIn, envelope.bodyName, category: "message", track: "control", at: receivedAt, flow: flow)
                 tracer.span("handle \(envelope.bodyName)", category: "message", track: "control", start: receivedAt, end: clock.wallNanos(),
                             args: ["from": envelope.sender])
             }
@@ -540,18 +539,18 @@ public final class CoordinatorServer: @unchecked Sendable {
 
     private func reply(on router: ZMQSocket, to identity: [UInt8], recipient: String, inReplyTo: UInt64, _ body: Envelope.OneOf_Body) {
         nextMessageID += 1
-        let e = Envelope.make(sender: "coordinator", messageID: nextMessageID, sentAtNanos: clock.wallNanos(),
+        var e = Envelope.make(sender: "coordinator", messageID: nextMessageID, sentAtNanos: clock.wallNanos(),
                               recipient: recipient, inReplyTo: inReplyTo, body: body)
+        let flow = tracer.tracesMessage(e) ? tracer.markTraced(&e) : 0
         do {
             if try !router.send([identity, codec.encode(e)], dontWait: true) { count("send_dropped") }
         } catch {
             count("send_failed")
         }
-        if tracer.tracesMessage(e) {
+        if flow != 0 {
             tracer.span("send \(e.bodyName)", category: "message", track: "control", start: e.sentAtUnixNanos, end: clock.wallNanos(),
                         args: ["to": recipient])
-            tracer.record(.flowOut, e.bodyName, category: "message", track: "control", at: e.sentAtUnixNanos,
-                          flow: Tracer.flowID(sender: e.sender, messageID: e.messageID))
+            tracer.record(.flowOut, e.bodyName, category: "message", track: "control", at: e.sentAtUnixNanos, flow: flow)
         }
     }
 

@@ -27,6 +27,7 @@ public final class Tracer: @unchecked Sendable {
     /// 1 in N heartbeat exchanges is traced as messages (all other messages always are).
     public private(set) var heartbeatSample: UInt64 = 5
     private var droppedForMemory: UInt64 = 0
+    private var flowCounter: UInt64 = 0
     /// Above this many unshipped events the oldest are still kept on disk (spooled) but no longer
     /// in memory: the collector gets them from the spool after the run.
     public var maxBufferedEvents = 200_000
@@ -116,7 +117,25 @@ public final class Tracer: @unchecked Sendable {
         }
     }
 
-    /// The id that joins a message's FLOW_OUT at its sender to its FLOW_IN at its receiver.
+    /// Marks an outgoing message as traced: its trace context carries a fresh span id, which is
+    /// the flow id both ends record (unique across restarts, unlike message ids). Returns it.
+    public func markTraced(_ e: inout Envelope) -> UInt64 {
+        lock.lock(); defer { lock.unlock() }
+        flowCounter &+= 1
+        var id = Tracer.flowID(sender: process + instance, messageID: flowCounter)
+        if id == 0 { id = 1 }
+        e.trace.sampled = true
+        e.trace.spanID = id
+        return id
+    }
+
+    /// The flow id of a received message the sender traced (0: not traced, or tracing is off here).
+    public func receivedFlow(_ e: Envelope) -> UInt64 {
+        guard e.hasTrace, e.trace.sampled, e.trace.spanID != 0, isEnabled else { return 0 }
+        return e.trace.spanID
+    }
+
+    /// Hashes a sender and a number into a flow id. at its sender to its FLOW_IN at its receiver.
     public static func flowID(sender: String, messageID: UInt64) -> UInt64 {
         var h: UInt64 = 0xcbf29ce484222325   // FNV-1a, 64 bit
         for b in sender.utf8 { h = (h ^ UInt64(b)) &* 0x100000001b3 }

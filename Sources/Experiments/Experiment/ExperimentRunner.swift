@@ -164,9 +164,12 @@ public final class ExperimentRunner: @unchecked Sendable {
                         print("  ! fault failed: \(error)")
                     }
                 }
-                // The coordinator may be down on purpose: keep the last answers then.
-                if let s = try? client.status(timeoutMs: 700) { lastStatus = s }
-                if workload != nil, let j = try? client.jobs(timeoutMs: 1500) { lastJobs = j }
+                // The coordinator may be down on purpose: keep the last answers then, and keep the
+                // waits short so the fault timeline stays on time.
+                if let s = try? client.status(timeoutMs: 300) {
+                    lastStatus = s
+                    if workload != nil, let j = try? client.jobs(timeoutMs: 1000) { lastJobs = j }
+                }
                 let done = workload != nil && lastJobs.map { $0.unfinished == 0 && $0.jobs.count >= submitted - rejected.count } == true
                 if Date().timeIntervalSince(lastProgress) >= progressInterval || done {
                     lastProgress = Date()

@@ -1,0 +1,91 @@
+import Cluster
+import Experiments
+import Foundation
+import Protocol
+import Testing
+
+/// Whole experiments on local processes: a spec with a fault timeline runs end to end, and the
+/// lost-nothing check and the merged trace are checked from the results folder.
+@Suite("Experiments end to end", .serialized)
+struct ExperimentTests {
+    @Test("a fault timeline (kill, pause, partition, slow, coordinator crash) during a workload loses nothing, and the merged trace shows it")
+    func faultTimeline() throws {
+        let dir = NSTemporaryDirectory() + "strato-exp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let yaml = """
+            name: it-faults
+            topology:
+              name: it-faults
+              security: open
+              coordinator: {endpoint: "ipc://\(dir)/control.sock"}
+              nodes:
+                - {id: gpu-a, kind: gpu, site: cloud, gpu: {model: A100-80GB, count: 4}}
+                - {id: gpu-b, kind: gpu, site: cloud, gpu: {model: A100-80GB, count: 4}}
+                - {id: gpu-v, kind: gpu, site: cloud, gpu: {model: V100, count: 4}}
+                - {id: mem-a, kind: memory, site: cloud, tiers: [dram:64MiB]}
+                - {id: render-e, kind: render, site: {name: edge-1, kind: edge}, render: {slots: 4, gpu: L4}}
+            workload: {kind: scheduling, jobs_per_hour: 16, hours: 1, max_jobs: 14}
+            policy: db-fifo
+            time_scale: 2000
+            end: jobs_done
+            duration: 150s
+            seeds: [3]
+            faults:
+              - {at: 1s, action: kill, target: gpu-v, for: 4s}
+              - {at: 1500ms, action: pause, target: mem-a, for: 3s}
+              - {at: 2s, action: partition, target: site:edge-1, for: 4s}
+              - {at: 3s, action: slow, target: gpu-b, for: 3s, cpu: 0.4, latency_ms: 10}
+              - {at: 7s, action: crash_coordinator, for: 2s}
+            tracing: {heartbeat_sample: 2}
+            """
+        let file = dir + "/spec.yaml"
+        try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+        let spec = try ExperimentSpec.load(file: file)
+        let platform = LocalPlatform(runDirectory: dir + "/run", executable: TestCluster.stratoBinary)
+        let runner = ExperimentRunner(spec: spec, platform: platform, out: dir + "/results")
+        var lines: [String] = []
+        runner.print = { lines.append($0) }
+        let summaries = try runner.runAll()
+        let s = try #require(summaries.first)
+        let log = lines.joined(separator: "\n")
+
+        // Every fault applied and healed; every job accounted for and finished; nothing missing.
+        #expect(s.faultsApplied == 5 && s.faultsHealed == 5, "\(log)")
+        #expect(s.jobs.submitted == 14 && s.jobs.finished == 14 && s.jobs.lost.isEmpty, "\(s.jobs)\n\(log)")
+        #expect(s.lostNothing.ok, "\(s.lostNothing.lines)\n\(log)")
+        #expect(s.trace.missingEvents == 0 && s.trace.nodesWithoutTrace.isEmpty)
+        #expect(s.nodesAliveAtEnd == 5)
+        #expect(log.contains("lost-nothing check: PASSED"))
+        #expect(log.contains("[") && log.contains("nodes") && log.contains("faults 5/5 applied"))   // live progress lines
+
+        // The merged trace: valid Chrome JSON, one named process per node, message flows, fault windows.
+        let out = dir + "/results"
+        let json = try #require(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/trace.json"))) as? [String: Any])
+        let events = try #require(json["traceEvents"] as? [[String: Any]])
+        let processes = Set(events.filter { $0["ph"] as? String == "M" && $0["name"] as? String == "process_name" }
+            .compactMap { ($0["args"] as? [String: Any])?["name"] as? String })
+        #expect(processes.isSuperset(of: ["faults", "coordinator", "experiment", "gpu-a", "gpu-b", "gpu-v", "mem-a", "render-e"]), "\(processes)")
+        let starts = events.filter { $0["ph"] as? String == "s" }, ends = events.filter { $0["ph"] as? String == "f" }
+        #expect(starts.count > 20 && starts.count == ends.count)
+        let windows = events.filter { $0["cat"] as? String == "fault" && $0["ph"] as? String == "X" }.compactMap { $0["name"] as? String }
+        #expect(windows.count == 5, "\(windows)")
+        #expect(windows.contains("kill gpu-v") && windows.contains("crash_coordinator coordinator"))
+        #expect(events.contains { $0["ph"] as? String == "C" && $0["name"] as? String == "nodes" })
+        // Two coordinator instances (crash and restart), two of the killed node; both in the trace.
+        let instances = try #require((json["metadata"] as? [String: Any])?["instances"] as? [String: Any])
+        #expect(instances.keys.filter { $0.hasPrefix("coordinator#") }.count == 2)
+        #expect(instances.keys.filter { $0.hasPrefix("gpu-v#") }.count == 2)
+        for f in ["summary.json", "report.html", "metrics.csv", "metrics/coordinator.csv", "spec.yaml", "raw/jobs.json", "scheduling/jct_cdf.svg"] {
+            #expect(FileManager.default.fileExists(atPath: out + "/" + f), "missing \(f)")
+        }
+        let html = try String(contentsOfFile: out + "/report.html", encoding: .utf8)
+        #expect(html.contains("<svg") && html.contains("Lost-nothing check: passed"))
+
+        // `strato report` rebuilds the same from the raw files.
+        try FileManager.default.removeItem(atPath: out + "/trace.json")
+        let again = try ExperimentReport.build(directory: out)
+        #expect(again.trace.events == s.trace.events && again.lostNothing.ok)
+        #expect(FileManager.default.fileExists(atPath: out + "/trace.json"))
+    }
+}
