@@ -39,7 +39,7 @@ let package = Package(
         .target(
             name: "Experiments",
             dependencies: ["Cluster", "Coordinator", "GPUAgent", "MemoryAgent", "RenderAgent", "Yams"]),
-        .target(name: "Benchmarks", dependencies: ["Wire", "Cluster", "CZeroMQ", "Experiments", "Scheduling"]),
+        .target(name: "Benchmarks", dependencies: ["Wire", "Cluster", "CZeroMQ", "Experiments", "Scheduling", "RenderAgent"]),
         .executableTarget(
             name: "strato",
             dependencies: [

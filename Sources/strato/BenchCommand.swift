@@ -6,7 +6,20 @@ import Foundation
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "bench", abstract: "Benchmarks that print figures.",
-                                                    subcommands: [Wire.self, Control.self, Twin.self, Schedule.self])
+                                                    subcommands: [Wire.self, Control.self, Twin.self, Schedule.self, Trace.self])
+
+    struct Trace: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Events a process records and ships per second, and a workload's overhead with tracing on vs off, in one run.")
+        @Option(name: .customLong("record-events"), help: "Events for the record-rate run.") var recordEvents = 1_000_000
+        @Option(help: "Seconds per workload run.") var seconds: Double = 2
+        @Option(help: "Off/on pairs.") var pairs = 5
+        @Option(name: .customLong("step-bytes"), help: "Bytes hashed per workload step (sets the event rate: one event per step).") var stepBytes = 65_536
+        func run() throws {
+            Strato.bootstrapLogging()
+            let r = try TraceBench.run(recordEvents: recordEvents, seconds: seconds, pairs: pairs, stepBytes: stepBytes) { print($0) }
+            print(r.table)
+        }
+    }
 
     struct Wire: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Raw libzmq ROUTER/DEALER vs Stratolab's wrapper + envelope, in one run.")
