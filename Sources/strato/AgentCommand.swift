@@ -58,8 +58,9 @@ struct AgentCommand: ParsableCommand {
         func run(_ make: (AgentIdentity) throws -> AgentBehavior) throws {
             Strato.bootstrapLogging()
             let nodes = try identities().map { ($0, try make($0)) }
-            if let dir = traceDir {
-                try Tracer.shared.enable(process: id, spoolDirectory: dir, heartbeatSample: traceSample)
+            let env = ProcessInfo.processInfo.environment
+            if let dir = traceDir ?? env["STRATO_TRACE_DIR"].flatMap({ $0.isEmpty ? nil : $0 }) {
+                try Tracer.shared.enable(process: id, spoolDirectory: dir, heartbeatSample: env["STRATO_TRACE_SAMPLE"].flatMap(UInt64.init) ?? traceSample)
                 Tracer.shared.instant("agent start", category: "lifecycle", track: "control",
                                       args: ["kind": nodes[0].1.kind.name, "nodes": "\(nodes.count)", "pid": "\(getpid())"])
             }

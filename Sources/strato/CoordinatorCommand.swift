@@ -45,8 +45,10 @@ struct CoordinatorCommand: ParsableCommand {
         config.policy = policy
         config.timeScale = timeScale
         config.dataDirectory = DataPaths.dataDirectory(data)
-        config.trace = trace
-        config.traceHeartbeatSample = traceSample
+        // Containers switch tracing on through the environment (compose/docker-compose.yml).
+        let env = ProcessInfo.processInfo.environment
+        config.trace = trace || env["STRATO_TRACE"] == "1"
+        config.traceHeartbeatSample = env["STRATO_TRACE_SAMPLE"].flatMap(UInt64.init) ?? traceSample
         let server = CoordinatorServer(config: config)
         SignalTrap.onTerminate { server.stop() }
         try server.run()

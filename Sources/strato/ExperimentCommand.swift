@@ -19,6 +19,7 @@ struct ExperimentCommand: ParsableCommand {
         @Option(help: "Seed data folder.") var data: String?
 
         func run() throws {
+            setvbuf(stdout, nil, _IOLBF, 0)   // progress lines appear as they happen, also through a pipe
             let s: ExperimentSpec
             do { s = try ExperimentSpec.load(file: spec) } catch { throw UserFacingError("\(error)") }
             guard ["local", "compose"].contains(on) else { throw ValidationError("--on '\(on)' must be local or compose") }
@@ -26,7 +27,7 @@ struct ExperimentCommand: ParsableCommand {
             if dryRun { print("spec is valid (dry run: nothing started)"); return }
             let platform: ExperimentPlatform
             switch on {
-            case "compose": throw UserFacingError("--on compose: not built yet")
+            case "compose": platform = ComposePlatform()
             default: platform = LocalPlatform(runDirectory: runDir)
             }
             let runner = ExperimentRunner(spec: s, platform: platform, out: out ?? "results/\(s.name)")

@@ -1,0 +1,168 @@
+import Cluster
+import Foundation
+
+/// Experiments on containers: `compose/docker-compose.yml` brought up with the repository's
+/// scripts (image built offline, dockerd started where none runs), tracing switched on through
+/// the environment, the coordinator reached on its container address with the operator key, and
+/// faults applied with docker: `docker kill`/`start`, `pause`/`unpause`, `network
+/// disconnect`/`connect`, `docker update --cpus`, and `tc tbf` in the container's network
+/// namespace for bandwidth (this kernel has tbf, not netem). Added latency is Stratolab's own
+/// transport emulation (a control file copied into the container).
+public final class ComposePlatform: ExperimentPlatform, FaultBackend {
+    public let name = "compose"
+    public let repository: String
+    public let project: String
+    private var keys: String { repository + "/.strato/compose/keys" }
+    private var composeCommand: [String] = []
+
+    public init(repository: String = FileManager.default.currentDirectoryPath, project: String = ProcessInfo.processInfo.environment["STRATO_PROJECT"] ?? "stratolab") {
+        self.repository = repository
+        self.project = project
+    }
+
+    public var faults: FaultBackend { self }
+
+    struct CommandError: Error, CustomStringConvertible { let description: String }
+
+    /// Runs a command, returns its output; throws with the output when it fails.
+    @discardableResult
+    func sh(_ args: [String], environment: [String: String] = [:], allowFailure: Bool = false) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        p.currentDirectoryURL = URL(fileURLWithPath: repository)
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        p.environment = env
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let out = String(decoding: data, as: UTF8.self)
+        if p.terminationStatus != 0 && !allowFailure {
+            throw CommandError(description: "`\(args.joined(separator: " "))` failed (exit \(p.terminationStatus)): \(out.suffix(1500))")
+        }
+        return out
+    }
+
+    /// The container of a compose service (running or stopped).
+    func container(_ service: String) throws -> String {
+        let id = try sh(["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=\(project)",
+                         "--filter", "label=com.docker.compose.service=\(service)"])
+            .split(separator: "\n").first.map(String.init) ?? ""
+        guard !id.isEmpty else { throw CommandError(description: "no container for service '\(service)' in compose project \(project)") }
+        return id
+    }
+
+    var services: [String] = []
+
+    public func up(_ spec: ExperimentSpec, progress: (String) -> Void) throws -> OperatorClient {
+        guard FileManager.default.fileExists(atPath: repository + "/compose/docker-compose.yml") else {
+            throw CommandError(description: "--on compose runs from the repository root (compose/docker-compose.yml not found in \(repository))")
+        }
+        let env = ["STRATO_PROJECT": project, "STRATO_TRACE": "1", "STRATO_TRACE_DIR": "/var/lib/strato/trace",
+                   "STRATO_TRACE_SAMPLE": "\(spec.heartbeatSample)"]
+        progress("building the image (scripts/build-image) …")
+        try sh(["bash", "scripts/build-image"], environment: env)
+        // A fresh project for every run: results must hold only this run.
+        try sh(["bash", "scripts/compose-down", "--volumes"], environment: env, allowFailure: true)
+        let compose = try sh(["bash", "-c", "source scripts/lib/compose.sh && select_compose && echo \"${COMPOSE[*]}\""], environment: env)
+        composeCommand = compose.split(separator: "\n").last.map { $0.split(separator: " ").map(String.init) } ?? []
+        services = try sh(composeCommand + ["config", "--services"], environment: env).split(separator: "\n").map(String.init).filter { $0 != "coordinator" }.sorted()
+        let wanted = spec.topology.nodes.map(\.id).sorted()
+        guard services == wanted else {
+            throw CommandError(description: "--on compose deploys compose/docker-compose.yml (nodes \(services.joined(separator: ", "))), which is not the spec's topology (\(wanted.joined(separator: ", "))); use the default topology or edit the compose file")
+        }
+        progress("compose up (project \(project)) …")
+        // The compose file takes the policy and time scale from the environment.
+        var upEnv = env
+        upEnv["STRATO_POLICY"] = spec.topology.coordinator.policy
+        upEnv["STRATO_TIME_SCALE"] = "\(spec.topology.coordinator.timeScale)"
+        try sh(["bash", "scripts/compose-up", "--timeout", "\(Int(spec.startTimeout))"], environment: upEnv)
+        let coordinator = try container("coordinator")
+        let ips = try sh(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", coordinator])
+            .split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
+        guard let ip = ips.first else { throw CommandError(description: "the coordinator container has no address") }
+        progress("coordinator at tcp://\(ip):7700 (container \(coordinator.prefix(12)))")
+        return try OperatorClient(endpoint: "tcp://\(ip):7700", keysDirectory: keys)
+    }
+
+    public func down(progress: (String) -> Void) {
+        // Agents first (each ships its last batch on SIGTERM), then the coordinator; the
+        // containers stay, stopped, until their files are collected.
+        for s in services {
+            if let c = try? container(s) { _ = try? sh(["docker", "stop", "-t", "5", c], allowFailure: true); progress("stopped \(s)") }
+        }
+        if let c = try? container("coordinator") { _ = try? sh(["docker", "stop", "-t", "5", c], allowFailure: true); progress("stopped coordinator") }
+    }
+
+    public func collect(traceDir: String, logDir: String) throws {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: traceDir + "/spools", withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: logDir, withIntermediateDirectories: true)
+        if let c = try? container("coordinator") {
+            try? sh(["docker", "cp", "\(c):/var/lib/strato/state/trace", traceDir + "/collector"])
+            let log = try sh(["docker", "logs", c], allowFailure: true)
+            try log.write(toFile: logDir + "/coordinator.log", atomically: true, encoding: .utf8)
+        }
+        for s in services {
+            guard let c = try? container(s) else { continue }
+            try? sh(["docker", "cp", "\(c):/var/lib/strato/trace", traceDir + "/spools/\(s)"])
+            let log = try sh(["docker", "logs", c], allowFailure: true)
+            try log.write(toFile: logDir + "/\(s).log", atomically: true, encoding: .utf8)
+        }
+        try sh(["bash", "scripts/compose-down", "--volumes"], environment: ["STRATO_PROJECT": project], allowFailure: true)
+    }
+
+    // MARK: Faults
+
+    public func kill(_ node: String) throws { try sh(["docker", "kill", try container(node)]) }
+    public func restart(_ node: String) throws { try sh(["docker", "start", try container(node)]) }
+    public func pause(_ node: String) throws { try sh(["docker", "pause", try container(node)]) }
+    public func resume(_ node: String) throws { try sh(["docker", "unpause", try container(node)]) }
+    public func crashCoordinator() throws { try sh(["docker", "kill", try container("coordinator")]) }
+    public func restartCoordinator() throws { try sh(["docker", "start", try container("coordinator")]) }
+
+    private var detached: [String: [String]] = [:]
+
+    /// Disconnects the container from every network it is on; healing reconnects it under its
+    /// service name, so the others find it again.
+    public func partition(_ node: String, on: Bool) throws {
+        let c = try container(node)
+        if on {
+            let nets = try sh(["docker", "inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", c])
+                .split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
+            detached[node] = nets
+            for n in nets { try sh(["docker", "network", "disconnect", "-f", n, c]) }
+        } else {
+            for n in detached.removeValue(forKey: node) ?? [] { try sh(["docker", "network", "connect", "--alias", node, n, c]) }
+        }
+    }
+
+    public func throttleCPU(_ node: String, cpu: Double?) throws {
+        // 0 removes the limit.
+        try sh(["docker", "update", "--cpus", cpu.map { String(format: "%.2f", $0) } ?? "0", try container(node)])
+    }
+
+    /// Bandwidth: a tbf qdisc on the container's eth0 (entered with nsenter). Latency: the agent's
+    /// own transport, through its network control file.
+    public func degradeLink(_ node: String, latencyMs: Double?, bandwidthBytesPerSecond: Double?) throws {
+        let c = try container(node)
+        let pid = try sh(["docker", "inspect", "-f", "{{.State.Pid}}", c]).trimmingCharacters(in: .whitespacesAndNewlines)
+        if let b = bandwidthBytesPerSecond {
+            let kbit = max(8, Int(b * 8 / 1000))
+            try sh(["nsenter", "-t", pid, "-n", "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf",
+                    "rate", "\(kbit)kbit", "burst", "32kbit", "latency", "400ms"])
+        } else {
+            try sh(["nsenter", "-t", pid, "-n", "tc", "qdisc", "del", "dev", "eth0", "root"], allowFailure: true)
+        }
+        if latencyMs != nil || bandwidthBytesPerSecond == nil {
+            let control = NetworkControl(partitioned: false, addedDelayMs: latencyMs, bandwidthBytesPerSecond: nil)
+            let tmp = NSTemporaryDirectory() + "strato-net-\(node).json"
+            try JSONEncoder().encode(control).write(to: URL(fileURLWithPath: tmp))
+            try sh(["docker", "cp", tmp, "\(c):/var/lib/strato/net/\(node).json"], allowFailure: latencyMs == nil)
+        }
+    }
+}
