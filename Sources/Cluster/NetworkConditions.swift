@@ -175,6 +175,7 @@ public struct NetworkConditions: Codable, Equatable, Sendable, CustomStringConve
         case "us", "µs": scale = 0.001
         default: scale = nil
         }
+        if text.trimmingCharacters(in: .whitespaces).hasPrefix("-") { throw ParseError("\(what) '\(text)' must not be negative") }
         guard let v = number, let s = scale else {
             throw ParseError("\(what) '\(text)' is not understood: expected milliseconds such as 20, 20ms, 1.5s or 250us")
         }
