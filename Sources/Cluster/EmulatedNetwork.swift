@@ -10,7 +10,7 @@ import Wire
 /// The control file (JSON of `NetworkConditions`) is looked at no more than every 100 ms and read
 /// again when its modification time, size or inode changes; while it exists it replaces the
 /// configured conditions, and once it is gone they apply again. A malformed file is reported once
-/// and ignored (the conditions in force stay).
+/// and ignored (the conditions in force stay); an empty one is taken as not written yet.
 ///
 /// **Ownership:** used only on the thread running `AgentSession.run()`.
 final class EmulatedNetwork {
@@ -128,9 +128,8 @@ final class EmulatedNetwork {
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw NetworkConditions.ParseError("cannot read the file")
             }
-            if data.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
-                throw NetworkConditions.ParseError("the file is empty")
-            }
+            // Most likely caught between truncation and write (`echo … > FILE`): wait for the content.
+            if data.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return }
             let c = try NetworkConditions.decodeJSON(data)
             lastProblem = nil
             apply(c, source: "control file \(path)")

@@ -137,6 +137,11 @@ struct EmulatedNetworkTests {
         step(100)
         #expect(try pair.drain(waitMs: 50).isEmpty, "a partition drops what is sent")
 
+        try "".write(toFile: file, atomically: true, encoding: .utf8)
+        step(100)
+        #expect(net.current == NetworkConditions(partitioned: true), "an empty file is taken as not written yet")
+        #expect(logs.count(.error, containing: "ignoring") == 0)
+
         try #"{"partitioned": tru"#.write(toFile: file, atomically: true, encoding: .utf8)
         step(100)
         step(100)
