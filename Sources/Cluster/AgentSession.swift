@@ -111,7 +111,7 @@ public final class AgentSession: @unchecked Sendable {
                 for _ in 0..<4096 {
                     guard let frames = try dealer.receive(dontWait: true) else { break }
                     received += 1
-                    if let network { network.receive(frames) } else { handle(frames, dealer) }
+                    if network?.takesIncoming(frames) != true { handle(frames, dealer) }
                 }
             }
             network?.pump(dealer) { handle($0, dealer) }

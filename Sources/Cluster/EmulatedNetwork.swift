@@ -18,7 +18,12 @@ final class EmulatedNetwork {
 
     let configured: NetworkConditions
     let controlFile: String?
-    private(set) var current: NetworkConditions
+    private(set) var current: NetworkConditions {
+        didSet { passThrough = current.isNone }
+    }
+    /// No conditions in force: messages skip the emulated link unless some are still queued on it
+    /// (so an agent that only has a control file costs next to nothing until it is used).
+    private var passThrough: Bool
     private var outgoing: LinkEmulator<[UInt8]>
     private var incoming: LinkEmulator<[[UInt8]]>
     private let clock: Clock
@@ -39,6 +44,7 @@ final class EmulatedNetwork {
         self.configured = configured
         self.controlFile = controlFile
         self.current = configured
+        self.passThrough = configured.isNone
         self.clock = clock
         self.logger = logger
         outgoing = LinkEmulator(conditions: configured, seed: seed)
@@ -51,19 +57,23 @@ final class EmulatedNetwork {
     var incomingStats: LinkEmulator<[[UInt8]]>.Stats { incoming.stats }
 
     /// An encoded envelope on its way out: queued on the emulated link (or lost there), and sent at
-    /// once when it is already due. True: the link took it.
+    /// once when it is already due. True: the link took it (or, with no conditions, the socket did).
     func send(_ frame: [UInt8], _ dealer: ZMQSocket) -> Bool {
+        if passThrough && outgoing.isEmpty { return (try? dealer.send([frame], dontWait: true)) == true }
         let now = clock.monotonicNanos()
         outgoing.offer(frame, bytes: frame.count, at: now)
         releaseOutgoing(now: now, dealer)
         return true
     }
 
-    /// Frames read from the socket: they reach the session when the emulated link delivers them.
-    func receive(_ frames: [[UInt8]]) {
+    /// Frames read from the socket: true when the emulated link took them, to hand them over from
+    /// `pump` when due; false when no conditions are in force and the caller should handle them now.
+    func takesIncoming(_ frames: [[UInt8]]) -> Bool {
+        if passThrough && incoming.isEmpty { return false }
         var bytes = 0
         for f in frames { bytes += f.count }
         incoming.offer(frames, bytes: bytes, at: clock.monotonicNanos())
+        return true
     }
 
     /// Called on every turn of the run loop: follows the control file, sends what is due, and

@@ -102,7 +102,7 @@ struct EmulatedNetworkTests {
         defer { pair.close() }
         let net = EmulatedNetwork(configured: NetworkConditions(delayMs: 10, jitterMs: 5), controlFile: nil, clock: clock, logger: logger, seed: 3)
         for i in 0..<20 {
-            net.receive([[UInt8(i)]])
+            #expect(net.takesIncoming([[UInt8(i)]]))
             clock.advance(byMillis: 1)
         }
         var got: [UInt8] = []
@@ -111,6 +111,19 @@ struct EmulatedNetworkTests {
         clock.advance(byMillis: 100)
         net.pump(pair.dealer) { got.append($0[0][0]) }
         #expect(got == Array(0..<20))
+    }
+
+    @Test("with no conditions in force, messages skip the emulated link (and are counted nowhere)")
+    func passThrough() throws {
+        let pair = try Pair()
+        defer { pair.close() }
+        let net = EmulatedNetwork(configured: .none, controlFile: "/nonexistent/net.json", clock: clock, logger: logger, seed: 5)
+        net.pump(pair.dealer) { _ in Issue.record("nothing to deliver") }
+        #expect(net.send([4], pair.dealer))
+        #expect(!net.takesIncoming([[5]]))
+        #expect(try pair.drain() == [[4]])
+        #expect(net.outgoingStats.offered == 0 && net.incomingStats.offered == 0)
+        #expect(net.pollTimeoutMs(50, now: clock.monotonicNanos()) == 50)
     }
 
     @Test("the control file partitions and heals, is looked at no more than every 100 ms, and a bad one is logged once and ignored")
