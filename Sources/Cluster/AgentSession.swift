@@ -16,6 +16,10 @@ public struct AgentSessionConfig: Sendable {
     public var coordinatorSilenceMs: Int64 = 2000
     public var registerRetryMs: Int64 = 500
     public var maxFrameBytes = EnvelopeCodec.defaultMaxFrameBytes
+    /// Emulated conditions of the link to the coordinator (each direction); `.none`: the real link only.
+    public var network = NetworkConditions.none
+    /// JSON of `NetworkConditions` that replaces `network` while it exists (see `EmulatedNetwork`).
+    public var networkControlFile: String?
 
     public init() {}
 }
@@ -58,6 +62,7 @@ public final class AgentSession: @unchecked Sendable {
     private let stopLock = NSLock()
     private var stopRequested = false
     private var registeredCount = 0
+    let network: EmulatedNetwork?
 
     public init(config: AgentSessionConfig, nodes: [(AgentIdentity, AgentBehavior)],
                 clock: Clock = SystemClock.shared, logger: Logger = Logger(label: "strato.agent")) {
@@ -68,6 +73,7 @@ public final class AgentSession: @unchecked Sendable {
         self.heartbeatIntervalNanos = .millis(Int64(config.heartbeatIntervalMs))
         self.nodes = nodes.map { Node(identity: $0.0, behavior: $0.1, instanceID: UUID().uuidString) }
         for (i, n) in self.nodes.enumerated() { index[n.identity.nodeID] = i }
+        self.network = EmulatedNetwork.make(config: config, clock: clock, logger: logger)
     }
 
     public func stop() { stopLock.lock(); stopRequested = true; stopLock.unlock() }
@@ -101,13 +107,14 @@ public final class AgentSession: @unchecked Sendable {
         while !shouldStop {
             let now = clock.monotonicNanos()
             let wait = max(1, min(50, ((timers.nextDue ?? now + .millis(50)) - now) / 1_000_000))
-            if try ZMQPoller.readable([dealer], timeoutMs: Int(wait))[0] {
+            if try ZMQPoller.readable([dealer], timeoutMs: network?.pollTimeoutMs(wait, now: now) ?? Int(wait))[0] {
                 for _ in 0..<4096 {
                     guard let frames = try dealer.receive(dontWait: true) else { break }
                     received += 1
-                    handle(frames, dealer)
+                    if network?.takesIncoming(frames) != true { handle(frames, dealer) }
                 }
             }
+            network?.pump(dealer) { handle($0, dealer) }
             let t = clock.monotonicNanos()
             for i in timers.popDue(now: t) { act(on: i, dealer, now: t) }
             if tracer.isEnabled { traceTick(dealer, now: t) }
@@ -124,6 +131,7 @@ public final class AgentSession: @unchecked Sendable {
             send(.deregister(d), from: i, dealer)
         }
         if tracer.isEnabled { try? flushTrace(dealer) }
+        network?.finish(dealer)
         logger.info("agent stopped")
     }
 
@@ -300,7 +308,7 @@ public final class AgentSession: @unchecked Sendable {
         let now = clock.wallNanos()
         var e = Envelope.make(sender: nodes[i].identity.nodeID, messageID: nextMessageID, sentAtNanos: now, body: body)
         let flow = tracer.tracesMessage(e) ? tracer.markTraced(&e) : 0
-        if (try? dealer.send([codec.encode(e)], dontWait: true)) == true { sent += 1 }
+        if transmit(codec.encode(e), dealer) { sent += 1 }
         if flow != 0 {
             tracer.span("send \(e.bodyName)", category: "message", track: "control", start: now, end: clock.wallNanos(),
                         args: ["to": "coordinator", "node": e.sender])
@@ -377,9 +385,10 @@ public final class AgentSession: @unchecked Sendable {
                 shipped = true
             }
             if tracer.unacknowledged == 0 { return }
-            if try ZMQPoller.readable([dealer], timeoutMs: 50)[0], let frames = try dealer.receive(dontWait: true) {
-                handle(frames, dealer)
+            if try ZMQPoller.readable([dealer], timeoutMs: 20)[0], let frames = try dealer.receive(dontWait: true) {
+                if network?.takesIncoming(frames) != true { handle(frames, dealer) }
             }
+            network?.pump(dealer) { handle($0, dealer) }
         }
     }
 }

@@ -10,6 +10,8 @@ import Wire
 ///     RUN/state/         the coordinator's durable state (SQLite, WAL)
 ///     RUN/keys/          CURVE keys, when the topology asks for security
 ///     RUN/nvme/          backing directories of emulated NVMe tiers
+///     RUN/net/           network control files: RUN/net/<node id>.json (JSON of NetworkConditions)
+///                        replaces that agent's emulated network conditions while it exists
 public struct Testbed: Codable {
     public struct Proc: Codable {
         public var name: String
@@ -57,6 +59,11 @@ public struct Testbed: Codable {
             throw ProcessLauncher.LaunchError(description: "a testbed is already running from \(run) (\(existing.liveProcesses.count) processes); run `strato testbed down` first")
         }
         try fm.createDirectory(atPath: run + "/logs", withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: run + "/net", withIntermediateDirectories: true)
+        // A control file left by an earlier run would partition or slow a node from its first message.
+        let stale = (try? fm.contentsOfDirectory(atPath: run + "/net").filter { $0.hasSuffix(".json") }) ?? []
+        for f in stale { try fm.removeItem(atPath: run + "/net/" + f) }
+        if !stale.isEmpty { progress("removed \(stale.count) network control file(s) left in \(run)/net") }
         var keys: String?
         if topology.security == .curve {
             keys = run + "/keys"
@@ -80,7 +87,8 @@ public struct Testbed: Codable {
         progress("coordinator started (pid \(bed.processes[0].pid)) on \(topology.coordinator.endpoint)")
         _ = try bed.waitForCoordinator(timeoutSeconds: 15)
         for node in topology.nodes {
-            try start(node.id, topology.agentArguments(for: node, keysDirectory: keys, nvmeRoot: run + "/nvme") + traceArgs)
+            try start(node.id, topology.agentArguments(for: node, keysDirectory: keys, nvmeRoot: run + "/nvme",
+                                                            netControlDirectory: run + "/net") + traceArgs)
         }
         progress("started \(topology.nodes.count) agent processes for \(topology.nodeIDs.count) nodes")
         return bed

@@ -41,6 +41,9 @@ public struct Topology: Equatable {
     public var security: Security
     public var coordinator: CoordinatorSpec
     public var nodes: [Node]
+    /// Emulated conditions of the link between each site's nodes and the coordinator, by site name
+    /// (the `network:` section); sites not named have a perfect link.
+    public var network: [String: NetworkConditions] = [:]
 
     /// Every node id the testbed will have (virtual ones expanded).
     public var nodeIDs: [String] {
@@ -56,7 +59,7 @@ public struct Topology: Equatable {
     }
 
     static func parse(_ root: YAMLValue) throws -> Topology {
-        let top = try root.mapping(allowed: ["name", "description", "security", "coordinator", "nodes"])
+        let top = try root.mapping(allowed: ["name", "description", "security", "coordinator", "nodes", "network"])
         var t = Topology(name: try top["name"]?.string() ?? "testbed", file: root.file, security: .curve,
                          coordinator: CoordinatorSpec(), nodes: [])
         if let s = top["security"] {
@@ -103,7 +106,38 @@ public struct Topology: Equatable {
             t.nodes.append(node)
         }
         if t.nodes.isEmpty { throw nodes.fail("the list is empty: a topology needs at least one node") }
+        if let n = top["network"] { t.network = try parseNetwork(n, sites: Set(t.nodes.map(\.siteName))) }
         return t
+    }
+
+    /// `network: {SITE: {latency_ms: 20, jitter_ms: 5, loss: 0.001, bandwidth: 100mbit}, …}`.
+    static func parseNetwork(_ value: YAMLValue, sites: Set<String>) throws -> [String: NetworkConditions] {
+        guard case .mapping(let entries) = value.node else {
+            throw value.fail("expected a mapping of site names to conditions, found \(value.kindName)")
+        }
+        var out: [String: NetworkConditions] = [:]
+        for (k, node) in entries {   // in file order, so the first mistake is the one reported
+            guard case .scalar(let name) = k else { throw value.fail("site names must be plain strings") }
+            let site = name.string
+            let key = YAMLValue(node: k, file: value.file, path: "network.\(site)")
+            let v = YAMLValue(node: node, file: value.file, path: "network.\(site)")
+            guard sites.contains(site) else {
+                throw key.fail("unknown site '\(site)': no node is at it (sites: \(sites.sorted().joined(separator: ", ")))")
+            }
+            if out[site] != nil { throw key.fail("site '\(site)' appears twice") }
+            let m = try v.mapping(allowed: ["latency_ms", "jitter_ms", "loss", "bandwidth"])
+            var c = NetworkConditions.none
+            func parse<T>(_ key: String, _ read: (String) throws -> T) throws -> T? {
+                guard let x = m[key] else { return nil }
+                do { return try read(try x.string()) } catch let e as NetworkConditions.ParseError { throw x.fail(e.description) }
+            }
+            c.delayMs = try parse("latency_ms") { try NetworkConditions.parseDuration($0, what: "latency_ms") } ?? 0
+            c.jitterMs = try parse("jitter_ms") { try NetworkConditions.parseDuration($0, what: "jitter_ms") } ?? 0
+            c.loss = try parse("loss", NetworkConditions.parseLoss) ?? 0
+            c.bandwidthBytesPerSecond = try parse("bandwidth", NetworkConditions.parseBandwidth) ?? nil
+            out[site] = c
+        }
+        return out
     }
 
     static func parseNode(_ n: YAMLValue) throws -> Node {
@@ -173,7 +207,9 @@ public struct Topology: Equatable {
     }
 
     /// The `strato agent …` arguments that start this node.
-    public func agentArguments(for node: Node, keysDirectory: String?, nvmeRoot: String) -> [String] {
+    /// With `netControlDirectory`, the agent follows `<dir>/<node id>.json` (see `--net-control`).
+    public func agentArguments(for node: Node, keysDirectory: String?, nvmeRoot: String,
+                               netControlDirectory: String? = nil) -> [String] {
         var args = ["agent", node.kind.name, "--id", node.id, "--site", node.siteKind.name, "--site-name", node.siteName,
                     "--endpoint", coordinator.endpoint, "--heartbeat-ms", "\(coordinator.heartbeatMs)",
                     "--coordinator-timeout-ms", "\(coordinator.deadAfterMs)"]
@@ -189,6 +225,14 @@ public struct Topology: Equatable {
             }
         case let .render(slots, gpu): args += ["--slots", "\(slots)", "--render-gpu", gpu]
         }
+        if let c = network[node.siteName], !c.isNone {
+            func text(_ v: Double) -> String { v == v.rounded() && abs(v) < 1e15 ? "\(Int64(v))" : "\(v)" }
+            if c.delayMs > 0 { args += ["--net-delay-ms", text(c.delayMs)] }
+            if c.jitterMs > 0 { args += ["--net-jitter-ms", text(c.jitterMs)] }
+            if c.loss > 0 { args += ["--net-loss", "\(c.loss)"] }
+            if let b = c.bandwidthBytesPerSecond { args += ["--net-bandwidth", NetworkConditions.bandwidthArgument(b)] }
+        }
+        if let d = netControlDirectory { args += ["--net-control", "\(d)/\(node.id).json"] }
         return args
     }
 

@@ -27,11 +27,33 @@ struct AgentCommand: ParsableCommand {
         @Option(help: "Host this many virtual nodes in this process (scale tests).") var virtual = 1
         @Option(name: .customLong("trace-dir"), help: "Record trace events, spool them here and ship them to the coordinator's collector.") var traceDir: String?
         @Option(name: .customLong("trace-sample"), help: "Trace 1 in N heartbeat exchanges (other messages always).") var traceSample: UInt64 = 5
+        @Option(name: .customLong("net-delay-ms"), help: "Emulated one-way delay to the coordinator, each direction (20, 20ms, 1.5s).") var netDelay: String?
+        @Option(name: .customLong("net-jitter-ms"), help: "Emulated jitter: ± this much, uniform, without reordering.") var netJitter: String?
+        @Option(name: .customLong("net-loss"), help: "Emulated loss, each direction: a fraction 0…1 or a percentage (0.01, 1%).") var netLoss: String?
+        @Option(name: .customLong("net-bandwidth"), help: "Emulated bandwidth, each direction: 100mbit, 1gbit, 10MB/s, … (default unlimited).") var netBandwidth: String?
+        @Option(name: .customLong("net-control"), help: "JSON file of network conditions that replaces the --net-* ones while it exists (re-read when it changes).") var netControl: String?
 
         func validate() throws {
             guard SiteKind(name: site) != nil else { throw ValidationError("--site '\(site)' must be cloud, edge or device") }
             guard (1...100_000).contains(virtual) else { throw ValidationError("--virtual \(virtual) must be between 1 and 100000") }
             for l in labels where !l.contains("=") { throw ValidationError("--label '\(l)' must be KEY=VALUE") }
+            _ = try networkConditions()
+            if let f = netControl, f.isEmpty || f.hasSuffix("/") { throw ValidationError("--net-control '\(f)' must name a file") }
+        }
+
+        /// The --net-* options as conditions; errors name the option and the value.
+        func networkConditions() throws -> NetworkConditions {
+            do {
+                var c = NetworkConditions.none
+                if let d = netDelay { c.delayMs = try NetworkConditions.parseDuration(d, what: "--net-delay-ms") }
+                if let j = netJitter { c.jitterMs = try NetworkConditions.parseDuration(j, what: "--net-jitter-ms") }
+                if let l = netLoss { c.loss = try NetworkConditions.parseLoss(l) }
+                if let b = netBandwidth { c.bandwidthBytesPerSecond = try NetworkConditions.parseBandwidth(b) }
+                try c.validate()
+                return c
+            } catch let e as NetworkConditions.ParseError {
+                throw ValidationError(e.description.hasPrefix("--") ? e.description : "--net-" + e.description)
+            }
         }
 
         func identities() -> [AgentIdentity] {
@@ -52,6 +74,8 @@ struct AgentCommand: ParsableCommand {
             c.clientKeyFile = clientKey
             c.heartbeatIntervalMs = heartbeatMs
             c.coordinatorSilenceMs = coordinatorTimeoutMs
+            c.network = (try? networkConditions()) ?? .none   // validate() has refused bad ones
+            c.networkControlFile = netControl
             return c
         }
 

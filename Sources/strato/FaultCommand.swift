@@ -28,10 +28,14 @@ struct FaultCommand: ParsableCommand {
         guard let bed = Testbed.load(runDirectory: runDir), !bed.liveProcesses.isEmpty else {
             throw UserFacingError("no running testbed in \(runDir) (start one with `strato testbed up` or `strato experiment run`)")
         }
+        // The testbed's topology: its file, or the experiment spec that holds it inline.
         let topo: Topology
-        do { topo = try Topology.load(file: bed.topologyFile) } catch { throw UserFacingError("\(error)") }
+        do { topo = try Topology.load(file: bed.topologyFile) } catch {
+            guard let spec = try? ExperimentSpec.load(file: bed.topologyFile) else { throw UserFacingError("\(error)") }
+            topo = spec.topology
+        }
         try Tracer.shared.enable(process: "operator-fault", spoolDirectory: runDir + "/trace")
-        return (bed, topo, FaultInjector(backend: LocalFaultBackend(testbed: bed)))
+        return (bed, topo, FaultInjector(backend: LocalFaultBackend(testbed: bed, topology: topo)))
     }
 
     struct Inject: ParsableCommand {

@@ -19,7 +19,8 @@ final class TestCluster {
         return dir + "/strato"
     }
 
-    init(name: String, security: Topology.Security = .curve, nodes: String? = nil, coordinatorExtra: String = "", timeout: Double = 30) throws {
+    init(name: String, security: Topology.Security = .curve, nodes: String? = nil, coordinatorExtra: String = "", network: String = "",
+         timeout: Double = 30) throws {
         directory = NSTemporaryDirectory() + "strato-it-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let yaml = """
@@ -28,6 +29,7 @@ final class TestCluster {
             coordinator:
               endpoint: ipc://\(directory)/control.sock
             \(coordinatorExtra)
+            \(network)
             nodes:
             \(nodes ?? TestCluster.allKinds)
             """

@@ -159,7 +159,7 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
             try sh(["nsenter", "-t", pid, "-n", "tc", "qdisc", "del", "dev", "eth0", "root"], allowFailure: true)
         }
         if latencyMs != nil || bandwidthBytesPerSecond == nil {
-            let control = NetworkControl(partitioned: false, addedDelayMs: latencyMs, bandwidthBytesPerSecond: nil)
+            let control = NetworkConditions(delayMs: latencyMs ?? 0)
             let tmp = NSTemporaryDirectory() + "strato-net-\(node).json"
             try JSONEncoder().encode(control).write(to: URL(fileURLWithPath: tmp))
             try sh(["docker", "cp", tmp, "\(c):/var/lib/strato/net/\(node).json"], allowFailure: latencyMs == nil)

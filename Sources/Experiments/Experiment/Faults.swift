@@ -114,7 +114,15 @@ public final class LocalFaultBackend: FaultBackend {
     private var throttles: [String: CPUThrottle] = [:]
     private var linkState: [String: (partitioned: Bool, latencyMs: Double?, bandwidth: Double?)] = [:]
 
-    public init(testbed: Testbed) { self.testbed = testbed }
+    /// Each node's configured link (the topology's `network:` for its site).
+    public let baseConditions: [String: NetworkConditions]
+
+    public init(testbed: Testbed, topology: Topology? = nil) {
+        self.testbed = testbed
+        var base: [String: NetworkConditions] = [:]
+        for n in topology?.nodes ?? [] { base[n.id] = topology?.network[n.siteName] }
+        baseConditions = base
+    }
 
     /// The record on disk is the truth: a live `strato fault inject` may have restarted a process.
     private func refresh() {
@@ -157,8 +165,9 @@ public final class LocalFaultBackend: FaultBackend {
         try writeControl(node)
     }
 
-    /// The control file holds the node's whole current fault state; no fault: the file goes and
-    /// the agent returns to its configured link.
+    /// The control file replaces the node's configured link while it exists, so it holds the
+    /// configured conditions with the faults on top (added delay, the lower bandwidth, a
+    /// partition); no fault left: the file goes and the agent returns to its configured link.
     private func writeControl(_ node: String) throws {
         let dir = testbed.runDirectory + "/net"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -167,8 +176,11 @@ public final class LocalFaultBackend: FaultBackend {
             try? FileManager.default.removeItem(atPath: path)
             return
         }
-        let conditions = NetworkControl(partitioned: s.partitioned, addedDelayMs: s.latencyMs, bandwidthBytesPerSecond: s.bandwidth)
-        let data = try JSONEncoder().encode(conditions)
+        var c = baseConditions[node] ?? .none
+        c.partitioned = s.partitioned
+        c.delayMs += s.latencyMs ?? 0
+        if let b = s.bandwidth { c.bandwidthBytesPerSecond = min(b, c.bandwidthBytesPerSecond ?? .infinity) }
+        let data = try JSONEncoder().encode(c)
         // Write then rename, so the agent never reads half a file.
         try data.write(to: URL(fileURLWithPath: path + ".tmp"))
         _ = rename(path + ".tmp", path)
@@ -192,14 +204,6 @@ public final class LocalFaultBackend: FaultBackend {
     public func restartCoordinator() throws { refresh(); try testbed.restart("coordinator") }
 
     deinit { for t in throttles.values { t.stop() } }
-}
-
-/// What a fault injector writes to a node's network control file: the faults on top of the
-/// node's configured link.
-public struct NetworkControl: Codable, Equatable {
-    public var partitioned: Bool
-    public var addedDelayMs: Double?
-    public var bandwidthBytesPerSecond: Double?
 }
 
 /// Holds a process to `share` of one CPU with a 100 ms SIGSTOP/SIGCONT duty cycle (what cgroup

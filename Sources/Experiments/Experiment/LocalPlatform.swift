@@ -26,7 +26,7 @@ public final class LocalPlatform: ExperimentPlatform {
         // A fresh state and trace for every run: results must hold only this run.
         try? FileManager.default.removeItem(atPath: runDirectory)
         let bed = try Testbed.up(topology: spec.topology, runDirectory: runDirectory, executable: executable, traceHeartbeatSample: spec.heartbeatSample, progress: progress)
-        backend = LocalFaultBackend(testbed: bed)
+        backend = LocalFaultBackend(testbed: bed, topology: spec.topology)
         return try OperatorClient(endpoint: bed.endpoint, keysDirectory: bed.keysDirectory)
     }
 
