@@ -88,9 +88,10 @@ public final class OperatorClient {
 
     /// Sends raw bytes as one frame and returns the first reply frame decoded (for bad-input tests).
     public func sendRaw(_ frames: [[UInt8]], timeoutMs: Int = 2000) throws -> Envelope? {
-        try socket.send(frames)
-        // Discard answers to earlier fire-and-forget frames, then wait for this one's.
+        // Discard answers to earlier fire-and-forget frames before sending, so a fast answer to
+        // this one is never thrown away with them.
         if timeoutMs > 0 { while try socket.receive(dontWait: true) != nil {} }
+        try socket.send(frames)
         guard timeoutMs > 0, try ZMQPoller.readable([socket], timeoutMs: timeoutMs)[0], let reply = try socket.receive(dontWait: true),
               let first = reply.first else { return nil }
         return try? codec.decode(first)
