@@ -19,7 +19,30 @@ public final class Tracer: @unchecked Sendable {
     private var process = ""
     private var instance = ""
     private var seq: UInt64 = 0
-    private var fresh: [TraceEvent] = []
+    /// Recorded, not yet taken: plain structs, so recording costs an append under the lock; the
+    /// protobuf messages are built when a batch is taken, on the shipping thread.
+    private struct Raw {
+        var seq: UInt64
+        var phase: TracePhase
+        var ts: Int64
+        var duration: Int64
+        var name: String
+        var category: String
+        var track: String
+        var args: [String: String]
+        var values: [String: Double]
+        var flow: UInt64
+
+        var message: TraceEvent {
+            var e = TraceEvent()
+            e.seq = seq; e.phase = phase; e.tsUnixNanos = ts; e.durationNanos = duration
+            e.name = name; e.category = category; e.track = track; e.flowID = flow
+            if !args.isEmpty { e.args = args }
+            if !values.isEmpty { e.values = values }
+            return e
+        }
+    }
+    private var fresh: [Raw] = []
     /// Taken but not acknowledged, oldest first (re-sent after `resendAfterNanos`).
     private var inFlight: [(batch: TraceBatch, sentAtMono: Int64)] = []
     private var spool: FileHandle?
@@ -28,6 +51,8 @@ public final class Tracer: @unchecked Sendable {
     public private(set) var heartbeatSample: UInt64 = 5
     private var droppedForMemory: UInt64 = 0
     private var flowCounter: UInt64 = 0
+    /// Taken out of `fresh`, being built into a batch (outside the lock).
+    private var converting = 0
     /// Above this many unshipped events the oldest are still kept on disk (spooled) but no longer
     /// in memory: the collector gets them from the spool after the run.
     public var maxBufferedEvents = 200_000
@@ -78,18 +103,8 @@ public final class Tracer: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         guard on else { return }
         seq += 1
-        var e = TraceEvent()
-        e.seq = seq
-        e.phase = phase
-        e.tsUnixNanos = ts
-        e.durationNanos = duration
-        e.name = name
-        e.category = category
-        e.track = track
-        if !args.isEmpty { e.args = args }
-        if !values.isEmpty { e.values = values }
-        e.flowID = flow
-        fresh.append(e)
+        fresh.append(Raw(seq: seq, phase: phase, ts: ts, duration: duration, name: name, category: category, track: track,
+                         args: args, values: values, flow: flow))
     }
 
     public func instant(_ name: String, category: String, track: String = "main", args: [String: String] = [:]) {
@@ -150,25 +165,33 @@ public final class Tracer: @unchecked Sendable {
     /// oldest unacknowledged batch once it has waited `resendAfterNanos`. Nil when nothing is due.
     public func takeBatch(max: Int = 2000, nowMono: Int64, clock: ClockEstimate?,
                           resendAfterNanos: Int64 = 2_000_000_000) -> TraceBatch? {
-        lock.lock(); defer { lock.unlock() }
-        guard on || !fresh.isEmpty else { return nil }
+        lock.lock()
+        guard on || !fresh.isEmpty else { lock.unlock(); return nil }
         if let first = inFlight.first, nowMono - first.sentAtMono >= resendAfterNanos {
             inFlight[0].sentAtMono = nowMono
+            lock.unlock()
             var b = first.batch
             if let c = clock { b.clock = c }
             return b
         }
-        guard !fresh.isEmpty else { return nil }
+        guard !fresh.isEmpty else { lock.unlock(); return nil }
         let n = Swift.min(max, fresh.count)
+        let taken = Array(fresh.prefix(n))
+        fresh.removeFirst(n)
+        converting += n
         var b = TraceBatch()
         b.process = process
         b.instance = instance
+        lock.unlock()
+        // Building and encoding the batch happens outside the lock, so recording never waits on it.
         b.pid = getpid()
         b.host = ProcessStats.hostName
         if let c = clock { b.clock = c }
-        b.events = Array(fresh.prefix(n))
-        fresh.removeFirst(n)
-        if let s = spool { try? s.write(contentsOf: TraceSpool.frame(b)) }
+        b.events = taken.map(\.message)
+        let framed = TraceSpool.frame(b)
+        lock.lock(); defer { lock.unlock() }
+        converting -= n
+        if let s = spool { try? s.write(contentsOf: framed) }
         inFlight.append((b, nowMono))
         // Bound memory: the spool holds everything, so the oldest unacknowledged batches may go.
         var held = inFlight.reduce(0) { $0 + $1.batch.events.count }
@@ -190,7 +213,7 @@ public final class Tracer: @unchecked Sendable {
     /// Events recorded but not yet acknowledged (for tests and the shutdown wait).
     public var unacknowledged: Int {
         lock.lock(); defer { lock.unlock() }
-        return fresh.count + inFlight.reduce(0) { $0 + $1.batch.events.count }
+        return fresh.count + converting + inFlight.reduce(0) { $0 + $1.batch.events.count }
     }
 
     public var recordedCount: UInt64 { lock.lock(); defer { lock.unlock() }; return seq }
