@@ -57,6 +57,8 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
     }
 
     var services: [String] = []
+    /// Each node's configured link (the topology's `network:`), applied through its control file.
+    private var base: [String: NetworkConditions] = [:]
 
     public func up(_ spec: ExperimentSpec, progress: (String) -> Void) throws -> OperatorClient {
         guard FileManager.default.fileExists(atPath: repository + "/compose/docker-compose.yml") else {
@@ -81,6 +83,12 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
         upEnv["STRATO_POLICY"] = spec.topology.coordinator.policy
         upEnv["STRATO_TIME_SCALE"] = "\(spec.topology.coordinator.timeScale)"
         try sh(["bash", "scripts/compose-up", "--timeout", "\(Int(spec.startTimeout))"], environment: upEnv)
+        // The topology's network conditions, in the agents' own transport (no netem here either).
+        for n in spec.topology.nodes { if let c = spec.topology.network[n.siteName], !c.isNone { base[n.id] = c } }
+        for (node, c) in base.sorted(by: { $0.key < $1.key }) {
+            try writeControl(node, c)
+            progress("link of \(node): \(c) (emulated in the transport)")
+        }
         let coordinator = try container("coordinator")
         let ips = try sh(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", coordinator])
             .split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
@@ -146,6 +154,14 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
         try sh(["docker", "update", "--cpus", cpu.map { String(format: "%.2f", $0) } ?? "0", try container(node)])
     }
 
+    /// Copies a control file into the agent's container: the conditions its transport emulates.
+    private func writeControl(_ node: String, _ c: NetworkConditions) throws {
+        let tmp = NSTemporaryDirectory() + "strato-net-\(node)-\(getpid()).json"
+        try JSONEncoder().encode(c).write(to: URL(fileURLWithPath: tmp))
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        try sh(["docker", "cp", tmp, "\(try container(node)):/var/lib/strato/net/\(node).json"])
+    }
+
     /// Bandwidth: a tbf qdisc on the container's eth0 (entered with nsenter). Latency: the agent's
     /// own transport, through its network control file.
     public func degradeLink(_ node: String, latencyMs: Double?, bandwidthBytesPerSecond: Double?) throws {
@@ -158,11 +174,8 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
         } else {
             try sh(["nsenter", "-t", pid, "-n", "tc", "qdisc", "del", "dev", "eth0", "root"], allowFailure: true)
         }
-        if latencyMs != nil || bandwidthBytesPerSecond == nil {
-            let control = NetworkConditions(delayMs: latencyMs ?? 0)
-            let tmp = NSTemporaryDirectory() + "strato-net-\(node).json"
-            try JSONEncoder().encode(control).write(to: URL(fileURLWithPath: tmp))
-            try sh(["docker", "cp", tmp, "\(c):/var/lib/strato/net/\(node).json"], allowFailure: latencyMs == nil)
-        }
+        var link = base[node] ?? .none
+        link.delayMs += latencyMs ?? 0
+        try writeControl(node, link)
     }
 }
