@@ -17,6 +17,8 @@ final class JobManager {
     /// Start command id per running job: reports from an older start are ignored.
     private(set) var startCommand: [String: UInt64] = [:]
     private(set) var dirtyJobs = Set<String>()
+    /// Failures the agents reported (the last 50), shown in `strato jobs`.
+    private(set) var notes: [String] = [] { didSet { if notes.count > 50 { notes.removeFirst(notes.count - 50) } } }
     private var needsDecision = true
     /// Zombie jobs already told to stop (node id + job id).
     private var stopped = Set<String>()
@@ -120,7 +122,7 @@ final class JobManager {
         for r in reports {
             let j = scheduler.state.jobs[r.jobID]
             let current = j?.phase == .running && j?.placement?.nodeID == node && startCommand[r.jobID] == r.startCommandID
-            let terminal = r.state == .jobFinished || r.state == .jobFailedOom || r.state == .jobPreempted
+            let terminal = r.state == .jobFinished || r.state == .jobFailedOom || r.state == .jobPreempted || r.state == .jobFailed
             if !current {
                 if terminal { settled.append(r.jobID) }   // stale: nothing to keep, stop repeating
                 else if !stopped.contains(node + "/" + r.jobID) { stopped.insert(node + "/" + r.jobID); stop.append(r.jobID) }
@@ -137,6 +139,14 @@ final class JobManager {
                 let at = traceNow(wall: r.endedAtUnixNanos + clockOffsetNanos)
                 scheduler.state.progress(job: r.jobID, workDone: r.workDone, checkpointed: r.workDone)
                 scheduler.state.finish(job: r.jobID, at: at)
+                startCommand[r.jobID] = nil
+                dirtyJobs.insert(r.jobID); settled.append(r.jobID); needsDecision = true
+            case .jobFailed:
+                // The job's process failed: it resumes from its last checkpoint (a failed start
+                // counts towards the limit after which the job is given up, with the reason).
+                scheduler.state.progress(job: r.jobID, workDone: r.checkpointedWork, checkpointed: r.checkpointedWork)
+                scheduler.state.failedStart(job: r.jobID, at: traceNow(wall: r.endedAtUnixNanos + clockOffsetNanos))
+                notes.append("\(r.jobID) on \(node): \(r.detail)")
                 startCommand[r.jobID] = nil
                 dirtyJobs.insert(r.jobID); settled.append(r.jobID); needsDecision = true
             case .jobFailedOom:
@@ -198,7 +208,8 @@ final class JobManager {
         for f in future { list.append(status(JobRecord(spec: f))) }
         r.jobs = list.sorted { $0.jobID < $1.jobID }
         r.unfinished = UInt32(scheduler.state.unfinishedCount + future.count)
-        r.notes = ["GPU execution is emulated from published measurements (VectorLM, Gavel, Vidur)"] + scheduler.rejectedDecisions.suffix(20)
+        r.notes = ["GPU execution is emulated from published measurements (VectorLM, Gavel, Vidur) unless a node runs the process backend"]
+            + scheduler.rejectedDecisions.suffix(20) + notes
         return r
     }
 }

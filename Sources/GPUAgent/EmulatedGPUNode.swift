@@ -24,10 +24,13 @@ public final class EmulatedGPUNode: AgentBehavior {
         }
     }
 
-    /// Runs offline jobs (emulated); nil when the node was started without job knowledge.
-    public var runner: EmulatedJobRunner?
+    /// Runs offline jobs (emulated, or real processes); nil when the node was started without job knowledge.
+    public var runner: JobRunner?
+    /// Real devices this node's jobs run on (process backend on a host with nvidia-smi): the node
+    /// then says it is not emulated, and names them.
+    public var realDevices: [NvidiaSMI.GPU]?
 
-    public init(modelName: String, count: Int, interconnect: Interconnect? = nil, runner: EmulatedJobRunner? = nil) throws {
+    public init(modelName: String, count: Int, interconnect: Interconnect? = nil, runner: JobRunner? = nil) throws {
         self.runner = runner
         guard let model = GPUCatalog.model(named: modelName) else { throw ConfigError.unknownModel(modelName) }
         guard (1...64).contains(count) else { throw ConfigError.badCount(count) }
@@ -42,6 +45,10 @@ public final class EmulatedGPUNode: AgentBehavior {
     public func capabilities() -> Capabilities {
         var c = Capabilities()
         c.gpu = GPUCatalog.capabilities(for: model, count: count, interconnect: interconnect)
+        if let real = realDevices, !real.isEmpty {
+            c.gpu.emulated = false
+            c.gpu.source = "nvidia-smi: " + real.prefix(Int(count)).map { "\($0.index): \($0.name) \($0.memoryMiB) MiB" }.joined(separator: "; ")
+        }
         return c
     }
 

@@ -102,6 +102,9 @@ struct AgentCommand: ParsableCommand {
         @Option(help: "Number of GPUs.") var gpus = 1
         @Option(help: "Interconnect override: pcie or nvlink.") var interconnect: String?
         @Option(help: "Seed data for job emulation (default: data/ of the repository).") var data: String?
+        @Option(help: "How jobs run: emulated (from published measurements) or process (a real command per job, CUDA_VISIBLE_DEVICES set to its GPUs).") var backend = "emulated"
+        @Option(name: .customLong("job-command"), help: "process backend: the command each job runs (through /bin/sh -c; {job} is the job id; see ProcessJobRunner for its environment).") var jobCommand: String?
+        @Option(name: .customLong("job-dir"), help: "process backend: where job folders (progress, checkpoints, logs) go.") var jobDir = ".strato/jobs"
 
         func run() throws {
             let ic: Interconnect? = try interconnect.map {
@@ -122,6 +125,26 @@ struct AgentCommand: ParsableCommand {
             var kb = KnowledgeBase(rows: result.rows, facts: result.facts)
             _ = Estimator.estimateMissing(in: &kb, gpuModels: GPUCatalog.names)
             let execution = ExecutionModel(kb: kb)
+            guard ["emulated", "process"].contains(backend) else { throw ValidationError("--backend '\(backend)' must be emulated or process") }
+            if backend == "process" {
+                guard let cmd = jobCommand, !cmd.trimmingCharacters(in: .whitespaces).isEmpty else {
+                    throw ValidationError("--backend process needs --job-command")
+                }
+                let real = NvidiaSMI.list()
+                if let real {
+                    guard real.count >= gpus else { throw ValidationError("--gpus \(gpus): nvidia-smi lists only \(real.count) GPUs on this host") }
+                    print("process backend: \(real.count) real GPUs (nvidia-smi): \(real.map(\.name).joined(separator: ", "))")
+                } else {
+                    print("process backend: no nvidia-smi on this host; jobs run as processes, GPUs described from the catalogue (emulated)")
+                }
+                try common.run { identity in
+                    let node = try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic,
+                                                   runner: ProcessJobRunner(command: ["/bin/sh", "-c", cmd], workDirectory: jobDir + "/" + identity.nodeID))
+                    node.realDevices = real
+                    return node
+                }
+                return
+            }
             try common.run { identity in
                 let seed = UInt64(truncatingIfNeeded: identity.nodeID.utf8.reduce(5381) { ($0 << 5) &+ $0 &+ Int($1) })
                 return try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic,

@@ -36,6 +36,9 @@ public nonisolated enum Stratolab_V1_JobState: SwiftProtobuf.Enum, Swift.CaseIte
 
   /// stopped at a checkpoint on the coordinator's request
   case jobPreempted // = 5
+
+  /// the job's process exited with an error (detail says how); retried from its checkpoint
+  case jobFailed // = 6
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -50,6 +53,7 @@ public nonisolated enum Stratolab_V1_JobState: SwiftProtobuf.Enum, Swift.CaseIte
     case 3: self = .jobFinished
     case 4: self = .jobFailedOom
     case 5: self = .jobPreempted
+    case 6: self = .jobFailed
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -62,6 +66,7 @@ public nonisolated enum Stratolab_V1_JobState: SwiftProtobuf.Enum, Swift.CaseIte
     case .jobFinished: return 3
     case .jobFailedOom: return 4
     case .jobPreempted: return 5
+    case .jobFailed: return 6
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -74,6 +79,7 @@ public nonisolated enum Stratolab_V1_JobState: SwiftProtobuf.Enum, Swift.CaseIte
     .jobFinished,
     .jobFailedOom,
     .jobPreempted,
+    .jobFailed,
   ]
 
 }
@@ -345,6 +351,9 @@ public nonisolated struct Stratolab_V1_JobReport: Sendable {
   /// which start this report belongs to
   public var startCommandID: UInt64 = 0
 
+  /// for failures: what happened (exit status, log tail)
+  public var detail: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -551,7 +560,7 @@ public nonisolated struct Stratolab_V1_CommandAck: Sendable {
 fileprivate nonisolated let _protobuf_package = "stratolab.v1"
 
 nonisolated extension Stratolab_V1_JobState: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0JOB_STATE_UNSPECIFIED\0\u{1}JOB_LOADING\0\u{1}JOB_RUNNING\0\u{1}JOB_FINISHED\0\u{1}JOB_FAILED_OOM\0\u{1}JOB_PREEMPTED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0JOB_STATE_UNSPECIFIED\0\u{1}JOB_LOADING\0\u{1}JOB_RUNNING\0\u{1}JOB_FINISHED\0\u{1}JOB_FAILED_OOM\0\u{1}JOB_PREEMPTED\0\u{1}JOB_FAILED\0")
 }
 
 nonisolated extension Stratolab_V1_Register: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -1020,7 +1029,7 @@ nonisolated extension Stratolab_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Stratolab_V1_JobReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobReport"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}state\0\u{3}work_done\0\u{3}checkpointed_work\0\u{3}mean_step_seconds\0\u{1}steps\0\u{1}throughput\0\u{3}gpu_utilization\0\u{3}memory_bytes_per_gpu\0\u{3}ended_at_unix_nanos\0\u{1}emulated\0\u{3}start_command_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}state\0\u{3}work_done\0\u{3}checkpointed_work\0\u{3}mean_step_seconds\0\u{1}steps\0\u{1}throughput\0\u{3}gpu_utilization\0\u{3}memory_bytes_per_gpu\0\u{3}ended_at_unix_nanos\0\u{1}emulated\0\u{3}start_command_id\0\u{1}detail\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1040,6 +1049,7 @@ nonisolated extension Stratolab_V1_JobReport: SwiftProtobuf.Message, SwiftProtob
       case 10: try { try decoder.decodeSingularInt64Field(value: &self.endedAtUnixNanos) }()
       case 11: try { try decoder.decodeSingularBoolField(value: &self.emulated) }()
       case 12: try { try decoder.decodeSingularUInt64Field(value: &self.startCommandID) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.detail) }()
       default: break
       }
     }
@@ -1082,6 +1092,9 @@ nonisolated extension Stratolab_V1_JobReport: SwiftProtobuf.Message, SwiftProtob
     if self.startCommandID != 0 {
       try visitor.visitSingularUInt64Field(value: self.startCommandID, fieldNumber: 12)
     }
+    if !self.detail.isEmpty {
+      try visitor.visitSingularStringField(value: self.detail, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1098,6 +1111,7 @@ nonisolated extension Stratolab_V1_JobReport: SwiftProtobuf.Message, SwiftProtob
     if lhs.endedAtUnixNanos != rhs.endedAtUnixNanos {return false}
     if lhs.emulated != rhs.emulated {return false}
     if lhs.startCommandID != rhs.startCommandID {return false}
+    if lhs.detail != rhs.detail {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,18 @@
+import Protocol
+
+/// What a GPU node does with offline jobs: start at a placement, stop at a checkpoint, and report
+/// progress. Two implementations sit behind it: `EmulatedJobRunner` (no GPU here: progress from
+/// published measurements, labelled emulated) and `ProcessJobRunner` (a real command per job,
+/// `CUDA_VISIBLE_DEVICES` set to the placement, for nodes with real GPUs).
+public protocol JobRunner: AnyObject {
+    var runningIDs: [String] { get }
+    func busyGPUs() -> Set<UInt32>
+    func start(_ s: StartJob, commandID: UInt64, wallNanos: Int64) -> (ok: Bool, detail: String)
+    /// Stops a job at a checkpoint; the detail carries the work saved (`work=…`).
+    func preempt(_ id: String, wallNanos: Int64) -> (ok: Bool, detail: String)
+    /// Progress for the next heartbeat; terminal reports repeat until settled.
+    func reports(wallNanos: Int64) -> [JobReport]
+    func settle(_ ids: [String])
+}
+
+extension EmulatedJobRunner: JobRunner {}
