@@ -34,6 +34,9 @@ public struct Topology: Equatable {
         /// Number of virtual nodes this process hosts (ids `<id>-0` … when above 1).
         public var virtual: Int
         public var line: Int
+        /// GPU nodes: run jobs as real processes with this command (the process backend) instead
+        /// of emulating them.
+        public var jobCommand: String? = nil
     }
 
     public var name: String
@@ -167,11 +170,16 @@ public struct Topology: Equatable {
         let virtual = try m["virtual"]?.int(in: 1...10_000) ?? 1
         let kind: NodeKind
         let spec: NodeSpec
+        var jobCommand: String?
         switch kindName {
         case "gpu":
             kind = .gpu
             guard let g = m["gpu"] else { throw n.fail("a gpu node needs 'gpu: {model: …, count: …}'") }
-            let gm = try g.mapping(allowed: ["model", "count"])
+            let gm = try g.mapping(allowed: ["model", "count", "job_command"])
+            if let c = gm["job_command"] {
+                jobCommand = try c.string()
+                if jobCommand!.trimmingCharacters(in: .whitespaces).isEmpty { throw c.fail("job_command is empty") }
+            }
             guard let modelValue = gm["model"] else { throw g.fail("missing 'model'") }
             let model = try modelValue.string()
             guard GPUCatalog.model(named: model) != nil else {
@@ -203,7 +211,7 @@ public struct Topology: Equatable {
             throw m[key]!.fail("'\(key)' belongs to \(belongs) nodes, not \(kindName) nodes")
         }
         return Node(id: id, kind: kind, siteName: siteName, siteKind: siteKind, labels: labels, spec: spec,
-                    virtual: virtual, line: n.node.mark?.line ?? 0)
+                    virtual: virtual, line: n.node.mark?.line ?? 0, jobCommand: jobCommand)
     }
 
     /// The `strato agent …` arguments that start this node.
@@ -217,7 +225,9 @@ public struct Topology: Equatable {
         if node.virtual > 1 { args += ["--virtual", "\(node.virtual)"] }
         for (k, v) in node.labels.sorted(by: { $0.key < $1.key }) { args += ["--label", "\(k)=\(v)"] }
         switch node.spec {
-        case let .gpu(model, count): args += ["--gpu-model", model, "--gpus", "\(count)", "--data", DataPaths.dataDirectory()]
+        case let .gpu(model, count):
+            args += ["--gpu-model", model, "--gpus", "\(count)", "--data", DataPaths.dataDirectory()]
+            if let c = node.jobCommand { args += ["--backend", "process", "--job-command", c, "--job-dir", (nvmeRoot as NSString).deletingLastPathComponent + "/jobs"] }
         case let .memory(tiers):
             for t in tiers {
                 let path = t.kind == .nvme ? (t.path.isEmpty ? "\(nvmeRoot)/\(node.id)" : t.path) : ""

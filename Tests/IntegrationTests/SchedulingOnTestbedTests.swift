@@ -64,5 +64,56 @@ struct SchedulingOnTestbedTests {
         let st = try cluster.status()
         #expect(st.nodes.first { $0.nodeID == victim }?.state == .dead)
     }
+
+    @Test("the process backend: jobs run as real processes with CUDA_VISIBLE_DEVICES set to their placement, one fails once and is retried from its checkpoint, all finish")
+    func processBackend() throws {
+        // A stand-in training program: 10 steps to the end from where it resumes, progress and
+        // checkpoints as it goes; the job 'flaky' fails once (exit 3) half-way.
+        let script = #"w=${STRATO_RESUME_WORK%.*}; total=${STRATO_TOTAL_WORK%.*}; step=$(( (total + 9) / 10 )); echo "$CUDA_VISIBLE_DEVICES" > "$STRATO_CHECKPOINT_DIR/visible-$w"; while [ "$w" -lt "$total" ]; do w=$((w + step)); [ "$w" -gt "$total" ] && w=$total; echo "work=$w checkpoint=$w step_seconds=0.05" >> "$STRATO_PROGRESS_FILE"; if [ "$STRATO_JOB_ID" = flaky ] && [ ! -f "$STRATO_CHECKPOINT_DIR/failed" ] && [ "$w" -ge $((total / 2)) ]; then touch "$STRATO_CHECKPOINT_DIR/failed"; echo "simulated crash" >&2; exit 3; fi; sleep 0.05; done"#
+        let quoted = script.replacingOccurrences(of: "'", with: "''")
+        let nodes = """
+              - {id: gpu-p, kind: gpu, site: cloud, gpu: {model: A100-80GB, count: 4, job_command: '\(quoted)'}}
+            """
+        let cluster = try TestCluster(name: "proc", security: .open, nodes: nodes, coordinatorExtra: "  policy: fifo\n  time_scale: 1", timeout: 60)
+        defer { cluster.shutdown() }
+        let client = try cluster.client()
+        defer { client.close() }
+        var subs: [JobSubmission] = []
+        for (i, id) in ["a", "b", "flaky"].enumerated() {
+            var s = JobSubmission()
+            s.jobID = id; s.model = "Llama-2-7b"; s.task = "finetune-lora"; s.batchPerGpu = 8; s.arrival = Double(i) * 0.2
+            s.requestedGpuModel = "A100-80GB"; s.requestedGpus = id == "b" ? 2 : 1; s.work = 200; s.unit = "steps"
+            subs.append(s)
+        }
+        let sub = try client.submit(subs)
+        #expect(sub.accepted == 3, "\(sub.rejected)")
+        var last: JobsReply?
+        let deadline = Date().addingTimeInterval(90)
+        while Date() < deadline {
+            last = try client.jobs()
+            if last!.unfinished == 0 && last!.jobs.count == 3 { break }
+            Thread.sleep(forTimeInterval: 0.25)
+        }
+        let r = try #require(last)
+        #expect(r.unfinished == 0, "\(r.jobs.map { "\($0.jobID) \($0.phase) \($0.workDone)" }) \(r.notes)")
+        #expect(r.jobs.allSatisfy { $0.phase == "finished" && $0.workDone >= 200 })
+        let flaky = try #require(r.jobs.first { $0.jobID == "flaky" })
+        #expect(flaky.failedStarts == 1, "\(flaky)")
+        #expect(r.notes.contains { $0.contains("flaky") && $0.contains("exit status 3") && $0.contains("simulated crash") }, "\(r.notes)")
+        // Each run saw exactly its placement's GPUs; the retry resumed from the checkpoint (100), not 0.
+        let jobs = cluster.directory + "/run/jobs/gpu-p"
+        let b = try FileManager.default.contentsOfDirectory(atPath: jobs + "/b/checkpoint").filter { $0.hasPrefix("visible-") }
+        let gpusB = try String(contentsOfFile: jobs + "/b/checkpoint/" + b[0], encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(gpusB.split(separator: ",").count == 2, "\(gpusB)")
+        let flakyRuns = try FileManager.default.contentsOfDirectory(atPath: jobs + "/flaky/checkpoint").filter { $0.hasPrefix("visible-") }.sorted()
+        #expect(flakyRuns == ["visible-0", "visible-100"], "\(flakyRuns)")
+        let st = try cluster.status()
+        #expect(st.nodes.first?.capabilities.gpu.emulated == (NvidiaSMIPresent.value ? false : true))
+    }
 }
+}
+
+/// Whether this host has nvidia-smi (the process backend then describes real devices).
+enum NvidiaSMIPresent {
+    static var value: Bool { ["/usr/bin/nvidia-smi", "/usr/local/bin/nvidia-smi", "/usr/local/nvidia/bin/nvidia-smi"].contains { FileManager.default.isExecutableFile(atPath: $0) } }
 }
