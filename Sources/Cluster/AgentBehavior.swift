@@ -18,11 +18,16 @@ public protocol AgentBehavior: AnyObject {
     func jobReports(wallNanos: Int64) -> [JobReport]
     /// The coordinator made these terminal reports durable: stop repeating them.
     func settle(_ jobIDs: [String])
+    /// When something this node runs is due to change state (a job finishing, or done loading),
+    /// on the agent's wall clock: the session heartbeats then rather than at the next interval, so
+    /// the coordinator frees the GPUs without waiting up to a heartbeat. Nil: nothing due.
+    func nextReportDue(wallNanos: Int64) -> Int64?
 }
 
 extension AgentBehavior {
     public func jobReports(wallNanos: Int64) -> [JobReport] { [] }
     public func settle(_ jobIDs: [String]) {}
+    public func nextReportDue(wallNanos: Int64) -> Int64? { nil }
 }
 
 /// Who a node is: its id, site and labels.

@@ -146,7 +146,13 @@ public final class AgentSession: @unchecked Sendable {
         }
         if nodes[i].registered {
             sendHeartbeat(i, dealer)
-            timers.schedule(i, at: now + heartbeatIntervalNanos)
+            var next = now + heartbeatIntervalNanos
+            // A job due to finish before then: report it as it happens (1 ms after, so it has).
+            let wall = clock.wallNanos()
+            if let due = nodes[i].behavior.nextReportDue(wallNanos: wall), due + .millis(1) - wall < heartbeatIntervalNanos {
+                next = now + max(.millis(1), due + .millis(1) - wall)
+            }
+            timers.schedule(i, at: next)
         } else {
             sendRegister(i, dealer)
             let backoff = min(Int64(4), Int64(1) << Int64(min(nodes[i].registerAttempts, 3)))

@@ -136,7 +136,10 @@ public final class CoordinatorServer: @unchecked Sendable {
             }
             let mono = clock.monotonicNanos()
             if mono - lastTick >= .millis(50) { lastTick = mono; tickDetector(now: mono) }
-            if mono - lastResend >= .millis(100) { lastResend = mono; scheduleJobs(on: router, now: mono); resendCommands(on: router, now: mono) }
+            // Decide as soon as a job arrives or a report frees GPUs (cheap when nothing changed),
+            // and send new start/preempt commands at once rather than at the next resend round.
+            if scheduleJobs(on: router, now: mono) { resendCommands(on: router, now: mono) }
+            if mono - lastResend >= .millis(100) { lastResend = mono; resendCommands(on: router, now: mono) }
             if mono - lastFlush >= .millis(250) {
                 lastFlush = mono
                 let heartbeats = mono - lastHeartbeatFlush >= .millis(1000)
@@ -396,9 +399,8 @@ public final class CoordinatorServer: @unchecked Sendable {
     private func startJobManager(restored: [NodeRecord]) throws {
         var kb = try store.loadKnowledge()
         if kb.offline.isEmpty, let dir = config.dataDirectory {
-            let imported = KnowledgeImporter.importAll(dataDirectory: dir)
-            kb = KnowledgeBase(rows: imported.rows, facts: imported.facts)
-            _ = Estimator.estimateMissing(in: &kb, gpuModels: GPUCatalog.names)
+            let (seeded, imported, _) = KnowledgeImporter.seeded(dataDirectory: dir)
+            kb = seeded
             try store.saveKnowledge(rows: Array(kb.offline.values), facts: kb.facts)
             logger.info("knowledge base seeded", metadata: ["rows": "\(kb.offline.count)", "skipped": "\(imported.skipped.count)", "data": "\(dir)"])
         }
@@ -424,10 +426,11 @@ public final class CoordinatorServer: @unchecked Sendable {
     }
 
     /// A decision round: releases arrived jobs, runs the policy, persists, then sends commands.
-    private func scheduleJobs(on router: ZMQSocket, now: Int64) {
+    @discardableResult
+    private func scheduleJobs(on router: ZMQSocket, now: Int64) -> Bool {
         let wall = clock.wallNanos()
         let actions = jobs.tick(wall: wall) { [jobs] id in jobs!.scheduler.state.jobs[id]?.workDone }
-        guard !actions.isEmpty else { return }
+        guard !actions.isEmpty else { return false }
         do {
             try store.batch {
                 try store.saveJobs(jobs.takeDirty())
@@ -457,6 +460,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         } catch {
             logger.error("could not persist scheduling decisions: \(error)")
         }
+        return true
     }
 
     private func resendCommands(on router: ZMQSocket, now: Int64) {

@@ -23,11 +23,8 @@ public enum DataPaths {
 /// Builds a knowledge base from the seed data and completes it for a cluster's GPU models.
 public enum KnowledgeSeeding {
     public static func seeded(dataDirectory: String, gpuModels: [String]) -> (KnowledgeBase, ImportResult, estimated: Int) {
-        let imported = KnowledgeImporter.importAll(dataDirectory: dataDirectory)
-        var kb = KnowledgeBase(rows: imported.rows, facts: imported.facts)
-        let models = Array(Set(gpuModels + imported.rows.map(\.key.gpuModel))).sorted()
-        let n = Estimator.estimateMissing(in: &kb, gpuModels: models)
-        return (kb, imported, n)
+        let s = KnowledgeImporter.seeded(dataDirectory: dataDirectory, extraGPUModels: gpuModels)
+        return (s.kb, s.imported, s.estimated)
     }
 }
 

@@ -20,8 +20,9 @@ public struct SchedulingTestbedRun {
     public var client: OperatorClient
     public var workload: Workload
     public var timeoutSeconds: Double = 600
-    /// (trace seconds, action) — e.g. kill a node's process at 30 % of the trace.
-    public var faults: [(Double, String, () -> Void)] = []
+    /// (trace seconds, action) — e.g. kill a node's process at 30 % of the trace. The action gets
+    /// the trace time at which it really ran (the run polls, so a little after the one asked for).
+    public var faults: [(Double, String, (Double) -> Void)] = []
 
     public init(client: OperatorClient, workload: Workload) { self.client = client; self.workload = workload }
 
@@ -38,10 +39,12 @@ public struct SchedulingTestbedRun {
         var lastPrint = Date.distantPast
         while Date() < deadline {
             let r = try client.jobs()
+            let replyAt = Date()
             last = r
             while let f = pendingFaults.first, r.traceNow >= f.0 {
                 pendingFaults.removeFirst()
-                f.2()
+                // The trace clock has moved on since the reply: estimate it now from the time scale.
+                f.2(r.traceNow + Date().timeIntervalSince(replyAt) * r.timeScale)
                 log.append(String(format: "fault at trace %.0f s: %@", r.traceNow, f.1))
                 progress("  ! \(f.1) at trace \(Int(r.traceNow)) s")
             }

@@ -20,6 +20,7 @@ public final class EmulatedJobRunner {
         var lastReportWall: Int64
         var lastReportWork: Double
         var key: ConfigKey
+        var measurements = 0
     }
     private var jobs: [String: Job] = [:]
     /// Terminal reports repeated until the coordinator settles them.
@@ -108,7 +109,9 @@ public final class EmulatedJobRunner {
             if dtTrace > 0, let step = execution.stepTime(j.key) {
                 let steps = max(1, (dtTrace / step).rounded())
                 let cv = execution.stepTimeCV(j.key.gpuModel)
-                let measuredStep = step * max(0.05, 1 + cv * rng.normal() / steps.squareRoot())
+                let z = MeasurementNoise.normal(job: id, key: j.key, run: j.start.resumeWork, index: j.measurements)
+                j.measurements += 1
+                let measuredStep = step * max(0.05, 1 + cv * z / steps.squareRoot())
                 r.meanStepSeconds = measuredStep
                 r.steps = UInt64(steps)
                 r.throughput = execution.workPerStep(j.key) / measuredStep
@@ -127,6 +130,20 @@ public final class EmulatedJobRunner {
         Tracer.shared.span("run \(j.start.jobID)", category: "job", track: "jobs", start: j.startedWall, end: end,
                            args: ["job": j.start.jobID, "outcome": outcome, "work": "\(work)", "total_work": "\(j.start.totalWork)",
                                   "gpu_model": j.start.gpuModel, "gpus": "\(j.start.gpus.count)", "emulated": "true"])
+    }
+
+    /// The next moment a job finishes loading or finishes its work (agent wall clock).
+    public func nextReportDue(wallNanos: Int64) -> Int64? {
+        var due: Int64?
+        for j in jobs.values where j.start.timeScale > 0 {
+            var traceAt = j.overhead
+            if wallNanos >= j.startedWall + Int64(j.overhead / j.start.timeScale * 1e9), j.rate > 0 {
+                traceAt = j.overhead + (j.start.totalWork - j.start.resumeWork) / j.rate
+            }
+            let at = j.startedWall + Int64(traceAt / j.start.timeScale * 1e9)
+            if at >= wallNanos { due = min(due ?? at, at) }
+        }
+        return due
     }
 
     public func settle(_ ids: [String]) { for id in ids { terminal[id] = nil } }

@@ -13,6 +13,12 @@ public protocol JobRunner: AnyObject {
     /// Progress for the next heartbeat; terminal reports repeat until settled.
     func reports(wallNanos: Int64) -> [JobReport]
     func settle(_ ids: [String])
+    /// When a job is next due to change state (see `AgentBehavior.nextReportDue`).
+    func nextReportDue(wallNanos: Int64) -> Int64?
+}
+
+extension JobRunner {
+    public func nextReportDue(wallNanos: Int64) -> Int64? { nil }
 }
 
 extension EmulatedJobRunner: JobRunner {}

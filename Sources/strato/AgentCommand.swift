@@ -115,15 +115,9 @@ struct AgentCommand: ParsableCommand {
                 default: throw ValidationError("--interconnect '\($0)' must be pcie, nvlink or nvswitch")
                 }
             }
-            let dir = DataPaths.dataDirectory(data)
-            var result = ImportResult()
-            // Training rows drive the emulation; Vidur's small phi-2 profiles give the measured step-time variance.
-            for f in ["/training/vectorlm-llm-finetune-throughput.md", "/training/gavel/simulation_throughputs.json",
-                      "/profiles/vidur/a100_phi-2_mlp.csv", "/profiles/vidur/h100_phi-2_mlp.csv", "/profiles/vidur/a40_phi-2_mlp.csv"] {
-                result.merge(KnowledgeImporter.importFile(dir + f))
-            }
-            var kb = KnowledgeBase(rows: result.rows, facts: result.facts)
-            _ = Estimator.estimateMissing(in: &kb, gpuModels: GPUCatalog.names)
+            // The same knowledge the coordinator and the twin start from, so emulated jobs run at
+            // the rates the twin models (measured rows, and the same estimates where unmeasured).
+            let (kb, result, _) = KnowledgeImporter.seeded(dataDirectory: DataPaths.dataDirectory(data))
             let execution = ExecutionModel(kb: kb)
             guard ["emulated", "process"].contains(backend) else { throw ValidationError("--backend '\(backend)' must be emulated or process") }
             if backend == "process" {

@@ -155,21 +155,28 @@ extension TwinCommand {
             let client = try OperatorClient(endpoint: bed.endpoint, keysDirectory: bed.keysDirectory)
             defer { client.close() }
             var run = SchedulingTestbedRun(client: client, workload: workload)
-            var failures: [NodeFailure] = []
+            // The kill happens when the run sees the trace clock pass 30 %; the twin gets the trace
+            // time it really happened, and the failure detector's delay before the coordinator
+            // acts (dead_after_ms of silence, counted from the last heartbeat: ~half an interval earlier).
+            final class KillTime: @unchecked Sendable { var at: Double? }
+            let killTime = KillTime()
             if let kill, let proc = bed.processes.first(where: { $0.name == kill }) {
-                let at = hours * 3600 * 0.3
-                run.faults = [(at, "kill \(kill) (SIGKILL)", { _ = Glibc.kill(proc.pid, SIGKILL) })]
-                // The coordinator declares the node dead after dead_after_ms of silence.
-                failures = [NodeFailure(node: kill, at: at + Double(topo.coordinator.deadAfterMs) / 1000 * timeScale, downFor: 1e9)]
+                run.faults = [(hours * 3600 * 0.3, "kill \(kill) (SIGKILL)", { t in killTime.at = t; _ = Glibc.kill(proc.pid, SIGKILL) })]
             }
             run.timeoutSeconds = max(600, hours * 3600 / timeScale * 20)
             let (reply, notes) = try run.run { print($0) }
             let testbed = SchedulingTestbedRun.result(reply, workload: workload, nodes: nodes, wallSeconds: Date().timeIntervalSince(start), notes: notes)
             var options = TwinOptions()
-            options.failures = failures
-            // The testbed learns of a finish with the next heartbeat (200 ms) and decides on its
-            // next 100 ms tick: on average half of each, in trace time.
-            options.reportLatency = (Double(topo.coordinator.heartbeatMs) / 2 + 50) / 1000 * timeScale
+            if let kill, let at = killTime.at {
+                let detect = (Double(topo.coordinator.deadAfterMs) - Double(topo.coordinator.heartbeatMs) / 2) / 1000 * timeScale
+                options.failures = [NodeFailure(node: kill, at: at, downFor: 1e9, detectedAfter: detect)]
+            }
+            // The testbed's agents report a finish as it happens and the coordinator decides on its
+            // next loop turn (≤ 20 ms): about 10 ms of wall time each way, in trace time.
+            options.reportLatency = 0.010 * timeScale
+            options.startLatency = 0.010 * timeScale
+            // Agents measure and report with every heartbeat.
+            options.reportInterval = Double(topo.coordinator.heartbeatMs) / 1000 * timeScale
             let twin = DigitalTwin(nodes: nodes, workload: workload, kb: kb, options: options).run(policy: p)
             let v = ValidationReport(testbed: testbed, twin: twin)
             var results = SchedulingResults()

@@ -259,6 +259,51 @@ struct InvariantTests {
     }
 }
 
+@Suite("Twin fidelity")
+struct TwinFidelityTests {
+    let dataDir = TwinFidelityTests.repo + "/data"
+    static let repo: String = {
+        var dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        while dir.path != "/" && !FileManager.default.fileExists(atPath: dir.appendingPathComponent("Package.swift").path) { dir.deleteLastPathComponent() }
+        return dir.path
+    }()
+
+    @Test("measurement noise is a common random number: the same (job, configuration, run, index) draws the same sample everywhere")
+    func commonRandomNumbers() {
+        let k = ConfigKey(model: "m", task: "t", gpuModel: "V100", gpuCount: 2, batchPerGPU: 8)
+        let a = MeasurementNoise.normal(job: "j", key: k, run: 0, index: 3)
+        #expect(a == MeasurementNoise.normal(job: "j", key: k, run: 0, index: 3))
+        #expect(a != MeasurementNoise.normal(job: "j", key: k, run: 0, index: 4))
+        #expect(a != MeasurementNoise.normal(job: "k", key: k, run: 0, index: 3))
+        let xs = (0..<4000).map { MeasurementNoise.normal(job: "j", key: k, run: 0, index: $0) }
+        let mean = xs.reduce(0, +) / Double(xs.count)
+        let sd = (xs.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(xs.count)).squareRoot()
+        #expect(abs(mean) < 0.06 && abs(sd - 1) < 0.06, "mean \(mean) sd \(sd)")
+    }
+
+    @Test("a crash stops a node's jobs at once; the scheduler acts only after the detection delay, and the lost work is redone")
+    func crashThenDetection() throws {
+        let (kb, _, _) = KnowledgeImporter.seeded(dataDirectory: dataDir)
+        let spec = JobSpec(id: "j", kind: JobKind(model: "ResNet-50", task: "train", batchPerGPU: 64), arrival: 0, requestedGPUModel: "V100",
+                           requestedGPUs: 1, work: 0, unit: "steps/s")
+        let rate = try #require(kb.offline[ConfigKey(model: "ResNet-50", task: "train", gpuModel: "V100", gpuCount: 1, batchPerGPU: 64)]?.throughput)
+        var job = spec
+        job.work = rate * 4 * 3600   // 4 h on one V100
+        let w = Workload(name: "one", jobs: [job])
+        let nodes = [NodeSlot(id: "v0", gpuModel: "V100", gpuCount: 1), NodeSlot(id: "v1", gpuModel: "V100", gpuCount: 1)]
+        func finish(_ detect: Double?) throws -> Double {
+            var o = TwinOptions()
+            o.failures = [NodeFailure(node: "v0", at: 3600, downFor: 1e9, detectedAfter: detect)]
+            let r = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: o).run(policy: try #require(Policies.named("fifo")))
+            return try #require(r.jobs.first?.finish)
+        }
+        let atOnce = try finish(nil), late = try finish(1800)
+        // Detected 30 min later, the job restarts 30 min later from the same checkpoint.
+        #expect(abs((late - atOnce) - 1800) < 1, "at once \(atOnce), late \(late)")
+        #expect(atOnce > 4 * 3600 + 1, "the work since the last checkpoint is lost and redone")
+    }
+}
+
 @Suite("Workload")
 struct WorkloadTests {
     @Test("generated traces: 960 jobs in 24 h, different per seed, sizes from the knowledge base")

@@ -64,3 +64,16 @@ public struct ExecutionModel: Sendable {
         return resume + (ranFor / checkpointInterval).rounded(.down) * checkpointInterval * rate
     }
 }
+
+/// Measurement noise as common random numbers: the k-th step-time measurement of a job's run on a
+/// configuration draws the same standard normal in a GPU agent's emulation and in the digital
+/// twin, so validation compares the same samples (a standard variance-reduction technique)
+/// rather than two independent noise streams that steer online-learning policies apart.
+public enum MeasurementNoise {
+    public static func normal(job: String, key: ConfigKey, run: Double, index: Int) -> Double {
+        var h: UInt64 = 0xcbf29ce484222325
+        for b in "\(job)|\(key.gpuModel)|\(key.gpuCount)|\(run)|\(index)".utf8 { h = (h ^ UInt64(b)) &* 0x100000001b3 }
+        var rng = SplitMix64(seed: h)
+        return rng.normal()
+    }
+}

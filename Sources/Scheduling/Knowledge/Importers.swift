@@ -35,6 +35,17 @@ public func catalogueGPUName(_ published: String) -> String? {
 /// Reads the seed data under a `shared/data` folder: VectorLM fine-tuning throughputs, Gavel's
 /// training throughputs and Vidur's inference operator profiles.
 public enum KnowledgeImporter {
+    /// The knowledge base every part of Stratolab starts from — the coordinator, the GPU agents'
+    /// emulation and the digital twin — so that they agree: every seed file imported, then every
+    /// configuration missing for the catalogue's GPU models (and any other imported one) estimated.
+    public static func seeded(dataDirectory dir: String, extraGPUModels: [String] = []) -> (kb: KnowledgeBase, imported: ImportResult, estimated: Int) {
+        let imported = importAll(dataDirectory: dir)
+        var kb = KnowledgeBase(rows: imported.rows, facts: imported.facts)
+        let models = Array(Set(GPUCatalog.names + extraGPUModels + imported.rows.map(\.key.gpuModel))).sorted()
+        let n = Estimator.estimateMissing(in: &kb, gpuModels: models)
+        return (kb, imported, n)
+    }
+
     public static func importAll(dataDirectory dir: String) -> ImportResult {
         var result = ImportResult()
         let vectorLM = dir + "/training/vectorlm-llm-finetune-throughput.md"

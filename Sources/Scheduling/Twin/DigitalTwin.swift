@@ -3,9 +3,14 @@ import Foundation
 /// A node failure for the twin to replay: `node` dies at `at` and is back `downFor` later.
 public struct NodeFailure: Sendable, Codable, Equatable {
     public var node: String
+    /// When the node crashes: its jobs stop making progress (they keep their last checkpoint).
     public var at: Double
     public var downFor: Double
-    public init(node: String, at: Double, downFor: Double) { self.node = node; self.at = at; self.downFor = downFor }
+    /// How long until the scheduler learns of it (the failure detector's delay); nil: at once.
+    public var detectedAfter: Double?
+    public init(node: String, at: Double, downFor: Double, detectedAfter: Double? = nil) {
+        self.node = node; self.at = at; self.downFor = downFor; self.detectedAfter = detectedAfter
+    }
 }
 
 public struct TwinOptions: Sendable {
@@ -42,6 +47,7 @@ public struct DigitalTwin {
         case released(String, Int, Double)
         case report(String, Int)
         case serviceChange
+        case nodeCrash(String)
         case nodeDown(String)
         case nodeUp(String)
     }
@@ -55,6 +61,7 @@ public struct DigitalTwin {
         var resume: Double
         var rate: Double
         var total: Double
+        var measurements = 0
         var progressFrom: Double { startedAt + overhead }
     }
 
@@ -67,11 +74,14 @@ public struct DigitalTwin {
         for (i, j) in workload.jobs.enumerated() { queue.push(j.arrival, .arrival(i)) }
         for s in scheduler.services { for p in s.rateCurve { queue.push(p.time, .serviceChange) } }
         for f in options.failures {
-            queue.push(f.at, .nodeDown(f.node))
+            queue.push(f.at, .nodeCrash(f.node))
+            queue.push(f.at + max(0, f.detectedAfter ?? 0), .nodeDown(f.node))
             queue.push(f.at + f.downFor, .nodeUp(f.node))
         }
         var runs: [String: Run] = [:]
         var generation: [String: Int] = [:]
+        /// Runs on a node that crashed and that the scheduler has not been told about yet.
+        var crashedRuns = Set<String>()
         var busy: [String: Double] = [:]
         var serviceOut = Dictionary(uniqueKeysWithValues: scheduler.services.map { ($0.id, ServiceOutcome(id: $0.id)) })
         var lastServiceTime = 0.0
@@ -87,6 +97,7 @@ public struct DigitalTwin {
         func endRun(_ id: String, _ now: Double) {
             if let r = runs.removeValue(forKey: id) { busy[r.key.gpuModel, default: 0] += (now - r.startedAt) * Double(r.key.gpuCount) }
             generation[id, default: 0] += 1
+            crashedRuns.remove(id)
         }
         func accountServices(until now: Double) {
             guard now > lastServiceTime else { return }
@@ -138,15 +149,30 @@ public struct DigitalTwin {
                     lastFinish = max(lastFinish, at)
                     dirty = true
                 case .report(let id, let g):
-                    guard generation[id, default: 0] == g, let r = runs[id] else { continue }
+                    guard generation[id, default: 0] == g, var r = runs[id] else { continue }
+                    // As a GPU agent measures it: the mean step time over the interval's steps, with
+                    // the step-to-step variance Vidur measured (so the error shrinks as 1/√steps).
                     let cv = execution.stepTimeCV(r.key.gpuModel)
-                    let measured = r.rate * max(0.05, 1 + cv * rng.normal())
+                    let steps = execution.stepTime(r.key).map { max(1, (options.reportInterval / $0).rounded()) } ?? 1
+                    let z = MeasurementNoise.normal(job: id, key: r.key, run: r.resume, index: r.measurements)
+                    r.measurements += 1
+                    runs[id] = r
+                    let measured = r.rate / max(0.05, 1 + cv * z / steps.squareRoot())
                     scheduler.kb.recordOnline(r.key, throughput: measured, unit: scheduler.state.jobs[id]!.spec.unit, stepTime: nil)
                     let w = workNow(id, now)!
                     scheduler.state.progress(job: id, workDone: w, checkpointed: execution.checkpointed(resume: r.resume, ranFor: now - r.progressFrom, rate: r.rate))
                     queue.push(now + options.reportInterval, .report(id, g))
+                case .nodeCrash(let node):
+                    // Work stops here; the scheduler still believes the node alive until .nodeDown.
+                    for (id, r) in runs where r.nodeID == node && !crashedRuns.contains(id) {
+                        let w = workNow(id, now)!
+                        let c = execution.checkpointed(resume: r.resume, ranFor: now - r.progressFrom, rate: r.rate)
+                        scheduler.state.progress(job: id, workDone: min(w, c), checkpointed: c)
+                        crashedRuns.insert(id)
+                        generation[id, default: 0] += 1   // its finish and report events no longer count
+                    }
                 case .nodeDown(let node):
-                    for (id, r) in runs where r.nodeID == node {
+                    for (id, r) in runs where r.nodeID == node && !crashedRuns.contains(id) {
                         let w = workNow(id, now)!
                         scheduler.state.progress(job: id, workDone: w, checkpointed: execution.checkpointed(resume: r.resume, ranFor: now - r.progressFrom, rate: r.rate))
                     }
