@@ -6,7 +6,8 @@ import Testing
 
 /// Whole experiments on local processes: a spec with a fault timeline runs end to end, and the
 /// lost-nothing check and the merged trace are checked from the results folder.
-@Suite("Experiments end to end", .serialized)
+extension MultiProcess {
+@Suite("Experiments end to end")
 struct ExperimentTests {
     @Test("a fault timeline (kill, pause, partition, slow, coordinator crash) during a workload loses nothing, and the merged trace shows it")
     func faultTimeline() throws {
@@ -88,4 +89,5 @@ struct ExperimentTests {
         #expect(again.trace.events == s.trace.events && again.lostNothing.ok)
         #expect(FileManager.default.fileExists(atPath: out + "/trace.json"))
     }
+}
 }

@@ -146,6 +146,7 @@ public final class ExperimentRunner: @unchecked Sendable {
             timeline.sort { ($0.at, $0.start ? 1 : 0, $0.index) < ($1.at, $1.start ? 1 : 0, $1.index) }
             var ids: [Int: String] = [:]
             var lastProgress = Date.distantPast
+            var coordinatorAnswers = true
             while true {
                 let elapsed = Date().timeIntervalSince(t0)
                 while let next = timeline.first, next.at <= elapsed {
@@ -166,14 +167,17 @@ public final class ExperimentRunner: @unchecked Sendable {
                 }
                 // The coordinator may be down on purpose: keep the last answers then, and keep the
                 // waits short so the fault timeline stays on time.
+                coordinatorAnswers = false
                 if let s = try? client.status(timeoutMs: 300) {
                     lastStatus = s
+                    coordinatorAnswers = true
                     if workload != nil, let j = try? client.jobs(timeoutMs: 1000) { lastJobs = j }
                 }
                 let done = workload != nil && lastJobs.map { $0.unfinished == 0 && $0.jobs.count >= submitted - rejected.count } == true
                 if Date().timeIntervalSince(lastProgress) >= progressInterval || done {
                     lastProgress = Date()
-                    print(progressLine(elapsed: elapsed, jobs: lastJobs, status: lastStatus, injector: injector))
+                    print(progressLine(elapsed: elapsed, jobs: lastJobs, status: lastStatus, injector: injector)
+                          + (coordinatorAnswers ? "" : " · coordinator not answering (last known shown)"))
                 }
                 if spec.end == .jobsDone && done && injector.active.isEmpty && timeline.allSatisfy({ !$0.start }) {
                     endReason = "jobs_done"
