@@ -203,6 +203,36 @@ struct PolicyTests {
         #expect(s.replicas(of: "s").count == 2)
         #expect(s.state.invariantViolations().isEmpty)
     }
+
+    @Test("an elastic job shrinks onto the GPUs a service leaves (restarting from its checkpoint) instead of stopping; a rigid one is preempted")
+    func elasticShrink() throws {
+        let r = KnowledgeImporter.importFile(dataDir + "/profiles/vidur/a100_Llama-2-7b-hf_mlp.csv")
+        // Job 'a' fits on 1, 2 or 4 GPUs, not on 3 (so 4 → 3 left must pick 2).
+        var kb2 = KnowledgeBase(rows: r.rows + [row("a", "A100-80GB", 1, 10), row("a", "A100-80GB", 2, 18), row("a", "A100-80GB", 3, 0, fits: false), row("a", "A100-80GB", 4, 30)])
+        _ = Estimator.estimateMissing(in: &kb2, gpuModels: ["A100-80GB"])
+        let svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
+                              rateCurve: [RatePoint(time: 0, rps: 0), RatePoint(time: 100, rps: 1)], meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 20, minReplicas: 0)
+        func run(elastic: Bool) -> (Scheduler, [SchedulerAction]) {
+            var s = Scheduler(policy: FIFOPolicy(), kb: kb2, services: [svc])
+            s.state.addNode(NodeSlot(id: "n", gpuModel: "A100-80GB", gpuCount: 4))
+            var j = job("j", "a", gpus: 4, gpuModel: "A100-80GB")
+            j.elastic = elastic
+            s.state.submit(j)
+            _ = s.step(now: 0)
+            let actions = s.step(now: 100, currentWork: { _ in 400 })
+            return (s, actions)
+        }
+        let (s, actions) = run(elastic: true)
+        #expect(s.replicas(of: "s").count == 1)
+        let j = try #require(s.state.jobs["j"])
+        #expect(j.phase == .running && j.placement?.gpus.count == 2 && j.placement?.nodeID == "n", "\(actions)")
+        #expect(j.workDone == 400 && j.preemptions == 1 && s.shrinks == 1)
+        #expect(actions.contains { if case .startJob("j", _, 400) = $0 { return true }; return false })
+        #expect(actions.contains { if case .preemptJob("j", _, let why) = $0 { return why.contains("shrinks to 2 GPUs") }; return false })
+        #expect(s.state.invariantViolations().isEmpty)
+        let (rigid, _) = run(elastic: false)
+        #expect(rigid.state.jobs["j"]?.phase == .pending && rigid.shrinks == 0)
+    }
 }
 
 @Suite("Scheduler invariants")

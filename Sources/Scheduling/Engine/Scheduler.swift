@@ -58,6 +58,9 @@ public struct Scheduler: Sendable {
     /// One decision round at `now`. `currentWork` gives a running job's work done right now (the
     /// twin computes it; the coordinator answers with the last report and corrects it when the
     /// agent acknowledges the preemption with its checkpoint).
+    /// Elastic jobs shrunk (restarted on fewer GPUs) to make room for services.
+    public private(set) var shrinks = 0
+
     public mutating func step(now: Double, currentWork: (String) -> Double? = { _ in nil }) -> [SchedulerAction] {
         var actions = serveOnline(now: now, currentWork: currentWork)
         guard state.free.totalFree > 0, !state.pendingOrder.isEmpty else { return actions }
@@ -90,20 +93,51 @@ public struct Scheduler: Sendable {
             let key = ConfigKey(model: s.model, task: "inference", gpuModel: s.gpuModel, gpuCount: s.gpusPerReplica, batchPerGPU: 0)
             for _ in have.count..<max(want, have.count) {
                 var node = state.free.bestNode(model: s.gpuModel, count: s.gpusPerReplica)
-                if node == nil { node = makeRoom(model: s.gpuModel, gpus: s.gpusPerReplica, now: now, for: s.id, currentWork: currentWork, actions: &actions) }
+                var shrunk: [(String, ConfigKey)] = []
+                if node == nil {
+                    if let room = makeRoom(model: s.gpuModel, gpus: s.gpusPerReplica, now: now, for: s.id, currentWork: currentWork, actions: &actions) {
+                        node = room.node
+                        shrunk = room.shrink
+                    }
+                }
                 guard let node else { break }
                 replicaSerial += 1
                 let id = "\(s.id)-r\(replicaSerial)"
                 if let p = try? state.startReplica(id: id, service: s.id, node: node, key: key) {
                     actions.append(.startReplica(replicaID: id, serviceID: s.id, placement: p))
                 }
+                // Elastic jobs taken back go on at once on what is left of the node, smaller.
+                for (job, smaller) in shrunk {
+                    let resume = state.jobs[job]?.workDone ?? 0
+                    if let p = try? state.start(job: job, node: node, key: smaller, at: now) {
+                        actions.append(.startJob(jobID: job, placement: p, resumeWork: resume))
+                        shrinks += 1
+                    }
+                }
             }
         }
         return actions
     }
 
-    /// Preempts offline jobs on the node of `model` where the fewest GPUs must be taken back.
-    private mutating func makeRoom(model: String, gpus: Int, now: Double, for service: String, currentWork: (String) -> Double?, actions: inout [SchedulerAction]) -> String? {
+    /// The largest smaller configuration of an elastic job that fits in `left` GPUs and in memory
+    /// (per the knowledge base), or nil.
+    func shrunkKey(_ j: JobRecord, left: Int) -> ConfigKey? {
+        guard j.spec.elastic, let k = j.placement?.key, left >= 1 else { return nil }
+        var n = min(left, k.gpuCount - 1)
+        while n >= 1 {
+            var c = k
+            c.gpuCount = n
+            if let row = kb.offline[c] ?? kb.online[c], row.fits { return c }
+            n -= 1
+        }
+        return nil
+    }
+
+    /// Takes GPUs back from offline jobs on the node of `model` where the fewest GPUs must be
+    /// taken. An elastic job shrinks instead of stopping when a smaller configuration of it fits
+    /// in what the service leaves (it restarts from its checkpoint on fewer GPUs of the same node);
+    /// other jobs are preempted at a checkpoint and queue again.
+    private mutating func makeRoom(model: String, gpus: Int, now: Double, for service: String, currentWork: (String) -> Double?, actions: inout [SchedulerAction]) -> (node: String, shrink: [(String, ConfigKey)])? {
         var best: (node: String, victims: [JobRecord], taken: Int)? = nil
         for id in state.nodeOrder {
             guard let n = state.nodes[id], n.alive, n.gpuModel == model, n.gpuCount >= gpus else { continue }
@@ -117,10 +151,16 @@ public struct Scheduler: Sendable {
             if best == nil || taken < best!.taken { best = (id, victims, taken) }
         }
         guard let best else { return nil }
+        var shrink: [(String, ConfigKey)] = []
+        // GPUs left for the victims once the replica has what it needs, handed out newest first.
+        var left = (state.nodes[best.node]?.freeCount ?? 0) + best.taken - gpus
         for v in best.victims {
+            let smaller = shrunkKey(v, left: left)
             state.preempt(job: v.spec.id, workDone: currentWork(v.spec.id), at: now)
-            actions.append(.preemptJob(jobID: v.spec.id, nodeID: best.node, reason: "service \(service) needs \(gpus)x\(model)"))
+            actions.append(.preemptJob(jobID: v.spec.id, nodeID: best.node,
+                                       reason: "service \(service) needs \(gpus)x\(model)" + (smaller.map { "; shrinks to \($0.gpuCount) GPUs" } ?? "")))
+            if let c = smaller { shrink.append((v.spec.id, c)); left -= c.gpuCount }
         }
-        return best.node
+        return (best.node, shrink)
     }
 }
