@@ -58,6 +58,8 @@ public final class AgentSession: @unchecked Sendable {
     private var nextMessageID: UInt64 = 0
     private var sent: UInt64 = 0
     private var received: UInt64 = 0
+    private var bytesSent: UInt64 = 0
+    private var bytesReceived: UInt64 = 0
     private var heartbeatIntervalNanos: Int64
     private let stopLock = NSLock()
     private var stopRequested = false
@@ -111,6 +113,7 @@ public final class AgentSession: @unchecked Sendable {
                 for _ in 0..<4096 {
                     guard let frames = try dealer.receive(dontWait: true) else { break }
                     received += 1
+                    for f in frames { bytesReceived += UInt64(f.count) }
                     if network?.takesIncoming(frames) != true { handle(frames, dealer) }
                 }
             }
@@ -314,7 +317,8 @@ public final class AgentSession: @unchecked Sendable {
         let now = clock.wallNanos()
         var e = Envelope.make(sender: nodes[i].identity.nodeID, messageID: nextMessageID, sentAtNanos: now, body: body)
         let flow = tracer.tracesMessage(e) ? tracer.markTraced(&e) : 0
-        if transmit(codec.encode(e), dealer) { sent += 1 }
+        let frame = codec.encode(e)
+        if transmit(frame, dealer) { sent += 1; bytesSent += UInt64(frame.count) }
         if flow != 0 {
             tracer.span("send \(e.bodyName)", category: "message", track: "control", start: now, end: clock.wallNanos(),
                         args: ["to": "coordinator", "node": e.sender])
@@ -357,7 +361,8 @@ public final class AgentSession: @unchecked Sendable {
     private func recordCounters(now: Int64) {
         let (cpu, rss) = processStats()
         var values: [String: Double] = ["rss_mb": Double(rss) / 1_048_576, "messages_sent": Double(sent),
-                                        "messages_received": Double(received), "nodes_registered": Double(registeredCount)]
+                                        "messages_received": Double(received), "nodes_registered": Double(registeredCount),
+                                        "bytes_sent": Double(bytesSent), "bytes_received": Double(bytesReceived)]
         if let last = lastCounterCPU, now > last.at { values["cpu_percent"] = (cpu - last.cpu) / (Double(now - last.at) / 1e9) * 100 }
         lastCounterCPU = (cpu, now)
         tracer.counter("process", values)

@@ -59,6 +59,8 @@ public final class CoordinatorServer: @unchecked Sendable {
     private var collector: TraceCollector!
     private var tracer: Tracer { Tracer.shared }
     private var lastCounterCPU: (cpu: Double, at: Int64)?
+    private var bytesSent: UInt64 = 0
+    private var bytesReceived: UInt64 = 0
 
     private let stopLock = NSLock()
     private var stopRequested = false
@@ -131,6 +133,7 @@ public final class CoordinatorServer: @unchecked Sendable {
                 // Drain what is queued, bounded so timers still run under load.
                 for _ in 0..<4096 {
                     guard let frames = try router.receive(dontWait: true) else { break }
+                    for f in frames { bytesReceived += UInt64(f.count) }
                     handle(frames, on: router)
                 }
             }
@@ -547,7 +550,8 @@ public final class CoordinatorServer: @unchecked Sendable {
                               recipient: recipient, inReplyTo: inReplyTo, body: body)
         let flow = tracer.tracesMessage(e) ? tracer.markTraced(&e) : 0
         do {
-            if try !router.send([identity, codec.encode(e)], dontWait: true) { count("send_dropped") }
+            let frame = codec.encode(e)
+            if try router.send([identity, frame], dontWait: true) { bytesSent += UInt64(frame.count + identity.count) } else { count("send_dropped") }
         } catch {
             count("send_failed")
         }
@@ -591,7 +595,8 @@ public final class CoordinatorServer: @unchecked Sendable {
         var values: [String: Double] = [
             "rss_mb": Double(ProcessStats.residentBytes()) / 1_048_576,
             "heartbeats_per_s": heartbeatRate.rate(at: now),
-            "pending_commands": Double(outstanding.count)]
+            "pending_commands": Double(outstanding.count),
+            "bytes_sent": Double(bytesSent), "bytes_received": Double(bytesReceived)]
         if let last = lastCounterCPU, now > last.at { values["cpu_percent"] = (cpu - last.cpu) / (Double(now - last.at) / 1e9) * 100 }
         lastCounterCPU = (cpu, now)
         tracer.counter("process", values)

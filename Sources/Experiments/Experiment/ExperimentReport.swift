@@ -54,9 +54,9 @@ public enum ExperimentReport {
         let shaded = t.faults.map { f in
             (Double(f.startNanos - t0) / 1e9, Double((f.endNanos ?? t.endNanos) - t0) / 1e9, "\(f.action) \(f.target)")
         }
-        func plot(_ title: String, _ y: String, _ pick: (TraceExport.Sample) -> String?) -> String {
+        func plot(_ title: String, _ y: String, scale: Double = 1, _ pick: (TraceExport.Sample) -> String?) -> String {
             var groups: [String: [(Double, Double)]] = [:]
-            for x in samples { if let k = pick(x) { groups[k, default: []].append((x.t, x.value)) } }
+            for x in samples { if let k = pick(x) { groups[k, default: []].append((x.t, x.value * scale)) } }
             guard !groups.isEmpty else { return "" }
             var p = SVGPlot(title: title, xLabel: "seconds since the trace started", yLabel: y)
             p.series = groups.keys.sorted().map { SVGPlot.Series(name: $0, points: groups[$0]!.sorted { $0.0 < $1.0 }) }
@@ -68,6 +68,9 @@ public enum ExperimentReport {
         plots += plot("Jobs by phase", "jobs") { $0.process == "coordinator" && $0.counter == "jobs" ? $0.metric : nil }
         plots += plot("GPU utilisation per node (emulated)", "mean utilisation") { $0.metric == "gpu_utilization" ? $0.counter : nil }
         plots += plot("CPU per process", "% of one core") { $0.counter == "process" && $0.metric == "cpu_percent" ? $0.process : nil }
+        plots += plot("Control traffic sent per process (cumulative)", "KiB", scale: 1.0 / 1024) { x in
+            x.counter == "process" && x.metric == "bytes_sent" ? x.process : nil
+        }
         plots += plot("Heartbeats handled by the coordinator", "per second") { $0.process == "coordinator" && $0.metric == "heartbeats_per_s" ? "heartbeats/s" : nil }
         if let cdf = try? String(contentsOfFile: dir + "/scheduling/jct_cdf.svg", encoding: .utf8) {
             plots += "<h3>Job completion time CDF</h3>" + cdf
