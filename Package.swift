@@ -52,7 +52,7 @@ let package = Package(
             dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "GPUAgent", "MemoryAgent", "RenderAgent"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["Wire", "Cluster", "Experiments", "Scheduling"]),
+            dependencies: ["Wire", "Cluster", "Experiments", "Scheduling", "GPUAgent"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -22,12 +22,15 @@ public protocol AgentBehavior: AnyObject {
     /// on the agent's wall clock: the session heartbeats then rather than at the next interval, so
     /// the coordinator frees the GPUs without waiting up to a heartbeat. Nil: nothing due.
     func nextReportDue(wallNanos: Int64) -> Int64?
+    /// The agent is stopping cleanly: stop what runs outside this process (job processes).
+    func shutdown()
 }
 
 extension AgentBehavior {
     public func jobReports(wallNanos: Int64) -> [JobReport] { [] }
     public func settle(_ jobIDs: [String]) {}
     public func nextReportDue(wallNanos: Int64) -> Int64? { nil }
+    public func shutdown() {}
 }
 
 /// Who a node is: its id, site and labels.

@@ -133,6 +133,7 @@ public final class AgentSession: @unchecked Sendable {
             d.reason = "agent shut down"
             send(.deregister(d), from: i, dealer)
         }
+        for n in nodes { n.behavior.shutdown() }
         if tracer.isEnabled { try? flushTrace(dealer) }
         network?.finish(dealer)
         logger.info("agent stopped")

@@ -85,4 +85,5 @@ public final class EmulatedGPUNode: AgentBehavior {
     public func jobReports(wallNanos: Int64) -> [JobReport] { runner?.reports(wallNanos: wallNanos) ?? [] }
     public func settle(_ jobIDs: [String]) { runner?.settle(jobIDs) }
     public func nextReportDue(wallNanos: Int64) -> Int64? { runner?.nextReportDue(wallNanos: wallNanos) }
+    public func shutdown() { runner?.stopAll() }
 }

@@ -15,10 +15,13 @@ public protocol JobRunner: AnyObject {
     func settle(_ ids: [String])
     /// When a job is next due to change state (see `AgentBehavior.nextReportDue`).
     func nextReportDue(wallNanos: Int64) -> Int64?
+    /// The agent stops: end whatever runs outside its process.
+    func stopAll()
 }
 
 extension JobRunner {
     public func nextReportDue(wallNanos: Int64) -> Int64? { nil }
+    public func stopAll() {}
 }
 
 extension EmulatedJobRunner: JobRunner {}

@@ -140,9 +140,17 @@ public final class ProcessJobRunner: JobRunner {
 
     public func settle(_ ids: [String]) { for id in ids { terminal[id] = nil } }
 
-    /// Stops every job's process (agent shutdown).
+    /// Stops every job's process at agent shutdown: SIGTERM (they checkpoint), then SIGKILL to
+    /// whatever is left after at most 3 s (a testbed stops an agent with SIGKILL after 5 s, and
+    /// jobs must not outlive it). The coordinator restarts them from their checkpoints.
     public func stopAll() {
         for j in jobs.values { signalGroup(j.pid, SIGTERM) }
+        let deadline = Date().addingTimeInterval(min(terminateGraceSeconds, 3))
+        for j in jobs.values {
+            var status: Int32 = 0
+            while waitpid(j.pid, &status, WNOHANG) == 0 && Date() < deadline { usleep(20_000) }
+            if waitpid(j.pid, &status, WNOHANG) == 0 { signalGroup(j.pid, SIGKILL) }
+        }
     }
 
     private func reapStopping(_ now: Int64) {

@@ -78,11 +78,8 @@ struct TraceCommand: ParsableCommand {
         @Argument(help: "Results folder, or a testbed run directory.") var dir: String
         @Option(help: "Title recorded in the trace.") var title = "stratolab"
         func run() throws {
-            let source = FileManager.default.fileExists(atPath: dir + "/raw/trace") ? dir + "/raw/trace" : dir
             do {
-                let merged = try MergedTrace.load(directory: source)
-                let stats = try TraceExport.writeChrome(merged, title: title, to: dir + "/trace.json")
-                try TraceExport.writeMetrics(merged, to: dir)
+                let (merged, stats) = try ExperimentReport.mergeTrace(directory: dir, title: title)
                 print("\(stats.events) events from \(stats.processes.count) processes (\(merged.instances.count) instances), \(stats.flows) message flows, \(stats.counters) counter samples, \(merged.faults.count) fault windows")
                 print("missing (sequence gaps): \(merged.missingEvents); duplicates dropped: \(merged.duplicatesDropped); recovered from spools only: \(merged.instances.reduce(0) { $0 + $1.fromSpoolOnly })")
                 if !merged.truncatedFiles.isEmpty { print("cut short (a process died mid-write; whole records kept): \(merged.truncatedFiles.joined(separator: ", "))") }

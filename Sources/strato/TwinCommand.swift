@@ -34,7 +34,7 @@ struct TwinCommand: ParsableCommand {
             let models = Array(Set(nodes.map(\.gpuModel))).sorted()
             let (kb, imported, estimated) = KnowledgeSeeding.seeded(dataDirectory: dataDir, gpuModels: models)
             guard !imported.rows.isEmpty else { throw ValidationError("no knowledge could be read from \(dataDir): \(imported.skipped.first?.description ?? "")") }
-            var notes = ["knowledge base: \(imported.rows.count) measured rows from \(imported.files.count) files, \(estimated) estimated; \(imported.skipped.count) skipped"]
+            let notes = ["knowledge base: \(imported.rows.count) measured rows from \(imported.files.count) files, \(estimated) estimated; \(imported.skipped.count) skipped"]
             var services: [ServiceSpec] = []
             if servicesRPS > 0 {
                 services = try ServiceSetup.azureServices(dataDirectory: dataDir, seconds: hours * 3600, gpuModel: servicesGPU, meanRPS: servicesRPS)

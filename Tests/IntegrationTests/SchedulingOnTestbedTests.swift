@@ -1,6 +1,7 @@
 import Cluster
 import Experiments
 import Foundation
+import GPUAgent
 import Protocol
 import Scheduling
 import Testing
@@ -108,12 +109,7 @@ struct SchedulingOnTestbedTests {
         let flakyRuns = try FileManager.default.contentsOfDirectory(atPath: jobs + "/flaky/checkpoint").filter { $0.hasPrefix("visible-") }.sorted()
         #expect(flakyRuns == ["visible-0", "visible-100"], "\(flakyRuns)")
         let st = try cluster.status()
-        #expect(st.nodes.first?.capabilities.gpu.emulated == (NvidiaSMIPresent.value ? false : true))
+        #expect(st.nodes.first?.capabilities.gpu.emulated == (NvidiaSMI.list() == nil))
     }
 }
-}
-
-/// Whether this host has nvidia-smi (the process backend then describes real devices).
-enum NvidiaSMIPresent {
-    static var value: Bool { ["/usr/bin/nvidia-smi", "/usr/local/bin/nvidia-smi", "/usr/local/nvidia/bin/nvidia-smi"].contains { FileManager.default.isExecutableFile(atPath: $0) } }
 }

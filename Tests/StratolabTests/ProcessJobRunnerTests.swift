@@ -72,6 +72,31 @@ struct ProcessJobRunnerTests {
         #expect(done.workDone == saved + 30)
     }
 
+    @Test("agent shutdown stops every job process (they checkpoint on SIGTERM), so none outlives the agent")
+    func stopAllAtShutdown() throws {
+        let (r, dir) = runner()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(start(r, "long", total: 1_000_000).ok)
+        _ = try #require(poll(r, until: { $0.workDone >= 30 }, id: "long"))
+        let pid = try #require(pidOfJob(dir + "/long"))
+        r.stopAll()
+        #expect(kill(pid, 0) != 0, "the job's process is gone")
+        let last = try #require(ProcessJobRunner.lastProgress(dir + "/long/progress"))
+        #expect(last.checkpoint >= 30 && last.checkpoint == last.work, "it checkpointed on SIGTERM")
+    }
+
+    /// The job's pid, from the runner's start detail recorded in its log folder: read /proc for a
+    /// shell whose environment names this job's progress file.
+    func pidOfJob(_ jobDir: String) -> pid_t? {
+        let me = getpid()
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), pid != me,
+                  let env = FileManager.default.contents(atPath: "/proc/\(entry)/environ") else { continue }
+            if String(decoding: env, as: UTF8.self).contains("STRATO_PROGRESS_FILE=\(jobDir)/progress") { return pid }
+        }
+        return nil
+    }
+
     @Test("a process that exits with an error is a failure naming the exit status and the log, with its checkpoint")
     func fails() throws {
         let (r, dir) = runner()

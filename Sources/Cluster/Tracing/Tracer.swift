@@ -49,7 +49,6 @@ public final class Tracer: @unchecked Sendable {
     public private(set) var spoolPath: String?
     /// 1 in N heartbeat exchanges is traced as messages (all other messages always are).
     public private(set) var heartbeatSample: UInt64 = 5
-    private var droppedForMemory: UInt64 = 0
     private var flowCounter: UInt64 = 0
     /// Taken out of `fresh`, being built into a batch (outside the lock).
     private var converting = 0
@@ -197,7 +196,6 @@ public final class Tracer: @unchecked Sendable {
         var held = inFlight.reduce(0) { $0 + $1.batch.events.count }
         while held > maxBufferedEvents && inFlight.count > 1 {
             held -= inFlight[0].batch.events.count
-            droppedForMemory += UInt64(inFlight[0].batch.events.count)
             inFlight.removeFirst()
         }
         return b

@@ -5,10 +5,12 @@ import Protocol
 /// `metrics/<node>.csv`, the trace half of `summary.json` with the lost-nothing check, and
 /// `report.html`. The runner calls it after collecting; `strato report DIR` calls it again.
 public enum ExperimentReport {
-    /// `trace.json` and metrics only (`strato trace merge DIR`).
+    /// `trace.json` and metrics only (`strato trace merge DIR`): from DIR/raw/trace of a results
+    /// folder, or from DIR itself (a testbed run directory).
     @discardableResult
     public static func mergeTrace(directory dir: String, title: String) throws -> (MergedTrace, TraceExport.Stats) {
-        let merged = try MergedTrace.load(directory: dir + "/raw/trace")
+        let source = FileManager.default.fileExists(atPath: dir + "/raw/trace") ? dir + "/raw/trace" : dir
+        let merged = try MergedTrace.load(directory: source)
         let stats = try TraceExport.writeChrome(merged, title: title, to: dir + "/trace.json")
         try TraceExport.writeMetrics(merged, to: dir)
         return (merged, stats)

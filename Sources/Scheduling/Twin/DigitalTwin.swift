@@ -16,7 +16,6 @@ public struct NodeFailure: Sendable, Codable, Equatable {
 public struct TwinOptions: Sendable {
     /// Trace seconds between the step-time reports a modelled agent sends.
     public var reportInterval: Double = 300
-    public var seed: UInt64 = 1
     public var failures: [NodeFailure] = []
     /// Seconds between a job's start decision and the agent acting on it (command latency on the
     /// testbed, in trace time); 0 in a pure simulation.
@@ -69,7 +68,6 @@ public struct DigitalTwin {
         let wallStart = DispatchTime.now().uptimeNanoseconds
         var scheduler = Scheduler(policy: policy, kb: execution.kb, services: workload.services)
         for n in nodes { scheduler.state.addNode(n) }
-        var rng = SplitMix64(seed: options.seed)
         var queue = EventQueue<Event>()
         for (i, j) in workload.jobs.enumerated() { queue.push(j.arrival, .arrival(i)) }
         for s in scheduler.services { for p in s.rateCurve { queue.push(p.time, .serviceChange) } }
