@@ -18,6 +18,10 @@ public protocol AgentBehavior: AnyObject {
     func jobReports(wallNanos: Int64) -> [JobReport]
     /// The coordinator made these terminal reports durable: stop repeating them.
     func settle(_ jobIDs: [String])
+    /// Inference requests this node's replicas completed, for the next heartbeat; repeated until settled.
+    func requestResults(wallNanos: Int64) -> [RequestResult]
+    /// The coordinator made these request results durable.
+    func settleRequests(_ requestIDs: [String])
     /// When something this node runs is due to change state (a job finishing, or done loading),
     /// on the agent's wall clock: the session heartbeats then rather than at the next interval, so
     /// the coordinator frees the GPUs without waiting up to a heartbeat. Nil: nothing due.
@@ -29,6 +33,8 @@ public protocol AgentBehavior: AnyObject {
 extension AgentBehavior {
     public func jobReports(wallNanos: Int64) -> [JobReport] { [] }
     public func settle(_ jobIDs: [String]) {}
+    public func requestResults(wallNanos: Int64) -> [RequestResult] { [] }
+    public func settleRequests(_ requestIDs: [String]) {}
     public func nextReportDue(wallNanos: Int64) -> Int64? { nil }
     public func shutdown() {}
 }

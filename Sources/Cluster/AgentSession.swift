@@ -203,6 +203,7 @@ public final class AgentSession: @unchecked Sendable {
         if let estimate = nodes[i].estimator.estimate { hb.clock = estimate }
         hb.running = nodes[i].behavior.running()
         hb.jobs = nodes[i].behavior.jobReports(wallNanos: clock.wallNanos())
+        hb.requests = nodes[i].behavior.requestResults(wallNanos: clock.wallNanos())
         let sentAt = send(.heartbeat(hb), from: i, dealer)
         nodes[i].lastHeartbeatSentWall = sentAt
         nodes[i].lastHeartbeatSequence = hb.sequence
@@ -256,6 +257,7 @@ public final class AgentSession: @unchecked Sendable {
             timers.schedule(i, at: now + heartbeatIntervalNanos)
         case .heartbeatAck(let ack):
             if !ack.settledJobs.isEmpty { nodes[i].behavior.settle(ack.settledJobs) }
+            if !ack.settledRequests.isEmpty { nodes[i].behavior.settleRequests(ack.settledRequests) }
             if ack.sequence == nodes[i].lastHeartbeatSequence {
                 nodes[i].estimator.add(ClockSample(t1: nodes[i].lastHeartbeatSentWall, t2: ack.receivedAtUnixNanos,
                                                    t3: ack.sentAtUnixNanos, t4: clock.wallNanos()))

@@ -82,6 +82,14 @@ public struct OutstandingCommands: Sendable {
         return out
     }
 
+    /// Drops outstanding commands that no longer matter (e.g. requests for a replica that is gone,
+    /// which go elsewhere); returns them.
+    @discardableResult
+    public mutating func cancel(where matches: (Command) -> Bool) -> [Command] {
+        let ids = entries.filter { matches($0.value.command) }.map(\.key)
+        return ids.sorted().compactMap { entries.removeValue(forKey: $0)?.command }
+    }
+
     /// Makes every command for `nodeID` due now (e.g. the node just re-registered).
     public mutating func expedite(nodeID: String, now: Int64) {
         for (id, e) in entries where e.command.nodeID == nodeID {

@@ -26,11 +26,13 @@ public final class OperatorClient {
     private let socket: ZMQSocket
     private let codec = EnvelopeCodec(maxFrameBytes: 64 << 20)
     public let endpoint: String
+    public let keysDirectory: String?
     private let name: String
     private var nextID: UInt64 = 0
 
     public init(endpoint: String, keysDirectory: String? = nil, name: String = "operator/\(getpid())") throws {
         self.endpoint = endpoint
+        self.keysDirectory = keysDirectory
         self.name = name
         socket = try ZMQSocket(context, .dealer)
         if let dir = keysDirectory {
@@ -99,15 +101,30 @@ public final class OperatorClient {
 }
 
 extension OperatorClient {
-    public func submit(_ jobs: [JobSubmission], timeoutMs: Int = 5000) throws -> SubmitJobsReply {
+    public func submit(_ jobs: [JobSubmission], services: [ServiceSubmission] = [], timeoutMs: Int = 5000) throws -> SubmitJobsReply {
         var s = SubmitJobs()
         s.jobs = jobs
+        s.services = services
         guard case .submitJobsReply(let r) = try request(.submitJobs(s), timeoutMs: timeoutMs) else { throw ClientError.unexpected("not a submit reply") }
         return r
     }
 
     public func jobs(timeoutMs: Int = 5000) throws -> JobsReply {
         guard case .jobsReply(let r) = try request(.jobsRequest(JobsRequest()), timeoutMs: timeoutMs) else { throw ClientError.unexpected("not a jobs reply") }
+        return r
+    }
+
+    public func submit(requests: [InferenceRequest], timeoutMs: Int = 5000) throws -> SubmitRequestsReply {
+        var s = SubmitRequests()
+        s.requests = requests
+        guard case .submitRequestsReply(let r) = try request(.submitRequests(s), timeoutMs: timeoutMs) else { throw ClientError.unexpected("not a submit-requests reply") }
+        return r
+    }
+
+    public func requests(includeRequests: Bool = false, timeoutMs: Int = 5000) throws -> RequestsReply {
+        var q = RequestsRequest()
+        q.includeRequests = includeRequests
+        guard case .requestsReply(let r) = try request(.requestsRequest(q), timeoutMs: timeoutMs) else { throw ClientError.unexpected("not a requests reply") }
         return r
     }
 }

@@ -141,7 +141,8 @@ public final class CoordinatorServer: @unchecked Sendable {
             if mono - lastTick >= .millis(50) { lastTick = mono; tickDetector(now: mono) }
             // Decide as soon as a job arrives or a report frees GPUs (cheap when nothing changed),
             // and send new start/preempt commands at once rather than at the next resend round.
-            if scheduleJobs(on: router, now: mono) { resendCommands(on: router, now: mono) }
+            let decided = scheduleJobs(on: router, now: mono)
+            if routeRequests(now: mono) || decided { resendCommands(on: router, now: mono) }
             if mono - lastResend >= .millis(100) { lastResend = mono; resendCommands(on: router, now: mono) }
             if mono - lastFlush >= .millis(250) {
                 lastFlush = mono
@@ -224,15 +225,33 @@ public final class CoordinatorServer: @unchecked Sendable {
             reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID,
                   handleOperatorCommand(oc, now: clock.monotonicNanos(), router: router))
         case .submitJobs(let sj):
-            let (accepted, rejected) = jobs.submit(sj.jobs)
+            var (accepted, rejected) = jobs.submit(sj.jobs)
+            let svc = jobs.submit(services: sj.services)
+            rejected += svc.rejected
+            accepted += svc.accepted.count
             let started = accepted > 0 && jobs.startClockIfNeeded(wall: clock.wallNanos())
             do { try store.batch {
                 try store.saveFutureJobs(jobs.futureJobs)
+                for s in svc.accepted { try store.saveService(s) }
                 if started { try store.setMetaValue("trace_t0_nanos", jobs.t0Wall) }
             } } catch { logger.error("could not persist submitted jobs: \(error)") }
             if !rejected.isEmpty { count("rejected_jobs") }
+            for s in svc.accepted { event("coordinator", "service", "\(s.id): \(s.model) on \(s.gpusPerReplica)x\(s.gpuModel), SLO \(s.sloSeconds) s") }
             var r = SubmitJobsReply(); r.accepted = UInt32(accepted); r.rejected = rejected
             reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .submitJobsReply(r))
+        case .submitRequests(let sr):
+            // Stored before the reply: a request the client was told is accepted survives a crash.
+            let (accepted, duplicates, rejected) = jobs.requests.submit(sr.requests, services: jobs.services)
+            do { try store.batch { try store.saveRequests(jobs.requests.takeDirty()) } } catch {
+                logger.error("could not persist requests: \(error)")
+                return   // no reply: the client sends them again
+            }
+            if !rejected.isEmpty { count("rejected_requests") }
+            var r = SubmitRequestsReply(); r.accepted = UInt32(accepted); r.duplicates = UInt32(duplicates); r.rejected = Array(rejected.prefix(100))
+            reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .submitRequestsReply(r))
+        case .requestsRequest(let rr):
+            reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID,
+                  .requestsReply(jobs.requestsReply(wall: clock.wallNanos(), includeRequests: rr.includeRequests)))
         case .jobsRequest:
             reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .jobsReply(jobs.jobsReply(wall: clock.wallNanos())))
         case .error(let e):
@@ -305,6 +324,17 @@ public final class CoordinatorServer: @unchecked Sendable {
                     do { try enqueue(c, now: mono) } catch { logger.error("could not persist a stop command: \(error)") }
                 }
             }
+            if !hb.requests.isEmpty {
+                // Results are made durable before the agent is told to forget them.
+                let settled = jobs.requests.complete(hb.requests, node: hb.nodeID, slo: { [jobs] in jobs!.services[$0]?.sloSeconds ?? .infinity },
+                                                     traceTime: { [jobs] in jobs!.traceNow(wall: $0 + offset) })
+                do {
+                    try store.batch { try store.saveRequests(jobs.requests.takeDirty()) }
+                    ack.settledRequests = settled
+                } catch {
+                    logger.error("could not persist request results: \(error)")
+                }
+            }
             ack.nodeID = hb.nodeID
             ack.sequence = hb.sequence
             ack.receivedAtUnixNanos = receivedAt
@@ -327,12 +357,25 @@ public final class CoordinatorServer: @unchecked Sendable {
             case .setLabels(let s)?: membership.setLabels(s.labels, on: entry.command.nodeID)
             case .drain(let d)?: membership.setDrained(d.drain, on: entry.command.nodeID)
             case .preemptJob(let p)?: jobs.preemptAcknowledged(job: p.jobID, detail: ack.detail)
+            case .startReplica(let r)?:
+                jobs.replicaStarted(r.replicaID)
+                if let rec = jobs.scheduler.state.replicas[r.replicaID] { try? store.saveReplica(rec, ready: true) }
             default: break
             }
         } else if case .startJob(let s)? = entry.command.action, jobs.startCommand[s.jobID] == ack.commandID {
             logLimited("start_refused", "\(entry.command.nodeID) refused to start \(s.jobID): \(ack.detail)")
             jobs.startRefused(job: s.jobID, now: jobs.traceNow(wall: clock.wallNanos()))
+        } else if case .startReplica(let r)? = entry.command.action, jobs.scheduler.state.replicas[r.replicaID] != nil {
+            logLimited("replica_refused", "\(entry.command.nodeID) refused replica \(r.replicaID): \(ack.detail)")
+            jobs.replicaFailed(r.replicaID)
+        } else if case .serveRequests(let r)? = entry.command.action {
+            // The agent does not serve this replica (it restarted): the replica is gone, its
+            // requests go elsewhere.
+            logLimited("serve_refused", "\(entry.command.nodeID) refused requests for \(r.replicaID): \(ack.detail)")
+            jobs.requests.refused(r.requests.map(\.requestID), replica: r.replicaID)
+            if jobs.scheduler.state.replicas[r.replicaID] != nil { jobs.replicaFailed(r.replicaID) }
         }
+        if case .serveRequests? = entry.command.action, ack.ok { return }   // one per batch of requests: not an event
         event(entry.command.nodeID, "command_ack", "command \(ack.commandID) ok=\(ack.ok) \(ack.detail)")
         count("commands_acknowledged")
         do {
@@ -418,6 +461,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         }
         let (future, records) = try store.loadJobs()
         jobs.restore(future: future, records: records)
+        jobs.restore(services: try store.loadServices(), replicas: try store.loadReplicas(), requests: try store.loadRequests())
         // Start commands still pending, then the last acknowledged one per job, identify current runs.
         for (_, e) in outstanding.entries.sorted(by: { $0.key < $1.key }) { if case .startJob(let s)? = e.command.action { jobs.noteStartCommand(job: s.jobID, commandID: e.command.commandID) } }
         for (id, cmd) in try store.lastStartCommands() where jobs.startCommand[id] == nil { jobs.noteStartCommand(job: id, commandID: cmd) }
@@ -432,7 +476,7 @@ public final class CoordinatorServer: @unchecked Sendable {
     @discardableResult
     private func scheduleJobs(on router: ZMQSocket, now: Int64) -> Bool {
         let wall = clock.wallNanos()
-        let actions = jobs.tick(wall: wall) { [jobs] id in jobs!.scheduler.state.jobs[id]?.workDone }
+        let actions = jobs.tick(wall: wall)
         guard !actions.isEmpty else { return false }
         do {
             try store.batch {
@@ -455,13 +499,70 @@ public final class CoordinatorServer: @unchecked Sendable {
                         c.preemptJob = pj; c.nodeID = node
                         try enqueue(c, now: now)
                         event(node, "job_preempt", "\(id): \(reason)")
-                    case .startReplica, .stopReplica:
-                        break   // services run on the twin; the testbed serves offline jobs
+                    case .startReplica(let id, let service, let p):
+                        var sr = StartReplica()
+                        sr.replicaID = id; sr.serviceID = service; sr.model = p.key.model; sr.gpuModel = p.key.gpuModel
+                        sr.gpus = p.gpus.map(UInt32.init); sr.batch = UInt32(jobs.scheduler.batchPerReplica[service] ?? 1)
+                        sr.timeScale = jobs.timeScale
+                        c.startReplica = sr; c.nodeID = p.nodeID
+                        try enqueue(c, now: now)
+                        if let rec = jobs.scheduler.state.replicas[id] { try store.saveReplica(rec, ready: false) }
+                        event(p.nodeID, "replica_start", "\(id) of \(service) on \(p.gpus.count)x\(p.key.gpuModel)")
+                    case .stopReplica(let id, let service, let node):
+                        var sr = StopReplica(); sr.replicaID = id
+                        c.stopReplica = sr; c.nodeID = node
+                        try enqueue(c, now: now)
+                        try store.deleteReplica(id)
+                        dropServeCommands(replica: id)
+                        event(node, "replica_stop", "\(id) of \(service)")
                     }
                 }
+                for id in jobs.takeLostReplicas() {
+                    try store.deleteReplica(id)
+                    dropServeCommands(replica: id)
+                }
+                try store.saveRequests(jobs.requests.takeDirty())
             }
         } catch {
             logger.error("could not persist scheduling decisions: \(error)")
+        }
+        return true
+    }
+
+    /// Requests queued for a replica that is gone go elsewhere (the router has them back already).
+    private func dropServeCommands(replica: String) {
+        outstanding.cancel { if case .serveRequests(let s)? = $0.action { return s.replicaID == replica }; return false }
+    }
+
+    /// Sends arrived requests to ready replicas. Not written to the command table: the requests
+    /// table holds them, and after a coordinator restart every unfinished request is sent again.
+    @discardableResult
+    private func routeRequests(now: Int64) -> Bool {
+        for id in jobs.takeLostReplicas() {
+            do { try store.deleteReplica(id) } catch { logger.error("could not delete replica \(id): \(error)") }
+            dropServeCommands(replica: id)
+        }
+        let routes = jobs.requests.route(now: jobs.traceNow(wall: clock.wallNanos()))
+        guard !routes.isEmpty else { return false }
+        for r in routes {
+            var c = Command()
+            var sr = ServeRequests()
+            sr.replicaID = r.replica
+            sr.requests = r.requests.map { q in
+                var m = InferenceRequest()
+                m.requestID = q.id; m.serviceID = q.serviceID; m.arrival = q.arrival
+                m.prefillTokens = UInt32(q.prefill); m.decodeTokens = UInt32(q.decode)
+                return m
+            }
+            c.serveRequests = sr
+            c.nodeID = r.node
+            do {
+                c.commandID = try store.nextCommandID()
+                outstanding.add(c, now: now)
+            } catch {
+                logger.error("could not reserve a command id: \(error)")
+                jobs.requests.refused(r.requests.map(\.id), replica: r.replica)
+            }
         }
         return true
     }

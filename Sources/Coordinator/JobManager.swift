@@ -20,6 +20,13 @@ final class JobManager {
     /// Failures the agents reported (the last 50), shown in `strato jobs`.
     private(set) var notes: [String] = [] { didSet { if notes.count > 50 { notes.removeFirst(notes.count - 50) } } }
     private var needsDecision = true
+    /// Online services accepted, and their inference requests.
+    private(set) var services: [String: ServiceSpec] = [:]
+    let requests = RequestRouter()
+    /// Replicas lost with their node since the server last looked (rows to delete, commands to drop).
+    private(set) var lostReplicas: [String] = []
+    /// Trace time of the last decision round (a rate change after it calls for another).
+    private var lastDecision = -1.0
     /// Zombie jobs already told to stop (node id + job id).
     private var stopped = Set<String>()
 
@@ -44,7 +51,7 @@ final class JobManager {
 
     func nodeUp(_ id: String, gpuModel: String, count: Int, newLife: Bool, now: Double) {
         if let n = scheduler.state.nodes[id] {
-            if newLife && n.alive { markDirty(scheduler.state.nodeFailed(id, at: now).jobs) }
+            if newLife && n.alive { lost(scheduler.state.nodeFailed(id, at: now)) }
             scheduler.state.nodeRecovered(id)
         } else {
             scheduler.state.addNode(NodeSlot(id: id, gpuModel: gpuModel, gpuCount: count))
@@ -53,11 +60,19 @@ final class JobManager {
     }
 
     func nodeDead(_ id: String, now: Double) {
-        let lost = scheduler.state.nodeFailed(id, at: now)
-        markDirty(lost.jobs)
-        for j in lost.jobs { startCommand[j] = nil }
+        let gone = scheduler.state.nodeFailed(id, at: now)
+        lost(gone)
+        for j in gone.jobs { startCommand[j] = nil }
         needsDecision = true
     }
+
+    private func lost(_ gone: (jobs: [String], replicas: [String])) {
+        markDirty(gone.jobs)
+        for r in gone.replicas { requests.replicaGone(r) }
+        lostReplicas += gone.replicas
+    }
+
+    func takeLostReplicas() -> [String] { defer { lostReplicas.removeAll() }; return lostReplicas }
 
     private func markDirty(_ ids: [String]) { for i in ids { dirtyJobs.insert(i) } }
 
@@ -86,13 +101,67 @@ final class JobManager {
 
     var futureJobs: [JobSpec] { future }
 
+    // MARK: services
+
+    /// Validates and accepts services; a service whose model and GPU have no inference profile,
+    /// or that cannot meet its SLO, is rejected with the scheduler's reason.
+    func submit(services subs: [ServiceSubmission]) -> (accepted: [ServiceSpec], rejected: [String]) {
+        var accepted: [ServiceSpec] = [], rejected: [String] = []
+        for s in subs {
+            if s.serviceID.isEmpty { rejected.append("(no id): service_id is empty"); continue }
+            if services[s.serviceID] != nil { rejected.append("\(s.serviceID): a service with this id exists"); continue }
+            guard ModelCatalog.model(named: s.model) != nil else { rejected.append("\(s.serviceID): unknown model '\(s.model)'"); continue }
+            guard let gpu = GPUCatalog.model(named: s.gpuModel) else { rejected.append("\(s.serviceID): unknown GPU model '\(s.gpuModel)'"); continue }
+            guard !s.rateCurve.isEmpty, s.rateCurve.allSatisfy({ $0.time >= 0 && $0.rps >= 0 && $0.rps.isFinite }),
+                  s.sloSeconds > 0, s.gpusPerReplica >= 1, s.meanDecodeTokens >= 1 else {
+                rejected.append("\(s.serviceID): needs a rate curve (time ≥ 0, rps ≥ 0), slo_seconds > 0, gpus_per_replica ≥ 1, mean_decode_tokens ≥ 1"); continue
+            }
+            let spec = ServiceSpec(id: s.serviceID, model: ModelCatalog.model(named: s.model)!.name, gpuModel: gpu.name, gpusPerReplica: Int(s.gpusPerReplica),
+                                   rateCurve: s.rateCurve.map { RatePoint(time: $0.time, rps: $0.rps) }.sorted { $0.time < $1.time },
+                                   meanPrefillTokens: s.meanPrefillTokens, meanDecodeTokens: s.meanDecodeTokens, sloSeconds: s.sloSeconds,
+                                   minReplicas: Int(s.minReplicas))
+            let skipped = scheduler.skippedServices.count
+            scheduler.addService(spec)
+            if scheduler.skippedServices.count > skipped { rejected.append("\(s.serviceID): \(scheduler.skippedServices.last!.reason)"); continue }
+            services[spec.id] = spec
+            accepted.append(spec)
+        }
+        if !accepted.isEmpty { needsDecision = true }
+        return (accepted, rejected)
+    }
+
+    func restore(services specs: [ServiceSpec], replicas: [(ReplicaRecord, ready: Bool)], requests records: [RequestRouter.Record]) {
+        for s in specs { scheduler.addService(s); services[s.id] = s }
+        for (r, ready) in replicas where scheduler.restoreReplica(r) && ready {
+            requests.replicaReady(r.id, service: r.serviceID, node: r.placement.nodeID, batch: scheduler.batchPerReplica[r.serviceID] ?? 1)
+        }
+        for r in records { requests.restore(r) }
+    }
+
+    /// The agent acknowledged a replica's start: requests may go to it.
+    func replicaStarted(_ id: String) {
+        guard let r = scheduler.state.replicas[id] else { return }
+        requests.replicaReady(id, service: r.serviceID, node: r.placement.nodeID, batch: scheduler.batchPerReplica[r.serviceID] ?? 1)
+    }
+
+    /// A replica is gone outside the scheduler's own decisions (its agent refused to start it, or
+    /// no longer serves it): its GPUs are free, its requests wait again, another may start.
+    func replicaFailed(_ id: String) {
+        requests.replicaGone(id)
+        scheduler.state.stopReplica(id)
+        lostReplicas.append(id)
+        needsDecision = true
+    }
+
     func restore(future specs: [JobSpec], records: [JobRecord]) {
         future = specs.sorted { ($0.arrival, $0.id) < ($1.arrival, $1.id) }
         for r in records { scheduler.state.restore(r) }
     }
 
     /// Releases arrived jobs and runs a decision round when something changed.
-    func tick(wall: Int64, currentWork: (String) -> Double?) -> [SchedulerAction] {
+    /// A running job's work is the last the agent reported (read from a copy: the scheduler asks
+    /// while it is mid-step, and reading it in place would overlap that access).
+    func tick(wall: Int64) -> [SchedulerAction] {
         let now = traceNow(wall: wall)
         var released = false
         while let f = future.first, f.arrival <= now {
@@ -101,13 +170,17 @@ final class JobManager {
             dirtyJobs.insert(f.id)
             released = true
         }
-        guard released || needsDecision else { return [] }
+        let rateChanged = scheduler.nextRateChange(after: lastDecision).map { $0 <= now } ?? false
+        guard released || needsDecision || rateChanged else { return [] }
         needsDecision = false
-        let actions = scheduler.step(now: now, currentWork: currentWork)
+        lastDecision = now
+        let reported = scheduler.state.jobs.mapValues(\.workDone)
+        let actions = scheduler.step(now: now, currentWork: { reported[$0] })
         for a in actions {
             switch a {
             case .startJob(let id, _, _), .preemptJob(let id, _, _): dirtyJobs.insert(id)
-            default: break
+            case .stopReplica(let id, _, _): requests.replicaGone(id)
+            case .startReplica: break
             }
         }
         return actions
@@ -210,6 +283,50 @@ final class JobManager {
         r.unfinished = UInt32(scheduler.state.unfinishedCount + future.count)
         r.notes = ["GPU execution is emulated from published measurements (VectorLM, Gavel, Vidur) unless a node runs the process backend"]
             + scheduler.rejectedDecisions.suffix(20) + notes
+        return r
+    }
+
+    func requestsReply(wall: Int64, includeRequests: Bool) -> RequestsReply {
+        var r = RequestsReply()
+        r.timeScale = timeScale
+        let now = traceNow(wall: wall)
+        r.traceNow = now
+        let tally = requests.tally()
+        for s in scheduler.services {
+            var st = ServiceStatus()
+            st.serviceID = s.id; st.model = s.model; st.gpuModel = s.gpuModel; st.sloSeconds = s.sloSeconds
+            st.capacityRps = scheduler.capacityPerReplica[s.id] ?? 0
+            st.batch = UInt32(scheduler.batchPerReplica[s.id] ?? 0)
+            let placed = scheduler.replicas(of: s.id)
+            st.replicas = UInt32(placed.count)
+            st.ready = UInt32(placed.filter { requests.ready[$0.id] != nil }.count)
+            st.desired = UInt32(scheduler.desiredReplicas(s, at: now))
+            let t = tally[s.id] ?? RequestRouter.Tally()
+            st.submitted = UInt64(t.submitted); st.completed = UInt64(t.completed); st.withinSlo = UInt64(t.withinSLO)
+            st.outstanding = UInt64(t.submitted - t.completed)
+            st.redispatched = UInt64(requests.redispatched[s.id] ?? 0)
+            st.replicaStarts = UInt32(requests.replicaStarts[s.id] ?? 0)
+            let sorted = t.latencies.sorted()
+            if !sorted.isEmpty {
+                st.latencyMean = sorted.reduce(0, +) / Double(sorted.count)
+                st.latencyP50 = sorted[min(sorted.count - 1, sorted.count / 2)]
+                st.latencyP99 = sorted[min(sorted.count - 1, Int((Double(sorted.count) * 0.99).rounded(.up)) - 1)]
+            }
+            r.services.append(st)
+        }
+        r.notes = scheduler.skippedServices.map { "service \($0.id) skipped: \($0.reason)" }
+        if !scheduler.services.isEmpty { r.notes.append("inference replicas are emulated from Vidur's operator profiles (continuous batching)") }
+        if includeRequests {
+            r.requests = requests.records.values.sorted { ($0.request.arrival, $0.request.id) < ($1.request.arrival, $1.request.id) }.map { x in
+                var m = RequestRecord()
+                m.requestID = x.request.id; m.serviceID = x.request.serviceID; m.arrival = x.request.arrival
+                m.prefillTokens = UInt32(x.request.prefill); m.decodeTokens = UInt32(x.request.decode)
+                m.finished = x.finished ?? -1; m.latency = x.latency ?? -1
+                m.replicaID = x.replica ?? ""; m.nodeID = x.node ?? ""; m.attempts = UInt32(x.attempts)
+                m.queuedSeconds = x.queued; m.serviceSeconds = x.service
+                return m
+            }
+        }
         return r
     }
 }

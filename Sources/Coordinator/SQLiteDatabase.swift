@@ -41,7 +41,7 @@ final class SQLiteDatabase {
     }
 
     enum Value {
-        case int(Int64), text(String), blob([UInt8]), null
+        case int(Int64), real(Double), text(String), blob([UInt8]), null
     }
 
     /// Runs a statement (cached and reused) with positional bindings; returns the rows.
@@ -54,6 +54,7 @@ final class SQLiteDatabase {
             let rc: Int32
             switch v {
             case .int(let x): rc = sqlite3_bind_int64(stmt, index, x)
+            case .real(let x): rc = sqlite3_bind_double(stmt, index, x)
             case .text(let s): rc = sqlite3_bind_text(stmt, index, s, -1, SQLITE_TRANSIENT)
             case .blob(let b):
                 rc = b.withUnsafeBytes { sqlite3_bind_blob(stmt, index, $0.baseAddress, Int32($0.count), SQLITE_TRANSIENT) }
@@ -70,6 +71,7 @@ final class SQLiteDatabase {
             for c in 0..<sqlite3_column_count(stmt) {
                 switch sqlite3_column_type(stmt, c) {
                 case SQLITE_INTEGER: row.append(.int(sqlite3_column_int64(stmt, c)))
+                case SQLITE_FLOAT: row.append(.real(sqlite3_column_double(stmt, c)))
                 case SQLITE_TEXT: row.append(.text(String(cString: sqlite3_column_text(stmt, c))))
                 case SQLITE_BLOB:
                     let n = Int(sqlite3_column_bytes(stmt, c))
@@ -127,4 +129,9 @@ extension SQLiteDatabase.Value {
     var int: Int64 { if case .int(let x) = self { return x }; return 0 }
     var text: String { if case .text(let s) = self { return s }; return "" }
     var blob: [UInt8] { if case .blob(let b) = self { return b }; return [] }
+    var real: Double {
+        switch self { case .real(let x): return x; case .int(let x): return Double(x); default: return 0 }
+    }
+    var optionalReal: Double? { if case .null = self { return nil }; return real }
+    var optionalText: String? { if case .text(let s) = self { return s }; return nil }
 }

@@ -65,13 +65,15 @@ public enum ClusterSpec {
 
 /// Online services derived from the Azure LLM traces, for the default experiments.
 public enum ServiceSetup {
-    public static func azureServices(dataDirectory: String, seconds: Double, gpuModel: String, meanRPS: Double) throws -> [ServiceSpec] {
+    public static func azureServices(dataDirectory: String, seconds: Double, gpuModel: String, meanRPS: Double, sloSeconds: Double = 20) throws -> [ServiceSpec] {
         var out: [ServiceSpec] = []
         for (name, file) in [("code", "azure_llm_2023_code.csv"), ("conv", "azure_llm_2023_conv.csv")] {
             let shape = try AzureTraceShape.read(file: dataDirectory + "/inference/" + file)
-            out.append(ServiceSpec(id: "llama2-7b-\(name)", model: "Llama-2-7b", gpuModel: gpuModel, gpusPerReplica: 1,
-                                   rateCurve: shape.curve(seconds: seconds, meanRPS: meanRPS),
-                                   meanPrefillTokens: shape.meanPrefillTokens, meanDecodeTokens: shape.meanDecodeTokens, sloSeconds: 20))
+            var s = ServiceSpec(id: "llama2-7b-\(name)", model: "Llama-2-7b", gpuModel: gpuModel, gpusPerReplica: 1,
+                                rateCurve: shape.curve(seconds: seconds, meanRPS: meanRPS),
+                                meanPrefillTokens: shape.meanPrefillTokens, meanDecodeTokens: shape.meanDecodeTokens, sloSeconds: sloSeconds)
+            s.requestMix = shape.mix
+            out.append(s)
         }
         return out
     }

@@ -13,6 +13,28 @@ extension JobSpec {
     }
 }
 
+extension ServiceSpec {
+    public var submission: ServiceSubmission {
+        var s = ServiceSubmission()
+        s.serviceID = id; s.model = model; s.gpuModel = gpuModel; s.gpusPerReplica = UInt32(gpusPerReplica)
+        s.rateCurve = rateCurve.map { p in var m = RateCurvePoint(); m.time = p.time; m.rps = p.rps; return m }
+        s.meanPrefillTokens = meanPrefillTokens; s.meanDecodeTokens = meanDecodeTokens
+        s.sloSeconds = sloSeconds; s.minReplicas = UInt32(minReplicas)
+        return s
+    }
+}
+
+/// `requests.csv`: one row per inference request as the coordinator recorded it.
+public enum RequestsTable {
+    public static func write(_ r: RequestsReply, to path: String) throws {
+        var out = "request_id,service_id,arrival_s,prefill_tokens,decode_tokens,finished_s,latency_s,queued_s,service_s,replica,node,attempts\n"
+        for q in r.requests {
+            out += "\(q.requestID),\(q.serviceID),\(q.arrival),\(q.prefillTokens),\(q.decodeTokens),\(q.finished),\(q.latency),\(q.queuedSeconds),\(q.serviceSeconds),\(q.replicaID),\(q.nodeID),\(q.attempts)\n"
+        }
+        try out.write(toFile: path, atomically: true, encoding: .utf8)
+    }
+}
+
 /// Replays a workload on a running testbed: submits every job (the coordinator releases each at
 /// its arrival in trace time), optionally kills nodes on the way, and waits until every job is
 /// finished (or failed), showing progress. Returns the run measured from the coordinator.

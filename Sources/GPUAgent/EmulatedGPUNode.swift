@@ -30,8 +30,12 @@ public final class EmulatedGPUNode: AgentBehavior {
     /// then says it is not emulated, and names them.
     public var realDevices: [NvidiaSMI.GPU]?
 
-    public init(modelName: String, count: Int, interconnect: Interconnect? = nil, runner: JobRunner? = nil) throws {
+    /// Serves inference replicas (emulated); nil when the node was started without knowledge.
+    public var replicas: EmulatedReplicas?
+
+    public init(modelName: String, count: Int, interconnect: Interconnect? = nil, runner: JobRunner? = nil, replicas: EmulatedReplicas? = nil) throws {
         self.runner = runner
+        self.replicas = replicas
         guard let model = GPUCatalog.model(named: modelName) else { throw ConfigError.unknownModel(modelName) }
         guard (1...64).contains(count) else { throw ConfigError.badCount(count) }
         self.model = model
@@ -53,7 +57,7 @@ public final class EmulatedGPUNode: AgentBehavior {
     }
 
     public func fillTelemetry(_ telemetry: inout Telemetry) {
-        let busy = runner?.busyGPUs() ?? []
+        let busy = (runner?.busyGPUs() ?? []).union(replicas?.busyGPUs() ?? [])
         telemetry.gpus = (0..<Int(count)).map { i in
             var g = GpuTelemetry()
             g.index = UInt32(i)
@@ -63,7 +67,7 @@ public final class EmulatedGPUNode: AgentBehavior {
         }
     }
 
-    public func running() -> [String] { Array(Set(placements.joined()).union(runner?.runningIDs ?? [])).sorted() }
+    public func running() -> [String] { Array(Set(placements.joined()).union(runner?.runningIDs ?? []).union(replicas?.replicaIDs ?? [])).sorted() }
 
     public func execute(_ command: Command) -> (ok: Bool, detail: String)? {
         let now = Int64(Date().timeIntervalSince1970 * 1e9)
@@ -77,6 +81,15 @@ public final class EmulatedGPUNode: AgentBehavior {
         case .preemptJob(let p)?:
             guard let runner else { return (false, "this GPU agent runs no jobs") }
             return runner.preempt(p.jobID, wallNanos: now)
+        case .startReplica(let s)?:
+            guard let replicas else { return (false, "this GPU agent serves no replicas (started without --data)") }
+            return replicas.start(s, nodeGPUModel: model.name, nodeGPUs: count, busy: runner?.busyGPUs() ?? [], wallNanos: now)
+        case .stopReplica(let s)?:
+            guard let replicas else { return (false, "this GPU agent serves no replicas") }
+            return replicas.stop(s.replicaID, wallNanos: now)
+        case .serveRequests(let s)?:
+            guard let replicas else { return (false, "this GPU agent serves no replicas") }
+            return replicas.serve(s, wallNanos: now)
         default:
             return nil
         }
@@ -84,6 +97,8 @@ public final class EmulatedGPUNode: AgentBehavior {
 
     public func jobReports(wallNanos: Int64) -> [JobReport] { runner?.reports(wallNanos: wallNanos) ?? [] }
     public func settle(_ jobIDs: [String]) { runner?.settle(jobIDs) }
+    public func requestResults(wallNanos: Int64) -> [RequestResult] { replicas?.results(wallNanos: wallNanos) ?? [] }
+    public func settleRequests(_ requestIDs: [String]) { replicas?.settle(requestIDs) }
     public func nextReportDue(wallNanos: Int64) -> Int64? { runner?.nextReportDue(wallNanos: wallNanos) }
     public func shutdown() { runner?.stopAll() }
 }

@@ -114,3 +114,17 @@ public typealias TracePhase = Stratolab_V1_TracePhase
 public typealias TraceEvent = Stratolab_V1_TraceEvent
 public typealias TraceBatch = Stratolab_V1_TraceBatch
 public typealias TraceBatchAck = Stratolab_V1_TraceBatchAck
+public typealias RequestResult = Stratolab_V1_RequestResult
+public typealias StartReplica = Stratolab_V1_StartReplica
+public typealias StopReplica = Stratolab_V1_StopReplica
+public typealias ServeRequests = Stratolab_V1_ServeRequests
+public typealias InferenceRequest = Stratolab_V1_InferenceRequest
+public typealias ServiceSubmission = Stratolab_V1_ServiceSubmission
+/// Named apart from `Scheduling.RatePoint`, which modules importing both also see.
+public typealias RateCurvePoint = Stratolab_V1_RatePoint
+public typealias SubmitRequests = Stratolab_V1_SubmitRequests
+public typealias SubmitRequestsReply = Stratolab_V1_SubmitRequestsReply
+public typealias RequestsRequest = Stratolab_V1_RequestsRequest
+public typealias ServiceStatus = Stratolab_V1_ServiceStatus
+public typealias RequestRecord = Stratolab_V1_RequestRecord
+public typealias RequestsReply = Stratolab_V1_RequestsReply

@@ -122,6 +122,10 @@ extension Envelope {
         case .jobsReply: return "jobs_reply"
         case .traceBatch: return "trace_batch"
         case .traceBatchAck: return "trace_batch_ack"
+        case .submitRequests: return "submit_requests"
+        case .submitRequestsReply: return "submit_requests_reply"
+        case .requestsRequest: return "requests_request"
+        case .requestsReply: return "requests_reply"
         case nil: return "none"
         }
     }

@@ -133,7 +133,8 @@ struct AgentCommand: ParsableCommand {
                 }
                 try common.run { identity in
                     let node = try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic,
-                                                   runner: ProcessJobRunner(command: ["/bin/sh", "-c", cmd], workDirectory: jobDir + "/" + identity.nodeID))
+                                                   runner: ProcessJobRunner(command: ["/bin/sh", "-c", cmd], workDirectory: jobDir + "/" + identity.nodeID),
+                                                   replicas: result.rows.isEmpty ? nil : EmulatedReplicas(kb: kb))
                     node.realDevices = real
                     return node
                 }
@@ -142,7 +143,8 @@ struct AgentCommand: ParsableCommand {
             try common.run { identity in
                 let seed = UInt64(truncatingIfNeeded: identity.nodeID.utf8.reduce(5381) { ($0 << 5) &+ $0 &+ Int($1) })
                 return try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic,
-                                           runner: result.rows.isEmpty ? nil : EmulatedJobRunner(execution: execution, seed: seed))
+                                           runner: result.rows.isEmpty ? nil : EmulatedJobRunner(execution: execution, seed: seed),
+                                           replicas: result.rows.isEmpty ? nil : EmulatedReplicas(kb: kb))
             }
         }
     }

@@ -85,6 +85,13 @@ public final class ExperimentRunner: @unchecked Sendable {
         }
     }
 
+    /// The online services of the workload (none unless it names `services`).
+    func services() throws -> [ServiceSpec] {
+        guard let sv = spec.workload.services else { return [] }
+        return try ServiceSetup.azureServices(dataDirectory: dataDirectory, seconds: spec.workload.hours * 3600, gpuModel: sv.gpu,
+                                              meanRPS: sv.rps, sloSeconds: sv.sloSeconds)
+    }
+
     func runOnce(seed: UInt64, dir: String) throws -> ExperimentSummary {
         let fm = FileManager.default
         try fm.createDirectory(atPath: dir + "/raw", withIntermediateDirectories: true)
@@ -95,6 +102,10 @@ public final class ExperimentRunner: @unchecked Sendable {
             try text.write(toFile: dir + "/topology.yaml", atomically: true, encoding: .utf8)
         }
         let workload = try self.workload(seed: seed)
+        let services = try self.services()
+        let requests = RequestStream.generate(services, until: spec.workload.hours * 3600, seed: seed)
+        var driver: RequestDriver?
+        var lastRequests: RequestsReply?
         // The runner records too: phases, submissions and fault windows, on the coordinator's host clock.
         try Tracer.shared.enable(process: "experiment", spoolDirectory: dir + "/raw/trace/experiment", heartbeatSample: spec.heartbeatSample)
         defer { Tracer.shared.disable() }
@@ -131,15 +142,29 @@ public final class ExperimentRunner: @unchecked Sendable {
                 let start = SystemClock.shared.wallNanos()
                 for chunk in stride(from: 0, to: w.jobs.count, by: 500) {
                     let part = w.jobs[chunk..<min(chunk + 500, w.jobs.count)].map(\.submission)
-                    let r = try client.submit(Array(part))
+                    let r = try client.submit(Array(part), services: chunk == 0 ? services.map(\.submission) : [])
                     submitted += part.count
-                    rejected += r.rejected
+                    rejected += r.rejected.filter { r in !services.contains { r.hasPrefix($0.id + ":") } }
+                    for r in r.rejected where services.contains(where: { r.hasPrefix($0.id + ":") }) { summary.problems.append("service rejected: \(r)") }
                 }
                 Tracer.shared.span("submit \(submitted) jobs", category: "workload", track: "workload", start: start, end: SystemClock.shared.wallNanos(),
                                    args: ["jobs": "\(submitted)", "rejected": "\(rejected.count)", "workload": w.name])
                 print("  submitted \(submitted) jobs (\(w.name))\(rejected.isEmpty ? "" : ", \(rejected.count) rejected")")
                 for r in rejected.prefix(5) { print("    rejected: \(r)") }
+                if !requests.isEmpty {
+                    // Trace second 0 on this host's clock, from the coordinator's own trace time.
+                    let before = SystemClock.shared.wallNanos()
+                    let j = try client.jobs(timeoutMs: 3000)
+                    let after = SystemClock.shared.wallNanos()
+                    let t0 = (before + after) / 2 - Int64(j.traceNow / spec.topology.coordinator.timeScale * 1e9)
+                    let d = RequestDriver(requests: requests, client: try OperatorClient(endpoint: client.endpoint, keysDirectory: client.keysDirectory, name: "request-driver"),
+                                          timeScale: spec.topology.coordinator.timeScale, t0Wall: t0)
+                    d.start()
+                    driver = d
+                    print("  driving \(requests.count) inference requests for \(services.map(\.id).joined(separator: ", ")) at their arrival times")
+                }
             }
+            defer { driver?.stop() }
             // The timeline: every start and stop, in time order.
             var timeline: [(at: Double, start: Bool, index: Int)] = []
             for (i, f) in spec.faults.enumerated() {
@@ -175,11 +200,17 @@ public final class ExperimentRunner: @unchecked Sendable {
                     lastStatus = s
                     coordinatorAnswers = true
                     if workload != nil, let j = try? client.jobs(timeoutMs: 1000) { lastJobs = j }
+                    if driver != nil, let r = try? client.requests(timeoutMs: 1000) { lastRequests = r }
                 }
-                let done = workload != nil && lastJobs.map { $0.unfinished == 0 && $0.jobs.count >= submitted - rejected.count } == true
+                let jobsDone = workload != nil && lastJobs.map { $0.unfinished == 0 && $0.jobs.count >= submitted - rejected.count } == true
+                let requestsDone = driver.map { d in
+                    let p = d.snapshot
+                    return p.finished && lastRequests.map { r in r.services.reduce(0) { $0 + $1.outstanding } == 0 && r.services.reduce(0) { $0 + Int($1.submitted) } >= p.accepted } == true
+                } ?? true
+                let done = jobsDone && requestsDone
                 if Date().timeIntervalSince(lastProgress) >= progressInterval || done {
                     lastProgress = Date()
-                    print(progressLine(elapsed: elapsed, jobs: lastJobs, status: lastStatus, injector: injector)
+                    print(progressLine(elapsed: elapsed, jobs: lastJobs, requests: lastRequests, status: lastStatus, injector: injector)
                           + (coordinatorAnswers ? "" : " · coordinator not answering (last known shown)"))
                 }
                 if spec.end == .jobsDone && done && injector.active.isEmpty && timeline.allSatisfy({ !$0.start }) {
@@ -204,6 +235,8 @@ public final class ExperimentRunner: @unchecked Sendable {
                 Thread.sleep(forTimeInterval: 0.3)
             }
             if workload != nil, let j = try? client.jobs(timeoutMs: 3000) { lastJobs = j }
+            driver?.stop()
+            if driver != nil, let r = try? client.requests(includeRequests: true, timeoutMs: 10000) { lastRequests = r }
             Thread.sleep(forTimeInterval: 0.6)   // one more trace shipment from every agent
             Tracer.shared.instant("end", category: "experiment", track: "phases", args: ["reason": endReason])
         }
@@ -220,6 +253,13 @@ public final class ExperimentRunner: @unchecked Sendable {
         if let j = lastJobs { try j.jsonString().write(toFile: dir + "/raw/jobs.json", atomically: true, encoding: .utf8) }
         if let s = lastStatus { try s.jsonString().write(toFile: dir + "/raw/status.json", atomically: true, encoding: .utf8) }
         summary.jobs = JobAccounting(submitted: submitted, rejected: rejected, reply: lastJobs, expectAllDone: spec.end == .jobsDone)
+        if let d = driver {
+            let p = d.snapshot
+            summary.requests = RequestAccounting(generated: requests.count, accepted: p.accepted, rejected: p.rejected, reply: lastRequests,
+                                                 expectAllDone: spec.end == .jobsDone)
+            if p.sent < requests.count { summary.problems.append("\(requests.count - p.sent) requests were not sent before the run ended") }
+            if let r = lastRequests { try RequestsTable.write(r, to: dir + "/requests.csv") }
+        }
         if let w = workload, let j = lastJobs {
             let result = SchedulingTestbedRun.result(j, workload: w, nodes: ClusterSpec.nodes(of: spec.topology),
                                                      wallSeconds: summary.workloadSeconds, notes: [])
@@ -255,7 +295,7 @@ public final class ExperimentRunner: @unchecked Sendable {
         throw ProcessLauncher.LaunchError(description: "not every node was alive within \(Int(spec.startTimeout)) s; missing: \(ids.subtracting(alive).sorted().joined(separator: ", "))")
     }
 
-    func progressLine(elapsed: Double, jobs: JobsReply?, status: StatusReply?, injector: FaultInjector) -> String {
+    func progressLine(elapsed: Double, jobs: JobsReply?, requests: RequestsReply?, status: StatusReply?, injector: FaultInjector) -> String {
         var s = String(format: "  [%6.1f s]", elapsed)
         if let j = jobs {
             let fin = j.jobs.filter { $0.phase == "finished" }.count
@@ -263,6 +303,12 @@ public final class ExperimentRunner: @unchecked Sendable {
             s += String(format: " jobs %d/%d done, %d running (trace %.1f h)", fin, j.jobs.count, run, j.traceNow / 3600)
         } else if spec.workload.kind == .idle {
             s += " idle workload"
+        }
+        if let r = requests, !r.services.isEmpty {
+            let sub = r.services.reduce(0) { $0 + Int($1.submitted) }, done = r.services.reduce(0) { $0 + Int($1.completed) }
+            let slo = r.services.reduce(0) { $0 + Int($1.withinSlo) }, ready = r.services.reduce(0) { $0 + Int($1.ready) }
+            let attained: Double = sub == 0 ? 100 : Double(slo) / Double(sub) * 100
+            s += " · requests \(done)/\(sub) done, " + String(format: "%.1f", attained) + "% in SLO, \(ready) replicas"
         }
         s += " · faults \(injector.applied)/\(spec.faults.count) applied"
         if !injector.active.isEmpty { s += " (\(injector.active.count) active)" }

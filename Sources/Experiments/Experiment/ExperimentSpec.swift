@@ -32,6 +32,21 @@ public struct ExperimentSpec: Equatable {
         public var hours = 2.0
         public var traceFile: String?
         public var maxJobs: Int?
+        /// Online inference services driven with requests alongside the jobs.
+        public var services: Services?
+    }
+
+    /// The two Azure-shaped LLM services (code and conversation), each at `rps` mean requests per
+    /// trace second, on replicas of one `gpu`, under a `slo_s` latency objective.
+    public struct Services: Equatable {
+        public var rps: Double
+        public var gpu: String
+        public var sloSeconds: Double = 20
+        /// Control-plane delay assumed per request (wall seconds) when checking the time scale.
+        public static let controlPlaneSeconds = 0.005
+        /// The largest time scale at which `controlPlaneSeconds` of wall time stays within 10 % of
+        /// the SLO: every wall millisecond a request spends in transit counts `time_scale` times.
+        public var maxTimeScale: Double { sloSeconds * 0.1 / Services.controlPlaneSeconds }
     }
 
     public enum EndCondition: String, Equatable { case jobsDone = "jobs_done", duration }
@@ -150,6 +165,14 @@ public struct ExperimentSpec: Equatable {
             spec.timeScale = x
             spec.topology.coordinator.timeScale = x
         }
+        if let sv = spec.workload.services {
+            if !spec.topology.nodes.contains(where: { if case .gpu(let g, _) = $0.spec { return GPUCatalog.model(named: g)?.name == sv.gpu }; return false }) {
+                throw (m["workload"] ?? m["name"]!).fail("services run on \(sv.gpu), but no GPU node of the topology has that model")
+            }
+            if spec.topology.coordinator.timeScale > sv.maxTimeScale {
+                throw (m["time_scale"] ?? m["workload"]!).fail("time_scale \(fmt(spec.topology.coordinator.timeScale)) is too high for services with a \(fmt(sv.sloSeconds)) s SLO: each wall millisecond of a request's transit counts time_scale times; use at most \(fmt(sv.maxTimeScale))")
+            }
+        }
         if let v = m["duration"] {
             spec.duration = try seconds(v)
             guard spec.duration > 0 && spec.duration <= 86_400 else { throw v.fail("duration must be > 0 s and ≤ 24 h") }
@@ -201,7 +224,7 @@ public struct ExperimentSpec: Equatable {
     }
 
     static func parseWorkload(_ w: YAMLValue, base: String) throws -> Workload {
-        let m = try w.mapping(allowed: ["kind", "jobs_per_hour", "hours", "trace", "max_jobs"])
+        let m = try w.mapping(allowed: ["kind", "jobs_per_hour", "hours", "trace", "max_jobs", "services"])
         guard let k = m["kind"] else { throw w.fail("missing 'kind' (\(WorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")))") }
         let kindText = try k.string()
         guard let kind = WorkloadKind(rawValue: kindText) else {
@@ -225,6 +248,22 @@ public struct ExperimentSpec: Equatable {
             out.traceFile = path
         } else if kind == .gavelTrace {
             throw w.fail("a gavel-trace workload needs 'trace: FILE'")
+        }
+        if let sv = m["services"] {
+            guard kind == .scheduling else { throw sv.fail("'services' belongs to scheduling workloads") }
+            let sm = try sv.mapping(allowed: ["rps", "gpu", "slo_s"])
+            guard let r = sm["rps"] else { throw sv.fail("services need 'rps' (mean requests per trace second, per service)") }
+            let rps = try r.double()
+            guard rps > 0 && rps <= 10_000 else { throw r.fail("rps must be > 0 and ≤ 10000") }
+            guard let g = sm["gpu"] else { throw sv.fail("services need 'gpu' (the GPU model their replicas run on)") }
+            let gpu = try g.string()
+            guard let model = GPUCatalog.model(named: gpu) else { throw g.fail("unknown GPU model '\(gpu)' (known: \(GPUCatalog.names.joined(separator: ", ")))") }
+            var out2 = Services(rps: rps, gpu: model.name)
+            if let v = sm["slo_s"] {
+                out2.sloSeconds = try v.double()
+                guard out2.sloSeconds > 0 && out2.sloSeconds <= 3600 else { throw v.fail("slo_s must be > 0 and ≤ 3600") }
+            }
+            out.services = out2
         }
         for key in ["jobs_per_hour", "hours"] where m[key] != nil && kind == .idle {
             throw m[key]!.fail("'\(key)' does not apply to an idle workload")
@@ -370,6 +409,9 @@ public struct ExperimentSpec: Equatable {
         switch workload.kind {
         case .idle: s += "  workload    idle (membership, heartbeats and telemetry only)\n"
         case .scheduling: s += "  workload    scheduling: \(fmt(workload.jobsPerHour)) jobs/h over \(fmt(workload.hours)) h of trace time (D2.1 shape)\(workload.maxJobs.map { ", at most \($0) jobs" } ?? "")\n"
+            if let sv = workload.services {
+                s += "  services    2 Azure-shaped LLM services (code, conversation), \(fmt(sv.rps)) requests/s each on average, on \(sv.gpu), SLO \(fmt(sv.sloSeconds)) s\n"
+            }
         case .gavelTrace: s += "  workload    gavel trace \(workload.traceFile ?? "")\(workload.maxJobs.map { ", first \($0) jobs" } ?? "")\n"
         }
         s += "  policy      \(topology.coordinator.policy), time scale \(fmt(topology.coordinator.timeScale))×\n"

@@ -41,6 +41,60 @@ public struct JobAccounting: Codable, Equatable {
     public var ok: Bool { lost.isEmpty && (!expectAllDone || unfinished == 0) }
 }
 
+/// Every inference request accounted for: each one the coordinator accepted from the driver must
+/// be in its final list, and with `end: jobs_done` each must have a result.
+public struct RequestAccounting: Codable, Equatable {
+    public struct Service: Codable, Equatable {
+        public var id = ""
+        public var submitted = 0
+        public var completed = 0
+        public var withinSLO = 0
+        public var redispatched = 0
+        public var replicaStarts = 0
+        public var sloSeconds = 0.0
+        public var latencyP50 = 0.0
+        public var latencyP99 = 0.0
+        public var capacityRPS = 0.0
+        public var batch = 0
+        public var sloAttainment: Double { submitted == 0 ? 1 : Double(withinSLO) / Double(submitted) }
+    }
+    /// Generated and sent by the driver (accepted by the coordinator, duplicates counted once).
+    public var generated = 0
+    public var accepted = 0
+    public var rejected: [String] = []
+    public var known = 0
+    public var completed = 0
+    public var withinSLO = 0
+    public var services: [Service] = []
+    public var lost: [String] = []
+    public var expectAllDone = false
+
+    public init() {}
+
+    public init(generated: Int, accepted: Int, rejected: [String], reply: RequestsReply?, expectAllDone: Bool) {
+        self.generated = generated
+        self.accepted = accepted
+        self.rejected = Array(rejected.prefix(20))
+        self.expectAllDone = expectAllDone
+        guard generated > 0 else { return }
+        guard let r = reply else { lost = ["(no answer from the coordinator at the end: nothing could be checked)"]; return }
+        for s in r.services {
+            services.append(Service(id: s.serviceID, submitted: Int(s.submitted), completed: Int(s.completed), withinSLO: Int(s.withinSlo),
+                                    redispatched: Int(s.redispatched), replicaStarts: Int(s.replicaStarts), sloSeconds: s.sloSeconds,
+                                    latencyP50: s.latencyP50, latencyP99: s.latencyP99, capacityRPS: s.capacityRps, batch: Int(s.batch)))
+        }
+        known = services.reduce(0) { $0 + $1.submitted }
+        completed = services.reduce(0) { $0 + $1.completed }
+        withinSLO = services.reduce(0) { $0 + $1.withinSLO }
+        if known < accepted { lost.append("\(accepted - known) accepted requests are missing from the coordinator") }
+        if generated > accepted + rejected.count { lost.append("\(generated - accepted - rejected.count) generated requests were never accepted") }
+    }
+
+    public var unfinished: Int { known - completed }
+    public var sloAttainment: Double { known == 0 ? 1 : Double(withinSLO) / Double(known) }
+    public var ok: Bool { lost.isEmpty && (!expectAllDone || unfinished == 0) }
+}
+
 /// What one run produced, as `summary.json`, and the lost-nothing check over it.
 public struct ExperimentSummary: Codable {
     public var name: String
@@ -63,6 +117,7 @@ public struct ExperimentSummary: Codable {
     public var faultLog: [String] = []
     public var faultWindows: [MergedTrace.FaultWindow] = []
     public var jobs = JobAccounting()
+    public var requests = RequestAccounting()
     public var meanJCTHours: Double?
     public var p99JCTHours: Double?
     public var makespanHours: Double?
@@ -108,7 +163,15 @@ public struct ExperimentSummary: Codable {
             else if j.expectAllDone && j.unfinished > 0 { line += " — NOT all done before the duration limit"; ok = false }
             lines.append(line)
         }
-        lines.append("requests: none in this workload (no inference requests are driven on the testbed yet)")
+        if requests.generated == 0 {
+            lines.append("requests: none in this workload")
+        } else {
+            let r = requests
+            var line = "requests: \(r.generated) generated, \(r.accepted) accepted, \(r.rejected.count) rejected (named), \(r.known) known to the coordinator: \(r.completed) completed (\(r.withinSLO) within their SLO, \(String(format: "%.1f", r.sloAttainment * 100)) %), \(r.services.reduce(0) { $0 + $1.redispatched }) sent again after a replica was lost, \(r.unfinished) unfinished"
+            if !r.lost.isEmpty { line += " — LOST: " + r.lost.joined(separator: "; "); ok = false }
+            else if r.expectAllDone && r.unfinished > 0 { line += " — NOT all done before the duration limit"; ok = false }
+            lines.append(line)
+        }
         var m = "measurements: \(trace.events) trace events from \(trace.instances) process instances, \(trace.missingEvents) missing (sequence gaps), \(trace.fromSpoolOnly) recovered from local spools"
         if trace.missingEvents > 0 { ok = false; m += " — MISSING" }
         if !trace.nodesWithoutTrace.isEmpty { ok = false; m += " — no trace from \(trace.nodesWithoutTrace.joined(separator: ", "))" }
@@ -147,12 +210,14 @@ public struct ExperimentSummary: Codable {
     /// The table printed at the end of a run.
     public static func table(_ all: [ExperimentSummary]) -> String {
         func h(_ x: Double?) -> String { x.map { $0.isFinite ? String(format: "%.2f", $0) : "-" } ?? "-" }
-        var rows: [[String]] = [["run", "seed", "on", "end", "wall s", "alive", "faults", "jobs done", "restarted", "mean JCT h", "p99 JCT h", "trace events", "missing", "lost nothing"]]
+        var rows: [[String]] = [["run", "seed", "on", "end", "wall s", "alive", "faults", "jobs done", "restarted", "mean JCT h", "p99 JCT h", "requests done", "SLO", "trace events", "missing", "lost nothing"]]
         for (i, s) in all.enumerated() {
             rows.append(["\(i + 1)", "\(s.seed)", s.platform, s.endReason, String(format: "%.1f", s.workloadSeconds),
                          "\(s.nodesAliveAtEnd)/\(s.nodesTotal)", "\(s.faultsApplied)/\(s.faultsHealed) healed",
                          s.jobs.submitted == 0 ? "-" : "\(s.jobs.finished)/\(s.jobs.submitted - s.jobs.rejected)", s.jobs.submitted == 0 ? "-" : "\(s.jobs.restartedAndFinished)",
-                         h(s.meanJCTHours), h(s.p99JCTHours), "\(s.trace.events)", "\(s.trace.missingEvents)", s.lostNothing.ok ? "yes" : "NO"])
+                         h(s.meanJCTHours), h(s.p99JCTHours),
+                         s.requests.generated == 0 ? "-" : "\(s.requests.completed)/\(s.requests.accepted)",
+                         s.requests.generated == 0 ? "-" : String(format: "%.1f%%", s.requests.sloAttainment * 100), "\(s.trace.events)", "\(s.trace.missingEvents)", s.lostNothing.ok ? "yes" : "NO"])
         }
         let widths = rows[0].indices.map { c in rows.map { $0[c].count }.max() ?? 0 }
         var out = rows.map { r in r.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  ") }

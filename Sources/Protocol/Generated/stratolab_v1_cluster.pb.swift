@@ -308,12 +308,46 @@ public nonisolated struct Stratolab_V1_Heartbeat: Sendable {
   /// repeats until the coordinator lists them in HeartbeatAck.settled_jobs.
   public var jobs: [Stratolab_V1_JobReport] = []
 
+  /// Inference requests this node's replicas completed; repeated until the coordinator lists them
+  /// in HeartbeatAck.settled_requests.
+  public var requests: [Stratolab_V1_RequestResult] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _telemetry: Stratolab_V1_Telemetry? = nil
   fileprivate var _clock: Stratolab_V1_ClockEstimate? = nil
+}
+
+/// One inference request served by a replica on this node. Times are the agent's: the coordinator
+/// turns finished_at into trace time with the agent's clock offset.
+public nonisolated struct Stratolab_V1_RequestResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var requestID: String = String()
+
+  public var replicaID: String = String()
+
+  /// when the replica got it (agent clock)
+  public var receivedAtUnixNanos: Int64 = 0
+
+  /// last token out (agent clock)
+  public var finishedAtUnixNanos: Int64 = 0
+
+  /// trace seconds waiting for a batch slot
+  public var queuedSeconds: Double = 0
+
+  /// trace seconds of prefill and decode
+  public var serviceSeconds: Double = 0
+
+  public var emulated: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Stratolab_V1_JobReport: Sendable {
@@ -378,6 +412,9 @@ public nonisolated struct Stratolab_V1_HeartbeatAck: Sendable {
   /// Terminal job reports the coordinator has made durable; the agent stops repeating them.
   public var settledJobs: [String] = []
 
+  /// Request results the coordinator has made durable.
+  public var settledRequests: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -437,6 +474,30 @@ public nonisolated struct Stratolab_V1_Command: Sendable {
     set {action = .preemptJob(newValue)}
   }
 
+  public var startReplica: Stratolab_V1_StartReplica {
+    get {
+      if case .startReplica(let v)? = action {return v}
+      return Stratolab_V1_StartReplica()
+    }
+    set {action = .startReplica(newValue)}
+  }
+
+  public var stopReplica: Stratolab_V1_StopReplica {
+    get {
+      if case .stopReplica(let v)? = action {return v}
+      return Stratolab_V1_StopReplica()
+    }
+    set {action = .stopReplica(newValue)}
+  }
+
+  public var serveRequests: Stratolab_V1_ServeRequests {
+    get {
+      if case .serveRequests(let v)? = action {return v}
+      return Stratolab_V1_ServeRequests()
+    }
+    set {action = .serveRequests(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Action: Equatable, Sendable {
@@ -445,6 +506,9 @@ public nonisolated struct Stratolab_V1_Command: Sendable {
     case drain(Stratolab_V1_Drain)
     case startJob(Stratolab_V1_StartJob)
     case preemptJob(Stratolab_V1_PreemptJob)
+    case startReplica(Stratolab_V1_StartReplica)
+    case stopReplica(Stratolab_V1_StopReplica)
+    case serveRequests(Stratolab_V1_ServeRequests)
 
   }
 
@@ -490,6 +554,81 @@ public nonisolated struct Stratolab_V1_PreemptJob: Sendable {
   // methods supported on all messages.
 
   public var jobID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Serve an inference service on the given GPU indices: a replica that batches up to `batch`
+/// requests at a time (the operating point the coordinator chose under the SLO).
+public nonisolated struct Stratolab_V1_StartReplica: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var replicaID: String = String()
+
+  public var serviceID: String = String()
+
+  public var model: String = String()
+
+  public var gpuModel: String = String()
+
+  public var gpus: [UInt32] = []
+
+  public var batch: UInt32 = 0
+
+  /// trace seconds per wall second
+  public var timeScale: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Stop a replica; requests it still holds are dropped here (the coordinator sends them elsewhere).
+public nonisolated struct Stratolab_V1_StopReplica: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var replicaID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_ServeRequests: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var replicaID: String = String()
+
+  public var requests: [Stratolab_V1_InferenceRequest] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_InferenceRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var requestID: String = String()
+
+  public var serviceID: String = String()
+
+  /// trace seconds since the scheduler's start
+  public var arrival: Double = 0
+
+  public var prefillTokens: UInt32 = 0
+
+  public var decodeTokens: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -965,7 +1104,7 @@ nonisolated extension Stratolab_V1_ClockEstimate: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Stratolab_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}telemetry\0\u{1}clock\0\u{1}running\0\u{1}jobs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}telemetry\0\u{1}clock\0\u{1}running\0\u{1}jobs\0\u{1}requests\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -980,6 +1119,7 @@ nonisolated extension Stratolab_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtob
       case 5: try { try decoder.decodeSingularMessageField(value: &self._clock) }()
       case 6: try { try decoder.decodeRepeatedStringField(value: &self.running) }()
       case 7: try { try decoder.decodeRepeatedMessageField(value: &self.jobs) }()
+      case 8: try { try decoder.decodeRepeatedMessageField(value: &self.requests) }()
       default: break
       }
     }
@@ -1011,6 +1151,9 @@ nonisolated extension Stratolab_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtob
     if !self.jobs.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.jobs, fieldNumber: 7)
     }
+    if !self.requests.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.requests, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1022,6 +1165,67 @@ nonisolated extension Stratolab_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtob
     if lhs._clock != rhs._clock {return false}
     if lhs.running != rhs.running {return false}
     if lhs.jobs != rhs.jobs {return false}
+    if lhs.requests != rhs.requests {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_RequestResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RequestResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}replica_id\0\u{3}received_at_unix_nanos\0\u{3}finished_at_unix_nanos\0\u{3}queued_seconds\0\u{3}service_seconds\0\u{1}emulated\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.replicaID) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.receivedAtUnixNanos) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.finishedAtUnixNanos) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.queuedSeconds) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.serviceSeconds) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self.emulated) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.requestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 1)
+    }
+    if !self.replicaID.isEmpty {
+      try visitor.visitSingularStringField(value: self.replicaID, fieldNumber: 2)
+    }
+    if self.receivedAtUnixNanos != 0 {
+      try visitor.visitSingularInt64Field(value: self.receivedAtUnixNanos, fieldNumber: 3)
+    }
+    if self.finishedAtUnixNanos != 0 {
+      try visitor.visitSingularInt64Field(value: self.finishedAtUnixNanos, fieldNumber: 4)
+    }
+    if self.queuedSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.queuedSeconds, fieldNumber: 5)
+    }
+    if self.serviceSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.serviceSeconds, fieldNumber: 6)
+    }
+    if self.emulated != false {
+      try visitor.visitSingularBoolField(value: self.emulated, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_RequestResult, rhs: Stratolab_V1_RequestResult) -> Bool {
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.replicaID != rhs.replicaID {return false}
+    if lhs.receivedAtUnixNanos != rhs.receivedAtUnixNanos {return false}
+    if lhs.finishedAtUnixNanos != rhs.finishedAtUnixNanos {return false}
+    if lhs.queuedSeconds != rhs.queuedSeconds {return false}
+    if lhs.serviceSeconds != rhs.serviceSeconds {return false}
+    if lhs.emulated != rhs.emulated {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1119,7 +1323,7 @@ nonisolated extension Stratolab_V1_JobReport: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Stratolab_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeartbeatAck"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}sequence\0\u{3}received_at_unix_nanos\0\u{3}sent_at_unix_nanos\0\u{3}coordinator_epoch\0\u{3}settled_jobs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}sequence\0\u{3}received_at_unix_nanos\0\u{3}sent_at_unix_nanos\0\u{3}coordinator_epoch\0\u{3}settled_jobs\0\u{3}settled_requests\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1133,6 +1337,7 @@ nonisolated extension Stratolab_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPro
       case 4: try { try decoder.decodeSingularInt64Field(value: &self.sentAtUnixNanos) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.coordinatorEpoch) }()
       case 6: try { try decoder.decodeRepeatedStringField(value: &self.settledJobs) }()
+      case 7: try { try decoder.decodeRepeatedStringField(value: &self.settledRequests) }()
       default: break
       }
     }
@@ -1157,6 +1362,9 @@ nonisolated extension Stratolab_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPro
     if !self.settledJobs.isEmpty {
       try visitor.visitRepeatedStringField(value: self.settledJobs, fieldNumber: 6)
     }
+    if !self.settledRequests.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.settledRequests, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1167,6 +1375,7 @@ nonisolated extension Stratolab_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPro
     if lhs.sentAtUnixNanos != rhs.sentAtUnixNanos {return false}
     if lhs.coordinatorEpoch != rhs.coordinatorEpoch {return false}
     if lhs.settledJobs != rhs.settledJobs {return false}
+    if lhs.settledRequests != rhs.settledRequests {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1174,7 +1383,7 @@ nonisolated extension Stratolab_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Stratolab_V1_Command: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Command"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}command_id\0\u{3}node_id\0\u{2}\u{8}ping\0\u{3}set_labels\0\u{1}drain\0\u{3}start_job\0\u{3}preempt_job\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}command_id\0\u{3}node_id\0\u{2}\u{8}ping\0\u{3}set_labels\0\u{1}drain\0\u{3}start_job\0\u{3}preempt_job\0\u{3}start_replica\0\u{3}stop_replica\0\u{3}serve_requests\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1249,6 +1458,45 @@ nonisolated extension Stratolab_V1_Command: SwiftProtobuf.Message, SwiftProtobuf
           self.action = .preemptJob(v)
         }
       }()
+      case 15: try {
+        var v: Stratolab_V1_StartReplica?
+        var hadOneofValue = false
+        if let current = self.action {
+          hadOneofValue = true
+          if case .startReplica(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.action = .startReplica(v)
+        }
+      }()
+      case 16: try {
+        var v: Stratolab_V1_StopReplica?
+        var hadOneofValue = false
+        if let current = self.action {
+          hadOneofValue = true
+          if case .stopReplica(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.action = .stopReplica(v)
+        }
+      }()
+      case 17: try {
+        var v: Stratolab_V1_ServeRequests?
+        var hadOneofValue = false
+        if let current = self.action {
+          hadOneofValue = true
+          if case .serveRequests(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.action = .serveRequests(v)
+        }
+      }()
       default: break
       }
     }
@@ -1285,6 +1533,18 @@ nonisolated extension Stratolab_V1_Command: SwiftProtobuf.Message, SwiftProtobuf
     case .preemptJob?: try {
       guard case .preemptJob(let v)? = self.action else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+    }()
+    case .startReplica?: try {
+      guard case .startReplica(let v)? = self.action else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+    }()
+    case .stopReplica?: try {
+      guard case .stopReplica(let v)? = self.action else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+    }()
+    case .serveRequests?: try {
+      guard case .serveRequests(let v)? = self.action else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
     }()
     case nil: break
     }
@@ -1400,6 +1660,181 @@ nonisolated extension Stratolab_V1_PreemptJob: SwiftProtobuf.Message, SwiftProto
 
   public static func ==(lhs: Stratolab_V1_PreemptJob, rhs: Stratolab_V1_PreemptJob) -> Bool {
     if lhs.jobID != rhs.jobID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StartReplica"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{1}gpus\0\u{1}batch\0\u{3}time_scale\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.replicaID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.serviceID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.model) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.gpuModel) }()
+      case 5: try { try decoder.decodeRepeatedUInt32Field(value: &self.gpus) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.batch) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.timeScale) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.replicaID.isEmpty {
+      try visitor.visitSingularStringField(value: self.replicaID, fieldNumber: 1)
+    }
+    if !self.serviceID.isEmpty {
+      try visitor.visitSingularStringField(value: self.serviceID, fieldNumber: 2)
+    }
+    if !self.model.isEmpty {
+      try visitor.visitSingularStringField(value: self.model, fieldNumber: 3)
+    }
+    if !self.gpuModel.isEmpty {
+      try visitor.visitSingularStringField(value: self.gpuModel, fieldNumber: 4)
+    }
+    if !self.gpus.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.gpus, fieldNumber: 5)
+    }
+    if self.batch != 0 {
+      try visitor.visitSingularUInt32Field(value: self.batch, fieldNumber: 6)
+    }
+    if self.timeScale.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.timeScale, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_StartReplica, rhs: Stratolab_V1_StartReplica) -> Bool {
+    if lhs.replicaID != rhs.replicaID {return false}
+    if lhs.serviceID != rhs.serviceID {return false}
+    if lhs.model != rhs.model {return false}
+    if lhs.gpuModel != rhs.gpuModel {return false}
+    if lhs.gpus != rhs.gpus {return false}
+    if lhs.batch != rhs.batch {return false}
+    if lhs.timeScale != rhs.timeScale {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_StopReplica: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StopReplica"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.replicaID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.replicaID.isEmpty {
+      try visitor.visitSingularStringField(value: self.replicaID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_StopReplica, rhs: Stratolab_V1_StopReplica) -> Bool {
+    if lhs.replicaID != rhs.replicaID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_ServeRequests: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ServeRequests"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{1}requests\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.replicaID) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.requests) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.replicaID.isEmpty {
+      try visitor.visitSingularStringField(value: self.replicaID, fieldNumber: 1)
+    }
+    if !self.requests.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.requests, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_ServeRequests, rhs: Stratolab_V1_ServeRequests) -> Bool {
+    if lhs.replicaID != rhs.replicaID {return false}
+    if lhs.requests != rhs.requests {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".InferenceRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}service_id\0\u{1}arrival\0\u{3}prefill_tokens\0\u{3}decode_tokens\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.serviceID) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.arrival) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.prefillTokens) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.decodeTokens) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.requestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 1)
+    }
+    if !self.serviceID.isEmpty {
+      try visitor.visitSingularStringField(value: self.serviceID, fieldNumber: 2)
+    }
+    if self.arrival.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.arrival, fieldNumber: 3)
+    }
+    if self.prefillTokens != 0 {
+      try visitor.visitSingularUInt32Field(value: self.prefillTokens, fieldNumber: 4)
+    }
+    if self.decodeTokens != 0 {
+      try visitor.visitSingularUInt32Field(value: self.decodeTokens, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_InferenceRequest, rhs: Stratolab_V1_InferenceRequest) -> Bool {
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.serviceID != rhs.serviceID {return false}
+    if lhs.arrival != rhs.arrival {return false}
+    if lhs.prefillTokens != rhs.prefillTokens {return false}
+    if lhs.decodeTokens != rhs.decodeTokens {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -368,6 +368,38 @@ public nonisolated struct Stratolab_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._body = .traceBatchAck(newValue)}
   }
 
+  public var submitRequests: Stratolab_V1_SubmitRequests {
+    get {
+      if case .submitRequests(let v)? = _storage._body {return v}
+      return Stratolab_V1_SubmitRequests()
+    }
+    set {_uniqueStorage()._body = .submitRequests(newValue)}
+  }
+
+  public var submitRequestsReply: Stratolab_V1_SubmitRequestsReply {
+    get {
+      if case .submitRequestsReply(let v)? = _storage._body {return v}
+      return Stratolab_V1_SubmitRequestsReply()
+    }
+    set {_uniqueStorage()._body = .submitRequestsReply(newValue)}
+  }
+
+  public var requestsRequest: Stratolab_V1_RequestsRequest {
+    get {
+      if case .requestsRequest(let v)? = _storage._body {return v}
+      return Stratolab_V1_RequestsRequest()
+    }
+    set {_uniqueStorage()._body = .requestsRequest(newValue)}
+  }
+
+  public var requestsReply: Stratolab_V1_RequestsReply {
+    get {
+      if case .requestsReply(let v)? = _storage._body {return v}
+      return Stratolab_V1_RequestsReply()
+    }
+    set {_uniqueStorage()._body = .requestsReply(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -389,6 +421,10 @@ public nonisolated struct Stratolab_V1_Envelope: @unchecked Sendable {
     case jobsReply(Stratolab_V1_JobsReply)
     case traceBatch(Stratolab_V1_TraceBatch)
     case traceBatchAck(Stratolab_V1_TraceBatchAck)
+    case submitRequests(Stratolab_V1_SubmitRequests)
+    case submitRequestsReply(Stratolab_V1_SubmitRequestsReply)
+    case requestsRequest(Stratolab_V1_RequestsRequest)
+    case requestsReply(Stratolab_V1_RequestsReply)
 
   }
 
@@ -473,7 +509,7 @@ nonisolated extension Stratolab_V1_TraceContext: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}message_id\0\u{1}sender\0\u{3}sent_at_unix_nanos\0\u{1}trace\0\u{1}recipient\0\u{3}in_reply_to\0\u{2}\u{3}register\0\u{3}register_ack\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}command\0\u{3}command_ack\0\u{1}error\0\u{1}deregister\0\u{4}\u{3}status_request\0\u{3}status_reply\0\u{3}operator_command\0\u{3}operator_command_reply\0\u{3}submit_jobs\0\u{3}submit_jobs_reply\0\u{3}jobs_request\0\u{3}jobs_reply\0\u{3}trace_batch\0\u{3}trace_batch_ack\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}message_id\0\u{1}sender\0\u{3}sent_at_unix_nanos\0\u{1}trace\0\u{1}recipient\0\u{3}in_reply_to\0\u{2}\u{3}register\0\u{3}register_ack\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}command\0\u{3}command_ack\0\u{1}error\0\u{1}deregister\0\u{4}\u{3}status_request\0\u{3}status_reply\0\u{3}operator_command\0\u{3}operator_command_reply\0\u{3}submit_jobs\0\u{3}submit_jobs_reply\0\u{3}jobs_request\0\u{3}jobs_reply\0\u{3}trace_batch\0\u{3}trace_batch_ack\0\u{3}submit_requests\0\u{3}submit_requests_reply\0\u{3}requests_request\0\u{3}requests_reply\0")
 
   fileprivate class _StorageClass {
     var _protocolVersion: UInt32 = 0
@@ -761,6 +797,58 @@ nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobu
             _storage._body = .traceBatchAck(v)
           }
         }()
+        case 30: try {
+          var v: Stratolab_V1_SubmitRequests?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .submitRequests(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .submitRequests(v)
+          }
+        }()
+        case 31: try {
+          var v: Stratolab_V1_SubmitRequestsReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .submitRequestsReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .submitRequestsReply(v)
+          }
+        }()
+        case 32: try {
+          var v: Stratolab_V1_RequestsRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .requestsRequest(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .requestsRequest(v)
+          }
+        }()
+        case 33: try {
+          var v: Stratolab_V1_RequestsReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .requestsReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .requestsReply(v)
+          }
+        }()
         default: break
         }
       }
@@ -866,6 +954,22 @@ nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobu
       case .traceBatchAck?: try {
         guard case .traceBatchAck(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
+      }()
+      case .submitRequests?: try {
+        guard case .submitRequests(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+      }()
+      case .submitRequestsReply?: try {
+        guard case .submitRequestsReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+      }()
+      case .requestsRequest?: try {
+        guard case .requestsRequest(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
+      }()
+      case .requestsReply?: try {
+        guard case .requestsReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
       }()
       case nil: break
       }

@@ -337,12 +337,59 @@ public nonisolated struct Stratolab_V1_JobSubmission: Sendable {
   public init() {}
 }
 
+/// An online inference service: replicas of `gpus_per_replica` GPUs, scaled with its request-rate
+/// curve, under a per-request latency objective.
+public nonisolated struct Stratolab_V1_ServiceSubmission: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var serviceID: String = String()
+
+  public var model: String = String()
+
+  public var gpuModel: String = String()
+
+  public var gpusPerReplica: UInt32 = 0
+
+  public var rateCurve: [Stratolab_V1_RatePoint] = []
+
+  public var meanPrefillTokens: Double = 0
+
+  public var meanDecodeTokens: Double = 0
+
+  public var sloSeconds: Double = 0
+
+  public var minReplicas: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_RatePoint: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// trace seconds
+  public var time: Double = 0
+
+  public var rps: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Stratolab_V1_SubmitJobs: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var jobs: [Stratolab_V1_JobSubmission] = []
+
+  public var services: [Stratolab_V1_ServiceSubmission] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -434,6 +481,215 @@ public nonisolated struct Stratolab_V1_JobsReply: Sendable {
   public var unfinished: UInt32 = 0
 
   /// emulation label, skipped services, rejected decisions
+  public var notes: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Inference requests for submitted services. Ids are the client's: a request sent again (after a
+/// timeout, or a coordinator restart) is accepted once.
+public nonisolated struct Stratolab_V1_SubmitRequests: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var requests: [Stratolab_V1_InferenceRequest] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_SubmitRequestsReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var accepted: UInt32 = 0
+
+  public var duplicates: UInt32 = 0
+
+  /// "request-id: reason"
+  public var rejected: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_RequestsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// every request's record, not only the per-service summary
+  public var includeRequests: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_ServiceStatus: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var serviceID: String {
+    get {_storage._serviceID}
+    set {_uniqueStorage()._serviceID = newValue}
+  }
+
+  public var model: String {
+    get {_storage._model}
+    set {_uniqueStorage()._model = newValue}
+  }
+
+  public var gpuModel: String {
+    get {_storage._gpuModel}
+    set {_uniqueStorage()._gpuModel = newValue}
+  }
+
+  public var sloSeconds: Double {
+    get {_storage._sloSeconds}
+    set {_uniqueStorage()._sloSeconds = newValue}
+  }
+
+  /// per replica, at the operating point
+  public var capacityRps: Double {
+    get {_storage._capacityRps}
+    set {_uniqueStorage()._capacityRps = newValue}
+  }
+
+  public var batch: UInt32 {
+    get {_storage._batch}
+    set {_uniqueStorage()._batch = newValue}
+  }
+
+  /// placed now
+  public var replicas: UInt32 {
+    get {_storage._replicas}
+    set {_uniqueStorage()._replicas = newValue}
+  }
+
+  /// started and acknowledged
+  public var ready: UInt32 {
+    get {_storage._ready}
+    set {_uniqueStorage()._ready = newValue}
+  }
+
+  public var desired: UInt32 {
+    get {_storage._desired}
+    set {_uniqueStorage()._desired = newValue}
+  }
+
+  public var submitted: UInt64 {
+    get {_storage._submitted}
+    set {_uniqueStorage()._submitted = newValue}
+  }
+
+  public var completed: UInt64 {
+    get {_storage._completed}
+    set {_uniqueStorage()._completed = newValue}
+  }
+
+  public var withinSlo: UInt64 {
+    get {_storage._withinSlo}
+    set {_uniqueStorage()._withinSlo = newValue}
+  }
+
+  /// accepted, not completed (waiting or on a replica)
+  public var outstanding: UInt64 {
+    get {_storage._outstanding}
+    set {_uniqueStorage()._outstanding = newValue}
+  }
+
+  /// sent again after their replica was lost or stopped
+  public var redispatched: UInt64 {
+    get {_storage._redispatched}
+    set {_uniqueStorage()._redispatched = newValue}
+  }
+
+  /// trace seconds, completed requests
+  public var latencyP50: Double {
+    get {_storage._latencyP50}
+    set {_uniqueStorage()._latencyP50 = newValue}
+  }
+
+  public var latencyP99: Double {
+    get {_storage._latencyP99}
+    set {_uniqueStorage()._latencyP99 = newValue}
+  }
+
+  public var latencyMean: Double {
+    get {_storage._latencyMean}
+    set {_uniqueStorage()._latencyMean = newValue}
+  }
+
+  public var replicaStarts: UInt32 {
+    get {_storage._replicaStarts}
+    set {_uniqueStorage()._replicaStarts = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Stratolab_V1_RequestRecord: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var requestID: String = String()
+
+  public var serviceID: String = String()
+
+  public var arrival: Double = 0
+
+  public var prefillTokens: UInt32 = 0
+
+  public var decodeTokens: UInt32 = 0
+
+  /// trace seconds; -1 while outstanding
+  public var finished: Double = 0
+
+  /// trace seconds; -1 while outstanding
+  public var latency: Double = 0
+
+  public var replicaID: String = String()
+
+  public var nodeID: String = String()
+
+  public var attempts: UInt32 = 0
+
+  public var queuedSeconds: Double = 0
+
+  public var serviceSeconds: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_RequestsReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var timeScale: Double = 0
+
+  public var traceNow: Double = 0
+
+  public var services: [Stratolab_V1_ServiceStatus] = []
+
+  public var requests: [Stratolab_V1_RequestRecord] = []
+
+  /// skipped services and why
   public var notes: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -970,9 +1226,114 @@ nonisolated extension Stratolab_V1_JobSubmission: SwiftProtobuf.Message, SwiftPr
   }
 }
 
+nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ServiceSubmission"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{3}gpus_per_replica\0\u{3}rate_curve\0\u{3}mean_prefill_tokens\0\u{3}mean_decode_tokens\0\u{3}slo_seconds\0\u{3}min_replicas\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.serviceID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.model) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.gpuModel) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.gpusPerReplica) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.rateCurve) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.meanPrefillTokens) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.meanDecodeTokens) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.sloSeconds) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.minReplicas) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.serviceID.isEmpty {
+      try visitor.visitSingularStringField(value: self.serviceID, fieldNumber: 1)
+    }
+    if !self.model.isEmpty {
+      try visitor.visitSingularStringField(value: self.model, fieldNumber: 2)
+    }
+    if !self.gpuModel.isEmpty {
+      try visitor.visitSingularStringField(value: self.gpuModel, fieldNumber: 3)
+    }
+    if self.gpusPerReplica != 0 {
+      try visitor.visitSingularUInt32Field(value: self.gpusPerReplica, fieldNumber: 4)
+    }
+    if !self.rateCurve.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.rateCurve, fieldNumber: 5)
+    }
+    if self.meanPrefillTokens.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.meanPrefillTokens, fieldNumber: 6)
+    }
+    if self.meanDecodeTokens.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.meanDecodeTokens, fieldNumber: 7)
+    }
+    if self.sloSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.sloSeconds, fieldNumber: 8)
+    }
+    if self.minReplicas != 0 {
+      try visitor.visitSingularUInt32Field(value: self.minReplicas, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_ServiceSubmission, rhs: Stratolab_V1_ServiceSubmission) -> Bool {
+    if lhs.serviceID != rhs.serviceID {return false}
+    if lhs.model != rhs.model {return false}
+    if lhs.gpuModel != rhs.gpuModel {return false}
+    if lhs.gpusPerReplica != rhs.gpusPerReplica {return false}
+    if lhs.rateCurve != rhs.rateCurve {return false}
+    if lhs.meanPrefillTokens != rhs.meanPrefillTokens {return false}
+    if lhs.meanDecodeTokens != rhs.meanDecodeTokens {return false}
+    if lhs.sloSeconds != rhs.sloSeconds {return false}
+    if lhs.minReplicas != rhs.minReplicas {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_RatePoint: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RatePoint"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}time\0\u{1}rps\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularDoubleField(value: &self.time) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.rps) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.time.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.time, fieldNumber: 1)
+    }
+    if self.rps.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.rps, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_RatePoint, rhs: Stratolab_V1_RatePoint) -> Bool {
+    if lhs.time != rhs.time {return false}
+    if lhs.rps != rhs.rps {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Stratolab_V1_SubmitJobs: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubmitJobs"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}jobs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}jobs\0\u{1}services\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -981,6 +1342,7 @@ nonisolated extension Stratolab_V1_SubmitJobs: SwiftProtobuf.Message, SwiftProto
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.jobs) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.services) }()
       default: break
       }
     }
@@ -990,11 +1352,15 @@ nonisolated extension Stratolab_V1_SubmitJobs: SwiftProtobuf.Message, SwiftProto
     if !self.jobs.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.jobs, fieldNumber: 1)
     }
+    if !self.services.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.services, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Stratolab_V1_SubmitJobs, rhs: Stratolab_V1_SubmitJobs) -> Bool {
     if lhs.jobs != rhs.jobs {return false}
+    if lhs.services != rhs.services {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1203,6 +1569,426 @@ nonisolated extension Stratolab_V1_JobsReply: SwiftProtobuf.Message, SwiftProtob
     if lhs.traceNow != rhs.traceNow {return false}
     if lhs.jobs != rhs.jobs {return false}
     if lhs.unfinished != rhs.unfinished {return false}
+    if lhs.notes != rhs.notes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_SubmitRequests: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SubmitRequests"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}requests\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.requests) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.requests.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.requests, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_SubmitRequests, rhs: Stratolab_V1_SubmitRequests) -> Bool {
+    if lhs.requests != rhs.requests {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_SubmitRequestsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SubmitRequestsReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}accepted\0\u{1}duplicates\0\u{1}rejected\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.accepted) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.duplicates) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.rejected) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.accepted != 0 {
+      try visitor.visitSingularUInt32Field(value: self.accepted, fieldNumber: 1)
+    }
+    if self.duplicates != 0 {
+      try visitor.visitSingularUInt32Field(value: self.duplicates, fieldNumber: 2)
+    }
+    if !self.rejected.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.rejected, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_SubmitRequestsReply, rhs: Stratolab_V1_SubmitRequestsReply) -> Bool {
+    if lhs.accepted != rhs.accepted {return false}
+    if lhs.duplicates != rhs.duplicates {return false}
+    if lhs.rejected != rhs.rejected {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_RequestsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RequestsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}include_requests\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.includeRequests) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.includeRequests != false {
+      try visitor.visitSingularBoolField(value: self.includeRequests, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_RequestsRequest, rhs: Stratolab_V1_RequestsRequest) -> Bool {
+    if lhs.includeRequests != rhs.includeRequests {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_ServiceStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ServiceStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{3}slo_seconds\0\u{3}capacity_rps\0\u{1}batch\0\u{1}replicas\0\u{1}ready\0\u{1}desired\0\u{1}submitted\0\u{1}completed\0\u{3}within_slo\0\u{1}outstanding\0\u{1}redispatched\0\u{3}latency_p50\0\u{3}latency_p99\0\u{3}latency_mean\0\u{3}replica_starts\0")
+
+  fileprivate class _StorageClass {
+    var _serviceID: String = String()
+    var _model: String = String()
+    var _gpuModel: String = String()
+    var _sloSeconds: Double = 0
+    var _capacityRps: Double = 0
+    var _batch: UInt32 = 0
+    var _replicas: UInt32 = 0
+    var _ready: UInt32 = 0
+    var _desired: UInt32 = 0
+    var _submitted: UInt64 = 0
+    var _completed: UInt64 = 0
+    var _withinSlo: UInt64 = 0
+    var _outstanding: UInt64 = 0
+    var _redispatched: UInt64 = 0
+    var _latencyP50: Double = 0
+    var _latencyP99: Double = 0
+    var _latencyMean: Double = 0
+    var _replicaStarts: UInt32 = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _serviceID = source._serviceID
+      _model = source._model
+      _gpuModel = source._gpuModel
+      _sloSeconds = source._sloSeconds
+      _capacityRps = source._capacityRps
+      _batch = source._batch
+      _replicas = source._replicas
+      _ready = source._ready
+      _desired = source._desired
+      _submitted = source._submitted
+      _completed = source._completed
+      _withinSlo = source._withinSlo
+      _outstanding = source._outstanding
+      _redispatched = source._redispatched
+      _latencyP50 = source._latencyP50
+      _latencyP99 = source._latencyP99
+      _latencyMean = source._latencyMean
+      _replicaStarts = source._replicaStarts
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._serviceID) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._model) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._gpuModel) }()
+        case 4: try { try decoder.decodeSingularDoubleField(value: &_storage._sloSeconds) }()
+        case 5: try { try decoder.decodeSingularDoubleField(value: &_storage._capacityRps) }()
+        case 6: try { try decoder.decodeSingularUInt32Field(value: &_storage._batch) }()
+        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._replicas) }()
+        case 8: try { try decoder.decodeSingularUInt32Field(value: &_storage._ready) }()
+        case 9: try { try decoder.decodeSingularUInt32Field(value: &_storage._desired) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._submitted) }()
+        case 11: try { try decoder.decodeSingularUInt64Field(value: &_storage._completed) }()
+        case 12: try { try decoder.decodeSingularUInt64Field(value: &_storage._withinSlo) }()
+        case 13: try { try decoder.decodeSingularUInt64Field(value: &_storage._outstanding) }()
+        case 14: try { try decoder.decodeSingularUInt64Field(value: &_storage._redispatched) }()
+        case 15: try { try decoder.decodeSingularDoubleField(value: &_storage._latencyP50) }()
+        case 16: try { try decoder.decodeSingularDoubleField(value: &_storage._latencyP99) }()
+        case 17: try { try decoder.decodeSingularDoubleField(value: &_storage._latencyMean) }()
+        case 18: try { try decoder.decodeSingularUInt32Field(value: &_storage._replicaStarts) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._serviceID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._serviceID, fieldNumber: 1)
+      }
+      if !_storage._model.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._model, fieldNumber: 2)
+      }
+      if !_storage._gpuModel.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._gpuModel, fieldNumber: 3)
+      }
+      if _storage._sloSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._sloSeconds, fieldNumber: 4)
+      }
+      if _storage._capacityRps.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._capacityRps, fieldNumber: 5)
+      }
+      if _storage._batch != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._batch, fieldNumber: 6)
+      }
+      if _storage._replicas != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._replicas, fieldNumber: 7)
+      }
+      if _storage._ready != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._ready, fieldNumber: 8)
+      }
+      if _storage._desired != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._desired, fieldNumber: 9)
+      }
+      if _storage._submitted != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._submitted, fieldNumber: 10)
+      }
+      if _storage._completed != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._completed, fieldNumber: 11)
+      }
+      if _storage._withinSlo != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._withinSlo, fieldNumber: 12)
+      }
+      if _storage._outstanding != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._outstanding, fieldNumber: 13)
+      }
+      if _storage._redispatched != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._redispatched, fieldNumber: 14)
+      }
+      if _storage._latencyP50.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._latencyP50, fieldNumber: 15)
+      }
+      if _storage._latencyP99.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._latencyP99, fieldNumber: 16)
+      }
+      if _storage._latencyMean.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._latencyMean, fieldNumber: 17)
+      }
+      if _storage._replicaStarts != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._replicaStarts, fieldNumber: 18)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_ServiceStatus, rhs: Stratolab_V1_ServiceStatus) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._serviceID != rhs_storage._serviceID {return false}
+        if _storage._model != rhs_storage._model {return false}
+        if _storage._gpuModel != rhs_storage._gpuModel {return false}
+        if _storage._sloSeconds != rhs_storage._sloSeconds {return false}
+        if _storage._capacityRps != rhs_storage._capacityRps {return false}
+        if _storage._batch != rhs_storage._batch {return false}
+        if _storage._replicas != rhs_storage._replicas {return false}
+        if _storage._ready != rhs_storage._ready {return false}
+        if _storage._desired != rhs_storage._desired {return false}
+        if _storage._submitted != rhs_storage._submitted {return false}
+        if _storage._completed != rhs_storage._completed {return false}
+        if _storage._withinSlo != rhs_storage._withinSlo {return false}
+        if _storage._outstanding != rhs_storage._outstanding {return false}
+        if _storage._redispatched != rhs_storage._redispatched {return false}
+        if _storage._latencyP50 != rhs_storage._latencyP50 {return false}
+        if _storage._latencyP99 != rhs_storage._latencyP99 {return false}
+        if _storage._latencyMean != rhs_storage._latencyMean {return false}
+        if _storage._replicaStarts != rhs_storage._replicaStarts {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_RequestRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RequestRecord"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}service_id\0\u{1}arrival\0\u{3}prefill_tokens\0\u{3}decode_tokens\0\u{1}finished\0\u{1}latency\0\u{3}replica_id\0\u{3}node_id\0\u{1}attempts\0\u{3}queued_seconds\0\u{3}service_seconds\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.serviceID) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.arrival) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.prefillTokens) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.decodeTokens) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.finished) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.latency) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.replicaID) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
+      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.attempts) }()
+      case 11: try { try decoder.decodeSingularDoubleField(value: &self.queuedSeconds) }()
+      case 12: try { try decoder.decodeSingularDoubleField(value: &self.serviceSeconds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.requestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 1)
+    }
+    if !self.serviceID.isEmpty {
+      try visitor.visitSingularStringField(value: self.serviceID, fieldNumber: 2)
+    }
+    if self.arrival.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.arrival, fieldNumber: 3)
+    }
+    if self.prefillTokens != 0 {
+      try visitor.visitSingularUInt32Field(value: self.prefillTokens, fieldNumber: 4)
+    }
+    if self.decodeTokens != 0 {
+      try visitor.visitSingularUInt32Field(value: self.decodeTokens, fieldNumber: 5)
+    }
+    if self.finished.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.finished, fieldNumber: 6)
+    }
+    if self.latency.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.latency, fieldNumber: 7)
+    }
+    if !self.replicaID.isEmpty {
+      try visitor.visitSingularStringField(value: self.replicaID, fieldNumber: 8)
+    }
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 9)
+    }
+    if self.attempts != 0 {
+      try visitor.visitSingularUInt32Field(value: self.attempts, fieldNumber: 10)
+    }
+    if self.queuedSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.queuedSeconds, fieldNumber: 11)
+    }
+    if self.serviceSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.serviceSeconds, fieldNumber: 12)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_RequestRecord, rhs: Stratolab_V1_RequestRecord) -> Bool {
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.serviceID != rhs.serviceID {return false}
+    if lhs.arrival != rhs.arrival {return false}
+    if lhs.prefillTokens != rhs.prefillTokens {return false}
+    if lhs.decodeTokens != rhs.decodeTokens {return false}
+    if lhs.finished != rhs.finished {return false}
+    if lhs.latency != rhs.latency {return false}
+    if lhs.replicaID != rhs.replicaID {return false}
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.attempts != rhs.attempts {return false}
+    if lhs.queuedSeconds != rhs.queuedSeconds {return false}
+    if lhs.serviceSeconds != rhs.serviceSeconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_RequestsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RequestsReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_scale\0\u{3}trace_now\0\u{1}services\0\u{1}requests\0\u{1}notes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularDoubleField(value: &self.timeScale) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.traceNow) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.services) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.requests) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.notes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.timeScale.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.timeScale, fieldNumber: 1)
+    }
+    if self.traceNow.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.traceNow, fieldNumber: 2)
+    }
+    if !self.services.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.services, fieldNumber: 3)
+    }
+    if !self.requests.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.requests, fieldNumber: 4)
+    }
+    if !self.notes.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.notes, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_RequestsReply, rhs: Stratolab_V1_RequestsReply) -> Bool {
+    if lhs.timeScale != rhs.timeScale {return false}
+    if lhs.traceNow != rhs.traceNow {return false}
+    if lhs.services != rhs.services {return false}
+    if lhs.requests != rhs.requests {return false}
     if lhs.notes != rhs.notes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true

@@ -54,6 +54,7 @@ public struct ReplicaRecord: Sendable, Codable, Equatable {
     public var id: String
     public var serviceID: String
     public var placement: Placement
+    public init(id: String, serviceID: String, placement: Placement) { self.id = id; self.serviceID = serviceID; self.placement = placement }
 }
 
 /// The scheduler's model of the cluster, shared by the coordinator and the digital twin: nodes and
@@ -280,6 +281,19 @@ public struct ClusterState: Sendable {
         let p = Placement(nodeID: node, gpus: gpus, key: key)
         replicas[id] = ReplicaRecord(id: id, serviceID: service, placement: p)
         return p
+    }
+
+    /// A replica read back from the coordinator's store after a restart (dropped if its node is
+    /// dead or its GPUs are taken: the scheduler then starts another).
+    @discardableResult
+    public mutating func restoreReplica(_ r: ReplicaRecord) -> Bool {
+        guard var node = nodes[r.placement.nodeID], node.alive,
+              r.placement.gpus.allSatisfy({ $0 < node.gpuCount && node.holders[$0] == nil }) else { return false }
+        for g in r.placement.gpus { node.holders[g] = r.id }
+        nodes[r.placement.nodeID] = node
+        replicas[r.id] = r
+        rebuildFree()
+        return true
     }
 
     public mutating func stopReplica(_ id: String) {

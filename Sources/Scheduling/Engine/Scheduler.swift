@@ -21,6 +21,8 @@ public struct Scheduler: Sendable {
     public var kb: KnowledgeBase
     public private(set) var services: [ServiceSpec] = []
     public private(set) var capacityPerReplica: [String: Double] = [:]
+    /// Requests a replica batches at its operating point (largest batch under the SLO that fits).
+    public private(set) var batchPerReplica: [String: Int] = [:]
     public private(set) var skippedServices: [SkippedService] = []
     public private(set) var rejectedDecisions: [String] = []
     public var counts = [1, 2, 4, 8]
@@ -44,6 +46,20 @@ public struct Scheduler: Sendable {
         }
         services.append(s)
         capacityPerReplica[s.id] = op.requestsPerSecond
+        batchPerReplica[s.id] = op.batch
+    }
+
+    /// Puts back a replica the coordinator had placed before it restarted; later replica ids
+    /// continue after it.
+    @discardableResult
+    public mutating func restoreReplica(_ r: ReplicaRecord) -> Bool {
+        if let n = r.id.split(separator: "-").last.flatMap({ $0.hasPrefix("r") ? Int($0.dropFirst()) : nil }) { replicaSerial = max(replicaSerial, n) }
+        return state.restoreReplica(r)
+    }
+
+    /// The next time a service's rate changes after `t` (a decision is due then), or nil.
+    public func nextRateChange(after t: Double) -> Double? {
+        services.flatMap { $0.rateCurve.map(\.time) }.filter { $0 > t }.min()
     }
 
     public func desiredReplicas(_ s: ServiceSpec, at now: Double) -> Int {

@@ -10,6 +10,9 @@ public struct AzureTraceShape: Sendable {
     public var meanDecodeTokens: Double
     public var requests: Int
     public var spanSeconds: Double
+    /// Up to 512 (prefill, decode) pairs taken evenly from the trace's rows: what generated
+    /// requests draw their token counts from.
+    public var mix: [TokenCount] = []
 
     public static func read(file: String, bins: Int = 48) throws -> AzureTraceShape {
         guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
@@ -27,13 +30,14 @@ public struct AzureTraceShape: Sendable {
         let missing = need.filter { !header.contains($0) }
         guard missing.isEmpty else { throw DataError(file: file, line: 1, field: missing.joined(separator: ", "), message: "missing column(s)") }
         let ia = header.firstIndex(of: "arrived_at")!, ip = header.firstIndex(of: "num_prefill_tokens")!, id = header.firstIndex(of: "num_decode_tokens")!
-        var arrivals: [Double] = [], prefill = 0.0, decode = 0.0
+        var arrivals: [Double] = [], prefill = 0.0, decode = 0.0, pairs: [TokenCount] = []
         for (i, l) in lines.enumerated().dropFirst() {
             let c = l.split(separator: ",", omittingEmptySubsequences: false)
             guard c.count == header.count, let a = Double(c[ia]), let p = Double(c[ip]), let d = Double(c[id]) else {
                 throw DataError(file: file, line: i + 1, field: "row", message: "expected \(header.count) numeric fields")
             }
             arrivals.append(a); prefill += p; decode += d
+            pairs.append(TokenCount(prefill: max(1, Int(p)), decode: max(1, Int(d))))
         }
         guard arrivals.count >= 2, let first = arrivals.min(), let last = arrivals.max(), last > first else {
             throw DataError(file: file, line: 2, field: "arrived_at", message: "need at least two requests spread in time")
@@ -41,8 +45,10 @@ public struct AzureTraceShape: Sendable {
         var counts = [Double](repeating: 0, count: bins)
         for a in arrivals { counts[min(bins - 1, Int((a - first) / (last - first) * Double(bins)))] += 1 }
         let mean = counts.reduce(0, +) / Double(bins)
+        let stride = max(1, pairs.count / 512)
         return AzureTraceShape(relativeRates: counts.map { $0 / mean }, meanPrefillTokens: prefill / Double(arrivals.count),
-                               meanDecodeTokens: decode / Double(arrivals.count), requests: arrivals.count, spanSeconds: last - first)
+                               meanDecodeTokens: decode / Double(arrivals.count), requests: arrivals.count, spanSeconds: last - first,
+                               mix: Swift.stride(from: 0, to: pairs.count, by: stride).map { pairs[$0] })
     }
 
     /// A rate curve over `seconds` with the given mean rate.
@@ -95,6 +101,24 @@ public struct InferenceModel: Sendable {
         public var latencySeconds: Double
     }
 
+    /// The two costs of a request of `prefill` + `decode` tokens in a batch of `batch`: its prefill
+    /// iteration, and one decode iteration over the batch.
+    public func requestSeconds(prefill: Double, decode: Double, batch: Int) -> (prefill: Double, decodeIteration: Double) {
+        let context = prefill + decode / 2
+        let decodeIter = iteration(tokens: Double(batch)) + attention(kvTokens: Double(batch) * context)
+        let prefillTime = iteration(tokens: prefill) + attention(kvTokens: prefill / 2)
+        return (prefillTime, decodeIter)
+    }
+
+    /// A request's latency in a batch of `batch` under continuous batching: while it decodes, the
+    /// batch's other slots turn over about once, and each newcomer's prefill stalls the batch
+    /// (prefill-prioritising schedulers such as vLLM's), so it waits for `batch` prefills in all,
+    /// plus one decode iteration per output token.
+    public func latency(prefill: Double, decode: Double, batch: Int) -> Double {
+        let (p, iter) = requestSeconds(prefill: prefill, decode: decode, batch: batch)
+        return Double(batch) * p + decode * iter
+    }
+
     /// The best operating point for requests of `prefill` + `decode` tokens under `slo` seconds.
     public func operatingPoint(prefill: Double, decode: Double, slo: Double) -> Operating? {
         let free = gpu.memoryGiB * 1_073_741_824 * Double(tensorParallel) * 0.9 - arch.weightBytes
@@ -103,11 +127,8 @@ public struct InferenceModel: Sendable {
         var best: Operating? = nil
         var b = 1
         while b <= min(maxBatch, 512) {
-            let context = prefill + decode / 2
-            let decodeIter = iteration(tokens: Double(b)) + attention(kvTokens: Double(b) * context)
-            let prefillTime = iteration(tokens: prefill) + attention(kvTokens: prefill / 2)
-            let latency = prefillTime + decode * decodeIter
-            let perRequest = prefillTime + decode * decodeIter / Double(b)
+            let latency = latency(prefill: prefill, decode: decode, batch: b)
+            let perRequest = latency / Double(b)
             if latency <= slo { best = Operating(batch: b, requestsPerSecond: 1 / perRequest, latencySeconds: latency) }
             else { break }
             b = b < 8 ? b + 1 : b * 2

@@ -37,6 +37,8 @@ public struct ServiceSpec: Sendable, Codable, Equatable {
     /// End-to-end latency objective per request, seconds.
     public var sloSeconds: Double
     public var minReplicas: Int
+    /// (prefill, decode) token counts generated requests draw from (empty: the means).
+    public var requestMix: [TokenCount] = []
 
     public init(id: String, model: String, gpuModel: String, gpusPerReplica: Int, rateCurve: [RatePoint],
                 meanPrefillTokens: Double, meanDecodeTokens: Double, sloSeconds: Double, minReplicas: Int = 1) {
@@ -50,6 +52,12 @@ public struct ServiceSpec: Sendable, Codable, Equatable {
         for p in rateCurve { if p.time <= t { r = p.rps } else { break } }
         return r
     }
+}
+
+public struct TokenCount: Sendable, Codable, Equatable {
+    public var prefill: Int
+    public var decode: Int
+    public init(prefill: Int, decode: Int) { self.prefill = prefill; self.decode = decode }
 }
 
 public struct RatePoint: Sendable, Codable, Equatable {

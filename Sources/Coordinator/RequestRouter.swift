@@ -1,0 +1,187 @@
+import Foundation
+import Protocol
+import Scheduling
+
+/// Inference requests on the testbed, from acceptance to their result. Requests wait here until
+/// their arrival (trace time) and a ready replica of their service; each goes to the replica with
+/// the fewest outstanding requests (join-shortest-queue), up to twice its batch, so a new replica
+/// takes load at once. A replica that is lost (its node died, it was stopped, or its agent no
+/// longer knows it) gives its outstanding requests back to the front of the queue; the first
+/// result for a request wins and later ones are only settled. Pure logic: the coordinator persists
+/// what `dirty` names and turns routes into commands.
+final class RequestRouter {
+    struct Record: Equatable {
+        var request: ServiceRequest
+        var attempts = 0
+        var replica: String?
+        var node: String?
+        var finished: Double?
+        var latency: Double?
+        var queued = 0.0
+        var service = 0.0
+        var withinSLO = false
+    }
+    struct ReadyReplica: Equatable { var service: String; var node: String; var batch: Int }
+
+    private(set) var records: [String: Record] = [:]
+    /// Per service, waiting request ids in arrival order.
+    private var waiting: [String: [String]] = [:]
+    private var waitingUnsorted = Set<String>()
+    private(set) var ready: [String: ReadyReplica] = [:]
+    private var outstanding: [String: Set<String>] = [:]
+    private(set) var redispatched: [String: Int] = [:]
+    private(set) var replicaStarts: [String: Int] = [:]
+    /// Request ids whose record changed since the last `takeDirty`.
+    private(set) var dirty = Set<String>()
+
+    // MARK: requests
+
+    /// Accepts requests for known services; a request id seen before is a duplicate (accepted once).
+    func submit(_ requests: [InferenceRequest], services: [String: ServiceSpec]) -> (accepted: Int, duplicates: Int, rejected: [String]) {
+        var accepted = 0, duplicates = 0, rejected: [String] = []
+        for q in requests {
+            if q.requestID.isEmpty { rejected.append("(no id): request_id is empty"); continue }
+            if records[q.requestID] != nil { duplicates += 1; continue }
+            guard services[q.serviceID] != nil else { rejected.append("\(q.requestID): unknown service '\(q.serviceID)'"); continue }
+            guard q.arrival >= 0, q.arrival.isFinite, q.decodeTokens >= 1 else {
+                rejected.append("\(q.requestID): arrival must be ≥ 0 and decode_tokens ≥ 1"); continue
+            }
+            let r = ServiceRequest(id: q.requestID, serviceID: q.serviceID, arrival: q.arrival, prefill: Int(q.prefillTokens), decode: Int(q.decodeTokens))
+            records[r.id] = Record(request: r)
+            enqueue(r.id, service: r.serviceID)
+            dirty.insert(r.id)
+            accepted += 1
+        }
+        return (accepted, duplicates, rejected)
+    }
+
+    /// A record read back from the store after a coordinator restart; unfinished ones wait again.
+    func restore(_ record: Record) {
+        var r = record
+        if r.finished == nil {
+            if r.replica != nil { redispatched[r.request.serviceID, default: 0] += 1 }
+            r.replica = nil; r.node = nil
+            enqueue(r.request.id, service: r.request.serviceID)
+        }
+        records[r.request.id] = r
+    }
+
+    private func enqueue(_ id: String, service: String) {
+        waiting[service, default: []].append(id)
+        waitingUnsorted.insert(service)
+    }
+
+    // MARK: replicas
+
+    func replicaReady(_ id: String, service: String, node: String, batch: Int) {
+        if ready[id] == nil { replicaStarts[service, default: 0] += 1 }
+        ready[id] = ReadyReplica(service: service, node: node, batch: max(1, batch))
+    }
+
+    /// The replica is gone: its unfinished requests wait again (ahead of newer ones). Returns them.
+    @discardableResult
+    func replicaGone(_ id: String) -> [String] {
+        ready[id] = nil
+        let lost = (outstanding.removeValue(forKey: id) ?? []).sorted()
+        for q in lost {
+            guard var r = records[q], r.finished == nil else { continue }
+            r.replica = nil; r.node = nil
+            records[q] = r
+            redispatched[r.request.serviceID, default: 0] += 1
+            enqueue(q, service: r.request.serviceID)
+        }
+        return lost
+    }
+
+    /// Requests sent to a replica that refused them (it is not serving there): wait again.
+    func refused(_ ids: [String], replica: String) {
+        for q in ids where outstanding[replica]?.remove(q) != nil {
+            guard var r = records[q], r.finished == nil else { continue }
+            r.replica = nil; r.node = nil
+            records[q] = r
+            redispatched[r.request.serviceID, default: 0] += 1
+            enqueue(q, service: r.request.serviceID)
+        }
+    }
+
+    /// Routes requests that have arrived by `now` to ready replicas: (replica, node, requests).
+    func route(now: Double) -> [(replica: String, node: String, requests: [ServiceRequest])] {
+        var batches: [String: [ServiceRequest]] = [:]
+        for service in waiting.keys.sorted() {
+            guard var queue = waiting[service], !queue.isEmpty else { continue }
+            if waitingUnsorted.contains(service) {
+                queue.sort { (records[$0]!.request.arrival, $0) < (records[$1]!.request.arrival, $1) }
+                waitingUnsorted.remove(service)
+            }
+            let replicas = ready.filter { $0.value.service == service }.map(\.key).sorted()
+            var taken = 0
+            while taken < queue.count, !replicas.isEmpty {
+                let id = queue[taken]
+                guard var r = records[id] else { taken += 1; continue }
+                if r.finished != nil { taken += 1; continue }   // finished meanwhile (a late first result)
+                guard r.request.arrival <= now else { break }
+                var best: String?
+                var bestLoad = Int.max
+                for rep in replicas {
+                    let load = outstanding[rep]?.count ?? 0
+                    if load < 2 * ready[rep]!.batch && load < bestLoad { best = rep; bestLoad = load }
+                }
+                guard let rep = best else { break }
+                r.replica = rep
+                r.node = ready[rep]!.node
+                r.attempts += 1
+                records[id] = r
+                outstanding[rep, default: []].insert(id)
+                batches[rep, default: []].append(r.request)
+                taken += 1
+            }
+            queue.removeFirst(taken)
+            waiting[service] = queue
+        }
+        return batches.keys.sorted().map { ($0, ready[$0]!.node, batches[$0]!) }
+    }
+
+    /// Applies results from `node`; `traceTime` turns an agent wall time into trace seconds.
+    /// Returns the request ids to settle (all of them: new, duplicate or unknown).
+    func complete(_ results: [RequestResult], node: String, slo: (String) -> Double, traceTime: (Int64) -> Double) -> [String] {
+        var settled: [String] = []
+        for res in results {
+            settled.append(res.requestID)
+            guard var r = records[res.requestID], r.finished == nil else { continue }
+            if let rep = r.replica { outstanding[rep]?.remove(res.requestID) }
+            let finished = traceTime(res.finishedAtUnixNanos)
+            r.finished = finished
+            r.latency = max(0, finished - r.request.arrival)
+            r.replica = res.replicaID
+            r.node = node
+            r.queued = res.queuedSeconds
+            r.service = res.serviceSeconds
+            r.withinSLO = r.latency! <= slo(r.request.serviceID)
+            records[res.requestID] = r
+            dirty.insert(res.requestID)
+        }
+        return settled
+    }
+
+    func takeDirty() -> [Record] {
+        defer { dirty.removeAll() }
+        return dirty.sorted().compactMap { records[$0] }
+    }
+
+    // MARK: views
+
+    func outstandingCount(replica: String) -> Int { outstanding[replica]?.count ?? 0 }
+
+    struct Tally { var submitted = 0, completed = 0, withinSLO = 0, latencies: [Double] = [] }
+
+    func tally() -> [String: Tally] {
+        var out: [String: Tally] = [:]
+        for r in records.values {
+            var t = out[r.request.serviceID] ?? Tally()
+            t.submitted += 1
+            if let l = r.latency { t.completed += 1; t.latencies.append(l); if r.withinSLO { t.withinSLO += 1 } }
+            out[r.request.serviceID] = t
+        }
+        return out
+    }
+}

@@ -1,0 +1,77 @@
+import Foundation
+
+/// One inference request of a service: when it arrives (trace seconds) and its token counts.
+public struct ServiceRequest: Sendable, Equatable {
+    public var id: String
+    public var serviceID: String
+    public var arrival: Double
+    public var prefill: Int
+    public var decode: Int
+    public init(id: String, serviceID: String, arrival: Double, prefill: Int, decode: Int) {
+        self.id = id; self.serviceID = serviceID; self.arrival = arrival; self.prefill = prefill; self.decode = decode
+    }
+}
+
+/// Request arrivals for services: a Poisson process whose rate follows each service's rate curve
+/// (piecewise constant, as the twin reads it), token counts drawn from the service's request mix
+/// (the Azure trace's own rows) or its means. Seeded, so a testbed run and its twin see the same
+/// requests.
+public enum RequestStream {
+    public static func generate(_ services: [ServiceSpec], until horizon: Double, seed: UInt64) -> [ServiceRequest] {
+        var out: [ServiceRequest] = []
+        for (si, s) in services.sorted(by: { $0.id < $1.id }).enumerated() {
+            var rng = SplitMix64(seed: seed &* 1_000_003 &+ UInt64(si))
+            let points = s.rateCurve.sorted { $0.time < $1.time }
+            guard !points.isEmpty else { continue }
+            var n = 0
+            // Segment by segment: the process is memoryless, so each segment starts afresh at its
+            // own rate.
+            for (i, p) in points.enumerated() where p.rps > 0 {
+                let end = min(i + 1 < points.count ? points[i + 1].time : horizon, horizon)
+                var t = p.time
+                while true {
+                    t += rng.exponential(mean: 1 / p.rps)
+                    guard t < end else { break }
+                    let tokens = s.requestMix.isEmpty
+                        ? TokenCount(prefill: max(1, Int(s.meanPrefillTokens.rounded())), decode: max(1, Int(s.meanDecodeTokens.rounded())))
+                        : rng.pick(s.requestMix)
+                    n += 1
+                    out.append(ServiceRequest(id: "\(s.id)-q\(n)", serviceID: s.id, arrival: t, prefill: tokens.prefill, decode: tokens.decode))
+                }
+            }
+        }
+        return out.sorted { ($0.arrival, $0.id) < ($1.arrival, $1.id) }
+    }
+}
+
+/// An emulated continuous-batching replica (vLLM/Orca style): up to `batch` requests run at once,
+/// the rest wait first come, first served. A request's time is `InferenceModel.latency` at the
+/// number running when it starts (from Vidur's profiles), so a full replica delivers the
+/// operating point's rate. Pure: the GPU agent runs it on its clock, the tests on theirs.
+public struct ReplicaServer: Sendable {
+    public let model: InferenceModel
+    public let batch: Int
+    /// When each batch slot frees (trace seconds, the caller's clock).
+    private var slotFree: [Double]
+
+    public init(model: InferenceModel, batch: Int) {
+        self.model = model
+        self.batch = max(1, batch)
+        self.slotFree = Array(repeating: -Double.infinity, count: max(1, batch))
+    }
+
+    /// Admits a request that reaches the replica at `t`; requests must be admitted in the order
+    /// they reach it. Returns when it starts (a slot is free) and when its last token is out.
+    public mutating func admit(at t: Double, prefill: Int, decode: Int) -> (start: Double, finish: Double) {
+        var slot = 0
+        for i in 1..<slotFree.count where slotFree[i] < slotFree[slot] { slot = i }
+        let start = max(t, slotFree[slot])
+        let running = slotFree.filter { $0 > start }.count + 1
+        let finish = start + model.latency(prefill: Double(prefill), decode: Double(decode), batch: running)
+        slotFree[slot] = finish
+        return (start, finish)
+    }
+
+    /// Requests running or waiting at `t`.
+    public func busySlots(at t: Double) -> Int { slotFree.filter { $0 > t }.count }
+}

@@ -1,0 +1,185 @@
+import Foundation
+import Protocol
+import Scheduling
+import Testing
+@testable import Coordinator
+@testable import Experiments
+
+// Inference services on the testbed: the emulated replica, the request stream, the coordinator's
+// router and its store, and the spec checks.
+
+private let serviceKB: KnowledgeBase = {
+    let r = KnowledgeImporter.importFile(dataDir + "/profiles/vidur/a100_Llama-2-7b-hf_mlp.csv")
+    var kb = KnowledgeBase(rows: r.rows)
+    _ = Estimator.estimateMissing(in: &kb, gpuModels: ["A100-80GB"])
+    return kb
+}()
+
+private func llamaModel() throws -> InferenceModel {
+    try #require(InferenceModel(kb: serviceKB, model: "Llama-2-7b", gpuModel: "A100-80GB", tensorParallel: 1))
+}
+
+private func request(_ id: String, _ service: String = "s", arrival: Double = 0, prefill: UInt32 = 500, decode: UInt32 = 100) -> InferenceRequest {
+    var q = InferenceRequest()
+    q.requestID = id; q.serviceID = service; q.arrival = arrival; q.prefillTokens = prefill; q.decodeTokens = decode
+    return q
+}
+
+private func result(_ id: String, replica: String, finishedAt: Int64) -> RequestResult {
+    var r = RequestResult()
+    r.requestID = id; r.replicaID = replica; r.finishedAtUnixNanos = finishedAt
+    return r
+}
+
+@Suite("Inference services")
+struct ServiceTests {
+    @Test("a replica runs up to its batch at once, in arrival order; a request's time is its prefill plus one shared decode iteration per token")
+    func replicaServer() throws {
+        let model = try llamaModel()
+        var server = ReplicaServer(model: model, batch: 2)
+        let a = server.admit(at: 0, prefill: 500, decode: 100)
+        #expect(a.start == 0 && abs(a.finish - model.latency(prefill: 500, decode: 100, batch: 1)) < 1e-9)
+        // The second shares the batch (two running, so one more prefill stalls it).
+        let b = server.admit(at: 0, prefill: 500, decode: 100)
+        #expect(b.start == 0 && abs(b.finish - model.latency(prefill: 500, decode: 100, batch: 2)) < 1e-9)
+        #expect(model.latency(prefill: 500, decode: 100, batch: 64) > model.latency(prefill: 500, decode: 100, batch: 1))
+        // The third waits for the first slot to free.
+        let c = server.admit(at: 0.001, prefill: 500, decode: 100)
+        #expect(c.start == min(a.finish, b.finish))
+        #expect(server.busySlots(at: c.start) == 2)
+        // The operating point the scheduler uses is what the replica delivers at full batch.
+        let op = try #require(model.operatingPoint(prefill: 500, decode: 100, slo: 20))
+        var full = ReplicaServer(model: model, batch: op.batch)
+        var finishes: [Double] = []
+        for i in 0..<(op.batch * 20) { finishes.append(full.admit(at: Double(i) / (op.requestsPerSecond * 2), prefill: 500, decode: 100).finish) }
+        let rate = Double(finishes.count) / finishes.max()!
+        #expect(rate > op.requestsPerSecond * 0.9 && rate < op.requestsPerSecond * 1.1, "\(rate) vs \(op.requestsPerSecond)")
+    }
+
+    @Test("requests follow the rate curve, draw tokens from the mix, and are the same for the same seed")
+    func requestStream() {
+        var s = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
+                            rateCurve: [RatePoint(time: 0, rps: 2), RatePoint(time: 1000, rps: 0), RatePoint(time: 2000, rps: 8)],
+                            meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 20)
+        s.requestMix = [TokenCount(prefill: 10, decode: 20), TokenCount(prefill: 30, decode: 40)]
+        let a = RequestStream.generate([s], until: 3000, seed: 3)
+        let first = a.filter { $0.arrival < 1000 }.count, quiet = a.filter { $0.arrival >= 1000 && $0.arrival < 2000 }.count
+        let last = a.filter { $0.arrival >= 2000 }.count
+        #expect(abs(Double(first) - 2000) < 4 * 2000.0.squareRoot(), "\(first)")
+        #expect(quiet == 0)
+        #expect(abs(Double(last) - 8000) < 4 * 8000.0.squareRoot(), "\(last)")
+        #expect(a.allSatisfy { s.requestMix.contains(TokenCount(prefill: $0.prefill, decode: $0.decode)) })
+        #expect(Set(a.map(\.id)).count == a.count)
+        #expect(a == RequestStream.generate([s], until: 3000, seed: 3))
+        #expect(a != RequestStream.generate([s], until: 3000, seed: 4))
+    }
+
+    @Test("the router holds requests until they arrive, sends each to the replica with the fewest outstanding, and a lost replica's requests go first elsewhere")
+    func router() {
+        let svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1, rateCurve: [RatePoint(time: 0, rps: 1)],
+                              meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 20)
+        let r = RequestRouter()
+        let sub = r.submit([request("q1", arrival: 1), request("q2", arrival: 2), request("q3", arrival: 3), request("q4", arrival: 50),
+                            request("bad", "nope"), request("q1", arrival: 1)], services: ["s": svc])
+        #expect(sub.accepted == 4 && sub.duplicates == 1 && sub.rejected == ["bad: unknown service 'nope'"])
+        #expect(r.route(now: 10).isEmpty)   // no replica yet
+        r.replicaReady("s-r1", service: "s", node: "n1", batch: 1)
+        r.replicaReady("s-r2", service: "s", node: "n2", batch: 1)
+        let routes = r.route(now: 10)
+        // q1 → r1, q2 → r2 (fewest outstanding), q3 → r1 (ties by id); q4 has not arrived.
+        #expect(routes.map(\.replica) == ["s-r1", "s-r2"])
+        #expect(routes[0].requests.map(\.id) == ["q1", "q3"] && routes[1].requests.map(\.id) == ["q2"])
+        // q4 arrives: r2 has room (each replica holds up to 2 × batch), r1 does not.
+        let later = r.route(now: 60)
+        #expect(later.count == 1 && later[0].replica == "s-r2" && later[0].requests.map(\.id) == ["q4"])
+        // r1's node dies: q1 and q3 wait again and go to r2 as it frees, oldest first.
+        #expect(r.replicaGone("s-r1") == ["q1", "q3"])
+        #expect(r.redispatched["s"] == 2)
+        #expect(r.route(now: 60).isEmpty)
+        let settled = r.complete([result("q2", replica: "s-r2", finishedAt: 25)], node: "n2", slo: { _ in 20 }, traceTime: { Double($0) })
+        #expect(settled == ["q2"])
+        let again = r.route(now: 60)
+        #expect(again.count == 1 && again[0].replica == "s-r2" && again[0].requests.map(\.id) == ["q1"])
+        // First result wins; a late duplicate (from the dead replica) is only settled.
+        _ = r.complete([result("q1", replica: "s-r2", finishedAt: 70)], node: "n2", slo: { _ in 20 }, traceTime: { Double($0) })
+        #expect(r.complete([result("q1", replica: "s-r1", finishedAt: 9)], node: "n1", slo: { _ in 20 }, traceTime: { Double($0) }) == ["q1"])
+        let q1 = r.records["q1"]!, q2 = r.records["q2"]!
+        #expect(q1.finished == 70 && q1.latency == 69 && !q1.withinSLO && q1.attempts == 2)
+        #expect(q2.latency == 23 && !q2.withinSLO)
+        #expect(r.route(now: 70).flatMap { $0.requests.map(\.id) } == ["q3"])
+        _ = r.complete([result("q4", replica: "s-r2", finishedAt: 60)], node: "n2", slo: { _ in 20 }, traceTime: { Double($0) })
+        let t = r.tally()["s"]!
+        #expect(t.submitted == 4 && t.completed == 3 && t.withinSLO == 1)
+    }
+
+    @Test("services, replicas and requests survive a coordinator restart; unfinished requests are sent again")
+    func storeRoundTrip() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("strato-svc-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1, rateCurve: [RatePoint(time: 0, rps: 1)],
+                              meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 20)
+        let r = RequestRouter()
+        _ = r.submit([request("q1", arrival: 1), request("q2", arrival: 2)], services: ["s": svc])
+        r.replicaReady("s-r1", service: "s", node: "n1", batch: 4)
+        _ = r.route(now: 5)
+        _ = r.complete([result("q1", replica: "s-r1", finishedAt: 4)], node: "n1", slo: { _ in 20 }, traceTime: { Double($0) })
+        let placement = Placement(nodeID: "n1", gpus: [0], key: ConfigKey(model: "Llama-2-7b", task: "inference", gpuModel: "A100-80GB", gpuCount: 1, batchPerGPU: 0))
+        do {
+            let store = try StateStore(directory: dir)
+            try store.ensureServiceTables()
+            try store.saveService(svc)
+            try store.saveReplica(ReplicaRecord(id: "s-r1", serviceID: "s", placement: placement), ready: true)
+            try store.saveRequests(r.takeDirty())
+        }
+        let store = try StateStore(directory: dir)
+        #expect(try store.loadServices() == [svc])
+        #expect(try store.loadReplicas().map(\.1) == [true])
+        let back = RequestRouter()
+        for rec in try store.loadRequests() { back.restore(rec) }
+        #expect(back.records["q1"]?.latency == 3 && back.records["q1"]?.withinSLO == true)
+        // q2 was on a replica when the coordinator stopped: it waits and goes out again.
+        back.replicaReady("s-r1", service: "s", node: "n1", batch: 4)
+        #expect(back.route(now: 10).flatMap { $0.requests.map(\.id) } == ["q2"])
+        #expect(back.redispatched["s"] == 1)
+    }
+
+    @Test("the coordinator refuses services it cannot serve, naming why")
+    func serviceSubmission() {
+        let m = JobManager(policy: Policies.named("hybrid")!, kb: serviceKB, timeScale: 10, t0Wall: 0)
+        func sub(_ id: String, model: String = "Llama-2-7b", gpu: String = "A100-80GB", slo: Double = 20) -> ServiceSubmission {
+            var s = ServiceSubmission()
+            s.serviceID = id; s.model = model; s.gpuModel = gpu; s.gpusPerReplica = 1; s.sloSeconds = slo
+            s.meanPrefillTokens = 500; s.meanDecodeTokens = 100
+            var p = RateCurvePoint(); p.time = 0; p.rps = 1
+            s.rateCurve = [p]
+            return s
+        }
+        let (ok, rejected) = m.submit(services: [sub("a"), sub("a"), sub("b", model: "GPT-9"), sub("c", gpu: "Z80"), sub("d", slo: 0.001), sub("e", slo: 0)])
+        #expect(ok.map(\.id) == ["a"])
+        #expect(rejected.count == 5)
+        #expect(rejected[0] == "a: a service with this id exists")
+        #expect(rejected[1].contains("unknown model 'GPT-9'") && rejected[2].contains("unknown GPU model 'Z80'"))
+        #expect(rejected[3].contains("cannot meet a 0.001 s SLO"), "\(rejected[3])")
+        #expect(rejected[4].contains("slo_seconds > 0"))
+    }
+
+    @Test("service specs: the GPU must exist in the topology, and the time scale must leave the SLO room", arguments: [
+        ("workload: {kind: scheduling, hours: 1, services: {rps: 2, gpu: H100}}\ntime_scale: 10\n", 4, "no GPU node of the topology has that model"),
+        ("workload: {kind: scheduling, hours: 1, services: {rps: 2, gpu: A100-80GB}}\ntime_scale: 1000\n", 5, "too high for services with a 20 s SLO"),
+        ("workload: {kind: scheduling, hours: 1, services: {gpu: A100-80GB}}\n", 4, "services need 'rps'"),
+        ("workload: {kind: scheduling, hours: 1, services: {rps: 2, gpu: Z80}}\n", 4, "unknown GPU model 'Z80'"),
+        ("workload: {kind: idle, services: {rps: 2, gpu: A100-80GB}}\n", 4, "'services' belongs to scheduling workloads"),
+    ])
+    func serviceSpecs(_ body: String, _ line: Int, _ message: String) {
+        do {
+            _ = try ExperimentSpec.parse("name: t\ntopology: default-topology.yaml\nduration: 60s\n" + body, file: "test.yaml",
+                                         baseDirectory: ExperimentSpecTests.repo + "/experiments")
+            Issue.record("accepted: \(body)")
+        } catch let e as SpecError {
+            #expect(e.line == line, "\(e)")
+            #expect(e.description.contains(message), "\(e)")
+        } catch {
+            Issue.record("unexpected \(error)")
+        }
+    }
+}
