@@ -251,7 +251,8 @@ public final class CoordinatorServer: @unchecked Sendable {
             reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .submitRequestsReply(r))
         case .requestsRequest(let rr):
             reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID,
-                  .requestsReply(jobs.requestsReply(wall: clock.wallNanos(), includeRequests: rr.includeRequests)))
+                  .requestsReply(jobs.requestsReply(wall: clock.wallNanos(), includeRequests: rr.includeRequests,
+                                                    replicaStarts: { [counters] in Int(counters["replica_starts/" + $0] ?? 0) })))
         case .jobsRequest:
             reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .jobsReply(jobs.jobsReply(wall: clock.wallNanos())))
         case .error(let e):
@@ -359,6 +360,7 @@ public final class CoordinatorServer: @unchecked Sendable {
             case .preemptJob(let p)?: jobs.preemptAcknowledged(job: p.jobID, detail: ack.detail)
             case .startReplica(let r)?:
                 jobs.replicaStarted(r.replicaID)
+                count("replica_starts/" + r.serviceID)
                 if let rec = jobs.scheduler.state.replicas[r.replicaID] { try? store.saveReplica(rec, ready: true) }
             default: break
             }
@@ -544,6 +546,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         }
         let routes = jobs.requests.route(now: jobs.traceNow(wall: clock.wallNanos()))
         guard !routes.isEmpty else { return false }
+        do { try store.batch { try store.saveRequests(jobs.requests.takeDirty()) } } catch { logger.error("could not persist routed requests: \(error)") }
         for r in routes {
             var c = Command()
             var sr = ServeRequests()

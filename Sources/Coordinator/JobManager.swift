@@ -171,7 +171,13 @@ final class JobManager {
             released = true
         }
         let rateChanged = scheduler.nextRateChange(after: lastDecision).map { $0 <= now } ?? false
-        guard released || needsDecision || rateChanged else { return [] }
+        // A backlog (after a lost replica, or a burst) calls for replicas beyond the rate's.
+        var scale = false
+        if !services.isEmpty {
+            scheduler.backlog = requests.backlog(now: now) { [services] in (services[$0]?.sloSeconds ?? 20) / 4 }
+            scale = scheduler.services.contains { scheduler.desiredReplicas($0, at: now) > scheduler.replicas(of: $0.id).count }
+        }
+        guard released || needsDecision || rateChanged || scale else { return [] }
         needsDecision = false
         lastDecision = now
         let reported = scheduler.state.jobs.mapValues(\.workDone)
@@ -286,7 +292,7 @@ final class JobManager {
         return r
     }
 
-    func requestsReply(wall: Int64, includeRequests: Bool) -> RequestsReply {
+    func requestsReply(wall: Int64, includeRequests: Bool, replicaStarts: (String) -> Int) -> RequestsReply {
         var r = RequestsReply()
         r.timeScale = timeScale
         let now = traceNow(wall: wall)
@@ -304,8 +310,8 @@ final class JobManager {
             let t = tally[s.id] ?? RequestRouter.Tally()
             st.submitted = UInt64(t.submitted); st.completed = UInt64(t.completed); st.withinSlo = UInt64(t.withinSLO)
             st.outstanding = UInt64(t.submitted - t.completed)
-            st.redispatched = UInt64(requests.redispatched[s.id] ?? 0)
-            st.replicaStarts = UInt32(requests.replicaStarts[s.id] ?? 0)
+            st.redispatched = UInt64(t.resent)
+            st.replicaStarts = UInt32(replicaStarts(s.id))
             let sorted = t.latencies.sorted()
             if !sorted.isEmpty {
                 st.latencyMean = sorted.reduce(0, +) / Double(sorted.count)

@@ -29,8 +29,6 @@ final class RequestRouter {
     private var waitingUnsorted = Set<String>()
     private(set) var ready: [String: ReadyReplica] = [:]
     private var outstanding: [String: Set<String>] = [:]
-    private(set) var redispatched: [String: Int] = [:]
-    private(set) var replicaStarts: [String: Int] = [:]
     /// Request ids whose record changed since the last `takeDirty`.
     private(set) var dirty = Set<String>()
 
@@ -59,7 +57,6 @@ final class RequestRouter {
     func restore(_ record: Record) {
         var r = record
         if r.finished == nil {
-            if r.replica != nil { redispatched[r.request.serviceID, default: 0] += 1 }
             r.replica = nil; r.node = nil
             enqueue(r.request.id, service: r.request.serviceID)
         }
@@ -74,7 +71,6 @@ final class RequestRouter {
     // MARK: replicas
 
     func replicaReady(_ id: String, service: String, node: String, batch: Int) {
-        if ready[id] == nil { replicaStarts[service, default: 0] += 1 }
         ready[id] = ReadyReplica(service: service, node: node, batch: max(1, batch))
     }
 
@@ -87,7 +83,6 @@ final class RequestRouter {
             guard var r = records[q], r.finished == nil else { continue }
             r.replica = nil; r.node = nil
             records[q] = r
-            redispatched[r.request.serviceID, default: 0] += 1
             enqueue(q, service: r.request.serviceID)
         }
         return lost
@@ -99,7 +94,6 @@ final class RequestRouter {
             guard var r = records[q], r.finished == nil else { continue }
             r.replica = nil; r.node = nil
             records[q] = r
-            redispatched[r.request.serviceID, default: 0] += 1
             enqueue(q, service: r.request.serviceID)
         }
     }
@@ -131,6 +125,7 @@ final class RequestRouter {
                 r.node = ready[rep]!.node
                 r.attempts += 1
                 records[id] = r
+                dirty.insert(id)   // its attempts are kept: how often requests were sent again survives a restart
                 outstanding[rep, default: []].insert(id)
                 batches[rep, default: []].append(r.request)
                 taken += 1
@@ -170,15 +165,27 @@ final class RequestRouter {
 
     // MARK: views
 
-    func outstandingCount(replica: String) -> Int { outstanding[replica]?.count ?? 0 }
+    /// Requests of each service that arrived more than `age(service)` trace seconds before `now`
+    /// and still wait for a replica (a moment's wait while every replica is full is not backlog).
+    func backlog(now: Double, age: (String) -> Double) -> [String: Int] {
+        var out: [String: Int] = [:]
+        for (service, queue) in waiting {
+            let before = now - age(service)
+            let n = queue.reduce(0) { $0 + ((records[$1].map { $0.finished == nil && $0.request.arrival <= before } ?? false) ? 1 : 0) }
+            if n > 0 { out[service] = n }
+        }
+        return out
+    }
 
-    struct Tally { var submitted = 0, completed = 0, withinSLO = 0, latencies: [Double] = [] }
+    /// Per service; `resent` counts sends after the first (a lost replica, a refusal, a restart).
+    struct Tally { var submitted = 0, completed = 0, withinSLO = 0, resent = 0, latencies: [Double] = [] }
 
     func tally() -> [String: Tally] {
         var out: [String: Tally] = [:]
         for r in records.values {
             var t = out[r.request.serviceID] ?? Tally()
             t.submitted += 1
+            t.resent += max(0, r.attempts - 1)
             if let l = r.latency { t.completed += 1; t.latencies.append(l); if r.withinSLO { t.withinSLO += 1 } }
             out[r.request.serviceID] = t
         }

@@ -89,5 +89,56 @@ struct ExperimentTests {
         #expect(again.trace.events == s.trace.events && again.lostNothing.ok)
         #expect(FileManager.default.fileExists(atPath: out + "/trace.json"))
     }
+
+    @Test("inference services: every request gets an answer although the node serving them is killed and the coordinator crashes")
+    func servicesSurviveFaults() throws {
+        let dir = NSTemporaryDirectory() + "strato-svc-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // 0.1 h of requests at 60x: 6 s of wall time, about 1,400 requests over two services. The
+        // only A100-80GB node serves every replica and is killed while requests arrive.
+        let yaml = """
+            name: it-services
+            topology:
+              name: it-services
+              security: open
+              coordinator: {endpoint: "ipc://\(dir)/control.sock"}
+              nodes:
+                - {id: gpu-a, kind: gpu, site: cloud, gpu: {model: A100-80GB, count: 4}}
+                - {id: gpu-v, kind: gpu, site: cloud, gpu: {model: V100, count: 4}}
+            workload: {kind: scheduling, jobs_per_hour: 20, hours: 0.1, services: {rps: 2, gpu: A100-80GB}}
+            policy: hybrid
+            time_scale: 60
+            end: duration
+            duration: 16s
+            seeds: [5]
+            faults:
+              - {at: 2s, action: kill, target: gpu-a, for: 2s}
+              - {at: 5s, action: crash_coordinator, for: 1500ms}
+            """
+        let file = dir + "/spec.yaml"
+        try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+        let spec = try ExperimentSpec.load(file: file)
+        let platform = LocalPlatform(runDirectory: dir + "/run", executable: TestCluster.stratoBinary)
+        let runner = ExperimentRunner(spec: spec, platform: platform, out: dir + "/results")
+        var lines: [String] = []
+        runner.print = { lines.append($0) }
+        let s = try #require(try runner.runAll().first)
+        let log = lines.joined(separator: "\n")
+        let r = s.requests
+        #expect(r.generated > 1000 && r.accepted == r.generated && r.known == r.generated, "\(r)\n\(log)")
+        #expect(r.completed == r.generated && r.lost.isEmpty, "\(r)\n\(log)")
+        #expect(r.services.count == 2 && r.services.allSatisfy { $0.batch >= 1 && $0.capacityRPS > 0 })
+        // The kill cost the requests on the dead node's replicas their first attempt.
+        #expect(r.services.reduce(0) { $0 + $1.redispatched } > 0, "\(r)")
+        #expect(r.services.reduce(0) { $0 + $1.replicaStarts } >= 4, "\(r)")   // each service started again after the kill
+        // Some met the SLO, and the outages made some miss it: the figure is measured, not assumed.
+        #expect(r.withinSLO > 0 && r.withinSLO < r.generated, "\(r)")
+        #expect(s.lostNothing.ok, "\(s.lostNothing.lines)\n\(log)")
+        #expect(log.contains("requests") && log.contains("in SLO"))
+        let csv = try String(contentsOfFile: dir + "/results/requests.csv", encoding: .utf8).split(separator: "\n")
+        #expect(csv.count == r.generated + 1)
+        #expect(!csv.dropFirst().contains { $0.contains(",-1.0,") })   // every row has a finish and a latency
+    }
 }
 }

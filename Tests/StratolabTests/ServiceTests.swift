@@ -94,7 +94,6 @@ struct ServiceTests {
         #expect(later.count == 1 && later[0].replica == "s-r2" && later[0].requests.map(\.id) == ["q4"])
         // r1's node dies: q1 and q3 wait again and go to r2 as it frees, oldest first.
         #expect(r.replicaGone("s-r1") == ["q1", "q3"])
-        #expect(r.redispatched["s"] == 2)
         #expect(r.route(now: 60).isEmpty)
         let settled = r.complete([result("q2", replica: "s-r2", finishedAt: 25)], node: "n2", slo: { _ in 20 }, traceTime: { Double($0) })
         #expect(settled == ["q2"])
@@ -109,7 +108,7 @@ struct ServiceTests {
         #expect(r.route(now: 70).flatMap { $0.requests.map(\.id) } == ["q3"])
         _ = r.complete([result("q4", replica: "s-r2", finishedAt: 60)], node: "n2", slo: { _ in 20 }, traceTime: { Double($0) })
         let t = r.tally()["s"]!
-        #expect(t.submitted == 4 && t.completed == 3 && t.withinSLO == 1)
+        #expect(t.submitted == 4 && t.completed == 3 && t.withinSLO == 1 && t.resent == 2)
     }
 
     @Test("services, replicas and requests survive a coordinator restart; unfinished requests are sent again")
@@ -140,7 +139,7 @@ struct ServiceTests {
         // q2 was on a replica when the coordinator stopped: it waits and goes out again.
         back.replicaReady("s-r1", service: "s", node: "n1", batch: 4)
         #expect(back.route(now: 10).flatMap { $0.requests.map(\.id) } == ["q2"])
-        #expect(back.redispatched["s"] == 1)
+        #expect(back.records["q2"]?.attempts == 2 && back.tally()["s"]?.resent == 1)
     }
 
     @Test("the coordinator refuses services it cannot serve, naming why")

@@ -80,6 +80,7 @@ public enum ExperimentReport {
         func esc(_ x: String) -> String {
             x.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
         }
+        let services = servicesSection(s, dir: dir, esc: esc)
         var faults = "<table><tr><th>fault</th><th>target</th><th>start s</th><th>end s</th></tr>"
         for f in t.faults {
             faults += "<tr><td>\(esc(f.action))</td><td>\(esc(f.target))</td><td>" + String(format: "%.1f", Double(f.startNanos - t0) / 1e9) + "</td><td>"
@@ -102,6 +103,7 @@ public enum ExperimentReport {
         <h2>Summary</h2>
         <pre>\(esc(ExperimentSummary.table([s])))</pre>
         \(check)
+        \(services)
         <h2>Over time</h2>
         <p>Shaded: fault windows. Open <code>trace.json</code> in <a href="https://ui.perfetto.dev">ui.perfetto.dev</a> for every event, message flow and counter.</p>
         \(plots)
@@ -113,5 +115,44 @@ public enum ExperimentReport {
         <h2>Fault log</h2><pre>\(esc(s.faultLog.joined(separator: "\n")))</pre>
         </body></html>
         """
+    }
+
+    /// Online services: a table per service, the request latency CDF against the SLO, and the p99
+    /// latency per minute of arrivals (where faults show). Empty without requests.
+    static func servicesSection(_ s: ExperimentSummary, dir: String, esc: (String) -> String) -> String {
+        guard !s.requests.services.isEmpty else { return "" }
+        var out = "<h2>Inference services</h2><p>Replicas are emulated from Vidur's operator profiles (continuous batching); requests, routing, sockets and faults are real. Latency is from a request's arrival to its last token, in trace seconds.</p>"
+        out += "<table><tr><th>service</th><th>capacity req/s per replica</th><th>batch</th><th>requests</th><th>completed</th><th>within SLO</th><th>SLO s</th><th>p50 s</th><th>p99 s</th><th>sent again</th><th>replica starts</th></tr>"
+        for v in s.requests.services {
+            out += "<tr><td>\(esc(v.id))</td><td>" + String(format: "%.2f", v.capacityRPS) + "</td><td>\(v.batch)</td><td>\(v.submitted)</td><td>\(v.completed)</td><td>"
+                + String(format: "%.1f %%", v.sloAttainment * 100) + "</td><td>\(fmt(v.sloSeconds))</td><td>" + String(format: "%.2f", v.latencyP50)
+                + "</td><td>" + String(format: "%.2f", v.latencyP99) + "</td><td>\(v.redispatched)</td><td>\(v.replicaStarts)</td></tr>"
+        }
+        out += "</table>"
+        guard let text = try? String(contentsOfFile: dir + "/requests.csv", encoding: .utf8) else { return out }
+        var latencies: [String: [Double]] = [:], perMinute: [String: [Int: [Double]]] = [:]
+        for line in text.split(separator: "\n").dropFirst() {
+            let c = line.split(separator: ",", omittingEmptySubsequences: false)
+            guard c.count >= 7, let arrival = Double(c[2]), let latency = Double(c[6]), latency >= 0 else { continue }
+            let svc = String(c[1])
+            latencies[svc, default: []].append(latency)
+            perMinute[svc, default: [:]][Int(arrival / 60), default: []].append(latency)
+        }
+        guard !latencies.isEmpty else { return out }
+        var cdf = SVGPlot(title: "Request latency CDF", xLabel: "latency, trace seconds (log)", yLabel: "fraction of requests", logX: true)
+        for k in latencies.keys.sorted() {
+            let points = SVGPlot.cdf(latencies[k]!)
+            let step = max(1, points.count / 400)   // a few hundred points draw the curve
+            cdf.series.append(SVGPlot.Series(name: k, points: Swift.stride(from: 0, to: points.count, by: step).map { points[$0] } + [points.last!]))
+        }
+        if let slo = s.requests.services.first?.sloSeconds { cdf.series.append(SVGPlot.Series(name: "SLO \(fmt(slo)) s", points: [(slo, 0), (slo, 1)])) }
+        var p99 = SVGPlot(title: "p99 request latency per minute of arrivals", xLabel: "arrival, trace minutes", yLabel: "p99 latency, trace seconds")
+        for k in perMinute.keys.sorted() {
+            p99.series.append(SVGPlot.Series(name: k, points: perMinute[k]!.keys.sorted().map { m in
+                let v = perMinute[k]![m]!.sorted()
+                return (Double(m), v[min(v.count - 1, Int((Double(v.count) * 0.99).rounded(.up)) - 1)])
+            }))
+        }
+        return out + "<h3>Request latency CDF</h3>" + cdf.render() + "<h3>p99 latency over time</h3>" + p99.render()
     }
 }

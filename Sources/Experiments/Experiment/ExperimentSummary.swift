@@ -223,6 +223,15 @@ public struct ExperimentSummary: Codable {
         var out = rows.map { r in r.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  ") }
         out.insert(widths.map { String(repeating: "-", count: $0) }.joined(separator: "  "), at: 1)
         for (i, s) in all.enumerated() {
+            if !s.requests.services.isEmpty {
+                out.append("")
+                out.append("run \(i + 1) services (latency in trace seconds, from arrival to last token):")
+                for v in s.requests.services {
+                    out.append("  \(v.id): \(v.completed)/\(v.submitted) done, " + String(format: "%.1f%%", v.sloAttainment * 100) + " within the \(fmt(v.sloSeconds)) s SLO, "
+                               + String(format: "p50 %.2f s, p99 %.2f s", v.latencyP50, v.latencyP99)
+                               + ", \(v.redispatched) sent again, \(v.replicaStarts) replica starts, " + String(format: "%.2f req/s per replica (batch %d)", v.capacityRPS, v.batch))
+                }
+            }
             out.append("")
             out.append("run \(i + 1) lost-nothing check: \(s.lostNothing.ok ? "PASSED" : "FAILED")")
             out += s.lostNothing.lines.map { "  - " + $0 }

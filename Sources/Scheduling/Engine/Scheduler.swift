@@ -62,9 +62,21 @@ public struct Scheduler: Sendable {
         services.flatMap { $0.rateCurve.map(\.time) }.filter { $0 > t }.min()
     }
 
+    /// Requests of a service that have waited for a replica for a while (the testbed's router
+    /// reports it; the twin's fluid model has none).
+    public var backlog: [String: Int] = [:]
+    /// A service keeps a replica it no longer needs this long (trace seconds) before stopping it,
+    /// as autoscalers' stabilisation windows do, so a passing dip does not stop a replica that
+    /// the next burst needs again.
+    public var scaleDownAfter = 120.0
+    /// Since when each service has wanted fewer replicas than it has.
+    private var overSince: [String: Double] = [:]
+
+    /// Replicas for the rate now, plus enough to serve the backlog within one SLO.
     public func desiredReplicas(_ s: ServiceSpec, at now: Double) -> Int {
         guard let cap = capacityPerReplica[s.id], cap > 0 else { return 0 }
-        return max(s.minReplicas, Int((s.rate(at: now) / cap).rounded(.up)))
+        let extra = Double(backlog[s.id] ?? 0) / s.sloSeconds
+        return max(s.minReplicas, Int(((s.rate(at: now) + extra) / cap).rounded(.up)))
     }
 
     public func replicas(of service: String) -> [ReplicaRecord] {
@@ -102,6 +114,12 @@ public struct Scheduler: Sendable {
         for s in services {
             let want = desiredReplicas(s, at: now)
             var have = replicas(of: s.id)
+            if have.count > want {
+                let since = overSince[s.id] ?? now
+                overSince[s.id] = since
+                if now - since < scaleDownAfter { continue }
+            }
+            overSince[s.id] = nil
             while have.count > want, let r = have.popLast() {
                 state.stopReplica(r.id)
                 actions.append(.stopReplica(replicaID: r.id, serviceID: s.id, nodeID: r.placement.nodeID))
