@@ -49,3 +49,26 @@ struct JobsCommand: ParsableCommand {
         }
     }
 }
+
+struct ServicesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "services", abstract: "Online inference services: replicas, requests and SLO attainment so far.")
+    @OptionGroup var address: CoordinatorAddress
+    @Flag(help: "JSON output.") var json = false
+    @Flag(name: .customLong("requests"), help: "With --json: every request's record too.") var includeRequests = false
+
+    func run() throws {
+        let client = try address.client()
+        defer { client.close() }
+        let r = try client.requests(includeRequests: json && includeRequests)
+        if json { print(try r.jsonString()); return }
+        print("time scale \(r.timeScale)×, trace time \(String(format: "%.0f", r.traceNow)) s" + (r.notes.isEmpty ? "" : " — " + r.notes.joined(separator: "; ")))
+        guard !r.services.isEmpty else { print("no services (submit them with an experiment's workload.services)"); return }
+        print("service".padding(toLength: 18, withPad: " ", startingAt: 0) + "gpu         replicas  ready  want  req/s/rep  batch  requests  done     in SLO   p50 s   p99 s   resent")
+        for s in r.services {
+            let attained = s.submitted == 0 ? 100 : Double(s.withinSlo) / Double(s.submitted) * 100
+            print(s.serviceID.padding(toLength: 18, withPad: " ", startingAt: 0) + s.gpuModel.padding(toLength: 12, withPad: " ", startingAt: 0)
+                  + String(format: "%-9u %-6u %-5u %-10.2f %-6u %-9llu %-8llu %5.1f%%  %-7.2f %-7.2f %llu", s.replicas, s.ready, s.desired, s.capacityRps, s.batch,
+                           s.submitted, s.completed, attained, s.latencyP50, s.latencyP99, s.redispatched))
+        }
+    }
+}

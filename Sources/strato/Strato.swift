@@ -9,7 +9,7 @@ struct Strato: ParsableCommand {
         abstract: "Stratolab: a multi-process testbed for experiments on next-generation cloud infrastructure.",
         subcommands: [
             CoordinatorCommand.self, AgentCommand.self, StatusCommand.self, NodeCommand.self,
-            TestbedCommand.self, KeysCommand.self, BenchCommand.self, KBCommand.self, TwinCommand.self, SubmitCommand.self, JobsCommand.self,
+            TestbedCommand.self, KeysCommand.self, BenchCommand.self, KBCommand.self, TwinCommand.self, SubmitCommand.self, JobsCommand.self, ServicesCommand.self,
             ExperimentCommand.self, FaultCommand.self, TraceCommand.self, ReportCommand.self,
         ])
 
