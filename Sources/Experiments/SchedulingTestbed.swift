@@ -46,14 +46,36 @@ public struct SchedulingTestbedRun {
     /// the trace time at which it really ran (the run polls, so a little after the one asked for).
     public var faults: [(Double, String, (Double) -> Void)] = []
 
+    /// Online services and their requests, sent at their arrival times while the jobs run.
+    public var services: [ServiceSpec] = []
+    public var requests: [ServiceRequest] = []
+
     public init(client: OperatorClient, workload: Workload) { self.client = client; self.workload = workload }
 
-    public func run(progress: (String) -> Void = { _ in }) throws -> (JobsReply, [String]) {
+    /// Returns the coordinator's final job list, its request accounting (with services) and notes.
+    public func run(progress: (String) -> Void = { _ in }) throws -> (JobsReply, RequestsReply?, [String]) {
         var log: [String] = []
         for chunk in stride(from: 0, to: workload.jobs.count, by: 500) {
             let part = workload.jobs[chunk..<min(chunk + 500, workload.jobs.count)].map(\.submission)
-            let r = try client.submit(Array(part))
+            let r = try client.submit(Array(part), services: chunk == 0 ? services.map(\.submission) : [])
             if !r.rejected.isEmpty { log += r.rejected.map { "rejected \($0)" } }
+        }
+        var driver: RequestDriver?
+        if !requests.isEmpty {
+            let before = SystemClock.shared.wallNanos()
+            let j = try client.jobs()
+            let after = SystemClock.shared.wallNanos()
+            let d = RequestDriver(requests: requests, client: try OperatorClient(endpoint: client.endpoint, keysDirectory: client.keysDirectory, name: "request-driver"),
+                                  timeScale: j.timeScale, t0Wall: (before + after) / 2 - Int64(j.traceNow / j.timeScale * 1e9))
+            d.start()
+            driver = d
+        }
+        defer { driver?.stop() }
+        func requestsDone() throws -> RequestsReply? {
+            guard let d = driver else { return nil }
+            let r = try client.requests()
+            let p = d.snapshot
+            return p.finished && r.services.reduce(0, { $0 + $1.outstanding }) == 0 && r.services.reduce(0, { $0 + Int($1.submitted) }) >= p.accepted ? r : nil
         }
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         var pendingFaults = faults.sorted { $0.0 < $1.0 }
@@ -75,10 +97,25 @@ public struct SchedulingTestbedRun {
                 let fin = r.jobs.filter { $0.phase == "finished" }.count, run = r.jobs.filter { $0.phase == "running" }.count
                 progress(String(format: "  trace %6.0f s: %d/%d finished, %d running, %d waiting", r.traceNow, fin, r.jobs.count, run, Int(r.unfinished) - run))
             }
-            if r.unfinished == 0 && r.jobs.count >= workload.jobs.count - log.filter({ $0.hasPrefix("rejected") }).count && pendingFaults.isEmpty { return (r, log) }
+            if r.unfinished == 0 && r.jobs.count >= workload.jobs.count - log.filter({ $0.hasPrefix("rejected") }).count && pendingFaults.isEmpty {
+                if driver == nil { return (r, nil, log) }
+                if let q = try requestsDone() { return (r, q, log) }
+            }
             Thread.sleep(forTimeInterval: 0.2)
         }
         throw ProcessLauncher.LaunchError(description: "the testbed run did not finish within \(Int(timeoutSeconds)) s (\(last?.unfinished ?? 0) jobs unfinished)")
+    }
+
+    /// The coordinator's request accounting as the twin reports services.
+    public static func serviceOutcomes(_ r: RequestsReply?) -> [ServiceOutcome] {
+        (r?.services ?? []).map { s in
+            var o = ServiceOutcome(id: s.serviceID)
+            o.offeredRequests = Double(s.submitted)
+            o.servedWithinSLO = Double(s.withinSlo)
+            o.latencyP50 = s.latencyP50
+            o.latencyP99 = s.latencyP99
+            return o
+        }
     }
 
     /// The coordinator's view turned into the same result type the twin produces.

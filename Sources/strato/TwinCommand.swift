@@ -66,6 +66,7 @@ struct TwinCommand: ParsableCommand {
         @Option(help: "Policies: all, or a comma-separated list of \(Policies.names.joined(separator: ", ")).") var policy = "all"
         @Option(help: "Results folder.") var out: String?
         @Option(name: .customLong("fail"), help: "Kill a node during the run: NODE@HOURS+DOWN_HOURS (repeatable).") var failures: [String] = []
+        @Flag(name: .customLong("per-request"), help: "Serve the services' requests one by one on modelled replicas (as the testbed does) instead of as a fluid.") var perRequest = false
 
         func run() throws {
             let policies = try TwinCommand.policies(policy)
@@ -80,8 +81,10 @@ struct TwinCommand: ParsableCommand {
             var done = 0
             for w in workloads {
                 if !w.skipped.isEmpty { print("  \(w.name): skipped \(w.skipped.count) rows, e.g. \(w.skipped[0])") }
+                var o = options
+                if perRequest { o.requests = RequestStream.generate(w.services, until: workload.hours * 3600, seed: 1) }
                 for p in policies {
-                    let r = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: options).run(policy: p)
+                    let r = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: o).run(policy: p)
                     done += 1
                     let s = r.summary
                     print(String(format: "  [%d/%d] %@ on %@: %d/%d jobs, mean JCT %.2f h, p99 %.2f h, makespan %.1f h, %d events in %.2f s",
@@ -128,6 +131,8 @@ extension TwinCommand {
         @Option(name: .customLong("kill"), help: "Kill this GPU node's agent at 30 % of the trace (restarting its jobs elsewhere).") var kill: String?
         @Option(help: "Results folder.") var out = "results/twin-validate"
         @Option(help: "Seed data folder.") var data: String?
+        @Option(name: .customLong("services-rps"), help: "Also drive the two Azure-shaped inference services at this mean request rate each (0: none); compares SLO attainment and p99 latency.") var servicesRPS = 0.0
+        @Option(name: .customLong("services-gpu"), help: "GPU model the services run on.") var servicesGPU = "A100-80GB"
 
         func run() throws {
             guard let p = Policies.named(policy) else { throw ValidationError("unknown policy '\(policy)'") }
@@ -142,7 +147,16 @@ extension TwinCommand {
             var maxPer: [String: Int] = [:]
             for n in nodes { maxPer[n.gpuModel] = max(maxPer[n.gpuModel] ?? 0, n.gpuCount) }
             var g = TraceGenerator(); g.hours = hours; g.jobsPerHour = jobsPerHour
-            let workload = try g.generate(seed: seed, kb: kb, maxGPUsPerNode: maxPer)
+            var workload = try g.generate(seed: seed, kb: kb, maxGPUsPerNode: maxPer)
+            var services: [ServiceSpec] = []
+            if servicesRPS > 0 {
+                guard nodes.contains(where: { $0.gpuModel == GPUCatalog.model(named: servicesGPU)?.name }) else {
+                    throw ValidationError("--services-gpu \(servicesGPU): no GPU node of that model in \(topology)")
+                }
+                services = try ServiceSetup.azureServices(dataDirectory: dataDir, seconds: hours * 3600, gpuModel: servicesGPU, meanRPS: servicesRPS)
+                workload.services = services
+            }
+            let requests = RequestStream.generate(services, until: hours * 3600, seed: seed)
             print("validate: \(workload.jobs.count) jobs over \(hours) h, policy \(p.name), time scale \(Int(timeScale))× on \(nodes.count) GPU nodes (emulated GPUs)")
 
             let runDir = ".strato/validate"
@@ -155,6 +169,8 @@ extension TwinCommand {
             let client = try OperatorClient(endpoint: bed.endpoint, keysDirectory: bed.keysDirectory)
             defer { client.close() }
             var run = SchedulingTestbedRun(client: client, workload: workload)
+            run.services = services
+            run.requests = requests
             // The kill happens when the run sees the trace clock pass 30 %; the twin gets the trace
             // time it really happened, and the failure detector's delay before the coordinator
             // acts (dead_after_ms of silence, counted from the last heartbeat: ~half an interval earlier).
@@ -164,9 +180,11 @@ extension TwinCommand {
                 run.faults = [(hours * 3600 * 0.3, "kill \(kill) (SIGKILL)", { t in killTime.at = t; _ = Glibc.kill(proc.pid, SIGKILL) })]
             }
             run.timeoutSeconds = max(600, hours * 3600 / timeScale * 20)
-            let (reply, notes) = try run.run { print($0) }
-            let testbed = SchedulingTestbedRun.result(reply, workload: workload, nodes: nodes, wallSeconds: Date().timeIntervalSince(start), notes: notes)
+            let (reply, requestsReply, notes) = try run.run { print($0) }
+            var testbed = SchedulingTestbedRun.result(reply, workload: workload, nodes: nodes, wallSeconds: Date().timeIntervalSince(start), notes: notes)
+            testbed.services = SchedulingTestbedRun.serviceOutcomes(requestsReply)
             var options = TwinOptions()
+            options.requests = requests
             if let kill, let at = killTime.at {
                 let detect = (Double(topo.coordinator.deadAfterMs) - Double(topo.coordinator.heartbeatMs) / 2) / 1000 * timeScale
                 options.failures = [NodeFailure(node: kill, at: at, downFor: 1e9, detectedAfter: detect)]
@@ -187,6 +205,11 @@ extension TwinCommand {
             var text = "figure          testbed     twin    error\n"
             for (name, a, b, e) in tableRows { text += name.padding(toLength: 14, withPad: " ", startingAt: 0) + String(format: "%9.3f %9.3f   %5.2f%%\n", a / 3600, b / 3600, e * 100) }
             text += String(format: "finished        %d/%d   %d/%d", v.testbed.finished, v.testbed.jobs, v.twin.finished, v.twin.jobs)
+            for a in testbed.services {
+                guard let b = twin.services.first(where: { $0.id == a.id }) else { continue }
+                text += "\n" + a.id + String(format: ": SLO attainment %.2f%% vs %.2f%% (%.2f points apart), p99 latency %.2f s vs %.2f s",
+                                               a.attainment * 100, b.attainment * 100, abs(a.attainment - b.attainment) * 100, a.latencyP99 ?? .nan, b.latencyP99 ?? .nan)
+            }
             print("\n" + text)
             print(v.worst <= 0.05 ? "twin error ≤ 5 %: target met" : String(format: "twin error %.1f %% > 5 %%: target NOT met", v.worst * 100))
             try results.write(to: out, title: "Twin validation: \(p.name), \(workload.jobs.count) jobs", extraHTML: "<h2>Twin vs testbed</h2><pre>\(text)</pre>")

@@ -181,4 +181,27 @@ struct ServiceTests {
             Issue.record("unexpected \(error)")
         }
     }
+
+    @Test("the twin serves requests one by one as the agents do; a crash costs the requests on the dead node's replicas until it is detected, and none is lost")
+    func twinPerRequest() throws {
+        let svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
+                              rateCurve: [RatePoint(time: 0, rps: 2)], meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 20)
+        let requests = RequestStream.generate([svc], until: 3600, seed: 1)
+        let nodes = [NodeSlot(id: "a", gpuModel: "A100-80GB", gpuCount: 2), NodeSlot(id: "b", gpuModel: "A100-80GB", gpuCount: 2)]
+        let workload = Workload(name: "svc", jobs: [], services: [svc])
+        var options = TwinOptions()
+        options.requests = requests
+        let calm = DigitalTwin(nodes: nodes, workload: workload, kb: serviceKB, options: options).run(policy: Policies.named("hybrid")!)
+        let c = try #require(calm.services.first)
+        #expect(c.offeredRequests == Double(requests.count) && c.attainment == 1, "\(c)")
+        #expect((c.latencyP50 ?? 0) > 0 && (c.latencyP99 ?? 100) < 20)
+        // Node a (which holds the first replica) crashes at 1000 s; the detector notices 120 s later.
+        options.failures = [NodeFailure(node: "a", at: 1000, downFor: 1e9, detectedAfter: 120)]
+        let hit = DigitalTwin(nodes: nodes, workload: workload, kb: serviceKB, options: options).run(policy: Policies.named("hybrid")!)
+        let h = try #require(hit.services.first)
+        #expect(h.offeredRequests == Double(requests.count))
+        #expect((h.latencyP99 ?? 0).isFinite, "every request finished: \(h)")
+        let lostWindow = Double(requests.filter { $0.arrival >= 1000 && $0.arrival < 1100 }.count) / Double(requests.count)
+        #expect(h.attainment < 1 - lostWindow / 2 && h.attainment > 0.8, "\(h.attainment) with \(lostWindow) of the requests in the blind window")
+    }
 }

@@ -28,6 +28,9 @@ public struct ServiceOutcome: Sendable, Codable, Equatable {
     public var offeredRequests: Double = 0
     public var servedWithinSLO: Double = 0
     public var replicaSeconds: Double = 0
+    /// Request by request (when the run had requests): latency from arrival to last token, trace s.
+    public var latencyP50: Double?
+    public var latencyP99: Double?
     public var attainment: Double { offeredRequests > 0 ? servedWithinSLO / offeredRequests : 1 }
     public init(id: String) { self.id = id }
 }

@@ -23,6 +23,9 @@ public struct TwinOptions: Sendable {
     /// Trace seconds between a job finishing and the scheduler learning it (the testbed hears it
     /// with the next heartbeat); the job's finish time stays exact, its GPUs free up this much later.
     public var reportLatency: Double = 0
+    /// Inference requests to serve one by one on modelled replicas (`ReplicaServer`, as the GPU
+    /// agents run them); empty: services are a fluid served up to their replicas' capacity.
+    public var requests: [ServiceRequest] = []
     public init() {}
 }
 
@@ -97,6 +100,71 @@ public struct DigitalTwin {
             generation[id, default: 0] += 1
             crashedRuns.remove(id)
         }
+        // Request by request: each arrival goes to the replica of its service with the fewest
+        // requests in it (as the coordinator routes), or waits for one; a replica that goes away
+        // gives its unfinished requests to the others. Between events the replica set is fixed.
+        let requestLevel = !options.requests.isEmpty
+        var nextRequest = 0
+        var servers: [String: ReplicaServer] = [:]
+        var inReplica: [String: [(request: ServiceRequest, start: Double, finish: Double)]] = [:]
+        var waitingRequests: [String: [ServiceRequest]] = [:]
+        var finishOf: [String: Double] = [:]
+        /// Nodes crashed and not yet detected: their replicas still get requests (the router does
+        /// not know yet) but answer none until the detector removes them.
+        var silent = Set<String>()
+        let inference = Dictionary(uniqueKeysWithValues: scheduler.services.compactMap { s in
+            InferenceModel(kb: execution.kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpusPerReplica).map { (s.id, $0) }
+        })
+        func place(_ q: ServiceRequest, at t: Double) {
+            var best: String?, load = Int.max
+            for r in scheduler.replicas(of: q.serviceID) where servers[r.id] != nil {
+                let n = inReplica[r.id]?.filter { $0.finish > t }.count ?? 0
+                if n < load { best = r.id; load = n }
+            }
+            guard let rep = best else { waitingRequests[q.serviceID, default: []].append(q); return }
+            if let node = scheduler.state.replicas[rep]?.placement.nodeID, silent.contains(node) {
+                inReplica[rep, default: []].append((q, .infinity, .infinity))
+                finishOf[q.id] = .infinity
+                return
+            }
+            let (start, finish) = servers[rep]!.admit(at: t, prefill: q.prefill, decode: q.decode)
+            inReplica[rep, default: []].removeAll { $0.finish <= t }
+            inReplica[rep, default: []].append((q, start, finish))
+            finishOf[q.id] = finish
+        }
+        func serveRequests(until now: Double) {
+            while nextRequest < options.requests.count && options.requests[nextRequest].arrival <= now {
+                let q = options.requests[nextRequest]
+                nextRequest += 1
+                place(q, at: q.arrival)
+            }
+        }
+        /// After a decision: servers for new replicas, lost replicas' requests elsewhere, waiting ones placed.
+        func syncReplicas(at now: Double) {
+            let live = Set(scheduler.state.replicas.keys)
+            for id in servers.keys where !live.contains(id) {
+                servers[id] = nil
+                for x in inReplica.removeValue(forKey: id) ?? [] where x.finish > now { place(x.request, at: now) }
+            }
+            for r in scheduler.state.replicas.values where servers[r.id] == nil {
+                if let m = inference[r.serviceID] { servers[r.id] = ReplicaServer(model: m, batch: scheduler.batchPerReplica[r.serviceID] ?? 1) }
+            }
+            for (svc, queue) in waitingRequests where !queue.isEmpty && scheduler.replicas(of: svc).contains(where: { servers[$0.id] != nil }) {
+                waitingRequests[svc] = []
+                for q in queue { place(q, at: now) }
+            }
+            // What the coordinator's router would report: requests waiting (for a replica, or
+            // for a slot) longer than a quarter of the SLO.
+            var backlog: [String: Int] = [:]
+            for s in scheduler.services {
+                let old = now - s.sloSeconds / 4
+                var n = waitingRequests[s.id]?.filter { $0.arrival <= old }.count ?? 0
+                for r in scheduler.replicas(of: s.id) { n += inReplica[r.id]?.filter { $0.start > now && $0.start.isFinite && $0.request.arrival <= old }.count ?? 0 }
+                if n > 0 { backlog[s.id] = n }
+            }
+            scheduler.backlog = backlog
+        }
+
         func accountServices(until now: Double) {
             guard now > lastServiceTime else { return }
             let dt = now - lastServiceTime
@@ -116,6 +184,11 @@ public struct DigitalTwin {
             while let t = queue.nextTime, t == now, let e = queue.pop() { batch.append(e.event) }
             accountServices(until: now)
             var dirty = false
+            if requestLevel {
+                serveRequests(until: now)
+                syncReplicas(at: now)
+                dirty = scheduler.services.contains { scheduler.desiredReplicas($0, at: now) > scheduler.replicas(of: $0.id).count }
+            }
             for ev in batch {
                 events += 1
                 switch ev {
@@ -161,6 +234,16 @@ public struct DigitalTwin {
                     scheduler.state.progress(job: id, workDone: w, checkpointed: execution.checkpointed(resume: r.resume, ranFor: now - r.progressFrom, rate: r.rate))
                     queue.push(now + options.reportInterval, .report(id, g))
                 case .nodeCrash(let node):
+                    if requestLevel {
+                        silent.insert(node)
+                        for r in scheduler.state.replicas.values where r.placement.nodeID == node {
+                            inReplica[r.id] = inReplica[r.id]?.map { x in
+                                guard x.finish > now else { return x }
+                                finishOf[x.request.id] = .infinity
+                                return (x.request, .infinity, .infinity)
+                            }
+                        }
+                    }
                     // Work stops here; the scheduler still believes the node alive until .nodeDown.
                     for (id, r) in runs where r.nodeID == node && !crashedRuns.contains(id) {
                         let w = workNow(id, now)!
@@ -178,6 +261,7 @@ public struct DigitalTwin {
                     for id in lost.jobs { endRun(id, now) }
                     dirty = true
                 case .nodeUp(let node):
+                    silent.remove(node)
                     scheduler.state.nodeRecovered(node); dirty = true
                 }
             }
@@ -197,8 +281,30 @@ public struct DigitalTwin {
                         break
                     }
                 }
+                if requestLevel { syncReplicas(at: now) }
             }
-            if submitted == workload.jobs.count && scheduler.state.unfinishedCount == 0 { break }
+            if submitted == workload.jobs.count && scheduler.state.unfinishedCount == 0
+                && (!requestLevel || nextRequest >= options.requests.count) { break }
+        }
+        if requestLevel {
+            // Requests still arriving after the last job: serve them on the replicas left.
+            serveRequests(until: .infinity)
+            for s in scheduler.services {
+                var latencies: [Double] = [], within = 0
+                for q in options.requests where q.serviceID == s.id {
+                    let l = (finishOf[q.id] ?? .infinity) - q.arrival
+                    latencies.append(l)
+                    if l <= s.sloSeconds { within += 1 }
+                }
+                latencies.sort()
+                var o = ServiceOutcome(id: s.id)
+                o.offeredRequests = Double(latencies.count)
+                o.servedWithinSLO = Double(within)
+                o.replicaSeconds = serviceOut[s.id]?.replicaSeconds ?? 0
+                o.latencyP50 = percentile(latencies, 50)
+                o.latencyP99 = percentile(latencies, 99)
+                serviceOut[s.id] = o
+            }
         }
         let states = scheduler.state.jobs.values.sorted { $0.spec.id < $1.spec.id }
         var gpus: [String: Int] = [:]
