@@ -40,6 +40,8 @@ public final class AgentSession: @unchecked Sendable {
         var sequence: UInt64 = 0
         var lastHeartbeatSentWall: Int64 = 0
         var lastHeartbeatSequence: UInt64 = 0
+        /// When this node's next heartbeat is scheduled (monotonic), while registered.
+        var nextHeartbeatMono: Int64 = 0
         var estimator = ClockOffsetEstimator()
         var ledger = CommandLedger()
         var epoch: UInt64 = 0
@@ -156,6 +158,7 @@ public final class AgentSession: @unchecked Sendable {
             if let due = nodes[i].behavior.nextReportDue(wallNanos: wall), due + .millis(1) - wall < heartbeatIntervalNanos {
                 next = now + max(.millis(1), due + .millis(1) - wall)
             }
+            nodes[i].nextHeartbeatMono = next
             timers.schedule(i, at: next)
         } else {
             sendRegister(i, dealer)
@@ -254,6 +257,7 @@ public final class AgentSession: @unchecked Sendable {
                 logger.info("registered", metadata: ["node": "\(target)", "incarnation": "\(ack.incarnation)",
                                                      "coordinator_epoch": "\(ack.coordinatorEpoch)"])
             }
+            nodes[i].nextHeartbeatMono = now + heartbeatIntervalNanos
             timers.schedule(i, at: now + heartbeatIntervalNanos)
         case .heartbeatAck(let ack):
             if !ack.settledJobs.isEmpty { nodes[i].behavior.settle(ack.settledJobs) }
@@ -276,6 +280,14 @@ public final class AgentSession: @unchecked Sendable {
             let ack = ledger.handle(command) { self.execute($0, on: i) }
             nodes[i].ledger = ledger
             send(.commandAck(ack), from: i, dealer)
+            // The command may make a report due sooner (requests just admitted): heartbeat then.
+            if nodes[i].registered, let due = nodes[i].behavior.nextReportDue(wallNanos: clock.wallNanos()) {
+                let at = now + max(.millis(1), due + .millis(1) - clock.wallNanos())
+                if at < nodes[i].nextHeartbeatMono {
+                    nodes[i].nextHeartbeatMono = at
+                    timers.schedule(i, at: at)
+                }
+            }
         case .error(let err):
             switch err.code {
             case .notRegistered:

@@ -99,6 +99,8 @@ public final class EmulatedGPUNode: AgentBehavior {
     public func settle(_ jobIDs: [String]) { runner?.settle(jobIDs) }
     public func requestResults(wallNanos: Int64) -> [RequestResult] { replicas?.results(wallNanos: wallNanos) ?? [] }
     public func settleRequests(_ requestIDs: [String]) { replicas?.settle(requestIDs) }
-    public func nextReportDue(wallNanos: Int64) -> Int64? { runner?.nextReportDue(wallNanos: wallNanos) }
+    public func nextReportDue(wallNanos: Int64) -> Int64? {
+        [runner?.nextReportDue(wallNanos: wallNanos), replicas?.nextReportDue(wallNanos: wallNanos)].compactMap { $0 }.min()
+    }
     public func shutdown() { runner?.stopAll() }
 }

@@ -175,6 +175,7 @@ public final class ExperimentRunner: @unchecked Sendable {
             var ids: [Int: String] = [:]
             var lastProgress = Date.distantPast
             var coordinatorAnswers = true
+            var doneShown = false   // the line that shows everything done, once (an end: duration run goes on)
             while true {
                 let elapsed = Date().timeIntervalSince(t0)
                 while let next = timeline.first, next.at <= elapsed {
@@ -208,8 +209,9 @@ public final class ExperimentRunner: @unchecked Sendable {
                     return p.finished && lastRequests.map { r in r.services.reduce(0) { $0 + $1.outstanding } == 0 && r.services.reduce(0) { $0 + Int($1.submitted) } >= p.accepted } == true
                 } ?? true
                 let done = jobsDone && requestsDone
-                if Date().timeIntervalSince(lastProgress) >= progressInterval || done {
+                if Date().timeIntervalSince(lastProgress) >= progressInterval || (done && !doneShown) {
                     lastProgress = Date()
+                    doneShown = done
                     print(progressLine(elapsed: elapsed, jobs: lastJobs, requests: lastRequests, status: lastStatus, injector: injector)
                           + (coordinatorAnswers ? "" : " · coordinator not answering (last known shown)"))
                 }
