@@ -106,7 +106,9 @@ public struct DigitalTwin {
         let requestLevel = !options.requests.isEmpty
         var nextRequest = 0
         var servers: [String: ReplicaServer] = [:]
-        var inReplica: [String: [(request: ServiceRequest, start: Double, finish: Double)]] = [:]
+        /// Per replica: requests sent to it (`sent`: when the router would send it, later than its
+        /// arrival when every replica was full), when each starts and finishes.
+        var inReplica: [String: [(request: ServiceRequest, sent: Double, start: Double, finish: Double)]] = [:]
         var waitingRequests: [String: [ServiceRequest]] = [:]
         var finishOf: [String: Double] = [:]
         /// Nodes crashed and not yet detected: their replicas still get requests (the router does
@@ -115,21 +117,25 @@ public struct DigitalTwin {
         let inference = Dictionary(uniqueKeysWithValues: scheduler.services.compactMap { s in
             InferenceModel(kb: execution.kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpusPerReplica).map { (s.id, $0) }
         })
+        // As the router: a replica takes up to twice its batch; when every one is full the request
+        // waits for the first to have room (never, for a crashed one: it then waits for a decision).
+        let cap = Dictionary(uniqueKeysWithValues: scheduler.services.map { ($0.id, 2 * max(1, scheduler.batchPerReplica[$0.id] ?? 1)) })
         func place(_ q: ServiceRequest, at t: Double) {
-            var best: String?, load = Int.max
+            var best: String?, bestAt = Double.infinity, bestLoad = Int.max
             for r in scheduler.replicas(of: q.serviceID) where servers[r.id] != nil {
-                let n = inReplica[r.id]?.filter { $0.finish > t }.count ?? 0
-                if n < load { best = r.id; load = n }
+                let finishes = (inReplica[r.id] ?? []).map(\.finish).filter { $0 > t }.sorted()
+                let room = finishes.count < cap[q.serviceID]! ? t : finishes[finishes.count - cap[q.serviceID]!]
+                if room < bestAt || (room == bestAt && finishes.count < bestLoad) { best = r.id; bestAt = room; bestLoad = finishes.count }
             }
-            guard let rep = best else { waitingRequests[q.serviceID, default: []].append(q); return }
+            guard let rep = best, bestAt.isFinite else { waitingRequests[q.serviceID, default: []].append(q); return }
             if let node = scheduler.state.replicas[rep]?.placement.nodeID, silent.contains(node) {
-                inReplica[rep, default: []].append((q, .infinity, .infinity))
+                inReplica[rep, default: []].append((q, t, .infinity, .infinity))
                 finishOf[q.id] = .infinity
                 return
             }
-            let (start, finish) = servers[rep]!.admit(at: t, prefill: q.prefill, decode: q.decode)
-            inReplica[rep, default: []].removeAll { $0.finish <= t }
-            inReplica[rep, default: []].append((q, start, finish))
+            let (start, finish) = servers[rep]!.admit(at: bestAt, prefill: q.prefill, decode: q.decode)
+            inReplica[rep, default: []].removeAll { $0.finish <= bestAt }
+            inReplica[rep, default: []].append((q, bestAt, start, finish))
             finishOf[q.id] = finish
         }
         func serveRequests(until now: Double) {
@@ -153,13 +159,13 @@ public struct DigitalTwin {
                 waitingRequests[svc] = []
                 for q in queue { place(q, at: now) }
             }
-            // What the coordinator's router would report: requests waiting (for a replica, or
-            // for a slot) longer than a quarter of the SLO.
+            // What the coordinator's router would report: requests it still holds (no replica, or
+            // every one full) that arrived more than a quarter of the SLO ago.
             var backlog: [String: Int] = [:]
             for s in scheduler.services {
                 let old = now - s.sloSeconds / 4
                 var n = waitingRequests[s.id]?.filter { $0.arrival <= old }.count ?? 0
-                for r in scheduler.replicas(of: s.id) { n += inReplica[r.id]?.filter { $0.start > now && $0.start.isFinite && $0.request.arrival <= old }.count ?? 0 }
+                for r in scheduler.replicas(of: s.id) { n += inReplica[r.id]?.filter { $0.sent > now && $0.request.arrival <= old }.count ?? 0 }
                 if n > 0 { backlog[s.id] = n }
             }
             scheduler.backlog = backlog
@@ -240,7 +246,7 @@ public struct DigitalTwin {
                             inReplica[r.id] = inReplica[r.id]?.map { x in
                                 guard x.finish > now else { return x }
                                 finishOf[x.request.id] = .infinity
-                                return (x.request, .infinity, .infinity)
+                                return (x.request, x.sent, .infinity, .infinity)
                             }
                         }
                     }
