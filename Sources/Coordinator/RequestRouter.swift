@@ -46,6 +46,7 @@ final class RequestRouter {
             }
             let r = ServiceRequest(id: q.requestID, serviceID: q.serviceID, arrival: q.arrival, prefill: Int(q.prefillTokens), decode: Int(q.decodeTokens))
             records[r.id] = Record(request: r)
+            counted(records[r.id]!)
             enqueue(r.id, service: r.serviceID)
             dirty.insert(r.id)
             accepted += 1
@@ -61,6 +62,7 @@ final class RequestRouter {
             enqueue(r.request.id, service: r.request.serviceID)
         }
         records[r.request.id] = r
+        counted(r)
     }
 
     private func enqueue(_ id: String, service: String) {
@@ -124,6 +126,7 @@ final class RequestRouter {
                 r.replica = rep
                 r.node = ready[rep]!.node
                 r.attempts += 1
+                if r.attempts > 1 { tallies[service]?.resent += 1 }
                 records[id] = r
                 dirty.insert(id)   // its attempts are kept: how often requests were sent again survives a restart
                 outstanding[rep, default: []].insert(id)
@@ -153,6 +156,9 @@ final class RequestRouter {
             r.service = res.serviceSeconds
             r.withinSLO = r.latency! <= slo(r.request.serviceID)
             records[res.requestID] = r
+            tallies[r.request.serviceID]?.completed += 1
+            tallies[r.request.serviceID]?.latencies.append(r.latency!)
+            if r.withinSLO { tallies[r.request.serviceID]?.withinSLO += 1 }
             dirty.insert(res.requestID)
         }
         return settled
@@ -177,18 +183,19 @@ final class RequestRouter {
         return out
     }
 
-    /// Per service; `resent` counts sends after the first (a lost replica, a refusal, a restart).
+    /// Per service, kept as records change (the experiment asks several times a second, and a
+    /// run holds tens of thousands of requests); `resent` counts sends after the first (a lost
+    /// replica, a refusal, a coordinator restart).
     struct Tally { var submitted = 0, completed = 0, withinSLO = 0, resent = 0, latencies: [Double] = [] }
+    private var tallies: [String: Tally] = [:]
 
-    func tally() -> [String: Tally] {
-        var out: [String: Tally] = [:]
-        for r in records.values {
-            var t = out[r.request.serviceID] ?? Tally()
-            t.submitted += 1
-            t.resent += max(0, r.attempts - 1)
-            if let l = r.latency { t.completed += 1; t.latencies.append(l); if r.withinSLO { t.withinSLO += 1 } }
-            out[r.request.serviceID] = t
-        }
-        return out
+    func tally() -> [String: Tally] { tallies }
+
+    private func counted(_ r: Record) {
+        var t = tallies[r.request.serviceID] ?? Tally()
+        t.submitted += 1
+        t.resent += max(0, r.attempts - 1)
+        if let l = r.latency { t.completed += 1; t.latencies.append(l); if r.withinSLO { t.withinSLO += 1 } }
+        tallies[r.request.serviceID] = t
     }
 }
