@@ -128,7 +128,11 @@ public final class CoordinatorServer: @unchecked Sendable {
 
         var lastTick: Int64 = 0, lastResend: Int64 = 0, lastFlush: Int64 = 0, lastHeartbeatFlush: Int64 = 0, lastCounters: Int64 = 0
         while !shouldStop {
-            let readable = try ZMQPoller.readable([router], timeoutMs: 20)[0]
+            // Wake for the next job arrival or rate change rather than up to 20 ms late: at 1000×
+            // every wall millisecond is a trace second, and the twin releases jobs on time.
+            var waitMs = 20
+            if let due = jobs.nextDueWall() { waitMs = Int(max(0, min(20, (due - clock.wallNanos() + 999_999) / 1_000_000))) }
+            let readable = try ZMQPoller.readable([router], timeoutMs: waitMs)[0]
             if readable {
                 // Drain what is queued, bounded so timers still run under load.
                 for _ in 0..<4096 {

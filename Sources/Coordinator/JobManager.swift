@@ -101,6 +101,13 @@ final class JobManager {
 
     var futureJobs: [JobSpec] { future }
 
+    /// Wall time (coordinator clock) of the next job arrival or service rate change, or nil.
+    func nextDueWall() -> Int64? {
+        guard t0Wall != 0 else { return nil }
+        let next = [future.first?.arrival, scheduler.nextRateChange(after: lastDecision)].compactMap { $0 }.min()
+        return next.map { wall(trace: $0) }
+    }
+
     // MARK: services
 
     /// Validates and accepts services; a service whose model and GPU have no inference profile,
