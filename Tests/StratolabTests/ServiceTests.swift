@@ -204,4 +204,22 @@ struct ServiceTests {
         let lostWindow = Double(requests.filter { $0.arrival >= 1000 && $0.arrival < 1100 }.count) / Double(requests.count)
         #expect(h.attainment < 1 - lostWindow / 2 && h.attainment > 0.8, "\(h.attainment) with \(lostWindow) of the requests in the blind window")
     }
+
+    @Test("a service's replicas spread over nodes: a second replica goes to another node while one has room, also when it must take GPUs back")
+    func replicasSpread() throws {
+        let svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
+                              rateCurve: [RatePoint(time: 0, rps: 0.1), RatePoint(time: 100, rps: 1000)], meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 20)
+        var s = Scheduler(policy: Policies.named("hybrid")!, kb: serviceKB, services: [svc])
+        s.state.addNode(NodeSlot(id: "a", gpuModel: "A100-80GB", gpuCount: 4))
+        s.state.addNode(NodeSlot(id: "b", gpuModel: "A100-80GB", gpuCount: 2))
+        _ = s.step(now: 0)
+        // One replica: the tightest fit, b.
+        #expect(s.replicas(of: "s").map(\.placement.nodeID) == ["b"])
+        let more = s.step(now: 100)
+        let nodes = s.replicas(of: "s").map(\.placement.nodeID)
+        // Six wanted, six GPUs: the second goes to a (no replica there yet), then the rest fill up.
+        #expect(nodes.count == 6 && Set(nodes) == ["a", "b"], "\(nodes) \(more)")
+        #expect(s.replicas(of: "s")[1].placement.nodeID == "a")
+        #expect(s.state.invariantViolations().isEmpty)
+    }
 }

@@ -126,7 +126,7 @@ public struct Scheduler: Sendable {
             }
             let key = ConfigKey(model: s.model, task: "inference", gpuModel: s.gpuModel, gpuCount: s.gpusPerReplica, batchPerGPU: 0)
             for _ in have.count..<max(want, have.count) {
-                var node = state.free.bestNode(model: s.gpuModel, count: s.gpusPerReplica)
+                var node = spreadNode(model: s.gpuModel, count: s.gpusPerReplica, service: s.id)
                 var shrunk: [(String, ConfigKey)] = []
                 if node == nil {
                     if let room = makeRoom(model: s.gpuModel, gpus: s.gpusPerReplica, now: now, for: s.id, currentWork: currentWork, actions: &actions) {
@@ -153,6 +153,19 @@ public struct Scheduler: Sendable {
         return actions
     }
 
+    /// A node with `count` free GPUs of `model`, preferring the tightest fit among nodes that hold
+    /// no replica of `service` yet, so one node's failure takes as few of its replicas as it can.
+    func spreadNode(model: String, count: Int, service: String) -> String? {
+        let used = Set(replicas(of: service).map(\.placement.nodeID))
+        var best: (id: String, free: Int)?
+        for id in state.nodeOrder where !used.contains(id) {
+            guard let n = state.nodes[id], n.alive, n.gpuModel == model else { continue }
+            let free = n.freeCount
+            if free >= count && (best == nil || free < best!.free) { best = (id, free) }
+        }
+        return best?.id ?? state.free.bestNode(model: model, count: count)
+    }
+
     /// The largest smaller configuration of an elastic job that fits in `left` GPUs and in memory
     /// (per the knowledge base), or nil.
     func shrunkKey(_ j: JobRecord, left: Int) -> ConfigKey? {
@@ -167,12 +180,15 @@ public struct Scheduler: Sendable {
         return nil
     }
 
-    /// Takes GPUs back from offline jobs on the node of `model` where the fewest GPUs must be
-    /// taken. An elastic job shrinks instead of stopping when a smaller configuration of it fits
-    /// in what the service leaves (it restarts from its checkpoint on fewer GPUs of the same node);
-    /// other jobs are preempted at a checkpoint and queue again.
+    /// Takes GPUs back from offline jobs on a node of `model`: one that holds no replica of the
+    /// service yet if it can (a node's failure should take as few of them as it can), then the one
+    /// where the fewest GPUs must be taken. An elastic job shrinks instead of stopping when a
+    /// smaller configuration of it fits in what the service leaves (it restarts from its
+    /// checkpoint on fewer GPUs of the same node); other jobs are preempted at a checkpoint and
+    /// queue again.
     private mutating func makeRoom(model: String, gpus: Int, now: Double, for service: String, currentWork: (String) -> Double?, actions: inout [SchedulerAction]) -> (node: String, shrink: [(String, ConfigKey)])? {
-        var best: (node: String, victims: [JobRecord], taken: Int)? = nil
+        var best: (node: String, victims: [JobRecord], taken: Int, spread: Int)? = nil
+        let used = Set(replicas(of: service).map(\.placement.nodeID))
         for id in state.nodeOrder {
             guard let n = state.nodes[id], n.alive, n.gpuModel == model, n.gpuCount >= gpus else { continue }
             let jobIDs = Set(n.holders.compactMap { $0 }).filter { state.jobs[$0] != nil }
@@ -182,7 +198,9 @@ public struct Scheduler: Sendable {
                 victims.append(j); freeNow += j.placement?.gpus.count ?? 0; taken += j.placement?.gpus.count ?? 0
             }
             guard freeNow >= gpus else { continue }
-            if best == nil || taken < best!.taken { best = (id, victims, taken) }
+            // Nodes without a replica of this service first (spread), then the fewest GPUs taken.
+            let spread = used.contains(id) ? 1 : 0
+            if best == nil || (spread, taken) < (best!.spread, best!.taken) { best = (id, victims, taken, spread) }
         }
         guard let best else { return nil }
         var shrink: [(String, ConfigKey)] = []
