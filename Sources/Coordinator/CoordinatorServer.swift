@@ -555,12 +555,7 @@ public final class CoordinatorServer: @unchecked Sendable {
             var c = Command()
             var sr = ServeRequests()
             sr.replicaID = r.replica
-            sr.requests = r.requests.map { q in
-                var m = InferenceRequest()
-                m.requestID = q.id; m.serviceID = q.serviceID; m.arrival = q.arrival
-                m.prefillTokens = UInt32(q.prefill); m.decodeTokens = UInt32(q.decode)
-                return m
-            }
+            sr.requests = r.requests.map(\.message)
             c.serveRequests = sr
             c.nodeID = r.node
             do {

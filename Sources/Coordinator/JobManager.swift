@@ -322,8 +322,8 @@ final class JobManager {
             let sorted = t.latencies.sorted()
             if !sorted.isEmpty {
                 st.latencyMean = sorted.reduce(0, +) / Double(sorted.count)
-                st.latencyP50 = sorted[min(sorted.count - 1, sorted.count / 2)]
-                st.latencyP99 = sorted[min(sorted.count - 1, Int((Double(sorted.count) * 0.99).rounded(.up)) - 1)]
+                st.latencyP50 = percentile(sorted, 50)
+                st.latencyP99 = percentile(sorted, 99)
             }
             r.services.append(st)
         }

@@ -60,23 +60,8 @@ public struct SchedulingTestbedRun {
             let r = try client.submit(Array(part), services: chunk == 0 ? services.map(\.submission) : [])
             if !r.rejected.isEmpty { log += r.rejected.map { "rejected \($0)" } }
         }
-        var driver: RequestDriver?
-        if !requests.isEmpty {
-            let before = SystemClock.shared.wallNanos()
-            let j = try client.jobs()
-            let after = SystemClock.shared.wallNanos()
-            let d = RequestDriver(requests: requests, client: try OperatorClient(endpoint: client.endpoint, keysDirectory: client.keysDirectory, name: "request-driver"),
-                                  timeScale: j.timeScale, t0Wall: (before + after) / 2 - Int64(j.traceNow / j.timeScale * 1e9))
-            d.start()
-            driver = d
-        }
+        let driver = requests.isEmpty ? nil : try RequestDriver.start(requests, via: client)
         defer { driver?.stop() }
-        func requestsDone() throws -> RequestsReply? {
-            guard let d = driver else { return nil }
-            let r = try client.requests()
-            let p = d.snapshot
-            return p.finished && r.services.reduce(0, { $0 + $1.outstanding }) == 0 && r.services.reduce(0, { $0 + Int($1.submitted) }) >= p.accepted ? r : nil
-        }
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         var pendingFaults = faults.sorted { $0.0 < $1.0 }
         var last: JobsReply?
@@ -98,8 +83,9 @@ public struct SchedulingTestbedRun {
                 progress(String(format: "  trace %6.0f s: %d/%d finished, %d running, %d waiting", r.traceNow, fin, r.jobs.count, run, Int(r.unfinished) - run))
             }
             if r.unfinished == 0 && r.jobs.count >= workload.jobs.count - log.filter({ $0.hasPrefix("rejected") }).count && pendingFaults.isEmpty {
-                if driver == nil { return (r, nil, log) }
-                if let q = try requestsDone() { return (r, q, log) }
+                guard let d = driver else { return (r, nil, log) }
+                let q = try client.requests()
+                if d.allAnswered(q) { return (r, q, log) }
             }
             Thread.sleep(forTimeInterval: 0.2)
         }

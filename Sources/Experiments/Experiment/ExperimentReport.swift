@@ -1,5 +1,6 @@
 import Foundation
 import Protocol
+import Scheduling
 
 /// Builds an experiment's outputs from its raw files: `trace.json`, `metrics.csv`,
 /// `metrics/<node>.csv`, the trace half of `summary.json` with the lost-nothing check, and
@@ -149,8 +150,7 @@ public enum ExperimentReport {
         var p99 = SVGPlot(title: "p99 request latency per minute of arrivals", xLabel: "arrival, trace minutes", yLabel: "p99 latency, trace seconds")
         for k in perMinute.keys.sorted() {
             p99.series.append(SVGPlot.Series(name: k, points: perMinute[k]!.keys.sorted().map { m in
-                let v = perMinute[k]![m]!.sorted()
-                return (Double(m), v[min(v.count - 1, Int((Double(v.count) * 0.99).rounded(.up)) - 1)])
+                (Double(m), percentile(perMinute[k]![m]!.sorted(), 99))
             }))
         }
         return out + "<h3>Request latency CDF</h3>" + cdf.render() + "<h3>p99 latency over time</h3>" + p99.render()

@@ -152,15 +152,7 @@ public final class ExperimentRunner: @unchecked Sendable {
                 print("  submitted \(submitted) jobs (\(w.name))\(rejected.isEmpty ? "" : ", \(rejected.count) rejected")")
                 for r in rejected.prefix(5) { print("    rejected: \(r)") }
                 if !requests.isEmpty {
-                    // Trace second 0 on this host's clock, from the coordinator's own trace time.
-                    let before = SystemClock.shared.wallNanos()
-                    let j = try client.jobs(timeoutMs: 3000)
-                    let after = SystemClock.shared.wallNanos()
-                    let t0 = (before + after) / 2 - Int64(j.traceNow / spec.topology.coordinator.timeScale * 1e9)
-                    let d = RequestDriver(requests: requests, client: try OperatorClient(endpoint: client.endpoint, keysDirectory: client.keysDirectory, name: "request-driver"),
-                                          timeScale: spec.topology.coordinator.timeScale, t0Wall: t0)
-                    d.start()
-                    driver = d
+                    driver = try RequestDriver.start(requests, via: client)
                     print("  driving \(requests.count) inference requests for \(services.map(\.id).joined(separator: ", ")) at their arrival times")
                 }
             }
@@ -204,10 +196,7 @@ public final class ExperimentRunner: @unchecked Sendable {
                     if driver != nil, let r = try? client.requests(timeoutMs: 1000) { lastRequests = r }
                 }
                 let jobsDone = workload != nil && lastJobs.map { $0.unfinished == 0 && $0.jobs.count >= submitted - rejected.count } == true
-                let requestsDone = driver.map { d in
-                    let p = d.snapshot
-                    return p.finished && lastRequests.map { r in r.services.reduce(0) { $0 + $1.outstanding } == 0 && r.services.reduce(0) { $0 + Int($1.submitted) } >= p.accepted } == true
-                } ?? true
+                let requestsDone = driver.map { $0.allAnswered(lastRequests) } ?? true
                 let done = jobsDone && requestsDone
                 if Date().timeIntervalSince(lastProgress) >= progressInterval || (done && !doneShown) {
                     lastProgress = Date()

@@ -32,6 +32,25 @@ final class RequestDriver: @unchecked Sendable {
 
     var snapshot: Progress { lock.lock(); defer { lock.unlock() }; return progress }
 
+    /// Starts a driver for `requests` against the coordinator `client` talks to, on a connection of
+    /// its own; trace second 0 on this host's clock comes from the coordinator's own trace time.
+    static func start(_ requests: [ServiceRequest], via client: OperatorClient) throws -> RequestDriver {
+        let before = SystemClock.shared.wallNanos()
+        let j = try client.jobs(timeoutMs: 3000)
+        let after = SystemClock.shared.wallNanos()
+        let d = RequestDriver(requests: requests, client: try OperatorClient(endpoint: client.endpoint, keysDirectory: client.keysDirectory, name: "request-driver"),
+                              timeScale: j.timeScale, t0Wall: (before + after) / 2 - Int64(j.traceNow / j.timeScale * 1e9))
+        d.start()
+        return d
+    }
+
+    /// Everything is sent and the coordinator has answered every request it accepted.
+    func allAnswered(_ r: RequestsReply?) -> Bool {
+        let p = snapshot
+        guard p.finished, let r else { return false }
+        return r.services.reduce(0) { $0 + $1.outstanding } == 0 && r.services.reduce(0) { $0 + Int($1.submitted) } >= p.accepted
+    }
+
     func start() {
         let t = Thread { [self] in self.run() }
         t.name = "request-driver"
@@ -61,12 +80,7 @@ final class RequestDriver: @unchecked Sendable {
                 if wait > 0 { Thread.sleep(forTimeInterval: Double(wait) / 1e9) }
                 continue
             }
-            let batch = requests[next..<end].map { q -> InferenceRequest in
-                var m = InferenceRequest()
-                m.requestID = q.id; m.serviceID = q.serviceID; m.arrival = q.arrival
-                m.prefillTokens = UInt32(q.prefill); m.decodeTokens = UInt32(q.decode)
-                return m
-            }
+            let batch = requests[next..<end].map(\.message)
             do {
                 let r = try client.submit(requests: batch, timeoutMs: 1000)
                 lock.lock()
