@@ -21,6 +21,17 @@ public struct NodeRecord: Sendable {
         self.lastHeardWall = lastHeardWall
         self.confirmed = confirmed
     }
+
+    /// A heartbeat of the current incarnation arrived.
+    mutating func heard(_ hb: Heartbeat, now: Int64, wallNow: Int64) {
+        lastHeardMono = now
+        lastHeardWall = wallNow
+        confirmed = true
+        status.state = .alive
+        status.telemetry = hb.telemetry
+        if hb.hasClock { status.clock = hb.clock }
+        status.running = hb.running
+    }
 }
 
 /// Membership of the cluster: registrations, heartbeats and liveness. A pure state machine: the
@@ -104,26 +115,21 @@ public struct Membership: Sendable {
     }
 
     public mutating func heartbeat(_ hb: Heartbeat, now: Int64, wallNow: Int64) -> HeartbeatOutcome {
-        guard var record = nodes[hb.nodeID] else {
+        // Read what the checks need, then update the record in place: copying a record out and
+        // back would copy its protobuf storage on every heartbeat (thousands a second).
+        guard let state = nodes[hb.nodeID]?.status.state, let incarnation = nodes[hb.nodeID]?.status.incarnation else {
             return .mustRegister("node '\(hb.nodeID)' is not registered")
         }
-        switch record.status.state {
+        switch state {
         case .dead: return .mustRegister("node '\(hb.nodeID)' was declared dead; register again")
         case .left: return .mustRegister("node '\(hb.nodeID)' left; register again")
         default: break
         }
-        if hb.incarnation != record.status.incarnation {
-            return .mustRegister("heartbeat for incarnation \(hb.incarnation) but '\(hb.nodeID)' is at incarnation \(record.status.incarnation)")
+        if hb.incarnation != incarnation {
+            return .mustRegister("heartbeat for incarnation \(hb.incarnation) but '\(hb.nodeID)' is at incarnation \(incarnation)")
         }
         let transition = detector.heard(hb.nodeID, now: now)
-        record.lastHeardMono = now
-        record.lastHeardWall = wallNow
-        record.confirmed = true
-        record.status.state = .alive
-        record.status.telemetry = hb.telemetry
-        if hb.hasClock { record.status.clock = hb.clock }
-        record.status.running = hb.running
-        nodes[hb.nodeID] = record
+        nodes[hb.nodeID]!.heard(hb, now: now, wallNow: wallNow)
         return .ok(revived: transition != nil)
     }
 

@@ -48,6 +48,14 @@ public final class CoordinatorServer: @unchecked Sendable {
     private var countersDirty = false
     private var dirtyNodes = Set<String>()
     private var pendingEvents: [StateStore.Event] = []
+    /// Nodes whose membership changed this turn (written before the turn's replies go out).
+    private var changedNodes = Set<String>()
+    private var heartbeatRowsDue = false
+    private var maxNodeRowsPerTurn = 500
+    private struct DeferredReply { var identity: [UInt8]; var recipient: String; var inReplyTo: UInt64; var body: Envelope.OneOf_Body }
+    /// Replies and commands of the turn in progress, sent once it has committed.
+    private var afterCommit: [DeferredReply] = []
+    private var turnOpen = false
     private var latencies = LatencyWindow()
     private var heartbeatRate = RateMeter()
     private var heartbeatsHandled: UInt64 = 0
@@ -127,37 +135,64 @@ public final class CoordinatorServer: @unchecked Sendable {
         readySemaphore.signal()
 
         var lastTick: Int64 = 0, lastResend: Int64 = 0, lastFlush: Int64 = 0, lastHeartbeatFlush: Int64 = 0, lastCounters: Int64 = 0
+        var frames: [[[UInt8]]] = []
+        var collectTrace = false
         while !shouldStop {
             // Wake for the next job arrival or rate change rather than up to 20 ms late: at 1000×
             // every wall millisecond is a trace second, and the twin releases jobs on time.
             var waitMs = 20
             if let due = jobs.nextDueWall() { waitMs = Int(max(0, min(20, (due - clock.wallNanos() + 999_999) / 1_000_000))) }
-            let readable = try ZMQPoller.readable([router], timeoutMs: waitMs)[0]
-            if readable {
+            frames.removeAll(keepingCapacity: true)
+            if try ZMQPoller.readable([router], timeoutMs: waitMs)[0] {
                 // Drain what is queued, bounded so timers still run under load.
                 for _ in 0..<4096 {
-                    guard let frames = try router.receive(dontWait: true) else { break }
-                    for f in frames { bytesReceived += UInt64(f.count) }
-                    handle(frames, on: router)
+                    guard let f = try router.receive(dontWait: true) else { break }
+                    for part in f { bytesReceived += UInt64(part.count) }
+                    frames.append(f)
                 }
             }
-            let mono = clock.monotonicNanos()
-            if mono - lastTick >= .millis(50) { lastTick = mono; tickDetector(now: mono) }
-            // Decide as soon as a job arrives or a report frees GPUs (cheap when nothing changed),
-            // and send new start/preempt commands at once rather than at the next resend round.
-            let decided = scheduleJobs(on: router, now: mono)
-            if routeRequests(now: mono) || decided { resendCommands(on: router, now: mono) }
-            if mono - lastResend >= .millis(100) { lastResend = mono; resendCommands(on: router, now: mono) }
-            if mono - lastFlush >= .millis(250) {
-                lastFlush = mono
-                let heartbeats = mono - lastHeartbeatFlush >= .millis(1000)
-                if heartbeats { lastHeartbeatFlush = mono }
-                flush(includeHeartbeats: heartbeats)
-                collectOwnTrace(now: mono)
+            // One loop turn = one transaction: everything the turn changes is committed together,
+            // and only then do its replies and commands go out (group commit). A registration storm
+            // of thousands of nodes costs one commit per turn instead of one per node.
+            turnOpen = true
+            do {
+                try store.batch {
+                    for f in frames { handle(f, on: router) }
+                    let mono = clock.monotonicNanos()
+                    if mono - lastTick >= .millis(50) { lastTick = mono; tickDetector(now: mono) }
+                    // Decide as soon as a job arrives or a report frees GPUs (cheap when nothing changed),
+                    // and send new start/preempt commands at once rather than at the next resend round.
+                    let decided = scheduleJobs(on: router, now: mono)
+                    if routeRequests(now: mono) || decided { resendCommands(on: router, now: mono) }
+                    if mono - lastResend >= .millis(100) { lastResend = mono; resendCommands(on: router, now: mono) }
+                    if mono - lastFlush >= .millis(250) {
+                        lastFlush = mono
+                        collectTrace = true
+                        // Heartbeat-only changes (telemetry, last heard) are informational after a
+                        // restart, so they are written every 10 s; membership changes go out at once.
+                        if mono - lastHeartbeatFlush >= .millis(10_000) { lastHeartbeatFlush = mono; heartbeatRowsDue = true }
+                        try flush()
+                    } else if heartbeatRowsDue {
+                        try flush()
+                    }
+                    try saveTurnEffects()
+                }
+                turnOpen = false
+                sendAfterCommit(on: router)
+            } catch {
+                // Nothing of this turn was promised: its replies are dropped and peers send again.
+                turnOpen = false
+                count("turn_commit_failed")
+                logLimited("commit", "could not commit a loop turn (\(afterCommit.count) replies withheld): \(error)")
+                afterCommit.removeAll()
             }
+            let mono = clock.monotonicNanos()
+            if collectTrace { collectTrace = false; collectOwnTrace(now: mono) }
             if tracer.isEnabled && mono - lastCounters >= .millis(1000) { lastCounters = mono; recordCounters(now: mono) }
         }
-        flush(includeHeartbeats: true)
+        heartbeatRowsDue = true
+        maxNodeRowsPerTurn = .max
+        do { try store.batch { try flush(); try saveTurnEffects() } } catch { logger.error("final state flush failed: \(error)") }
         if tracer.isEnabled {
             tracer.instant("coordinator stop", category: "lifecycle", track: "decisions")
             collectOwnTrace(now: clock.monotonicNanos())
@@ -578,36 +613,39 @@ public final class CoordinatorServer: @unchecked Sendable {
         }
     }
 
-    private func flush(includeHeartbeats: Bool) {
-        do {
-            try store.batch {
-                if includeHeartbeats && !dirtyNodes.isEmpty {
-                    try store.save(dirtyNodes.compactMap { membership.nodes[$0] })
-                    dirtyNodes.removeAll(keepingCapacity: true)
-                }
-                try store.append(pendingEvents)
-                pendingEvents.removeAll()
-                if countersDirty { try store.saveCounters(counters); countersDirty = false }
-                if !jobs.dirtyJobs.isEmpty { try store.saveJobs(jobs.takeDirty()) }
+    /// Periodic writes, inside the turn's transaction: node records changed by heartbeats (only
+    /// telemetry and last-heard times, so at most `maxNodeRowsPerTurn` a turn: 10,000 nodes are
+    /// written over several turns instead of stalling one), jobs' progress.
+    private func flush() throws {
+        if heartbeatRowsDue {
+            var rows: [NodeRecord] = []
+            while rows.count < maxNodeRowsPerTurn, let id = dirtyNodes.popFirst() {
+                if let r = membership.nodes[id] { rows.append(r) }
             }
-        } catch {
-            logger.error("state flush failed: \(error)")
+            try store.save(rows)
+            heartbeatRowsDue = !dirtyNodes.isEmpty
         }
+        if !jobs.dirtyJobs.isEmpty { try store.saveJobs(jobs.takeDirty()) }
     }
 
-    /// Persists one node, pending events and counters in one transaction, before the caller replies.
-    private func persistNow(_ nodeID: String) {
-        do {
-            try store.batch {
-                if let r = membership.nodes[nodeID] { try store.save([r]) }
-                try store.append(pendingEvents)
-                pendingEvents.removeAll()
-                if countersDirty { try store.saveCounters(counters); countersDirty = false }
-            }
-            dirtyNodes.remove(nodeID)
-        } catch {
-            logger.error("could not persist node \(nodeID): \(error)")
+    /// What every turn writes before its replies go out: nodes whose membership changed (a
+    /// registration is durable before its ack), events and counters.
+    private func saveTurnEffects() throws {
+        if !changedNodes.isEmpty {
+            try store.save(changedNodes.compactMap { membership.nodes[$0] })
+            for id in changedNodes { dirtyNodes.remove(id) }
+            changedNodes.removeAll(keepingCapacity: true)
         }
+        if !pendingEvents.isEmpty { try store.append(pendingEvents); pendingEvents.removeAll() }
+        if countersDirty { try store.saveCounters(counters); countersDirty = false }
+    }
+
+    /// A node's membership changed: its record is written with this turn's commit.
+    private func persistNow(_ nodeID: String) { changedNodes.insert(nodeID) }
+
+    private func sendAfterCommit(on router: ZMQSocket) {
+        for r in afterCommit { transmit(r.body, to: r.identity, recipient: r.recipient, inReplyTo: r.inReplyTo, on: router) }
+        afterCommit.removeAll(keepingCapacity: true)
     }
 
     // MARK: Status
@@ -647,7 +685,21 @@ public final class CoordinatorServer: @unchecked Sendable {
 
     // MARK: Helpers
 
+    /// Sends a reply or command; inside a loop turn it waits for the turn's commit, so nothing a
+    /// peer is told can be lost by a crash.
     private func reply(on router: ZMQSocket, to identity: [UInt8], recipient: String, inReplyTo: UInt64, _ body: Envelope.OneOf_Body) {
+        if turnOpen {
+            afterCommit.append(DeferredReply(identity: identity, recipient: recipient, inReplyTo: inReplyTo, body: body))
+            return
+        }
+        transmit(body, to: identity, recipient: recipient, inReplyTo: inReplyTo, on: router)
+    }
+
+    private func transmit(_ body: Envelope.OneOf_Body, to identity: [UInt8], recipient: String, inReplyTo: UInt64, on router: ZMQSocket) {
+        var body = body
+        // The agent's clock estimate takes t3 as the moment the ack leaves, not when it was built
+        // (the turn's commit came in between).
+        if case .heartbeatAck(var ack) = body { ack.sentAtUnixNanos = clock.wallNanos(); body = .heartbeatAck(ack) }
         nextMessageID += 1
         var e = Envelope.make(sender: "coordinator", messageID: nextMessageID, sentAtNanos: clock.wallNanos(),
                               recipient: recipient, inReplyTo: inReplyTo, body: body)

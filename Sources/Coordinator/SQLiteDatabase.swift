@@ -88,12 +88,22 @@ final class SQLiteDatabase {
 
     private var transactionDepth = 0
 
-    /// Runs `body` in a transaction; nested calls join the outer transaction.
+    /// Runs `body` in a transaction. A nested call is a savepoint inside the outer transaction:
+    /// if its body throws, only its own writes are undone and the outer transaction goes on.
     func transaction(_ body: () throws -> Void) throws {
         if transactionDepth > 0 {
+            let name = "s\(transactionDepth)"
+            try execute("SAVEPOINT \(name)")
             transactionDepth += 1
             defer { transactionDepth -= 1 }
-            try body()
+            do {
+                try body()
+                try execute("RELEASE \(name)")
+            } catch {
+                try? execute("ROLLBACK TO \(name)")
+                try? execute("RELEASE \(name)")
+                throw error
+            }
             return
         }
         try execute("BEGIN IMMEDIATE")

@@ -76,11 +76,11 @@ public struct ClusterState: Sendable {
     // MARK: nodes
 
     public mutating func addNode(_ node: NodeSlot) {
-        if nodes[node.id] == nil { nodeOrder.append(node.id); nodeOrder.sort() }
+        if nodes[node.id] == nil { nodeOrder.insert(node.id, at: FreeGPUs.position(node.id, in: nodeOrder)) }
         var n = node
         if let old = nodes[node.id], old.gpuCount == node.gpuCount { n.holders = old.holders }
         nodes[node.id] = n
-        rebuildFree()
+        syncFree(node.id)
     }
 
     /// A node died: its jobs go back to the queue from their last checkpoint, its replicas are gone.
@@ -104,7 +104,7 @@ public struct ClusterState: Sendable {
         }
         node.holders = Array(repeating: nil, count: node.gpuCount)
         nodes[id] = node
-        rebuildFree()
+        syncFree(id)
         return (lostJobs, lostReplicas)
     }
 
@@ -113,14 +113,13 @@ public struct ClusterState: Sendable {
         node.alive = true
         node.holders = Array(repeating: nil, count: node.gpuCount)
         nodes[id] = node
-        rebuildFree()
+        syncFree(id)
     }
 
-    private mutating func rebuildFree() {
-        free = FreeGPUs(nodes: nodeOrder.compactMap { id in
-            guard let n = nodes[id], n.alive else { return nil }
-            return (id, n.gpuModel, n.gpuCount, n.freeCount)
-        })
+    /// Brings the free-GPU index in line with one node's holders (incremental: no pass over all nodes).
+    private mutating func syncFree(_ id: String) {
+        guard let n = nodes[id], n.alive else { free.remove(id); return }
+        free.upsert(id, model: n.gpuModel, capacity: n.gpuCount, free: n.freeCount)
     }
 
     // MARK: jobs
@@ -141,7 +140,7 @@ public struct ClusterState: Sendable {
         if record.phase == .running, let p = record.placement, var node = nodes[p.nodeID], node.alive {
             for g in p.gpus where g < node.gpuCount { node.holders[g] = record.spec.id }
             nodes[p.nodeID] = node
-            rebuildFree()
+            syncFree(p.nodeID)
         }
     }
 
@@ -292,7 +291,7 @@ public struct ClusterState: Sendable {
         for g in r.placement.gpus { node.holders[g] = r.id }
         nodes[r.placement.nodeID] = node
         replicas[r.id] = r
-        rebuildFree()
+        syncFree(r.placement.nodeID)
         return true
     }
 
