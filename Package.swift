@@ -27,19 +27,25 @@ let package = Package(
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .target(name: "Wire", dependencies: ["CZeroMQ", "Protocol"]),
         .target(name: "Scheduling", dependencies: ["Protocol"]),
+        // CRC-32C for data-plane chunks (SSE4.2 where the CPU has it).
+        .target(name: "CChecksum", path: "Sources/CChecksum"),
         .target(
             name: "Cluster",
             dependencies: ["Wire", "Protocol", "Scheduling", .product(name: "Logging", package: "swift-log")]),
         .target(
             name: "Coordinator",
             dependencies: ["Cluster", "Scheduling", "CSQLite", .product(name: "Logging", package: "swift-log")]),
+        // Bulk transfers agent to agent: chunked, credit flow control, CRC-32C per chunk, CURVE.
+        .target(
+            name: "DataPlane",
+            dependencies: ["Cluster", "Wire", "Protocol", "CChecksum", .product(name: "Logging", package: "swift-log")]),
         .target(name: "GPUAgent", dependencies: ["Cluster", "Scheduling"]),
         .target(name: "MemoryAgent", dependencies: ["Cluster", "Scheduling"]),
         .target(name: "RenderAgent", dependencies: ["Cluster", "Scheduling"]),
         .target(
             name: "Experiments",
             dependencies: ["Cluster", "Coordinator", "GPUAgent", "MemoryAgent", "RenderAgent", "Yams"]),
-        .target(name: "Benchmarks", dependencies: ["Wire", "Cluster", "CZeroMQ", "Experiments", "Scheduling", "RenderAgent"]),
+        .target(name: "Benchmarks", dependencies: ["Wire", "Cluster", "CZeroMQ", "Experiments", "Scheduling", "RenderAgent", "DataPlane"]),
         .executableTarget(
             name: "strato",
             dependencies: [
@@ -49,7 +55,7 @@ let package = Package(
             ]),
         .testTarget(
             name: "StratolabTests",
-            dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "GPUAgent", "MemoryAgent", "RenderAgent"]),
+            dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "GPUAgent", "MemoryAgent", "RenderAgent", "DataPlane"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["Wire", "Cluster", "Experiments", "Scheduling", "GPUAgent"]),

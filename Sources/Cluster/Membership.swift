@@ -106,6 +106,8 @@ public struct Membership: Sendable {
         status.capabilities = reg.capabilities
         status.running = reg.running
         status.host = reg.host
+        status.dataEndpoint = reg.dataEndpoint
+        status.dataPublicKey = reg.dataPublicKey
         status.pid = reg.pid
         if newLife { status.registeredAtUnixNanos = wallNow; status.drained = false }
         nodes[reg.nodeID] = NodeRecord(status: status, instanceID: instanceID, lastHeardMono: now,

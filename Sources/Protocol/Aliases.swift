@@ -128,3 +128,13 @@ public typealias RequestsRequest = Stratolab_V1_RequestsRequest
 public typealias ServiceStatus = Stratolab_V1_ServiceStatus
 public typealias RequestRecord = Stratolab_V1_RequestRecord
 public typealias RequestsReply = Stratolab_V1_RequestsReply
+
+// Data plane (dataplane.proto).
+public typealias DataFrame = Stratolab_V1_DataFrame
+public typealias TransferOffer = Stratolab_V1_TransferOffer
+public typealias TransferAccept = Stratolab_V1_TransferAccept
+public typealias ChunkHeader = Stratolab_V1_ChunkHeader
+public typealias TransferCredit = Stratolab_V1_TransferCredit
+public typealias TransferComplete = Stratolab_V1_TransferComplete
+public typealias TransferError = Stratolab_V1_TransferError
+public typealias DataPlaneErrorCode = Stratolab_V1_DataPlaneErrorCode

@@ -133,6 +133,50 @@ public final class ZMQSocket {
         return true
     }
 
+    /// Sends one multipart message straight from the callers' buffers (libzmq copies them once into
+    /// its own message; no Swift array is built). Same results as `send(_:dontWait:)`.
+    @discardableResult
+    public func send(buffers: [UnsafeRawBufferPointer], dontWait: Bool = false) throws -> Bool {
+        precondition(!buffers.isEmpty, "a message has at least one frame")
+        for (index, frame) in buffers.enumerated() {
+            var flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
+            if index < buffers.count - 1 { flags |= ZMQ_SNDMORE }
+            while true {
+                let rc = zmq_send(handle, frame.baseAddress, frame.count, flags)
+                if rc >= 0 { break }
+                let err = zmq_errno()
+                if err == EINTR { continue }
+                if (err == EAGAIN || err == EHOSTUNREACH) && index == 0 { return false }
+                throw ZMQError(code: err, operation: "zmq_send")
+            }
+        }
+        return true
+    }
+
+    /// Receives one multipart message and lends its frames to `body` without copying them out of
+    /// libzmq's buffers (valid only during the call). Returns nil if `dontWait` and nothing is queued.
+    public func receive<T>(dontWait: Bool = false, _ body: ([UnsafeRawBufferPointer]) throws -> T) throws -> T? {
+        var messages: [UnsafeMutablePointer<zmq_msg_t>] = []
+        defer { for m in messages { zmq_msg_close(m); m.deallocate() } }
+        while true {
+            let msg = UnsafeMutablePointer<zmq_msg_t>.allocate(capacity: 1)
+            zmq_msg_init(msg)
+            let flags: Int32 = (dontWait && messages.isEmpty) ? ZMQ_DONTWAIT : 0
+            let rc = zmq_msg_recv(msg, handle, flags)
+            if rc < 0 {
+                zmq_msg_close(msg); msg.deallocate()
+                let err = zmq_errno()
+                if err == EINTR { continue }
+                if err == EAGAIN && messages.isEmpty { return nil }
+                throw ZMQError(code: err, operation: "zmq_msg_recv")
+            }
+            messages.append(msg)
+            if zmq_msg_more(msg) == 0 { break }
+        }
+        let frames = messages.map { UnsafeRawBufferPointer(start: zmq_msg_data($0), count: zmq_msg_size($0)) }
+        return try body(frames)
+    }
+
     /// Receives one multipart message. Returns nil if `dontWait` and nothing is queued, or when a
     /// receive timeout (`ZMQ_RCVTIMEO`) expires.
     public func receive(dontWait: Bool = false) throws -> [[UInt8]]? {
@@ -186,4 +230,5 @@ public enum ZMQPoller {
 public let ZMQ_IMMEDIATE_OPTION: Int32 = ZMQ_IMMEDIATE
 public let ZMQ_RECONNECT_IVL_MAX_OPTION: Int32 = ZMQ_RECONNECT_IVL_MAX
 public let ZMQ_RECONNECT_IVL_OPTION: Int32 = ZMQ_RECONNECT_IVL
+public let ZMQ_ROUTER_MANDATORY_OPTION: Int32 = ZMQ_ROUTER_MANDATORY
 public let ZMQ_RCVTIMEO_OPTION: Int32 = ZMQ_RCVTIMEO

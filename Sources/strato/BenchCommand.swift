@@ -6,7 +6,7 @@ import Foundation
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "bench", abstract: "Benchmarks that print figures.",
-                                                    subcommands: [Wire.self, Control.self, Twin.self, Schedule.self, Trace.self])
+                                                    subcommands: [Wire.self, Control.self, DataPlaneBenchCommand.self, Twin.self, Schedule.self, Trace.self])
 
     struct Trace: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Events a process records and ships per second, and a workload's overhead with tracing on vs off, in one run.")
@@ -17,6 +17,21 @@ struct BenchCommand: ParsableCommand {
         func run() throws {
             Strato.bootstrapLogging()
             let r = try TraceBench.run(recordEvents: recordEvents, seconds: seconds, pairs: pairs, stepBytes: stepBytes) { print($0) }
+            print(r.table)
+        }
+    }
+
+    struct DataPlaneBenchCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "dataplane",
+            abstract: "Data-plane bulk throughput vs raw libzmq and memcpy over the same bytes, in one run.")
+        @Option(name: .customLong("mib"), help: "MiB moved per run.") var mib = 512
+        @Option(name: .customLong("chunk-kib"), parsing: .upToNextOption, help: "Chunk sizes in KiB.") var chunkKiB: [Int] = [64, 256, 1024, 4096]
+        @Option(help: "Runs per chunk size (the median is shown).") var repeats = 3
+        @Option(help: "Chunks in flight per transfer (the flow-control window).") var window = 8
+        @Flag(help: "CURVE-encrypt the data plane (fresh keys).") var curve = false
+        func run() throws {
+            let r = try DataPlaneBench.run(totalMiB: mib, chunkSizes: chunkKiB.map { $0 << 10 }, repeats: repeats, window: window,
+                                           curve: curve) { print($0); fflush(stdout) }
             print(r.table)
         }
     }

@@ -156,6 +156,19 @@ public nonisolated struct Stratolab_V1_Register: @unchecked Sendable {
     set {_uniqueStorage()._pid = newValue}
   }
 
+  /// The node's data-plane peer socket (see dataplane.proto), e.g. "tcp://10.0.0.5:7801"; empty if
+  /// the node has none. Peers connect here for bulk transfers.
+  public var dataEndpoint: String {
+    get {_storage._dataEndpoint}
+    set {_uniqueStorage()._dataEndpoint = newValue}
+  }
+
+  /// Z85 CURVE public key of that socket when keys are on (empty otherwise).
+  public var dataPublicKey: String {
+    get {_storage._dataPublicKey}
+    set {_uniqueStorage()._dataPublicKey = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -704,7 +717,7 @@ nonisolated extension Stratolab_V1_JobState: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Stratolab_V1_Register: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Register"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}kind\0\u{1}site\0\u{1}labels\0\u{1}capabilities\0\u{3}instance_id\0\u{3}last_incarnation\0\u{1}running\0\u{3}agent_version\0\u{1}host\0\u{1}pid\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}kind\0\u{1}site\0\u{1}labels\0\u{1}capabilities\0\u{3}instance_id\0\u{3}last_incarnation\0\u{1}running\0\u{3}agent_version\0\u{1}host\0\u{1}pid\0\u{3}data_endpoint\0\u{3}data_public_key\0")
 
   fileprivate class _StorageClass {
     var _nodeID: String = String()
@@ -718,6 +731,8 @@ nonisolated extension Stratolab_V1_Register: SwiftProtobuf.Message, SwiftProtobu
     var _agentVersion: String = String()
     var _host: String = String()
     var _pid: Int32 = 0
+    var _dataEndpoint: String = String()
+    var _dataPublicKey: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -739,6 +754,8 @@ nonisolated extension Stratolab_V1_Register: SwiftProtobuf.Message, SwiftProtobu
       _agentVersion = source._agentVersion
       _host = source._host
       _pid = source._pid
+      _dataEndpoint = source._dataEndpoint
+      _dataPublicKey = source._dataPublicKey
     }
   }
 
@@ -768,6 +785,8 @@ nonisolated extension Stratolab_V1_Register: SwiftProtobuf.Message, SwiftProtobu
         case 9: try { try decoder.decodeSingularStringField(value: &_storage._agentVersion) }()
         case 10: try { try decoder.decodeSingularStringField(value: &_storage._host) }()
         case 11: try { try decoder.decodeSingularInt32Field(value: &_storage._pid) }()
+        case 12: try { try decoder.decodeSingularStringField(value: &_storage._dataEndpoint) }()
+        case 13: try { try decoder.decodeSingularStringField(value: &_storage._dataPublicKey) }()
         default: break
         }
       }
@@ -813,6 +832,12 @@ nonisolated extension Stratolab_V1_Register: SwiftProtobuf.Message, SwiftProtobu
       if _storage._pid != 0 {
         try visitor.visitSingularInt32Field(value: _storage._pid, fieldNumber: 11)
       }
+      if !_storage._dataEndpoint.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._dataEndpoint, fieldNumber: 12)
+      }
+      if !_storage._dataPublicKey.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._dataPublicKey, fieldNumber: 13)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -833,6 +858,8 @@ nonisolated extension Stratolab_V1_Register: SwiftProtobuf.Message, SwiftProtobu
         if _storage._agentVersion != rhs_storage._agentVersion {return false}
         if _storage._host != rhs_storage._host {return false}
         if _storage._pid != rhs_storage._pid {return false}
+        if _storage._dataEndpoint != rhs_storage._dataEndpoint {return false}
+        if _storage._dataPublicKey != rhs_storage._dataPublicKey {return false}
         return true
       }
       if !storagesAreEqual {return false}

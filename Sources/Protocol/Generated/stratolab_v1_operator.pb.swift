@@ -179,6 +179,17 @@ public nonisolated struct Stratolab_V1_NodeStatus: @unchecked Sendable {
     set {_uniqueStorage()._drained = newValue}
   }
 
+  /// As registered: the node's data-plane peer socket and its CURVE public key.
+  public var dataEndpoint: String {
+    get {_storage._dataEndpoint}
+    set {_uniqueStorage()._dataEndpoint = newValue}
+  }
+
+  public var dataPublicKey: String {
+    get {_storage._dataPublicKey}
+    set {_uniqueStorage()._dataPublicKey = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -737,7 +748,7 @@ nonisolated extension Stratolab_V1_StatusRequest: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Stratolab_V1_NodeStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}kind\0\u{1}site\0\u{1}state\0\u{1}incarnation\0\u{1}labels\0\u{1}capabilities\0\u{3}last_heartbeat_age_nanos\0\u{1}clock\0\u{1}telemetry\0\u{1}running\0\u{1}host\0\u{1}pid\0\u{3}registered_at_unix_nanos\0\u{1}drained\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}kind\0\u{1}site\0\u{1}state\0\u{1}incarnation\0\u{1}labels\0\u{1}capabilities\0\u{3}last_heartbeat_age_nanos\0\u{1}clock\0\u{1}telemetry\0\u{1}running\0\u{1}host\0\u{1}pid\0\u{3}registered_at_unix_nanos\0\u{1}drained\0\u{3}data_endpoint\0\u{3}data_public_key\0")
 
   fileprivate class _StorageClass {
     var _nodeID: String = String()
@@ -755,6 +766,8 @@ nonisolated extension Stratolab_V1_NodeStatus: SwiftProtobuf.Message, SwiftProto
     var _pid: Int32 = 0
     var _registeredAtUnixNanos: Int64 = 0
     var _drained: Bool = false
+    var _dataEndpoint: String = String()
+    var _dataPublicKey: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -780,6 +793,8 @@ nonisolated extension Stratolab_V1_NodeStatus: SwiftProtobuf.Message, SwiftProto
       _pid = source._pid
       _registeredAtUnixNanos = source._registeredAtUnixNanos
       _drained = source._drained
+      _dataEndpoint = source._dataEndpoint
+      _dataPublicKey = source._dataPublicKey
     }
   }
 
@@ -813,6 +828,8 @@ nonisolated extension Stratolab_V1_NodeStatus: SwiftProtobuf.Message, SwiftProto
         case 13: try { try decoder.decodeSingularInt32Field(value: &_storage._pid) }()
         case 14: try { try decoder.decodeSingularInt64Field(value: &_storage._registeredAtUnixNanos) }()
         case 15: try { try decoder.decodeSingularBoolField(value: &_storage._drained) }()
+        case 16: try { try decoder.decodeSingularStringField(value: &_storage._dataEndpoint) }()
+        case 17: try { try decoder.decodeSingularStringField(value: &_storage._dataPublicKey) }()
         default: break
         }
       }
@@ -870,6 +887,12 @@ nonisolated extension Stratolab_V1_NodeStatus: SwiftProtobuf.Message, SwiftProto
       if _storage._drained != false {
         try visitor.visitSingularBoolField(value: _storage._drained, fieldNumber: 15)
       }
+      if !_storage._dataEndpoint.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._dataEndpoint, fieldNumber: 16)
+      }
+      if !_storage._dataPublicKey.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._dataPublicKey, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -894,6 +917,8 @@ nonisolated extension Stratolab_V1_NodeStatus: SwiftProtobuf.Message, SwiftProto
         if _storage._pid != rhs_storage._pid {return false}
         if _storage._registeredAtUnixNanos != rhs_storage._registeredAtUnixNanos {return false}
         if _storage._drained != rhs_storage._drained {return false}
+        if _storage._dataEndpoint != rhs_storage._dataEndpoint {return false}
+        if _storage._dataPublicKey != rhs_storage._dataPublicKey {return false}
         return true
       }
       if !storagesAreEqual {return false}
