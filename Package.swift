@@ -40,6 +40,11 @@ let package = Package(
             name: "DataPlane",
             dependencies: ["Cluster", "Wire", "Protocol", "CChecksum", .product(name: "Logging", package: "swift-log")]),
         .target(name: "GPUAgent", dependencies: ["Cluster", "Scheduling"]),
+        // One folder per capability (Jobs, Inference, …): its agent-side handler, coordinator-side
+        // controller and execution backends; registered by the composition roots in strato.
+        .target(
+            name: "Features",
+            dependencies: ["Cluster", "Coordinator", "GPUAgent", "Scheduling", "DataPlane", .product(name: "Logging", package: "swift-log")]),
         .target(name: "MemoryAgent", dependencies: ["Cluster", "Scheduling"]),
         .target(name: "RenderAgent", dependencies: ["Cluster", "Scheduling"]),
         .target(
@@ -49,13 +54,13 @@ let package = Package(
         .executableTarget(
             name: "strato",
             dependencies: [
-                "Coordinator", "GPUAgent", "MemoryAgent", "RenderAgent", "Experiments", "Benchmarks",
+                "Coordinator", "Features", "GPUAgent", "MemoryAgent", "RenderAgent", "Experiments", "Benchmarks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "StratolabTests",
-            dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "GPUAgent", "MemoryAgent", "RenderAgent", "DataPlane"]),
+            dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "Features", "GPUAgent", "MemoryAgent", "RenderAgent", "DataPlane"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["Wire", "Cluster", "Experiments", "Scheduling", "GPUAgent"]),

@@ -1,7 +1,12 @@
+import Foundation
 import Protocol
+import SwiftProtobuf
+import Wire
 
-/// What makes a GPU, memory or render agent different; the shared `AgentSession` does the rest
-/// (registration, heartbeats, reconnection, command de-duplication, clock estimation).
+/// What makes a GPU, memory or render node different: its resources and telemetry, and the
+/// features it offers (`handlers`). The shared `AgentSession` does the rest (registration,
+/// heartbeats, reconnection, command de-duplication, clock estimation, routing each feature's
+/// commands and reports to its handler). A node may offer several features.
 ///
 /// Methods are called on the session's thread only.
 public protocol AgentBehavior: AnyObject {
@@ -10,33 +15,74 @@ public protocol AgentBehavior: AnyObject {
     func capabilities() -> Capabilities
     /// Adds kind-specific telemetry (GPU utilisation, tier use, render slots) to `telemetry`.
     func fillTelemetry(_ telemetry: inout Telemetry)
-    /// Ids of the work this node runs now (reported on registration so the coordinator can reconcile).
+    /// Ids of the work this node runs now that is not a feature's (reported on registration).
     func running() -> [String]
-    /// Executes a kind-specific command; nil if this agent does not know the action.
-    func execute(_ command: Command) -> (ok: Bool, detail: String)?
-    /// Progress of the work this node runs, for the next heartbeat (`wallNanos` = agent clock).
-    func jobReports(wallNanos: Int64) -> [JobReport]
-    /// The coordinator made these terminal reports durable: stop repeating them.
-    func settle(_ jobIDs: [String])
-    /// Inference requests this node's replicas completed, for the next heartbeat; repeated until settled.
-    func requestResults(wallNanos: Int64) -> [RequestResult]
-    /// The coordinator made these request results durable.
-    func settleRequests(_ requestIDs: [String])
-    /// When something this node runs is due to change state (a job finishing, or done loading),
-    /// on the agent's wall clock: the session heartbeats then rather than at the next interval, so
-    /// the coordinator frees the GPUs without waiting up to a heartbeat. Nil: nothing due.
-    func nextReportDue(wallNanos: Int64) -> Int64?
-    /// The agent is stopping cleanly: stop what runs outside this process (job processes).
+    /// The features this node offers, each executing its own commands and reporting its own facts.
+    var handlers: [FeatureHandler] { get }
+    /// The agent is stopping cleanly.
     func shutdown()
 }
 
 extension AgentBehavior {
-    public func jobReports(wallNanos: Int64) -> [JobReport] { [] }
-    public func settle(_ jobIDs: [String]) {}
-    public func requestResults(wallNanos: Int64) -> [RequestResult] { [] }
-    public func settleRequests(_ requestIDs: [String]) {}
-    public func nextReportDue(wallNanos: Int64) -> Int64? { nil }
+    public func running() -> [String] { [] }
+    public var handlers: [FeatureHandler] { [] }
     public func shutdown() {}
+}
+
+/// The answer a handler gives to a command.
+public struct FeatureOutcome: Sendable {
+    public var ok: Bool
+    public var detail: String
+    /// The feature's typed result (its own message, serialized), when it has one.
+    public var result: [UInt8]?
+    public init(ok: Bool, detail: String, result: [UInt8]? = nil) { self.ok = ok; self.detail = detail; self.result = result }
+    public static func refused(_ why: String) -> FeatureOutcome { FeatureOutcome(ok: false, detail: why) }
+}
+
+/// A feature's agent side on one node: executes the feature's commands (`Command.feature` with
+/// this `feature` name) and reports through the heartbeat as `FeatureReport`s, repeating each
+/// report key until the coordinator settles it. Adding a feature to agents means writing one of
+/// these and listing it in a node's `handlers`: the session needs no change.
+///
+/// Called on the session's thread only.
+public protocol FeatureHandler: AnyObject {
+    /// The feature's name on the wire ("jobs", "inference", ...).
+    var feature: String { get }
+    /// Executes one command body (the feature's own command message, serialized).
+    func execute(_ body: [UInt8], commandID: UInt64, wallNanos: Int64) -> FeatureOutcome
+    /// Reports for the next heartbeat: progress, and facts repeated until settled.
+    func reports(wallNanos: Int64) -> [FeatureReport]
+    /// The coordinator made the reports with these keys durable: stop repeating them.
+    func settle(_ keys: [String])
+    /// When something is due to change (a job finishing, a request's last token), on the agent's
+    /// wall clock: the session heartbeats then rather than at the next interval.
+    func nextReportDue(wallNanos: Int64) -> Int64?
+    /// Ids of what this feature runs on the node (registration and heartbeats list them).
+    func running() -> [String]
+    /// Sockets this handler owns (a data-plane peer socket, a stream) that the session polls with
+    /// its own; `pump` is called on every loop turn.
+    var sockets: [ZMQSocket] { get }
+    func pump(wallNanos: Int64)
+    /// The agent is stopping: stop what runs outside this process.
+    func shutdown()
+}
+
+extension FeatureHandler {
+    public func settle(_ keys: [String]) {}
+    public func nextReportDue(wallNanos: Int64) -> Int64? { nil }
+    public func running() -> [String] { [] }
+    public var sockets: [ZMQSocket] { [] }
+    public func pump(wallNanos: Int64) {}
+    public func shutdown() {}
+
+    /// A report of this feature.
+    public func report(key: String, _ body: some SwiftProtobuf.Message) -> FeatureReport {
+        var r = FeatureReport()
+        r.feature = feature
+        r.key = key
+        r.body = (try? body.serializedData()) ?? Data()
+        return r
+    }
 }
 
 /// Who a node is: its id, site and labels.

@@ -33,6 +33,8 @@ public final class AgentSession: @unchecked Sendable {
     struct Node {
         var identity: AgentIdentity
         let behavior: AgentBehavior
+        /// The node's features by wire name (commands and settled reports go to them).
+        let handlers: [String: FeatureHandler]
         let instanceID: String
         var incarnation: UInt64 = 0
         var registered = false
@@ -75,7 +77,11 @@ public final class AgentSession: @unchecked Sendable {
         self.logger = logger
         self.codec = EnvelopeCodec(maxFrameBytes: config.maxFrameBytes)
         self.heartbeatIntervalNanos = .millis(Int64(config.heartbeatIntervalMs))
-        self.nodes = nodes.map { Node(identity: $0.0, behavior: $0.1, instanceID: UUID().uuidString) }
+        self.nodes = nodes.map { identity, behavior in
+            Node(identity: identity, behavior: behavior,
+                 handlers: Dictionary(behavior.handlers.map { ($0.feature, $0) }, uniquingKeysWith: { first, _ in first }),
+                 instanceID: UUID().uuidString)
+        }
         for (i, n) in self.nodes.enumerated() { index[n.identity.nodeID] = i }
         self.network = EmulatedNetwork.make(config: config, clock: clock, logger: logger)
     }
@@ -111,7 +117,14 @@ public final class AgentSession: @unchecked Sendable {
         while !shouldStop {
             let now = clock.monotonicNanos()
             let wait = max(1, min(50, ((timers.nextDue ?? now + .millis(50)) - now) / 1_000_000))
-            if try ZMQPoller.readable([dealer], timeoutMs: network?.pollTimeoutMs(wait, now: now) ?? Int(wait))[0] {
+            // The handlers' own sockets (data plane, streams) are polled with the DEALER.
+            let extra = handlerSockets
+            let ready = try ZMQPoller.readable([dealer] + extra, timeoutMs: network?.pollTimeoutMs(wait, now: now) ?? Int(wait))
+            if !extra.isEmpty {
+                let wall = clock.wallNanos()
+                for n in nodes { for h in n.handlers.values where !h.sockets.isEmpty { h.pump(wallNanos: wall) } }
+            }
+            if ready[0] {
                 for _ in 0..<4096 {
                     guard let frames = try dealer.receive(dontWait: true) else { break }
                     received += 1
@@ -135,7 +148,10 @@ public final class AgentSession: @unchecked Sendable {
             d.reason = "agent shut down"
             send(.deregister(d), from: i, dealer)
         }
-        for n in nodes { n.behavior.shutdown() }
+        for n in nodes {
+            for h in n.handlers.values { h.shutdown() }
+            n.behavior.shutdown()
+        }
         if tracer.isEnabled { try? flushTrace(dealer) }
         network?.finish(dealer)
         logger.info("agent stopped")
@@ -155,7 +171,7 @@ public final class AgentSession: @unchecked Sendable {
             var next = now + heartbeatIntervalNanos
             // A job due to finish before then: report it as it happens (1 ms after, so it has).
             let wall = clock.wallNanos()
-            if let due = nodes[i].behavior.nextReportDue(wallNanos: wall), due + .millis(1) - wall < heartbeatIntervalNanos {
+            if let due = nextReportDue(i, wallNanos: wall), due + .millis(1) - wall < heartbeatIntervalNanos {
                 next = now + max(.millis(1), due + .millis(1) - wall)
             }
             nodes[i].nextHeartbeatMono = next
@@ -177,7 +193,8 @@ public final class AgentSession: @unchecked Sendable {
         r.capabilities = n.behavior.capabilities()
         r.instanceID = n.instanceID
         r.lastIncarnation = n.incarnation
-        r.running = n.behavior.running()
+        r.running = running(i)
+        if let dp = dataPlane { r.dataEndpoint = dp.endpoint; r.dataPublicKey = dp.publicKey ?? "" }
         r.agentVersion = StratolabVersion.string
         r.host = ProcessStats.hostName
         r.pid = getpid()
@@ -204,9 +221,9 @@ public final class AgentSession: @unchecked Sendable {
         nodes[i].behavior.fillTelemetry(&t)
         hb.telemetry = t
         if let estimate = nodes[i].estimator.estimate { hb.clock = estimate }
-        hb.running = nodes[i].behavior.running()
-        hb.jobs = nodes[i].behavior.jobReports(wallNanos: clock.wallNanos())
-        hb.requests = nodes[i].behavior.requestResults(wallNanos: clock.wallNanos())
+        hb.running = running(i)
+        let wall = clock.wallNanos()
+        for h in nodes[i].handlers.values { hb.reports += h.reports(wallNanos: wall) }
         let sentAt = send(.heartbeat(hb), from: i, dealer)
         nodes[i].lastHeartbeatSentWall = sentAt
         nodes[i].lastHeartbeatSequence = hb.sequence
@@ -260,8 +277,7 @@ public final class AgentSession: @unchecked Sendable {
             nodes[i].nextHeartbeatMono = now + heartbeatIntervalNanos
             timers.schedule(i, at: now + heartbeatIntervalNanos)
         case .heartbeatAck(let ack):
-            if !ack.settledJobs.isEmpty { nodes[i].behavior.settle(ack.settledJobs) }
-            if !ack.settledRequests.isEmpty { nodes[i].behavior.settleRequests(ack.settledRequests) }
+            for settled in ack.settled where !settled.keys.isEmpty { nodes[i].handlers[settled.feature]?.settle(settled.keys) }
             if ack.sequence == nodes[i].lastHeartbeatSequence {
                 nodes[i].estimator.add(ClockSample(t1: nodes[i].lastHeartbeatSentWall, t2: ack.receivedAtUnixNanos,
                                                    t3: ack.sentAtUnixNanos, t4: clock.wallNanos()))
@@ -277,11 +293,11 @@ public final class AgentSession: @unchecked Sendable {
         case .command(let command):
             // Take the ledger out while executing: the action may change this node's state.
             var ledger = nodes[i].ledger
-            let ack = ledger.handle(command) { self.execute($0, on: i) }
+            let ack = ledger.handle(command, run: { self.execute($0, on: i) })
             nodes[i].ledger = ledger
             send(.commandAck(ack), from: i, dealer)
             // The command may make a report due sooner (requests just admitted): heartbeat then.
-            if nodes[i].registered, let due = nodes[i].behavior.nextReportDue(wallNanos: clock.wallNanos()) {
+            if nodes[i].registered, let due = nextReportDue(i, wallNanos: clock.wallNanos()) {
                 let at = now + max(.millis(1), due + .millis(1) - clock.wallNanos())
                 if at < nodes[i].nextHeartbeatMono {
                     nodes[i].nextHeartbeatMono = at
@@ -311,20 +327,47 @@ public final class AgentSession: @unchecked Sendable {
         }
     }
 
-    private func execute(_ command: Command, on i: Int) -> (ok: Bool, detail: String) {
+    private func execute(_ command: Command, on i: Int) -> FeatureOutcome {
         switch command.action {
         case .ping(let p)?:
-            return (true, "pong \(p.note)")
+            return FeatureOutcome(ok: true, detail: "pong \(p.note)")
         case .setLabels(let s)?:
             for (k, v) in s.labels { nodes[i].identity.labels[k] = v.isEmpty ? nil : v }
-            return (true, "labels: " + nodes[i].identity.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))
+            return FeatureOutcome(ok: true, detail: "labels: " + nodes[i].identity.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))
         case .drain(let d)?:
             nodes[i].drained = d.drain
-            return (true, d.drain ? "draining" : "accepting work")
-        default:
-            return nodes[i].behavior.execute(command) ?? (false, "\(nodes[i].behavior.kind.name) agents do not support this command")
+            return FeatureOutcome(ok: true, detail: d.drain ? "draining" : "accepting work")
+        case .feature(let f)?:
+            guard let handler = nodes[i].handlers[f.feature] else {
+                let offered = nodes[i].handlers.keys.sorted()
+                return .refused("this \(nodes[i].behavior.kind.name) node does not offer feature '\(f.feature)' (it offers: \(offered.isEmpty ? "none" : offered.joined(separator: ", ")))")
+            }
+            return handler.execute(Array(f.body), commandID: command.commandID, wallNanos: clock.wallNanos())
+        case nil:
+            return .refused("the command has no action this agent understands (a newer protocol?)")
         }
     }
+
+    /// What the node runs: its own work and every feature's.
+    private func running(_ i: Int) -> [String] {
+        var all = nodes[i].behavior.running()
+        for h in nodes[i].handlers.values { all += h.running() }
+        return Array(Set(all)).sorted()
+    }
+
+    private func nextReportDue(_ i: Int, wallNanos: Int64) -> Int64? {
+        nodes[i].handlers.values.compactMap { $0.nextReportDue(wallNanos: wallNanos) }.min()
+    }
+
+    private var handlerSockets: [ZMQSocket] {
+        var out: [ZMQSocket] = []
+        for n in nodes { for h in n.handlers.values { out += h.sockets } }
+        return out
+    }
+
+    /// The node's data-plane endpoint to advertise at registration (set by the composition root
+    /// when the agent binds one).
+    public var dataPlane: (endpoint: String, publicKey: String?)?
 
     @discardableResult
     private func send(_ body: Envelope.OneOf_Body, from i: Int, _ dealer: ZMQSocket) -> Int64 {
@@ -390,7 +433,7 @@ public final class AgentSession: @unchecked Sendable {
             if !t.gpus.isEmpty {
                 w["gpu_utilization"] = t.gpus.map(\.utilization).reduce(0, +) / Double(t.gpus.count)
                 w["gpu_memory_gib"] = Double(t.gpus.map(\.memoryUsedBytes).reduce(0, +)) / 1_073_741_824
-                w["jobs_running"] = Double(n.behavior.running().count)
+                w["jobs_running"] = Double(n.handlers["jobs"]?.running().count ?? 0)
             }
             for tier in t.tiers { w["\(tier.kind.name)_used_mib"] = Double(tier.usedBytes) / 1_048_576 }
             if n.behavior.kind == .render { w["render_slots_used"] = Double(t.renderSlotsUsed) }

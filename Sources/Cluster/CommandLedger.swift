@@ -1,3 +1,4 @@
+import Foundation
 import Protocol
 
 /// The agent side of at-least-once command delivery: executes each command id once and answers a
@@ -14,16 +15,26 @@ public struct CommandLedger: Sendable {
 
     /// Runs `execute` unless the command was seen, and returns the acknowledgement to send.
     public mutating func handle(_ command: Command, execute: (Command) -> (ok: Bool, detail: String)) -> CommandAck {
+        handle(command, run: { c in let r = execute(c); return FeatureOutcome(ok: r.ok, detail: r.detail) })
+    }
+
+    /// The same, for an action with a typed result (a feature's command): the result travels in
+    /// the acknowledgement, and a repeat gets the same one.
+    public mutating func handle(_ command: Command, run: (Command) -> FeatureOutcome) -> CommandAck {
         if var previous = acks[command.commandID] {
             previous.duplicate = true
             return previous
         }
-        let result = execute(command)
+        let result = run(command)
         var ack = CommandAck()
         ack.commandID = command.commandID
         ack.nodeID = command.nodeID
         ack.ok = result.ok
         ack.detail = result.detail
+        if let bytes = result.result, case .feature(let f)? = command.action {
+            var r = FeatureResult(); r.feature = f.feature; r.body = Data(bytes)
+            ack.result = r
+        }
         acks[command.commandID] = ack
         order.append(command.commandID)
         if order.count > capacity {

@@ -32,16 +32,23 @@ public struct CoordinatorConfig {
 ///
 /// **Ownership:** `run()` owns the ROUTER socket and the store on the calling thread until `stop()`
 /// is called from any thread (e.g. a signal handler's flag). All state lives on that thread.
-public final class CoordinatorServer: @unchecked Sendable {
+public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
     public let config: CoordinatorConfig
-    private let clock: Clock
-    private var logger: Logger
+    public let clock: Clock
+    public private(set) var logger: Logger
     private let codec: EnvelopeCodec
     private let context = ZMQContext()
     private var zap: ZAPAuthenticator?
 
-    private var store: StateStore!
-    private var membership: Membership
+    private var openStore: StateStore?
+    /// The store; only valid once `run()` has opened it (controllers are called after that).
+    public var store: StateStore { openStore! }
+    public private(set) var membership: Membership
+    /// The features' controllers, and which handles what: reports and commands by feature name,
+    /// operator requests by envelope body. The shell has no case of its own for any of them.
+    private let controllers: [CoordinatorFeature]
+    private var controllerByFeature: [String: CoordinatorFeature] = [:]
+    private var controllerByBody: [String: CoordinatorFeature] = [:]
     private var outstanding = OutstandingCommands()
     private var routes: [String: [UInt8]] = [:]
     private var counters: [String: UInt64] = [:]
@@ -55,6 +62,8 @@ public final class CoordinatorServer: @unchecked Sendable {
     private struct DeferredReply { var identity: [UInt8]; var recipient: String; var inReplyTo: UInt64; var body: Envelope.OneOf_Body }
     /// Replies and commands of the turn in progress, sent once it has committed.
     private var afterCommit: [DeferredReply] = []
+    /// Ids of commands sent without a row in the command table (`enqueueTransient`).
+    private var transient = Set<UInt64>()
     private var turnOpen = false
     private var latencies = LatencyWindow()
     private var heartbeatRate = RateMeter()
@@ -63,7 +72,6 @@ public final class CoordinatorServer: @unchecked Sendable {
     private var epoch: UInt64 = 0
     private var startedAtWall: Int64 = 0
     private var logBudget: [String: Int] = [:]
-    private var jobs: JobManager!
     private var collector: TraceCollector!
     private var tracer: Tracer { Tracer.shared }
     private var lastCounterCPU: (cpu: Double, at: Int64)?
@@ -76,12 +84,18 @@ public final class CoordinatorServer: @unchecked Sendable {
     public private(set) var boundEndpoint = ""
     private let readySemaphore = DispatchSemaphore(value: 0)
 
-    public init(config: CoordinatorConfig, clock: Clock = SystemClock.shared, logger: Logger = Logger(label: "strato.coordinator")) {
+    public init(config: CoordinatorConfig, features: [CoordinatorFeature] = [], clock: Clock = SystemClock.shared,
+                logger: Logger = Logger(label: "strato.coordinator")) {
         self.config = config
         self.clock = clock
         self.logger = logger
         self.codec = EnvelopeCodec(maxFrameBytes: config.maxFrameBytes)
         self.membership = Membership(config: config.detector)
+        self.controllers = features
+        for c in features {
+            for f in c.features { controllerByFeature[f] = c }
+            for b in c.requestBodies { controllerByBody[b] = c }
+        }
     }
 
     public func stop() { stopLock.lock(); stopRequested = true; stopLock.unlock() }
@@ -93,7 +107,7 @@ public final class CoordinatorServer: @unchecked Sendable {
     // MARK: Main loop
 
     public func run() throws {
-        store = try StateStore(directory: config.stateDirectory)
+        openStore = try StateStore(directory: config.stateDirectory)
         epoch = try store.nextEpoch()
         startedAtWall = clock.wallNanos()
         let now = clock.monotonicNanos()
@@ -101,7 +115,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         membership.restore(restored, now: now)
         for c in try store.loadPendingCommands() { outstanding.add(c.command, now: now, attempts: c.attempts) }
         counters = try store.loadCounters()
-        try startJobManager(restored: restored)
+        try store.batch { for c in controllers { try c.start(self, restoredNodes: restored) } }
         collector = try TraceCollector(stateDirectory: config.stateDirectory)
         defer { collector.close() }
         if config.trace {
@@ -141,7 +155,7 @@ public final class CoordinatorServer: @unchecked Sendable {
             // Wake for the next job arrival or rate change rather than up to 20 ms late: at 1000×
             // every wall millisecond is a trace second, and the twin releases jobs on time.
             var waitMs = 20
-            if let due = jobs.nextDueWall() { waitMs = Int(max(0, min(20, (due - clock.wallNanos() + 999_999) / 1_000_000))) }
+            if let due = controllers.compactMap({ $0.nextDueWall() }).min() { waitMs = Int(max(0, min(20, (due - clock.wallNanos() + 999_999) / 1_000_000))) }
             frames.removeAll(keepingCapacity: true)
             if try ZMQPoller.readable([router], timeoutMs: waitMs)[0] {
                 // Drain what is queued, bounded so timers still run under load.
@@ -162,8 +176,9 @@ public final class CoordinatorServer: @unchecked Sendable {
                     if mono - lastTick >= .millis(50) { lastTick = mono; tickDetector(now: mono) }
                     // Decide as soon as a job arrives or a report frees GPUs (cheap when nothing changed),
                     // and send new start/preempt commands at once rather than at the next resend round.
-                    let decided = scheduleJobs(on: router, now: mono)
-                    if routeRequests(now: mono) || decided { resendCommands(on: router, now: mono) }
+                    var decided = false
+                    for c in controllers where c.turn(self) { decided = true }
+                    if decided { resendCommands(on: router, now: mono) }
                     if mono - lastResend >= .millis(100) { lastResend = mono; resendCommands(on: router, now: mono) }
                     if mono - lastFlush >= .millis(250) {
                         lastFlush = mono
@@ -263,41 +278,16 @@ public final class CoordinatorServer: @unchecked Sendable {
         case .operatorCommand(let oc):
             reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID,
                   handleOperatorCommand(oc, now: clock.monotonicNanos(), router: router))
-        case .submitJobs(let sj):
-            var (accepted, rejected) = jobs.submit(sj.jobs)
-            let svc = jobs.submit(services: sj.services)
-            rejected += svc.rejected
-            accepted += svc.accepted.count
-            let started = accepted > 0 && jobs.startClockIfNeeded(wall: clock.wallNanos())
-            do { try store.batch {
-                try store.saveFutureJobs(jobs.futureJobs)
-                for s in svc.accepted { try store.saveService(s) }
-                if started { try store.setMetaValue("trace_t0_nanos", jobs.t0Wall) }
-            } } catch { logger.error("could not persist submitted jobs: \(error)") }
-            if !rejected.isEmpty { count("rejected_jobs") }
-            for s in svc.accepted { event("coordinator", "service", "\(s.id): \(s.model) on \(s.gpusPerReplica)x\(s.gpuModel), SLO \(s.sloSeconds) s") }
-            var r = SubmitJobsReply(); r.accepted = UInt32(accepted); r.rejected = rejected
-            reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .submitJobsReply(r))
-        case .submitRequests(let sr):
-            // Stored before the reply: a request the client was told is accepted survives a crash.
-            let (accepted, duplicates, rejected) = jobs.requests.submit(sr.requests, services: jobs.services)
-            do { try store.batch { try store.saveRequests(jobs.requests.takeDirty()) } } catch {
-                logger.error("could not persist requests: \(error)")
-                return   // no reply: the client sends them again
-            }
-            if !rejected.isEmpty { count("rejected_requests") }
-            var r = SubmitRequestsReply(); r.accepted = UInt32(accepted); r.duplicates = UInt32(duplicates); r.rejected = Array(rejected.prefix(100))
-            reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .submitRequestsReply(r))
-        case .requestsRequest(let rr):
-            reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID,
-                  .requestsReply(jobs.requestsReply(wall: clock.wallNanos(), includeRequests: rr.includeRequests,
-                                                    replicaStarts: { [counters] in Int(counters["replica_starts/" + $0] ?? 0) })))
-        case .jobsRequest:
-            reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .jobsReply(jobs.jobsReply(wall: clock.wallNanos())))
         case .error(let e):
             count("errors_from_peers")
             logLimited("peer_error", "peer \(envelope.sender) reported: \(e.message)")
         default:
+            if let controller = controllerByBody[envelope.bodyName] {
+                if let answer = controller.handleRequest(envelope, self) {
+                    reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, answer)
+                }
+                return
+            }
             count("rejected_unknown_body")
             logLimited("unexpected_body", "'\(envelope.bodyName)' from \(envelope.sender) is not a message the coordinator accepts")
             reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID,
@@ -313,10 +303,7 @@ public final class CoordinatorServer: @unchecked Sendable {
             event(r.nodeID, newLife ? "registered" : "reconciled",
                   "incarnation \(incarnation), kind \(r.kind.name), running \(r.running.count)")
             count(newLife ? "registrations" : "reconciliations")
-            if r.kind == .gpu && { if case .gpu? = r.capabilities.kind { return true }; return false }() {
-                jobs.nodeUp(r.nodeID, gpuModel: r.capabilities.gpu.model, count: Int(r.capabilities.gpu.count), newLife: newLife,
-                            now: jobs.traceNow(wall: clock.wallNanos()))
-            }
+            for c in controllers { c.nodeRegistered(r, newLife: newLife, self) }
             persistNow(r.nodeID)   // durable (with its counters and jobs) before we acknowledge
             var ack = RegisterAck()
             ack.nodeID = r.nodeID
@@ -353,26 +340,19 @@ public final class CoordinatorServer: @unchecked Sendable {
                 logger.info("node alive again", metadata: ["node": "\(hb.nodeID)"])
             }
             var ack = HeartbeatAck()
-            if !hb.jobs.isEmpty {
-                let (settled, stop) = jobs.apply(reports: hb.jobs, from: hb.nodeID, clockOffsetNanos: offset)
-                // Terminal reports are made durable before the agent may forget them; plain progress
-                // rides the periodic flush (a crash then resumes from the last checkpoint anyway).
-                if !settled.isEmpty || !stop.isEmpty { persistJobs() }
-                ack.settledJobs = settled
-                for id in stop {
-                    var c = Command(); var p = PreemptJob(); p.jobID = id; c.preemptJob = p; c.nodeID = hb.nodeID
-                    do { try enqueue(c, now: mono) } catch { logger.error("could not persist a stop command: \(error)") }
-                }
-            }
-            if !hb.requests.isEmpty {
-                // Results are made durable before the agent is told to forget them.
-                let settled = jobs.requests.complete(hb.requests, node: hb.nodeID, slo: { [jobs] in jobs!.services[$0]?.sloSeconds ?? .infinity },
-                                                     traceTime: { [jobs] in jobs!.traceNow(wall: $0 + offset) })
-                do {
-                    try store.batch { try store.saveRequests(jobs.requests.takeDirty()) }
-                    ack.settledRequests = settled
-                } catch {
-                    logger.error("could not persist request results: \(error)")
+            if !hb.reports.isEmpty {
+                // Each feature's reports go to its controller, which makes what must be durable so
+                // before the ack settles it (the turn commits before the ack goes out).
+                var byFeature: [String: [FeatureReport]] = [:]
+                for r in hb.reports { byFeature[r.feature, default: []].append(r) }
+                for (feature, reports) in byFeature.sorted(by: { $0.key < $1.key }) {
+                    guard let controller = controllerByFeature[feature] else {
+                        count("reports_for_unknown_feature")
+                        logLimited("unknown_feature", "\(hb.nodeID) reported for feature '\(feature)', which this coordinator does not run")
+                        continue
+                    }
+                    let settled = controller.reports(reports, feature: feature, from: hb.nodeID, clockOffsetNanos: offset, self)
+                    if !settled.isEmpty { var sr = SettledReports(); sr.feature = feature; sr.keys = settled; ack.settled.append(sr) }
                 }
             }
             ack.nodeID = hb.nodeID
@@ -392,38 +372,22 @@ public final class CoordinatorServer: @unchecked Sendable {
             count("duplicate_command_acks")
             return
         }
-        if ack.ok {
-            switch entry.command.action {
-            case .setLabels(let s)?: membership.setLabels(s.labels, on: entry.command.nodeID)
-            case .drain(let d)?: membership.setDrained(d.drain, on: entry.command.nodeID)
-            case .preemptJob(let p)?: jobs.preemptAcknowledged(job: p.jobID, detail: ack.detail)
-            case .startReplica(let r)?:
-                jobs.replicaStarted(r.replicaID)
-                count("replica_starts/" + r.serviceID)
-                if let rec = jobs.scheduler.state.replicas[r.replicaID] { try? store.saveReplica(rec, ready: true) }
-            default: break
-            }
-        } else if case .startJob(let s)? = entry.command.action, jobs.startCommand[s.jobID] == ack.commandID {
-            logLimited("start_refused", "\(entry.command.nodeID) refused to start \(s.jobID): \(ack.detail)")
-            jobs.startRefused(job: s.jobID, now: jobs.traceNow(wall: clock.wallNanos()))
-        } else if case .startReplica(let r)? = entry.command.action, jobs.scheduler.state.replicas[r.replicaID] != nil {
-            logLimited("replica_refused", "\(entry.command.nodeID) refused replica \(r.replicaID): \(ack.detail)")
-            jobs.replicaFailed(r.replicaID)
-        } else if case .serveRequests(let r)? = entry.command.action {
-            // The agent does not serve this replica (it restarted): the replica is gone, its
-            // requests go elsewhere.
-            logLimited("serve_refused", "\(entry.command.nodeID) refused requests for \(r.replicaID): \(ack.detail)")
-            jobs.requests.refused(r.requests.map(\.requestID), replica: r.replicaID)
-            if jobs.scheduler.state.replicas[r.replicaID] != nil { jobs.replicaFailed(r.replicaID) }
+        let command = entry.command
+        switch command.action {
+        case .setLabels(let s)? where ack.ok: membership.setLabels(s.labels, on: command.nodeID)
+        case .drain(let d)? where ack.ok: membership.setDrained(d.drain, on: command.nodeID)
+        case .feature(let f)?:
+            if let controller = controllerByFeature[f.feature] { controller.acknowledged(command, f, ack: ack, self) }
+        default: break
         }
-        if case .serveRequests? = entry.command.action, ack.ok { return }   // one per batch of requests: not an event
-        event(entry.command.nodeID, "command_ack", "command \(ack.commandID) ok=\(ack.ok) \(ack.detail)")
+        // Transient commands (a batch of requests) are not in the command table: no event either.
+        if transient.remove(ack.commandID) != nil { return }
+        event(command.nodeID, "command_ack", "command \(ack.commandID) ok=\(ack.ok) \(ack.detail)")
         count("commands_acknowledged")
         do {
             try store.batch {
                 try store.markAcknowledged(ack, at: clock.wallNanos())
-                try store.saveJobs(jobs.takeDirty())
-                persistNow(entry.command.nodeID)
+                persistNow(command.nodeID)
             }
         } catch {
             logger.error("could not persist a command acknowledgement: \(error)")
@@ -442,7 +406,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         var command = oc.command
         command.nodeID = oc.nodeID
         do {
-            command = try enqueue(command, now: now)
+            command = try enqueue(command)
         } catch {
             logger.error("could not persist a command: \(error)")
             return .error(errorReply(.invalidRequest, "the coordinator could not persist the command: \(error)"))
@@ -465,144 +429,40 @@ public final class CoordinatorServer: @unchecked Sendable {
             count(t.to == .dead ? "nodes_declared_dead" : "nodes_suspected")
             if t.to == .dead {
                 routes[t.nodeID] = nil
-                jobs.nodeDead(t.nodeID, now: jobs.traceNow(wall: clock.wallNanos()))
-                persistJobs()
+                for c in controllers { c.nodeDead(t.nodeID, self) }
             }
             logger.log(level: t.to == .dead ? .warning : .notice, "node \(t.to.rawValue)",
                        metadata: ["node": "\(t.nodeID)", "silence": "\(silence)"])
         }
     }
 
+    // MARK: Services for controllers
+
     /// Persists a new command (with a fresh id) and queues it for delivery.
     @discardableResult
-    private func enqueue(_ c: Command, now: Int64) throws -> Command {
+    public func enqueue(_ c: Command) throws -> Command {
         var command = c
         command.commandID = try store.nextCommandID()
         try store.savePending(command, attempts: 0, at: clock.wallNanos())
-        outstanding.add(command, now: now)
+        outstanding.add(command, now: clock.monotonicNanos())
         return command
     }
 
-    private func startJobManager(restored: [NodeRecord]) throws {
-        var kb = try store.loadKnowledge()
-        if kb.offline.isEmpty, let dir = config.dataDirectory {
-            let (seeded, imported, _) = KnowledgeImporter.seeded(dataDirectory: dir)
-            kb = seeded
-            try store.saveKnowledge(rows: Array(kb.offline.values), facts: kb.facts)
-            logger.info("knowledge base seeded", metadata: ["rows": "\(kb.offline.count)", "skipped": "\(imported.skipped.count)", "data": "\(dir)"])
-        }
-        guard let policy = Policies.named(config.policy) else {
-            throw SQLiteError(code: 0, message: "unknown policy '\(config.policy)' (known: \(Policies.names.joined(separator: ", ")))", sql: "")
-        }
-        let t0 = try store.metaValue("trace_t0_nanos")
-        jobs = JobManager(policy: policy, kb: kb, timeScale: config.timeScale, t0Wall: t0)
-        for r in restored where r.status.kind == .gpu && { if case .gpu? = r.status.capabilities.kind { return true }; return false }() {
-            let g = r.status.capabilities.gpu
-            jobs.scheduler.state.addNode(NodeSlot(id: r.id, gpuModel: g.model, gpuCount: Int(g.count), alive: r.status.state != .dead))
-        }
-        let (future, records) = try store.loadJobs()
-        jobs.restore(future: future, records: records)
-        jobs.restore(services: try store.loadServices(), replicas: try store.loadReplicas(), requests: try store.loadRequests())
-        // Start commands still pending, then the last acknowledged one per job, identify current runs.
-        for (_, e) in outstanding.entries.sorted(by: { $0.key < $1.key }) { if case .startJob(let s)? = e.command.action { jobs.noteStartCommand(job: s.jobID, commandID: e.command.commandID) } }
-        for (id, cmd) in try store.lastStartCommands() where jobs.startCommand[id] == nil { jobs.noteStartCommand(job: id, commandID: cmd) }
+    public func enqueueTransient(_ c: Command) throws {
+        var command = c
+        command.commandID = try store.nextCommandID()
+        outstanding.add(command, now: clock.monotonicNanos())
+        transient.insert(command.commandID)
     }
 
-    private func persistJobs() {
-        guard !jobs.dirtyJobs.isEmpty else { return }
-        do { try store.batch { try store.saveJobs(jobs.takeDirty()) } } catch { logger.error("could not persist jobs: \(error)") }
+    public func cancelCommands(where shouldCancel: (Command) -> Bool) {
+        for c in outstanding.cancel(where: shouldCancel) { transient.remove(c.commandID) }
     }
 
-    /// A decision round: releases arrived jobs, runs the policy, persists, then sends commands.
-    @discardableResult
-    private func scheduleJobs(on router: ZMQSocket, now: Int64) -> Bool {
-        let wall = clock.wallNanos()
-        let actions = jobs.tick(wall: wall)
-        guard !actions.isEmpty else { return false }
-        do {
-            try store.batch {
-                try store.saveJobs(jobs.takeDirty())
-                for a in actions {
-                    var c = Command()
-                    switch a {
-                    case .startJob(let id, let p, let resume):
-                        guard let spec = jobs.scheduler.state.jobs[id]?.spec else { continue }
-                        var s = StartJob()
-                        s.jobID = id; s.model = spec.kind.model; s.task = spec.kind.task; s.batchPerGpu = UInt32(spec.kind.batchPerGPU)
-                        s.gpuModel = p.key.gpuModel; s.gpus = p.gpus.map(UInt32.init); s.totalWork = spec.work; s.resumeWork = resume
-                        s.unit = spec.unit; s.timeScale = jobs.timeScale
-                        c.startJob = s; c.nodeID = p.nodeID
-                        let sent = try enqueue(c, now: now)
-                        jobs.noteStartCommand(job: id, commandID: sent.commandID)
-                        event(p.nodeID, "job_start", "\(id) on \(p.gpus.count)x\(p.key.gpuModel) resume \(resume)")
-                    case .preemptJob(let id, let node, let reason):
-                        var pj = PreemptJob(); pj.jobID = id
-                        c.preemptJob = pj; c.nodeID = node
-                        try enqueue(c, now: now)
-                        event(node, "job_preempt", "\(id): \(reason)")
-                    case .startReplica(let id, let service, let p):
-                        var sr = StartReplica()
-                        sr.replicaID = id; sr.serviceID = service; sr.model = p.key.model; sr.gpuModel = p.key.gpuModel
-                        sr.gpus = p.gpus.map(UInt32.init); sr.batch = UInt32(jobs.scheduler.batchPerReplica[service] ?? 1)
-                        sr.timeScale = jobs.timeScale
-                        c.startReplica = sr; c.nodeID = p.nodeID
-                        try enqueue(c, now: now)
-                        if let rec = jobs.scheduler.state.replicas[id] { try store.saveReplica(rec, ready: false) }
-                        event(p.nodeID, "replica_start", "\(id) of \(service) on \(p.gpus.count)x\(p.key.gpuModel)")
-                    case .stopReplica(let id, let service, let node):
-                        var sr = StopReplica(); sr.replicaID = id
-                        c.stopReplica = sr; c.nodeID = node
-                        try enqueue(c, now: now)
-                        try store.deleteReplica(id)
-                        dropServeCommands(replica: id)
-                        event(node, "replica_stop", "\(id) of \(service)")
-                    }
-                }
-                for id in jobs.takeLostReplicas() {
-                    try store.deleteReplica(id)
-                    dropServeCommands(replica: id)
-                }
-                try store.saveRequests(jobs.requests.takeDirty())
-            }
-        } catch {
-            logger.error("could not persist scheduling decisions: \(error)")
-        }
-        return true
-    }
-
-    /// Requests queued for a replica that is gone go elsewhere (the router has them back already).
-    private func dropServeCommands(replica: String) {
-        outstanding.cancel { if case .serveRequests(let s)? = $0.action { return s.replicaID == replica }; return false }
-    }
-
-    /// Sends arrived requests to ready replicas. Not written to the command table: the requests
-    /// table holds them, and after a coordinator restart every unfinished request is sent again.
-    @discardableResult
-    private func routeRequests(now: Int64) -> Bool {
-        for id in jobs.takeLostReplicas() {
-            do { try store.deleteReplica(id) } catch { logger.error("could not delete replica \(id): \(error)") }
-            dropServeCommands(replica: id)
-        }
-        let routes = jobs.requests.route(now: jobs.traceNow(wall: clock.wallNanos()))
-        guard !routes.isEmpty else { return false }
-        do { try store.batch { try store.saveRequests(jobs.requests.takeDirty()) } } catch { logger.error("could not persist routed requests: \(error)") }
-        for r in routes {
-            var c = Command()
-            var sr = ServeRequests()
-            sr.replicaID = r.replica
-            sr.requests = r.requests.map(\.message)
-            c.serveRequests = sr
-            c.nodeID = r.node
-            do {
-                c.commandID = try store.nextCommandID()
-                outstanding.add(c, now: now)
-            } catch {
-                logger.error("could not reserve a command id: \(error)")
-                jobs.requests.refused(r.requests.map(\.id), replica: r.replica)
-            }
-        }
-        return true
-    }
+    public var pendingCommands: [Command] { outstanding.entries.sorted { $0.key < $1.key }.map(\.value.command) }
+    public var timeScale: Double { config.timeScale }
+    public var dataDirectory: String? { config.dataDirectory }
+    public func counter(_ name: String) -> UInt64 { counters[name] ?? 0 }
 
     private func resendCommands(on router: ZMQSocket, now: Int64) {
         let due = outstanding.due(now: now) { [membership, routes] in membership.isReachable($0) && routes[$0] != nil }
@@ -625,7 +485,7 @@ public final class CoordinatorServer: @unchecked Sendable {
             try store.save(rows)
             heartbeatRowsDue = !dirtyNodes.isEmpty
         }
-        if !jobs.dirtyJobs.isEmpty { try store.saveJobs(jobs.takeDirty()) }
+        for c in controllers { try c.flush(self) }
     }
 
     /// What every turn writes before its replies go out: nodes whose membership changed (a
@@ -721,12 +581,12 @@ public final class CoordinatorServer: @unchecked Sendable {
         var e = ErrorReply(); e.code = code; e.message = message; return e
     }
 
-    private func count(_ name: String) {
+    public func count(_ name: String) {
         counters[name, default: 0] += 1
         countersDirty = true
     }
 
-    private func event(_ nodeID: String, _ kind: String, _ detail: String) {
+    public func event(_ nodeID: String, _ kind: String, _ detail: String) {
         let at = clock.wallNanos()
         pendingEvents.append(StateStore.Event(at: at, nodeID: nodeID, kind: kind, detail: detail))
         // Every membership change and decision is also a trace event.
@@ -757,13 +617,12 @@ public final class CoordinatorServer: @unchecked Sendable {
         tracer.counter("process", values)
         tracer.counter("nodes", ["alive": Double(byState[.alive] ?? 0), "suspect": Double(byState[.suspect] ?? 0),
                                  "dead": Double(byState[.dead] ?? 0), "left": Double(byState[.left] ?? 0)], track: "workload")
-        var phases: [String: Double] = ["pending": 0, "running": 0, "finished": 0, "future": Double(jobs.futureJobs.count)]
-        for j in jobs.scheduler.state.jobs.values { phases[j.phase.rawValue, default: 0] += 1 }
-        tracer.counter("jobs", phases, track: "workload")
+        for c in controllers { for (name, values) in c.traceCounters() { tracer.counter(name, values, track: "workload") } }
+
     }
 
     /// Logs the first 20 of each kind of problem, then every 1000th, so a flood cannot fill disks.
-    private func logLimited(_ kind: String, _ message: String) {
+    public func logLimited(_ kind: String, _ message: String) {
         let n = logBudget[kind, default: 0] + 1
         logBudget[kind] = n
         if n <= 20 || n % 1000 == 0 {

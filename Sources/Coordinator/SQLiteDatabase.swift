@@ -10,7 +10,8 @@ public struct SQLiteError: Error, CustomStringConvertible {
 }
 
 /// A minimal SQLite connection. **Ownership:** one thread at a time (the coordinator's loop).
-final class SQLiteDatabase {
+/// Features reach it through `StateStore.database` for their own tables.
+public final class SQLiteDatabase {
     private var db: OpaquePointer?
     private var statements: [String: OpaquePointer] = [:]
 
@@ -30,7 +31,7 @@ final class SQLiteDatabase {
         sqlite3_close(db)
     }
 
-    func execute(_ sql: String) throws {
+    public func execute(_ sql: String) throws {
         var err: UnsafeMutablePointer<CChar>?
         let rc = sqlite3_exec(db, sql, nil, nil, &err)
         if rc != SQLITE_OK {
@@ -40,13 +41,13 @@ final class SQLiteDatabase {
         }
     }
 
-    enum Value {
+    public enum Value {
         case int(Int64), real(Double), text(String), blob([UInt8]), null
     }
 
     /// Runs a statement (cached and reused) with positional bindings; returns the rows.
     @discardableResult
-    func run(_ sql: String, _ values: [Value] = []) throws -> [[Value]] {
+    public func run(_ sql: String, _ values: [Value] = []) throws -> [[Value]] {
         let stmt = try prepared(sql)
         defer { sqlite3_reset(stmt); sqlite3_clear_bindings(stmt) }
         for (i, v) in values.enumerated() {
@@ -90,7 +91,7 @@ final class SQLiteDatabase {
 
     /// Runs `body` in a transaction. A nested call is a savepoint inside the outer transaction:
     /// if its body throws, only its own writes are undone and the outer transaction goes on.
-    func transaction(_ body: () throws -> Void) throws {
+    public func transaction(_ body: () throws -> Void) throws {
         if transactionDepth > 0 {
             let name = "s\(transactionDepth)"
             try execute("SAVEPOINT \(name)")
@@ -136,12 +137,12 @@ final class SQLiteDatabase {
 let SQLITE_TRANSIENT = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
 extension SQLiteDatabase.Value {
-    var int: Int64 { if case .int(let x) = self { return x }; return 0 }
-    var text: String { if case .text(let s) = self { return s }; return "" }
-    var blob: [UInt8] { if case .blob(let b) = self { return b }; return [] }
-    var real: Double {
+    public var int: Int64 { if case .int(let x) = self { return x }; return 0 }
+    public var text: String { if case .text(let s) = self { return s }; return "" }
+    public var blob: [UInt8] { if case .blob(let b) = self { return b }; return [] }
+    public var real: Double {
         switch self { case .real(let x): return x; case .int(let x): return Double(x); default: return 0 }
     }
-    var optionalReal: Double? { if case .null = self { return nil }; return real }
-    var optionalText: String? { if case .text(let s) = self { return s }; return nil }
+    public var optionalReal: Double? { if case .null = self { return nil }; return real }
+    public var optionalText: String? { if case .text(let s) = self { return s }; return nil }
 }

@@ -11,6 +11,9 @@ import SwiftProtobuf
 public final class StateStore {
     public let directory: String
     let db: SQLiteDatabase
+    /// The connection, for features' own tables (they create them with `CREATE TABLE IF NOT
+    /// EXISTS` when they first use the store) inside the loop turn's transaction.
+    public var database: SQLiteDatabase { db }
 
     /// A pending command as stored: the command and how often it was sent.
     public struct StoredCommand {
@@ -51,11 +54,11 @@ public final class StateStore {
 
     // MARK: Meta
 
-    func meta(_ key: String) throws -> Int64 {
+    public func meta(_ key: String) throws -> Int64 {
         try db.run("SELECT value FROM meta WHERE key = ?", [.text(key)]).first?.first?.int ?? 0
     }
 
-    func setMeta(_ key: String, _ value: Int64) throws {
+    public func setMeta(_ key: String, _ value: Int64) throws {
         try db.run("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                    [.text(key), .int(value)])
     }

@@ -138,3 +138,13 @@ public typealias TransferCredit = Stratolab_V1_TransferCredit
 public typealias TransferComplete = Stratolab_V1_TransferComplete
 public typealias TransferError = Stratolab_V1_TransferError
 public typealias DataPlaneErrorCode = Stratolab_V1_DataPlaneErrorCode
+
+// Features on the membership messages (membership.proto).
+public typealias FeatureReport = Stratolab_V1_FeatureReport
+public typealias SettledReports = Stratolab_V1_SettledReports
+public typealias FeatureCommand = Stratolab_V1_FeatureCommand
+public typealias FeatureResult = Stratolab_V1_FeatureResult
+// Feature "jobs" (jobs.proto) and "inference" (inference.proto).
+public typealias JobCommand = Stratolab_V1_JobCommand
+public typealias PreemptJobResult = Stratolab_V1_PreemptJobResult
+public typealias InferenceCommand = Stratolab_V1_InferenceCommand

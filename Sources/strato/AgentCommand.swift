@@ -1,6 +1,7 @@
 import ArgumentParser
 import Cluster
 import Foundation
+import Features
 import GPUAgent
 import Logging
 import Experiments
@@ -132,20 +133,29 @@ struct AgentCommand: ParsableCommand {
                     print("process backend: no nvidia-smi on this host; jobs run as processes, GPUs described from the catalogue (emulated)")
                 }
                 try common.run { identity in
-                    let node = try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic,
-                                                   runner: ProcessJobRunner(command: ["/bin/sh", "-c", cmd], workDirectory: jobDir + "/" + identity.nodeID),
-                                                   replicas: result.rows.isEmpty ? nil : EmulatedReplicas(kb: kb))
+                    let node = try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic)
                     node.realDevices = real
-                    return node
+                    return GPU.hostFeatures(on: node, runner: ProcessJobRunner(command: ["/bin/sh", "-c", cmd], workDirectory: jobDir + "/" + identity.nodeID),
+                                            replicas: result.rows.isEmpty ? nil : EmulatedReplicas(kb: kb))
                 }
                 return
             }
             try common.run { identity in
                 let seed = UInt64(truncatingIfNeeded: identity.nodeID.utf8.reduce(5381) { ($0 << 5) &+ $0 &+ Int($1) })
-                return try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic,
-                                           runner: result.rows.isEmpty ? nil : EmulatedJobRunner(execution: execution, seed: seed),
-                                           replicas: result.rows.isEmpty ? nil : EmulatedReplicas(kb: kb))
+                return GPU.hostFeatures(on: try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic),
+                                        runner: result.rows.isEmpty ? nil : EmulatedJobRunner(execution: execution, seed: seed),
+                                        replicas: result.rows.isEmpty ? nil : EmulatedReplicas(kb: kb))
             }
+        }
+
+        /// The GPU node's features — the agent side's composition root: one line per feature.
+        static func hostFeatures(on node: EmulatedGPUNode, runner: JobRunner?, replicas: EmulatedReplicas?) -> EmulatedGPUNode {
+            let jobs = runner.map { JobsHandler(runner: $0, gpuModel: node.model.name, gpuCount: node.count) }
+            let inference = replicas.map { InferenceHandler(replicas: $0, gpuModel: node.model.name, gpuCount: node.count,
+                                                            busyElsewhere: { jobs?.busyGPUs ?? [] }) }
+            node.handlers = [jobs as FeatureHandler?, inference as FeatureHandler?].compactMap { $0 }
+            node.busyGPUs = { (jobs?.busyGPUs ?? []).union(inference?.busyGPUs ?? []) }
+            return node
         }
     }
 

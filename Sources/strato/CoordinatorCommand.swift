@@ -1,6 +1,7 @@
 import ArgumentParser
 import Cluster
 import Coordinator
+import Features
 import Foundation
 import Logging
 import Experiments
@@ -49,7 +50,10 @@ struct CoordinatorCommand: ParsableCommand {
         let env = ProcessInfo.processInfo.environment
         config.trace = trace || env["STRATO_TRACE"] == "1"
         config.traceHeartbeatSample = env["STRATO_TRACE_SAMPLE"].flatMap(UInt64.init) ?? traceSample
-        let server = CoordinatorServer(config: config)
+        // The coordinator's composition root: one line per feature's controller.
+        let server = CoordinatorServer(config: config, features: [
+            SchedulingController(policy: policy),   // features "jobs" and "inference"
+        ])
         SignalTrap.onTerminate { server.stop() }
         try server.run()
     }

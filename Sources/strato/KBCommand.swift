@@ -1,6 +1,7 @@
 import ArgumentParser
 import Coordinator
 import Experiments
+import Features
 import Foundation
 import Scheduling
 

@@ -1,4 +1,5 @@
 import Foundation
+import Features
 import GPUAgent
 import Protocol
 import Testing
@@ -64,8 +65,8 @@ struct ProcessJobRunnerTests {
         #expect(start(r, "j2", total: 100_000).ok)
         _ = try #require(poll(r, until: { $0.workDone >= 50 }, id: "j2"))
         let p = r.preempt("j2", wallNanos: 0)
-        let saved = try #require(Double(p.detail.replacingOccurrences(of: "work=", with: "")))
-        #expect(p.ok && saved >= 50 && saved < 100_000)
+        let saved = try #require(p.checkpointedWork)
+        #expect(saved >= 50 && saved < 100_000)
         #expect(r.runningIDs.isEmpty)
         #expect(start(r, "j2", total: saved + 30, resume: saved).ok)
         let done = try #require(poll(r, until: { $0.state == .jobFinished }, id: "j2"))

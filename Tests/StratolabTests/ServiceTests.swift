@@ -3,6 +3,7 @@ import Protocol
 import Scheduling
 import Testing
 @testable import Coordinator
+@testable import Features
 @testable import Experiments
 
 // Inference services on the testbed: the emulated replica, the request stream, the coordinator's

@@ -8,7 +8,7 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// Stratolab control-plane contract, version 1.
+/// Stratolab control-plane contract, protocol version 2.
 ///
 /// Every message on a Stratolab socket is exactly one Envelope. A receiver checks protocol_version
 /// first and answers a version it does not speak with an ErrorReply (code UNSUPPORTED_VERSION).
@@ -35,7 +35,11 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
 public nonisolated enum Stratolab_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case unspecified // = 0
-  case current // = 1
+
+  /// 2: feature reports, feature commands and typed command results (job reports, request
+  /// results and job/replica commands moved out of the core messages into jobs.proto and
+  /// inference.proto). A peer speaking 1 gets UNSUPPORTED_VERSION.
+  case current // = 2
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -45,7 +49,7 @@ public nonisolated enum Stratolab_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.
   public init?(rawValue: Int) {
     switch rawValue {
     case 0: self = .unspecified
-    case 1: self = .current
+    case 2: self = .current
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -53,7 +57,7 @@ public nonisolated enum Stratolab_V1_ProtocolVersion: SwiftProtobuf.Enum, Swift.
   public var rawValue: Int {
     switch self {
     case .unspecified: return 0
-    case .current: return 1
+    case .current: return 2
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -455,7 +459,7 @@ public nonisolated struct Stratolab_V1_ErrorReply: Sendable {
 fileprivate nonisolated let _protobuf_package = "stratolab.v1"
 
 nonisolated extension Stratolab_V1_ProtocolVersion: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PROTOCOL_VERSION_UNSPECIFIED\0\u{1}PROTOCOL_VERSION_CURRENT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PROTOCOL_VERSION_UNSPECIFIED\0\u{2}\u{2}PROTOCOL_VERSION_CURRENT\0")
 }
 
 nonisolated extension Stratolab_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {

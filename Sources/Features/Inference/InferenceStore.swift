@@ -1,3 +1,4 @@
+import Coordinator
 import Foundation
 import Scheduling
 
@@ -7,7 +8,7 @@ import Scheduling
 /// told to forget it, so neither a coordinator crash nor an agent crash loses one.
 extension StateStore {
     func ensureServiceTables() throws {
-        try db.execute("""
+        try database.execute("""
             CREATE TABLE IF NOT EXISTS services (id TEXT PRIMARY KEY, spec BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, record BLOB NOT NULL, ready INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS requests (
@@ -18,24 +19,24 @@ extension StateStore {
     }
 
     func saveService(_ s: ServiceSpec) throws {
-        try db.run("INSERT OR REPLACE INTO services(id, spec) VALUES(?,?)", [.text(s.id), .blob(Array(try JSONEncoder().encode(s)))])
+        try database.run("INSERT OR REPLACE INTO services(id, spec) VALUES(?,?)", [.text(s.id), .blob(Array(try JSONEncoder().encode(s)))])
     }
 
     func loadServices() throws -> [ServiceSpec] {
         try ensureServiceTables()
-        return try db.run("SELECT spec FROM services ORDER BY id").map { try JSONDecoder().decode(ServiceSpec.self, from: Data($0[0].blob)) }
+        return try database.run("SELECT spec FROM services ORDER BY id").map { try JSONDecoder().decode(ServiceSpec.self, from: Data($0[0].blob)) }
     }
 
     func saveReplica(_ r: ReplicaRecord, ready: Bool) throws {
-        try db.run("INSERT OR REPLACE INTO replicas(id, record, ready) VALUES(?,?,?)",
+        try database.run("INSERT OR REPLACE INTO replicas(id, record, ready) VALUES(?,?,?)",
                    [.text(r.id), .blob(Array(try JSONEncoder().encode(r))), .int(ready ? 1 : 0)])
     }
 
-    func deleteReplica(_ id: String) throws { try db.run("DELETE FROM replicas WHERE id = ?", [.text(id)]) }
+    func deleteReplica(_ id: String) throws { try database.run("DELETE FROM replicas WHERE id = ?", [.text(id)]) }
 
     func loadReplicas() throws -> [(ReplicaRecord, ready: Bool)] {
         try ensureServiceTables()
-        return try db.run("SELECT record, ready FROM replicas ORDER BY id").map {
+        return try database.run("SELECT record, ready FROM replicas ORDER BY id").map {
             (try JSONDecoder().decode(ReplicaRecord.self, from: Data($0[0].blob)), $0[1].int != 0)
         }
     }
@@ -43,7 +44,7 @@ extension StateStore {
     func saveRequests(_ records: [RequestRouter.Record]) throws {
         for r in records {
             let q = r.request
-            try db.run("""
+            try database.run("""
                 INSERT INTO requests(id, service, arrival, prefill, decode, attempts, replica, node, finished, latency, queued, service_seconds, within_slo)
                 VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)
                 ON CONFLICT(id) DO UPDATE SET attempts = excluded.attempts, replica = excluded.replica, node = excluded.node,
@@ -58,7 +59,7 @@ extension StateStore {
 
     func loadRequests() throws -> [RequestRouter.Record] {
         try ensureServiceTables()
-        return try db.run("""
+        return try database.run("""
             SELECT id, service, arrival, prefill, decode, attempts, replica, node, finished, latency, queued, service_seconds, within_slo
             FROM requests ORDER BY arrival, id
             """).map { c in

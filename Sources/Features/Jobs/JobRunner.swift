@@ -8,12 +8,12 @@ public protocol JobRunner: AnyObject {
     var runningIDs: [String] { get }
     func busyGPUs() -> Set<UInt32>
     func start(_ s: StartJob, commandID: UInt64, wallNanos: Int64) -> (ok: Bool, detail: String)
-    /// Stops a job at a checkpoint; the detail carries the work saved (`work=…`).
-    func preempt(_ id: String, wallNanos: Int64) -> (ok: Bool, detail: String)
+    /// Stops a job at a checkpoint and says the work saved there.
+    func preempt(_ id: String, wallNanos: Int64) -> PreemptOutcome
     /// Progress for the next heartbeat; terminal reports repeat until settled.
     func reports(wallNanos: Int64) -> [JobReport]
     func settle(_ ids: [String])
-    /// When a job is next due to change state (see `AgentBehavior.nextReportDue`).
+    /// When a job is next due to change state (see `FeatureHandler.nextReportDue`).
     func nextReportDue(wallNanos: Int64) -> Int64?
     /// The agent stops: end whatever runs outside its process.
     func stopAll()
@@ -25,3 +25,10 @@ extension JobRunner {
 }
 
 extension EmulatedJobRunner: JobRunner {}
+
+/// A preemption's outcome: the work in the checkpoint the job stopped at (nil: it was not running).
+public struct PreemptOutcome: Sendable, Equatable {
+    public var checkpointedWork: Double?
+    public var detail: String
+    public init(checkpointedWork: Double?, detail: String) { self.checkpointedWork = checkpointedWork; self.detail = detail }
+}

@@ -48,12 +48,12 @@ public final class EmulatedJobRunner {
         return (true, "started \(s.jobID) on GPUs \(s.gpus.map(String.init).joined(separator: ",")) (emulated)")
     }
 
-    /// Stops a job at a checkpoint taken now; the detail carries the work saved (`work=…`).
-    public func preempt(_ id: String, wallNanos: Int64) -> (ok: Bool, detail: String) {
-        guard let j = jobs.removeValue(forKey: id) else { return (true, "work=-1 not running") }
+    /// Stops a job at a checkpoint taken now, saying the work saved.
+    public func preempt(_ id: String, wallNanos: Int64) -> PreemptOutcome {
+        guard let j = jobs.removeValue(forKey: id) else { return PreemptOutcome(checkpointedWork: nil, detail: "\(id) is not running here") }
         let w = work(j, wallNanos)
         traceRun(j, end: wallNanos, outcome: "preempted", work: w)
-        return (true, "work=\(w)")
+        return PreemptOutcome(checkpointedWork: w, detail: "stopped \(id) at a checkpoint taken now (\(w))")
     }
 
     private func traceSeconds(_ j: Job, _ wall: Int64) -> Double { Double(wall - j.startedWall) / 1e9 * j.start.timeScale }

@@ -253,11 +253,9 @@ final class JobManager {
         dirtyJobs.insert(job); needsDecision = true
     }
 
-    func preemptAcknowledged(job: String, detail: String) {
-        if let r = detail.range(of: "work="), let w = Double(detail[r.upperBound...].prefix { !$0.isWhitespace }), w >= 0 {
-            scheduler.state.preemptedWork(job: job, work: w)
-            dirtyJobs.insert(job)
-        }
+    func preemptAcknowledged(job: String, checkpointedWork: Double) {
+        scheduler.state.preemptedWork(job: job, work: checkpointedWork)
+        dirtyJobs.insert(job)
     }
 
     func takeDirty() -> [JobRecord] {

@@ -1,3 +1,4 @@
+import Coordinator
 import Foundation
 import Protocol
 import Scheduling
@@ -7,7 +8,7 @@ import Scheduling
 /// columns (so `sqlite3 state.db` can still query it), and the derived facts.
 extension StateStore {
     func ensureKnowledgeTables() throws {
-        try db.execute("""
+        try database.execute("""
             CREATE TABLE IF NOT EXISTS perf (
                 model TEXT NOT NULL, task TEXT NOT NULL, gpu TEXT NOT NULL, gpus INTEGER NOT NULL,
                 layout TEXT NOT NULL, batch INTEGER NOT NULL, origin TEXT NOT NULL, fits INTEGER NOT NULL,
@@ -21,17 +22,17 @@ extension StateStore {
     public func saveKnowledge(rows: [PerfRow], facts: [KnowledgeFact] = []) throws {
         try ensureKnowledgeTables()
         let enc = JSONEncoder()
-        try db.transaction {
+        try database.transaction {
             for r in rows {
                 let k = r.key
-                try db.run("""
+                try database.run("""
                     INSERT INTO perf(model, task, gpu, gpus, layout, batch, origin, fits, source, row) VALUES(?,?,?,?,?,?,?,?,?,?)
                     ON CONFLICT(model, task, gpu, gpus, layout, batch, origin) DO UPDATE SET fits = excluded.fits, source = excluded.source, row = excluded.row
                     """, [.text(k.model), .text(k.task), .text(k.gpuModel), .int(Int64(k.gpuCount)), .text(k.layout), .int(Int64(k.batchPerGPU)),
                           .text(r.origin.rawValue), .int(r.fits ? 1 : 0), .text(r.source), .blob(Array(try enc.encode(r)))])
             }
             for f in facts {
-                try db.run("INSERT INTO perf_facts(name, gpu, row) VALUES(?,?,?) ON CONFLICT(name, gpu) DO UPDATE SET row = excluded.row",
+                try database.run("INSERT INTO perf_facts(name, gpu, row) VALUES(?,?,?) ON CONFLICT(name, gpu) DO UPDATE SET row = excluded.row",
                            [.text(f.name), .text(f.gpuModel), .blob(Array(try enc.encode(f)))])
             }
         }
@@ -39,15 +40,15 @@ extension StateStore {
 
     public func clearKnowledge(origin: RowOrigin? = nil) throws {
         try ensureKnowledgeTables()
-        if let origin { try db.run("DELETE FROM perf WHERE origin = ?", [.text(origin.rawValue)]) } else { try db.run("DELETE FROM perf"); try db.run("DELETE FROM perf_facts") }
+        if let origin { try database.run("DELETE FROM perf WHERE origin = ?", [.text(origin.rawValue)]) } else { try database.run("DELETE FROM perf"); try database.run("DELETE FROM perf_facts") }
     }
 
     public func loadKnowledge() throws -> KnowledgeBase {
         try ensureKnowledgeTables()
         let dec = JSONDecoder()
         var rows: [PerfRow] = [], facts: [KnowledgeFact] = []
-        for r in try db.run("SELECT row FROM perf") { if case .blob(let b) = r[0] { rows.append(try dec.decode(PerfRow.self, from: Data(b))) } }
-        for r in try db.run("SELECT row FROM perf_facts") { if case .blob(let b) = r[0] { facts.append(try dec.decode(KnowledgeFact.self, from: Data(b))) } }
+        for r in try database.run("SELECT row FROM perf") { if case .blob(let b) = r[0] { rows.append(try dec.decode(PerfRow.self, from: Data(b))) } }
+        for r in try database.run("SELECT row FROM perf_facts") { if case .blob(let b) = r[0] { facts.append(try dec.decode(KnowledgeFact.self, from: Data(b))) } }
         return KnowledgeBase(rows: rows, facts: facts)
     }
 }
@@ -56,7 +57,7 @@ extension StateStore {
 /// coordinator acts on a change; future submissions kept apart until they arrive.
 extension StateStore {
     func ensureJobTables() throws {
-        try db.execute("""
+        try database.execute("""
             CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, phase TEXT NOT NULL, record BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS future_jobs (id TEXT PRIMARY KEY, spec BLOB NOT NULL);
             """)
@@ -66,15 +67,15 @@ extension StateStore {
         let enc = JSONEncoder()
         enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         for r in records {
-            try db.run("INSERT INTO jobs(id, phase, record) VALUES(?,?,?) ON CONFLICT(id) DO UPDATE SET phase = excluded.phase, record = excluded.record",
+            try database.run("INSERT INTO jobs(id, phase, record) VALUES(?,?,?) ON CONFLICT(id) DO UPDATE SET phase = excluded.phase, record = excluded.record",
                        [.text(r.spec.id), .text(r.phase.rawValue), .blob(Array(try enc.encode(r)))])
-            try db.run("DELETE FROM future_jobs WHERE id = ?", [.text(r.spec.id)])
+            try database.run("DELETE FROM future_jobs WHERE id = ?", [.text(r.spec.id)])
         }
     }
 
     func saveFutureJobs(_ specs: [JobSpec]) throws {
         let enc = JSONEncoder()
-        for s in specs { try db.run("INSERT OR REPLACE INTO future_jobs(id, spec) VALUES(?,?)", [.text(s.id), .blob(Array(try enc.encode(s)))]) }
+        for s in specs { try database.run("INSERT OR REPLACE INTO future_jobs(id, spec) VALUES(?,?)", [.text(s.id), .blob(Array(try enc.encode(s)))]) }
     }
 
     func loadJobs() throws -> (future: [JobSpec], records: [JobRecord]) {
@@ -82,8 +83,8 @@ extension StateStore {
         let dec = JSONDecoder()
         dec.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         var f: [JobSpec] = [], r: [JobRecord] = []
-        for row in try db.run("SELECT spec FROM future_jobs") { f.append(try dec.decode(JobSpec.self, from: Data(row[0].blob))) }
-        for row in try db.run("SELECT record FROM jobs") { r.append(try dec.decode(JobRecord.self, from: Data(row[0].blob))) }
+        for row in try database.run("SELECT spec FROM future_jobs") { f.append(try dec.decode(JobSpec.self, from: Data(row[0].blob))) }
+        for row in try database.run("SELECT record FROM jobs") { r.append(try dec.decode(JobRecord.self, from: Data(row[0].blob))) }
         return (f, r)
     }
 
@@ -95,8 +96,8 @@ extension StateStore {
     /// The newest start_job command id per job (acknowledged or not), to tell current runs from old ones.
     func lastStartCommands() throws -> [String: UInt64] {
         var out: [String: UInt64] = [:]
-        for row in try db.run("SELECT id, body FROM commands ORDER BY id") {
-            guard let c = try? Command(serializedBytes: row[1].blob), case .startJob(let s)? = c.action else { continue }
+        for row in try database.run("SELECT id, body FROM commands ORDER BY id") {
+            guard let c = try? Command(serializedBytes: row[1].blob), let s = SchedulingController.startJob(in: c) else { continue }
             out[s.jobID] = UInt64(row[0].int)
         }
         return out
