@@ -282,7 +282,9 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
             count("errors_from_peers")
             logLimited("peer_error", "peer \(envelope.sender) reported: \(e.message)")
         default:
-            if let controller = controllerByBody[envelope.bodyName] {
+            var controller = controllerByBody[envelope.bodyName]
+            if case .featureRequest(let f)? = envelope.body { controller = controllerByFeature[f.feature] }
+            if let controller {
                 if let answer = controller.handleRequest(envelope, self) {
                     reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, answer)
                 }

@@ -148,3 +148,4 @@ public typealias FeatureResult = Stratolab_V1_FeatureResult
 public typealias JobCommand = Stratolab_V1_JobCommand
 public typealias PreemptJobResult = Stratolab_V1_PreemptJobResult
 public typealias InferenceCommand = Stratolab_V1_InferenceCommand
+public typealias FeatureMessage = Stratolab_V1_FeatureMessage

@@ -126,6 +126,8 @@ extension Envelope {
         case .submitRequestsReply: return "submit_requests_reply"
         case .requestsRequest: return "requests_request"
         case .requestsReply: return "requests_reply"
+        case .featureRequest(let f): return "feature_request/" + f.feature
+        case .featureReply(let f): return "feature_reply/" + f.feature
         case nil: return "none"
         }
     }

@@ -404,6 +404,24 @@ public nonisolated struct Stratolab_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._body = .requestsReply(newValue)}
   }
 
+  /// A feature's own operator API: `body` is the feature's request (or reply) message. The
+  /// coordinator hands a feature_request to the controller registered for `feature`.
+  public var featureRequest: Stratolab_V1_FeatureMessage {
+    get {
+      if case .featureRequest(let v)? = _storage._body {return v}
+      return Stratolab_V1_FeatureMessage()
+    }
+    set {_uniqueStorage()._body = .featureRequest(newValue)}
+  }
+
+  public var featureReply: Stratolab_V1_FeatureMessage {
+    get {
+      if case .featureReply(let v)? = _storage._body {return v}
+      return Stratolab_V1_FeatureMessage()
+    }
+    set {_uniqueStorage()._body = .featureReply(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -429,12 +447,30 @@ public nonisolated struct Stratolab_V1_Envelope: @unchecked Sendable {
     case submitRequestsReply(Stratolab_V1_SubmitRequestsReply)
     case requestsRequest(Stratolab_V1_RequestsRequest)
     case requestsReply(Stratolab_V1_RequestsReply)
+    /// A feature's own operator API: `body` is the feature's request (or reply) message. The
+    /// coordinator hands a feature_request to the controller registered for `feature`.
+    case featureRequest(Stratolab_V1_FeatureMessage)
+    case featureReply(Stratolab_V1_FeatureMessage)
 
   }
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Stratolab_V1_FeatureMessage: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var feature: String = String()
+
+  public var body: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Stratolab_V1_ErrorReply: Sendable {
@@ -513,7 +549,7 @@ nonisolated extension Stratolab_V1_TraceContext: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}message_id\0\u{1}sender\0\u{3}sent_at_unix_nanos\0\u{1}trace\0\u{1}recipient\0\u{3}in_reply_to\0\u{2}\u{3}register\0\u{3}register_ack\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}command\0\u{3}command_ack\0\u{1}error\0\u{1}deregister\0\u{4}\u{3}status_request\0\u{3}status_reply\0\u{3}operator_command\0\u{3}operator_command_reply\0\u{3}submit_jobs\0\u{3}submit_jobs_reply\0\u{3}jobs_request\0\u{3}jobs_reply\0\u{3}trace_batch\0\u{3}trace_batch_ack\0\u{3}submit_requests\0\u{3}submit_requests_reply\0\u{3}requests_request\0\u{3}requests_reply\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}message_id\0\u{1}sender\0\u{3}sent_at_unix_nanos\0\u{1}trace\0\u{1}recipient\0\u{3}in_reply_to\0\u{2}\u{3}register\0\u{3}register_ack\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}command\0\u{3}command_ack\0\u{1}error\0\u{1}deregister\0\u{4}\u{3}status_request\0\u{3}status_reply\0\u{3}operator_command\0\u{3}operator_command_reply\0\u{3}submit_jobs\0\u{3}submit_jobs_reply\0\u{3}jobs_request\0\u{3}jobs_reply\0\u{3}trace_batch\0\u{3}trace_batch_ack\0\u{3}submit_requests\0\u{3}submit_requests_reply\0\u{3}requests_request\0\u{3}requests_reply\0\u{4}\u{7}feature_request\0\u{3}feature_reply\0")
 
   fileprivate class _StorageClass {
     var _protocolVersion: UInt32 = 0
@@ -853,6 +889,32 @@ nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobu
             _storage._body = .requestsReply(v)
           }
         }()
+        case 40: try {
+          var v: Stratolab_V1_FeatureMessage?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .featureRequest(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .featureRequest(v)
+          }
+        }()
+        case 41: try {
+          var v: Stratolab_V1_FeatureMessage?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .featureReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .featureReply(v)
+          }
+        }()
         default: break
         }
       }
@@ -975,6 +1037,14 @@ nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobu
         guard case .requestsReply(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
       }()
+      case .featureRequest?: try {
+        guard case .featureRequest(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
+      }()
+      case .featureReply?: try {
+        guard case .featureReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 41)
+      }()
       case nil: break
       }
     }
@@ -998,6 +1068,41 @@ nonisolated extension Stratolab_V1_Envelope: SwiftProtobuf.Message, SwiftProtobu
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_FeatureMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FeatureMessage"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}feature\0\u{1}body\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.feature) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.body) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.feature.isEmpty {
+      try visitor.visitSingularStringField(value: self.feature, fieldNumber: 1)
+    }
+    if !self.body.isEmpty {
+      try visitor.visitSingularBytesField(value: self.body, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_FeatureMessage, rhs: Stratolab_V1_FeatureMessage) -> Bool {
+    if lhs.feature != rhs.feature {return false}
+    if lhs.body != rhs.body {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

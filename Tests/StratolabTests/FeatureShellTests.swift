@@ -1,0 +1,146 @@
+import Cluster
+import Coordinator
+import Foundation
+import Protocol
+import Testing
+
+/// A feature the shells have never heard of: its controller asks each node that registers to
+/// "echo" a word; the node's handler answers with a typed result and reports a fact that it
+/// repeats until the coordinator settles it; its operator API answers a feature request.
+/// Wire messages are plain bytes here (a real feature has its own proto file).
+private let stubFeature = "stub-echo"
+
+private final class StubController: CoordinatorFeature, @unchecked Sendable {
+    let lock = NSLock()
+    var features: [String] { [stubFeature] }
+    var asked = Set<String>()
+    var registered: [String] = []
+    var results: [String] = []
+    var reports: [String] = []
+    var requests = 0
+
+    func nodeRegistered(_ r: Register, newLife: Bool, _ s: CoordinatorServices) {
+        lock.lock(); registered.append(r.nodeID); lock.unlock()
+    }
+
+    func turn(_ s: CoordinatorServices) -> Bool {
+        var sent = false
+        for (id, record) in s.membership.nodes where record.status.state == .alive && !asked.contains(id) {
+            var f = FeatureCommand(); f.feature = stubFeature; f.body = Data("hello \(id)".utf8)
+            var c = Command(); c.nodeID = id; c.feature = f
+            if (try? s.enqueue(c)) != nil { asked.insert(id); sent = true }
+        }
+        return sent
+    }
+
+    func acknowledged(_ command: Command, _ feature: FeatureCommand, ack: CommandAck, _ s: CoordinatorServices) {
+        lock.lock(); results.append(String(decoding: ack.result.body, as: UTF8.self)); lock.unlock()
+    }
+
+    func reports(_ reports: [FeatureReport], feature: String, from nodeID: String, clockOffsetNanos: Int64, _ s: CoordinatorServices) -> [String] {
+        lock.lock(); self.reports += reports.map { "\(nodeID):\($0.key)=\(String(decoding: $0.body, as: UTF8.self))" }; lock.unlock()
+        return reports.map(\.key)
+    }
+
+    func handleRequest(_ envelope: Envelope, _ s: CoordinatorServices) -> Envelope.OneOf_Body? {
+        guard case .featureRequest(let m)? = envelope.body else { return nil }
+        lock.lock(); requests += 1; lock.unlock()
+        var reply = FeatureMessage(); reply.feature = stubFeature; reply.body = Data(("echo: " + String(decoding: m.body, as: UTF8.self)).utf8)
+        return .featureReply(reply)
+    }
+
+    func snapshot() -> (registered: [String], results: [String], reports: [String]) {
+        lock.lock(); defer { lock.unlock() }; return (registered, results, reports)
+    }
+}
+
+private final class StubHandler: FeatureHandler, @unchecked Sendable {
+    let lock = NSLock()
+    var feature: String { stubFeature }
+    var executed: [String] = []
+    var unsettled: [String: String] = [:]
+    var settledKeys: [String] = []
+    var reportsSent = 0
+
+    func execute(_ body: [UInt8], commandID: UInt64, wallNanos: Int64) -> FeatureOutcome {
+        let word = String(decoding: body, as: UTF8.self)
+        lock.lock(); executed.append(word); unsettled["fact-\(commandID)"] = word.uppercased(); lock.unlock()
+        return FeatureOutcome(ok: true, detail: "echoed", result: Array("echo \(word)".utf8))
+    }
+
+    func reports(wallNanos: Int64) -> [FeatureReport] {
+        lock.lock(); defer { lock.unlock() }
+        reportsSent += unsettled.count
+        return unsettled.sorted { $0.key < $1.key }.map { var r = FeatureReport(); r.feature = feature; r.key = $0.key; r.body = Data($0.value.utf8); return r }
+    }
+
+    func settle(_ keys: [String]) {
+        lock.lock(); for k in keys { unsettled[k] = nil }; settledKeys += keys; lock.unlock()
+    }
+
+    func snapshot() -> (executed: [String], settled: [String], unsettled: Int) {
+        lock.lock(); defer { lock.unlock() }; return (executed, settledKeys, unsettled.count)
+    }
+}
+
+private final class StubNode: AgentBehavior {
+    let handler = StubHandler()
+    var kind: NodeKind { .render }
+    func capabilities() -> Capabilities {
+        var c = Capabilities(); var r = RenderCapabilities(); r.siteKind = .edge; r.renderSlots = 2; r.gpuModel = "L4"; r.maxFps = 60; c.render = r; return c
+    }
+    func fillTelemetry(_ telemetry: inout Telemetry) {}
+    var handlers: [FeatureHandler] { [handler] }
+}
+
+@Suite("Feature shells")
+struct FeatureShellTests {
+    @Test("a feature neither shell knows works end to end once registered: command with typed result, reports settled, operator request")
+    func stubFeatureThroughBothShells() throws {
+        let dir = NSTemporaryDirectory() + "strato-stub-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = CoordinatorConfig(stateDirectory: dir)
+        config.endpoint = "tcp://127.0.0.1:0"
+        config.heartbeatIntervalMs = 50
+        let controller = StubController()
+        let coordinator = CoordinatorServer(config: config, features: [controller])
+        let coordinatorThread = Thread { try? coordinator.run() }
+        coordinatorThread.start()
+        coordinator.waitUntilReady()
+        defer { coordinator.stop() }
+
+        var sc = AgentSessionConfig()
+        sc.endpoint = coordinator.boundEndpoint
+        sc.heartbeatIntervalMs = 50
+        let node = StubNode()
+        let session = AgentSession(config: sc, nodes: [(AgentIdentity(nodeID: "stub-0", siteName: "edge-1", siteKind: .edge), node)])
+        let agentThread = Thread { try? session.run() }
+        agentThread.start()
+        defer { session.stop() }
+
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if controller.snapshot().results.count == 1 && node.handler.snapshot().settled.count == 1 { break }
+            usleep(20_000)
+        }
+        let c = controller.snapshot(), h = node.handler.snapshot()
+        #expect(c.registered == ["stub-0"])
+        #expect(h.executed == ["hello stub-0"], "the agent shell routed the feature's command to its handler, once")
+        #expect(c.results == ["echo hello stub-0"], "the typed result came back in the acknowledgement")
+        #expect(c.reports.first?.hasPrefix("stub-0:fact-") == true && c.reports.first?.hasSuffix("=HELLO STUB-0") == true)
+        #expect(h.settled.count == 1 && h.unsettled == 0, "the coordinator's ack settled the report key")
+
+        let client = try OperatorClient(endpoint: coordinator.boundEndpoint)
+        defer { client.close() }
+        var m = FeatureMessage(); m.feature = stubFeature; m.body = Data("ping".utf8)
+        guard case .featureReply(let reply) = try client.request(.featureRequest(m)) else { Issue.record("expected a feature reply"); return }
+        #expect(String(decoding: reply.body, as: UTF8.self) == "echo: ping")
+        var unknown = FeatureMessage(); unknown.feature = "no-such-feature"
+        do {
+            _ = try client.request(.featureRequest(unknown))
+            Issue.record("a request for a feature nobody registered should be refused")
+        } catch {
+            #expect("\(error)".contains("does not accept 'feature_request/no-such-feature'"))
+        }
+    }
+}
