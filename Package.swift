@@ -54,7 +54,7 @@ let package = Package(
         .executableTarget(
             name: "strato",
             dependencies: [
-                "Coordinator", "Features", "GPUAgent", "MemoryAgent", "RenderAgent", "Experiments", "Benchmarks",
+                "Coordinator", "DataPlane", "Features", "GPUAgent", "MemoryAgent", "RenderAgent", "Experiments", "Benchmarks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

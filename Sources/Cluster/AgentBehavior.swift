@@ -85,6 +85,13 @@ extension FeatureHandler {
     }
 }
 
+/// A handler that owns the node's data-plane peer socket: the session advertises it at
+/// registration (`Register.data_endpoint`), so the coordinator can tell peers where to send.
+public protocol AdvertisesDataEndpoint {
+    var dataEndpoint: String { get }
+    var dataPublicKey: String? { get }
+}
+
 /// Who a node is: its id, site and labels.
 public struct AgentIdentity: Sendable {
     public var nodeID: String

@@ -70,7 +70,9 @@ public final class AgentSession: @unchecked Sendable {
     private var registeredCount = 0
     let network: EmulatedNetwork?
 
-    public init(config: AgentSessionConfig, nodes: [(AgentIdentity, AgentBehavior)],
+    /// `extraHandlers`: features the process adds to every node beside the node's own (the
+    /// data plane of a single-node agent).
+    public init(config: AgentSessionConfig, nodes: [(AgentIdentity, AgentBehavior)], extraHandlers: [FeatureHandler] = [],
                 clock: Clock = SystemClock.shared, logger: Logger = Logger(label: "strato.agent")) {
         self.config = config
         self.clock = clock
@@ -79,7 +81,7 @@ public final class AgentSession: @unchecked Sendable {
         self.heartbeatIntervalNanos = .millis(Int64(config.heartbeatIntervalMs))
         self.nodes = nodes.map { identity, behavior in
             Node(identity: identity, behavior: behavior,
-                 handlers: Dictionary(behavior.handlers.map { ($0.feature, $0) }, uniquingKeysWith: { first, _ in first }),
+                 handlers: Dictionary((behavior.handlers + extraHandlers).map { ($0.feature, $0) }, uniquingKeysWith: { first, _ in first }),
                  instanceID: UUID().uuidString)
         }
         for (i, n) in self.nodes.enumerated() { index[n.identity.nodeID] = i }
@@ -194,7 +196,9 @@ public final class AgentSession: @unchecked Sendable {
         r.instanceID = n.instanceID
         r.lastIncarnation = n.incarnation
         r.running = running(i)
-        if let dp = dataPlane { r.dataEndpoint = dp.endpoint; r.dataPublicKey = dp.publicKey ?? "" }
+        for h in n.handlers.values {
+            if let dp = h as? AdvertisesDataEndpoint { r.dataEndpoint = dp.dataEndpoint; r.dataPublicKey = dp.dataPublicKey ?? "" }
+        }
         r.agentVersion = StratolabVersion.string
         r.host = ProcessStats.hostName
         r.pid = getpid()
@@ -365,9 +369,6 @@ public final class AgentSession: @unchecked Sendable {
         return out
     }
 
-    /// The node's data-plane endpoint to advertise at registration (set by the composition root
-    /// when the agent binds one).
-    public var dataPlane: (endpoint: String, publicKey: String?)?
 
     @discardableResult
     private func send(_ body: Envelope.OneOf_Body, from i: Int, _ dealer: ZMQSocket) -> Int64 {

@@ -28,9 +28,7 @@ final class EmulatedNetwork {
     private var incoming: LinkEmulator<[[UInt8]]>
     private let clock: Clock
     private let logger: Logger
-    private var lastControlCheck: Int64?
-    private var controlStamp: FileStamp?
-    private var lastProblem: String?
+    private var control: NetworkControlFile
     /// Released messages the socket would not take (no connection, queue full).
     private(set) var sendFailures: UInt64 = 0
 
@@ -47,6 +45,7 @@ final class EmulatedNetwork {
         self.passThrough = configured.isNone
         self.clock = clock
         self.logger = logger
+        self.control = NetworkControlFile(path: controlFile, configured: configured)
         outgoing = LinkEmulator(conditions: configured, seed: seed)
         incoming = LinkEmulator(conditions: configured, seed: seed ^ 0x1F_0E_2D_3C_4B_5A_6978)
         logger.info("emulating the network to the coordinator (each direction)", metadata: [
@@ -123,34 +122,8 @@ final class EmulatedNetwork {
     // MARK: Control file
 
     private func followControlFile(now: Int64) {
-        guard let path = controlFile else { return }
-        if let last = lastControlCheck, now - last < Self.controlCheckIntervalNanos { return }
-        lastControlCheck = now
-        let stamp = FileStamp(path: path)
-        guard stamp != controlStamp else { return }
-        controlStamp = stamp
-        guard stamp != nil else {
-            lastProblem = nil
-            apply(configured, source: "control file \(path) absent: the configured conditions")
-            return
-        }
-        do {
-            guard let data = FileManager.default.contents(atPath: path) else {
-                throw NetworkConditions.ParseError("cannot read the file")
-            }
-            // Most likely caught between truncation and write (`echo … > FILE`): wait for the content.
-            if data.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return }
-            let c = try NetworkConditions.decodeJSON(data)
-            lastProblem = nil
-            apply(c, source: "control file \(path)")
-        } catch {
-            let reason = "\(error)"
-            if reason != lastProblem {
-                logger.error("ignoring the network control file \(path): \(reason)",
-                             metadata: ["conditions": "\(current)"])
-                lastProblem = reason
-            }
-        }
+        guard controlFile != nil, let (c, source) = control.poll(now: now, current: current, logger: logger) else { return }
+        apply(c, source: source)
     }
 
     private func apply(_ c: NetworkConditions, source: String) {
@@ -162,8 +135,53 @@ final class EmulatedNetwork {
     }
 }
 
+/// Follows a node's network control file (JSON of `NetworkConditions`): looked at no more than
+/// every 100 ms, read again when its inode, size or mtime change; while it exists it replaces the
+/// configured conditions, once gone they apply again. A malformed file is reported once and
+/// ignored; an empty one is taken as not written yet. Shared by the control plane's emulated link
+/// and the data plane, so a fault (a partition) cuts both.
+public struct NetworkControlFile: Sendable {
+    public static let checkIntervalNanos: Int64 = .millis(100)
+    public let path: String?
+    public let configured: NetworkConditions
+    private var lastCheck: Int64?
+    private var stamp: FileStamp?
+    private var lastProblem: String?
+
+    public init(path: String?, configured: NetworkConditions) { self.path = path; self.configured = configured }
+
+    /// The conditions to apply now and why, when they differ from `current`; nil when nothing changed.
+    public mutating func poll(now: Int64, current: NetworkConditions, logger: Logger) -> (NetworkConditions, String)? {
+        guard let path else { return nil }
+        if let last = lastCheck, now - last < Self.checkIntervalNanos { return nil }
+        lastCheck = now
+        let fresh = FileStamp(path: path)
+        guard fresh != stamp else { return nil }
+        stamp = fresh
+        guard fresh != nil else {
+            lastProblem = nil
+            return configured == current ? nil : (configured, "control file \(path) absent: the configured conditions")
+        }
+        do {
+            guard let data = FileManager.default.contents(atPath: path) else { throw NetworkConditions.ParseError("cannot read the file") }
+            // Most likely caught between truncation and write (`echo … > FILE`): wait for the content.
+            if data.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { stamp = nil; return nil }
+            let c = try NetworkConditions.decodeJSON(data)
+            lastProblem = nil
+            return c == current ? nil : (c, "control file \(path)")
+        } catch {
+            let reason = "\(error)"
+            if reason != lastProblem {
+                logger.error("ignoring the network control file \(path): \(reason)", metadata: ["conditions": "\(current)"])
+                lastProblem = reason
+            }
+            return nil
+        }
+    }
+}
+
 /// What tells a file's content may have changed without reading it: inode, size and mtime.
-struct FileStamp: Equatable {
+struct FileStamp: Equatable, Sendable {
     let inode: UInt64
     let size: Int64
     let seconds: Int

@@ -32,10 +32,14 @@ public struct DataPlaneConfig: Sendable {
     public var maxTransferBytes = 1 << 40
     /// A transfer whose peer is silent this long fails with `peerUnreachable`.
     public var peerTimeoutNanos: Int64 = 2_000_000_000
-    /// Emulated conditions of this node's uplink (everything its data plane sends): latency,
-    /// jitter, bandwidth and partitions as in the control plane. Loss is not applied: the data
-    /// plane is a reliable stream, where loss shows as retransmission delay.
+    /// Emulated conditions of this node's link, each direction (what its data plane sends, and
+    /// what it receives): latency, jitter, bandwidth and partitions as on the control plane, so a
+    /// transfer crosses the sender's and the receiver's links. Loss is not applied: the data plane
+    /// is a reliable stream, where loss shows as retransmission delay.
     public var network = NetworkConditions.none
+    /// The node's network control file (as the control plane's): while it exists its conditions
+    /// replace `network`, so a fault that partitions or slows the node does so on both planes.
+    public var networkControlFile: String?
 
     public init(nodeID: String) { self.nodeID = nodeID }
 }
@@ -72,7 +76,13 @@ public final class DataPlane {
     public private(set) var endpoint = ""
     public var publicKey: String? { config.keys?.publicKey }
     public private(set) var stats = Stats()
+    /// Who takes incoming transfers, by the offer's `kind` ("kv", "block", "probe", ...); `receiver`
+    /// takes every kind not listed. Features register theirs; receivers are held weakly.
     public weak var receiver: DataPlaneReceiver?
+    private var receiversByKind: [String: WeakReceiver] = [:]
+    private struct WeakReceiver { weak var value: DataPlaneReceiver? }
+    public func register(_ r: DataPlaneReceiver, forKind kind: String) { receiversByKind[kind] = WeakReceiver(value: r) }
+    private func receiver(for kind: String) -> DataPlaneReceiver? { receiversByKind[kind]?.value ?? receiver }
 
     private let clock: Clock
     private let logger: Logger
@@ -87,23 +97,31 @@ public final class DataPlane {
         let socket: ZMQSocket
     }
     private var outgoing: [UInt64: Outgoing] = [:]
-    private struct Incoming { var machine: TransferReceiver; let identity: [UInt8] }
+    private struct Incoming { var machine: TransferReceiver; let identity: [UInt8]; weak var receiver: DataPlaneReceiver? }
     private struct IncomingKey: Hashable { let sender: String; let id: UInt64 }
     private var incoming: [IncomingKey: Incoming] = [:]
     private var nextTransferID: UInt64 = 0
     /// The emulated uplink: frames wait here until due (nil payload socket = the router).
     private enum Target { case router([UInt8]), peer(ZMQSocket) }
     private var link: LinkEmulator<(Target, [[UInt8]])>
+    /// The emulated downlink: what arrives waits here until due (the node's conditions apply to
+    /// both directions, as on the control plane).
+    private enum Source { case router, peer(PeerAddress) }
+    private var inLink: LinkEmulator<(from: Source, frames: [[UInt8]])>
     private var lastTick: Int64 = 0
+    private var control: NetworkControlFile
+    public private(set) var conditions: NetworkConditions
     private var chunkHeader = [UInt8]()
 
     public init(config: DataPlaneConfig, clock: Clock = SystemClock.shared, logger: Logger = Logger(label: "strato.dataplane")) throws {
         self.config = config
         self.clock = clock
         self.logger = logger
-        var conditions = config.network
-        conditions.loss = 0
+        control = NetworkControlFile(path: config.networkControlFile, configured: config.network)
+        self.conditions = config.network
+        let conditions = DataPlane.streamConditions(config.network)
         link = LinkEmulator(conditions: conditions, seed: UInt64(truncatingIfNeeded: config.nodeID.hashValue))
+        inLink = LinkEmulator(conditions: conditions, seed: UInt64(truncatingIfNeeded: config.nodeID.hashValue) ^ 0x5A5A_A5A5)
         router = try ZMQSocket(context, .router)
         try router.setHighWaterMarks(send: 10_000, receive: 10_000)
         try router.setOption(ZMQ_ROUTER_MANDATORY_OPTION, Int32(1))
@@ -142,7 +160,7 @@ public final class DataPlane {
 
     /// When `pump` next has timed work (an emulated frame due, a timeout to check).
     public var nextDueNanos: Int64? {
-        var due = link.nextDue
+        var due = [link.nextDue, inLink.nextDue].compactMap { $0 }.min()
         if transfersInProgress > 0 { due = min(due ?? .max, lastTick + 50_000_000) }
         return due
     }
@@ -201,9 +219,12 @@ public final class DataPlane {
     /// checks timeouts. Call it whenever one of `sockets` is readable or `nextDueNanos` has come.
     public func pump() throws {
         var queuedThisPump: [IncomingKey: Int] = [:]
+        // With conditions in force, what arrives waits on the emulated downlink (copied out of
+        // libzmq's buffers); without, it is handled in place.
+        let emulatedIn = !conditions.isNone || !inLink.isEmpty
         for _ in 0..<4096 {
             let got = try router.receive(dontWait: true) { frames -> Bool in
-                handleAtReceiver(frames, queued: &queuedThisPump)
+                if emulatedIn { offerInbound(.router, frames) } else { handleAtReceiver(frames, queued: &queuedThisPump) }
                 return true
             }
             if got == nil { break }
@@ -211,14 +232,30 @@ public final class DataPlane {
         for (peer, socket) in peers {
             for _ in 0..<4096 {
                 let got = try socket.receive(dontWait: true) { frames -> Bool in
-                    handleAtSender(frames, from: peer)
+                    if emulatedIn { offerInbound(.peer(peer), frames) } else { handleAtSender(frames, from: peer) }
                     return true
                 }
                 if got == nil { break }
             }
         }
-        for q in queuedThisPump.values { stats.maxChunksQueued = max(stats.maxChunksQueued, q) }
         let now = clock.monotonicNanos()
+        if let (c, source) = control.poll(now: now, current: conditions, logger: logger) {
+            logger.notice("data-plane network conditions changed", metadata: ["from": "\(conditions)", "to": "\(c)", "source": "\(source)"])
+            conditions = c
+            link.setConditions(DataPlane.streamConditions(c))
+            inLink.setConditions(DataPlane.streamConditions(c))
+        }
+        // A partition holds what is in flight (a TCP stream stalls; it does not lose bytes): past
+        // the peer timeout the transfers fail, before it they go on once the partition heals.
+        if !conditions.partitioned { inLink.releaseDue(at: now) { item in
+            withBuffers(item.frames) { frames in
+                switch item.from {
+                case .router: handleAtReceiver(frames, queued: &queuedThisPump)
+                case .peer(let peer): handleAtSender(frames, from: peer)
+                }
+            }
+        } }
+        for q in queuedThisPump.values { stats.maxChunksQueued = max(stats.maxChunksQueued, q) }
         releaseLink(now: now)
         if now - lastTick >= 50_000_000 {
             lastTick = now
@@ -274,8 +311,8 @@ public final class DataPlane {
                 reject(identity, id: frame.transferID, .malformed(problem))
                 return
             }
-            guard let receiver else {
-                reject(identity, id: frame.transferID, .refused("no feature on this node takes data-plane transfers"))
+            guard let receiver = receiver(for: offer.kind) else {
+                reject(identity, id: frame.transferID, .refused("no feature on this node takes '\(offer.kind)' transfers"))
                 return
             }
             if let why = receiver.shouldAccept(from: frame.sender, transfer: frame.transferID, offer: offer) {
@@ -286,7 +323,7 @@ public final class DataPlane {
                                            timeoutNanos: config.peerTimeoutNanos, now: now)
             stats.transfersReceived += 1
             let d = machine.accepted(now: now)
-            incoming[key] = Incoming(machine: machine, identity: identity)
+            incoming[key] = Incoming(machine: machine, identity: identity, receiver: receiver)
             sendAccept(to: identity, id: frame.transferID)
             carryOut(d, key: key)
         case .chunk(let h)?:
@@ -315,7 +352,7 @@ public final class DataPlane {
         for d in directives {
             switch d {
             case let .deliver(_, offset):
-                if let p = payload { receiver?.consume(from: key.sender, transfer: key.id, offset: offset, bytes: p) }
+                if let p = payload { entry.receiver?.consume(from: key.sender, transfer: key.id, offset: offset, bytes: p) }
             case let .sendCredit(credits, consumed):
                 var c = TransferCredit(); c.credits = UInt32(credits); c.consumed = consumed
                 transmit(.router(entry.identity), body: .credit(c), transfer: key.id)
@@ -326,12 +363,12 @@ public final class DataPlane {
                 transmit(.router(entry.identity), body: .error(e), transfer: key.id)
             case .completed(let bytes):
                 incoming[key] = nil
-                receiver?.finished(from: key.sender, transfer: key.id, result: .success(bytes))
+                entry.receiver?.finished(from: key.sender, transfer: key.id, result: .success(bytes))
             case .failed(let e):
                 incoming[key] = nil
                 stats.transfersFailed += 1
                 logger.warning("incoming transfer failed", metadata: ["from": "\(key.sender)", "transfer": "\(key.id)", "error": "\(e)"])
-                receiver?.finished(from: key.sender, transfer: key.id, result: .failure(e))
+                entry.receiver?.finished(from: key.sender, transfer: key.id, result: .failure(e))
             }
         }
     }
@@ -411,7 +448,7 @@ public final class DataPlane {
     }
 
     private func sendChunk(_ socket: ZMQSocket, header: [UInt8], payload: UnsafeRawBufferPointer) {
-        if link.conditions.isNone && link.isEmpty {
+        if conditions.isNone && link.isEmpty {
             header.withUnsafeBytes { h in deliverNow(.peer(socket), buffers: [h, payload]) }
         } else {
             send(.peer(socket), [header, Array(payload)])
@@ -419,7 +456,7 @@ public final class DataPlane {
     }
 
     private func send(_ target: Target, _ frames: [[UInt8]]) {
-        if link.conditions.isNone && link.isEmpty {
+        if conditions.isNone && link.isEmpty {
             withBuffers(frames) { deliverNow(target, buffers: $0) }
             return
         }
@@ -428,7 +465,13 @@ public final class DataPlane {
         releaseLink(now: now)
     }
 
+    private func offerInbound(_ from: Source, _ frames: [UnsafeRawBufferPointer]) {
+        let copies = frames.map { Array($0) }
+        inLink.offer((from, copies), bytes: copies.reduce(0) { $0 + $1.count }, at: clock.monotonicNanos())
+    }
+
     private func releaseLink(now: Int64) {
+        guard !conditions.partitioned else { return }
         link.releaseDue(at: now) { item in withBuffers(item.1) { deliverNow(item.0, buffers: $0) } }
     }
 
@@ -451,6 +494,10 @@ public final class DataPlane {
         }
         go(0, [])
     }
+
+    /// The link as a reliable stream sees it: no loss (see `DataPlaneConfig.network`), and a
+    /// partition holds frames (`pump` stops releasing them) instead of dropping them.
+    static func streamConditions(_ c: NetworkConditions) -> NetworkConditions { var s = c; s.loss = 0; s.partitioned = false; return s }
 
     static func advertised(_ bound: String, host: String?) -> String {
         guard let host, bound.hasPrefix("tcp://"), let colon = bound.lastIndex(of: ":") else { return bound }

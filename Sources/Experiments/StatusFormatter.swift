@@ -63,7 +63,7 @@ public enum StatusFormatter {
                 "state": n.state.name, "incarnation": n.incarnation, "labels": n.labels,
                 "last_heartbeat_age_ms": n.lastHeartbeatAgeNanos < 0 ? -1 : Double(n.lastHeartbeatAgeNanos) / 1e6,
                 "resources": resourcesJSON(n.capabilities), "running": n.running, "host": n.host, "pid": n.pid,
-                "drained": n.drained,
+                "drained": n.drained, "data_endpoint": n.dataEndpoint.isEmpty ? NSNull() : n.dataEndpoint as Any,
             ]
             if n.hasClock && n.clock.samples > 0 {
                 o["clock_offset_ms"] = Double(n.clock.offsetNanos) / 1e6

@@ -149,3 +149,10 @@ public typealias JobCommand = Stratolab_V1_JobCommand
 public typealias PreemptJobResult = Stratolab_V1_PreemptJobResult
 public typealias InferenceCommand = Stratolab_V1_InferenceCommand
 public typealias FeatureMessage = Stratolab_V1_FeatureMessage
+// Feature "dataplane" (dataplane_probe.proto).
+public typealias ProbeCommand = Stratolab_V1_ProbeCommand
+public typealias ProbeResult = Stratolab_V1_ProbeResult
+public typealias ProbeRequest = Stratolab_V1_ProbeRequest
+public typealias StartProbe = Stratolab_V1_StartProbe
+public typealias ProbeStatus = Stratolab_V1_ProbeStatus
+public typealias ProbeReply = Stratolab_V1_ProbeReply

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Cluster
+import DataPlane
 import Foundation
 import Features
 import GPUAgent
@@ -9,6 +10,7 @@ import Scheduling
 import MemoryAgent
 import Protocol
 import RenderAgent
+import Wire
 
 struct AgentCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -33,6 +35,8 @@ struct AgentCommand: ParsableCommand {
         @Option(name: .customLong("net-loss"), help: "Emulated loss, each direction: a fraction 0…1 or a percentage (0.01, 1%).") var netLoss: String?
         @Option(name: .customLong("net-bandwidth"), help: "Emulated bandwidth, each direction: 100mbit, 1gbit, 10MB/s, … (default unlimited).") var netBandwidth: String?
         @Option(name: .customLong("net-control"), help: "JSON file of network conditions that replaces the --net-* ones while it exists (re-read when it changes).") var netControl: String?
+        @Option(name: .customLong("data-endpoint"), help: "Where this node's data-plane peer socket binds (port 0: any free one), or none. Default tcp://127.0.0.1:0; none with --virtual.") var dataEndpoint: String?
+        @Option(name: .customLong("data-advertise-host"), help: "Host peers use to reach the data plane (e.g. the container's name when it binds 0.0.0.0).") var dataAdvertiseHost: String?
 
         func validate() throws {
             guard SiteKind(name: site) != nil else { throw ValidationError("--site '\(site)' must be cloud, edge or device") }
@@ -80,6 +84,27 @@ struct AgentCommand: ParsableCommand {
             return c
         }
 
+        /// Feature "dataplane" for a single-node agent: its peer socket (CURVE with this node's key
+        /// when keys are on, admitting the testbed's authorised keys) through the node's emulated link.
+        func dataPlaneHandlers(nodeID: String) throws -> [FeatureHandler] {
+            let endpoint = dataEndpoint ?? (virtual > 1 ? "none" : "tcp://127.0.0.1:0")
+            guard endpoint != "none" else { return [] }
+            guard virtual == 1 else { throw ValidationError("--data-endpoint: a data plane serves one node; use none with --virtual") }
+            var c = DataPlaneConfig(nodeID: nodeID)
+            c.bindEndpoint = endpoint
+            c.advertiseHost = dataAdvertiseHost
+            c.network = (try? networkConditions()) ?? .none
+            c.networkControlFile = netControl
+            if let dir = keys {
+                let kd = KeyDirectory(path: dir)
+                c.keys = try clientKey.map(KeyDirectory.readPair) ?? kd.agentKeys()
+                c.authorizedKeys = try kd.authorizedKeys()
+            }
+            do { return [DataPlaneHandler(plane: try DataPlane(config: c))] } catch {
+                throw ValidationError("--data-endpoint \(endpoint): could not bind the data plane: \(error)")
+            }
+        }
+
         func run(_ make: (AgentIdentity) throws -> AgentBehavior) throws {
             Strato.bootstrapLogging()
             let nodes = try identities().map { ($0, try make($0)) }
@@ -89,7 +114,7 @@ struct AgentCommand: ParsableCommand {
                 Tracer.shared.instant("agent start", category: "lifecycle", track: "control",
                                       args: ["kind": nodes[0].1.kind.name, "nodes": "\(nodes.count)", "pid": "\(getpid())"])
             }
-            let session = AgentSession(config: sessionConfig, nodes: nodes,
+            let session = AgentSession(config: sessionConfig, nodes: nodes, extraHandlers: try dataPlaneHandlers(nodeID: nodes[0].0.nodeID),
                                        logger: Logger(label: "strato.agent.\(nodes[0].1.kind.name)"))
             SignalTrap.onTerminate { session.stop() }
             try session.run()

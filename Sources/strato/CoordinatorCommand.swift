@@ -53,6 +53,7 @@ struct CoordinatorCommand: ParsableCommand {
         // The coordinator's composition root: one line per feature's controller.
         let server = CoordinatorServer(config: config, features: [
             SchedulingController(policy: policy),   // features "jobs" and "inference"
+            DataPlaneController(),                  // feature "dataplane": peer sockets, probes
         ])
         SignalTrap.onTerminate { server.stop() }
         try server.run()

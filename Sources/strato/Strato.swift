@@ -10,7 +10,7 @@ struct Strato: ParsableCommand {
         subcommands: [
             CoordinatorCommand.self, AgentCommand.self, StatusCommand.self, NodeCommand.self,
             TestbedCommand.self, KeysCommand.self, BenchCommand.self, KBCommand.self, TwinCommand.self, SubmitCommand.self, JobsCommand.self, ServicesCommand.self,
-            ExperimentCommand.self, FaultCommand.self, TraceCommand.self, ReportCommand.self,
+            ExperimentCommand.self, FaultCommand.self, TraceCommand.self, ReportCommand.self, DataPlaneCommand.self,
         ])
 
     static func bootstrapLogging() {

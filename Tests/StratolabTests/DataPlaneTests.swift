@@ -224,4 +224,38 @@ struct DataPlaneTests {
         #expect(took >= 0.2)
         #expect(sink.received == pattern(0, 400_000))
     }
+
+    @Test("a partition in the node's control file holds a transfer: healed within the timeout it completes, otherwise it fails by name")
+    func partitionFromControlFile() throws {
+        let dir = NSTemporaryDirectory() + "strato-dp-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let control = dir + "/sender.json"
+        let receiver = try DataPlane(config: DataPlaneConfig(nodeID: "r"))
+        let sink = CheckingSink()
+        receiver.receiver = sink
+        var sc = DataPlaneConfig(nodeID: "s"); sc.networkControlFile = control; sc.peerTimeoutNanos = 1_500_000_000
+        let sender = try DataPlane(config: sc)
+
+        try #"{"partitioned": true}"#.write(toFile: control, atomically: true, encoding: .utf8)
+        try sender.pump()
+        #expect(sender.conditions.partitioned)
+        var first: Result<Int, DataPlaneError>?
+        try sender.send(to: PeerAddress(endpoint: receiver.endpoint), kind: "t", totalBytes: 100_000, chunkBytes: 10_000, source: source(), done: { first = $0 })
+        try drive(sender, receiver, seconds: 0.4) { first != nil }
+        #expect(first == nil, "nothing gets through a partition")
+        #expect(sink.received.isEmpty)
+        try FileManager.default.removeItem(atPath: control)
+        try drive(sender, receiver) { first != nil && !sink.results.isEmpty }
+        #expect(try first?.get() == 100_000, "healed before the timeout, the transfer completes")
+        #expect(sink.received == pattern(0, 100_000))
+
+        try #"{"partitioned": true}"#.write(toFile: control, atomically: true, encoding: .utf8)
+        usleep(150_000)
+        try sender.pump()
+        var second: Result<Int, DataPlaneError>?
+        try sender.send(to: PeerAddress(endpoint: receiver.endpoint), kind: "t", totalBytes: 100_000, chunkBytes: 10_000, source: source(), done: { second = $0 })
+        try drive(sender, receiver, seconds: 10) { second != nil }
+        guard case .failure(.peerUnreachable)? = second else { Issue.record("expected peerUnreachable, got \(String(describing: second))"); return }
+    }
 }

@@ -94,6 +94,10 @@ struct EnvelopeCodecTests {
         #expect(throws: EnvelopeDecodeError.unsupportedVersion(currentProtocolVersion + 1)) { try codec.decode(codec.encode(e)) }
         e.protocolVersion = 0
         #expect(throws: EnvelopeDecodeError.unsupportedVersion(0)) { try codec.decode(codec.encode(e)) }
+        // Protocol 1 (job reports and commands in the core messages) is no longer spoken.
+        #expect(currentProtocolVersion == 2)
+        e.protocolVersion = 1
+        #expect(throws: EnvelopeDecodeError.unsupportedVersion(1)) { try codec.decode(codec.encode(e)) }
         #expect(EnvelopeDecodeError.unsupportedVersion(0).code == .unsupportedVersion)
     }
 

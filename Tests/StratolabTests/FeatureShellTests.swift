@@ -3,6 +3,8 @@ import Coordinator
 import Foundation
 import Protocol
 import Testing
+import DataPlane
+import Features
 
 /// A feature the shells have never heard of: its controller asks each node that registers to
 /// "echo" a word; the node's handler answers with a typed result and reports a fact that it
@@ -141,6 +143,75 @@ struct FeatureShellTests {
             Issue.record("a request for a feature nobody registered should be refused")
         } catch {
             #expect("\(error)".contains("does not accept 'feature_request/no-such-feature'"))
+        }
+    }
+}
+
+/// A node whose only feature is the data plane (as every single-node agent has).
+private final class PlainNode: AgentBehavior {
+    var kind: NodeKind { .render }
+    func capabilities() -> Capabilities {
+        var c = Capabilities(); var r = RenderCapabilities(); r.siteKind = .edge; r.renderSlots = 2; r.gpuModel = "L4"; r.maxFps = 60; c.render = r; return c
+    }
+    func fillTelemetry(_ telemetry: inout Telemetry) {}
+}
+
+@Suite("Feature: dataplane")
+struct DataPlaneFeatureTests {
+    @Test("two agents advertise their data planes at registration; a probe moves verified bytes agent to agent; bad probes are refused by name")
+    func probeBetweenAgents() throws {
+        let dir = NSTemporaryDirectory() + "strato-probe-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = CoordinatorConfig(stateDirectory: dir)
+        config.endpoint = "tcp://127.0.0.1:0"
+        config.heartbeatIntervalMs = 50
+        let coordinator = CoordinatorServer(config: config, features: [DataPlaneController()])
+        Thread { try? coordinator.run() }.start()
+        coordinator.waitUntilReady()
+        defer { coordinator.stop() }
+
+        var handlers: [DataPlaneHandler] = []
+        var sessions: [AgentSession] = []
+        for (i, network) in [NetworkConditions.none, NetworkConditions(delayMs: 2, bandwidthBytesPerSecond: 20_000_000)].enumerated() {
+            var sc = AgentSessionConfig()
+            sc.endpoint = coordinator.boundEndpoint
+            sc.heartbeatIntervalMs = 50
+            var dc = DataPlaneConfig(nodeID: "node-\(i)"); dc.network = network; dc.chunkBytes = 256 << 10
+            let h = DataPlaneHandler(plane: try DataPlane(config: dc))
+            handlers.append(h)
+            let session = AgentSession(config: sc, nodes: [(AgentIdentity(nodeID: "node-\(i)", siteName: "edge-1", siteKind: .edge), PlainNode())],
+                                       extraHandlers: [h])
+            sessions.append(session)
+            Thread { try? session.run() }.start()
+        }
+        defer { for s in sessions { s.stop() } }
+        let client = try OperatorClient(endpoint: coordinator.boundEndpoint)
+        defer { client.close() }
+        var status = try client.status()
+        let deadline = Date().addingTimeInterval(20)
+        while status.nodes.filter({ $0.state == .alive }).count < 2 && Date() < deadline { usleep(50_000); status = try client.status() }
+        for (i, n) in status.nodes.sorted(by: { $0.nodeID < $1.nodeID }).enumerated() {
+            #expect(n.dataEndpoint == handlers[i].dataEndpoint, "registration carries the data-plane endpoint")
+        }
+
+        let fast = try client.runProbe(from: "node-0", to: "node-1", bytes: 3 << 20, timeoutSeconds: 30)
+        #expect(fast.ok, "\(fast.error)")
+        #expect(fast.bytes == 3 << 20 && fast.fromNode == "node-0" && fast.toNode == "node-1")
+        // node-1's uplink is 20 MB/s: the second probe's bytes leave through it.
+        let slow = try client.runProbe(from: "node-1", to: "node-0", bytes: 4 << 20, timeoutSeconds: 30)
+        #expect(slow.ok, "\(slow.error)")
+        #expect(slow.seconds >= Double(4 << 20) / 20_000_000, "the emulated 20 MB/s bounds the transfer (took \(slow.seconds) s)")
+        #expect(handlers[1].probesVerified == 1 && handlers[0].probesVerified == 1 && handlers[0].probeMismatches == 0)
+
+        var bad = StartProbe(); bad.fromNode = "node-0"; bad.toNode = "nobody"; bad.bytes = 10
+        var req = ProbeRequest(); req.start = bad
+        do { _ = try client.probe(req); Issue.record("a probe to an unknown node should be refused") } catch {
+            #expect("\(error)".contains("no node 'nobody'"))
+        }
+        bad.toNode = "node-0"
+        req.start = bad
+        do { _ = try client.probe(req); Issue.record("a probe from a node to itself should be refused") } catch {
+            #expect("\(error)".contains("two different nodes"))
         }
     }
 }

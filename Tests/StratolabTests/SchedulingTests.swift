@@ -262,7 +262,13 @@ struct InvariantTests {
             if !v.isEmpty { return }
             let total = st.jobs.count
             #expect(total == submitted)
-            for n in st.nodes.values where n.alive { #expect(n.freeCount >= 0 && n.freeCount <= n.gpuCount) }
+            // The free-GPU index (updated incrementally) agrees with a count from the holders, and
+            // its totals with the sum over alive nodes.
+            let alive = st.nodes.values.filter(\.alive)
+            #expect(st.free.totalFree == alive.reduce(0) { $0 + $1.freeCount }, "step \(step)")
+            #expect(st.free.nodeCount == alive.count, "step \(step)")
+            for n in alive { #expect(st.free.freeOn(n.id) == n.freeCount, "step \(step): \(n.id)") }
+            for n in st.nodes.values where !n.alive { #expect(st.free.freeOn(n.id) == 0 && st.free.model(of: n.id) == nil) }
         }
     }
 
