@@ -26,7 +26,8 @@ let package = Package(
             name: "Protocol",
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .target(name: "Wire", dependencies: ["CZeroMQ", "Protocol"]),
-        .target(name: "Scheduling", dependencies: ["Protocol"]),
+        // Pure: policies, knowledge base, models, twin; knows nothing of the wire.
+        .target(name: "Scheduling"),
         // CRC-32C for data-plane chunks (SSE4.2 where the CPU has it).
         .target(name: "CChecksum", path: "Sources/CChecksum"),
         .target(

@@ -1,5 +1,4 @@
 import Foundation
-import Protocol
 
 /// One inference request of a service: when it arrives (trace seconds) and its token counts.
 public struct ServiceRequest: Sendable, Equatable {
@@ -10,16 +9,6 @@ public struct ServiceRequest: Sendable, Equatable {
     public var decode: Int
     public init(id: String, serviceID: String, arrival: Double, prefill: Int, decode: Int) {
         self.id = id; self.serviceID = serviceID; self.arrival = arrival; self.prefill = prefill; self.decode = decode
-    }
-}
-
-extension ServiceRequest {
-    /// As sent on the wire (driver to coordinator, coordinator to agent).
-    public var message: InferenceRequest {
-        var m = InferenceRequest()
-        m.requestID = id; m.serviceID = serviceID; m.arrival = arrival
-        m.prefillTokens = UInt32(prefill); m.decodeTokens = UInt32(decode)
-        return m
     }
 }
 

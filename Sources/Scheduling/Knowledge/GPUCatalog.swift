@@ -1,5 +1,7 @@
 import Foundation
-import Protocol
+
+/// How a GPU talks to its peers in a node (the registration's `Interconnect` on the wire).
+public enum GPULink: String, Sendable, Equatable { case pcie, nvlink }
 
 /// A GPU model as published by its vendor. Emulated GPU nodes are described from these figures.
 public struct GPUModel: Sendable, Equatable {
@@ -10,7 +12,7 @@ public struct GPUModel: Sendable, Equatable {
     /// Dense FP16/BF16 tensor-core TFLOPS (no sparsity); FP32 for GPUs without tensor cores.
     public let fp16TFLOPS: Double
     /// Per-GPU GPU-to-GPU bandwidth on the fastest interconnect it supports, GB/s.
-    public let interconnect: Interconnect
+    public let interconnect: GPULink
     public let interconnectGBps: Double
     public let source: String
 
@@ -77,20 +79,5 @@ public enum GPUCatalog {
         var u = s.uppercased().replacingOccurrences(of: "_", with: "-")
         if u.hasSuffix("G") && !u.hasSuffix("GB") { u += "B" }
         return u
-    }
-
-    /// Describes `count` emulated GPUs of `model` as registration capabilities.
-    public static func capabilities(for model: GPUModel, count: UInt32, interconnect: Interconnect? = nil) -> GpuCapabilities {
-        var caps = GpuCapabilities()
-        caps.model = model.name
-        caps.count = count
-        caps.memoryBytesPerGpu = model.memoryBytes
-        caps.memoryBandwidthGbps = model.memoryBandwidthGBps
-        caps.fp16Tflops = model.fp16TFLOPS
-        caps.interconnect = interconnect ?? model.interconnect
-        caps.interconnectGbps = (interconnect ?? model.interconnect) == .pcie && model.interconnect != .pcie ? 32 : model.interconnectGBps
-        caps.emulated = true
-        caps.source = model.source
-        return caps
     }
 }

@@ -1,0 +1,13 @@
+import Protocol
+import Scheduling
+
+extension ServiceRequest {
+    /// As sent on the wire (driver to coordinator, coordinator to agent; inference.proto). The
+    /// request model stays in Scheduling, which knows nothing of the wire.
+    public var message: InferenceRequest {
+        var m = InferenceRequest()
+        m.requestID = id; m.serviceID = serviceID; m.arrival = arrival
+        m.prefillTokens = UInt32(prefill); m.decodeTokens = UInt32(decode)
+        return m
+    }
+}
