@@ -2,6 +2,7 @@ import CZeroMQ
 import Cluster
 import Foundation
 import Protocol
+import Scheduling
 import Wire
 
 /// `strato bench wire`: raw libzmq ROUTER/DEALER against the same traffic through Stratolab's
@@ -138,8 +139,8 @@ public enum WireBench {
         }
         lat.sort()
         return Figures(messagesPerSecond: Double(messages) / elapsed,
-                       p50Micros: Double(LatencyWindow.percentile(50, ofSorted: lat)) / 1000,
-                       p99Micros: Double(LatencyWindow.percentile(99, ofSorted: lat)) / 1000)
+                       p50Micros: percentile(lat.map(Double.init), 50) / 1000,
+                       p99Micros: percentile(lat.map(Double.init), 99) / 1000)
     }
 
     // MARK: Stratolab path
@@ -198,8 +199,8 @@ public enum WireBench {
         }
         lat.sort()
         return Figures(messagesPerSecond: Double(messages) / elapsed,
-                       p50Micros: Double(LatencyWindow.percentile(50, ofSorted: lat)) / 1000,
-                       p99Micros: Double(LatencyWindow.percentile(99, ofSorted: lat)) / 1000)
+                       p50Micros: percentile(lat.map(Double.init), 50) / 1000,
+                       p99Micros: percentile(lat.map(Double.init), 99) / 1000)
     }
 }
 

@@ -1,3 +1,5 @@
+import Scheduling
+
 /// The most recent latency samples (a ring), with percentiles on demand.
 public struct LatencyWindow: Sendable {
     private var samples: [Int64]
@@ -18,17 +20,11 @@ public struct LatencyWindow: Sendable {
 
     public var count: Int { filled }
 
-    /// Nearest-rank percentile (p in 0...100) in nanoseconds; 0 with no samples.
+    /// Percentile (p in 0...100) in nanoseconds, by the project's one definition (Scheduling's
+    /// `percentile`, linear between ranks); 0 with no samples.
     public func percentile(_ p: Double) -> Int64 {
         guard filled > 0 else { return 0 }
-        let sorted = samples[0..<filled].sorted()
-        return LatencyWindow.percentile(p, ofSorted: sorted)
-    }
-
-    public static func percentile(_ p: Double, ofSorted sorted: [Int64]) -> Int64 {
-        guard !sorted.isEmpty else { return 0 }
-        let rank = Int((p / 100 * Double(sorted.count)).rounded(.up))
-        return sorted[min(max(rank, 1), sorted.count) - 1]
+        return Int64(Scheduling.percentile(samples[0..<filled].sorted().map(Double.init), p).rounded())
     }
 }
 

@@ -167,21 +167,31 @@ public struct NetworkConditions: Codable, Equatable, Sendable, CustomStringConve
 
     /// A duration in milliseconds: `20ms`, `1.5s`, `250us`, or a bare number of milliseconds.
     public static func parseDuration(_ text: String, what: String = "duration") throws -> Double {
-        let (number, unit) = split(text.trimmingCharacters(in: .whitespaces))
+        let seconds = try parseSeconds(text, bareUnitSeconds: 0.001, what: what,
+                                       expected: "milliseconds such as 20, 20ms, 1.5s or 250us")
+        guard seconds <= 3600 else { throw ParseError("\(what) '\(text)' must be between 0 and 1 hour") }
+        return seconds * 1000
+    }
+
+    /// The one duration parser: `250us`, `20ms`, `1.5s`, `2m`, `1h`, or a bare number in
+    /// `bareUnitSeconds` (0.001 for milliseconds, 1 for seconds). Never negative, always finite.
+    public static func parseSeconds(_ text: String, bareUnitSeconds: Double, what: String = "duration",
+                                    expected: String = "a duration such as 30s, 2m, 1h or 1500ms") throws -> Double {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        let (number, unit) = split(t)
         let scale: Double?
         switch unit.lowercased() {
-        case "", "ms": scale = 1
-        case "s": scale = 1000
-        case "us", "µs": scale = 0.001
+        case "": scale = bareUnitSeconds
+        case "us", "µs": scale = 1e-6
+        case "ms": scale = 1e-3
+        case "s": scale = 1
+        case "m", "min": scale = 60
+        case "h": scale = 3600
         default: scale = nil
         }
-        if text.trimmingCharacters(in: .whitespaces).hasPrefix("-") { throw ParseError("\(what) '\(text)' must not be negative") }
-        guard let v = number, let s = scale else {
-            throw ParseError("\(what) '\(text)' is not understood: expected milliseconds such as 20, 20ms, 1.5s or 250us")
-        }
-        let ms = v * s
-        guard ms.isFinite && ms >= 0 && ms <= 3_600_000 else { throw ParseError("\(what) '\(text)' must be between 0 and 1 hour") }
-        return ms
+        if t.hasPrefix("-") { throw ParseError("\(what) '\(text)' must not be negative") }
+        guard let v = number, let s = scale, (v * s).isFinite else { throw ParseError("\(what) '\(text)' is not understood: expected \(expected)") }
+        return v * s
     }
 
     /// A loss fraction: `0.01` or `1%`.

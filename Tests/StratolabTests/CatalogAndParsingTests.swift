@@ -99,8 +99,8 @@ struct SizeParsingTests {
 
 @Suite("Latency window")
 struct LatencyWindowTests {
-    @Test("nearest-rank percentiles of 1…100", arguments: [
-        (0.0, Int64(1)), (1, 1), (50, 50), (90, 90), (99, 99), (99.5, 100), (100, 100),
+    @Test("percentiles of 1…100, linear between ranks (the project's one definition), rounded to nanoseconds", arguments: [
+        (0.0, Int64(1)), (1, 2), (50, 51), (90, 90), (99, 99), (99.5, 100), (100, 100),
     ])
     func percentiles(p: Double, expected: Int64) {
         var w = LatencyWindow(capacity: 1000)
@@ -115,9 +115,11 @@ struct LatencyWindowTests {
         #expect(w.percentile(50) == 0)
         w.record(7)
         #expect(w.percentile(0) == 7 && w.percentile(50) == 7 && w.percentile(100) == 7)
-        #expect(LatencyWindow.percentile(50, ofSorted: []) == 0)
-        #expect(LatencyWindow.percentile(50, ofSorted: [1, 2, 3, 4]) == 2)
-        #expect(LatencyWindow.percentile(75, ofSorted: [1, 2, 3, 4]) == 3)
+        // The project's one percentile: linear between ranks.
+        for x in [40, 10, 30, 20] as [Int64] { w.record(x) }
+        #expect(w.percentile(0) == 10 && w.percentile(100) == 40)
+        #expect(w.percentile(50) == 25 && w.percentile(75) == 33)
+        #expect(percentile([1, 2, 3, 4], 50) == 2.5)
     }
 
     @Test("the window keeps only the most recent samples")
@@ -127,7 +129,7 @@ struct LatencyWindowTests {
         #expect(w.count == 4 && w.total == 6)
         #expect(w.percentile(0) == 30)
         #expect(w.percentile(100) == 60)
-        #expect(w.percentile(50) == 40)
+        #expect(w.percentile(50) == 45)
     }
 }
 

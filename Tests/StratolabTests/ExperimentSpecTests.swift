@@ -1,3 +1,4 @@
+import Cluster
 import Experiments
 import Foundation
 import Testing
@@ -102,11 +103,17 @@ struct ExperimentSpecTests {
     }
 
     @Test("bandwidth text")
-    func bandwidth() {
+    func bandwidth() throws {
         #expect(ExperimentSpec.bandwidthBytesPerSecond("8mbit") == 1_000_000)
         #expect(ExperimentSpec.bandwidthBytesPerSecond("1gbit") == 125_000_000)
         #expect(ExperimentSpec.bandwidthBytesPerSecond("5MB/s") == 5_000_000)
         #expect(ExperimentSpec.bandwidthBytesPerSecond("fast") == nil)
+        // One parser for rates and one for durations, shared with the --net-* options.
+        #expect(ExperimentSpec.bandwidthBytesPerSecond("64KiB/s") == 65_536)
+        #expect(try NetworkConditions.parseSeconds("1500ms", bareUnitSeconds: 1) == 1.5)
+        #expect(try NetworkConditions.parseSeconds("2m", bareUnitSeconds: 1) == 120)
+        #expect(try NetworkConditions.parseSeconds("20", bareUnitSeconds: 0.001) == 0.02)
+        #expect(throws: NetworkConditions.ParseError.self) { try NetworkConditions.parseSeconds("-3s", bareUnitSeconds: 1) }
         #expect(ExperimentSpec.bandwidthBytesPerSecond("-3mbit") == nil)
     }
 }

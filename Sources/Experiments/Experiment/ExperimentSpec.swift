@@ -1,3 +1,4 @@
+import Cluster
 import Foundation
 import Scheduling
 
@@ -379,26 +380,17 @@ public struct ExperimentSpec: Equatable {
         }
     }
 
-    /// "90s", "2m", "1h", "1500ms" or a plain number of seconds.
+    /// "90s", "2m", "1h", "1500ms" or a plain number of seconds (`NetworkConditions.parseSeconds`).
     static func seconds(_ v: YAMLValue) throws -> Double {
-        let text = try v.string().trimmingCharacters(in: .whitespaces).lowercased()
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
-        for (u, f) in units where text.hasSuffix(u) {
-            if let x = Double(text.dropLast(u.count).trimmingCharacters(in: .whitespaces)), x.isFinite { return x * f }
+        let text = try v.string()
+        do { return try NetworkConditions.parseSeconds(text, bareUnitSeconds: 1, what: "duration", expected: "a duration like 30s, 2m or 1500ms") } catch {
+            throw v.fail("\(error)")
         }
-        if let x = Double(text), x.isFinite { return x }
-        throw v.fail("expected a duration like 30s, 2m or 1500ms, found '\(text)'")
     }
 
-    /// "10mbit", "1gbit", "500kbit", "5MB/s", "100KB/s" → bytes per second.
+    /// "10mbit", "1gbit", "500kbit", "5MB/s", "100KB/s" → bytes per second (`NetworkConditions.parseBandwidth`).
     public static func bandwidthBytesPerSecond(_ text: String) -> Double? {
-        let t = text.trimmingCharacters(in: .whitespaces)
-        let units: [(String, Double)] = [("gbit", 1e9 / 8), ("mbit", 1e6 / 8), ("kbit", 1e3 / 8), ("bit", 1.0 / 8),
-                                         ("GB/s", 1e9), ("MB/s", 1e6), ("KB/s", 1e3), ("B/s", 1)]
-        for (u, f) in units where t.lowercased().hasSuffix(u.lowercased()) {
-            if let x = Double(t.dropLast(u.count)), x > 0, x.isFinite { return x * f }
-        }
-        return nil
+        (try? NetworkConditions.parseBandwidth(text)) ?? nil
     }
 
     /// The plan `--dry-run` prints.

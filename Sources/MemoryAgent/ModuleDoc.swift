@@ -1,0 +1,3 @@
+/// # MemoryAgent
+///
+/// A memory host's tiers (DRAM, CXL, NVMe) as probed at start, for registration and telemetry.

@@ -1,0 +1,3 @@
+/// # RenderAgent
+///
+/// A render site's slots and render GPU, for registration and telemetry.
