@@ -124,7 +124,7 @@ public final class AgentSession: @unchecked Sendable {
             let ready = try ZMQPoller.readable([dealer] + extra, timeoutMs: network?.pollTimeoutMs(wait, now: now) ?? Int(wait))
             if !extra.isEmpty {
                 let wall = clock.wallNanos()
-                for n in nodes { for h in n.handlers.values where !h.sockets.isEmpty { h.pump(wallNanos: wall) } }
+                for h in socketHandlers { h.pump(wallNanos: wall) }
             }
             if ready[0] {
                 for _ in 0..<4096 {
@@ -363,11 +363,12 @@ public final class AgentSession: @unchecked Sendable {
         nodes[i].handlers.values.compactMap { $0.nextReportDue(wallNanos: wallNanos) }.min()
     }
 
-    private var handlerSockets: [ZMQSocket] {
-        var out: [ZMQSocket] = []
-        for n in nodes { for h in n.handlers.values { out += h.sockets } }
-        return out
-    }
+    /// Handlers that own sockets, found once (their socket lists may grow, e.g. a data plane's
+    /// peer connections, so those are asked each turn): thousands of virtual nodes' handlers
+    /// without sockets cost nothing per loop turn.
+    private lazy var socketHandlers: [FeatureHandler] = nodes.flatMap { $0.handlers.values.filter { !$0.sockets.isEmpty } }
+
+    private var handlerSockets: [ZMQSocket] { socketHandlers.flatMap(\.sockets) }
 
 
     @discardableResult
