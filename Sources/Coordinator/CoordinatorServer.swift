@@ -178,7 +178,9 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
                     // and send new start/preempt commands at once rather than at the next resend round.
                     var decided = false
                     for c in controllers where c.turn(self) { decided = true }
-                    if decided { resendCommands(on: router, now: mono) }
+                    // Fresh time: commands enqueued during the decisions are due from their own
+                    // enqueue time, later than `mono` (with `mono` they would wait 100 ms).
+                    if decided { resendCommands(on: router, now: clock.monotonicNanos()) }
                     if mono - lastResend >= .millis(100) { lastResend = mono; resendCommands(on: router, now: mono) }
                     if mono - lastFlush >= .millis(250) {
                         lastFlush = mono
@@ -413,7 +415,7 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
             logger.error("could not persist a command: \(error)")
             return .error(errorReply(.invalidRequest, "the coordinator could not persist the command: \(error)"))
         }
-        resendCommands(on: router, now: now)
+        resendCommands(on: router, now: clock.monotonicNanos())
         var reply = OperatorCommandReply()
         reply.commandID = command.commandID
         reply.accepted = true
