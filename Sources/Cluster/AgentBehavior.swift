@@ -63,6 +63,8 @@ public protocol FeatureHandler: AnyObject {
     /// its own; `pump` is called on every loop turn.
     var sockets: [ZMQSocket] { get }
     func pump(wallNanos: Int64)
+    /// When `pump` next has timed work (monotonic nanoseconds), so the session wakes for it.
+    var nextPumpDue: Int64? { get }
     /// The agent is stopping: stop what runs outside this process.
     func shutdown()
 }
@@ -73,6 +75,7 @@ extension FeatureHandler {
     public func running() -> [String] { [] }
     public var sockets: [ZMQSocket] { [] }
     public func pump(wallNanos: Int64) {}
+    public var nextPumpDue: Int64? { nil }
     public func shutdown() {}
 
     /// A report of this feature.

@@ -118,7 +118,9 @@ public final class AgentSession: @unchecked Sendable {
         var lastSummary = start
         while !shouldStop {
             let now = clock.monotonicNanos()
-            let wait = max(1, min(50, ((timers.nextDue ?? now + .millis(50)) - now) / 1_000_000))
+            var due = timers.nextDue ?? now + .millis(50)
+            for h in socketHandlers { if let d = h.nextPumpDue { due = min(due, d) } }
+            let wait = max(1, min(50, (due - now) / 1_000_000))
             // The handlers' own sockets (data plane, streams) are polled with the DEALER.
             let extra = handlerSockets
             let ready = try ZMQPoller.readable([dealer] + extra, timeoutMs: network?.pollTimeoutMs(wait, now: now) ?? Int(wait))

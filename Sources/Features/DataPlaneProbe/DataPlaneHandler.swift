@@ -32,6 +32,7 @@ public final class DataPlaneHandler: FeatureHandler, AdvertisesDataEndpoint, Dat
     public var dataPublicKey: String? { plane.publicKey }
     public var sockets: [ZMQSocket] { plane.sockets }
     public func pump(wallNanos: Int64) { try? plane.pump() }
+    public var nextPumpDue: Int64? { plane.nextDueNanos }
     public func shutdown() { plane.close() }
 
     /// The probe's bytes: a function of the offset alone, so the receiver checks each one.
