@@ -85,12 +85,15 @@ private final class StubHandler: FeatureHandler, @unchecked Sendable {
     }
 }
 
+/// A small render node: the kind does not matter to the features under test.
+private func smallRenderSite() -> Capabilities {
+    var c = Capabilities(); var r = RenderCapabilities(); r.siteKind = .edge; r.renderSlots = 2; r.gpuModel = "L4"; r.maxFps = 60; c.render = r; return c
+}
+
 private final class StubNode: AgentBehavior {
     let handler = StubHandler()
     var kind: NodeKind { .render }
-    func capabilities() -> Capabilities {
-        var c = Capabilities(); var r = RenderCapabilities(); r.siteKind = .edge; r.renderSlots = 2; r.gpuModel = "L4"; r.maxFps = 60; c.render = r; return c
-    }
+    func capabilities() -> Capabilities { smallRenderSite() }
     func fillTelemetry(_ telemetry: inout Telemetry) {}
     var handlers: [FeatureHandler] { [handler] }
 }
@@ -150,9 +153,7 @@ struct FeatureShellTests {
 /// A node whose only feature is the data plane (as every single-node agent has).
 private final class PlainNode: AgentBehavior {
     var kind: NodeKind { .render }
-    func capabilities() -> Capabilities {
-        var c = Capabilities(); var r = RenderCapabilities(); r.siteKind = .edge; r.renderSlots = 2; r.gpuModel = "L4"; r.maxFps = 60; c.render = r; return c
-    }
+    func capabilities() -> Capabilities { smallRenderSite() }
     func fillTelemetry(_ telemetry: inout Telemetry) {}
 }
 
