@@ -72,11 +72,17 @@ public final class AgentSession: @unchecked Sendable {
 
     /// `extraHandlers`: features the process adds to every node beside the node's own (the
     /// data plane of a single-node agent).
+    public convenience init(config: AgentSessionConfig, nodes: [(AgentIdentity, AgentBehavior)], extraHandlers: [FeatureHandler] = [],
+                            clock: Clock = SystemClock.shared, logger: Logger = Logger(label: "strato.agent")) {
+        self.init(config: config, nodes: nodes, extraHandlers: extraHandlers, context: NodeContext(clock: clock, logger: logger))
+    }
+
     public init(config: AgentSessionConfig, nodes: [(AgentIdentity, AgentBehavior)], extraHandlers: [FeatureHandler] = [],
-                clock: Clock = SystemClock.shared, logger: Logger = Logger(label: "strato.agent")) {
+                context: NodeContext) {
         self.config = config
-        self.clock = clock
-        self.logger = logger
+        self.clock = context.clock
+        self.logger = context.logger
+        self.tracer = context.tracer
         self.codec = EnvelopeCodec(maxFrameBytes: config.maxFrameBytes)
         self.heartbeatIntervalNanos = .millis(Int64(config.heartbeatIntervalMs))
         self.nodes = nodes.map { identity, behavior in
@@ -400,7 +406,8 @@ public final class AgentSession: @unchecked Sendable {
 
     // MARK: Tracing
 
-    private var tracer: Tracer { Tracer.shared }
+    /// This session's trace recorder (from its context).
+    public let tracer: Tracer
     private var lastTraceShip: Int64 = 0
     private var lastTraceCounters: Int64 = 0
     private var lastCounterCPU: (cpu: Double, at: Int64)?

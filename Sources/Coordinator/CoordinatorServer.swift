@@ -73,7 +73,8 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
     private var startedAtWall: Int64 = 0
     private var logBudget: [String: Int] = [:]
     private var collector: TraceCollector!
-    private var tracer: Tracer { Tracer.shared }
+    /// This coordinator's trace recorder (its own, not the process's, when it was given a context).
+    public let tracer: Tracer
     private var lastCounterCPU: (cpu: Double, at: Int64)?
     private var bytesSent: UInt64 = 0
     private var bytesReceived: UInt64 = 0
@@ -84,11 +85,16 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
     public private(set) var boundEndpoint = ""
     private let readySemaphore = DispatchSemaphore(value: 0)
 
-    public init(config: CoordinatorConfig, features: [CoordinatorFeature] = [], clock: Clock = SystemClock.shared,
-                logger: Logger = Logger(label: "strato.coordinator")) {
+    public convenience init(config: CoordinatorConfig, features: [CoordinatorFeature] = [], clock: Clock = SystemClock.shared,
+                            logger: Logger = Logger(label: "strato.coordinator")) {
+        self.init(config: config, features: features, context: NodeContext(clock: clock, logger: logger))
+    }
+
+    public init(config: CoordinatorConfig, features: [CoordinatorFeature] = [], context: NodeContext) {
         self.config = config
-        self.clock = clock
-        self.logger = logger
+        self.clock = context.clock
+        self.logger = context.logger
+        self.tracer = context.tracer
         self.codec = EnvelopeCodec(maxFrameBytes: config.maxFrameBytes)
         self.membership = Membership(config: config.detector)
         self.controllers = features

@@ -1,6 +1,7 @@
 import Cluster
 import Coordinator
 import Foundation
+import Logging
 import Protocol
 import Testing
 import DataPlane
@@ -214,5 +215,36 @@ struct DataPlaneFeatureTests {
         do { _ = try client.probe(req); Issue.record("a probe from a node to itself should be refused") } catch {
             #expect("\(error)".contains("two different nodes"))
         }
+    }
+}
+
+@Suite("Node context")
+struct NodeContextTests {
+    @Test("two coordinators in one process each trace into their own recorder and state directory; the process-wide one stays off")
+    func twoCoordinatorsTwoTracers() throws {
+        var servers: [CoordinatorServer] = []
+        var dirs: [String] = []
+        for i in 0..<2 {
+            let dir = NSTemporaryDirectory() + "strato-ctx-\(i)-\(UUID().uuidString)"
+            dirs.append(dir)
+            var config = CoordinatorConfig(stateDirectory: dir)
+            config.endpoint = "tcp://127.0.0.1:0"
+            config.trace = true
+            let server = CoordinatorServer(config: config, context: NodeContext(tracer: Tracer(), logger: Logger(label: "test.coordinator.\(i)")))
+            servers.append(server)
+            Thread { try? server.run() }.start()
+            server.waitUntilReady()
+        }
+        defer {
+            for s in servers { s.stop() }
+            for d in dirs { try? FileManager.default.removeItem(atPath: d) }
+        }
+        #expect(servers[0].tracer !== servers[1].tracer)
+        #expect(servers.allSatisfy { $0.tracer.isEnabled })
+        let shared = Tracer.shared.spoolPath ?? ""
+        #expect(!dirs.contains { shared.hasPrefix($0) }, "neither coordinator spools into the process-wide tracer")
+        let spools = servers.compactMap { $0.tracer.spoolPath }
+        #expect(spools.count == 2 && spools[0] != spools[1])
+        for (spool, dir) in zip(spools, dirs) { #expect(spool.hasPrefix(dir), "\(spool) lies under its own state directory") }
     }
 }

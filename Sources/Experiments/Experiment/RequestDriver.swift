@@ -67,7 +67,7 @@ final class RequestDriver: @unchecked Sendable {
 
     private var shouldStop: Bool { lock.lock(); defer { lock.unlock() }; return stopRequested }
 
-    private func wall(ofArrival t: Double) -> Int64 { t0Wall + Int64(t / timeScale * 1e9) + RequestDriver.marginNanos }
+    private func wall(ofArrival t: Double) -> Int64 { TraceClock(zeroWall: t0Wall, timeScale: timeScale).wall(trace: t) + RequestDriver.marginNanos }
 
     private func run() {
         var next = 0

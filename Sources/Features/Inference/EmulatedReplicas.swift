@@ -62,14 +62,14 @@ public final class EmulatedReplicas {
     public func serve(_ s: ServeRequests, wallNanos: Int64) -> (ok: Bool, detail: String) {
         guard var r = replicas[s.replicaID] else { return (false, "replica \(s.replicaID) is not serving here") }
         let scale = r.start.timeScale
-        let t = Double(wallNanos - r.startedWall) / 1e9 * scale
+        let t = TraceClock(zeroWall: r.startedWall, timeScale: scale).trace(wall: wallNanos)
         for q in s.requests {
             let (start, finish) = r.server.admit(at: t, prefill: Int(q.prefillTokens), decode: Int(q.decodeTokens))
             var res = RequestResult()
             res.requestID = q.requestID
             res.replicaID = s.replicaID
             res.receivedAtUnixNanos = wallNanos
-            res.finishedAtUnixNanos = r.startedWall + Int64(finish / scale * 1e9)
+            res.finishedAtUnixNanos = TraceClock(zeroWall: r.startedWall, timeScale: scale).wall(trace: finish)
             res.queuedSeconds = start - t
             res.serviceSeconds = finish - start
             res.emulated = true

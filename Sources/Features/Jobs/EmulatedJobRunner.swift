@@ -21,6 +21,8 @@ public final class EmulatedJobRunner {
         var lastReportWork: Double
         var key: ConfigKey
         var measurements = 0
+        /// Trace time of this run: second 0 is its start on this agent, at the command's scale.
+        var clock: TraceClock { TraceClock(zeroWall: startedWall, timeScale: start.timeScale) }
     }
     private var jobs: [String: Job] = [:]
     /// Terminal reports repeated until the coordinator settles them.
@@ -56,7 +58,7 @@ public final class EmulatedJobRunner {
         return PreemptOutcome(checkpointedWork: w, detail: "stopped \(id) at a checkpoint taken now (\(w))")
     }
 
-    private func traceSeconds(_ j: Job, _ wall: Int64) -> Double { Double(wall - j.startedWall) / 1e9 * j.start.timeScale }
+    private func traceSeconds(_ j: Job, _ wall: Int64) -> Double { j.clock.trace(wall: wall) }
 
     private func work(_ j: Job, _ wall: Int64) -> Double {
         let ran = traceSeconds(j, wall) - j.overhead
@@ -83,7 +85,7 @@ public final class EmulatedJobRunner {
                 r.state = .jobFailedOom
                 r.workDone = j.start.resumeWork
                 r.checkpointedWork = j.start.resumeWork
-                r.endedAtUnixNanos = j.startedWall + Int64(j.overhead / j.start.timeScale * 1e9)
+                r.endedAtUnixNanos = j.clock.wall(trace: j.overhead)
                 traceRun(j, end: r.endedAtUnixNanos, outcome: "failed_oom", work: r.workDone)
                 terminal[id] = r
                 jobs[id] = nil
@@ -98,14 +100,14 @@ public final class EmulatedJobRunner {
                 r.state = .jobFinished
                 r.checkpointedWork = w
                 let finishTrace = j.overhead + (j.start.totalWork - j.start.resumeWork) / j.rate
-                r.endedAtUnixNanos = j.startedWall + Int64(finishTrace / j.start.timeScale * 1e9)
+                r.endedAtUnixNanos = j.clock.wall(trace: finishTrace)
                 traceRun(j, end: r.endedAtUnixNanos, outcome: "finished", work: w)
                 terminal[id] = r
                 jobs[id] = nil
                 continue
             }
             // Measured rate since the last report: nominal rate with step-time noise.
-            let dtTrace = Double(now - j.lastReportWall) / 1e9 * j.start.timeScale
+            let dtTrace = j.clock.traceSeconds(fromWall: j.lastReportWall, toWall: now)
             if dtTrace > 0, let step = execution.stepTime(j.key) {
                 let steps = max(1, (dtTrace / step).rounded())
                 let cv = execution.stepTimeCV(j.key.gpuModel)
@@ -137,10 +139,10 @@ public final class EmulatedJobRunner {
         var due: Int64?
         for j in jobs.values where j.start.timeScale > 0 {
             var traceAt = j.overhead
-            if wallNanos >= j.startedWall + Int64(j.overhead / j.start.timeScale * 1e9), j.rate > 0 {
+            if wallNanos >= j.clock.wall(trace: j.overhead), j.rate > 0 {
                 traceAt = j.overhead + (j.start.totalWork - j.start.resumeWork) / j.rate
             }
-            let at = j.startedWall + Int64(traceAt / j.start.timeScale * 1e9)
+            let at = j.clock.wall(trace: traceAt)
             if at >= wallNanos { due = min(due ?? at, at) }
         }
         return due

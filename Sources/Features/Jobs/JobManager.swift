@@ -37,7 +37,8 @@ final class JobManager {
         self.t0Wall = t0Wall
     }
 
-    func traceNow(wall: Int64) -> Double { t0Wall == 0 ? 0 : Double(wall - t0Wall) / 1e9 * timeScale }
+    var traceClock: TraceClock { TraceClock(zeroWall: t0Wall, timeScale: timeScale) }
+    func traceNow(wall: Int64) -> Double { t0Wall == 0 ? 0 : traceClock.trace(wall: wall) }
 
     /// Starts the trace clock at the first submission; returns true when it just started.
     func startClockIfNeeded(wall: Int64) -> Bool {
@@ -45,7 +46,7 @@ final class JobManager {
         t0Wall = wall
         return true
     }
-    func wall(trace: Double) -> Int64 { t0Wall + Int64(trace / timeScale * 1e9) }
+    func wall(trace: Double) -> Int64 { traceClock.wall(trace: trace) }
 
     // MARK: nodes
 

@@ -1,6 +1,7 @@
 import Cluster
 import Foundation
 import Protocol
+import Scheduling
 
 /// Runs each job as a real process: the `process` backend, for nodes with real GPUs.
 ///
@@ -127,7 +128,7 @@ public final class ProcessJobRunner: JobRunner {
             }
             r.state = p == nil ? .jobLoading : .jobRunning
             if let step = p?.stepSeconds, step > 0 { r.meanStepSeconds = step }
-            let dt = Double(now - j.lastReportWall) / 1e9 * j.start.timeScale
+            let dt = TraceClock(zeroWall: j.startedWall, timeScale: j.start.timeScale).traceSeconds(fromWall: j.lastReportWall, toWall: now)
             if dt > 0, r.workDone > j.lastReportWork { r.throughput = (r.workDone - j.lastReportWork) / dt }
             r.gpuUtilization = r.state == .jobRunning ? 1 : 0
             j.lastReportWall = now
