@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Layers (dependencies point downwards only) — see ../shared/ARCHITECTURE.md:
-//   strato (CLI) → Experiments, Benchmarks → Coordinator, agents → Scheduling, Cluster → Wire, Protocol → CZeroMQ
+//   strato (CLI, composition roots, benchmarks) → Experiments, Features → Coordinator, DataPlane, node kinds → Cluster
+//   → Wire, Protocol, Scheduling (pure) → CZeroMQ, CSQLite, CChecksum
 let package = Package(
     name: "Stratolab",
     platforms: [.macOS(.v13)],
@@ -51,11 +52,10 @@ let package = Package(
         .target(
             name: "Experiments",
             dependencies: ["Cluster", "Coordinator", "GPUAgent", "MemoryAgent", "RenderAgent", "Yams"]),
-        .target(name: "Benchmarks", dependencies: ["Wire", "Cluster", "CZeroMQ", "Experiments", "Scheduling", "RenderAgent", "DataPlane"]),
         .executableTarget(
             name: "strato",
             dependencies: [
-                "Coordinator", "DataPlane", "Features", "GPUAgent", "MemoryAgent", "RenderAgent", "Experiments", "Benchmarks",
+                "CZeroMQ", "Coordinator", "DataPlane", "Features", "GPUAgent", "MemoryAgent", "RenderAgent", "Experiments", "Wire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

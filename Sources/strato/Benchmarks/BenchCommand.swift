@@ -1,7 +1,6 @@
 import ArgumentParser
 import Experiments
 import Scheduling
-import Benchmarks
 import Foundation
 
 struct BenchCommand: ParsableCommand {
