@@ -1,5 +1,4 @@
 import Logging
-import Scheduling
 
 /// What a process's shells and the handlers and controllers they host use instead of
 /// process-wide singletons: the clock, the trace recorder and the logger. Two coordinators in one
@@ -15,7 +14,4 @@ public struct NodeContext: @unchecked Sendable {
         self.tracer = tracer
         self.logger = logger
     }
-
-    /// Trace time of a run that started at `zeroWall` on this node's wall clock.
-    public func traceClock(zeroWall: Int64, timeScale: Double) -> TraceClock { TraceClock(zeroWall: zeroWall, timeScale: timeScale) }
 }

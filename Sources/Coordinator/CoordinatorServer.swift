@@ -285,7 +285,7 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
             reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .statusReply(status(req)))
         case .operatorCommand(let oc):
             reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID,
-                  handleOperatorCommand(oc, now: clock.monotonicNanos(), router: router))
+                  handleOperatorCommand(oc, router: router))
         case .error(let e):
             count("errors_from_peers")
             logLimited("peer_error", "peer \(envelope.sender) reported: \(e.message)")
@@ -404,7 +404,7 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         }
     }
 
-    private func handleOperatorCommand(_ oc: OperatorCommand, now: Int64, router: ZMQSocket) -> Envelope.OneOf_Body {
+    private func handleOperatorCommand(_ oc: OperatorCommand, router: ZMQSocket) -> Envelope.OneOf_Body {
         guard membership.nodes[oc.nodeID] != nil else {
             count("rejected_unknown_node")
             return .error(errorReply(.unknownNode, "no node '\(oc.nodeID)' (see `strato status`)"))
