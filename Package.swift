@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers (dependencies point downwards only) — see ../shared/ARCHITECTURE.md:
-//   strato (CLI, composition roots, benchmarks) → Experiments, Features → Coordinator, DataPlane, node kinds → Cluster
+//   strato (CLI, composition roots, benchmarks) → Experiments, Twin → Features → Coordinator, DataPlane, node kinds → Cluster
 //   → Wire, Protocol, Scheduling (pure) → CZeroMQ, CSQLite, CChecksum
 let package = Package(
     name: "Stratolab",
@@ -27,7 +27,7 @@ let package = Package(
             name: "Protocol",
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .target(name: "Wire", dependencies: ["CZeroMQ", "Protocol"]),
-        // Pure: policies, knowledge base, models, twin; knows nothing of the wire.
+        // Pure: policies, knowledge base, cost and performance models; knows nothing of the wire.
         .target(name: "Scheduling"),
         // CRC-32C for data-plane chunks (SSE4.2 where the CPU has it).
         .target(name: "CChecksum", path: "Sources/CChecksum"),
@@ -47,6 +47,8 @@ let package = Package(
         .target(
             name: "Features",
             dependencies: ["Cluster", "Coordinator", "GPUAgent", "Scheduling", "DataPlane", .product(name: "Logging", package: "swift-log")]),
+        // The digital twin: a discrete-event loop over the coordinator's machines and the features' twin models.
+        .target(name: "Twin", dependencies: ["Features", "Scheduling"]),
         .target(name: "MemoryAgent", dependencies: ["Cluster", "Scheduling"]),
         .target(name: "RenderAgent", dependencies: ["Cluster", "Scheduling"]),
         .target(
@@ -55,13 +57,13 @@ let package = Package(
         .executableTarget(
             name: "strato",
             dependencies: [
-                "CZeroMQ", "Coordinator", "DataPlane", "Features", "GPUAgent", "MemoryAgent", "RenderAgent", "Experiments", "Wire",
+                "CZeroMQ", "Coordinator", "DataPlane", "Features", "Twin", "GPUAgent", "MemoryAgent", "RenderAgent", "Experiments", "Wire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "StratolabTests",
-            dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "Features", "GPUAgent", "MemoryAgent", "RenderAgent", "DataPlane"]),
+            dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "Features", "Twin", "GPUAgent", "MemoryAgent", "RenderAgent", "DataPlane"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["Wire", "Cluster", "Experiments", "Scheduling", "GPUAgent"]),

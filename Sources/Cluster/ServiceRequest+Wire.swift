@@ -11,3 +11,10 @@ extension ServiceRequest {
         return m
     }
 }
+
+extension InferenceRequest {
+    /// The request model of a wire request (its fields checked by whoever accepts it).
+    public var serviceRequest: ServiceRequest {
+        ServiceRequest(id: requestID, serviceID: serviceID, arrival: arrival, prefill: Int(prefillTokens), decode: Int(decodeTokens))
+    }
+}

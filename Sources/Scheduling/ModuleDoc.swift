@@ -1,5 +1,5 @@
 /// # Scheduling
 ///
 /// Pure and wire-free: the GPU and model catalogues, the knowledge base and its importers, the
-/// scheduler and its seven policies, execution and inference models, workloads, and the digital
-/// twin. The coordinator's scheduling controller and the twin run the same code.
+/// scheduler and its seven policies, execution and inference models, workloads. The coordinator's
+/// scheduling controller and the twin (module `Twin`) run the same code.

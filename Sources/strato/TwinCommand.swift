@@ -3,6 +3,7 @@ import Cluster
 import Experiments
 import Foundation
 import Scheduling
+import Twin
 
 struct TwinCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

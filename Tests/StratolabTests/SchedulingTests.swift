@@ -1,5 +1,6 @@
 import Foundation
 import Scheduling
+import Twin
 import Testing
 
 // Knowledge base import and estimation, the seven policies on hand-made clusters with known best

@@ -1,6 +1,7 @@
 import Foundation
 import Protocol
 import Scheduling
+import Twin
 import Testing
 @testable import Coordinator
 @testable import Features
@@ -20,16 +21,12 @@ private func llamaModel() throws -> InferenceModel {
     try #require(InferenceModel(kb: serviceKB, model: "Llama-2-7b", gpuModel: "A100-80GB", tensorParallel: 1))
 }
 
-private func request(_ id: String, _ service: String = "s", arrival: Double = 0, prefill: UInt32 = 500, decode: UInt32 = 100) -> InferenceRequest {
-    var q = InferenceRequest()
-    q.requestID = id; q.serviceID = service; q.arrival = arrival; q.prefillTokens = prefill; q.decodeTokens = decode
-    return q
+private func request(_ id: String, _ service: String = "s", arrival: Double = 0, prefill: Int = 500, decode: Int = 100) -> ServiceRequest {
+    ServiceRequest(id: id, serviceID: service, arrival: arrival, prefill: prefill, decode: decode)
 }
 
-private func result(_ id: String, replica: String, finishedAt: Int64) -> RequestResult {
-    var r = RequestResult()
-    r.requestID = id; r.replicaID = replica; r.finishedAtUnixNanos = finishedAt
-    return r
+private func result(_ id: String, replica: String, finishedAt: Double) -> RequestRouter.Completion {
+    RequestRouter.Completion(requestID: id, replicaID: replica, finished: finishedAt, queued: 0, service: 0)
 }
 
 @Suite("Inference services")
@@ -96,18 +93,18 @@ struct ServiceTests {
         // r1's node dies: q1 and q3 wait again and go to r2 as it frees, oldest first.
         #expect(r.replicaGone("s-r1") == ["q1", "q3"])
         #expect(r.route(now: 60).isEmpty)
-        let settled = r.complete([result("q2", replica: "s-r2", finishedAt: 25)], node: "n2", slo: { _ in 20 }, traceTime: { Double($0) })
+        let settled = r.complete([result("q2", replica: "s-r2", finishedAt: 25)], node: "n2", slo: { _ in 20 })
         #expect(settled == ["q2"])
         let again = r.route(now: 60)
         #expect(again.count == 1 && again[0].replica == "s-r2" && again[0].requests.map(\.id) == ["q1"])
         // First result wins; a late duplicate (from the dead replica) is only settled.
-        _ = r.complete([result("q1", replica: "s-r2", finishedAt: 70)], node: "n2", slo: { _ in 20 }, traceTime: { Double($0) })
-        #expect(r.complete([result("q1", replica: "s-r1", finishedAt: 9)], node: "n1", slo: { _ in 20 }, traceTime: { Double($0) }) == ["q1"])
+        _ = r.complete([result("q1", replica: "s-r2", finishedAt: 70)], node: "n2", slo: { _ in 20 })
+        #expect(r.complete([result("q1", replica: "s-r1", finishedAt: 9)], node: "n1", slo: { _ in 20 }) == ["q1"])
         let q1 = r.records["q1"]!, q2 = r.records["q2"]!
         #expect(q1.finished == 70 && q1.latency == 69 && !q1.withinSLO && q1.attempts == 2)
         #expect(q2.latency == 23 && !q2.withinSLO)
         #expect(r.route(now: 70).flatMap { $0.requests.map(\.id) } == ["q3"])
-        _ = r.complete([result("q4", replica: "s-r2", finishedAt: 60)], node: "n2", slo: { _ in 20 }, traceTime: { Double($0) })
+        _ = r.complete([result("q4", replica: "s-r2", finishedAt: 60)], node: "n2", slo: { _ in 20 })
         let t = r.tally()["s"]!
         #expect(t.submitted == 4 && t.completed == 3 && t.withinSLO == 1 && t.resent == 2)
     }
@@ -122,7 +119,7 @@ struct ServiceTests {
         _ = r.submit([request("q1", arrival: 1), request("q2", arrival: 2)], services: ["s": svc])
         r.replicaReady("s-r1", service: "s", node: "n1", batch: 4)
         _ = r.route(now: 5)
-        _ = r.complete([result("q1", replica: "s-r1", finishedAt: 4)], node: "n1", slo: { _ in 20 }, traceTime: { Double($0) })
+        _ = r.complete([result("q1", replica: "s-r1", finishedAt: 4)], node: "n1", slo: { _ in 20 })
         let placement = Placement(nodeID: "n1", gpus: [0], key: ConfigKey(model: "Llama-2-7b", task: "inference", gpuModel: "A100-80GB", gpuCount: 1, batchPerGPU: 0))
         do {
             let store = try StateStore(directory: dir)

@@ -72,8 +72,11 @@ extension SchedulingController {
         let results = reports.compactMap { try? RequestResult(serializedBytes: $0.body) }
         if results.count < reports.count { s.count("malformed_request_results") }
         // Results are made durable before the agent is told to forget them.
-        let settled = jobs.requests.complete(results, node: nodeID, slo: { [jobs] in jobs!.services[$0]?.sloSeconds ?? .infinity },
-                                             traceTime: { [jobs] in jobs!.traceNow(wall: $0 + offset) })
+        let completions = results.map { res in
+            RequestRouter.Completion(requestID: res.requestID, replicaID: res.replicaID, finished: jobs.traceNow(wall: res.finishedAtUnixNanos + offset),
+                                     queued: res.queuedSeconds, service: res.serviceSeconds)
+        }
+        let settled = jobs.requests.complete(completions, node: nodeID, slo: { [jobs] in jobs!.services[$0]?.sloSeconds ?? .infinity })
         do {
             try s.store.batch { try s.store.saveRequests(jobs.requests.takeDirty()) }
             return settled
@@ -109,7 +112,7 @@ extension SchedulingController {
     func submitRequests(_ sr: SubmitRequests, _ s: CoordinatorServices) -> Envelope.OneOf_Body? {
         // Stored before the reply (the turn commits before replies go out): a request the client
         // was told is accepted survives a crash.
-        let (accepted, duplicates, rejected) = jobs.requests.submit(sr.requests, services: jobs.services)
+        let (accepted, duplicates, rejected) = jobs.requests.submit(sr.requests.map(\.serviceRequest), services: jobs.services)
         do { try s.store.batch { try s.store.saveRequests(jobs.requests.takeDirty()) } } catch {
             s.logger.error("could not persist requests: \(error)")
             return nil   // no reply: the client sends them again

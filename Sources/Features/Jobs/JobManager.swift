@@ -182,7 +182,7 @@ final class JobManager {
         // A backlog (after a lost replica, or a burst) calls for replicas beyond the rate's.
         var scale = false
         if !services.isEmpty {
-            scheduler.backlog = requests.backlog(now: now) { [services] in (services[$0]?.sloSeconds ?? 20) / 4 }
+            scheduler.backlog = requests.scalingBacklog(now: now) { [services] in services[$0]?.sloSeconds ?? 20 }
             scale = scheduler.services.contains { scheduler.desiredReplicas($0, at: now) > scheduler.replicas(of: $0.id).count }
         }
         guard released || needsDecision || rateChanged || scale else { return [] }

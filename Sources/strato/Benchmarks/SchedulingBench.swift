@@ -1,6 +1,7 @@
 import Experiments
 import Foundation
 import Scheduling
+import Twin
 
 /// `strato bench twin` and `strato bench schedule`: replay speed of the digital twin and the
 /// scheduler's decision latency, measured in one run (fifo as the baseline for each figure).

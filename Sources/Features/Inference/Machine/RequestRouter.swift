@@ -1,5 +1,4 @@
 import Foundation
-import Protocol
 import Scheduling
 
 /// Inference requests on the testbed, from acceptance to their result. Requests wait here until
@@ -7,27 +6,41 @@ import Scheduling
 /// the fewest outstanding requests (join-shortest-queue), up to twice its batch, so a new replica
 /// takes load at once. A replica that is lost (its node died, it was stopped, or its agent no
 /// longer knows it) gives its outstanding requests back to the front of the queue; the first
-/// result for a request wins and later ones are only settled. Pure logic: the coordinator persists
-/// what `dirty` names and turns routes into commands.
-final class RequestRouter {
-    struct Record: Equatable {
-        var request: ServiceRequest
-        var attempts = 0
-        var replica: String?
-        var node: String?
-        var finished: Double?
-        var latency: Double?
-        var queued = 0.0
-        var service = 0.0
-        var withinSLO = false
+/// result for a request wins and later ones are only settled. Pure (no wire, no clock: times are
+/// trace seconds the caller passes): the coordinator persists what `dirty` names and turns routes
+/// into commands; the twin runs the same router on its virtual clock.
+public final class RequestRouter {
+    public struct Record: Equatable {
+        public var request: ServiceRequest
+        public var attempts = 0
+        public var replica: String?
+        public var node: String?
+        public var finished: Double?
+        public var latency: Double?
+        public var queued = 0.0
+        public var service = 0.0
+        public var withinSLO = false
     }
-    struct ReadyReplica: Equatable { var service: String; var node: String; var batch: Int }
+    public struct ReadyReplica: Equatable { public var service: String; public var node: String; public var batch: Int }
+    /// A request's result as the replica measured it; `finished` in trace seconds.
+    public struct Completion: Equatable {
+        public var requestID: String
+        public var replicaID: String
+        public var finished: Double
+        public var queued: Double
+        public var service: Double
+        public init(requestID: String, replicaID: String, finished: Double, queued: Double, service: Double) {
+            self.requestID = requestID; self.replicaID = replicaID; self.finished = finished; self.queued = queued; self.service = service
+        }
+    }
 
-    private(set) var records: [String: Record] = [:]
+    public init() {}
+
+    public private(set) var records: [String: Record] = [:]
     /// Per service, waiting request ids in arrival order.
     private var waiting: [String: [String]] = [:]
     private var waitingUnsorted = Set<String>()
-    private(set) var ready: [String: ReadyReplica] = [:]
+    public private(set) var ready: [String: ReadyReplica] = [:]
     private var outstanding: [String: Set<String>] = [:]
     /// Request ids whose record changed since the last `takeDirty`.
     private(set) var dirty = Set<String>()
@@ -35,16 +48,15 @@ final class RequestRouter {
     // MARK: requests
 
     /// Accepts requests for known services; a request id seen before is a duplicate (accepted once).
-    func submit(_ requests: [InferenceRequest], services: [String: ServiceSpec]) -> (accepted: Int, duplicates: Int, rejected: [String]) {
+    public func submit(_ requests: [ServiceRequest], services: [String: ServiceSpec]) -> (accepted: Int, duplicates: Int, rejected: [String]) {
         var accepted = 0, duplicates = 0, rejected: [String] = []
-        for q in requests {
-            if q.requestID.isEmpty { rejected.append("(no id): request_id is empty"); continue }
-            if records[q.requestID] != nil { duplicates += 1; continue }
-            guard services[q.serviceID] != nil else { rejected.append("\(q.requestID): unknown service '\(q.serviceID)'"); continue }
-            guard q.arrival >= 0, q.arrival.isFinite, q.decodeTokens >= 1 else {
-                rejected.append("\(q.requestID): arrival must be ≥ 0 and decode_tokens ≥ 1"); continue
+        for r in requests {
+            if r.id.isEmpty { rejected.append("(no id): request_id is empty"); continue }
+            if records[r.id] != nil { duplicates += 1; continue }
+            guard services[r.serviceID] != nil else { rejected.append("\(r.id): unknown service '\(r.serviceID)'"); continue }
+            guard r.arrival >= 0, r.arrival.isFinite, r.decode >= 1, r.prefill >= 0 else {
+                rejected.append("\(r.id): arrival must be ≥ 0 and decode_tokens ≥ 1"); continue
             }
-            let r = ServiceRequest(id: q.requestID, serviceID: q.serviceID, arrival: q.arrival, prefill: Int(q.prefillTokens), decode: Int(q.decodeTokens))
             records[r.id] = Record(request: r)
             counted(records[r.id]!)
             enqueue(r.id, service: r.serviceID)
@@ -55,7 +67,7 @@ final class RequestRouter {
     }
 
     /// A record read back from the store after a coordinator restart; unfinished ones wait again.
-    func restore(_ record: Record) {
+    public func restore(_ record: Record) {
         var r = record
         if r.finished == nil {
             r.replica = nil; r.node = nil
@@ -72,13 +84,13 @@ final class RequestRouter {
 
     // MARK: replicas
 
-    func replicaReady(_ id: String, service: String, node: String, batch: Int) {
+    public func replicaReady(_ id: String, service: String, node: String, batch: Int) {
         ready[id] = ReadyReplica(service: service, node: node, batch: max(1, batch))
     }
 
     /// The replica is gone: its unfinished requests wait again (ahead of newer ones). Returns them.
     @discardableResult
-    func replicaGone(_ id: String) -> [String] {
+    public func replicaGone(_ id: String) -> [String] {
         ready[id] = nil
         let lost = (outstanding.removeValue(forKey: id) ?? []).sorted()
         for q in lost {
@@ -91,7 +103,7 @@ final class RequestRouter {
     }
 
     /// Requests sent to a replica that refused them (it is not serving there): wait again.
-    func refused(_ ids: [String], replica: String) {
+    public func refused(_ ids: [String], replica: String) {
         for q in ids where outstanding[replica]?.remove(q) != nil {
             guard var r = records[q], r.finished == nil else { continue }
             r.replica = nil; r.node = nil
@@ -101,7 +113,7 @@ final class RequestRouter {
     }
 
     /// Routes requests that have arrived by `now` to ready replicas: (replica, node, requests).
-    func route(now: Double) -> [(replica: String, node: String, requests: [ServiceRequest])] {
+    public func route(now: Double) -> [(replica: String, node: String, requests: [ServiceRequest])] {
         var batches: [String: [ServiceRequest]] = [:]
         for service in waiting.keys.sorted() {
             guard var queue = waiting[service], !queue.isEmpty else { continue }
@@ -139,21 +151,20 @@ final class RequestRouter {
         return batches.keys.sorted().map { ($0, ready[$0]!.node, batches[$0]!) }
     }
 
-    /// Applies results from `node`; `traceTime` turns an agent wall time into trace seconds.
-    /// Returns the request ids to settle (all of them: new, duplicate or unknown).
-    func complete(_ results: [RequestResult], node: String, slo: (String) -> Double, traceTime: (Int64) -> Double) -> [String] {
+    /// Applies results from `node`. Returns the request ids to settle (all of them: new,
+    /// duplicate or unknown).
+    public func complete(_ results: [Completion], node: String, slo: (String) -> Double) -> [String] {
         var settled: [String] = []
         for res in results {
             settled.append(res.requestID)
             guard var r = records[res.requestID], r.finished == nil else { continue }
             if let rep = r.replica { outstanding[rep]?.remove(res.requestID) }
-            let finished = traceTime(res.finishedAtUnixNanos)
-            r.finished = finished
-            r.latency = max(0, finished - r.request.arrival)
+            r.finished = res.finished
+            r.latency = max(0, res.finished - r.request.arrival)
             r.replica = res.replicaID
             r.node = node
-            r.queued = res.queuedSeconds
-            r.service = res.serviceSeconds
+            r.queued = res.queued
+            r.service = res.service
             r.withinSLO = r.latency! <= slo(r.request.serviceID)
             records[res.requestID] = r
             tallies[r.request.serviceID]?.completed += 1
@@ -164,7 +175,7 @@ final class RequestRouter {
         return settled
     }
 
-    func takeDirty() -> [Record] {
+    public func takeDirty() -> [Record] {
         defer { dirty.removeAll() }
         return dirty.sorted().compactMap { records[$0] }
     }
@@ -173,7 +184,7 @@ final class RequestRouter {
 
     /// Requests of each service that arrived more than `age(service)` trace seconds before `now`
     /// and still wait for a replica (a moment's wait while every replica is full is not backlog).
-    func backlog(now: Double, age: (String) -> Double) -> [String: Int] {
+    public func backlog(now: Double, age: (String) -> Double) -> [String: Int] {
         var out: [String: Int] = [:]
         for (service, queue) in waiting {
             let before = now - age(service)
@@ -183,13 +194,19 @@ final class RequestRouter {
         return out
     }
 
+    /// The backlog the scheduler scales replicas for, one rule for the coordinator and the twin:
+    /// requests that have waited more than a quarter of their service's SLO for a replica.
+    public func scalingBacklog(now: Double, slo: (String) -> Double) -> [String: Int] {
+        backlog(now: now) { slo($0) / 4 }
+    }
+
     /// Per service, kept as records change (the experiment asks several times a second, and a
     /// run holds tens of thousands of requests); `resent` counts sends after the first (a lost
     /// replica, a refusal, a coordinator restart).
-    struct Tally { var submitted = 0, completed = 0, withinSLO = 0, resent = 0, latencies: [Double] = [] }
+    public struct Tally { public var submitted = 0, completed = 0, withinSLO = 0, resent = 0, latencies: [Double] = [] }
     private var tallies: [String: Tally] = [:]
 
-    func tally() -> [String: Tally] { tallies }
+    public func tally() -> [String: Tally] { tallies }
 
     private func counted(_ r: Record) {
         var t = tallies[r.request.serviceID] ?? Tally()

@@ -1,0 +1,246 @@
+import Features
+import Foundation
+import Scheduling
+
+/// A node failure for the twin to replay: `node` dies at `at` and is back `downFor` later.
+public struct NodeFailure: Sendable, Codable, Equatable {
+    public var node: String
+    /// When the node crashes: its jobs stop making progress (they keep their last checkpoint).
+    public var at: Double
+    public var downFor: Double
+    /// How long until the scheduler learns of it (the failure detector's delay); nil: at once.
+    public var detectedAfter: Double?
+    public init(node: String, at: Double, downFor: Double, detectedAfter: Double? = nil) {
+        self.node = node; self.at = at; self.downFor = downFor; self.detectedAfter = detectedAfter
+    }
+}
+
+public struct TwinOptions: Sendable {
+    /// Trace seconds between the step-time reports a modelled agent sends.
+    public var reportInterval: Double = 300
+    public var failures: [NodeFailure] = []
+    /// Seconds between a job's start decision and the agent acting on it (command latency on the
+    /// testbed, in trace time); 0 in a pure simulation.
+    public var startLatency: Double = 0
+    /// Trace seconds between a job finishing and the scheduler learning it (the testbed hears it
+    /// with the next heartbeat); the job's finish time stays exact, its GPUs free up this much later.
+    public var reportLatency: Double = 0
+    /// Inference requests to serve one by one, routed by the coordinator's `RequestRouter` to
+    /// modelled replicas (`InferenceTwinModel`); empty: services are a fluid served up to their
+    /// replicas' capacity.
+    public var requests: [ServiceRequest] = []
+    public init() {}
+}
+
+/// The digital twin: the coordinator's machines (`Scheduler`, `ClusterState`, the policies, the
+/// `RequestRouter` and its backlog rule) on a discrete-event clock, with the features' twin models
+/// (`JobsTwinModel`, `InferenceTwinModel`) standing in for the agents. Time is trace seconds.
+public struct DigitalTwin {
+    public let nodes: [NodeSlot]
+    public let workload: Workload
+    public let options: TwinOptions
+    public var execution: ExecutionModel
+
+    public init(nodes: [NodeSlot], workload: Workload, kb: KnowledgeBase, options: TwinOptions = TwinOptions()) {
+        self.nodes = nodes; self.workload = workload; self.options = options
+        self.execution = ExecutionModel(kb: kb)
+    }
+
+    enum Event {
+        case arrival(Int)
+        case started(String, Int)      // overhead over: progress begins (or OOM)
+        case done(String, Int)
+        case released(String, Int, Double)
+        case report(String, Int)
+        case serviceChange
+        case nodeCrash(String)
+        case nodeDown(String)
+        case nodeUp(String)
+        case request(Int)
+        case replicaReady(String)
+        case requestDone(InferenceTwinModel.Finish)
+    }
+
+    public func run(policy: SchedulingPolicy) -> RunResult {
+        let wallStart = DispatchTime.now().uptimeNanoseconds
+        var scheduler = Scheduler(policy: policy, kb: execution.kb, services: workload.services)
+        for n in nodes { scheduler.state.addNode(n) }
+        var queue = EventQueue<Event>()
+        for (i, j) in workload.jobs.enumerated() { queue.push(j.arrival, .arrival(i)) }
+        for s in scheduler.services { for p in s.rateCurve { queue.push(p.time, .serviceChange) } }
+        for f in options.failures {
+            queue.push(f.at, .nodeCrash(f.node))
+            queue.push(f.at + max(0, f.detectedAfter ?? 0), .nodeDown(f.node))
+            queue.push(f.at + f.downFor, .nodeUp(f.node))
+        }
+        var jobs = JobsTwinModel(execution: execution)
+        var serviceOut = Dictionary(uniqueKeysWithValues: scheduler.services.map { ($0.id, ServiceOutcome(id: $0.id)) })
+        var lastServiceTime = 0.0
+        var events = 0
+        var submitted = 0
+        var lastFinish = 0.0
+
+        // Request by request: each arrives at the coordinator's router, which sends it to a ready
+        // replica (join-shortest-queue, up to twice the batch) or holds it; a lost replica's
+        // requests go back to it. The router's backlog scales replicas as on the testbed.
+        let requestLevel = !options.requests.isEmpty
+        let router = RequestRouter()
+        var replicas = InferenceTwinModel()
+        let servicesByID = Dictionary(uniqueKeysWithValues: scheduler.services.map { ($0.id, $0) })
+        for (i, q) in options.requests.enumerated() { queue.push(q.arrival, .request(i)) }
+        var requestsArrived = 0, requestsDone = 0
+        let inference = Dictionary(uniqueKeysWithValues: scheduler.services.compactMap { s in
+            InferenceModel(kb: execution.kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpusPerReplica).map { (s.id, $0) }
+        })
+        func slo(_ service: String) -> Double { servicesByID[service]?.sloSeconds ?? .infinity }
+        func replicaLost(_ id: String, at now: Double) {
+            replicas.stop(id, at: now)
+            router.replicaGone(id)
+        }
+        func routeRequests(at now: Double) {
+            for r in router.route(now: now) {
+                for f in replicas.serve(r.replica, r.requests, at: now) { queue.push(f.completion.finished + options.reportLatency, .requestDone(f)) }
+            }
+        }
+
+        func accountServices(until now: Double) {
+            guard now > lastServiceTime else { return }
+            let dt = now - lastServiceTime
+            for s in scheduler.services {
+                let offered = s.rate(at: lastServiceTime) * dt
+                let reps = scheduler.replicas(of: s.id).count
+                let cap = Double(reps) * (scheduler.capacityPerReplica[s.id] ?? 0) * dt
+                serviceOut[s.id]!.offeredRequests += offered
+                serviceOut[s.id]!.servedWithinSLO += min(offered, cap)
+                serviceOut[s.id]!.replicaSeconds += Double(reps) * dt
+            }
+            lastServiceTime = now
+        }
+
+        while let (now, first) = queue.pop() {
+            var batch = [first]
+            while let t = queue.nextTime, t == now, let e = queue.pop() { batch.append(e.event) }
+            accountServices(until: now)
+            var dirty = false
+            for ev in batch {
+                events += 1
+                switch ev {
+                case .arrival(let i):
+                    scheduler.state.submit(workload.jobs[i]); submitted += 1; dirty = true
+                case .serviceChange:
+                    dirty = true
+                case .started(let id, let g):
+                    guard jobs.isCurrent(id, generation: g), jobs.runs[id] != nil else { continue }
+                    if let finish = jobs.finishTime(id, at: now) {
+                        queue.push(finish, .done(id, g))
+                        queue.push(now + options.reportInterval, .report(id, g))
+                    } else {
+                        jobs.end(id, at: now)
+                        scheduler.state.failedStart(job: id, at: now)
+                        dirty = true
+                    }
+                case .done(let id, let g):
+                    guard jobs.isCurrent(id, generation: g) else { continue }
+                    if options.reportLatency > 0 { queue.push(now + options.reportLatency, .released(id, g, now)); continue }
+                    jobs.end(id, at: now)
+                    scheduler.state.finish(job: id, at: now)
+                    lastFinish = max(lastFinish, now)
+                    dirty = true
+                case .released(let id, let g, let at):
+                    guard jobs.isCurrent(id, generation: g) else { continue }
+                    jobs.end(id, at: now)
+                    scheduler.state.finish(job: id, at: at)
+                    lastFinish = max(lastFinish, at)
+                    dirty = true
+                case .report(let id, let g):
+                    guard jobs.isCurrent(id, generation: g), let m = jobs.measure(id, at: now, interval: options.reportInterval) else { continue }
+                    let key = jobs.runs[id]!.key
+                    scheduler.kb.recordOnline(key, throughput: m.throughput, unit: scheduler.state.jobs[id]!.spec.unit, stepTime: nil)
+                    scheduler.state.progress(job: id, workDone: m.work, checkpointed: m.checkpointed)
+                    queue.push(now + options.reportInterval, .report(id, g))
+                case .nodeCrash(let node):
+                    replicas.nodeCrashed(node, at: now)
+                    // Work stops here; the scheduler still believes the node alive until .nodeDown.
+                    for r in jobs.nodeCrashed(node, at: now) { scheduler.state.progress(job: r.job, workDone: r.work, checkpointed: r.checkpointed) }
+                case .nodeDown(let node):
+                    for r in jobs.liveRuns(on: node, at: now) { scheduler.state.progress(job: r.job, workDone: r.work, checkpointed: r.checkpointed) }
+                    let lost = scheduler.state.nodeFailed(node, at: now)
+                    for id in lost.jobs { jobs.end(id, at: now) }
+                    for id in lost.replicas { replicaLost(id, at: now) }
+                    dirty = true
+                case .nodeUp(let node):
+                    scheduler.state.nodeRecovered(node); dirty = true
+                case .request(let i):
+                    _ = router.submit([options.requests[i]], services: servicesByID)
+                    requestsArrived += 1
+                case .replicaReady(let id):
+                    // The agent acknowledged the start (the coordinator's `replicaStarted`).
+                    guard let r = scheduler.state.replicas[id] else { continue }
+                    router.replicaReady(id, service: r.serviceID, node: r.placement.nodeID, batch: scheduler.batchPerReplica[r.serviceID] ?? 1)
+                case .requestDone(let f):
+                    guard replicas.delivers(f) else { continue }
+                    let wasDone = router.records[f.completion.requestID]?.finished != nil
+                    _ = router.complete([f.completion], node: f.node, slo: slo)
+                    if !wasDone { requestsDone += 1 }
+                }
+            }
+            if requestLevel {
+                // As the coordinator's loop turn: the router's backlog may call for more replicas.
+                scheduler.backlog = router.scalingBacklog(now: now, slo: slo)
+                if scheduler.services.contains(where: { scheduler.desiredReplicas($0, at: now) > scheduler.replicas(of: $0.id).count }) { dirty = true }
+            }
+            if dirty {
+                let actions = scheduler.step(now: now, currentWork: { jobs.work($0, at: now) })
+                for a in actions {
+                    switch a {
+                    case .startJob(let id, let p, let resume):
+                        let (g, from) = jobs.start(scheduler.state.jobs[id]!.spec, placement: p, resume: resume, at: now, startLatency: options.startLatency)
+                        queue.push(from, .started(id, g))
+                    case .preemptJob(let id, _, _):
+                        jobs.end(id, at: now)
+                    case .startReplica(let id, let service, let p):
+                        guard requestLevel, let m = inference[service] else { continue }
+                        replicas.start(id, node: p.nodeID, model: m, batch: scheduler.batchPerReplica[service] ?? 1)
+                        queue.push(now + options.startLatency, .replicaReady(id))
+                    case .stopReplica(let id, _, _):
+                        if requestLevel { replicaLost(id, at: now) }
+                    }
+                }
+            }
+            if requestLevel { routeRequests(at: now) }
+            if submitted == workload.jobs.count && scheduler.state.unfinishedCount == 0
+                && (!requestLevel || requestsDone >= options.requests.count) { break }
+        }
+        if requestLevel {
+            // Requests never served (no replica could be placed for them) count as infinitely late.
+            for s in scheduler.services {
+                var latencies: [Double] = [], within = 0
+                for q in options.requests where q.serviceID == s.id {
+                    let l = router.records[q.id]?.latency ?? .infinity
+                    latencies.append(l)
+                    if l <= s.sloSeconds { within += 1 }
+                }
+                latencies.sort()
+                var o = ServiceOutcome(id: s.id)
+                o.offeredRequests = Double(latencies.count)
+                o.servedWithinSLO = Double(within)
+                o.replicaSeconds = serviceOut[s.id]?.replicaSeconds ?? 0
+                o.latencyP50 = percentile(latencies, 50)
+                o.latencyP99 = percentile(latencies, 99)
+                serviceOut[s.id] = o
+            }
+        }
+        let states = scheduler.state.jobs.values.sorted { $0.spec.id < $1.spec.id }
+        var gpus: [String: Int] = [:]
+        for n in nodes { gpus[n.gpuModel, default: 0] += n.gpuCount }
+        let firstArrival = workload.jobs.map(\.arrival).min() ?? 0
+        var skipped = workload.skipped.map(\.description) + scheduler.skippedServices.map { "service \($0.id): \($0.reason)" }
+        skipped += states.filter(\.failed).map { "job \($0.spec.id): failed to start \($0.failedStarts) times (does not fit)" }
+        skipped += scheduler.rejectedDecisions
+        skipped += states.filter { $0.phase != .finished }.map { "job \($0.spec.id): never finished (\($0.phase); no node could hold a configuration it fits)" }
+        return RunResult(policy: policy.name, workload: workload.name, engine: "twin", emulated: true, jobs: states.map(\.outcome),
+                         services: serviceOut.values.sorted { $0.id < $1.id }, busyGPUSeconds: jobs.busyGPUSeconds, gpusByModel: gpus,
+                         makespan: max(lastFinish - firstArrival, 0), skipped: skipped, events: events,
+                         wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9)
+    }
+}
