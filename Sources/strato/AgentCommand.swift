@@ -116,8 +116,8 @@ struct AgentCommand: ParsableCommand {
             }
             let session = AgentSession(config: sessionConfig, nodes: nodes, extraHandlers: try dataPlaneHandlers(nodeID: nodes[0].0.nodeID),
                                        logger: Logger(label: "strato.agent.\(nodes[0].1.kind.name)"))
-            SignalTrap.onTerminate { session.stop() }
-            try session.run()
+            try Lifecycle.run([LoopService(description: "agent session", body: { try session.run() }, requestStop: { session.stop() })],
+                              logger: Logger(label: "strato.lifecycle"))
         }
     }
 

@@ -55,7 +55,7 @@ struct CoordinatorCommand: ParsableCommand {
             SchedulingController(policy: policy),   // features "jobs" and "inference"
             DataPlaneController(),                  // feature "dataplane": peer sockets, probes
         ])
-        SignalTrap.onTerminate { server.stop() }
-        try server.run()
+        try Lifecycle.run([LoopService(description: "coordinator", body: { try server.run() }, requestStop: { server.stop() })],
+                          logger: Logger(label: "strato.lifecycle"))
     }
 }
