@@ -43,6 +43,8 @@ public protocol CoordinatorFeature: AnyObject {
     var features: [String] { get }
     /// Envelope bodies (`Envelope.bodyName`) this controller answers: its operator API.
     var requestBodies: [String] { get }
+    /// This feature's tables (`CREATE TABLE IF NOT EXISTS …`), created when the store opens.
+    var storeSchema: [String] { get }
     /// The coordinator starts on its store (restored nodes as they were).
     func start(_ s: CoordinatorServices, restoredNodes: [NodeRecord]) throws
     /// Answers a request of `requestBodies`; nil sends no reply (the client asks again).
@@ -66,6 +68,7 @@ public protocol CoordinatorFeature: AnyObject {
 
 extension CoordinatorFeature {
     public var requestBodies: [String] { [] }
+    public var storeSchema: [String] { [] }
     public func start(_ s: CoordinatorServices, restoredNodes: [NodeRecord]) throws {}
     public func handleRequest(_ envelope: Envelope, _ s: CoordinatorServices) -> Envelope.OneOf_Body? { nil }
     public func nodeRegistered(_ r: Register, newLife: Bool, _ s: CoordinatorServices) {}

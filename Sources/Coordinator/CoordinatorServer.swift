@@ -113,7 +113,7 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
     // MARK: Main loop
 
     public func run() throws {
-        openStore = try StateStore(directory: config.stateDirectory)
+        openStore = try StateStore(directory: config.stateDirectory, schemas: controllers.flatMap(\.storeSchema))
         epoch = try store.nextEpoch()
         startedAtWall = clock.wallNanos()
         let now = clock.monotonicNanos()

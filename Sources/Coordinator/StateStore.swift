@@ -11,8 +11,8 @@ import SwiftProtobuf
 public final class StateStore {
     public let directory: String
     let db: SQLiteDatabase
-    /// The connection, for features' own tables (they create them with `CREATE TABLE IF NOT
-    /// EXISTS` when they first use the store) inside the loop turn's transaction.
+    /// The connection, for features' own tables (their schemas are created when the store opens)
+    /// inside the loop turn's transaction.
     public var database: SQLiteDatabase { db }
 
     /// A pending command as stored: the command and how often it was sent.
@@ -23,7 +23,9 @@ public final class StateStore {
 
     public static let schemaVersion: Int64 = 1
 
-    public init(directory: String) throws {
+    /// Opens (or creates) the store; `schemas` are the hosted features' tables (`CREATE TABLE IF
+    /// NOT EXISTS …`), created here with the shell's own, so no feature creates tables lazily.
+    public init(directory: String, schemas: [String] = []) throws {
         self.directory = directory
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         db = try SQLiteDatabase(path: directory + "/state.db")
@@ -44,6 +46,7 @@ public final class StateStore {
                 kind TEXT NOT NULL, detail TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
             """)
+        try db.transaction { for s in schemas { try db.execute(s) } }
         let version = try meta("schema_version")
         if version == 0 {
             try setMeta("schema_version", StateStore.schemaVersion)

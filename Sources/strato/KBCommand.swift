@@ -16,7 +16,7 @@ struct KBCommand: ParsableCommand {
         var directory: String {
             stateDir ?? ((ProcessInfo.processInfo.environment["STRATO_RUN_DIR"] ?? ".strato/testbed") + "/state")
         }
-        func open() throws -> StateStore { try StateStore(directory: directory) }
+        func open() throws -> StateStore { try StateStore(directory: directory, schemas: SchedulingController.storeSchema) }
     }
 
     struct Import: ParsableCommand {

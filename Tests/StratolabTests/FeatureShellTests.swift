@@ -21,6 +21,13 @@ private final class StubController: CoordinatorFeature, @unchecked Sendable {
     var results: [String] = []
     var reports: [String] = []
     var requests = 0
+    var tableAtStart = false
+    let storeSchema = ["CREATE TABLE IF NOT EXISTS stub_echo (node TEXT PRIMARY KEY, said TEXT NOT NULL)"]
+
+    func start(_ s: CoordinatorServices, restoredNodes: [NodeRecord]) throws {
+        // The shell created the feature's table when it opened the store, before starting it.
+        tableAtStart = (try? s.store.database.run("SELECT count(*) FROM stub_echo")) != nil
+    }
 
     func nodeRegistered(_ r: Register, newLife: Bool, _ s: CoordinatorServices) {
         lock.lock(); registered.append(r.nodeID); lock.unlock()
@@ -130,6 +137,7 @@ struct FeatureShellTests {
             usleep(20_000)
         }
         let c = controller.snapshot(), h = node.handler.snapshot()
+        #expect(controller.tableAtStart, "the feature's store schema exists when it starts")
         #expect(c.registered == ["stub-0"])
         #expect(h.executed == ["hello stub-0"], "the agent shell routed the feature's command to its handler, once")
         #expect(c.results == ["echo hello stub-0"], "the typed result came back in the acknowledgement")

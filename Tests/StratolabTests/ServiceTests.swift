@@ -122,13 +122,12 @@ struct ServiceTests {
         _ = r.complete([result("q1", replica: "s-r1", finishedAt: 4)], node: "n1", slo: { _ in 20 })
         let placement = Placement(nodeID: "n1", gpus: [0], key: ConfigKey(model: "Llama-2-7b", task: "inference", gpuModel: "A100-80GB", gpuCount: 1, batchPerGPU: 0))
         do {
-            let store = try StateStore(directory: dir)
-            try store.ensureServiceTables()
+            let store = try StateStore(directory: dir, schemas: SchedulingController.storeSchema)
             try store.saveService(svc)
             try store.saveReplica(ReplicaRecord(id: "s-r1", serviceID: "s", placement: placement), ready: true)
             try store.saveRequests(r.takeDirty())
         }
-        let store = try StateStore(directory: dir)
+        let store = try StateStore(directory: dir, schemas: SchedulingController.storeSchema)
         #expect(try store.loadServices() == [svc])
         #expect(try store.loadReplicas().map(\.1) == [true])
         let back = RequestRouter()

@@ -7,24 +7,21 @@ import Scheduling
 /// request is stored before the client is told it was accepted, and a result before the agent is
 /// told to forget it, so neither a coordinator crash nor an agent crash loses one.
 extension StateStore {
-    func ensureServiceTables() throws {
-        try database.execute("""
+    static let serviceSchema = """
             CREATE TABLE IF NOT EXISTS services (id TEXT PRIMARY KEY, spec BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, record BLOB NOT NULL, ready INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS requests (
                 id TEXT PRIMARY KEY, service TEXT NOT NULL, arrival REAL NOT NULL, prefill INTEGER NOT NULL,
                 decode INTEGER NOT NULL, attempts INTEGER NOT NULL, replica TEXT, node TEXT, finished REAL,
                 latency REAL, queued REAL, service_seconds REAL, within_slo INTEGER NOT NULL);
-            """)
-    }
+            """
 
     func saveService(_ s: ServiceSpec) throws {
         try database.run("INSERT OR REPLACE INTO services(id, spec) VALUES(?,?)", [.text(s.id), .blob(Array(try JSONEncoder().encode(s)))])
     }
 
     func loadServices() throws -> [ServiceSpec] {
-        try ensureServiceTables()
-        return try database.run("SELECT spec FROM services ORDER BY id").map { try JSONDecoder().decode(ServiceSpec.self, from: Data($0[0].blob)) }
+        try database.run("SELECT spec FROM services ORDER BY id").map { try JSONDecoder().decode(ServiceSpec.self, from: Data($0[0].blob)) }
     }
 
     func saveReplica(_ r: ReplicaRecord, ready: Bool) throws {
@@ -35,7 +32,6 @@ extension StateStore {
     func deleteReplica(_ id: String) throws { try database.run("DELETE FROM replicas WHERE id = ?", [.text(id)]) }
 
     func loadReplicas() throws -> [(ReplicaRecord, ready: Bool)] {
-        try ensureServiceTables()
         return try database.run("SELECT record, ready FROM replicas ORDER BY id").map {
             (try JSONDecoder().decode(ReplicaRecord.self, from: Data($0[0].blob)), $0[1].int != 0)
         }
@@ -58,7 +54,6 @@ extension StateStore {
     }
 
     func loadRequests() throws -> [RequestRouter.Record] {
-        try ensureServiceTables()
         return try database.run("""
             SELECT id, service, arrival, prefill, decode, attempts, replica, node, finished, latency, queued, service_seconds, within_slo
             FROM requests ORDER BY arrival, id

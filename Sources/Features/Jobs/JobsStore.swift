@@ -7,20 +7,17 @@ import Scheduling
 /// (model, task, GPU model, count, layout, batch, origin), the row itself as JSON beside its key
 /// columns (so `sqlite3 state.db` can still query it), and the derived facts.
 extension StateStore {
-    func ensureKnowledgeTables() throws {
-        try database.execute("""
+    static let knowledgeSchema = """
             CREATE TABLE IF NOT EXISTS perf (
                 model TEXT NOT NULL, task TEXT NOT NULL, gpu TEXT NOT NULL, gpus INTEGER NOT NULL,
                 layout TEXT NOT NULL, batch INTEGER NOT NULL, origin TEXT NOT NULL, fits INTEGER NOT NULL,
                 source TEXT NOT NULL, row BLOB NOT NULL,
                 PRIMARY KEY (model, task, gpu, gpus, layout, batch, origin));
             CREATE TABLE IF NOT EXISTS perf_facts (name TEXT NOT NULL, gpu TEXT NOT NULL, row BLOB NOT NULL, PRIMARY KEY (name, gpu));
-            """)
-    }
+            """
 
     /// Saves rows and facts (replacing rows with the same key and origin) in one transaction.
     public func saveKnowledge(rows: [PerfRow], facts: [KnowledgeFact] = []) throws {
-        try ensureKnowledgeTables()
         let enc = JSONEncoder()
         try database.transaction {
             for r in rows {
@@ -39,12 +36,10 @@ extension StateStore {
     }
 
     public func clearKnowledge(origin: RowOrigin? = nil) throws {
-        try ensureKnowledgeTables()
         if let origin { try database.run("DELETE FROM perf WHERE origin = ?", [.text(origin.rawValue)]) } else { try database.run("DELETE FROM perf"); try database.run("DELETE FROM perf_facts") }
     }
 
     public func loadKnowledge() throws -> KnowledgeBase {
-        try ensureKnowledgeTables()
         let dec = JSONDecoder()
         var rows: [PerfRow] = [], facts: [KnowledgeFact] = []
         for r in try database.run("SELECT row FROM perf") { if case .blob(let b) = r[0] { rows.append(try dec.decode(PerfRow.self, from: Data(b))) } }
@@ -56,12 +51,10 @@ extension StateStore {
 /// Offline jobs in the store: one row per job (its scheduler record as JSON), written before the
 /// coordinator acts on a change; future submissions kept apart until they arrive.
 extension StateStore {
-    func ensureJobTables() throws {
-        try database.execute("""
+    static let jobSchema = """
             CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, phase TEXT NOT NULL, record BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS future_jobs (id TEXT PRIMARY KEY, spec BLOB NOT NULL);
-            """)
-    }
+            """
 
     func saveJobs(_ records: [JobRecord]) throws {
         let enc = JSONEncoder()
@@ -79,7 +72,6 @@ extension StateStore {
     }
 
     func loadJobs() throws -> (future: [JobSpec], records: [JobRecord]) {
-        try ensureJobTables()
         let dec = JSONDecoder()
         dec.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         var f: [JobSpec] = [], r: [JobRecord] = []

@@ -14,6 +14,9 @@ import Scheduling
 public final class SchedulingController: CoordinatorFeature {
     public let features = [JobsHandler.feature, InferenceHandler.feature]
     public let requestBodies = ["submit_jobs", "jobs_request", "submit_requests", "requests_request"]
+    /// The knowledge base, jobs, services, replicas and requests.
+    public static let storeSchema = [StateStore.knowledgeSchema, StateStore.jobSchema, StateStore.serviceSchema]
+    public var storeSchema: [String] { Self.storeSchema }
     public let policyName: String
     var jobs: JobManager!
 

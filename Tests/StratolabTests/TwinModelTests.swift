@@ -1,0 +1,68 @@
+import Foundation
+import Scheduling
+import Testing
+@testable import Features
+
+// The features' twin models: what the agents do, on virtual time, for the digital twin.
+
+@Suite("Twin models")
+struct TwinModelTests {
+    private static let kb: KnowledgeBase = {
+        let r = KnowledgeImporter.importFile(dataDir + "/profiles/vidur/a100_Llama-2-7b-hf_mlp.csv")
+        var kb = KnowledgeBase(rows: r.rows)
+        _ = Estimator.estimateMissing(in: &kb, gpuModels: ["A100-80GB"])
+        return kb
+    }()
+
+    @Test("inference: results are the replica server's; a stopped replica delivers what finished before the stop, a crashed node's replicas nothing new")
+    func inference() throws {
+        let model = try #require(InferenceModel(kb: Self.kb, model: "Llama-2-7b", gpuModel: "A100-80GB", tensorParallel: 1))
+        var twin = InferenceTwinModel()
+        twin.start("r1", node: "n1", model: model, batch: 1)
+        twin.start("r2", node: "n2", model: model, batch: 1)
+        let q = (0..<2).map { ServiceRequest(id: "q\($0)", serviceID: "s", arrival: 0, prefill: 500, decode: 100) }
+        let f = twin.serve("r1", q, at: 10)
+        var reference = ReplicaServer(model: model, batch: 1)
+        let a = reference.admit(at: 10, prefill: 500, decode: 100), b = reference.admit(at: 10, prefill: 500, decode: 100)
+        #expect(f.map(\.completion.finished) == [a.finish, b.finish])
+        #expect(f[1].completion.queued == b.start - 10 && f[1].completion.service == b.finish - b.start)
+        // Stopped between the two finishes: the first is delivered, the second was dropped.
+        twin.stop("r1", at: (a.finish + b.finish) / 2)
+        #expect(twin.delivers(f[0]) && !twin.delivers(f[1]))
+        #expect(twin.serve("r1", q, at: b.finish).isEmpty, "a stopped replica takes nothing")
+        // The same id started again is a new life: the old life's results stay void.
+        twin.start("r1", node: "n1", model: model, batch: 1)
+        #expect(!twin.delivers(f[1]))
+        let g = twin.serve("r2", [q[0]], at: 0)
+        twin.nodeCrashed("n2", at: 0.5)
+        #expect(!twin.delivers(g[0]) && twin.serve("r2", [q[1]], at: 1).isEmpty)
+    }
+
+    @Test("jobs: progress after the restart overhead at the model's rate; a crash keeps the checkpoint and voids the run's events; GPU time is counted")
+    func jobs() throws {
+        let r = KnowledgeImporter.importFile(dataDir + "/training/vectorlm-llm-finetune-throughput.md")
+        let execution = ExecutionModel(kb: KnowledgeBase(rows: r.rows))
+        let key = ConfigKey(model: "Llama-2-13b", task: "finetune-full", gpuModel: "A100-80GB", gpuCount: 1, batchPerGPU: 8)
+        let spec = JobSpec(id: "j", kind: JobKind(model: "Llama-2-13b", task: "finetune-full", batchPerGPU: 8), arrival: 0, requestedGPUModel: nil,
+                           requestedGPUs: 1, work: 1e9, unit: "tokens", priority: 0, elastic: false)
+        var twin = JobsTwinModel(execution: execution)
+        let p = Placement(nodeID: "n1", gpus: [0], key: key)
+        let (gen, from) = twin.start(spec, placement: p, resume: 0, at: 100, startLatency: 2)
+        #expect(from == 100 + execution.restartSeconds(spec) + 2)
+        let rate = execution.rate(key)
+        #expect(rate > 0)
+        #expect(twin.work("j", at: from - 1) == 0, "no progress during the overhead")
+        #expect(abs(twin.work("j", at: from + 1000)! - 1000 * rate) < 1e-6)
+        #expect(abs(twin.finishTime("j", at: from)! - (from + 1e9 / rate)) < 1e-6)
+        let measured = twin.measure("j", at: from + 1000, interval: 300)
+        let m = try #require(measured)
+        #expect(m.throughput > rate * 0.5 && m.throughput < rate * 1.5, "measured with noise around the rate")
+        #expect(m.checkpointed == execution.checkpointed(resume: 0, ranFor: 1000, rate: rate))
+        let lost = twin.nodeCrashed("n1", at: from + 1000)
+        #expect(lost.count == 1 && lost[0].work == lost[0].checkpointed && lost[0].checkpointed < m.work)
+        #expect(!twin.isCurrent("j", generation: gen), "the crashed run's finish and report events no longer count")
+        #expect(twin.liveRuns(on: "n1", at: from + 1000).isEmpty)
+        twin.end("j", at: from + 1060)
+        #expect(abs(twin.busyGPUSeconds["A100-80GB"]! - (from + 1060 - 100)) < 1e-6)
+    }
+}
