@@ -67,6 +67,9 @@ public protocol FeatureHandler: AnyObject {
     var nextPumpDue: Int64? { get }
     /// The agent is stopping: stop what runs outside this process.
     func shutdown()
+    /// The session hands the handler its node's context (clock, tracer, logger) before it runs:
+    /// handlers and their backends record into that tracer, not a process-wide one.
+    func attach(_ context: NodeContext)
 }
 
 extension FeatureHandler {
@@ -77,6 +80,7 @@ extension FeatureHandler {
     public func pump(wallNanos: Int64) {}
     public var nextPumpDue: Int64? { nil }
     public func shutdown() {}
+    public func attach(_ context: NodeContext) {}
 
     /// A report of this feature.
     public func report(key: String, _ body: some SwiftProtobuf.Message) -> FeatureReport {

@@ -91,6 +91,7 @@ public final class AgentSession: @unchecked Sendable {
                  instanceID: UUID().uuidString)
         }
         for (i, n) in self.nodes.enumerated() { index[n.identity.nodeID] = i }
+        for n in self.nodes { for h in n.handlers.values { h.attach(context) } }
         self.network = EmulatedNetwork.make(config: config, clock: clock, logger: logger)
     }
 

@@ -6,6 +6,8 @@ import Protocol
 import Testing
 import DataPlane
 import Features
+import GPUAgent
+import Scheduling
 
 /// A feature the shells have never heard of: its controller asks each node that registers to
 /// "echo" a word; the node's handler answers with a typed result and reports a fact that it
@@ -254,5 +256,21 @@ struct NodeContextTests {
         let spools = servers.compactMap { $0.tracer.spoolPath }
         #expect(spools.count == 2 && spools[0] != spools[1])
         for (spool, dir) in zip(spools, dirs) { #expect(spool.hasPrefix(dir), "\(spool) lies under its own state directory") }
+    }
+
+    @Test("the agent shell hands each handler its node's context: job runners and replicas trace into the session's tracer")
+    func handlersGetTheSessionsTracer() throws {
+        let kb = KnowledgeBase(rows: [])
+        let node = try EmulatedGPUNode(modelName: "A100-80GB", count: 2)
+        let runner = EmulatedJobRunner(execution: ExecutionModel(kb: kb), seed: 1)
+        let replicas = EmulatedReplicas(kb: kb)
+        let jobs = JobsHandler(runner: runner, gpuModel: node.model.name, gpuCount: node.count)
+        let inference = InferenceHandler(replicas: replicas, gpuModel: node.model.name, gpuCount: node.count, busyElsewhere: { [] })
+        node.handlers = [jobs, inference]
+        let mine = Tracer()
+        #expect(runner.tracer !== mine && runner.tracer !== Tracer.shared)
+        _ = AgentSession(config: AgentSessionConfig(), nodes: [(AgentIdentity(nodeID: "g-0", siteName: "cloud", siteKind: .cloud), node)],
+                         context: NodeContext(tracer: mine, logger: Logger(label: "test")))
+        #expect(runner.tracer === mine && replicas.tracer === mine)
     }
 }

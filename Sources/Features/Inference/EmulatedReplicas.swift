@@ -27,6 +27,9 @@ public final class EmulatedReplicas {
     /// Results per heartbeat, at most: a backlog goes out over several heartbeats.
     public var maxResultsPerReport = 4000
 
+    /// The node's tracer (`FeatureHandler.attach`); a recorder of its own, off, until then.
+    public var tracer = Tracer()
+
     public init(kb: KnowledgeBase) { self.kb = kb }
 
     public var replicaIDs: [String] { replicas.keys.sorted() }
@@ -44,7 +47,7 @@ public final class EmulatedReplicas {
             return (false, "no inference profile for \(s.model) on \(s.gpus.count)x\(s.gpuModel)")
         }
         replicas[s.replicaID] = Replica(start: s, startedWall: wallNanos, server: ReplicaServer(model: model, batch: Int(s.batch)), gpus: Set(s.gpus))
-        Tracer.shared.instant("start replica \(s.replicaID)", category: "service", track: "replicas",
+        tracer.instant("start replica \(s.replicaID)", category: "service", track: "replicas",
                               args: ["replica": s.replicaID, "service": s.serviceID, "gpus": s.gpus.map(String.init).joined(separator: ","),
                                      "batch": "\(s.batch)", "emulated": "true"])
         return (true, "serving \(s.serviceID) as \(s.replicaID) on GPUs \(s.gpus.map(String.init).joined(separator: ",")) (emulated)")
@@ -55,7 +58,7 @@ public final class EmulatedReplicas {
         guard replicas.removeValue(forKey: id) != nil else { return (true, "replica \(id) not serving") }
         let dropped = inFlight.filter { $0.replicaID == id && $0.finishedAtUnixNanos > wallNanos }.count
         inFlight.removeAll { $0.replicaID == id && $0.finishedAtUnixNanos > wallNanos }
-        Tracer.shared.instant("stop replica \(id)", category: "service", track: "replicas", args: ["replica": id, "dropped": "\(dropped)"])
+        tracer.instant("stop replica \(id)", category: "service", track: "replicas", args: ["replica": id, "dropped": "\(dropped)"])
         return (true, "stopped \(id); dropped \(dropped) unfinished requests")
     }
 

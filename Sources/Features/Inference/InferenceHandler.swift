@@ -22,6 +22,8 @@ public final class InferenceHandler: FeatureHandler {
         self.busyElsewhere = busyElsewhere
     }
 
+    public func attach(_ context: NodeContext) { replicas.tracer = context.tracer }
+
     public func execute(_ body: [UInt8], commandID: UInt64, wallNanos: Int64) -> FeatureOutcome {
         guard let command = try? InferenceCommand(serializedBytes: body) else { return .refused("not an InferenceCommand") }
         let r: (ok: Bool, detail: String)

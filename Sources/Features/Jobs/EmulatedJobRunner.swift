@@ -28,6 +28,9 @@ public final class EmulatedJobRunner {
     /// Terminal reports repeated until the coordinator settles them.
     private var terminal: [String: JobReport] = [:]
 
+    /// The node's tracer (`FeatureHandler.attach`); a recorder of its own, off, until then.
+    public var tracer = Tracer()
+
     public init(execution: ExecutionModel, seed: UInt64) {
         self.execution = execution
         self.rng = SplitMix64(seed: seed)
@@ -44,7 +47,7 @@ public final class EmulatedJobRunner {
         terminal[s.jobID] = nil
         jobs[s.jobID] = Job(start: s, commandID: commandID, startedWall: wallNanos, overhead: execution.restartSeconds(spec),
                             rate: execution.rate(key), lastReportWall: wallNanos, lastReportWork: s.resumeWork, key: key)
-        Tracer.shared.instant("start \(s.jobID)", category: "job", track: "jobs",
+        tracer.instant("start \(s.jobID)", category: "job", track: "jobs",
                               args: ["job": s.jobID, "gpus": s.gpus.map(String.init).joined(separator: ","), "gpu_model": s.gpuModel,
                                      "resume_work": "\(s.resumeWork)", "emulated": "true"])
         return (true, "started \(s.jobID) on GPUs \(s.gpus.map(String.init).joined(separator: ",")) (emulated)")
@@ -129,7 +132,7 @@ public final class EmulatedJobRunner {
 
     /// One span per run of a job on this node, from its start command to how it ended.
     private func traceRun(_ j: Job, end: Int64, outcome: String, work: Double) {
-        Tracer.shared.span("run \(j.start.jobID)", category: "job", track: "jobs", start: j.startedWall, end: end,
+        tracer.span("run \(j.start.jobID)", category: "job", track: "jobs", start: j.startedWall, end: end,
                            args: ["job": j.start.jobID, "outcome": outcome, "work": "\(work)", "total_work": "\(j.start.totalWork)",
                                   "gpu_model": j.start.gpuModel, "gpus": "\(j.start.gpus.count)", "emulated": "true"])
     }

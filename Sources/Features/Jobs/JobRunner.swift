@@ -1,3 +1,4 @@
+import Cluster
 import Protocol
 
 /// What a GPU node does with offline jobs: start at a placement, stop at a checkpoint, and report
@@ -5,6 +6,8 @@ import Protocol
 /// published measurements, labelled emulated) and `ProcessJobRunner` (a real command per job,
 /// `CUDA_VISIBLE_DEVICES` set to the placement, for nodes with real GPUs).
 public protocol JobRunner: AnyObject {
+    /// Where job spans and instants go: the node's tracer, handed over when the session starts.
+    var tracer: Tracer { get set }
     var runningIDs: [String] { get }
     func busyGPUs() -> Set<UInt32>
     func start(_ s: StartJob, commandID: UInt64, wallNanos: Int64) -> (ok: Bool, detail: String)

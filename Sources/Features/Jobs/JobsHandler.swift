@@ -19,6 +19,8 @@ public final class JobsHandler: FeatureHandler {
         self.gpuCount = gpuCount
     }
 
+    public func attach(_ context: NodeContext) { runner.tracer = context.tracer }
+
     public func execute(_ body: [UInt8], commandID: UInt64, wallNanos: Int64) -> FeatureOutcome {
         guard let command = try? JobCommand(serializedBytes: body) else { return .refused("not a JobCommand") }
         switch command.action {

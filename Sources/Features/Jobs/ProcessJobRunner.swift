@@ -45,6 +45,9 @@ public final class ProcessJobRunner: JobRunner {
     /// Preempted processes still exiting: pid → SIGKILL deadline (wall nanos).
     private var stopping: [pid_t: Int64] = [:]
 
+    /// The node's tracer (`FeatureHandler.attach`); a recorder of its own, off, until then.
+    public var tracer = Tracer()
+
     public init(command: [String], workDirectory: String) {
         self.command = command
         self.workDirectory = workDirectory
@@ -81,7 +84,7 @@ public final class ProcessJobRunner: JobRunner {
         terminal[s.jobID] = nil
         jobs[s.jobID] = Job(start: s, commandID: commandID, pid: pid, startedWall: wallNanos, directory: dir,
                             lastReportWall: wallNanos, lastReportWork: s.resumeWork)
-        Tracer.shared.instant("start \(s.jobID)", category: "job", track: "jobs",
+        tracer.instant("start \(s.jobID)", category: "job", track: "jobs",
                               args: ["job": s.jobID, "pid": "\(pid)", "CUDA_VISIBLE_DEVICES": env["CUDA_VISIBLE_DEVICES"]!, "emulated": "false"])
         return (true, "started \(s.jobID) as pid \(pid) with CUDA_VISIBLE_DEVICES=\(env["CUDA_VISIBLE_DEVICES"]!)")
     }
@@ -91,7 +94,7 @@ public final class ProcessJobRunner: JobRunner {
         let saved = ProcessJobRunner.lastProgress(j.directory + "/progress")?.checkpoint ?? j.start.resumeWork
         signalGroup(j.pid, SIGTERM)
         stopping[j.pid] = wallNanos + Int64(terminateGraceSeconds * 1e9)
-        Tracer.shared.span("run \(id)", category: "job", track: "jobs", start: j.startedWall, end: wallNanos,
+        tracer.span("run \(id)", category: "job", track: "jobs", start: j.startedWall, end: wallNanos,
                            args: ["job": id, "outcome": "preempted", "checkpoint": "\(saved)", "emulated": "false"])
         return PreemptOutcome(checkpointedWork: saved, detail: "stopped \(id) at its checkpoint (\(saved))")
     }
@@ -120,7 +123,7 @@ public final class ProcessJobRunner: JobRunner {
                     r.state = .jobFailed
                     r.detail = (code >= 0 ? "exit status \(code)" : "killed by signal \(status & 0x7f)") + "; log: " + ProcessJobRunner.tail(j.directory + "/job.log")
                 }
-                Tracer.shared.span("run \(id)", category: "job", track: "jobs", start: j.startedWall, end: now,
+                tracer.span("run \(id)", category: "job", track: "jobs", start: j.startedWall, end: now,
                                    args: ["job": id, "outcome": r.state == .jobFinished ? "finished" : "failed", "detail": r.detail, "emulated": "false"])
                 terminal[id] = r
                 jobs[id] = nil
