@@ -91,7 +91,8 @@ public struct InferenceModel: Sendable {
         return y1 + (y1 - y0) / (x1 - x0) * (tokens - x1)
     }
 
-    func attention(kvTokens: Double) -> Double {
+    /// Seconds to read `kvTokens` tokens of KV cache (memory-bound attention).
+    public func attention(kvTokens: Double) -> Double {
         kvTokens * arch.kvBytesPerToken / Double(tensorParallel) / (gpu.memoryBandwidthGBps * 1e9)
     }
 

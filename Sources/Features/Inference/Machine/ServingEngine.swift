@@ -1,0 +1,254 @@
+import Scheduling
+
+/// An iteration-level serving engine in vLLM's shape, pure over the caller's clock (trace seconds):
+/// the GPU agent drives it on its wall clock × time scale, the twin on virtual time.
+///
+/// - **Continuous batching**: each step (one model iteration) runs every running sequence's next
+///   decode token plus prefill chunks of waiting ones, up to `maxRunning` sequences and
+///   `maxBatchedTokens` tokens a step (chunked prefill: a long prompt is spread over several steps
+///   instead of stalling the batch). Decodes go first, then swapped sequences come back, then
+///   waiting ones are admitted first come, first served.
+/// - **Paged KV cache**: a block manager hands out `blockTokens`-token blocks from the memory left
+///   after the weights; a sequence holds ⌈tokens / blockTokens⌉ blocks. Bytes per token =
+///   2 × layers × kv_heads × head_dim × 2 (fp16), from the model's dimensions.
+/// - **Out of blocks**: the newest running sequence is preempted, as vLLM does: by recompute (its
+///   blocks are freed; it waits again at the front and re-prefills its prompt and what it had
+///   generated) or by swap (its blocks move to host memory and come back when there is room).
+/// - **Iteration time** from Vidur's operator profiles (`InferenceModel`): the non-attention time
+///   of the step's tokens plus reading the KV cache its sequences attend to.
+///
+/// A step is committed when it starts: `advance(to:)` runs every step that starts by then, so a
+/// request added at `t` joins the first step starting after `t`, and the results of a step that is
+/// still running are known ahead and carry their exact time.
+public struct ServingEngine: Sendable {
+    public enum Preemption: String, Sendable { case recompute, swap }
+
+    public struct Config: Sendable {
+        public var blockTokens = 16
+        /// KV blocks on the GPU; nil: from the memory left after the weights (90 % usable).
+        public var gpuBlocks: Int?
+        /// Host-memory blocks for swapped sequences.
+        public var swapBlocks = 0
+        public var maxRunning: Int
+        public var maxBatchedTokens = 2048
+        public var preemption = Preemption.recompute
+        public init(maxRunning: Int) { self.maxRunning = max(1, maxRunning) }
+    }
+
+    /// What a finished request measured.
+    public struct Finished: Sendable, Equatable {
+        public var id: String
+        /// When it reached the engine, its first output token, its last.
+        public var arrived: Double
+        public var firstToken: Double
+        public var finished: Double
+        /// Mean and largest gap between consecutive output tokens (0 for a single token).
+        public var meanTBT: Double
+        public var maxTBT: Double
+        public var preemptions: Int
+        public var ttft: Double { firstToken - arrived }
+        public var latency: Double { finished - arrived }
+    }
+
+    struct Sequence: Sendable {
+        var id: String
+        var prompt: Int
+        var decode: Int
+        var arrived: Double
+        /// Tokens whose KV is computed (prompt and generated), and tokens generated so far.
+        var computed = 0
+        var generated = 0
+        var blocks = 0
+        var firstToken: Double?
+        var lastToken: Double?
+        var gapSum = 0.0
+        var maxGap = 0.0
+        var preemptions = 0
+        /// Tokens whose KV must exist before the next token: the prompt, and every generated token
+        /// but the newest (its KV is computed by the step that emits the next one). After a
+        /// recompute preemption they are prefilled again.
+        var target: Int { prompt + max(0, generated - 1) }
+        var prefilling: Bool { computed < target }
+    }
+
+    public let model: InferenceModel
+    public let config: Config
+    public let gpuBlocks: Int
+    public private(set) var freeBlocks: Int
+    public private(set) var freeSwapBlocks: Int
+    /// When the last committed step ends (the engine is busy until then).
+    public private(set) var time: Double = -Double.infinity
+    private var waiting: [Sequence] = []
+    private var running: [Sequence] = []
+    private var swapped: [Sequence] = []
+    private var done: [Finished] = []
+    public private(set) var steps = 0
+    public private(set) var preemptions = 0
+
+    public init(model: InferenceModel, config: Config) {
+        self.model = model
+        self.config = config
+        let blockBytes = model.arch.kvBytesPerToken * Double(config.blockTokens) / Double(model.tensorParallel)
+        let free = model.gpu.memoryGiB * 1_073_741_824 * 0.9 - model.arch.weightBytes / Double(model.tensorParallel)
+        self.gpuBlocks = max(1, config.gpuBlocks ?? Int(max(0, free) / blockBytes))
+        self.freeBlocks = gpuBlocks
+        self.freeSwapBlocks = config.swapBlocks
+    }
+
+    // MARK: requests
+
+    /// A request reaches the engine at `t` (steps starting before then run first; it joins one
+    /// that starts at `t`). A request whose
+    /// prompt and output can never fit the KV cache is refused, naming why.
+    public mutating func add(id: String, prompt: Int, decode: Int, at t: Double) -> String? {
+        let need = blocks(for: prompt + decode)
+        guard need <= gpuBlocks else {
+            return "request \(id) needs \(need) KV blocks (\(prompt + decode) tokens) but the replica has \(gpuBlocks)"
+        }
+        advance(to: t, before: true)
+        waiting.append(Sequence(id: id, prompt: max(1, prompt), decode: max(1, decode), arrived: t))
+        return nil
+    }
+
+    /// Drops a request wherever it is (its blocks are freed). True when it was here.
+    @discardableResult
+    public mutating func remove(_ id: String) -> Bool {
+        if let i = running.firstIndex(where: { $0.id == id }) { freeBlocks += running.remove(at: i).blocks; return true }
+        if let i = swapped.firstIndex(where: { $0.id == id }) { freeSwapBlocks += swapped.remove(at: i).blocks; return true }
+        if let i = waiting.firstIndex(where: { $0.id == id }) { waiting.remove(at: i); return true }
+        return false
+    }
+
+    /// Requests that finished by `t` (their last token out), in finishing order; taken once.
+    public mutating func takeFinished(by t: Double) -> [Finished] {
+        advance(to: t)
+        let out = done.filter { $0.finished <= t }
+        done.removeAll { $0.finished <= t }
+        return out
+    }
+
+    public var isIdle: Bool { waiting.isEmpty && running.isEmpty && swapped.isEmpty }
+    /// Requests in the engine (waiting, running, swapped), and those finished but not yet taken.
+    public var load: Int { waiting.count + running.count + swapped.count }
+    public var usedBlocks: Int { gpuBlocks - freeBlocks }
+    /// When the next step starts, or nil when there is nothing to run.
+    public var nextStepAt: Double? { isIdle ? nil : max(time, waiting.first?.arrived ?? time) }
+    /// When the earliest result not yet taken is due.
+    public var nextFinishAt: Double? { done.map(\.finished).min() }
+
+    // MARK: the step loop
+
+    /// Runs every step that starts at or before `t` (before it, when `before`: a request arriving
+    /// at `t` joins a step that starts at `t`).
+    public mutating func advance(to t: Double, before: Bool = false) {
+        while !isIdle {
+            let start = running.isEmpty && swapped.isEmpty ? max(time, waiting[0].arrived) : time
+            guard before ? start < t : start <= t else { return }
+            step(at: start)
+        }
+    }
+
+    private func blocks(for tokens: Int) -> Int { (tokens + config.blockTokens - 1) / config.blockTokens }
+
+    /// Preempts running sequence `k` (the newest): recompute frees its blocks and puts it first in
+    /// the waiting queue; swap moves its blocks to host memory when there is room there.
+    private mutating func preempt(_ k: Int) {
+        var s = running.remove(at: k)
+        s.preemptions += 1
+        preemptions += 1
+        freeBlocks += s.blocks
+        if config.preemption == .swap && s.blocks <= freeSwapBlocks {
+            freeSwapBlocks -= s.blocks
+            swapped.append(s)
+        } else {
+            s.blocks = 0
+            s.computed = 0
+            waiting.insert(s, at: 0)
+        }
+    }
+
+    private static func older(_ a: Sequence, _ b: Sequence) -> Bool { (a.arrived, a.id) < (b.arrived, b.id) }
+
+    private mutating func step(at start: Double) {
+        // 1. Each decoding sequence, oldest first, gets room for its next token; when blocks run
+        //    out the newest running sequence is preempted (possibly the one asking).
+        running.sort(by: Self.older)
+        var k = 0
+        while k < running.count {
+            let need = running[k].prefilling ? 0 : blocks(for: running[k].computed + 1) - running[k].blocks
+            if need <= freeBlocks {
+                freeBlocks -= need
+                running[k].blocks += need
+                k += 1
+            } else {
+                preempt(running.count - 1)
+            }
+        }
+        // 2. Swapped sequences come back, oldest first, while their blocks fit (with one to grow).
+        swapped.sort(by: Self.older)
+        while let s = swapped.first, running.count < config.maxRunning, s.blocks + 1 <= freeBlocks {
+            swapped.removeFirst()
+            freeSwapBlocks += s.blocks
+            freeBlocks -= s.blocks
+            running.append(s)
+        }
+        // 3. Waiting sequences are admitted first come, first served, with blocks for their whole
+        //    prompt (so a chunked prefill never stalls half-way), while slots and blocks last.
+        while let s = waiting.first, s.arrived <= start, running.count < config.maxRunning, swapped.isEmpty {
+            let need = blocks(for: s.target)
+            guard need <= freeBlocks else { break }
+            waiting.removeFirst()
+            freeBlocks -= need
+            var admitted = s
+            admitted.blocks = need
+            running.append(admitted)
+        }
+        // The step: one token per decoding sequence, then prefill chunks within the token budget.
+        var work: [(index: Int, tokens: Int)] = []
+        var tokens = 0
+        var kvRead = 0.0
+        for (k, s) in running.enumerated() where !s.prefilling {
+            work.append((k, 1))
+            tokens += 1
+            kvRead += Double(s.computed)
+        }
+        for (k, s) in running.enumerated() where s.prefilling && tokens < config.maxBatchedTokens {
+            let chunk = min(s.target - s.computed, config.maxBatchedTokens - tokens)
+            work.append((k, chunk))
+            tokens += chunk
+            kvRead += Double(s.computed) + Double(chunk) / 2
+        }
+        guard !work.isEmpty else {
+            // Nothing can run now: time moves on to the next arrival.
+            time = waiting.map(\.arrived).filter { $0 > start }.min() ?? start + 0.001
+            return
+        }
+        let end = start + model.iteration(tokens: Double(tokens)) + model.attention(kvTokens: kvRead)
+        steps += 1
+        var finished = false
+        for (k, n) in work {
+            var s = running[k]
+            let decoding = !s.prefilling
+            s.computed += n
+            // A decode step, or the step that completes the prefill, emits one output token.
+            if decoding || !s.prefilling {
+                if let last = s.lastToken { let gap = end - last; s.gapSum += gap; s.maxGap = max(s.maxGap, gap) }
+                if s.firstToken == nil { s.firstToken = end }
+                s.lastToken = end
+                s.generated += 1
+            }
+            if s.generated >= s.decode {
+                let gaps = s.decode - 1
+                done.append(Finished(id: s.id, arrived: s.arrived, firstToken: s.firstToken!, finished: end,
+                                     meanTBT: gaps > 0 ? s.gapSum / Double(gaps) : 0, maxTBT: s.maxGap, preemptions: s.preemptions))
+                freeBlocks += s.blocks
+                s.blocks = 0
+                s.decode = -1   // marks it for removal below
+                finished = true
+            }
+            running[k] = s
+        }
+        if finished { running.removeAll { $0.decode < 0 } }
+        time = end
+    }
+}

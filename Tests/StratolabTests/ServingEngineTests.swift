@@ -1,0 +1,107 @@
+import Foundation
+import Scheduling
+import Testing
+@testable import Features
+
+// The iteration-level serving engine, with answers worked out from the same profile functions.
+
+@Suite("Serving engine")
+struct ServingEngineTests {
+    private static let model: InferenceModel = {
+        let r = KnowledgeImporter.importFile(dataDir + "/profiles/vidur/a100_Llama-2-7b-hf_mlp.csv")
+        var kb = KnowledgeBase(rows: r.rows)
+        _ = Estimator.estimateMissing(in: &kb, gpuModels: ["A100-80GB"])
+        return InferenceModel(kb: kb, model: "Llama-2-7b", gpuModel: "A100-80GB", tensorParallel: 1)!
+    }()
+    private var m: InferenceModel { Self.model }
+
+    private func engine(running: Int = 8, blocks: Int? = nil, swap: Int = 0, preemption: ServingEngine.Preemption = .recompute, budget: Int = 2048) -> ServingEngine {
+        var c = ServingEngine.Config(maxRunning: running)
+        c.gpuBlocks = blocks; c.swapBlocks = swap; c.preemption = preemption; c.maxBatchedTokens = budget
+        return ServingEngine(model: m, config: c)
+    }
+
+    @Test("one request: a prefill step, then one decode step per further token; its blocks come back")
+    func single() throws {
+        var e = engine()
+        #expect(e.gpuBlocks == Int((80 * 1_073_741_824 * 0.9 - m.arch.weightBytes) / (m.arch.kvBytesPerToken * 16)), "blocks from the memory left after the weights")
+        #expect(e.add(id: "q", prompt: 100, decode: 5, at: 1) == nil)
+        e.advance(to: 1)
+        #expect(e.usedBlocks == 7, "⌈100 / 16⌉ blocks for the prompt")
+        let done = e.takeFinished(by: 100)
+        let f = try #require(done.first)
+        let prefill = m.iteration(tokens: 100) + m.attention(kvTokens: 50)
+        var t = 1 + prefill
+        #expect(abs(f.firstToken - t) < 1e-12 && abs(f.ttft - prefill) < 1e-12)
+        var gaps: [Double] = []
+        for computed in 100..<104 { let d = m.iteration(tokens: 1) + m.attention(kvTokens: Double(computed)); gaps.append(d); t += d }
+        #expect(abs(f.finished - t) < 1e-12)
+        #expect(abs(f.meanTBT - gaps.reduce(0, +) / 4) < 1e-12 && abs(f.maxTBT - gaps.max()!) < 1e-12)
+        #expect(e.steps == 5 && e.usedBlocks == 0 && e.isIdle && f.preemptions == 0)
+    }
+
+    @Test("continuous batching: decodes share a step; a long prompt is prefilled in chunks beside them")
+    func batchingAndChunkedPrefill() throws {
+        var e = engine(budget: 2048)
+        _ = e.add(id: "short", prompt: 10, decode: 50, at: 0)
+        e.advance(to: 0)   // its prefill step is running
+        _ = e.add(id: "long", prompt: 5000, decode: 2, at: 0.0001)
+        let out = e.takeFinished(by: 1000)
+        let long = try #require(out.first { $0.id == "long" }), short = try #require(out.first { $0.id == "short" })
+        // The long prompt takes ⌈5000 / 2047⌉ steps beside the short request's decode token each
+        // step, so the short one never waits more than one step between tokens.
+        let stepWithChunk = m.iteration(tokens: 2048) + m.attention(kvTokens: 2047 + 10)
+        #expect(short.maxTBT < stepWithChunk * 1.5, "\(short.maxTBT)")
+        #expect(long.ttft > 2 * m.iteration(tokens: 2047), "prefilled over several steps")
+        #expect(e.steps >= 50 && e.usedBlocks == 0)
+        // Two at once decode in one step: twice the requests, far less than twice the steps.
+        var pair = engine()
+        _ = pair.add(id: "a", prompt: 10, decode: 100, at: 0); _ = pair.add(id: "b", prompt: 10, decode: 100, at: 0)
+        #expect(pair.takeFinished(by: 1000).count == 2 && pair.steps == 100)
+    }
+
+    @Test("at most max-running sequences run; the next waits for a slot, first come first served")
+    func slots() {
+        var e = engine(running: 2)
+        for (i, t) in [0.0, 0.0, 0.0].enumerated() { _ = e.add(id: "q\(i)", prompt: 10, decode: 20, at: t) }
+        let out = e.takeFinished(by: 1000)
+        #expect(out.map(\.id) == ["q0", "q1", "q2"])
+        #expect(out[2].firstToken > out[0].finished - 1e-12, "q2 starts once a slot frees")
+    }
+
+    @Test("out of blocks: the newest is preempted and recomputed, every request finishes, no block leaks")
+    func recompute() {
+        // 10 blocks of 16 tokens: two requests of 64 + 60 tokens cannot both grow to 124.
+        var e = engine(blocks: 10)
+        _ = e.add(id: "old", prompt: 64, decode: 60, at: 0)
+        _ = e.add(id: "new", prompt: 64, decode: 60, at: 0.001)
+        let out = e.takeFinished(by: 10_000)
+        #expect(out.map(\.id) == ["old", "new"])
+        #expect(out[0].preemptions == 0 && out[1].preemptions >= 1 && e.preemptions >= 1)
+        #expect(e.usedBlocks == 0 && e.isIdle)
+        // Its recompute re-prefilled what it had generated: it took more steps than without.
+        var roomy = engine()
+        _ = roomy.add(id: "old", prompt: 64, decode: 60, at: 0); _ = roomy.add(id: "new", prompt: 64, decode: 60, at: 0.001)
+        _ = roomy.takeFinished(by: 10_000)
+        #expect(e.steps > roomy.steps)
+    }
+
+    @Test("swap preemption keeps the sequence's KV in host memory and resumes it without recompute")
+    func swap() {
+        var e = engine(blocks: 10, swap: 10, preemption: .swap)
+        _ = e.add(id: "old", prompt: 64, decode: 60, at: 0)
+        _ = e.add(id: "new", prompt: 64, decode: 60, at: 0.001)
+        let out = e.takeFinished(by: 10_000)
+        #expect(out.map(\.id) == ["old", "new"] && out[1].preemptions >= 1)
+        #expect(e.usedBlocks == 0 && e.freeSwapBlocks == 10)
+        #expect(e.add(id: "huge", prompt: 200, decode: 1, at: 20_000)?.contains("needs 13 KV blocks") == true, "a request that can never fit is refused")
+    }
+
+    @Test("a removed request frees its blocks wherever it is")
+    func remove() {
+        var e = engine()
+        _ = e.add(id: "a", prompt: 100, decode: 100, at: 0)
+        e.advance(to: 0.5)
+        #expect(e.usedBlocks > 0 && e.remove("a") && e.usedBlocks == 0 && e.isIdle && !e.remove("a"))
+    }
+}
