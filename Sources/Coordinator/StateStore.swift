@@ -21,7 +21,8 @@ public final class StateStore {
         public var attempts: Int
     }
 
-    public static let schemaVersion: Int64 = 1
+    /// 2: requests carry time to first token, time between tokens and engine preemptions.
+    public static let schemaVersion: Int64 = 2
 
     /// Opens (or creates) the store; `schemas` are the hosted features' tables (`CREATE TABLE IF
     /// NOT EXISTS …`), created here with the shell's own, so no feature creates tables lazily.

@@ -100,6 +100,7 @@ public struct SchedulingTestbedRun {
             o.servedWithinSLO = Double(s.withinSlo)
             o.latencyP50 = s.latencyP50
             o.latencyP99 = s.latencyP99
+            if s.completed > 0 { o.ttftP50 = s.ttftP50; o.ttftP99 = s.ttftP99; o.tbtP99 = s.tbtP99 }
             return o
         }
     }

@@ -59,6 +59,7 @@ public struct DigitalTwin {
         case request(Int)
         case replicaReady(String)
         case requestDone(InferenceTwinModel.Finish)
+        case replicaWake(String)
     }
 
     public func run(policy: SchedulingPolicy) -> RunResult {
@@ -97,9 +98,23 @@ public struct DigitalTwin {
             replicas.stop(id, at: now)
             router.replicaGone(id)
         }
+        /// Per replica, when its engine is next looked at (its next result or step).
+        var wakeAt: [String: Double] = [:]
+        func wake(_ replica: String, at t: Double?) {
+            guard let t, t < (wakeAt[replica] ?? .infinity) else { return }
+            wakeAt[replica] = t
+            queue.push(t, .replicaWake(replica))
+        }
+        func deliver(_ f: InferenceTwinModel.Finish) {
+            guard replicas.delivers(f) else { return }
+            let wasDone = router.records[f.completion.requestID]?.finished != nil
+            _ = router.complete([f.completion], node: f.node, slo: slo)
+            if !wasDone { requestsDone += 1 }
+        }
         func routeRequests(at now: Double) {
             for r in router.route(now: now) {
-                for f in replicas.serve(r.replica, r.requests, at: now) { queue.push(f.completion.finished + options.reportLatency, .requestDone(f)) }
+                replicas.serve(r.replica, r.requests, at: now)
+                wake(r.replica, at: replicas.nextLook(r.replica))
             }
         }
 
@@ -122,7 +137,11 @@ public struct DigitalTwin {
             while let t = queue.nextTime, t == now, let e = queue.pop() { batch.append(e.event) }
             accountServices(until: now)
             var dirty = false
+            // Whether the router may have something new to do: a step of an engine that finished
+            // nothing changes nothing it sees.
+            var routerChanged = false
             for ev in batch {
+                if case .replicaWake = ev {} else { routerChanged = true }
                 events += 1
                 switch ev {
                 case .arrival(let i):
@@ -178,13 +197,20 @@ public struct DigitalTwin {
                     guard let r = scheduler.state.replicas[id] else { continue }
                     router.replicaReady(id, service: r.serviceID, node: r.placement.nodeID, batch: scheduler.batchPerReplica[r.serviceID] ?? 1)
                 case .requestDone(let f):
-                    guard replicas.delivers(f) else { continue }
-                    let wasDone = router.records[f.completion.requestID]?.finished != nil
-                    _ = router.complete([f.completion], node: f.node, slo: slo)
-                    if !wasDone { requestsDone += 1 }
+                    deliver(f)
+                case .replicaWake(let id):
+                    guard wakeAt[id] == now else { continue }   // superseded by an earlier look
+                    wakeAt[id] = nil
+                    let (finished, next) = replicas.collect(id, at: now)
+                    if !finished.isEmpty { routerChanged = true }
+                    for f in finished {
+                        // The agent reports a result as its last token is out, heard `reportLatency` later.
+                        if options.reportLatency > 0 { queue.push(f.completion.finished + options.reportLatency, .requestDone(f)) } else { deliver(f) }
+                    }
+                    wake(id, at: next)
                 }
             }
-            if requestLevel {
+            if requestLevel && routerChanged {
                 // As the coordinator's loop turn: the router's backlog may call for more replicas.
                 scheduler.backlog = router.scalingBacklog(now: now, slo: slo)
                 if scheduler.services.contains(where: { scheduler.desiredReplicas($0, at: now) > scheduler.replicas(of: $0.id).count }) { dirty = true }
@@ -207,7 +233,7 @@ public struct DigitalTwin {
                     }
                 }
             }
-            if requestLevel { routeRequests(at: now) }
+            if requestLevel && (routerChanged || dirty) { routeRequests(at: now) }
             if submitted == workload.jobs.count && scheduler.state.unfinishedCount == 0
                 && (!requestLevel || requestsDone >= options.requests.count) { break }
         }
@@ -227,6 +253,10 @@ public struct DigitalTwin {
                 o.replicaSeconds = serviceOut[s.id]?.replicaSeconds ?? 0
                 o.latencyP50 = percentile(latencies, 50)
                 o.latencyP99 = percentile(latencies, 99)
+                let done = options.requests.filter { $0.serviceID == s.id }.compactMap { router.records[$0.id] }.filter { $0.finished != nil }
+                let ttfts = done.compactMap(\.ttft).sorted(), tbts = done.map(\.meanTBT).sorted()
+                if !ttfts.isEmpty { o.ttftP50 = percentile(ttfts, 50); o.ttftP99 = percentile(ttfts, 99) }
+                if !tbts.isEmpty { o.tbtP99 = percentile(tbts, 99) }
                 serviceOut[s.id] = o
             }
         }

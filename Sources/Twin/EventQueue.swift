@@ -34,5 +34,8 @@ public struct EventQueue<Event> {
         return (top.time, top.event)
     }
 
-    private func less(_ a: Int, _ b: Int) -> Bool { (heap[a].time, heap[a].seq) < (heap[b].time, heap[b].seq) }
+    private func less(_ a: Int, _ b: Int) -> Bool {
+        let x = heap[a], y = heap[b]
+        return x.time < y.time || (x.time == y.time && x.seq < y.seq)
+    }
 }

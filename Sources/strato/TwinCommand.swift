@@ -208,8 +208,9 @@ extension TwinCommand {
             text += String(format: "finished        %d/%d   %d/%d", v.testbed.finished, v.testbed.jobs, v.twin.finished, v.twin.jobs)
             for a in testbed.services {
                 guard let b = twin.services.first(where: { $0.id == a.id }) else { continue }
-                text += "\n" + a.id + String(format: ": SLO attainment %.2f%% vs %.2f%% (%.2f points apart), p99 latency %.2f s vs %.2f s",
-                                               a.attainment * 100, b.attainment * 100, abs(a.attainment - b.attainment) * 100, a.latencyP99 ?? .nan, b.latencyP99 ?? .nan)
+                text += "\n" + a.id + String(format: ": SLO attainment %.2f%% vs %.2f%% (%.2f points apart), p99 latency %.2f s vs %.2f s, p99 TTFT %.3f s vs %.3f s",
+                                               a.attainment * 100, b.attainment * 100, abs(a.attainment - b.attainment) * 100, a.latencyP99 ?? .nan, b.latencyP99 ?? .nan,
+                                               a.ttftP99 ?? .nan, b.ttftP99 ?? .nan)
             }
             print("\n" + text)
             print(v.worst <= 0.05 ? "twin error ≤ 5 %: target met" : String(format: "twin error %.1f %% > 5 %%: target NOT met", v.worst * 100))

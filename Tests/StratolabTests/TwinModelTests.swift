@@ -14,28 +14,31 @@ struct TwinModelTests {
         return kb
     }()
 
-    @Test("inference: results are the replica server's; a stopped replica delivers what finished before the stop, a crashed node's replicas nothing new")
+    @Test("inference: results are the serving engine's; a stopped replica delivers what finished before the stop, a crashed node's replicas nothing new")
     func inference() throws {
         let model = try #require(InferenceModel(kb: Self.kb, model: "Llama-2-7b", gpuModel: "A100-80GB", tensorParallel: 1))
         var twin = InferenceTwinModel()
         twin.start("r1", node: "n1", model: model, batch: 1)
         twin.start("r2", node: "n2", model: model, batch: 1)
         let q = (0..<2).map { ServiceRequest(id: "q\($0)", serviceID: "s", arrival: 0, prefill: 500, decode: 100) }
-        let f = twin.serve("r1", q, at: 10)
-        var reference = ReplicaServer(model: model, batch: 1)
-        let a = reference.admit(at: 10, prefill: 500, decode: 100), b = reference.admit(at: 10, prefill: 500, decode: 100)
-        #expect(f.map(\.completion.finished) == [a.finish, b.finish])
-        #expect(f[1].completion.queued == b.start - 10 && f[1].completion.service == b.finish - b.start)
-        // Stopped between the two finishes: the first is delivered, the second was dropped.
-        twin.stop("r1", at: (a.finish + b.finish) / 2)
-        #expect(twin.delivers(f[0]) && !twin.delivers(f[1]))
-        #expect(twin.serve("r1", q, at: b.finish).isEmpty, "a stopped replica takes nothing")
-        // The same id started again is a new life: the old life's results stay void.
-        twin.start("r1", node: "n1", model: model, batch: 1)
-        #expect(!twin.delivers(f[1]))
-        let g = twin.serve("r2", [q[0]], at: 0)
+        twin.serve("r1", q, at: 10)
+        var reference = ServingEngine(model: model, config: ServingEngine.Config(maxRunning: 1))
+        for r in q { _ = reference.add(id: r.id, prompt: r.prefill, decode: r.decode, at: 10) }
+        let expected = reference.takeFinished(by: 1e9)
+        #expect(twin.nextLook("r1") == 10, "the first step starts when the requests arrive")
+        let all = twin.collect("r1", at: 1e9).finished
+        #expect(all.map(\.completion.finished) == expected.map(\.finished))
+        #expect(all[1].completion.ttft == expected[1].ttft && all[1].completion.queued == expected[1].admitted - 10)
+        // Again, stopped between the two finishes: the first is delivered, the second was not.
+        twin.start("r3", node: "n1", model: model, batch: 1)
+        twin.serve("r3", q, at: 10)
+        let first = twin.collect("r3", at: expected[0].finished).finished
+        #expect(first.count == 1 && twin.delivers(first[0]))
+        twin.stop("r3", at: (expected[0].finished + expected[1].finished) / 2)
+        #expect(twin.collect("r3", at: 1e9).finished.isEmpty && twin.nextLook("r3") == nil, "a stopped replica serves nothing more")
+        twin.serve("r2", [q[0]], at: 0)
         twin.nodeCrashed("n2", at: 0.5)
-        #expect(!twin.delivers(g[0]) && twin.serve("r2", [q[1]], at: 1).isEmpty)
+        #expect(twin.collect("r2", at: 1e9).finished.isEmpty, "a crashed node's replica answers nothing")
     }
 
     @Test("jobs: progress after the restart overhead at the model's rate; a crash keeps the checkpoint and voids the run's events; GPU time is counted")

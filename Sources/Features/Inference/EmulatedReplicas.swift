@@ -3,11 +3,12 @@ import Foundation
 import Protocol
 import Scheduling
 
-/// The inference replicas a GPU node serves, by emulation: each replica is a `ReplicaServer`
-/// (continuous batching, iteration times from Vidur's profiles in the knowledge base) running on
-/// the agent's wall clock scaled by the start command's time scale. A request is admitted when it
-/// reaches the agent, so everything before that (the client, the coordinator's routing, the
-/// network) counts in its latency too; it is reported once its emulated last token is out, and
+/// The inference replicas a GPU node serves, by emulation: each replica is a `ServingEngine`
+/// (iteration-level continuous batching over paged KV blocks, iteration times from Vidur's
+/// profiles in the knowledge base) stepped on the agent's wall clock scaled by the start command's
+/// time scale. A request joins the engine when it reaches the agent, so everything before that
+/// (the client, the coordinator's routing, the network) counts in its latency too; it is reported
+/// once its emulated last token is out, with its time to first token and between tokens, and
 /// repeated until the coordinator settles it. Results say `emulated`.
 public final class EmulatedReplicas {
     let kb: KnowledgeBase
@@ -15,12 +16,13 @@ public final class EmulatedReplicas {
     struct Replica {
         var start: StartReplica
         var startedWall: Int64
-        var server: ReplicaServer
+        var engine: ServingEngine
         var gpus: Set<UInt32>
+        var clock: TraceClock { TraceClock(zeroWall: startedWall, timeScale: start.timeScale) }
     }
     private var replicas: [String: Replica] = [:]
-    /// Requests admitted and not yet finished, by emulated finish time (agent wall clock).
-    private var inFlight: [RequestResult] = []
+    /// How each replica's engine preempts when KV blocks run out.
+    public var preemption = ServingEngine.Preemption.recompute
     /// Finished results repeated until settled, in finishing order.
     private var done: [String: RequestResult] = [:]
     private var doneOrder: [String] = []
@@ -46,7 +48,9 @@ public final class EmulatedReplicas {
         guard let model = InferenceModel(kb: kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpus.count) else {
             return (false, "no inference profile for \(s.model) on \(s.gpus.count)x\(s.gpuModel)")
         }
-        replicas[s.replicaID] = Replica(start: s, startedWall: wallNanos, server: ReplicaServer(model: model, batch: Int(s.batch)), gpus: Set(s.gpus))
+        var config = ServingEngine.Config(maxRunning: Int(s.batch))
+        config.preemption = preemption
+        replicas[s.replicaID] = Replica(start: s, startedWall: wallNanos, engine: ServingEngine(model: model, config: config), gpus: Set(s.gpus))
         tracer.instant("start replica \(s.replicaID)", category: "service", track: "replicas",
                               args: ["replica": s.replicaID, "service": s.serviceID, "gpus": s.gpus.map(String.init).joined(separator: ","),
                                      "batch": "\(s.batch)", "emulated": "true"])
@@ -55,57 +59,67 @@ public final class EmulatedReplicas {
 
     /// Stops a replica; the requests it still held are dropped (the coordinator re-sends them).
     public func stop(_ id: String, wallNanos: Int64) -> (ok: Bool, detail: String) {
-        guard replicas.removeValue(forKey: id) != nil else { return (true, "replica \(id) not serving") }
-        let dropped = inFlight.filter { $0.replicaID == id && $0.finishedAtUnixNanos > wallNanos }.count
-        inFlight.removeAll { $0.replicaID == id && $0.finishedAtUnixNanos > wallNanos }
+        guard var r = replicas.removeValue(forKey: id) else { return (true, "replica \(id) not serving") }
+        // What finished before the stop is still reported; the rest is dropped.
+        collect(&r, wallNanos: wallNanos)
+        let dropped = r.engine.load
         tracer.instant("stop replica \(id)", category: "service", track: "replicas", args: ["replica": id, "dropped": "\(dropped)"])
         return (true, "stopped \(id); dropped \(dropped) unfinished requests")
     }
 
     public func serve(_ s: ServeRequests, wallNanos: Int64) -> (ok: Bool, detail: String) {
         guard var r = replicas[s.replicaID] else { return (false, "replica \(s.replicaID) is not serving here") }
-        let scale = r.start.timeScale
-        let t = TraceClock(zeroWall: r.startedWall, timeScale: scale).trace(wall: wallNanos)
+        let t = r.clock.trace(wall: wallNanos)
+        var refused: [String] = []
         for q in s.requests {
-            let (start, finish) = r.server.admit(at: t, prefill: Int(q.prefillTokens), decode: Int(q.decodeTokens))
-            var res = RequestResult()
-            res.requestID = q.requestID
-            res.replicaID = s.replicaID
-            res.receivedAtUnixNanos = wallNanos
-            res.finishedAtUnixNanos = TraceClock(zeroWall: r.startedWall, timeScale: scale).wall(trace: finish)
-            res.queuedSeconds = start - t
-            res.serviceSeconds = finish - start
-            res.emulated = true
-            inFlight.append(res)
+            if let why = r.engine.add(id: q.requestID, prompt: Int(q.prefillTokens), decode: Int(q.decodeTokens), at: t) { refused.append(why) }
         }
         replicas[s.replicaID] = r
+        if !refused.isEmpty { return (true, "admitted \(s.requests.count - refused.count); refused: " + refused.prefix(5).joined(separator: "; ")) }
         return (true, "admitted \(s.requests.count)")
     }
 
-    /// Moves what has finished by `wallNanos` to the results and returns the unsettled ones.
-    public func results(wallNanos: Int64) -> [RequestResult] {
-        var still: [RequestResult] = []
-        for r in inFlight {
-            if r.finishedAtUnixNanos <= wallNanos {
-                if done[r.requestID] == nil { doneOrder.append(r.requestID) }
-                done[r.requestID] = r
-            } else {
-                still.append(r)
-            }
+    /// Takes what the replica's engine finished by `wallNanos` into the results.
+    private func collect(_ r: inout Replica, wallNanos: Int64) {
+        let clock = r.clock
+        for f in r.engine.takeFinished(by: clock.trace(wall: wallNanos)) {
+            var res = RequestResult()
+            res.requestID = f.id
+            res.replicaID = r.start.replicaID
+            res.receivedAtUnixNanos = clock.wall(trace: f.arrived)
+            res.finishedAtUnixNanos = clock.wall(trace: f.finished)
+            res.queuedSeconds = f.admitted - f.arrived
+            res.serviceSeconds = f.finished - f.admitted
+            res.ttftSeconds = f.ttft
+            res.meanTbtSeconds = f.meanTBT
+            res.maxTbtSeconds = f.maxTBT
+            res.preemptions = UInt32(f.preemptions)
+            res.emulated = true
+            if done[f.id] == nil { doneOrder.append(f.id) }
+            done[f.id] = res
         }
-        inFlight = still
+    }
+
+    /// Steps every engine to `wallNanos` and returns the unsettled results.
+    public func results(wallNanos: Int64) -> [RequestResult] {
+        for id in replicas.keys { collect(&replicas[id]!, wallNanos: wallNanos) }
         return doneOrder.prefix(maxResultsPerReport).compactMap { done[$0] }
     }
 
-    /// Results go out at most every `reportBatchNanos` while requests are in flight, as they
+    /// Results go out at most every `reportBatchNanos` while requests are in an engine, as they
     /// finish: the coordinator counts a replica's outstanding requests until it hears of them, so
     /// waiting for the next 200 ms heartbeat would hold back routing (at 200×, 40 trace seconds).
     public var reportBatchNanos: Int64 = 20_000_000
 
-    /// When the next request finishes (not before `reportBatchNanos` from now), or nil.
+    /// When results may next be due (not before `reportBatchNanos` from now), or nil when every
+    /// engine is idle.
     public func nextReportDue(wallNanos: Int64) -> Int64? {
-        guard let first = inFlight.map(\.finishedAtUnixNanos).min() else { return nil }
-        return max(first, wallNanos + reportBatchNanos)
+        var due: Int64?
+        for r in replicas.values where !r.engine.isIdle || r.engine.nextFinishAt != nil {
+            let next = r.engine.nextFinishAt.map { r.clock.wall(trace: $0) } ?? wallNanos
+            due = min(due ?? next, next)
+        }
+        return due.map { max($0, wallNanos + reportBatchNanos) }
     }
 
     public func settle(_ ids: [String]) {

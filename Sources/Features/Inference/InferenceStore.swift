@@ -13,7 +13,8 @@ extension StateStore {
             CREATE TABLE IF NOT EXISTS requests (
                 id TEXT PRIMARY KEY, service TEXT NOT NULL, arrival REAL NOT NULL, prefill INTEGER NOT NULL,
                 decode INTEGER NOT NULL, attempts INTEGER NOT NULL, replica TEXT, node TEXT, finished REAL,
-                latency REAL, queued REAL, service_seconds REAL, within_slo INTEGER NOT NULL);
+                latency REAL, queued REAL, service_seconds REAL, within_slo INTEGER NOT NULL,
+                ttft REAL, mean_tbt REAL NOT NULL DEFAULT 0, max_tbt REAL NOT NULL DEFAULT 0, preemptions INTEGER NOT NULL DEFAULT 0);
             """
 
     func saveService(_ s: ServiceSpec) throws {
@@ -41,21 +42,25 @@ extension StateStore {
         for r in records {
             let q = r.request
             try database.run("""
-                INSERT INTO requests(id, service, arrival, prefill, decode, attempts, replica, node, finished, latency, queued, service_seconds, within_slo)
-                VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)
+                INSERT INTO requests(id, service, arrival, prefill, decode, attempts, replica, node, finished, latency, queued, service_seconds, within_slo,
+                                     ttft, mean_tbt, max_tbt, preemptions)
+                VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                 ON CONFLICT(id) DO UPDATE SET attempts = excluded.attempts, replica = excluded.replica, node = excluded.node,
                   finished = excluded.finished, latency = excluded.latency, queued = excluded.queued,
-                  service_seconds = excluded.service_seconds, within_slo = excluded.within_slo
+                  service_seconds = excluded.service_seconds, within_slo = excluded.within_slo, ttft = excluded.ttft,
+                  mean_tbt = excluded.mean_tbt, max_tbt = excluded.max_tbt, preemptions = excluded.preemptions
                 """, [.text(q.id), .text(q.serviceID), .real(q.arrival), .int(Int64(q.prefill)), .int(Int64(q.decode)),
                       .int(Int64(r.attempts)), r.replica.map { .text($0) } ?? .null, r.node.map { .text($0) } ?? .null,
                       r.finished.map { .real($0) } ?? .null, r.latency.map { .real($0) } ?? .null,
-                      .real(r.queued), .real(r.service), .int(r.withinSLO ? 1 : 0)])
+                      .real(r.queued), .real(r.service), .int(r.withinSLO ? 1 : 0),
+                      r.ttft.map { .real($0) } ?? .null, .real(r.meanTBT), .real(r.maxTBT), .int(Int64(r.preemptions))])
         }
     }
 
     func loadRequests() throws -> [RequestRouter.Record] {
         return try database.run("""
-            SELECT id, service, arrival, prefill, decode, attempts, replica, node, finished, latency, queued, service_seconds, within_slo
+            SELECT id, service, arrival, prefill, decode, attempts, replica, node, finished, latency, queued, service_seconds, within_slo,
+                   ttft, mean_tbt, max_tbt, preemptions
             FROM requests ORDER BY arrival, id
             """).map { c in
             var r = RequestRouter.Record(request: ServiceRequest(id: c[0].text, serviceID: c[1].text, arrival: c[2].real,
@@ -68,6 +73,10 @@ extension StateStore {
             r.queued = c[10].real
             r.service = c[11].real
             r.withinSLO = c[12].int != 0
+            r.ttft = c[13].optionalReal
+            r.meanTBT = c[14].real
+            r.maxTBT = c[15].real
+            r.preemptions = Int(c[16].int)
             return r
         }
     }

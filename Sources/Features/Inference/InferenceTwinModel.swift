@@ -1,11 +1,12 @@
 import Scheduling
 
 /// Feature "inference" in the digital twin: the replicas GPU agents serve, on virtual time (trace
-/// seconds). Each replica is the `ReplicaServer` the agent's `EmulatedReplicas` runs (continuous
-/// batching from Vidur's profiles); the twin routes with the coordinator's `RequestRouter`, so only
-/// the agents are modelled. A replica's life ends when it is stopped or its node crashes: results
-/// finished by then still count (the agent reports them), later ones are lost, and requests sent
-/// to a crashed node's replica vanish until the failure detector tells the router.
+/// seconds). Each replica is the `ServingEngine` the agent's `EmulatedReplicas` steps (continuous
+/// batching over paged KV blocks, from Vidur's profiles); the twin routes with the coordinator's
+/// `RequestRouter`, so only the agents are modelled. A replica's life ends when it is stopped or its
+/// node crashes: results finished by then still count (the agent reports them), later ones are
+/// lost, and requests sent to a crashed node's replica vanish until the failure detector tells the
+/// router.
 public struct InferenceTwinModel {
     /// A request's emulated result, due at `completion.finished`.
     public struct Finish {
@@ -13,12 +14,13 @@ public struct InferenceTwinModel {
         public var node: String
         let life: Int
     }
-    struct Replica { var server: ReplicaServer; var node: String; var life: Int }
+    struct Replica { var engine: ServingEngine; var node: String; var life: Int }
 
     private var replicas: [String: Replica] = [:]
     /// When each replica life ended (stopped or crashed), by life number.
     private var endedAt: [Int: Double] = [:]
     private var lives = 0
+    public var preemption = ServingEngine.Preemption.recompute
 
     public init() {}
 
@@ -27,7 +29,9 @@ public struct InferenceTwinModel {
     public mutating func start(_ id: String, node: String, model: InferenceModel, batch: Int) {
         guard replicas[id] == nil else { return }
         lives += 1
-        replicas[id] = Replica(server: ReplicaServer(model: model, batch: batch), node: node, life: lives)
+        var config = ServingEngine.Config(maxRunning: batch)
+        config.preemption = preemption
+        replicas[id] = Replica(engine: ServingEngine(model: model, config: config), node: node, life: lives)
     }
 
     public mutating func stop(_ id: String, at now: Double) {
@@ -41,17 +45,30 @@ public struct InferenceTwinModel {
         for r in replicas.values where r.node == node && endedAt[r.life] == nil { endedAt[r.life] = now }
     }
 
-    /// Admits requests that reach `replica` at `t`; returns their results, each due when its last
-    /// token is out. Nothing for a replica that is gone or whose node crashed.
-    public mutating func serve(_ replica: String, _ requests: [ServiceRequest], at t: Double) -> [Finish] {
-        guard var r = replicas[replica], endedAt[r.life] == nil else { return [] }
-        let out = requests.map { q -> Finish in
-            let (start, finish) = r.server.admit(at: t, prefill: q.prefill, decode: q.decode)
-            return Finish(completion: RequestRouter.Completion(requestID: q.id, replicaID: replica, finished: finish, queued: start - t, service: finish - start),
-                          node: r.node, life: r.life)
+    /// Requests reach `replica` at `t`. Nothing happens for a replica that is gone or whose node
+    /// crashed; a request the engine refuses (it can never fit) is dropped.
+    public mutating func serve(_ replica: String, _ requests: [ServiceRequest], at t: Double) {
+        guard let r = replicas[replica], endedAt[r.life] == nil else { return }
+        // In place: a copy of the engine would copy its queues on every call.
+        for q in requests { _ = replicas[replica]!.engine.add(id: q.id, prompt: q.prefill, decode: q.decode, at: t) }
+    }
+
+    /// Steps the replica's engine to `t`; returns the results finished by then and when to look
+    /// again (its next result or step), nil when it is idle.
+    public mutating func collect(_ replica: String, at t: Double) -> (finished: [Finish], next: Double?) {
+        guard let life = replicas[replica]?.life, let node = replicas[replica]?.node, endedAt[life] == nil else { return ([], nil) }
+        let out = replicas[replica]!.engine.takeFinished(by: t).map { f in
+            var c = RequestRouter.Completion(requestID: f.id, replicaID: replica, finished: f.finished, queued: f.admitted - f.arrived, service: f.finished - f.admitted)
+            c.ttft = f.ttft; c.meanTBT = f.meanTBT; c.maxTBT = f.maxTBT; c.preemptions = f.preemptions
+            return Finish(completion: c, node: node, life: life)
         }
-        replicas[replica] = r
-        return out
+        return (out, nextLook(replica))
+    }
+
+    /// When to look at the replica next, nil when idle.
+    public func nextLook(_ replica: String) -> Double? {
+        guard let r = replicas[replica], endedAt[r.life] == nil else { return nil }
+        return r.engine.nextFinishAt ?? r.engine.nextStepAt
     }
 
     /// Whether the agent delivers this result: its replica was still serving when it finished.

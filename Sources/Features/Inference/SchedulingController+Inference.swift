@@ -73,8 +73,10 @@ extension SchedulingController {
         if results.count < reports.count { s.count("malformed_request_results") }
         // Results are made durable before the agent is told to forget them.
         let completions = results.map { res in
-            RequestRouter.Completion(requestID: res.requestID, replicaID: res.replicaID, finished: jobs.traceNow(wall: res.finishedAtUnixNanos + offset),
-                                     queued: res.queuedSeconds, service: res.serviceSeconds)
+            var c = RequestRouter.Completion(requestID: res.requestID, replicaID: res.replicaID, finished: jobs.traceNow(wall: res.finishedAtUnixNanos + offset),
+                                             queued: res.queuedSeconds, service: res.serviceSeconds)
+            c.ttft = res.ttftSeconds; c.meanTBT = res.meanTbtSeconds; c.maxTBT = res.maxTbtSeconds; c.preemptions = Int(res.preemptions)
+            return c
         }
         let settled = jobs.requests.complete(completions, node: nodeID, slo: { [jobs] in jobs!.services[$0]?.sloSeconds ?? .infinity })
         do {

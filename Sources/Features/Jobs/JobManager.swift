@@ -324,10 +324,14 @@ final class JobManager {
                 st.latencyP50 = percentile(sorted, 50)
                 st.latencyP99 = percentile(sorted, 99)
             }
+            let ttfts = t.ttfts.sorted(), tbts = t.tbts.sorted()
+            if !ttfts.isEmpty { st.ttftP50 = percentile(ttfts, 50); st.ttftP99 = percentile(ttfts, 99) }
+            if !tbts.isEmpty { st.tbtP50 = percentile(tbts, 50); st.tbtP99 = percentile(tbts, 99) }
+            st.preemptions = UInt64(t.preemptions)
             r.services.append(st)
         }
         r.notes = scheduler.skippedServices.map { "service \($0.id) skipped: \($0.reason)" }
-        if !scheduler.services.isEmpty { r.notes.append("inference replicas are emulated from Vidur's operator profiles (continuous batching)") }
+        if !scheduler.services.isEmpty { r.notes.append("inference replicas are emulated: an iteration-level engine (continuous batching, paged KV blocks, chunked prefill) timed by Vidur's operator profiles") }
         if includeRequests {
             r.requests = requests.records.values.sorted { ($0.request.arrival, $0.request.id) < ($1.request.arrival, $1.request.id) }.map { x in
                 var m = RequestRecord()
@@ -336,6 +340,7 @@ final class JobManager {
                 m.finished = x.finished ?? -1; m.latency = x.latency ?? -1
                 m.replicaID = x.replica ?? ""; m.nodeID = x.node ?? ""; m.attempts = UInt32(x.attempts)
                 m.queuedSeconds = x.queued; m.serviceSeconds = x.service
+                m.ttft = x.ttft ?? -1; m.meanTbtSeconds = x.meanTBT; m.maxTbtSeconds = x.maxTBT; m.preemptions = UInt32(x.preemptions)
                 return m
             }
         }

@@ -49,6 +49,18 @@ public nonisolated struct Stratolab_V1_RequestResult: Sendable {
 
   public var emulated: Bool = false
 
+  /// trace seconds from reaching the replica to its first token
+  public var ttftSeconds: Double = 0
+
+  /// mean trace seconds between consecutive output tokens
+  public var meanTbtSeconds: Double = 0
+
+  /// the largest such gap
+  public var maxTbtSeconds: Double = 0
+
+  /// times the engine preempted it (out of KV blocks)
+  public var preemptions: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -362,6 +374,34 @@ public nonisolated struct Stratolab_V1_ServiceStatus: @unchecked Sendable {
     set {_uniqueStorage()._replicaStarts = newValue}
   }
 
+  /// trace seconds from arrival to the first token, completed requests
+  public var ttftP50: Double {
+    get {_storage._ttftP50}
+    set {_uniqueStorage()._ttftP50 = newValue}
+  }
+
+  public var ttftP99: Double {
+    get {_storage._ttftP99}
+    set {_uniqueStorage()._ttftP99 = newValue}
+  }
+
+  /// requests' mean time between tokens
+  public var tbtP50: Double {
+    get {_storage._tbtP50}
+    set {_uniqueStorage()._tbtP50 = newValue}
+  }
+
+  public var tbtP99: Double {
+    get {_storage._tbtP99}
+    set {_uniqueStorage()._tbtP99 = newValue}
+  }
+
+  /// engine preemptions (out of KV blocks) over completed requests
+  public var preemptions: UInt64 {
+    get {_storage._preemptions}
+    set {_uniqueStorage()._preemptions = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -400,6 +440,15 @@ public nonisolated struct Stratolab_V1_RequestRecord: Sendable {
 
   public var serviceSeconds: Double = 0
 
+  /// trace seconds from arrival to the first token; -1 while outstanding
+  public var ttft: Double = 0
+
+  public var meanTbtSeconds: Double = 0
+
+  public var maxTbtSeconds: Double = 0
+
+  public var preemptions: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -432,7 +481,7 @@ fileprivate nonisolated let _protobuf_package = "stratolab.v1"
 
 nonisolated extension Stratolab_V1_RequestResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}replica_id\0\u{3}received_at_unix_nanos\0\u{3}finished_at_unix_nanos\0\u{3}queued_seconds\0\u{3}service_seconds\0\u{1}emulated\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}replica_id\0\u{3}received_at_unix_nanos\0\u{3}finished_at_unix_nanos\0\u{3}queued_seconds\0\u{3}service_seconds\0\u{1}emulated\0\u{3}ttft_seconds\0\u{3}mean_tbt_seconds\0\u{3}max_tbt_seconds\0\u{1}preemptions\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -447,6 +496,10 @@ nonisolated extension Stratolab_V1_RequestResult: SwiftProtobuf.Message, SwiftPr
       case 5: try { try decoder.decodeSingularDoubleField(value: &self.queuedSeconds) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.serviceSeconds) }()
       case 7: try { try decoder.decodeSingularBoolField(value: &self.emulated) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.ttftSeconds) }()
+      case 9: try { try decoder.decodeSingularDoubleField(value: &self.meanTbtSeconds) }()
+      case 10: try { try decoder.decodeSingularDoubleField(value: &self.maxTbtSeconds) }()
+      case 11: try { try decoder.decodeSingularUInt32Field(value: &self.preemptions) }()
       default: break
       }
     }
@@ -474,6 +527,18 @@ nonisolated extension Stratolab_V1_RequestResult: SwiftProtobuf.Message, SwiftPr
     if self.emulated != false {
       try visitor.visitSingularBoolField(value: self.emulated, fieldNumber: 7)
     }
+    if self.ttftSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.ttftSeconds, fieldNumber: 8)
+    }
+    if self.meanTbtSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.meanTbtSeconds, fieldNumber: 9)
+    }
+    if self.maxTbtSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.maxTbtSeconds, fieldNumber: 10)
+    }
+    if self.preemptions != 0 {
+      try visitor.visitSingularUInt32Field(value: self.preemptions, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -485,6 +550,10 @@ nonisolated extension Stratolab_V1_RequestResult: SwiftProtobuf.Message, SwiftPr
     if lhs.queuedSeconds != rhs.queuedSeconds {return false}
     if lhs.serviceSeconds != rhs.serviceSeconds {return false}
     if lhs.emulated != rhs.emulated {return false}
+    if lhs.ttftSeconds != rhs.ttftSeconds {return false}
+    if lhs.meanTbtSeconds != rhs.meanTbtSeconds {return false}
+    if lhs.maxTbtSeconds != rhs.maxTbtSeconds {return false}
+    if lhs.preemptions != rhs.preemptions {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -956,7 +1025,7 @@ nonisolated extension Stratolab_V1_RequestsRequest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Stratolab_V1_ServiceStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ServiceStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{3}slo_seconds\0\u{3}capacity_rps\0\u{1}batch\0\u{1}replicas\0\u{1}ready\0\u{1}desired\0\u{1}submitted\0\u{1}completed\0\u{3}within_slo\0\u{1}outstanding\0\u{1}redispatched\0\u{3}latency_p50\0\u{3}latency_p99\0\u{3}latency_mean\0\u{3}replica_starts\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{3}slo_seconds\0\u{3}capacity_rps\0\u{1}batch\0\u{1}replicas\0\u{1}ready\0\u{1}desired\0\u{1}submitted\0\u{1}completed\0\u{3}within_slo\0\u{1}outstanding\0\u{1}redispatched\0\u{3}latency_p50\0\u{3}latency_p99\0\u{3}latency_mean\0\u{3}replica_starts\0\u{3}ttft_p50\0\u{3}ttft_p99\0\u{3}tbt_p50\0\u{3}tbt_p99\0\u{1}preemptions\0")
 
   fileprivate class _StorageClass {
     var _serviceID: String = String()
@@ -977,6 +1046,11 @@ nonisolated extension Stratolab_V1_ServiceStatus: SwiftProtobuf.Message, SwiftPr
     var _latencyP99: Double = 0
     var _latencyMean: Double = 0
     var _replicaStarts: UInt32 = 0
+    var _ttftP50: Double = 0
+    var _ttftP99: Double = 0
+    var _tbtP50: Double = 0
+    var _tbtP99: Double = 0
+    var _preemptions: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1005,6 +1079,11 @@ nonisolated extension Stratolab_V1_ServiceStatus: SwiftProtobuf.Message, SwiftPr
       _latencyP99 = source._latencyP99
       _latencyMean = source._latencyMean
       _replicaStarts = source._replicaStarts
+      _ttftP50 = source._ttftP50
+      _ttftP99 = source._ttftP99
+      _tbtP50 = source._tbtP50
+      _tbtP99 = source._tbtP99
+      _preemptions = source._preemptions
     }
   }
 
@@ -1041,6 +1120,11 @@ nonisolated extension Stratolab_V1_ServiceStatus: SwiftProtobuf.Message, SwiftPr
         case 16: try { try decoder.decodeSingularDoubleField(value: &_storage._latencyP99) }()
         case 17: try { try decoder.decodeSingularDoubleField(value: &_storage._latencyMean) }()
         case 18: try { try decoder.decodeSingularUInt32Field(value: &_storage._replicaStarts) }()
+        case 19: try { try decoder.decodeSingularDoubleField(value: &_storage._ttftP50) }()
+        case 20: try { try decoder.decodeSingularDoubleField(value: &_storage._ttftP99) }()
+        case 21: try { try decoder.decodeSingularDoubleField(value: &_storage._tbtP50) }()
+        case 22: try { try decoder.decodeSingularDoubleField(value: &_storage._tbtP99) }()
+        case 23: try { try decoder.decodeSingularUInt64Field(value: &_storage._preemptions) }()
         default: break
         }
       }
@@ -1103,6 +1187,21 @@ nonisolated extension Stratolab_V1_ServiceStatus: SwiftProtobuf.Message, SwiftPr
       if _storage._replicaStarts != 0 {
         try visitor.visitSingularUInt32Field(value: _storage._replicaStarts, fieldNumber: 18)
       }
+      if _storage._ttftP50.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._ttftP50, fieldNumber: 19)
+      }
+      if _storage._ttftP99.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._ttftP99, fieldNumber: 20)
+      }
+      if _storage._tbtP50.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._tbtP50, fieldNumber: 21)
+      }
+      if _storage._tbtP99.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._tbtP99, fieldNumber: 22)
+      }
+      if _storage._preemptions != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._preemptions, fieldNumber: 23)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1130,6 +1229,11 @@ nonisolated extension Stratolab_V1_ServiceStatus: SwiftProtobuf.Message, SwiftPr
         if _storage._latencyP99 != rhs_storage._latencyP99 {return false}
         if _storage._latencyMean != rhs_storage._latencyMean {return false}
         if _storage._replicaStarts != rhs_storage._replicaStarts {return false}
+        if _storage._ttftP50 != rhs_storage._ttftP50 {return false}
+        if _storage._ttftP99 != rhs_storage._ttftP99 {return false}
+        if _storage._tbtP50 != rhs_storage._tbtP50 {return false}
+        if _storage._tbtP99 != rhs_storage._tbtP99 {return false}
+        if _storage._preemptions != rhs_storage._preemptions {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1141,7 +1245,7 @@ nonisolated extension Stratolab_V1_ServiceStatus: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Stratolab_V1_RequestRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}service_id\0\u{1}arrival\0\u{3}prefill_tokens\0\u{3}decode_tokens\0\u{1}finished\0\u{1}latency\0\u{3}replica_id\0\u{3}node_id\0\u{1}attempts\0\u{3}queued_seconds\0\u{3}service_seconds\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}service_id\0\u{1}arrival\0\u{3}prefill_tokens\0\u{3}decode_tokens\0\u{1}finished\0\u{1}latency\0\u{3}replica_id\0\u{3}node_id\0\u{1}attempts\0\u{3}queued_seconds\0\u{3}service_seconds\0\u{1}ttft\0\u{3}mean_tbt_seconds\0\u{3}max_tbt_seconds\0\u{1}preemptions\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1161,6 +1265,10 @@ nonisolated extension Stratolab_V1_RequestRecord: SwiftProtobuf.Message, SwiftPr
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.attempts) }()
       case 11: try { try decoder.decodeSingularDoubleField(value: &self.queuedSeconds) }()
       case 12: try { try decoder.decodeSingularDoubleField(value: &self.serviceSeconds) }()
+      case 13: try { try decoder.decodeSingularDoubleField(value: &self.ttft) }()
+      case 14: try { try decoder.decodeSingularDoubleField(value: &self.meanTbtSeconds) }()
+      case 15: try { try decoder.decodeSingularDoubleField(value: &self.maxTbtSeconds) }()
+      case 16: try { try decoder.decodeSingularUInt32Field(value: &self.preemptions) }()
       default: break
       }
     }
@@ -1203,6 +1311,18 @@ nonisolated extension Stratolab_V1_RequestRecord: SwiftProtobuf.Message, SwiftPr
     if self.serviceSeconds.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.serviceSeconds, fieldNumber: 12)
     }
+    if self.ttft.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.ttft, fieldNumber: 13)
+    }
+    if self.meanTbtSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.meanTbtSeconds, fieldNumber: 14)
+    }
+    if self.maxTbtSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.maxTbtSeconds, fieldNumber: 15)
+    }
+    if self.preemptions != 0 {
+      try visitor.visitSingularUInt32Field(value: self.preemptions, fieldNumber: 16)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1219,6 +1339,10 @@ nonisolated extension Stratolab_V1_RequestRecord: SwiftProtobuf.Message, SwiftPr
     if lhs.attempts != rhs.attempts {return false}
     if lhs.queuedSeconds != rhs.queuedSeconds {return false}
     if lhs.serviceSeconds != rhs.serviceSeconds {return false}
+    if lhs.ttft != rhs.ttft {return false}
+    if lhs.meanTbtSeconds != rhs.meanTbtSeconds {return false}
+    if lhs.maxTbtSeconds != rhs.maxTbtSeconds {return false}
+    if lhs.preemptions != rhs.preemptions {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -31,6 +31,10 @@ public struct ServiceOutcome: Sendable, Codable, Equatable {
     /// Request by request (when the run had requests): latency from arrival to last token, trace s.
     public var latencyP50: Double?
     public var latencyP99: Double?
+    /// Time to first token (arrival to first token) and requests' mean time between tokens, trace s.
+    public var ttftP50: Double?
+    public var ttftP99: Double?
+    public var tbtP99: Double?
     public var attainment: Double { offeredRequests > 0 ? servedWithinSLO / offeredRequests : 1 }
     public init(id: String) { self.id = id }
 }

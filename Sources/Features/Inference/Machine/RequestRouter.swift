@@ -20,6 +20,12 @@ public final class RequestRouter {
         public var queued = 0.0
         public var service = 0.0
         public var withinSLO = false
+        /// From arrival to the first token; the request's mean and largest gap between tokens;
+        /// how often its engine preempted it.
+        public var ttft: Double?
+        public var meanTBT = 0.0
+        public var maxTBT = 0.0
+        public var preemptions = 0
     }
     public struct ReadyReplica: Equatable { public var service: String; public var node: String; public var batch: Int }
     /// A request's result as the replica measured it; `finished` in trace seconds.
@@ -29,6 +35,11 @@ public final class RequestRouter {
         public var finished: Double
         public var queued: Double
         public var service: Double
+        /// From reaching the replica to the first token; mean and largest gap between tokens.
+        public var ttft = 0.0
+        public var meanTBT = 0.0
+        public var maxTBT = 0.0
+        public var preemptions = 0
         public init(requestID: String, replicaID: String, finished: Double, queued: Double, service: Double) {
             self.requestID = requestID; self.replicaID = replicaID; self.finished = finished; self.queued = queued; self.service = service
         }
@@ -165,10 +176,18 @@ public final class RequestRouter {
             r.node = node
             r.queued = res.queued
             r.service = res.service
+            // It reached the replica `queued + service` before its last token.
+            r.ttft = max(0, res.finished - res.queued - res.service + res.ttft - r.request.arrival)
+            r.meanTBT = res.meanTBT
+            r.maxTBT = res.maxTBT
+            r.preemptions = res.preemptions
             r.withinSLO = r.latency! <= slo(r.request.serviceID)
             records[res.requestID] = r
             tallies[r.request.serviceID]?.completed += 1
             tallies[r.request.serviceID]?.latencies.append(r.latency!)
+            tallies[r.request.serviceID]?.ttfts.append(r.ttft!)
+            tallies[r.request.serviceID]?.tbts.append(r.meanTBT)
+            tallies[r.request.serviceID]?.preemptions += r.preemptions
             if r.withinSLO { tallies[r.request.serviceID]?.withinSLO += 1 }
             dirty.insert(res.requestID)
         }
@@ -203,7 +222,10 @@ public final class RequestRouter {
     /// Per service, kept as records change (the experiment asks several times a second, and a
     /// run holds tens of thousands of requests); `resent` counts sends after the first (a lost
     /// replica, a refusal, a coordinator restart).
-    public struct Tally { public var submitted = 0, completed = 0, withinSLO = 0, resent = 0, latencies: [Double] = [] }
+    public struct Tally {
+        public var submitted = 0, completed = 0, withinSLO = 0, resent = 0, preemptions = 0
+        public var latencies: [Double] = [], ttfts: [Double] = [], tbts: [Double] = []
+    }
     private var tallies: [String: Tally] = [:]
 
     public func tally() -> [String: Tally] { tallies }
@@ -212,7 +234,10 @@ public final class RequestRouter {
         var t = tallies[r.request.serviceID] ?? Tally()
         t.submitted += 1
         t.resent += max(0, r.attempts - 1)
-        if let l = r.latency { t.completed += 1; t.latencies.append(l); if r.withinSLO { t.withinSLO += 1 } }
+        if let l = r.latency {
+            t.completed += 1; t.latencies.append(l); if r.withinSLO { t.withinSLO += 1 }
+            t.ttfts.append(r.ttft ?? l); t.tbts.append(r.meanTBT); t.preemptions += r.preemptions
+        }
         tallies[r.request.serviceID] = t
     }
 }

@@ -38,8 +38,9 @@ public struct ServingEngine: Sendable {
     /// What a finished request measured.
     public struct Finished: Sendable, Equatable {
         public var id: String
-        /// When it reached the engine, its first output token, its last.
+        /// When it reached the engine, was first scheduled, had its first output token, its last.
         public var arrived: Double
+        public var admitted: Double
         public var firstToken: Double
         public var finished: Double
         /// Mean and largest gap between consecutive output tokens (0 for a single token).
@@ -55,6 +56,7 @@ public struct ServingEngine: Sendable {
         var prompt: Int
         var decode: Int
         var arrived: Double
+        var admitted: Double?
         /// Tokens whose KV is computed (prompt and generated), and tokens generated so far.
         var computed = 0
         var generated = 0
@@ -201,6 +203,7 @@ public struct ServingEngine: Sendable {
             freeBlocks -= need
             var admitted = s
             admitted.blocks = need
+            if admitted.admitted == nil { admitted.admitted = start }
             running.append(admitted)
         }
         // The step: one token per decoding sequence, then prefill chunks within the token budget.
@@ -239,7 +242,7 @@ public struct ServingEngine: Sendable {
             }
             if s.generated >= s.decode {
                 let gaps = s.decode - 1
-                done.append(Finished(id: s.id, arrived: s.arrived, firstToken: s.firstToken!, finished: end,
+                done.append(Finished(id: s.id, arrived: s.arrived, admitted: s.admitted ?? s.arrived, firstToken: s.firstToken!, finished: end,
                                      meanTBT: gaps > 0 ? s.gapSum / Double(gaps) : 0, maxTBT: s.maxGap, preemptions: s.preemptions))
                 freeBlocks += s.blocks
                 s.blocks = 0
