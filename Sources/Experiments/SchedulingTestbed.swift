@@ -27,9 +27,9 @@ extension ServiceSpec {
 /// `requests.csv`: one row per inference request as the coordinator recorded it.
 public enum RequestsTable {
     public static func write(_ r: RequestsReply, to path: String) throws {
-        var out = "request_id,service_id,arrival_s,prefill_tokens,decode_tokens,finished_s,latency_s,queued_s,service_s,replica,node,attempts\n"
+        var out = "request_id,service_id,arrival_s,prefill_tokens,decode_tokens,finished_s,latency_s,queued_s,service_s,replica,node,attempts,ttft_s,mean_tbt_s,max_tbt_s,preemptions\n"
         for q in r.requests {
-            out += "\(q.requestID),\(q.serviceID),\(q.arrival),\(q.prefillTokens),\(q.decodeTokens),\(q.finished),\(q.latency),\(q.queuedSeconds),\(q.serviceSeconds),\(q.replicaID),\(q.nodeID),\(q.attempts)\n"
+            out += "\(q.requestID),\(q.serviceID),\(q.arrival),\(q.prefillTokens),\(q.decodeTokens),\(q.finished),\(q.latency),\(q.queuedSeconds),\(q.serviceSeconds),\(q.replicaID),\(q.nodeID),\(q.attempts),\(q.ttft),\(q.meanTbtSeconds),\(q.maxTbtSeconds),\(q.preemptions)\n"
         }
         try out.write(toFile: path, atomically: true, encoding: .utf8)
     }

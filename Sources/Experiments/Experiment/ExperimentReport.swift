@@ -122,21 +122,23 @@ public enum ExperimentReport {
     /// latency per minute of arrivals (where faults show). Empty without requests.
     static func servicesSection(_ s: ExperimentSummary, dir: String, esc: (String) -> String) -> String {
         guard !s.requests.services.isEmpty else { return "" }
-        var out = "<h2>Inference services</h2><p>Replicas are emulated from Vidur's operator profiles (continuous batching); requests, routing, sockets and faults are real. Latency is from a request's arrival to its last token, in trace seconds.</p>"
-        out += "<table><tr><th>service</th><th>capacity req/s per replica</th><th>batch</th><th>requests</th><th>completed</th><th>within SLO</th><th>SLO s</th><th>p50 s</th><th>p99 s</th><th>sent again</th><th>replica starts</th></tr>"
+        var out = "<h2>Inference services</h2><p>Replicas are emulated: an iteration-level serving engine (continuous batching, paged KV blocks, chunked prefill) timed by Vidur's operator profiles; requests, routing, sockets and faults are real. Latency is from a request's arrival to its last token, TTFT to its first, in trace seconds; TBT is a request's mean time between tokens.</p>"
+        out += "<table><tr><th>service</th><th>capacity req/s per replica</th><th>batch</th><th>requests</th><th>completed</th><th>within SLO</th><th>SLO s</th><th>p50 s</th><th>p99 s</th><th>TTFT p50 s</th><th>TTFT p99 s</th><th>TBT p99 ms</th><th>sent again</th><th>replica starts</th></tr>"
         for v in s.requests.services {
             out += "<tr><td>\(esc(v.id))</td><td>" + String(format: "%.2f", v.capacityRPS) + "</td><td>\(v.batch)</td><td>\(v.submitted)</td><td>\(v.completed)</td><td>"
                 + String(format: "%.1f %%", v.sloAttainment * 100) + "</td><td>\(fmt(v.sloSeconds))</td><td>" + String(format: "%.2f", v.latencyP50)
-                + "</td><td>" + String(format: "%.2f", v.latencyP99) + "</td><td>\(v.redispatched)</td><td>\(v.replicaStarts)</td></tr>"
+                + "</td><td>" + String(format: "%.2f", v.latencyP99) + "</td><td>" + String(format: "%.2f</td><td>%.2f</td><td>%.0f", v.ttftP50, v.ttftP99, v.tbtP99 * 1000)
+                + "</td><td>\(v.redispatched)</td><td>\(v.replicaStarts)</td></tr>"
         }
         out += "</table>"
         guard let text = try? String(contentsOfFile: dir + "/requests.csv", encoding: .utf8) else { return out }
-        var latencies: [String: [Double]] = [:], perMinute: [String: [Int: [Double]]] = [:]
+        var latencies: [String: [Double]] = [:], ttfts: [String: [Double]] = [:], perMinute: [String: [Int: [Double]]] = [:]
         for line in text.split(separator: "\n").dropFirst() {
             let c = line.split(separator: ",", omittingEmptySubsequences: false)
             guard c.count >= 7, let arrival = Double(c[2]), let latency = Double(c[6]), latency >= 0 else { continue }
             let svc = String(c[1])
             latencies[svc, default: []].append(latency)
+            if c.count >= 13, let t = Double(c[12]), t >= 0 { ttfts[svc, default: []].append(t) }
             perMinute[svc, default: [:]][Int(arrival / 60), default: []].append(latency)
         }
         guard !latencies.isEmpty else { return out }
@@ -153,6 +155,13 @@ public enum ExperimentReport {
                 (Double(m), percentile(perMinute[k]![m]!.sorted(), 99))
             }))
         }
-        return out + "<h3>Request latency CDF</h3>" + cdf.render() + "<h3>p99 latency over time</h3>" + p99.render()
+        var ttftCDF = SVGPlot(title: "Time to first token CDF", xLabel: "TTFT, trace seconds (log)", yLabel: "fraction of requests", logX: true)
+        for k in ttfts.keys.sorted() {
+            let points = SVGPlot.cdf(ttfts[k]!.map { max($0, 1e-3) })
+            let step = max(1, points.count / 400)
+            ttftCDF.series.append(SVGPlot.Series(name: k, points: Swift.stride(from: 0, to: points.count, by: step).map { points[$0] } + [points.last!]))
+        }
+        return out + "<h3>Request latency CDF</h3>" + cdf.render() + (ttfts.isEmpty ? "" : "<h3>Time to first token</h3>" + ttftCDF.render())
+            + "<h3>p99 latency over time</h3>" + p99.render()
     }
 }

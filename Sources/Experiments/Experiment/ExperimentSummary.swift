@@ -56,6 +56,11 @@ public struct RequestAccounting: Codable, Equatable {
         public var latencyP99 = 0.0
         public var capacityRPS = 0.0
         public var batch = 0
+        /// Time to first token and requests' mean time between tokens (trace s); engine preemptions.
+        public var ttftP50 = 0.0
+        public var ttftP99 = 0.0
+        public var tbtP99 = 0.0
+        public var preemptions = 0
         public var sloAttainment: Double { submitted == 0 ? 1 : Double(withinSLO) / Double(submitted) }
     }
     /// Generated and sent by the driver (accepted by the coordinator, duplicates counted once).
@@ -81,7 +86,8 @@ public struct RequestAccounting: Codable, Equatable {
         for s in r.services {
             services.append(Service(id: s.serviceID, submitted: Int(s.submitted), completed: Int(s.completed), withinSLO: Int(s.withinSlo),
                                     redispatched: Int(s.redispatched), replicaStarts: Int(s.replicaStarts), sloSeconds: s.sloSeconds,
-                                    latencyP50: s.latencyP50, latencyP99: s.latencyP99, capacityRPS: s.capacityRps, batch: Int(s.batch)))
+                                    latencyP50: s.latencyP50, latencyP99: s.latencyP99, capacityRPS: s.capacityRps, batch: Int(s.batch),
+                                    ttftP50: s.ttftP50, ttftP99: s.ttftP99, tbtP99: s.tbtP99, preemptions: Int(s.preemptions)))
         }
         known = services.reduce(0) { $0 + $1.submitted }
         completed = services.reduce(0) { $0 + $1.completed }
@@ -228,7 +234,8 @@ public struct ExperimentSummary: Codable {
                 out.append("run \(i + 1) services (latency in trace seconds, from arrival to last token):")
                 for v in s.requests.services {
                     out.append("  \(v.id): \(v.completed)/\(v.submitted) done, " + String(format: "%.1f%%", v.sloAttainment * 100) + " within the \(fmt(v.sloSeconds)) s SLO, "
-                               + String(format: "p50 %.2f s, p99 %.2f s", v.latencyP50, v.latencyP99)
+                               + String(format: "p50 %.2f s, p99 %.2f s, TTFT p50 %.2f s p99 %.2f s, TBT p99 %.0f ms", v.latencyP50, v.latencyP99, v.ttftP50, v.ttftP99, v.tbtP99 * 1000)
+                               + (v.preemptions > 0 ? ", \(v.preemptions) engine preemptions" : "")
                                + ", \(v.redispatched) sent again, \(v.replicaStarts) replica starts, " + String(format: "%.2f req/s per replica (batch %d)", v.capacityRPS, v.batch))
                 }
             }
