@@ -25,6 +25,9 @@ public struct TwinOptions: Sendable {
     /// Trace seconds between a job finishing and the scheduler learning it (the testbed hears it
     /// with the next heartbeat); the job's finish time stays exact, its GPUs free up this much later.
     public var reportLatency: Double = 0
+    /// Trace seconds between the router sending requests and the agent's engine taking them (the
+    /// serve command's transit); 0 in a pure simulation.
+    public var serveLatency: Double = 0
     /// Inference requests to serve one by one, routed by the coordinator's `RequestRouter` to
     /// modelled replicas (`InferenceTwinModel`); empty: services are a fluid served up to their
     /// replicas' capacity.
@@ -113,7 +116,7 @@ public struct DigitalTwin {
         }
         func routeRequests(at now: Double) {
             for r in router.route(now: now) {
-                replicas.serve(r.replica, r.requests, at: now)
+                replicas.serve(r.replica, r.requests, at: now + options.serveLatency)
                 wake(r.replica, at: replicas.nextLook(r.replica))
             }
         }

@@ -138,6 +138,81 @@ public struct ServingEngine: Sendable {
     /// When the earliest result not yet taken is due.
     public var nextFinishAt: Double? { done.map(\.finished).min() }
 
+    // MARK: moving a request (migration)
+
+    /// A request's state as it moves between engines: its tokens, and how much KV it has.
+    public struct SequenceState: Sendable, Equatable {
+        public var id: String
+        public var prompt: Int
+        public var decode: Int
+        public var generated: Int
+        /// Tokens whose KV is computed (what a migration copies).
+        public var computed: Int
+        public var arrived: Double
+        public var admitted: Double?
+        public var firstToken: Double?
+        public var lastToken: Double?
+        public var gapSum: Double
+        public var maxGap: Double
+        public var preemptions: Int
+    }
+
+    /// A running request's state (nil when it is not running here).
+    public func state(of id: String) -> SequenceState? {
+        running.first { $0.id == id }.map(Self.export)
+    }
+
+    /// Blocks holding computed KV of a running request (what a copy stage can send).
+    public func computedBlocks(of id: String) -> Int? {
+        running.first { $0.id == id }.map { blocks(for: $0.computed) }
+    }
+
+    /// Takes a running request out (it stops after the step in flight; its blocks are freed).
+    public mutating func suspend(_ id: String) -> SequenceState? {
+        guard let i = running.firstIndex(where: { $0.id == id }) else { return nil }
+        let s = running.remove(at: i)
+        freeBlocks += s.blocks
+        return Self.export(s)
+    }
+
+    /// Sets aside `count` blocks for a request about to arrive (a migration's destination); false
+    /// when there is no room.
+    public mutating func reserve(_ count: Int) -> Bool {
+        guard count <= freeBlocks else { return false }
+        freeBlocks -= count
+        return true
+    }
+
+    public mutating func release(_ count: Int) { freeBlocks = min(gpuBlocks, freeBlocks + count) }
+
+    /// Resumes a request moved here at `t`, with `reserved` blocks set aside for it before and
+    /// the KV of its first `kvBlocks` blocks present (what arrived, or what the source kept);
+    /// the rest of its KV is prefilled again (recompute).
+    public mutating func resume(_ st: SequenceState, reserved: Int, kvBlocks: Int, at t: Double) {
+        advance(to: t, before: true)
+        var s = Sequence(id: st.id, prompt: st.prompt, decode: st.decode, arrived: st.arrived)
+        s.admitted = st.admitted; s.generated = st.generated; s.computed = min(st.computed, kvBlocks * config.blockTokens)
+        s.firstToken = st.firstToken; s.lastToken = st.lastToken; s.gapSum = st.gapSum; s.maxGap = st.maxGap; s.preemptions = st.preemptions
+        s.blocks = reserved
+        // Blocks for what must be prefilled again beyond the reservation come from the free pool;
+        // without room it waits to be recomputed from scratch, like a preempted request.
+        let short = blocks(for: s.target) - s.blocks
+        if short > 0 && short > freeBlocks {
+            freeBlocks += s.blocks
+            s.blocks = 0; s.computed = 0
+            waiting.insert(s, at: 0)
+            return
+        }
+        if short > 0 { freeBlocks -= short; s.blocks += short }
+        running.append(s)
+        if time < t { time = t }
+    }
+
+    private static func export(_ s: Sequence) -> SequenceState {
+        SequenceState(id: s.id, prompt: s.prompt, decode: s.decode, generated: s.generated, computed: s.computed, arrived: s.arrived,
+                      admitted: s.admitted, firstToken: s.firstToken, lastToken: s.lastToken, gapSum: s.gapSum, maxGap: s.maxGap, preemptions: s.preemptions)
+    }
+
     // MARK: the step loop
 
     /// Runs every step that starts at or before `t` (before it, when `before`: a request arriving
