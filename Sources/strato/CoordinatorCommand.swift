@@ -22,11 +22,14 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(name: .customLong("time-scale"), help: "Trace seconds per wall second for job execution (e.g. 1000 replays 24 h in 86 s).") var timeScale = 1.0
     @Option(help: "Seed data to fill an empty knowledge base from (default: data/ of the repository).") var data: String?
     @Flag(help: "Record this process's trace events into the collector (STATE/trace/).") var trace = false
+    @Option(name: .customLong("kv-bytes-scale"), help: "Real bytes replicas hold per KV block, as a fraction of its real size (emulation; 0: none).")
+    var kvBytesScale = SchedulingController.defaultKVBytesScale
     @Option(name: .customLong("trace-sample"), help: "Trace 1 in N heartbeat exchanges (other messages always).") var traceSample: UInt64 = 5
 
     func validate() throws {
         guard Policies.named(policy) != nil else { throw ValidationError("--policy '\(policy)' is unknown (known: \(Policies.names.joined(separator: ", ")))") }
         guard timeScale > 0 else { throw ValidationError("--time-scale must be positive") }
+        guard kvBytesScale >= 0, kvBytesScale <= 1 else { throw ValidationError("--kv-bytes-scale \(kvBytesScale) must be within 0 … 1") }
         guard suspectAfterMs > 0, deadAfterMs > suspectAfterMs else {
             throw ValidationError("--dead-after-ms (\(deadAfterMs)) must exceed --suspect-after-ms (\(suspectAfterMs)), both positive")
         }
@@ -52,7 +55,7 @@ struct CoordinatorCommand: ParsableCommand {
         config.traceHeartbeatSample = env["STRATO_TRACE_SAMPLE"].flatMap(UInt64.init) ?? traceSample
         // The coordinator's composition root: one line per feature's controller.
         let server = CoordinatorServer(config: config, features: [
-            SchedulingController(policy: policy),   // features "jobs" and "inference"
+            SchedulingController(policy: policy, kvBytesScale: kvBytesScale),   // features "jobs" and "inference"
             DataPlaneController(),                  // feature "dataplane": peer sockets, probes
         ])
         try Lifecycle.run([LoopService(description: "coordinator", body: { try server.run() }, requestStop: { server.stop() })],

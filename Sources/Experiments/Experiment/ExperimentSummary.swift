@@ -73,6 +73,8 @@ public struct RequestAccounting: Codable, Equatable {
     public var services: [Service] = []
     public var lost: [String] = []
     public var expectAllDone = false
+    /// What replicas held of each KV block as real bytes (emulation).
+    public var kvBytesScale = 0.0
 
     public init() {}
 
@@ -83,6 +85,7 @@ public struct RequestAccounting: Codable, Equatable {
         self.expectAllDone = expectAllDone
         guard generated > 0 else { return }
         guard let r = reply else { lost = ["(no answer from the coordinator at the end: nothing could be checked)"]; return }
+        kvBytesScale = r.kvBytesScale
         for s in r.services {
             services.append(Service(id: s.serviceID, submitted: Int(s.submitted), completed: Int(s.completed), withinSLO: Int(s.withinSlo),
                                     redispatched: Int(s.redispatched), replicaStarts: Int(s.replicaStarts), sloSeconds: s.sloSeconds,
@@ -231,7 +234,8 @@ public struct ExperimentSummary: Codable {
         for (i, s) in all.enumerated() {
             if !s.requests.services.isEmpty {
                 out.append("")
-                out.append("run \(i + 1) services (latency in trace seconds, from arrival to last token):")
+                out.append("run \(i + 1) services (latency in trace seconds, from arrival to last token; replicas emulated, KV blocks held as real bytes at kv_bytes_scale "
+                           + (s.requests.kvBytesScale > 0 ? String(format: "1/%.0f", 1 / s.requests.kvBytesScale) : "0") + "):")
                 for v in s.requests.services {
                     out.append("  \(v.id): \(v.completed)/\(v.submitted) done, " + String(format: "%.1f%%", v.sloAttainment * 100) + " within the \(fmt(v.sloSeconds)) s SLO, "
                                + String(format: "p50 %.2f s, p99 %.2f s, TTFT p50 %.2f s p99 %.2f s, TBT p99 %.0f ms", v.latencyP50, v.latencyP99, v.ttftP50, v.ttftP99, v.tbtP99 * 1000)

@@ -18,6 +18,8 @@ public final class EmulatedReplicas {
         var startedWall: Int64
         var engine: ServingEngine
         var gpus: Set<UInt32>
+        /// The engine's KV blocks as real bytes (nil when the start command asks for none).
+        var pool: KVBlockPool?
         var clock: TraceClock { TraceClock(zeroWall: startedWall, timeScale: start.timeScale) }
     }
     private var replicas: [String: Replica] = [:]
@@ -50,7 +52,9 @@ public final class EmulatedReplicas {
         }
         var config = ServingEngine.Config(maxRunning: Int(s.batch))
         config.preemption = preemption
-        replicas[s.replicaID] = Replica(start: s, startedWall: wallNanos, engine: ServingEngine(model: model, config: config), gpus: Set(s.gpus))
+        let pool = s.kvBytesScale > 0 ? KVBlockPool(fullBlockBytes: model.arch.kvBytesPerToken * Double(config.blockTokens) / Double(model.tensorParallel),
+                                                    kvBytesScale: s.kvBytesScale) : nil
+        replicas[s.replicaID] = Replica(start: s, startedWall: wallNanos, engine: ServingEngine(model: model, config: config), gpus: Set(s.gpus), pool: pool)
         tracer.instant("start replica \(s.replicaID)", category: "service", track: "replicas",
                               args: ["replica": s.replicaID, "service": s.serviceID, "gpus": s.gpus.map(String.init).joined(separator: ","),
                                      "batch": "\(s.batch)", "emulated": "true"])
@@ -68,13 +72,14 @@ public final class EmulatedReplicas {
     }
 
     public func serve(_ s: ServeRequests, wallNanos: Int64) -> (ok: Bool, detail: String) {
-        guard var r = replicas[s.replicaID] else { return (false, "replica \(s.replicaID) is not serving here") }
-        let t = r.clock.trace(wall: wallNanos)
+        guard let clock = replicas[s.replicaID]?.clock else { return (false, "replica \(s.replicaID) is not serving here") }
+        let t = clock.trace(wall: wallNanos)
         var refused: [String] = []
+        // In place: a copy of the engine would copy its queues on every command.
         for q in s.requests {
-            if let why = r.engine.add(id: q.requestID, prompt: Int(q.prefillTokens), decode: Int(q.decodeTokens), at: t) { refused.append(why) }
+            if let why = replicas[s.replicaID]!.engine.add(id: q.requestID, prompt: Int(q.prefillTokens), decode: Int(q.decodeTokens), at: t) { refused.append(why) }
         }
-        replicas[s.replicaID] = r
+        replicas[s.replicaID]!.pool?.sync(replicas[s.replicaID]!.engine.blockCounts)
         if !refused.isEmpty { return (true, "admitted \(s.requests.count - refused.count); refused: " + refused.prefix(5).joined(separator: "; ")) }
         return (true, "admitted \(s.requests.count)")
     }
@@ -98,6 +103,12 @@ public final class EmulatedReplicas {
             if done[f.id] == nil { doneOrder.append(f.id) }
             done[f.id] = res
         }
+        r.pool?.sync(r.engine.blockCounts)
+    }
+
+    /// Real bytes the replicas' KV block pools hold now, and at most so far.
+    public var kvBytesHeld: (now: Int, peak: Int) {
+        replicas.values.reduce((0, 0)) { ($0.0 + ($1.pool?.bytesHeld ?? 0), $0.1 + ($1.pool?.peakBytesHeld ?? 0)) }
     }
 
     /// Steps every engine to `wallNanos` and returns the unsettled results.

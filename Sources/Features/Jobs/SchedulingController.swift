@@ -18,9 +18,18 @@ public final class SchedulingController: CoordinatorFeature {
     public static let storeSchema = [StateStore.knowledgeSchema, StateStore.jobSchema, StateStore.serviceSchema]
     public var storeSchema: [String] { Self.storeSchema }
     public let policyName: String
+    /// What replicas hold of each KV block as real bytes (emulation; stated in every reply).
+    public let kvBytesScale: Double
     var jobs: JobManager!
 
-    public init(policy: String) { self.policyName = policy }
+    public init(policy: String, kvBytesScale: Double = SchedulingController.defaultKVBytesScale) {
+        self.policyName = policy
+        self.kvBytesScale = kvBytesScale
+    }
+
+    /// 1/4096: a Llama-2-7B block (16 tokens, 8 MiB) is held as 2 KiB, so a full A100 replica's
+    /// cache is 15 MiB and the default testbed stays well within a few GiB.
+    public static let defaultKVBytesScale = 1.0 / 4096
 
     // MARK: Start
 
@@ -193,8 +202,14 @@ public final class SchedulingController: CoordinatorFeature {
         case .submitRequests(let sr)?:
             return submitRequests(sr, s)
         case .requestsRequest(let rr)?:
-            return .requestsReply(jobs.requestsReply(wall: s.clock.wallNanos(), includeRequests: rr.includeRequests,
-                                                     replicaStarts: { Int(s.counter("replica_starts/" + $0)) }))
+            var reply = jobs.requestsReply(wall: s.clock.wallNanos(), includeRequests: rr.includeRequests,
+                                           replicaStarts: { Int(s.counter("replica_starts/" + $0)) })
+            reply.kvBytesScale = kvBytesScale
+            if !reply.services.isEmpty {
+                reply.notes.append(kvBytesScale > 0 ? String(format: "replicas hold their KV blocks as real bytes at kv_bytes_scale %g (1/%.0f of the real size)", kvBytesScale, 1 / kvBytesScale)
+                                                    : "replicas hold no KV bytes (kv_bytes_scale 0)")
+            }
+            return .requestsReply(reply)
         default:
             return nil
         }

@@ -131,6 +131,9 @@ public nonisolated struct Stratolab_V1_StartReplica: Sendable {
   /// trace seconds per wall second
   public var timeScale: Double = 0
 
+  /// real bytes held per KV block ÷ the model's real block size (emulation); 0: none held
+  public var kvBytesScale: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -470,6 +473,9 @@ public nonisolated struct Stratolab_V1_RequestsReply: Sendable {
   /// skipped services and why
   public var notes: [String] = []
 
+  /// what replicas hold of each KV block, as real bytes (see StartReplica)
+  public var kvBytesScale: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -645,7 +651,7 @@ nonisolated extension Stratolab_V1_InferenceCommand: SwiftProtobuf.Message, Swif
 
 nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StartReplica"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{1}gpus\0\u{1}batch\0\u{3}time_scale\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{1}gpus\0\u{1}batch\0\u{3}time_scale\0\u{3}kv_bytes_scale\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -660,6 +666,7 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
       case 5: try { try decoder.decodeRepeatedUInt32Field(value: &self.gpus) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.batch) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.timeScale) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.kvBytesScale) }()
       default: break
       }
     }
@@ -687,6 +694,9 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
     if self.timeScale.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.timeScale, fieldNumber: 7)
     }
+    if self.kvBytesScale.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.kvBytesScale, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -698,6 +708,7 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
     if lhs.gpus != rhs.gpus {return false}
     if lhs.batch != rhs.batch {return false}
     if lhs.timeScale != rhs.timeScale {return false}
+    if lhs.kvBytesScale != rhs.kvBytesScale {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1350,7 +1361,7 @@ nonisolated extension Stratolab_V1_RequestRecord: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Stratolab_V1_RequestsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestsReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_scale\0\u{3}trace_now\0\u{1}services\0\u{1}requests\0\u{1}notes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_scale\0\u{3}trace_now\0\u{1}services\0\u{1}requests\0\u{1}notes\0\u{3}kv_bytes_scale\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1363,6 +1374,7 @@ nonisolated extension Stratolab_V1_RequestsReply: SwiftProtobuf.Message, SwiftPr
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.services) }()
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.requests) }()
       case 5: try { try decoder.decodeRepeatedStringField(value: &self.notes) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.kvBytesScale) }()
       default: break
       }
     }
@@ -1384,6 +1396,9 @@ nonisolated extension Stratolab_V1_RequestsReply: SwiftProtobuf.Message, SwiftPr
     if !self.notes.isEmpty {
       try visitor.visitRepeatedStringField(value: self.notes, fieldNumber: 5)
     }
+    if self.kvBytesScale.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.kvBytesScale, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1393,6 +1408,7 @@ nonisolated extension Stratolab_V1_RequestsReply: SwiftProtobuf.Message, SwiftPr
     if lhs.services != rhs.services {return false}
     if lhs.requests != rhs.requests {return false}
     if lhs.notes != rhs.notes {return false}
+    if lhs.kvBytesScale != rhs.kvBytesScale {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -135,6 +135,13 @@ public struct ServingEngine: Sendable {
     public var usedBlocks: Int { gpuBlocks - freeBlocks }
     /// When the next step starts, or nil when there is nothing to run.
     public var nextStepAt: Double? { isIdle ? nil : max(time, waiting.first?.arrived ?? time) }
+    /// KV blocks each request holds (running and swapped), for the replica's block pool.
+    public var blockCounts: [String: Int] {
+        var out: [String: Int] = [:]
+        for s in running where s.blocks > 0 { out[s.id] = s.blocks }
+        for s in swapped where s.blocks > 0 { out[s.id] = s.blocks }
+        return out
+    }
     /// When the earliest result not yet taken is due.
     public var nextFinishAt: Double? { done.map(\.finished).min() }
 

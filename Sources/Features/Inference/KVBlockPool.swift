@@ -1,0 +1,128 @@
+import Foundation
+
+/// The KV blocks an emulated replica holds, as real memory: one buffer per block of each request
+/// its engine holds, sized from the model's bytes per token × the block's tokens × `kvBytesScale`
+/// (emulation: no GPU, and the real sizes would not fit this machine; every output states the
+/// scale). A block's contents are a deterministic function of (request, token position), so a
+/// replica that receives blocks (a migration's destination) verifies every byte.
+///
+/// Owned by the agent's loop thread, like the engine whose block counts it follows.
+public final class KVBlockPool {
+    public let blockBytes: Int
+    public let kvBytesScale: Double
+    private var blocks: [String: [[UInt8]]] = [:]
+    public private(set) var bytesHeld = 0
+    public private(set) var peakBytesHeld = 0
+
+    /// `fullBlockBytes`: a block's real size (bytes per token × block tokens ÷ tensor parallel).
+    public init(fullBlockBytes: Double, kvBytesScale: Double) {
+        self.kvBytesScale = kvBytesScale
+        // Whole 8-byte words, at least one.
+        self.blockBytes = max(8, Int(fullBlockBytes * kvBytesScale) / 8 * 8)
+    }
+
+    /// Blocks held per request.
+    public var counts: [String: Int] { blocks.mapValues(\.count) }
+
+    /// Makes each request hold exactly `counts[request]` blocks: new blocks are filled with their
+    /// contents, a request no longer listed gives its blocks back.
+    public func sync(_ counts: [String: Int]) {
+        for id in blocks.keys where counts[id] == nil { drop(id) }
+        for (id, n) in counts {
+            var held = blocks[id] ?? []
+            if held.count == n { continue }
+            while held.count > n { bytesHeld -= held.removeLast().count }
+            while held.count < n {
+                held.append(KVBlockPool.contents(request: id, block: held.count, bytes: blockBytes))
+                bytesHeld += blockBytes
+            }
+            blocks[id] = held
+        }
+        peakBytesHeld = max(peakBytesHeld, bytesHeld)
+    }
+
+    public func drop(_ id: String) {
+        for b in blocks.removeValue(forKey: id) ?? [] { bytesHeld -= b.count }
+    }
+
+    /// `length` bytes at `offset` of blocks `range` of a request, in order, as one buffer (a data
+    /// plane chunk; a chunk within one block is not copied).
+    public func read(_ id: String, blocks range: Range<Int>, offset: Int, length: Int, into emit: (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard let held = blocks[id], range.upperBound <= held.count else {
+            throw PoolError("request \(id) holds \(blocks[id]?.count ?? 0) blocks, not blocks \(range)")
+        }
+        guard offset >= 0, length >= 0, offset + length <= range.count * blockBytes else {
+            throw PoolError("bytes \(offset)..<\(offset + length) lie outside blocks \(range) of request \(id)")
+        }
+        let first = range.lowerBound + offset / blockBytes, within = offset % blockBytes
+        if within + length <= blockBytes {
+            try held[first].withUnsafeBytes { try emit(UnsafeRawBufferPointer(rebasing: $0[within..<(within + length)])) }
+            return
+        }
+        var out = [UInt8](); out.reserveCapacity(length)
+        var at = offset, left = length
+        while left > 0 {
+            let b = range.lowerBound + at / blockBytes, w = at % blockBytes
+            let n = min(left, blockBytes - w)
+            out += held[b][w..<(w + n)]
+            at += n; left -= n
+        }
+        try out.withUnsafeBytes { try emit($0) }
+    }
+
+    /// Stores received bytes of block `block` of a request at `offset` within it after checking
+    /// them against the contents that block must have; the error names the first wrong byte.
+    public func write(_ id: String, block: Int, offset: Int, bytes: UnsafeRawBufferPointer) throws {
+        var held = blocks[id] ?? []
+        guard block <= held.count else { throw PoolError("block \(block) of request \(id) arrived before block \(held.count)") }
+        if block == held.count { held.append([UInt8](repeating: 0, count: blockBytes)); bytesHeld += blockBytes }
+        guard offset + bytes.count <= blockBytes else { throw PoolError("bytes \(offset)..<\(offset + bytes.count) overrun a \(blockBytes)-byte block") }
+        if let bad = KVBlockPool.firstMismatch(bytes, request: id, block: block, offset: offset) {
+            blocks[id] = held
+            throw PoolError("block \(block) of request \(id): byte \(offset + bad) is not its KV contents")
+        }
+        held[block].withUnsafeMutableBytes { dst in dst.baseAddress!.advanced(by: offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        blocks[id] = held
+        peakBytesHeld = max(peakBytesHeld, bytesHeld)
+    }
+
+    // MARK: contents
+
+    /// 64-bit words from the request's hash and the block's token position (block × 16 …).
+    static func word(_ seed: UInt64, block: Int, index: Int) -> UInt64 {
+        var x = seed &+ UInt64(block) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(index) &* 0xBF58_476D_1CE4_E5B9
+        x ^= x >> 31
+        return x &* 0x94D0_49BB_1331_11EB
+    }
+
+    static func seed(_ request: String) -> UInt64 {
+        request.utf8.reduce(0xCBF2_9CE4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01B3 }   // FNV-1a
+    }
+
+    public static func contents(request: String, block: Int, bytes: Int) -> [UInt8] {
+        let s = seed(request)
+        var out = [UInt8](repeating: 0, count: bytes)
+        out.withUnsafeMutableBytes { raw in
+            let words = raw.bindMemory(to: UInt64.self)
+            for i in 0..<words.count { words[i] = word(s, block: block, index: i).littleEndian }
+        }
+        return out
+    }
+
+    /// The index of the first byte of `bytes` (at `offset` in the block) that differs from the
+    /// block's contents, or nil.
+    static func firstMismatch(_ bytes: UnsafeRawBufferPointer, request: String, block: Int, offset: Int) -> Int? {
+        let s = seed(request)
+        for i in 0..<bytes.count {
+            let at = offset + i
+            let expected = UInt8(truncatingIfNeeded: word(s, block: block, index: at / 8).littleEndian >> (UInt64(at % 8) * 8))
+            if bytes[i] != expected { return i }
+        }
+        return nil
+    }
+
+    public struct PoolError: Error, CustomStringConvertible {
+        public let description: String
+        init(_ d: String) { description = d }
+    }
+}

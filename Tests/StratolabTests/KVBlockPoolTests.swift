@@ -1,0 +1,100 @@
+import DataPlane
+import Protocol
+import Foundation
+import Scheduling
+import Testing
+import Wire
+@testable import Features
+
+/// Receives KV blocks of one request into a pool, checking every byte on the way in.
+private final class PoolSink: DataPlaneReceiver {
+    let pool: KVBlockPool
+    let request: String
+    var errors: [String] = []
+    var results: [Result<Int, DataPlaneError>] = []
+    init(_ pool: KVBlockPool, request: String) { self.pool = pool; self.request = request }
+    func shouldAccept(from sender: String, transfer: UInt64, offer: TransferOffer) -> String? { nil }
+    func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) {
+        var at = 0
+        while at < bytes.count {
+            let pos = offset + at, block = pos / pool.blockBytes, within = pos % pool.blockBytes
+            let n = min(bytes.count - at, pool.blockBytes - within)
+            do { try pool.write(request, block: block, offset: within, bytes: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)])) } catch { errors.append("\(error)") }
+            at += n
+        }
+    }
+    func finished(from sender: String, transfer: UInt64, result: Result<Int, DataPlaneError>) { results.append(result) }
+}
+
+@Suite("KV block pool")
+struct KVBlockPoolTests {
+    @Test("blocks are real bytes that follow the engine's counts, scaled, and come back when a request goes")
+    func followsCounts() {
+        let pool = KVBlockPool(fullBlockBytes: 8 * 1_048_576, kvBytesScale: 1.0 / 4096)
+        #expect(pool.blockBytes == 2048)
+        pool.sync(["a": 3, "b": 1])
+        #expect(pool.bytesHeld == 4 * 2048 && pool.counts == ["a": 3, "b": 1])
+        pool.sync(["a": 5])
+        #expect(pool.bytesHeld == 5 * 2048 && pool.counts == ["a": 5] && pool.peakBytesHeld == 5 * 2048)
+        pool.sync([:])
+        #expect(pool.bytesHeld == 0)
+        // Contents depend on the request and the block, nothing else.
+        #expect(KVBlockPool.contents(request: "a", block: 2, bytes: 64) == KVBlockPool.contents(request: "a", block: 2, bytes: 64))
+        #expect(KVBlockPool.contents(request: "a", block: 2, bytes: 64) != KVBlockPool.contents(request: "a", block: 3, bytes: 64))
+        #expect(KVBlockPool.contents(request: "a", block: 2, bytes: 64) != KVBlockPool.contents(request: "b", block: 2, bytes: 64))
+    }
+
+    @Test("a replica's blocks cross the data plane and the receiver verifies every byte; a wrong byte or order is named")
+    func acrossTheDataPlane() throws {
+        let source = KVBlockPool(fullBlockBytes: 8 * 1_048_576, kvBytesScale: 1.0 / 256)
+        source.sync(["req-1": 40])
+        let dest = KVBlockPool(fullBlockBytes: 8 * 1_048_576, kvBytesScale: 1.0 / 256)
+        let receiver = try DataPlane(config: DataPlaneConfig(nodeID: "dst"))
+        let sink = PoolSink(dest, request: "req-1")
+        receiver.receiver = sink
+        let sender = try DataPlane(config: DataPlaneConfig(nodeID: "src"))
+        var outcome: Result<Int, DataPlaneError>?
+        let total = 40 * source.blockBytes
+        try sender.send(to: PeerAddress(endpoint: receiver.endpoint), kind: "kv", totalBytes: total, chunkBytes: 100_000,
+                        source: { off, len, emit in try source.read("req-1", blocks: 0..<40, offset: off, length: len, into: emit) },
+                        done: { outcome = $0 })
+        let deadline = Date().addingTimeInterval(20)
+        while (outcome == nil || sink.results.isEmpty) && Date() < deadline {
+            _ = try ZMQPoller.readable(sender.sockets + receiver.sockets, timeoutMs: 5)
+            try sender.pump(); try receiver.pump()
+        }
+        #expect(try outcome?.get() == total && sink.errors.isEmpty, "\(sink.errors)")
+        #expect(dest.counts == ["req-1": 40] && dest.bytesHeld == total)
+        // Corrupt bytes and a gap are refused by name.
+        var bad = KVBlockPool.contents(request: "req-2", block: 0, bytes: 64)
+        bad[17] ^= 1
+        let check = KVBlockPool(fullBlockBytes: 64, kvBytesScale: 1)
+        #expect(throws: KVBlockPool.PoolError.self) { try bad.withUnsafeBytes { try check.write("req-2", block: 0, offset: 0, bytes: $0) } }
+        do { try bad.withUnsafeBytes { try check.write("req-2", block: 0, offset: 0, bytes: $0) } } catch { #expect("\(error)".contains("byte 17 is not its KV contents")) }
+        let good = KVBlockPool.contents(request: "req-2", block: 3, bytes: 64)
+        do { try good.withUnsafeBytes { try check.write("req-2", block: 3, offset: 0, bytes: $0) }; Issue.record("a gap was accepted") } catch {
+            #expect("\(error)".contains("block 3 of request req-2 arrived before block"))
+        }
+        #expect(throws: KVBlockPool.PoolError.self) { try source.read("req-1", blocks: 0..<41, offset: 0, length: 8, into: { _ in }) }
+    }
+
+    @Test("an emulated replica holds its engine's KV blocks as real bytes while requests run, and none once they are done")
+    func replicaHoldsBytes() throws {
+        let r = KnowledgeImporter.importFile(dataDir + "/profiles/vidur/a100_Llama-2-7b-hf_mlp.csv")
+        var kb = KnowledgeBase(rows: r.rows)
+        _ = Estimator.estimateMissing(in: &kb, gpuModels: ["A100-80GB"])
+        let replicas = EmulatedReplicas(kb: kb)
+        var s = StartReplica()
+        s.replicaID = "r1"; s.serviceID = "s"; s.model = "Llama-2-7b"; s.gpuModel = "A100-80GB"; s.gpus = [0]; s.batch = 4; s.timeScale = 1
+        s.kvBytesScale = 1.0 / 4096
+        #expect(replicas.start(s, nodeGPUModel: "A100-80GB", nodeGPUs: 1, busy: [], wallNanos: 0).ok)
+        var q = InferenceRequest(); q.requestID = "q1"; q.serviceID = "s"; q.prefillTokens = 1000; q.decodeTokens = 100
+        var sr = ServeRequests(); sr.replicaID = "r1"; sr.requests = [q]
+        #expect(replicas.serve(sr, wallNanos: 0).ok)
+        _ = replicas.results(wallNanos: 50_000_000)   // 50 ms in: prefilled, decoding
+        #expect(replicas.kvBytesHeld.now == 63 * 2048, "⌈1000 / 16⌉ + the decode blocks so far, 2 KiB each: \(replicas.kvBytesHeld)")
+        let done = replicas.results(wallNanos: 60_000_000_000)
+        #expect(done.count == 1 && done[0].ttftSeconds > 0 && done[0].meanTbtSeconds > 0)
+        #expect(replicas.kvBytesHeld.now == 0 && replicas.kvBytesHeld.peak >= 63 * 2048)
+    }
+}
