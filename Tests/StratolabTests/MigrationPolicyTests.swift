@@ -1,0 +1,53 @@
+import Scheduling
+import Testing
+
+@Suite("Migration policies")
+struct MigrationPolicyTests {
+    let costs = MigrationCosts(blockBytes: 8 * 1_048_576, bandwidthBytesPerSecond: 2e9)
+    func busy(_ id: String, node: String = "n", used: Int, running: [RequestLoad], demand: Int = 0, health: InstanceLoad.Health = .alive) -> InstanceLoad {
+        InstanceLoad(id: id, node: node, totalBlocks: 1000, usedBlocks: used, headOfQueueDemand: demand, running: running, health: health)
+    }
+    func reqs(_ prefix: String, _ blocks: [Int], slack: Double = 100, high: Bool = false) -> [RequestLoad] {
+        blocks.enumerated().map { RequestLoad(id: "\(prefix)\($0.offset)", blocks: $0.element, remainingTokens: 100, highPriority: high, sloSlack: slack) }
+    }
+
+    @Test("none never migrates")
+    func none() {
+        #expect(MigrationPolicies.named("none")!.decide([busy("a", used: 990, running: reqs("a", [99, 99])), busy("b", used: 0, running: [])], costs: costs, busy: []).isEmpty)
+        #expect(MigrationPolicies.named("nope") == nil && MigrationPolicies.names == ["none", "llumnix", "slack"])
+    }
+
+    @Test("llumnix: freeness from virtual usage pairs the least free with the freest and moves the source's cheapest request")
+    func llumnix() {
+        let p = LlumnixMigration()
+        let hot = busy("a", used: 950, running: reqs("a", [200, 50, 300, 400])), cold = busy("b", used: 100, running: reqs("b", [100]))
+        #expect(p.freeness(hot) == 12.5 && p.freeness(cold) == 900)
+        // 12.5 is above the source threshold: nothing moves until the head of the queue needs room.
+        #expect(p.decide([hot, cold], costs: costs, busy: []).isEmpty)
+        let full = busy("a", used: 950, running: reqs("a", [200, 50, 300, 400]), demand: 100)
+        #expect(p.decide([full, cold], costs: costs, busy: []) == [MigrationDecision(request: "a1", from: "a", to: "b", reason: .makeRoom)])
+        // The request already moving is not picked again; high priority adds headroom to the usage.
+        #expect(p.decide([full, cold], costs: costs, busy: ["a1"]).first?.request == "a0")
+        #expect(p.virtualUsage(busy("c", used: 100, running: reqs("c", [10, 10], high: true))) == 100 + 2 * 64)
+        // A draining instance is infinitely used: its requests move even when it is nearly empty.
+        let drained = busy("d", used: 10, running: reqs("d", [10]), health: .draining)
+        #expect(p.decide([drained, cold], costs: costs, busy: []) == [MigrationDecision(request: "d0", from: "d", to: "b", reason: .drain)])
+        #expect(p.decide([drained], costs: costs, busy: []).isEmpty, "nowhere to go")
+    }
+
+    @Test("slack-aware: suspect nodes drain first, least slack first; for balance only requests with slack move, the most blocks freed per copy second")
+    func slackAware() {
+        let p = SlackAwareMigration()
+        let cold = busy("b", used: 100, running: [])
+        let suspect = busy("s", used: 300, running: reqs("s", [100, 100], slack: 5) + [RequestLoad(id: "late", blocks: 100, remainingTokens: 10, sloSlack: 0.5)], health: .suspect)
+        #expect(p.decide([suspect, cold], costs: costs, busy: []) == [MigrationDecision(request: "late", from: "s", to: "b", reason: .drain)])
+        #expect(LlumnixMigration().decide([suspect, cold], costs: costs, busy: []).isEmpty, "Llumnix does not read the failure detector")
+        var hot = busy("a", used: 995, running: [RequestLoad(id: "tight", blocks: 10, remainingTokens: 2000, sloSlack: 1),
+                                                  RequestLoad(id: "big", blocks: 400, remainingTokens: 10, sloSlack: 50),
+                                                  RequestLoad(id: "grower", blocks: 20, remainingTokens: 1600, sloSlack: 50)], demand: 50)
+        // "tight" would be cheapest but has no slack; "grower" frees 120 blocks for 20 copied.
+        #expect(p.decide([hot, cold], costs: costs, busy: []).first?.request == "grower")
+        hot.running.removeAll { $0.id == "grower" }
+        #expect(p.decide([hot, cold], costs: costs, busy: []).first?.request == "big")
+    }
+}
