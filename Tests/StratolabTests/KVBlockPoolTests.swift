@@ -80,10 +80,7 @@ struct KVBlockPoolTests {
 
     @Test("an emulated replica holds its engine's KV blocks as real bytes while requests run, and none once they are done")
     func replicaHoldsBytes() throws {
-        let r = KnowledgeImporter.importFile(dataDir + "/profiles/vidur/a100_Llama-2-7b-hf_mlp.csv")
-        var kb = KnowledgeBase(rows: r.rows)
-        _ = Estimator.estimateMissing(in: &kb, gpuModels: ["A100-80GB"])
-        let replicas = EmulatedReplicas(kb: kb)
+        let replicas = EmulatedReplicas(kb: llamaA100KB)
         var s = StartReplica()
         s.replicaID = "r1"; s.serviceID = "s"; s.model = "Llama-2-7b"; s.gpuModel = "A100-80GB"; s.gpus = [0]; s.batch = 4; s.timeScale = 1
         s.kvBytesScale = 1.0 / 4096

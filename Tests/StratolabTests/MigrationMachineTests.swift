@@ -6,12 +6,7 @@ import Testing
 // The migration state machines driven over two real serving engines with an injected clock: the
 // happy paths of live, blocking and recompute, and every abort path.
 
-private let model: InferenceModel = {
-    let r = KnowledgeImporter.importFile(dataDir + "/profiles/vidur/a100_Llama-2-7b-hf_mlp.csv")
-    var kb = KnowledgeBase(rows: r.rows)
-    _ = Estimator.estimateMissing(in: &kb, gpuModels: ["A100-80GB"])
-    return InferenceModel(kb: kb, model: "Llama-2-7b", gpuModel: "A100-80GB", tensorParallel: 1)!
-}()
+private var model: InferenceModel { llamaA100 }
 
 /// Two engines and one migration between them; copies take bytes / bandwidth of virtual time while
 /// the source keeps decoding.

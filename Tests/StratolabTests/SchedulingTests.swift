@@ -9,6 +9,16 @@ import Testing
 /// The repository's data folder (tests run from the package root).
 let dataDir = FileManager.default.currentDirectoryPath + "/data"
 
+/// Vidur's Llama-2-7B profile on the A100 (and the estimates for the 80 GB part): the knowledge
+/// the inference tests serve from.
+let llamaA100KB: KnowledgeBase = {
+    let r = KnowledgeImporter.importFile(dataDir + "/profiles/vidur/a100_Llama-2-7b-hf_mlp.csv")
+    var kb = KnowledgeBase(rows: r.rows)
+    _ = Estimator.estimateMissing(in: &kb, gpuModels: ["A100-80GB"])
+    return kb
+}()
+let llamaA100 = InferenceModel(kb: llamaA100KB, model: "Llama-2-7b", gpuModel: "A100-80GB", tensorParallel: 1)!
+
 func row(_ model: String, _ gpu: String, _ n: Int, _ thr: Double, fits: Bool = true, task: String = "train") -> PerfRow {
     PerfRow(key: ConfigKey(model: model, task: task, gpuModel: gpu, gpuCount: n, batchPerGPU: 8), throughput: thr, unit: "steps/s",
             stepTime: thr > 0 ? 1 / thr : nil, fits: fits, origin: .measured, source: "test")

@@ -10,12 +10,7 @@ import Testing
 // Inference services on the testbed: the emulated replica, the request stream, the coordinator's
 // router and its store, and the spec checks.
 
-private let serviceKB: KnowledgeBase = {
-    let r = KnowledgeImporter.importFile(dataDir + "/profiles/vidur/a100_Llama-2-7b-hf_mlp.csv")
-    var kb = KnowledgeBase(rows: r.rows)
-    _ = Estimator.estimateMissing(in: &kb, gpuModels: ["A100-80GB"])
-    return kb
-}()
+private var serviceKB: KnowledgeBase { llamaA100KB }
 
 private func llamaModel() throws -> InferenceModel {
     try #require(InferenceModel(kb: serviceKB, model: "Llama-2-7b", gpuModel: "A100-80GB", tensorParallel: 1))

@@ -7,13 +7,7 @@ import Testing
 
 @Suite("Serving engine")
 struct ServingEngineTests {
-    private static let model: InferenceModel = {
-        let r = KnowledgeImporter.importFile(dataDir + "/profiles/vidur/a100_Llama-2-7b-hf_mlp.csv")
-        var kb = KnowledgeBase(rows: r.rows)
-        _ = Estimator.estimateMissing(in: &kb, gpuModels: ["A100-80GB"])
-        return InferenceModel(kb: kb, model: "Llama-2-7b", gpuModel: "A100-80GB", tensorParallel: 1)!
-    }()
-    private var m: InferenceModel { Self.model }
+    private var m: InferenceModel { llamaA100 }
 
     private func engine(running: Int = 8, blocks: Int? = nil, swap: Int = 0, preemption: ServingEngine.Preemption = .recompute, budget: Int = 2048) -> ServingEngine {
         var c = ServingEngine.Config(maxRunning: running)

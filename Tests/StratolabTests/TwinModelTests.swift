@@ -7,16 +7,10 @@ import Testing
 
 @Suite("Twin models")
 struct TwinModelTests {
-    private static let kb: KnowledgeBase = {
-        let r = KnowledgeImporter.importFile(dataDir + "/profiles/vidur/a100_Llama-2-7b-hf_mlp.csv")
-        var kb = KnowledgeBase(rows: r.rows)
-        _ = Estimator.estimateMissing(in: &kb, gpuModels: ["A100-80GB"])
-        return kb
-    }()
 
     @Test("inference: results are the serving engine's; a stopped replica delivers what finished before the stop, a crashed node's replicas nothing new")
     func inference() throws {
-        let model = try #require(InferenceModel(kb: Self.kb, model: "Llama-2-7b", gpuModel: "A100-80GB", tensorParallel: 1))
+        let model = llamaA100
         var twin = InferenceTwinModel()
         twin.start("r1", node: "n1", model: model, batch: 1)
         twin.start("r2", node: "n2", model: model, batch: 1)
