@@ -35,7 +35,7 @@ private struct Harness {
         run(first)
     }
 
-    var computed: Int { src.computedBlocks(of: request) ?? 0 }
+    var computed: Int { src.completeBlocks(of: request) ?? 0 }
 
     mutating func run(_ directives: [MigrationSource.Directive]) {
         for d in directives {
@@ -133,6 +133,18 @@ struct MigrationMachineTests {
         #expect(h.source.phase == .aborted(.requestFinished), "\(h.source.phase)")
         #expect(h.dest?.phase == .released && h.dst.usedBlocks == 0)
         #expect(h.finish().src.count == 1)
+    }
+
+    @Test("the final stage is sized from the bandwidth the stages achieved, not the plan's figure")
+    func measuredBandwidth() {
+        var plan = MigrationPlan(method: .live, blockBytes: 1_000_000, bandwidthBytesPerSecond: 1e9)
+        plan.downtimeBudget = 0.02   // 20 blocks at the planned 1 GB/s
+        var m = MigrationSource.start(request: "q", plan: plan, totalBlocks: 500, at: 0).0
+        #expect(m.reserved(true, computed: 100, at: 0) == [.copy(stage: 1, blocks: 0..<100)])
+        // Stage 1 took 1 s: 100 MB/s, so 2 blocks fit the budget; 10 new blocks mean another stage.
+        #expect(m.stageCopied(computed: 110, at: 1) == [.copy(stage: 2, blocks: 100..<110)])
+        #expect(m.measuredBandwidth == 1e8)
+        #expect(m.stageCopied(computed: 111, at: 1.1) == [.suspend])
     }
 
     @Test("a migration that never converges stops at the stage cap; the request carries on at the source")

@@ -73,16 +73,15 @@ public final class KVBlockPool {
     /// Stores received bytes of block `block` of a request at `offset` within it after checking
     /// them against the contents that block must have; the error names the first wrong byte.
     public func write(_ id: String, block: Int, offset: Int, bytes: UnsafeRawBufferPointer) throws {
-        var held = blocks[id] ?? []
-        guard block <= held.count else { throw PoolError("block \(block) of request \(id) arrived before block \(held.count)") }
-        if block == held.count { held.append([UInt8](repeating: 0, count: blockBytes)); bytesHeld += blockBytes }
+        let count = blocks[id]?.count ?? 0
+        guard block <= count else { throw PoolError("block \(block) of request \(id) arrived before block \(count)") }
         guard offset + bytes.count <= blockBytes else { throw PoolError("bytes \(offset)..<\(offset + bytes.count) overrun a \(blockBytes)-byte block") }
         if let bad = KVBlockPool.firstMismatch(bytes, request: id, block: block, offset: offset) {
-            blocks[id] = held
             throw PoolError("block \(block) of request \(id): byte \(offset + bad) is not its KV contents")
         }
-        held[block].withUnsafeMutableBytes { dst in dst.baseAddress!.advanced(by: offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
-        blocks[id] = held
+        if block == count { blocks[id, default: []].append([UInt8](repeating: 0, count: blockBytes)); bytesHeld += blockBytes }
+        // In place: a copy of the dictionary's block would copy the whole block on every chunk.
+        blocks[id]![block].withUnsafeMutableBytes { dst in dst.baseAddress!.advanced(by: offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
         peakBytesHeld = max(peakBytesHeld, bytesHeld)
     }
 
@@ -112,13 +111,19 @@ public final class KVBlockPool {
     /// The index of the first byte of `bytes` (at `offset` in the block) that differs from the
     /// block's contents, or nil.
     static func firstMismatch(_ bytes: UnsafeRawBufferPointer, request: String, block: Int, offset: Int) -> Int? {
+        guard !bytes.isEmpty else { return nil }
+        // The expected words covering the range, compared in one memcmp; byte by byte only to
+        // name the first difference.
         let s = seed(request)
-        for i in 0..<bytes.count {
-            let at = offset + i
-            let expected = UInt8(truncatingIfNeeded: word(s, block: block, index: at / 8).littleEndian >> (UInt64(at % 8) * 8))
-            if bytes[i] != expected { return i }
+        let firstWord = offset / 8, lastWord = (offset + bytes.count - 1) / 8
+        var expected = [UInt64](repeating: 0, count: lastWord - firstWord + 1)
+        for w in firstWord...lastWord { expected[w - firstWord] = word(s, block: block, index: w).littleEndian }
+        return expected.withUnsafeBytes { e -> Int? in
+            let start = offset - firstWord * 8
+            if memcmp(e.baseAddress! + start, bytes.baseAddress!, bytes.count) == 0 { return nil }
+            for i in 0..<bytes.count where e[start + i] != bytes[i] { return i }
+            return nil
         }
-        return nil
     }
 
     public struct PoolError: Error, CustomStringConvertible {

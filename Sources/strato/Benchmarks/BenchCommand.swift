@@ -1,11 +1,12 @@
 import ArgumentParser
 import Experiments
+import Features
 import Scheduling
 import Foundation
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "bench", abstract: "Benchmarks that print figures.",
-                                                    subcommands: [Wire.self, Control.self, DataPlaneBenchCommand.self, Twin.self, Schedule.self, Trace.self])
+                                                    subcommands: [Wire.self, Control.self, DataPlaneBenchCommand.self, MigrationBenchCommand.self, Twin.self, Schedule.self, Trace.self])
 
     struct Trace: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Events a process records and ships per second, and a workload's overhead with tracing on vs off, in one run.")
@@ -32,6 +33,34 @@ struct BenchCommand: ParsableCommand {
             let r = try DataPlaneBench.run(totalMiB: mib, chunkSizes: chunkKiB.map { $0 << 10 }, repeats: repeats, window: window,
                                            curve: curve) { print($0); fflush(stdout) }
             print(r.table)
+        }
+    }
+
+    struct MigrationBenchCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "migration",
+            abstract: "Live, blocking and recompute migration of one request between two engines in real time: downtime per sequence length, KV as real bytes (kv_bytes_scale 1) over the data plane.")
+        @Option(parsing: .upToNextOption, help: "Sequence lengths (prompt tokens).") var lengths: [Int] = [256, 1024, 2048, 4096, 8192]
+        @Option(name: .customLong("downtime-budget-ms"), help: "The final stage's budget.") var budgetMs = 20.0
+        @Option(help: "Seed data folder (default: data/ of the repository).") var data: String?
+        func run() throws {
+            let (kb, _, _) = KnowledgeImporter.seeded(dataDirectory: DataPaths.dataDirectory(data))
+            guard let m = InferenceModel(kb: kb, model: "Meta-Llama-3-8B", gpuModel: "A100-80GB", tensorParallel: 1) else {
+                throw ValidationError("no inference profile for Meta-Llama-3-8B on A100-80GB in the seed data")
+            }
+            print("migration benchmark: Meta-Llama-3-8B on A100-80GB (emulated: Vidur's step times), time scale 1, kv_bytes_scale 1, downtime budget \(budgetMs) ms")
+            let r = try MigrationBench.run(model: m, lengths: lengths, methods: MigrationMethod.allCases, downtimeBudget: budgetMs / 1000) { print($0); fflush(stdout) }
+            print("\nTOKENS  METHOD     DOWNTIME ms  STAGES  MiB MOVED  PAYLOAD GB/s (÷ bulk)")
+            for row in r.rows {
+                let rate = row.copySeconds > 0 ? Double(row.bytes) / row.copySeconds : 0
+                print(String(format: "%6d  %-9@ %11.1f  %6d  %9.1f  %6.2f (%.2f×)", row.tokens, row.method.rawValue as NSString, row.downtime * 1000, row.stages,
+                             Double(row.bytes) / 1_048_576, rate / 1e9, rate / r.bulkGBps))
+            }
+            let live = r.rows.filter { $0.method == .live && $0.downtime.isFinite }.map(\.downtime)
+            if let lo = live.min(), let hi = live.max() {
+                print(String(format: "live: max %.1f ms (target ≤ 30 ms: %@), max/min %.2f over the lengths (target ≤ 1.5: %@)", hi * 1000, hi <= 0.030 ? "met" : "NOT met",
+                             hi / max(lo, 1e-6), hi / max(lo, 1e-6) <= 1.5 ? "met" : "NOT met"))
+            }
+            print("block size \(r.blockBytes >> 10) KiB; bulk data plane \(String(format: "%.2f", r.bulkGBps / 1e9)) GB/s, KV path \(String(format: "%.2f", r.kvPathGBps / 1e9)) GB/s in the same run (payload target ≥ 0.8× bulk)")
         }
     }
 

@@ -174,6 +174,12 @@ public struct ServingEngine: Sendable {
         running.first { $0.id == id }.map { blocks(for: $0.computed) }
     }
 
+    /// Blocks of a running request that are full (16 tokens of computed KV): what a copy stage
+    /// sends while the request decodes; the partly filled last block goes with the final stage.
+    public func completeBlocks(of id: String) -> Int? {
+        running.first { $0.id == id }.map { $0.computed / config.blockTokens }
+    }
+
     /// Takes a running request out (it stops after the step in flight; its blocks are freed).
     public mutating func suspend(_ id: String) -> SequenceState? {
         guard let i = running.firstIndex(where: { $0.id == id }) else { return nil }

@@ -50,9 +50,11 @@ public struct MigrationPlan: Sendable, Equatable {
     }
 
     /// Blocks that copy within the downtime budget: the final stage's size (at least one).
-    public var finalStageBlocks: Int {
-        guard blockBytes > 0, bandwidthBytesPerSecond > 0 else { return 1 }
-        return max(1, Int(downtimeBudget * bandwidthBytesPerSecond / blockBytes))
+    public var finalStageBlocks: Int { finalStageBlocks(bandwidth: bandwidthBytesPerSecond) }
+
+    public func finalStageBlocks(bandwidth: Double) -> Int {
+        guard blockBytes > 0, bandwidth > 0 else { return 1 }
+        return max(1, Int(downtimeBudget * bandwidth / blockBytes))
     }
 }
 
@@ -96,6 +98,10 @@ public struct MigrationSource: Sendable {
     public private(set) var stages = 0
     public let startedAt: Double
     public private(set) var suspendedAt: Double?
+    /// The bandwidth the last stage achieved (blocks × block bytes ÷ its time): the final stage is
+    /// sized with it once known, the plan's figure until then.
+    public private(set) var measuredBandwidth: Double?
+    private var stageStarted: (at: Double, blocks: Int)?
     /// The engine gave the request up (`suspended` was called).
     private var outOfEngine = false
 
@@ -108,7 +114,8 @@ public struct MigrationSource: Sendable {
         self.request = request; self.plan = plan; self.startedAt = startedAt
     }
 
-    /// The destination answered the reservation; `computed` is how many blocks the request has now.
+    /// The destination answered the reservation; `computed` is how many full blocks of KV the
+    /// request has now (a partly filled block waits for the final stage).
     public mutating func reserved(_ ok: Bool, reason: String = "", computed: Int, at now: Double) -> [Directive] {
         guard phase == .reserving else { return [] }
         guard ok else { return abort(.destinationFull(reason), tellDestination: false) }
@@ -125,12 +132,13 @@ public struct MigrationSource: Sendable {
     /// A copy stage was delivered; the request now has `computed` blocks.
     public mutating func stageCopied(computed: Int, at now: Double) -> [Directive] {
         guard case .copying = phase else { return [] }
+        if let s = stageStarted, now > s.at, s.blocks > 0 { measuredBandwidth = Double(s.blocks) * plan.blockBytes / (now - s.at) }
         return nextStage(computed: computed, at: now)
     }
 
     private mutating func nextStage(computed: Int, at now: Double) -> [Directive] {
         let remaining = computed - sent
-        if remaining <= plan.finalStageBlocks {
+        if remaining <= plan.finalStageBlocks(bandwidth: measuredBandwidth ?? plan.bandwidthBytesPerSecond) {
             phase = .finalCopy
             suspendedAt = now
             return [.suspend]
@@ -139,6 +147,7 @@ public struct MigrationSource: Sendable {
         stages += 1
         let range = sent..<computed
         sent = computed
+        stageStarted = (now, range.count)
         phase = .copying(stage: stages)
         return [.copy(stage: stages, blocks: range)]
     }

@@ -1,0 +1,208 @@
+import Cluster
+import DataPlane
+import Features
+import Foundation
+import Protocol
+import Scheduling
+import Wire
+
+/// `strato bench migration`: one request migrated between two serving engines in real time (time
+/// scale 1), its KV blocks held as real bytes at `kv_bytes_scale` 1 and moved over a real data-plane
+/// pair (TCP loopback, CRC-32C per chunk, every byte checked against the block's contents on
+/// arrival), driven by the migration machines: downtime of live, blocking and recompute per
+/// sequence length, and the payload throughput against the data plane's bulk figure measured in
+/// the same run. Emulated GPUs: step times from Vidur's profiles (`ServingEngine`).
+enum MigrationBench {
+    struct Row {
+        var tokens: Int
+        var method: MigrationMethod
+        var downtime: Double       // extra stall: gap between the last token on the source and the first on the destination, minus the normal TBT
+        var stages: Int
+        var bytes: Int
+        var copySeconds: Double
+        var outcome: String
+    }
+
+    /// Writes arriving blocks into the destination's pool, each byte checked.
+    final class PoolSink: DataPlaneReceiver {
+        let pool: KVBlockPool
+        let request: String
+        var first: [UInt64: Int] = [:]
+        var errors: [String] = []
+        init(pool: KVBlockPool, request: String) { self.pool = pool; self.request = request }
+        func shouldAccept(from sender: String, transfer: UInt64, offer: TransferOffer) -> String? {
+            guard let f = offer.meta["first_block"].flatMap(Int.init) else { return "no first_block in the offer" }
+            first[transfer] = f
+            return nil
+        }
+        func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) {
+            let base = first[transfer] ?? 0
+            var at = 0
+            while at < bytes.count {
+                let pos = offset + at, n = min(bytes.count - at, pool.blockBytes - pos % pool.blockBytes)
+                do { try pool.write(request, block: base + pos / pool.blockBytes, offset: pos % pool.blockBytes, bytes: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)])) }
+                catch { errors.append("\(error)") }
+                at += n
+            }
+        }
+        func finished(from sender: String, transfer: UInt64, result: Result<Int, DataPlaneError>) {}
+    }
+
+    /// Steps the destination's engine one step at a time (on its own clock, from the resume) until
+    /// the moved request emits its next token; that token's time.
+    static func firstToken(_ e: inout ServingEngine, after st: ServingEngine.SequenceState) -> Double? {
+        for _ in 0..<100_000 {
+            guard let next = e.nextStepAt else { return nil }
+            e.advance(to: next)
+            if let s = e.state(of: st.id), s.generated > st.generated { return s.lastToken }
+            if e.state(of: st.id) == nil { return e.takeFinished(by: .infinity).first { $0.id == st.id }?.finished }
+        }
+        return nil
+    }
+
+    static func run(model m: InferenceModel, lengths: [Int], methods: [MigrationMethod], downtimeBudget: Double, progress: (String) -> Void) throws -> (rows: [Row], bulkGBps: Double, kvPathGBps: Double, blockBytes: Int) {
+        let fullBlock = m.arch.kvBytesPerToken * 16 / Double(m.tensorParallel)
+        let receiver = try DataPlane(config: DataPlaneConfig(nodeID: "bench-destination"))
+        let sender = try DataPlane(config: DataPlaneConfig(nodeID: "bench-source"))
+        defer { sender.close(); receiver.close() }
+        let clock = SystemClock.shared
+        func pumpBoth() throws {
+            _ = try ZMQPoller.readable(sender.sockets + receiver.sockets, timeoutMs: 0)
+            try sender.pump(); try receiver.pump()
+        }
+        // The data plane's own bulk figure, same pair, same chunk size: 256 MiB.
+        let bulkSink = DataPlaneBench.BenchSink(capacity: 1 << 20)
+        receiver.receiver = bulkSink
+        let payload = [UInt8](repeating: 0x5A, count: 1 << 20)
+        var bulkDone: Result<Int, DataPlaneError>?
+        let b0 = clock.monotonicNanos()
+        try sender.send(to: PeerAddress(endpoint: receiver.endpoint), kind: "bulk", totalBytes: 256 << 20, chunkBytes: 1 << 20,
+                        source: { _, n, emit in try payload.withUnsafeBytes { try emit(UnsafeRawBufferPointer(rebasing: $0[0..<n])) } }, done: { bulkDone = $0 })
+        while bulkDone == nil { try pumpBoth() }
+        let bulk = Double(256 << 20) / (Double(clock.monotonicNanos() - b0) / 1e9)
+        progress(String(format: "  data plane bulk (256 MiB, 1 MiB chunks): %.2f GB/s", bulk / 1e9))
+        // The KV path's own rate (pool → data plane → every byte checked → pool), 128 blocks: what
+        // a migration plans its first final stage with, before its own stages measure it.
+        let probeSrc = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1), probeDst = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1)
+        probeSrc.sync(["probe": 128])
+        let probeSink = PoolSink(pool: probeDst, request: "probe")
+        receiver.receiver = probeSink
+        var probeDone: Result<Int, DataPlaneError>?
+        let p0 = clock.monotonicNanos()
+        try sender.send(to: PeerAddress(endpoint: receiver.endpoint), kind: "kv", meta: ["first_block": "0"], totalBytes: 128 * probeSrc.blockBytes, chunkBytes: 1 << 20,
+                        source: { off, n, emit in try probeSrc.read("probe", blocks: 0..<128, offset: off, length: n, into: emit) }, done: { probeDone = $0 })
+        while probeDone == nil { try pumpBoth() }
+        let kvRate = Double(128 * probeSrc.blockBytes) / (Double(clock.monotonicNanos() - p0) / 1e9)
+        guard probeSink.errors.isEmpty, case .success? = probeDone else { throw DataPlaneError.cancelled("the KV probe failed: \(probeSink.errors.prefix(1))") }
+        progress(String(format: "  KV path (%d MiB of blocks, every byte checked): %.2f GB/s", 128 * probeSrc.blockBytes >> 20, kvRate / 1e9))
+        probeSrc.sync([:]); probeDst.sync([:])
+
+        var rows: [Row] = []
+        for tokens in lengths {
+            for method in methods {
+                var plan = MigrationPlan(method: method, blockBytes: Double(Int(fullBlock) / 8 * 8), bandwidthBytesPerSecond: kvRate)
+                plan.downtimeBudget = downtimeBudget
+                let request = "req-\(tokens)-\(method.rawValue)"
+                var src = ServingEngine(model: m, config: ServingEngine.Config(maxRunning: 8))
+                var dst = ServingEngine(model: m, config: ServingEngine.Config(maxRunning: 8))
+                let srcPool = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1), dstPool = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1)
+                let sink = PoolSink(pool: dstPool, request: request)
+                receiver.receiver = sink
+                let t0 = clock.monotonicNanos()
+                func now() -> Double { Double(clock.monotonicNanos() - t0) / 1e9 }
+                _ = src.add(id: request, prompt: tokens, decode: 512, at: 0)
+                // Decode a while on the source: the normal time between tokens.
+                func step(_ e: inout ServingEngine, _ pool: KVBlockPool) {
+                    e.advance(to: now())
+                    pool.sync(e.blockCounts)
+                }
+                while (src.state(of: request)?.generated ?? 0) < 30 { step(&src, srcPool); try pumpBoth() }
+                // The normal time between tokens, as the engine measured it so far.
+                let before = src.state(of: request)!
+                let tbt = before.gapSum / Double(max(1, before.generated - 1))
+                let total = (tokens + 512 + 15) / 16
+                var (machine, pending) = MigrationSource.start(request: request, plan: plan, totalBlocks: total, at: now())
+                var dest: MigrationDestination?
+                var kept: ServingEngine.SequenceState?
+                var inFlight = false
+                var finished = false
+                var bytes = 0
+                var copySeconds = 0.0
+                var lastOnSource: Double?, firstOnDestination: Double?
+                let deadline = now() + 60
+                while !finished && now() < deadline {
+                    while !pending.isEmpty {
+                        let d = pending.removeFirst()
+                        switch d {
+                        case .reserve(let n):
+                            switch MigrationDestination.reserve(request: request, blocks: n, free: dst.freeBlocks) {
+                            case .success(let r): _ = dst.reserve(n); dest = r; pending += machine.reserved(true, computed: src.completeBlocks(of: request) ?? 0, at: now())
+                            case .failure(let a): pending += machine.reserved(false, reason: "\(a)", computed: 0, at: now())
+                            }
+                        case .copy(_, let range), .copyFinal(let range):
+                            let isFinal: Bool = { if case .copyFinal = d { return true }; return false }()
+                            inFlight = true
+                            let c0 = now()
+                            if range.isEmpty {
+                                inFlight = false
+                                pending += machine.finalDelivered(at: now())
+                                if dest?.commit().isEmpty == false, let st = kept {
+                                    dst.resume(st, reserved: dest!.reservedBlocks, kvBlocks: dest!.received, at: now())
+                                    firstOnDestination = firstToken(&dst, after: st)
+                                }
+                                pending += machine.committed(at: now())
+                                continue
+                            }
+                            try sender.send(to: PeerAddress(endpoint: receiver.endpoint), kind: "kv", meta: ["first_block": "\(range.lowerBound)"],
+                                            totalBytes: range.count * srcPool.blockBytes, chunkBytes: 1 << 20,
+                                            source: { off, n, emit in try srcPool.read(request, blocks: range, offset: off, length: n, into: emit) },
+                                            done: { result in
+                                                inFlight = false
+                                                copySeconds += now() - c0
+                                                guard case .success(let n) = result, sink.errors.isEmpty else {
+                                                    pending += machine.destinationFailed("\(result) \(sink.errors.prefix(1))"); return
+                                                }
+                                                bytes += n
+                                                _ = dest?.receive(range)
+                                                if isFinal {
+                                                    pending += machine.finalDelivered(at: now())
+                                                    if dest?.commit().isEmpty == false, let st = kept {
+                                                        dst.resume(st, reserved: dest!.reservedBlocks, kvBlocks: dest!.received, at: now())
+                                                        firstOnDestination = firstToken(&dst, after: st)
+                                                    }
+                                                    pending += machine.committed(at: now())
+                                                } else {
+                                                    pending += machine.stageCopied(computed: src.completeBlocks(of: request) ?? 0, at: now())
+                                                }
+                                            })
+                        case .suspend:
+                            // After the step in flight: wait for it to end, then take the request out.
+                            while now() < src.time { try pumpBoth() }
+                            lastOnSource = src.state(of: request)?.lastToken
+                            kept = src.suspend(request)   // its bytes stay in the pool until `free` (the source is not stepped again)
+                            pending += machine.suspended(computed: ((kept?.computed ?? 0) + 15) / 16, at: now())
+                        case .free:
+                            srcPool.drop(request)
+                        case .resumeHere, .abortDestination, .report:
+                            break
+                        }
+                    }
+                    if case .aborted = machine.phase { finished = true }
+                    if machine.phase == .done {
+                        finished = true
+                    } else if lastOnSource == nil {
+                        step(&src, srcPool)   // it keeps decoding on the source during the stages
+                    }
+                    try pumpBoth()
+                }
+                let downtime = (firstOnDestination.flatMap { f in lastOnSource.map { f - $0 } } ?? .nan) - tbt
+                let outcome: String = { if case .aborted(let a) = machine.phase { return "aborted: \(a)" }; return firstOnDestination == nil ? "no token on the destination in 60 s" : "done" }()
+                rows.append(Row(tokens: tokens, method: method, downtime: downtime, stages: machine.stages, bytes: bytes, copySeconds: copySeconds, outcome: outcome))
+                progress(String(format: "  %5d tokens, %-9@ downtime %7.1f ms, %d stages, %6.1f MiB in %.3f s (%@)", tokens, method.rawValue as NSString,
+                                downtime * 1000, machine.stages, Double(bytes) / 1_048_576, copySeconds, outcome as NSString))
+                srcPool.sync([:]); dstPool.sync([:])
+            }
+        }
+        return (rows, bulk, kvRate, Int(fullBlock))
+    }
+}
