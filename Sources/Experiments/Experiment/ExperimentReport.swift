@@ -122,7 +122,9 @@ public enum ExperimentReport {
     /// latency per minute of arrivals (where faults show). Empty without requests.
     static func servicesSection(_ s: ExperimentSummary, dir: String, esc: (String) -> String) -> String {
         guard !s.requests.services.isEmpty else { return "" }
-        var out = "<h2>Inference services</h2><p>Replicas are emulated: an iteration-level serving engine (continuous batching, paged KV blocks, chunked prefill) timed by Vidur's operator profiles; requests, routing, sockets and faults are real. Latency is from a request's arrival to its last token, TTFT to its first, in trace seconds; TBT is a request's mean time between tokens.</p>"
+        var out = "<h2>Inference services</h2><p>Replicas are emulated: an iteration-level serving engine (continuous batching, paged KV blocks, chunked prefill) timed by Vidur's operator profiles; requests, routing, sockets and faults are real. Latency is from a request's arrival to its last token, TTFT to its first, in trace seconds; TBT is a request's mean time between tokens. "
+            + (s.requests.kvBytesScale > 0 ? String(format: "Replicas hold their KV blocks as real bytes at kv_bytes_scale 1/%.0f of the real size.", 1 / s.requests.kvBytesScale) : "Replicas hold no KV bytes (kv_bytes_scale 0).")
+            + "</p>"
         out += "<table><tr><th>service</th><th>capacity req/s per replica</th><th>batch</th><th>requests</th><th>completed</th><th>within SLO</th><th>SLO s</th><th>p50 s</th><th>p99 s</th><th>TTFT p50 s</th><th>TTFT p99 s</th><th>TBT p99 ms</th><th>sent again</th><th>replica starts</th></tr>"
         for v in s.requests.services {
             out += "<tr><td>\(esc(v.id))</td><td>" + String(format: "%.2f", v.capacityRPS) + "</td><td>\(v.batch)</td><td>\(v.submitted)</td><td>\(v.completed)</td><td>"

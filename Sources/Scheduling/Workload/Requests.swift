@@ -43,35 +43,3 @@ public enum RequestStream {
         return out.sorted { ($0.arrival, $0.id) < ($1.arrival, $1.id) }
     }
 }
-
-/// An emulated continuous-batching replica (vLLM/Orca style): up to `batch` requests run at once,
-/// the rest wait first come, first served. A request's time is `InferenceModel.latency` at the
-/// number running when it starts (from Vidur's profiles), so a full replica delivers the
-/// operating point's rate. Pure: the GPU agent runs it on its clock, the tests on theirs.
-public struct ReplicaServer: Sendable {
-    public let model: InferenceModel
-    public let batch: Int
-    /// When each batch slot frees (trace seconds, the caller's clock).
-    private var slotFree: [Double]
-
-    public init(model: InferenceModel, batch: Int) {
-        self.model = model
-        self.batch = max(1, batch)
-        self.slotFree = Array(repeating: -Double.infinity, count: max(1, batch))
-    }
-
-    /// Admits a request that reaches the replica at `t`; requests must be admitted in the order
-    /// they reach it. Returns when it starts (a slot is free) and when its last token is out.
-    public mutating func admit(at t: Double, prefill: Int, decode: Int) -> (start: Double, finish: Double) {
-        var slot = 0
-        for i in 1..<slotFree.count where slotFree[i] < slotFree[slot] { slot = i }
-        let start = max(t, slotFree[slot])
-        let running = slotFree.filter { $0 > start }.count + 1
-        let finish = start + model.latency(prefill: Double(prefill), decode: Double(decode), batch: running)
-        slotFree[slot] = finish
-        return (start, finish)
-    }
-
-    /// Requests running or waiting at `t`.
-    public func busySlots(at t: Double) -> Int { slotFree.filter { $0 > t }.count }
-}

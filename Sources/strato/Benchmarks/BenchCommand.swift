@@ -56,7 +56,7 @@ struct BenchCommand: ParsableCommand {
                              Double(row.bytes) / 1_048_576, rate / 1e9, rate / r.bulkGBps))
             }
             let live = r.rows.filter { $0.method == .live && $0.downtime.isFinite }.map(\.downtime)
-            if let lo = live.min(), let hi = live.max() {
+            if live.count >= 2, let lo = live.min(), let hi = live.max() {
                 print(String(format: "live: max %.1f ms (target ≤ 30 ms: %@), max/min %.2f over the lengths (target ≤ 1.5: %@)", hi * 1000, hi <= 0.030 ? "met" : "NOT met",
                              hi / max(lo, 1e-6), hi / max(lo, 1e-6) <= 1.5 ? "met" : "NOT met"))
             }

@@ -130,6 +130,17 @@ enum MigrationBench {
                 var copySeconds = 0.0
                 var lastOnSource: Double?, firstOnDestination: Double?
                 let deadline = now() + 60
+                /// Blocks arrived whole at the destination: the next stage, or the commit and resume.
+                func delivered(_ range: Range<Int>, final: Bool) {
+                    _ = dest?.receive(range)
+                    guard final else { pending += machine.stageCopied(computed: src.completeBlocks(of: request) ?? 0, at: now()); return }
+                    pending += machine.finalDelivered(at: now())
+                    if dest?.commit().isEmpty == false, let st = kept {
+                        dst.resume(st, reserved: dest!.reservedBlocks, kvBlocks: dest!.received, at: now())
+                        firstOnDestination = firstToken(&dst, after: st)
+                    }
+                    pending += machine.committed(at: now())
+                }
                 while !finished && now() < deadline {
                     while !pending.isEmpty {
                         let d = pending.removeFirst()
@@ -143,16 +154,7 @@ enum MigrationBench {
                             let isFinal: Bool = { if case .copyFinal = d { return true }; return false }()
                             inFlight = true
                             let c0 = now()
-                            if range.isEmpty {
-                                inFlight = false
-                                pending += machine.finalDelivered(at: now())
-                                if dest?.commit().isEmpty == false, let st = kept {
-                                    dst.resume(st, reserved: dest!.reservedBlocks, kvBlocks: dest!.received, at: now())
-                                    firstOnDestination = firstToken(&dst, after: st)
-                                }
-                                pending += machine.committed(at: now())
-                                continue
-                            }
+                            if range.isEmpty { inFlight = false; delivered(range, final: true); continue }   // recompute: the state only
                             try sender.send(to: PeerAddress(endpoint: receiver.endpoint), kind: "kv", meta: ["first_block": "\(range.lowerBound)"],
                                             totalBytes: range.count * srcPool.blockBytes, chunkBytes: 1 << 20,
                                             source: { off, n, emit in try srcPool.read(request, blocks: range, offset: off, length: n, into: emit) },
@@ -163,17 +165,7 @@ enum MigrationBench {
                                                     pending += machine.destinationFailed("\(result) \(sink.errors.prefix(1))"); return
                                                 }
                                                 bytes += n
-                                                _ = dest?.receive(range)
-                                                if isFinal {
-                                                    pending += machine.finalDelivered(at: now())
-                                                    if dest?.commit().isEmpty == false, let st = kept {
-                                                        dst.resume(st, reserved: dest!.reservedBlocks, kvBlocks: dest!.received, at: now())
-                                                        firstOnDestination = firstToken(&dst, after: st)
-                                                    }
-                                                    pending += machine.committed(at: now())
-                                                } else {
-                                                    pending += machine.stageCopied(computed: src.completeBlocks(of: request) ?? 0, at: now())
-                                                }
+                                                delivered(range, final: isFinal)
                                             })
                         case .suspend:
                             // After the step in flight: wait for it to end, then take the request out.
