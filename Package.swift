@@ -68,7 +68,7 @@ let package = Package(
             dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "Features", "Twin", "GPUAgent", "MemoryAgent", "RenderAgent", "DataPlane"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["Wire", "Cluster", "Experiments", "Scheduling", "GPUAgent"]),
+            dependencies: ["Wire", "Cluster", "Experiments", "Scheduling", "GPUAgent", "Features"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -62,6 +62,9 @@ public protocol FeatureHandler: AnyObject {
     /// Sockets this handler owns (a data-plane peer socket, a stream) that the session polls with
     /// its own; `pump` is called on every loop turn.
     var sockets: [ZMQSocket] { get }
+    /// Whether the session pumps this handler every loop turn (default: when it owns sockets; a
+    /// handler with timed work of its own says true).
+    var isPumped: Bool { get }
     func pump(wallNanos: Int64)
     /// When `pump` next has timed work (monotonic nanoseconds), so the session wakes for it.
     var nextPumpDue: Int64? { get }
@@ -77,6 +80,7 @@ extension FeatureHandler {
     public func nextReportDue(wallNanos: Int64) -> Int64? { nil }
     public func running() -> [String] { [] }
     public var sockets: [ZMQSocket] { [] }
+    public var isPumped: Bool { !sockets.isEmpty }
     public func pump(wallNanos: Int64) {}
     public var nextPumpDue: Int64? { nil }
     public func shutdown() {}

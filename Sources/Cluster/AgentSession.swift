@@ -126,14 +126,14 @@ public final class AgentSession: @unchecked Sendable {
         while !shouldStop {
             let now = clock.monotonicNanos()
             var due = timers.nextDue ?? now + .millis(50)
-            for h in socketHandlers { if let d = h.nextPumpDue { due = min(due, d) } }
+            for h in pumpedHandlers { if let d = h.nextPumpDue { due = min(due, d) } }
             let wait = max(1, min(50, (due - now) / 1_000_000))
             // The handlers' own sockets (data plane, streams) are polled with the DEALER.
             let extra = handlerSockets
             let ready = try ZMQPoller.readable([dealer] + extra, timeoutMs: network?.pollTimeoutMs(wait, now: now) ?? Int(wait))
-            if !extra.isEmpty {
+            if !pumpedHandlers.isEmpty {
                 let wall = clock.wallNanos()
-                for h in socketHandlers { h.pump(wallNanos: wall) }
+                for h in pumpedHandlers { h.pump(wallNanos: wall) }
             }
             if ready[0] {
                 for _ in 0..<4096 {
@@ -372,12 +372,12 @@ public final class AgentSession: @unchecked Sendable {
         nodes[i].handlers.values.compactMap { $0.nextReportDue(wallNanos: wallNanos) }.min()
     }
 
-    /// Handlers that own sockets, found once (their socket lists may grow, e.g. a data plane's
-    /// peer connections, so those are asked each turn): thousands of virtual nodes' handlers
-    /// without sockets cost nothing per loop turn.
-    private lazy var socketHandlers: [FeatureHandler] = nodes.flatMap { $0.handlers.values.filter { !$0.sockets.isEmpty } }
+    /// Handlers pumped every loop turn (those that own sockets or timed work), found once (their
+    /// socket lists may grow, e.g. a data plane's peer connections, so those are asked each turn):
+    /// thousands of virtual nodes' handlers without either cost nothing per loop turn.
+    private lazy var pumpedHandlers: [FeatureHandler] = nodes.flatMap { $0.handlers.values.filter(\.isPumped) }
 
-    private var handlerSockets: [ZMQSocket] { socketHandlers.flatMap(\.sockets) }
+    private var handlerSockets: [ZMQSocket] { pumpedHandlers.flatMap(\.sockets) }
 
 
     @discardableResult

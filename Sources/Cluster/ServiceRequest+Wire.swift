@@ -7,7 +7,7 @@ extension ServiceRequest {
     public var message: InferenceRequest {
         var m = InferenceRequest()
         m.requestID = id; m.serviceID = serviceID; m.arrival = arrival
-        m.prefillTokens = UInt32(prefill); m.decodeTokens = UInt32(decode)
+        m.prefillTokens = UInt32(prefill); m.decodeTokens = UInt32(decode); m.highPriority = highPriority
         return m
     }
 }
@@ -15,6 +15,6 @@ extension ServiceRequest {
 extension InferenceRequest {
     /// The request model of a wire request (its fields checked by whoever accepts it).
     public var serviceRequest: ServiceRequest {
-        ServiceRequest(id: requestID, serviceID: serviceID, arrival: arrival, prefill: Int(prefillTokens), decode: Int(decodeTokens))
+        ServiceRequest(id: requestID, serviceID: serviceID, arrival: arrival, prefill: Int(prefillTokens), decode: Int(decodeTokens), highPriority: highPriority)
     }
 }

@@ -22,7 +22,8 @@ public final class StateStore {
     }
 
     /// 2: requests carry time to first token, time between tokens and engine preemptions.
-    public static let schemaVersion: Int64 = 2
+    /// 3: requests carry their priority and how often they migrated.
+    public static let schemaVersion: Int64 = 3
 
     /// Opens (or creates) the store; `schemas` are the hosted features' tables (`CREATE TABLE IF
     /// NOT EXISTS …`), created here with the shell's own, so no feature creates tables lazily.

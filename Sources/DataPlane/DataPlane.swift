@@ -48,8 +48,9 @@ public struct DataPlaneConfig: Sendable {
 public protocol DataPlaneReceiver: AnyObject {
     /// Take this transfer? Return the reason to refuse it (e.g. no room), or nil to accept.
     func shouldAccept(from sender: String, transfer: UInt64, offer: TransferOffer) -> String?
-    /// A verified chunk: `bytes` are valid only during the call (copy what you keep).
-    func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer)
+    /// A verified chunk: `bytes` are valid only during the call (copy what you keep). Throwing
+    /// rejects the contents: the transfer fails on both sides with the error's description.
+    func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws
     func finished(from sender: String, transfer: UInt64, result: Result<Int, DataPlaneError>)
 }
 
@@ -351,8 +352,16 @@ public final class DataPlane {
         guard let entry = incoming[key] else { return }
         for d in directives {
             switch d {
-            case let .deliver(_, offset):
-                if let p = payload { entry.receiver?.consume(from: key.sender, transfer: key.id, offset: offset, bytes: p) }
+            case let .deliver(index, offset):
+                guard let p = payload else { continue }
+                do { try entry.receiver?.consume(from: key.sender, transfer: key.id, offset: offset, bytes: p) } catch {
+                    // What follows the delivery (credit, completion) no longer applies.
+                    guard var e = incoming[key] else { return }
+                    let f = e.machine.rejected("\(error)", index: index)
+                    incoming[key] = e
+                    carryOut(f, key: key)
+                    return
+                }
             case let .sendCredit(credits, consumed):
                 var c = TransferCredit(); c.credits = UInt32(credits); c.consumed = consumed
                 transmit(.router(entry.identity), body: .credit(c), transfer: key.id)
@@ -380,7 +389,7 @@ public final class DataPlane {
 
     private func reject(_ identity: [UInt8], id: UInt64, _ e: DataPlaneError) {
         stats.framesRejected += 1
-        var te = TransferError(); te.code = e.code; te.message = e.description
+        var te = TransferError(); te.code = e.code; te.message = e.wireMessage
         transmit(.router(identity), body: .error(te), transfer: id)
     }
 

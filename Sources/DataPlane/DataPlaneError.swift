@@ -12,6 +12,8 @@ public enum DataPlaneError: Error, Equatable, Sendable, CustomStringConvertible 
     case unsupportedVersion(UInt32)
     case malformed(String)
     case cancelled(String)
+    /// The receiving feature would not take a chunk's contents (its reason).
+    case rejected(String)
     /// Nothing heard from the peer for the timeout: dead, partitioned or not listening.
     case peerUnreachable(endpoint: String, silenceMs: Int64)
     /// The peer reported an error we do not know more about.
@@ -27,6 +29,7 @@ public enum DataPlaneError: Error, Equatable, Sendable, CustomStringConvertible 
         case .unsupportedVersion: return .unsupportedDataVersion
         case .malformed: return .malformedFrame
         case .cancelled, .peerUnreachable: return .cancelled
+        case .rejected: return .rejected
         case .remote(let code, _): return code
         }
     }
@@ -42,8 +45,18 @@ public enum DataPlaneError: Error, Equatable, Sendable, CustomStringConvertible 
         case .unsupportedVersion(let v): return "data-plane protocol version \(v) is not supported (this build speaks \(dataPlaneProtocolVersion))"
         case .malformed(let s): return "malformed data-plane frame: \(s)"
         case .cancelled(let s): return "transfer cancelled: \(s)"
+        case .rejected(let s): return "the receiver rejected the contents: \(s)"
         case let .peerUnreachable(endpoint, silence): return "peer \(endpoint) unreachable: nothing heard for \(silence) ms"
         case let .remote(code, message): return "peer reported \(code): \(message)"
+        }
+    }
+
+    /// What a TransferError frame says of it: the bare reason for a refusal or a rejection (the
+    /// peer names the kind again from the code), the whole description otherwise.
+    public var wireMessage: String {
+        switch self {
+        case .refused(let why), .rejected(let why): return why
+        default: return description
         }
     }
 
@@ -51,6 +64,7 @@ public enum DataPlaneError: Error, Equatable, Sendable, CustomStringConvertible 
     static func fromWire(_ e: TransferError) -> DataPlaneError {
         switch e.code {
         case .refused: return .refused(e.message)
+        case .rejected: return .rejected(e.message)
         default: return .remote(code: e.code, message: e.message)
         }
     }

@@ -109,6 +109,12 @@ public struct TransferReceiver: Sendable {
         return [.failed(DataPlaneError.fromWire(e))]
     }
 
+    /// The receiving feature refused the contents of chunk `index`: the transfer fails on both sides.
+    public mutating func rejected(_ why: String, index: UInt64) -> [Directive] {
+        guard !finished else { return [] }
+        return fail(.rejected(why), index: index)
+    }
+
     public mutating func tick(now: Int64, peer: String) -> [Directive] {
         guard !finished, now - lastHeard >= timeoutNanos else { return [] }
         finished = true
@@ -117,7 +123,7 @@ public struct TransferReceiver: Sendable {
 
     private mutating func fail(_ e: DataPlaneError, index: UInt64) -> [Directive] {
         finished = true
-        var te = TransferError(); te.code = e.code; te.message = e.description; te.chunkIndex = index
+        var te = TransferError(); te.code = e.code; te.message = e.wireMessage; te.chunkIndex = index
         return [.sendError(te), .failed(e)]
     }
 }

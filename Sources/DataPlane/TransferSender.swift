@@ -127,7 +127,7 @@ public struct TransferSender: Sendable {
     private mutating func fail(_ e: DataPlaneError, tellPeer: Bool = true) -> [Directive] {
         phase = .failed(e)
         if tellPeer {
-            var te = TransferError(); te.code = e.code; te.message = e.description
+            var te = TransferError(); te.code = e.code; te.message = e.wireMessage
             errorForPeer = te
         }
         return [.failed(e)]

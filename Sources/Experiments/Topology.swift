@@ -16,6 +16,12 @@ public struct Topology: Equatable {
         /// Scheduling policy for offline jobs and trace seconds per wall second.
         public var policy = "hybrid"
         public var timeScale = 1.0
+        /// Live migration of inference requests: the policy (`none`, `llumnix`, `slack`) and method
+        /// (`live`, `blocking`, `recompute`); the real bytes replicas hold per KV block (nil: the
+        /// coordinator's default).
+        public var migrationPolicy = "none"
+        public var migrationMethod = "live"
+        public var kvBytesScale: Double? = nil
     }
 
     public enum NodeSpec: Equatable {
@@ -70,7 +76,23 @@ public struct Topology: Equatable {
             t.security = sec
         }
         if let c = top["coordinator"] {
-            let m = try c.mapping(allowed: ["endpoint", "heartbeat_ms", "suspect_after_ms", "dead_after_ms", "policy", "time_scale"])
+            let m = try c.mapping(allowed: ["endpoint", "heartbeat_ms", "suspect_after_ms", "dead_after_ms", "policy", "time_scale",
+                                            "migration_policy", "migration_method", "kv_bytes_scale"])
+            if let v = m["migration_policy"] {
+                let p = try v.string()
+                guard MigrationPolicies.named(p) != nil else { throw v.fail("unknown migration policy '\(p)' (known: \(MigrationPolicies.names.joined(separator: ", ")))") }
+                t.coordinator.migrationPolicy = p
+            }
+            if let v = m["migration_method"] {
+                let x = try v.string()
+                guard ["live", "blocking", "recompute"].contains(x) else { throw v.fail("migration_method '\(x)' must be live, blocking or recompute") }
+                t.coordinator.migrationMethod = x
+            }
+            if let v = m["kv_bytes_scale"] {
+                let x = try v.double()
+                guard x >= 0 && x <= 1 else { throw v.fail("kv_bytes_scale \(x) must be within 0 … 1") }
+                t.coordinator.kvBytesScale = x
+            }
             if let v = m["policy"] {
                 let p = try v.string()
                 guard Policies.named(p) != nil else { throw v.fail("unknown policy '\(p)' (known: \(Policies.names.joined(separator: ", ")))") }
@@ -250,7 +272,9 @@ public struct Topology: Equatable {
         var args = ["coordinator", "--endpoint", coordinator.endpoint, "--state-dir", stateDirectory,
                     "--heartbeat-ms", "\(coordinator.heartbeatMs)", "--suspect-after-ms", "\(coordinator.suspectAfterMs)",
                     "--dead-after-ms", "\(coordinator.deadAfterMs)", "--policy", coordinator.policy,
-                    "--time-scale", "\(coordinator.timeScale)", "--data", DataPaths.dataDirectory()]
+                    "--time-scale", "\(coordinator.timeScale)", "--data", DataPaths.dataDirectory(),
+                    "--migration-policy", coordinator.migrationPolicy, "--migration-method", coordinator.migrationMethod]
+        if let x = coordinator.kvBytesScale { args += ["--kv-bytes-scale", "\(x)"] }
         if let k = keysDirectory { args += ["--keys", k] }
         return args
     }

@@ -86,9 +86,9 @@ struct AgentCommand: ParsableCommand {
 
         /// Feature "dataplane" for a single-node agent: its peer socket (CURVE with this node's key
         /// when keys are on, admitting the testbed's authorised keys) through the node's emulated link.
-        func dataPlaneHandlers(nodeID: String) throws -> [FeatureHandler] {
+        func dataPlaneHandler(nodeID: String) throws -> DataPlaneHandler? {
             let endpoint = dataEndpoint ?? (virtual > 1 ? "none" : "tcp://127.0.0.1:0")
-            guard endpoint != "none" else { return [] }
+            guard endpoint != "none" else { return nil }
             guard virtual == 1 else { throw ValidationError("--data-endpoint: a data plane serves one node; use none with --virtual") }
             var c = DataPlaneConfig(nodeID: nodeID)
             c.bindEndpoint = endpoint
@@ -100,21 +100,25 @@ struct AgentCommand: ParsableCommand {
                 c.keys = try clientKey.map(KeyDirectory.readPair) ?? kd.agentKeys()
                 c.authorizedKeys = try kd.authorizedKeys()
             }
-            do { return [DataPlaneHandler(plane: try DataPlane(config: c))] } catch {
+            do { return DataPlaneHandler(plane: try DataPlane(config: c)) } catch {
                 throw ValidationError("--data-endpoint \(endpoint): could not bind the data plane: \(error)")
             }
         }
 
-        func run(_ make: (AgentIdentity) throws -> AgentBehavior) throws {
+        /// Runs the session for the nodes `make` builds; a single node gets its data plane, which
+        /// `make` may hand to features that move bulk bytes.
+        func run(_ make: (AgentIdentity, DataPlaneHandler?) throws -> AgentBehavior) throws {
             Strato.bootstrapLogging()
-            let nodes = try identities().map { ($0, try make($0)) }
+            let ids = identities()
+            let plane = try dataPlaneHandler(nodeID: ids[0].nodeID)
+            let nodes = try ids.map { ($0, try make($0, plane)) }
             let env = ProcessInfo.processInfo.environment
             if let dir = traceDir ?? env["STRATO_TRACE_DIR"].flatMap({ $0.isEmpty ? nil : $0 }) {
                 try Tracer.shared.enable(process: id, spoolDirectory: dir, heartbeatSample: env["STRATO_TRACE_SAMPLE"].flatMap(UInt64.init) ?? traceSample)
                 Tracer.shared.instant("agent start", category: "lifecycle", track: "control",
                                       args: ["kind": nodes[0].1.kind.name, "nodes": "\(nodes.count)", "pid": "\(getpid())"])
             }
-            let session = AgentSession(config: sessionConfig, nodes: nodes, extraHandlers: try dataPlaneHandlers(nodeID: nodes[0].0.nodeID),
+            let session = AgentSession(config: sessionConfig, nodes: nodes, extraHandlers: plane.map { [$0] } ?? [],
                                        logger: Logger(label: "strato.agent.\(nodes[0].1.kind.name)"))
             try Lifecycle.run([LoopService(description: "agent session", body: { try session.run() }, requestStop: { session.stop() })],
                               logger: Logger(label: "strato.lifecycle"))
@@ -157,28 +161,30 @@ struct AgentCommand: ParsableCommand {
                 } else {
                     print("process backend: no nvidia-smi on this host; jobs run as processes, GPUs described from the catalogue (emulated)")
                 }
-                try common.run { identity in
+                try common.run { identity, plane in
                     let node = try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic)
                     node.realDevices = real
                     return GPU.hostFeatures(on: node, runner: ProcessJobRunner(command: ["/bin/sh", "-c", cmd], workDirectory: jobDir + "/" + identity.nodeID),
-                                            replicas: result.rows.isEmpty ? nil : EmulatedReplicas(kb: kb))
+                                            replicas: result.rows.isEmpty ? nil : EmulatedReplicas(kb: kb), plane: plane)
                 }
                 return
             }
-            try common.run { identity in
+            try common.run { identity, plane in
                 let seed = UInt64(truncatingIfNeeded: identity.nodeID.utf8.reduce(5381) { ($0 << 5) &+ $0 &+ Int($1) })
                 return GPU.hostFeatures(on: try EmulatedGPUNode(modelName: gpuModel, count: gpus, interconnect: ic),
                                         runner: result.rows.isEmpty ? nil : EmulatedJobRunner(execution: execution, seed: seed),
-                                        replicas: result.rows.isEmpty ? nil : EmulatedReplicas(kb: kb))
+                                        replicas: result.rows.isEmpty ? nil : EmulatedReplicas(kb: kb), plane: plane)
             }
         }
 
         /// The GPU node's features — the agent side's composition root: one line per feature.
-        static func hostFeatures(on node: EmulatedGPUNode, runner: JobRunner?, replicas: EmulatedReplicas?) -> EmulatedGPUNode {
+        static func hostFeatures(on node: EmulatedGPUNode, runner: JobRunner?, replicas: EmulatedReplicas?, plane: DataPlaneHandler?) -> EmulatedGPUNode {
             let jobs = runner.map { JobsHandler(runner: $0, gpuModel: node.model.name, gpuCount: node.count) }
             let inference = replicas.map { InferenceHandler(replicas: $0, gpuModel: node.model.name, gpuCount: node.count,
                                                             busyElsewhere: { jobs?.busyGPUs ?? [] }) }
-            node.handlers = [jobs as FeatureHandler?, inference as FeatureHandler?].compactMap { $0 }
+            // Requests move between replicas with their KV blocks over the node's data plane.
+            let migration: MigrationHandler? = replicas.flatMap { r in plane.map { MigrationHandler(replicas: r, plane: $0.plane) } }
+            node.handlers = [jobs as FeatureHandler?, inference as FeatureHandler?, migration as FeatureHandler?].compactMap { $0 }
             node.busyGPUs = { (jobs?.busyGPUs ?? []).union(inference?.busyGPUs ?? []) }
             return node
         }
@@ -194,7 +200,7 @@ struct AgentCommand: ParsableCommand {
             let specs: [MemoryHost.TierSpec]
             do { specs = try tiers.map(MemoryHost.TierSpec.parse) } catch { throw ValidationError("\(error)") }
             let dram = TierProbe.probeDRAM()   // measured once, shared by every virtual host
-            try common.run { identity in
+            try common.run { identity, _ in
                 try MemoryHost(specs: specs, dramProbe: dram, defaultNVMeDirectory: ".strato/nvme/\(identity.nodeID)")
             }
         }
@@ -209,7 +215,7 @@ struct AgentCommand: ParsableCommand {
 
         func run() throws {
             let kind = SiteKind(name: common.site) ?? .cloud
-            try common.run { _ in try RenderSite(siteKind: kind, slots: slots, gpuModel: renderGPU, maxFPS: maxFPS) }
+            try common.run { _, _ in try RenderSite(siteKind: kind, slots: slots, gpuModel: renderGPU, maxFPS: maxFPS) }
         }
     }
 }

@@ -25,10 +25,24 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(name: .customLong("kv-bytes-scale"), help: "Real bytes replicas hold per KV block, as a fraction of its real size (emulation; 0: none).")
     var kvBytesScale = SchedulingController.defaultKVBytesScale
     @Option(name: .customLong("trace-sample"), help: "Trace 1 in N heartbeat exchanges (other messages always).") var traceSample: UInt64 = 5
+    @Option(name: .customLong("migration-policy"), help: "When running inference requests move between replicas: \(MigrationPolicies.names.joined(separator: ", ")).")
+    var migrationPolicy = "none"
+    @Option(name: .customLong("migration-method"), help: "How they move: live (copy while decoding, then a short final stage), blocking (stop, copy, resume) or recompute (stop, prefill again).")
+    var migrationMethod = "live"
+    @Option(name: .customLong("migration-downtime-ms"), help: "The stall (trace milliseconds) a live migration's final stage may add.") var migrationDowntimeMs = 20.0
+    @Option(name: .customLong("migration-interval-ms"), help: "Wall milliseconds between migration-policy rounds.") var migrationIntervalMs = 250.0
+    @Option(name: .customLong("migration-max-concurrent"), help: "Migrations in flight at once.") var migrationMaxConcurrent = 4
 
     func validate() throws {
         guard Policies.named(policy) != nil else { throw ValidationError("--policy '\(policy)' is unknown (known: \(Policies.names.joined(separator: ", ")))") }
         guard timeScale > 0 else { throw ValidationError("--time-scale must be positive") }
+        guard MigrationPolicies.named(migrationPolicy) != nil else {
+            throw ValidationError("--migration-policy '\(migrationPolicy)' is unknown (known: \(MigrationPolicies.names.joined(separator: ", ")))")
+        }
+        guard MigrationMethod(rawValue: migrationMethod) != nil else { throw ValidationError("--migration-method '\(migrationMethod)' must be live, blocking or recompute") }
+        guard migrationDowntimeMs > 0, migrationIntervalMs > 0, migrationMaxConcurrent >= 1 else {
+            throw ValidationError("--migration-downtime-ms and --migration-interval-ms must be positive, --migration-max-concurrent at least 1")
+        }
         guard kvBytesScale >= 0, kvBytesScale <= 1 else { throw ValidationError("--kv-bytes-scale \(kvBytesScale) must be within 0 … 1") }
         guard suspectAfterMs > 0, deadAfterMs > suspectAfterMs else {
             throw ValidationError("--dead-after-ms (\(deadAfterMs)) must exceed --suspect-after-ms (\(suspectAfterMs)), both positive")
@@ -54,8 +68,16 @@ struct CoordinatorCommand: ParsableCommand {
         config.trace = trace || env["STRATO_TRACE"] == "1"
         config.traceHeartbeatSample = env["STRATO_TRACE_SAMPLE"].flatMap(UInt64.init) ?? traceSample
         // The coordinator's composition root: one line per feature's controller.
+        let scheduling = SchedulingController(policy: policy, kvBytesScale: kvBytesScale)
+        var migration = MigrationSettings()
+        migration.policy = migrationPolicy
+        migration.method = MigrationMethod(rawValue: migrationMethod)!
+        migration.downtimeBudget = migrationDowntimeMs / 1000
+        migration.interval = migrationIntervalMs / 1000
+        migration.maxConcurrent = migrationMaxConcurrent
         let server = CoordinatorServer(config: config, features: [
-            SchedulingController(policy: policy, kvBytesScale: kvBytesScale),   // features "jobs" and "inference"
+            scheduling,                             // features "jobs" and "inference"
+            try MigrationController(scheduling: scheduling, settings: migration),   // feature "migration": requests move with their KV
             DataPlaneController(),                  // feature "dataplane": peer sockets, probes
         ])
         try Lifecycle.run([LoopService(description: "coordinator", body: { try server.run() }, requestStop: { server.stop() })],

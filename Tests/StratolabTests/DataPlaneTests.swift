@@ -16,7 +16,7 @@ private final class CheckingSink: DataPlaneReceiver {
     var results: [Result<Int, DataPlaneError>] = []
     /// Simulates a slow consumer: the test pumps this side only every few rounds.
     func shouldAccept(from sender: String, transfer: UInt64, offer: TransferOffer) -> String? { refuse }
-    func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) {
+    func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws {
         #expect(offset == received.count)
         received += Array(bytes)
     }

@@ -14,7 +14,7 @@ private final class PoolSink: DataPlaneReceiver {
     var results: [Result<Int, DataPlaneError>] = []
     init(_ pool: KVBlockPool, request: String) { self.pool = pool; self.request = request }
     func shouldAccept(from sender: String, transfer: UInt64, offer: TransferOffer) -> String? { nil }
-    func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) {
+    func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws {
         var at = 0
         while at < bytes.count {
             let pos = offset + at, block = pos / pool.blockBytes, within = pos % pool.blockBytes

@@ -87,7 +87,7 @@ public final class DataPlaneHandler: FeatureHandler, AdvertisesDataEndpoint, Dat
 
     public func shouldAccept(from sender: String, transfer: UInt64, offer: TransferOffer) -> String? { nil }
 
-    public func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) {
+    public func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws {
         for (i, b) in bytes.enumerated() where b != DataPlaneHandler.patternByte(offset + i) {
             mismatched.insert("\(sender)/\(transfer)")
             break

@@ -20,9 +20,23 @@ public final class EmulatedReplicas {
         var gpus: Set<UInt32>
         /// The engine's KV blocks as real bytes (nil when the start command asks for none).
         var pool: KVBlockPool?
+        /// Blocks the pool keeps for requests that are out of the engine but whose KV still
+        /// matters here: a migration's source between the suspension and the destination's commit
+        /// (to resume here if the destination fails), a destination's blocks as they arrive.
+        var held: [String: Int] = [:]
+        /// Requests that moved to another replica (a migration committed): a request sent here
+        /// again (a coordinator restart re-sends unfinished requests) is not served twice.
+        var movedAway: Set<String> = []
         var clock: TraceClock { TraceClock(zeroWall: startedWall, timeScale: start.timeScale) }
+        /// The pool follows the engine's blocks and what is held besides.
+        func syncPool() {
+            guard let pool else { return }
+            pool.sync(held.isEmpty ? engine.blockCounts : engine.blockCounts.merging(held) { max($0, $1) })
+        }
     }
-    private var replicas: [String: Replica] = [:]
+    var replicas: [String: Replica] = [:]
+    /// High-priority requests served here (the migration policies keep headroom for them).
+    var highPriority = Set<String>()
     /// How each replica's engine preempts when KV blocks run out.
     public var preemption = ServingEngine.Preemption.recompute
     /// Finished results repeated until settled, in finishing order.
@@ -75,17 +89,23 @@ public final class EmulatedReplicas {
         guard let clock = replicas[s.replicaID]?.clock else { return (false, "replica \(s.replicaID) is not serving here") }
         let t = clock.trace(wall: wallNanos)
         var refused: [String] = []
+        var again = 0
         // In place: a copy of the engine would copy its queues on every command.
         for q in s.requests {
-            if let why = replicas[s.replicaID]!.engine.add(id: q.requestID, prompt: Int(q.prefillTokens), decode: Int(q.decodeTokens), at: t) { refused.append(why) }
+            // Sent again (a coordinator restart, a re-sent command): served once, here or where it moved.
+            if replicas[s.replicaID]!.engine.place(of: q.requestID) != nil || done[q.requestID] != nil
+                || replicas[s.replicaID]!.movedAway.contains(q.requestID) || replicas[s.replicaID]!.held[q.requestID] != nil { again += 1; continue }
+            if let why = replicas[s.replicaID]!.engine.add(id: q.requestID, prompt: Int(q.prefillTokens), decode: Int(q.decodeTokens), at: t) { refused.append(why); continue }
+            if q.highPriority { highPriority.insert(q.requestID) }
         }
-        replicas[s.replicaID]!.pool?.sync(replicas[s.replicaID]!.engine.blockCounts)
-        if !refused.isEmpty { return (true, "admitted \(s.requests.count - refused.count); refused: " + refused.prefix(5).joined(separator: "; ")) }
-        return (true, "admitted \(s.requests.count)")
+        replicas[s.replicaID]!.syncPool()
+        let already = again > 0 ? "; \(again) already here or moved on" : ""
+        if !refused.isEmpty { return (true, "admitted \(s.requests.count - refused.count - again)\(already); refused: " + refused.prefix(5).joined(separator: "; ")) }
+        return (true, "admitted \(s.requests.count - again)\(already)")
     }
 
     /// Takes what the replica's engine finished by `wallNanos` into the results.
-    private func collect(_ r: inout Replica, wallNanos: Int64) {
+    func collect(_ r: inout Replica, wallNanos: Int64) {
         let clock = r.clock
         for f in r.engine.takeFinished(by: clock.trace(wall: wallNanos)) {
             var res = RequestResult()
@@ -102,8 +122,9 @@ public final class EmulatedReplicas {
             res.emulated = true
             if done[f.id] == nil { doneOrder.append(f.id) }
             done[f.id] = res
+            highPriority.remove(f.id)
         }
-        r.pool?.sync(r.engine.blockCounts)
+        r.syncPool()
     }
 
     /// Real bytes the replicas' KV block pools hold now, and at most so far.

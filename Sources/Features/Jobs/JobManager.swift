@@ -341,6 +341,7 @@ final class JobManager {
                 m.replicaID = x.replica ?? ""; m.nodeID = x.node ?? ""; m.attempts = UInt32(x.attempts)
                 m.queuedSeconds = x.queued; m.serviceSeconds = x.service
                 m.ttft = x.ttft ?? -1; m.meanTbtSeconds = x.meanTBT; m.maxTbtSeconds = x.maxTBT; m.preemptions = UInt32(x.preemptions)
+                m.highPriority = x.request.highPriority; m.migrations = UInt32(x.migrations)
                 return m
             }
         }

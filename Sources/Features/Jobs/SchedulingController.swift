@@ -219,5 +219,7 @@ public final class SchedulingController: CoordinatorFeature {
 /// The coordinator was asked for a policy that does not exist.
 public struct UnknownPolicy: Error, CustomStringConvertible {
     public let name: String
-    public var description: String { "unknown policy '\(name)' (known: \(Policies.names.joined(separator: ", ")))" }
+    public var known = Policies.names
+    public init(name: String, known: [String] = Policies.names) { self.name = name; self.known = known }
+    public var description: String { "unknown policy '\(name)' (known: \(known.joined(separator: ", ")))" }
 }

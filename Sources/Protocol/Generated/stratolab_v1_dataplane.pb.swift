@@ -56,6 +56,9 @@ public nonisolated enum Stratolab_V1_DataPlaneErrorCode: SwiftProtobuf.Enum, Swi
 
   /// The sender gave up (the feature cancelled the transfer).
   case cancelled // = 8
+
+  /// The receiving feature refused a chunk's contents (e.g. a KV block whose bytes are not its own).
+  case rejected // = 9
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -73,6 +76,7 @@ public nonisolated enum Stratolab_V1_DataPlaneErrorCode: SwiftProtobuf.Enum, Swi
     case 6: self = .unsupportedDataVersion
     case 7: self = .malformedFrame
     case 8: self = .cancelled
+    case 9: self = .rejected
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -88,6 +92,7 @@ public nonisolated enum Stratolab_V1_DataPlaneErrorCode: SwiftProtobuf.Enum, Swi
     case .unsupportedDataVersion: return 6
     case .malformedFrame: return 7
     case .cancelled: return 8
+    case .rejected: return 9
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -103,6 +108,7 @@ public nonisolated enum Stratolab_V1_DataPlaneErrorCode: SwiftProtobuf.Enum, Swi
     .unsupportedDataVersion,
     .malformedFrame,
     .cancelled,
+    .rejected,
   ]
 
 }
@@ -286,7 +292,7 @@ public nonisolated struct Stratolab_V1_TransferError: Sendable {
 fileprivate nonisolated let _protobuf_package = "stratolab.v1"
 
 nonisolated extension Stratolab_V1_DataPlaneErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DATA_PLANE_ERROR_UNSPECIFIED\0\u{1}REFUSED\0\u{1}CHECKSUM_MISMATCH\0\u{1}OUT_OF_ORDER\0\u{1}FLOW_CONTROL_VIOLATION\0\u{1}UNKNOWN_TRANSFER\0\u{1}UNSUPPORTED_DATA_VERSION\0\u{1}MALFORMED_FRAME\0\u{1}CANCELLED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DATA_PLANE_ERROR_UNSPECIFIED\0\u{1}REFUSED\0\u{1}CHECKSUM_MISMATCH\0\u{1}OUT_OF_ORDER\0\u{1}FLOW_CONTROL_VIOLATION\0\u{1}UNKNOWN_TRANSFER\0\u{1}UNSUPPORTED_DATA_VERSION\0\u{1}MALFORMED_FRAME\0\u{1}CANCELLED\0\u{1}REJECTED\0")
 }
 
 nonisolated extension Stratolab_V1_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -182,6 +182,9 @@ public nonisolated struct Stratolab_V1_InferenceRequest: Sendable {
 
   public var decodeTokens: UInt32 = 0
 
+  /// high-priority requests get KV headroom (the migration policies keep it free)
+  public var highPriority: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -412,49 +415,110 @@ public nonisolated struct Stratolab_V1_ServiceStatus: @unchecked Sendable {
   fileprivate var _storage = _StorageClass.defaultInstance
 }
 
-public nonisolated struct Stratolab_V1_RequestRecord: Sendable {
+public nonisolated struct Stratolab_V1_RequestRecord: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var requestID: String = String()
+  public var requestID: String {
+    get {_storage._requestID}
+    set {_uniqueStorage()._requestID = newValue}
+  }
 
-  public var serviceID: String = String()
+  public var serviceID: String {
+    get {_storage._serviceID}
+    set {_uniqueStorage()._serviceID = newValue}
+  }
 
-  public var arrival: Double = 0
+  public var arrival: Double {
+    get {_storage._arrival}
+    set {_uniqueStorage()._arrival = newValue}
+  }
 
-  public var prefillTokens: UInt32 = 0
+  public var prefillTokens: UInt32 {
+    get {_storage._prefillTokens}
+    set {_uniqueStorage()._prefillTokens = newValue}
+  }
 
-  public var decodeTokens: UInt32 = 0
+  public var decodeTokens: UInt32 {
+    get {_storage._decodeTokens}
+    set {_uniqueStorage()._decodeTokens = newValue}
+  }
 
   /// trace seconds; -1 while outstanding
-  public var finished: Double = 0
+  public var finished: Double {
+    get {_storage._finished}
+    set {_uniqueStorage()._finished = newValue}
+  }
 
   /// trace seconds; -1 while outstanding
-  public var latency: Double = 0
+  public var latency: Double {
+    get {_storage._latency}
+    set {_uniqueStorage()._latency = newValue}
+  }
 
-  public var replicaID: String = String()
+  public var replicaID: String {
+    get {_storage._replicaID}
+    set {_uniqueStorage()._replicaID = newValue}
+  }
 
-  public var nodeID: String = String()
+  public var nodeID: String {
+    get {_storage._nodeID}
+    set {_uniqueStorage()._nodeID = newValue}
+  }
 
-  public var attempts: UInt32 = 0
+  public var attempts: UInt32 {
+    get {_storage._attempts}
+    set {_uniqueStorage()._attempts = newValue}
+  }
 
-  public var queuedSeconds: Double = 0
+  public var queuedSeconds: Double {
+    get {_storage._queuedSeconds}
+    set {_uniqueStorage()._queuedSeconds = newValue}
+  }
 
-  public var serviceSeconds: Double = 0
+  public var serviceSeconds: Double {
+    get {_storage._serviceSeconds}
+    set {_uniqueStorage()._serviceSeconds = newValue}
+  }
 
   /// trace seconds from arrival to the first token; -1 while outstanding
-  public var ttft: Double = 0
+  public var ttft: Double {
+    get {_storage._ttft}
+    set {_uniqueStorage()._ttft = newValue}
+  }
 
-  public var meanTbtSeconds: Double = 0
+  public var meanTbtSeconds: Double {
+    get {_storage._meanTbtSeconds}
+    set {_uniqueStorage()._meanTbtSeconds = newValue}
+  }
 
-  public var maxTbtSeconds: Double = 0
+  public var maxTbtSeconds: Double {
+    get {_storage._maxTbtSeconds}
+    set {_uniqueStorage()._maxTbtSeconds = newValue}
+  }
 
-  public var preemptions: UInt32 = 0
+  public var preemptions: UInt32 {
+    get {_storage._preemptions}
+    set {_uniqueStorage()._preemptions = newValue}
+  }
+
+  public var highPriority: Bool {
+    get {_storage._highPriority}
+    set {_uniqueStorage()._highPriority = newValue}
+  }
+
+  /// times it moved between replicas with its KV cache
+  public var migrations: UInt32 {
+    get {_storage._migrations}
+    set {_uniqueStorage()._migrations = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Stratolab_V1_RequestsReply: Sendable {
@@ -781,7 +845,7 @@ nonisolated extension Stratolab_V1_ServeRequests: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".InferenceRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}service_id\0\u{1}arrival\0\u{3}prefill_tokens\0\u{3}decode_tokens\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}service_id\0\u{1}arrival\0\u{3}prefill_tokens\0\u{3}decode_tokens\0\u{3}high_priority\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -794,6 +858,7 @@ nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, Swif
       case 3: try { try decoder.decodeSingularDoubleField(value: &self.arrival) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.prefillTokens) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.decodeTokens) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.highPriority) }()
       default: break
       }
     }
@@ -815,6 +880,9 @@ nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, Swif
     if self.decodeTokens != 0 {
       try visitor.visitSingularUInt32Field(value: self.decodeTokens, fieldNumber: 5)
     }
+    if self.highPriority != false {
+      try visitor.visitSingularBoolField(value: self.highPriority, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -824,6 +892,7 @@ nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, Swif
     if lhs.arrival != rhs.arrival {return false}
     if lhs.prefillTokens != rhs.prefillTokens {return false}
     if lhs.decodeTokens != rhs.decodeTokens {return false}
+    if lhs.highPriority != rhs.highPriority {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1256,104 +1325,184 @@ nonisolated extension Stratolab_V1_ServiceStatus: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Stratolab_V1_RequestRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}service_id\0\u{1}arrival\0\u{3}prefill_tokens\0\u{3}decode_tokens\0\u{1}finished\0\u{1}latency\0\u{3}replica_id\0\u{3}node_id\0\u{1}attempts\0\u{3}queued_seconds\0\u{3}service_seconds\0\u{1}ttft\0\u{3}mean_tbt_seconds\0\u{3}max_tbt_seconds\0\u{1}preemptions\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}service_id\0\u{1}arrival\0\u{3}prefill_tokens\0\u{3}decode_tokens\0\u{1}finished\0\u{1}latency\0\u{3}replica_id\0\u{3}node_id\0\u{1}attempts\0\u{3}queued_seconds\0\u{3}service_seconds\0\u{1}ttft\0\u{3}mean_tbt_seconds\0\u{3}max_tbt_seconds\0\u{1}preemptions\0\u{3}high_priority\0\u{1}migrations\0")
+
+  fileprivate class _StorageClass {
+    var _requestID: String = String()
+    var _serviceID: String = String()
+    var _arrival: Double = 0
+    var _prefillTokens: UInt32 = 0
+    var _decodeTokens: UInt32 = 0
+    var _finished: Double = 0
+    var _latency: Double = 0
+    var _replicaID: String = String()
+    var _nodeID: String = String()
+    var _attempts: UInt32 = 0
+    var _queuedSeconds: Double = 0
+    var _serviceSeconds: Double = 0
+    var _ttft: Double = 0
+    var _meanTbtSeconds: Double = 0
+    var _maxTbtSeconds: Double = 0
+    var _preemptions: UInt32 = 0
+    var _highPriority: Bool = false
+    var _migrations: UInt32 = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _requestID = source._requestID
+      _serviceID = source._serviceID
+      _arrival = source._arrival
+      _prefillTokens = source._prefillTokens
+      _decodeTokens = source._decodeTokens
+      _finished = source._finished
+      _latency = source._latency
+      _replicaID = source._replicaID
+      _nodeID = source._nodeID
+      _attempts = source._attempts
+      _queuedSeconds = source._queuedSeconds
+      _serviceSeconds = source._serviceSeconds
+      _ttft = source._ttft
+      _meanTbtSeconds = source._meanTbtSeconds
+      _maxTbtSeconds = source._maxTbtSeconds
+      _preemptions = source._preemptions
+      _highPriority = source._highPriority
+      _migrations = source._migrations
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.serviceID) }()
-      case 3: try { try decoder.decodeSingularDoubleField(value: &self.arrival) }()
-      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.prefillTokens) }()
-      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.decodeTokens) }()
-      case 6: try { try decoder.decodeSingularDoubleField(value: &self.finished) }()
-      case 7: try { try decoder.decodeSingularDoubleField(value: &self.latency) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.replicaID) }()
-      case 9: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
-      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.attempts) }()
-      case 11: try { try decoder.decodeSingularDoubleField(value: &self.queuedSeconds) }()
-      case 12: try { try decoder.decodeSingularDoubleField(value: &self.serviceSeconds) }()
-      case 13: try { try decoder.decodeSingularDoubleField(value: &self.ttft) }()
-      case 14: try { try decoder.decodeSingularDoubleField(value: &self.meanTbtSeconds) }()
-      case 15: try { try decoder.decodeSingularDoubleField(value: &self.maxTbtSeconds) }()
-      case 16: try { try decoder.decodeSingularUInt32Field(value: &self.preemptions) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._requestID) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._serviceID) }()
+        case 3: try { try decoder.decodeSingularDoubleField(value: &_storage._arrival) }()
+        case 4: try { try decoder.decodeSingularUInt32Field(value: &_storage._prefillTokens) }()
+        case 5: try { try decoder.decodeSingularUInt32Field(value: &_storage._decodeTokens) }()
+        case 6: try { try decoder.decodeSingularDoubleField(value: &_storage._finished) }()
+        case 7: try { try decoder.decodeSingularDoubleField(value: &_storage._latency) }()
+        case 8: try { try decoder.decodeSingularStringField(value: &_storage._replicaID) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._nodeID) }()
+        case 10: try { try decoder.decodeSingularUInt32Field(value: &_storage._attempts) }()
+        case 11: try { try decoder.decodeSingularDoubleField(value: &_storage._queuedSeconds) }()
+        case 12: try { try decoder.decodeSingularDoubleField(value: &_storage._serviceSeconds) }()
+        case 13: try { try decoder.decodeSingularDoubleField(value: &_storage._ttft) }()
+        case 14: try { try decoder.decodeSingularDoubleField(value: &_storage._meanTbtSeconds) }()
+        case 15: try { try decoder.decodeSingularDoubleField(value: &_storage._maxTbtSeconds) }()
+        case 16: try { try decoder.decodeSingularUInt32Field(value: &_storage._preemptions) }()
+        case 17: try { try decoder.decodeSingularBoolField(value: &_storage._highPriority) }()
+        case 18: try { try decoder.decodeSingularUInt32Field(value: &_storage._migrations) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.requestID.isEmpty {
-      try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 1)
-    }
-    if !self.serviceID.isEmpty {
-      try visitor.visitSingularStringField(value: self.serviceID, fieldNumber: 2)
-    }
-    if self.arrival.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.arrival, fieldNumber: 3)
-    }
-    if self.prefillTokens != 0 {
-      try visitor.visitSingularUInt32Field(value: self.prefillTokens, fieldNumber: 4)
-    }
-    if self.decodeTokens != 0 {
-      try visitor.visitSingularUInt32Field(value: self.decodeTokens, fieldNumber: 5)
-    }
-    if self.finished.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.finished, fieldNumber: 6)
-    }
-    if self.latency.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.latency, fieldNumber: 7)
-    }
-    if !self.replicaID.isEmpty {
-      try visitor.visitSingularStringField(value: self.replicaID, fieldNumber: 8)
-    }
-    if !self.nodeID.isEmpty {
-      try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 9)
-    }
-    if self.attempts != 0 {
-      try visitor.visitSingularUInt32Field(value: self.attempts, fieldNumber: 10)
-    }
-    if self.queuedSeconds.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.queuedSeconds, fieldNumber: 11)
-    }
-    if self.serviceSeconds.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.serviceSeconds, fieldNumber: 12)
-    }
-    if self.ttft.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.ttft, fieldNumber: 13)
-    }
-    if self.meanTbtSeconds.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.meanTbtSeconds, fieldNumber: 14)
-    }
-    if self.maxTbtSeconds.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.maxTbtSeconds, fieldNumber: 15)
-    }
-    if self.preemptions != 0 {
-      try visitor.visitSingularUInt32Field(value: self.preemptions, fieldNumber: 16)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._requestID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._requestID, fieldNumber: 1)
+      }
+      if !_storage._serviceID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._serviceID, fieldNumber: 2)
+      }
+      if _storage._arrival.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._arrival, fieldNumber: 3)
+      }
+      if _storage._prefillTokens != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._prefillTokens, fieldNumber: 4)
+      }
+      if _storage._decodeTokens != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._decodeTokens, fieldNumber: 5)
+      }
+      if _storage._finished.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._finished, fieldNumber: 6)
+      }
+      if _storage._latency.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._latency, fieldNumber: 7)
+      }
+      if !_storage._replicaID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._replicaID, fieldNumber: 8)
+      }
+      if !_storage._nodeID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._nodeID, fieldNumber: 9)
+      }
+      if _storage._attempts != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._attempts, fieldNumber: 10)
+      }
+      if _storage._queuedSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._queuedSeconds, fieldNumber: 11)
+      }
+      if _storage._serviceSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._serviceSeconds, fieldNumber: 12)
+      }
+      if _storage._ttft.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._ttft, fieldNumber: 13)
+      }
+      if _storage._meanTbtSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._meanTbtSeconds, fieldNumber: 14)
+      }
+      if _storage._maxTbtSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._maxTbtSeconds, fieldNumber: 15)
+      }
+      if _storage._preemptions != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._preemptions, fieldNumber: 16)
+      }
+      if _storage._highPriority != false {
+        try visitor.visitSingularBoolField(value: _storage._highPriority, fieldNumber: 17)
+      }
+      if _storage._migrations != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._migrations, fieldNumber: 18)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Stratolab_V1_RequestRecord, rhs: Stratolab_V1_RequestRecord) -> Bool {
-    if lhs.requestID != rhs.requestID {return false}
-    if lhs.serviceID != rhs.serviceID {return false}
-    if lhs.arrival != rhs.arrival {return false}
-    if lhs.prefillTokens != rhs.prefillTokens {return false}
-    if lhs.decodeTokens != rhs.decodeTokens {return false}
-    if lhs.finished != rhs.finished {return false}
-    if lhs.latency != rhs.latency {return false}
-    if lhs.replicaID != rhs.replicaID {return false}
-    if lhs.nodeID != rhs.nodeID {return false}
-    if lhs.attempts != rhs.attempts {return false}
-    if lhs.queuedSeconds != rhs.queuedSeconds {return false}
-    if lhs.serviceSeconds != rhs.serviceSeconds {return false}
-    if lhs.ttft != rhs.ttft {return false}
-    if lhs.meanTbtSeconds != rhs.meanTbtSeconds {return false}
-    if lhs.maxTbtSeconds != rhs.maxTbtSeconds {return false}
-    if lhs.preemptions != rhs.preemptions {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._requestID != rhs_storage._requestID {return false}
+        if _storage._serviceID != rhs_storage._serviceID {return false}
+        if _storage._arrival != rhs_storage._arrival {return false}
+        if _storage._prefillTokens != rhs_storage._prefillTokens {return false}
+        if _storage._decodeTokens != rhs_storage._decodeTokens {return false}
+        if _storage._finished != rhs_storage._finished {return false}
+        if _storage._latency != rhs_storage._latency {return false}
+        if _storage._replicaID != rhs_storage._replicaID {return false}
+        if _storage._nodeID != rhs_storage._nodeID {return false}
+        if _storage._attempts != rhs_storage._attempts {return false}
+        if _storage._queuedSeconds != rhs_storage._queuedSeconds {return false}
+        if _storage._serviceSeconds != rhs_storage._serviceSeconds {return false}
+        if _storage._ttft != rhs_storage._ttft {return false}
+        if _storage._meanTbtSeconds != rhs_storage._meanTbtSeconds {return false}
+        if _storage._maxTbtSeconds != rhs_storage._maxTbtSeconds {return false}
+        if _storage._preemptions != rhs_storage._preemptions {return false}
+        if _storage._highPriority != rhs_storage._highPriority {return false}
+        if _storage._migrations != rhs_storage._migrations {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -7,8 +7,10 @@ public struct ServiceRequest: Sendable, Equatable {
     public var arrival: Double
     public var prefill: Int
     public var decode: Int
-    public init(id: String, serviceID: String, arrival: Double, prefill: Int, decode: Int) {
-        self.id = id; self.serviceID = serviceID; self.arrival = arrival; self.prefill = prefill; self.decode = decode
+    /// High-priority requests get KV headroom (the migration policies keep room for them to grow).
+    public var highPriority = false
+    public init(id: String, serviceID: String, arrival: Double, prefill: Int, decode: Int, highPriority: Bool = false) {
+        self.id = id; self.serviceID = serviceID; self.arrival = arrival; self.prefill = prefill; self.decode = decode; self.highPriority = highPriority
     }
 }
 

@@ -170,7 +170,7 @@ public enum DataPlaneBench {
         let exited = DispatchSemaphore(value: 0)
         init(capacity: Int) { buffer = [UInt8](repeating: 0, count: capacity) }
         func shouldAccept(from sender: String, transfer: UInt64, offer: TransferOffer) -> String? { nil }
-        func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) {
+        func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws {
             buffer.withUnsafeMutableBytes { d in _ = memcpy(d.baseAddress!, bytes.baseAddress!, min(bytes.count, d.count)) }
             self.bytes += bytes.count
         }

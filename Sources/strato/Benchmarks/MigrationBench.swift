@@ -35,7 +35,7 @@ enum MigrationBench {
             first[transfer] = f
             return nil
         }
-        func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) {
+        func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws {
             let base = first[transfer] ?? 0
             var at = 0
             while at < bytes.count {

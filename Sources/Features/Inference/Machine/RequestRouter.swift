@@ -26,6 +26,8 @@ public final class RequestRouter {
         public var meanTBT = 0.0
         public var maxTBT = 0.0
         public var preemptions = 0
+        /// Times it moved between replicas with its KV cache.
+        public var migrations = 0
     }
     public struct ReadyReplica: Equatable { public var service: String; public var node: String; public var batch: Int }
     /// A request's result as the replica measured it; `finished` in trace seconds.
@@ -55,6 +57,14 @@ public final class RequestRouter {
     private var outstanding: [String: Set<String>] = [:]
     /// Request ids whose record changed since the last `takeDirty`.
     private(set) var dirty = Set<String>()
+    /// Requests being migrated: if their replica is lost meanwhile they wait for the migration's
+    /// outcome (the destination may resume them from the KV that arrived) instead of going back
+    /// to the queue at once. Value: the destination replica.
+    public private(set) var migrating: [String: String] = [:]
+    /// Migrating requests whose source replica was lost: neither queued nor on a replica.
+    public private(set) var held = Set<String>()
+    /// Replicas that take no new requests (their node is drained, or they are being emptied).
+    public private(set) var closed = Set<String>()
 
     // MARK: requests
 
@@ -103,11 +113,13 @@ public final class RequestRouter {
     @discardableResult
     public func replicaGone(_ id: String) -> [String] {
         ready[id] = nil
+        closed.remove(id)
         let lost = (outstanding.removeValue(forKey: id) ?? []).sorted()
         for q in lost {
             guard var r = records[q], r.finished == nil else { continue }
             r.replica = nil; r.node = nil
             records[q] = r
+            if migrating[q] != nil { held.insert(q); continue }
             enqueue(q, service: r.request.serviceID)
         }
         return lost
@@ -123,6 +135,47 @@ public final class RequestRouter {
         }
     }
 
+    // MARK: migration
+
+    /// A migration of `id` to `replica` started: if its source is lost meanwhile, it is held.
+    public func migrationStarted(_ id: String, to replica: String) {
+        guard records[id]?.finished == nil else { return }
+        migrating[id] = replica
+    }
+
+    /// The request now runs on `replica` of `node` (a migration committed there).
+    public func moved(_ id: String, to replica: String, node: String) {
+        migrating[id] = nil
+        held.remove(id)
+        guard var r = records[id], r.finished == nil else { return }
+        if let from = r.replica { outstanding[from]?.remove(id) }
+        r.replica = replica
+        r.node = node
+        r.migrations += 1
+        records[id] = r
+        outstanding[replica, default: []].insert(id)
+        tallies[r.request.serviceID]?.migrations += 1
+        dirty.insert(id)
+    }
+
+    /// The migration ended without moving the request: it stays where it was, or, when its source
+    /// was lost meanwhile, waits again (ahead of newer ones). True when it went back to the queue.
+    @discardableResult
+    public func migrationEnded(_ id: String) -> Bool {
+        migrating[id] = nil
+        guard held.remove(id) != nil, let r = records[id], r.finished == nil else { return false }
+        enqueue(id, service: r.request.serviceID)
+        return true
+    }
+
+    /// A replica takes no new requests (true) or takes them again (false); the ones it has stay.
+    public func setClosed(_ replica: String, _ isClosed: Bool) {
+        if isClosed { closed.insert(replica) } else { closed.remove(replica) }
+    }
+
+    /// Requests outstanding on a replica (sent to it, not finished).
+    public func outstanding(on replica: String) -> Set<String> { outstanding[replica] ?? [] }
+
     /// Routes requests that have arrived by `now` to ready replicas: (replica, node, requests).
     public func route(now: Double) -> [(replica: String, node: String, requests: [ServiceRequest])] {
         var batches: [String: [ServiceRequest]] = [:]
@@ -132,7 +185,7 @@ public final class RequestRouter {
                 queue.sort { (records[$0]!.request.arrival, $0) < (records[$1]!.request.arrival, $1) }
                 waitingUnsorted.remove(service)
             }
-            let replicas = ready.filter { $0.value.service == service }.map(\.key).sorted()
+            let replicas = ready.filter { $0.value.service == service && !closed.contains($0.key) }.map(\.key).sorted()
             var taken = 0
             while taken < queue.count, !replicas.isEmpty {
                 let id = queue[taken]
@@ -170,6 +223,10 @@ public final class RequestRouter {
             settled.append(res.requestID)
             guard var r = records[res.requestID], r.finished == nil else { continue }
             if let rep = r.replica { outstanding[rep]?.remove(res.requestID) }
+            // A result from where it moved (or was still running) settles a migration too.
+            outstanding[res.replicaID]?.remove(res.requestID)
+            migrating[res.requestID] = nil
+            held.remove(res.requestID)
             r.finished = res.finished
             r.latency = max(0, res.finished - r.request.arrival)
             r.replica = res.replicaID
@@ -223,7 +280,7 @@ public final class RequestRouter {
     /// run holds tens of thousands of requests); `resent` counts sends after the first (a lost
     /// replica, a refusal, a coordinator restart).
     public struct Tally {
-        public var submitted = 0, completed = 0, withinSLO = 0, resent = 0, preemptions = 0
+        public var submitted = 0, completed = 0, withinSLO = 0, resent = 0, preemptions = 0, migrations = 0
         public var latencies: [Double] = [], ttfts: [Double] = [], tbts: [Double] = []
     }
     private var tallies: [String: Tally] = [:]
@@ -234,6 +291,7 @@ public final class RequestRouter {
         var t = tallies[r.request.serviceID] ?? Tally()
         t.submitted += 1
         t.resent += max(0, r.attempts - 1)
+        t.migrations += r.migrations
         if let l = r.latency {
             t.completed += 1; t.latencies.append(l); if r.withinSLO { t.withinSLO += 1 }
             t.ttfts.append(r.ttft ?? l); t.tbts.append(r.meanTBT); t.preemptions += r.preemptions

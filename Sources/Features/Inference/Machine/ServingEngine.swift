@@ -66,6 +66,8 @@ public struct ServingEngine: Sendable {
         var gapSum = 0.0
         var maxGap = 0.0
         var preemptions = 0
+        /// Moved here by a migration and no token out here yet.
+        var resumed = false
         /// Tokens whose KV must exist before the next token: the prompt, and every generated token
         /// but the newest (its KV is computed by the step that emits the next one). After a
         /// recompute preemption they are prefilled again.
@@ -86,6 +88,7 @@ public struct ServingEngine: Sendable {
     private var done: [Finished] = []
     public private(set) var steps = 0
     public private(set) var preemptions = 0
+    private var resumeGaps: [String: Double] = [:]
 
     public init(model: InferenceModel, config: Config) {
         self.model = model
@@ -169,6 +172,11 @@ public struct ServingEngine: Sendable {
         running.first { $0.id == id }.map(Self.export)
     }
 
+    /// A request's state wherever it is in the engine, without taking it out.
+    public func peek(_ id: String) -> SequenceState? {
+        (running.first { $0.id == id } ?? waiting.first { $0.id == id } ?? swapped.first { $0.id == id }).map(Self.export)
+    }
+
     /// Blocks holding computed KV of a running request (what a copy stage can send).
     public func computedBlocks(of id: String) -> Int? {
         running.first { $0.id == id }.map { blocks(for: $0.computed) }
@@ -186,6 +194,52 @@ public struct ServingEngine: Sendable {
         let s = running.remove(at: i)
         freeBlocks += s.blocks
         return Self.export(s)
+    }
+
+    public enum Place: String, Sendable { case waiting, running, swapped }
+
+    /// Where a request is in the engine (nil: not here, or finished).
+    public func place(of id: String) -> Place? {
+        if running.contains(where: { $0.id == id }) { return .running }
+        if waiting.contains(where: { $0.id == id }) { return .waiting }
+        if swapped.contains(where: { $0.id == id }) { return .swapped }
+        return nil
+    }
+
+    /// Takes a request out wherever it is: a running one after the step in flight (`suspend`); a
+    /// waiting or swapped one with no KV to move (its state says `computed` 0: the destination
+    /// prefills it again). Its blocks are freed.
+    public mutating func takeOut(_ id: String) -> SequenceState? {
+        if let st = suspend(id) { return st }
+        if let i = swapped.firstIndex(where: { $0.id == id }) {
+            var s = swapped.remove(at: i)
+            freeSwapBlocks += s.blocks
+            s.blocks = 0; s.computed = 0
+            return Self.export(s)
+        }
+        if let i = waiting.firstIndex(where: { $0.id == id }) { return Self.export(waiting.remove(at: i)) }
+        return nil
+    }
+
+    /// The gap between the last token a request had before it moved and its first one here, once
+    /// that token is out (taken once): the downtime a migration added, plus one normal step.
+    public mutating func takeResumeGap(_ id: String) -> Double? { resumeGaps.removeValue(forKey: id) }
+
+    /// What the migration policies see of this engine: blocks in use, the head of the waiting
+    /// queue's demand, and each running request's blocks and remaining output.
+    public struct Load: Sendable, Equatable {
+        public struct Request: Sendable, Equatable { public var id: String; public var blocks: Int; public var remaining: Int; public var generated: Int }
+        public var totalBlocks: Int
+        public var usedBlocks: Int
+        public var headOfQueueDemand: Int
+        public var waiting: Int
+        public var running: [Request]
+    }
+
+    public var loadSnapshot: Load {
+        Load(totalBlocks: gpuBlocks, usedBlocks: usedBlocks, headOfQueueDemand: waiting.first.map { blocks(for: $0.target) } ?? 0,
+             waiting: waiting.count + swapped.count,
+             running: running.map { Load.Request(id: $0.id, blocks: $0.blocks, remaining: max(0, $0.decode - $0.generated), generated: $0.generated) })
     }
 
     /// Sets aside `count` blocks for a request about to arrive (a migration's destination); false
@@ -206,6 +260,7 @@ public struct ServingEngine: Sendable {
         var s = Sequence(id: st.id, prompt: st.prompt, decode: st.decode, arrived: st.arrived)
         s.admitted = st.admitted; s.generated = st.generated; s.computed = min(st.computed, kvBlocks * config.blockTokens)
         s.firstToken = st.firstToken; s.lastToken = st.lastToken; s.gapSum = st.gapSum; s.maxGap = st.maxGap; s.preemptions = st.preemptions
+        s.resumed = st.lastToken != nil
         s.blocks = reserved
         // Blocks for what must be prefilled again beyond the reservation come from the free pool;
         // without room it waits to be recomputed from scratch, like a preempted request.
@@ -323,7 +378,11 @@ public struct ServingEngine: Sendable {
             s.computed += n
             // A decode step, or the step that completes the prefill, emits one output token.
             if decoding || !s.prefilling {
-                if let last = s.lastToken { let gap = end - last; s.gapSum += gap; s.maxGap = max(s.maxGap, gap) }
+                if let last = s.lastToken {
+                    let gap = end - last; s.gapSum += gap; s.maxGap = max(s.maxGap, gap)
+                    if s.resumed { resumeGaps[s.id] = gap }
+                }
+                s.resumed = false
                 if s.firstToken == nil { s.firstToken = end }
                 s.lastToken = end
                 s.generated += 1

@@ -264,9 +264,9 @@ public struct MigrationDestination: Sendable {
         return [.resume(blocks: received)]
     }
 
-    /// The source aborted before the final stage: drop everything.
+    /// The source aborted before the final stage (or gave up on an orphaned copy): drop everything.
     public mutating func abort() -> [Directive] {
-        guard phase == .receiving else { return [] }
+        guard phase == .receiving || phase == .orphaned else { return [] }
         phase = .released
         return [.release(blocks: reservedBlocks)]
     }
@@ -276,5 +276,13 @@ public struct MigrationDestination: Sendable {
         guard phase == .receiving else { return [] }
         phase = .orphaned
         return [.reportPartial(blocks: received)]
+    }
+
+    /// The coordinator decided for an orphaned copy: resume the request from what arrived (the
+    /// rest recomputed), or drop it (the request went elsewhere).
+    public mutating func resolve(resume: Bool) -> [Directive] {
+        guard phase == .orphaned else { return [] }
+        phase = resume ? .resumed : .released
+        return resume ? [.resume(blocks: received)] : [.release(blocks: reservedBlocks)]
     }
 }
