@@ -22,6 +22,9 @@ public struct Topology: Equatable {
         public var migrationPolicy = "none"
         public var migrationMethod = "live"
         public var kvBytesScale: Double? = nil
+        /// The emulated link KV caches cross between GPU nodes, for their real size (nil: the
+        /// coordinator's default).
+        public var kvLink: String? = nil
     }
 
     public enum NodeSpec: Equatable {
@@ -77,7 +80,12 @@ public struct Topology: Equatable {
         }
         if let c = top["coordinator"] {
             let m = try c.mapping(allowed: ["endpoint", "heartbeat_ms", "suspect_after_ms", "dead_after_ms", "policy", "time_scale",
-                                            "migration_policy", "migration_method", "kv_bytes_scale"])
+                                            "migration_policy", "migration_method", "kv_bytes_scale", "kv_link"])
+            if let v = m["kv_link"] {
+                let x = try v.string()
+                if x != "0" { do { _ = try NetworkConditions.parseBandwidth(x) } catch { throw v.fail("kv_link: \(error)") } }
+                t.coordinator.kvLink = x
+            }
             if let v = m["migration_policy"] {
                 let p = try v.string()
                 guard MigrationPolicies.named(p) != nil else { throw v.fail("unknown migration policy '\(p)' (known: \(MigrationPolicies.names.joined(separator: ", ")))") }
@@ -275,6 +283,7 @@ public struct Topology: Equatable {
                     "--time-scale", "\(coordinator.timeScale)", "--data", DataPaths.dataDirectory(),
                     "--migration-policy", coordinator.migrationPolicy, "--migration-method", coordinator.migrationMethod]
         if let x = coordinator.kvBytesScale { args += ["--kv-bytes-scale", "\(x)"] }
+        if let x = coordinator.kvLink { args += ["--kv-link", x] }
         if let k = keysDirectory { args += ["--keys", k] }
         return args
     }

@@ -32,6 +32,8 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(name: .customLong("migration-downtime-ms"), help: "The stall (trace milliseconds) a live migration's final stage may add.") var migrationDowntimeMs = 20.0
     @Option(name: .customLong("migration-interval-ms"), help: "Wall milliseconds between migration-policy rounds.") var migrationIntervalMs = 250.0
     @Option(name: .customLong("migration-max-concurrent"), help: "Migrations in flight at once.") var migrationMaxConcurrent = 4
+    @Option(name: .customLong("kv-link"), help: "Emulated link KV caches cross between GPU nodes, for their real size (25gbit, 100gbit, 10GB/s; 0: none): a copy of scaled bytes takes the real bytes' time on it.")
+    var kvLink = "25gbit"
 
     func validate() throws {
         guard Policies.named(policy) != nil else { throw ValidationError("--policy '\(policy)' is unknown (known: \(Policies.names.joined(separator: ", ")))") }
@@ -39,6 +41,7 @@ struct CoordinatorCommand: ParsableCommand {
         guard MigrationPolicies.named(migrationPolicy) != nil else {
             throw ValidationError("--migration-policy '\(migrationPolicy)' is unknown (known: \(MigrationPolicies.names.joined(separator: ", ")))")
         }
+        if kvLink != "0" { do { _ = try NetworkConditions.parseBandwidth(kvLink) } catch { throw ValidationError("--kv-link: \(error)") } }
         guard MigrationMethod(rawValue: migrationMethod) != nil else { throw ValidationError("--migration-method '\(migrationMethod)' must be live, blocking or recompute") }
         guard migrationDowntimeMs > 0, migrationIntervalMs > 0, migrationMaxConcurrent >= 1 else {
             throw ValidationError("--migration-downtime-ms and --migration-interval-ms must be positive, --migration-max-concurrent at least 1")
@@ -75,6 +78,7 @@ struct CoordinatorCommand: ParsableCommand {
         migration.downtimeBudget = migrationDowntimeMs / 1000
         migration.interval = migrationIntervalMs / 1000
         migration.maxConcurrent = migrationMaxConcurrent
+        migration.kvLinkBytesPerSecond = kvLink == "0" ? 0 : (try NetworkConditions.parseBandwidth(kvLink) ?? 0)
         let server = CoordinatorServer(config: config, features: [
             scheduling,                             // features "jobs" and "inference"
             try MigrationController(scheduling: scheduling, settings: migration),   // feature "migration": requests move with their KV

@@ -118,6 +118,7 @@ struct MigrationTests {
         try bed.cluster.waitFor("downtimes reported", seconds: 10) {
             try bed.client.migrations().migrations.allSatisfy { $0.destinationOutcome == "committed" && $0.downtimeSeconds >= 0 }
         }
+        print(MigrationTable.render(try bed.client.migrations()))
 
         // Bad input, each named; nothing moves.
         func refused(_ request: String, _ node: String, _ fragment: String) {

@@ -18,6 +18,12 @@ public struct MigrationSettings: Sendable {
     public var maxConcurrent = 4
     /// Wall seconds after which a migration nobody reports on is given up (its request waits again).
     public var giveUpAfter = 60.0
+    /// The emulated link KV caches cross between GPU nodes, in bytes of real (unscaled) KV per
+    /// second: 25 Gbit/s, the network of a mid-size cloud GPU instance (e.g. AWS g5.8xlarge, one
+    /// A10G). Replicas hold KV at `kv_bytes_scale`, so the data plane moves fewer bytes than the
+    /// real cache has; each transfer then takes at least the time the real bytes need on this
+    /// link. 0: as fast as the data plane moves the scaled bytes.
+    public var kvLinkBytesPerSecond = 25e9 / 8
     public init() {}
 }
 
@@ -252,7 +258,10 @@ public final class MigrationController: CoordinatorFeature {
                 return instance(id, l, s, traceNow: traceNow)
             }
             guard instances.count >= 2 else { continue }
-            let costs = MigrationCosts(blockBytes: blockBytes(instances.first!.id), bandwidthBytesPerSecond: bandwidth ?? 1e9)
+            // Costs in real bytes over the KV link (trace seconds), as the real system would pay them.
+            let full = loads[instances.first!.id]?.report.blockBytes ?? 0
+            let costs = settings.kvLinkBytesPerSecond > 0 ? MigrationCosts(blockBytes: full, bandwidthBytesPerSecond: settings.kvLinkBytesPerSecond)
+                : MigrationCosts(blockBytes: blockBytes(instances.first!.id), bandwidthBytesPerSecond: (bandwidth ?? 1e9) * jobs.timeScale)
             decisions += policy.decide(instances, costs: costs, busy: busyRequests).map { ($0, service) }
         }
         var started = false
@@ -333,7 +342,10 @@ public final class MigrationController: CoordinatorFeature {
         m.destinationNode = dest.node; m.destinationReplica = toReplica
         m.destinationEndpoint = node.status.dataEndpoint; m.destinationPublicKey = node.status.dataPublicKey
         m.method = method.rawValue; m.downtimeBudgetSeconds = settings.downtimeBudget; m.stageCap = UInt32(settings.stageCap)
-        m.bandwidthBytesPerSecond = bandwidth ?? 0; m.reason = reason
+        m.kvLinkBytesPerSecond = settings.kvLinkBytesPerSecond
+        // Held bytes per wall second: what the stages measured lately, else what the emulated link allows.
+        m.bandwidthBytesPerSecond = bandwidth ?? (settings.kvLinkBytesPerSecond > 0 ? settings.kvLinkBytesPerSecond * scheduling.kvBytesScale * jobs.timeScale : 0)
+        m.reason = reason
         var mc = MigrationCommand(); mc.migrate = m
         save(r)
         order.append(id)
@@ -414,7 +426,8 @@ public final class MigrationController: CoordinatorFeature {
             reply.migrations = chosen.suffix(limit).compactMap { records[$0] }
             for r in records.values { reply.counts["state/" + r.state, default: 0] += 1; reply.counts["reason/" + r.reason, default: 0] += 1 }
             if scheduling.kvBytesScale > 0 {
-                reply.notes.append(String(format: "KV blocks moved as real bytes at kv_bytes_scale %g (1/%.0f of their real size)", scheduling.kvBytesScale, 1 / scheduling.kvBytesScale))
+                reply.notes.append(String(format: "KV blocks moved as real bytes at kv_bytes_scale %g (1/%.0f of their real size)", scheduling.kvBytesScale, 1 / scheduling.kvBytesScale)
+                                   + (settings.kvLinkBytesPerSecond > 0 ? String(format: ", each copy taking at least the real size's time on the emulated %.1f Gbit/s KV link", settings.kvLinkBytesPerSecond * 8 / 1e9) : ""))
             }
         case nil:
             return .error(Self.error("a MigrationApiRequest with no action"))

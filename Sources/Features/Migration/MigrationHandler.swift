@@ -64,7 +64,11 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             self.machine = machine; self.state = state; self.lastHeard = now; self.startedWall = wall
         }
     }
-    private struct InboundTransfer { let migration: String; let phase: String; let firstBlock: Int; let blocks: Int; let state: MigratingRequest?; let flow: UInt64 }
+    private struct InboundTransfer {
+        let migration: String; let phase: String; let firstBlock: Int; let blocks: Int; let state: MigratingRequest?; let flow: UInt64
+        /// When its offer arrived, and the least time the emulated KV link takes for it (monotonic nanos).
+        let offered: Int64; let paceNanos: Int64
+    }
 
     private var outgoing: [String: Outgoing] = [:]
     private var incoming: [String: Incoming] = [:]
@@ -74,6 +78,9 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
     /// Migrations this node finished either side of (a re-sent command is not run twice).
     private var finished = Set<String>()
     private var loadSentAt: [String: (at: Int64, load: InstanceLoadReport)] = [:]
+    /// Transfers that finished before the emulated KV link would have carried their blocks'
+    /// real size: their outcome is handed on when due (monotonic nanos).
+    private var paced: [(due: Int64, deliver: () -> Void)] = []
     /// Problems counted by name (unknown migrations, rejected blocks, ...), also logged.
     public private(set) var problems: [String: Int] = [:]
 
@@ -249,6 +256,13 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
         meta["flow"] = "\(flow)"
         tracer.record(.flowOut, "kv \(phase)", category: "migration", track: "migrations", at: startWall, flow: flow)
         let replica = c.sourceReplica, request = c.requestID
+        // The real-size blocks on the emulated KV link take this long at least (wall nanos, at the
+        // replica's time scale); both ends hold the outcome until then.
+        var paceNanos: Int64 = 0
+        if c.kvLinkBytesPerSecond > 0, let full = replicas.blockBytes(of: replica)?.full, let scale = replicas.clock(of: replica)?.timeScale {
+            paceNanos = Int64(Double(range.count) * full / c.kvLinkBytesPerSecond / scale * 1e9)
+            meta["pace_ns"] = "\(paceNanos)"
+        }
         do {
             o.transfer = try plane.send(to: o.peer, kind: MigrationHandler.transferKind, meta: meta, totalBytes: range.count * blockBytes,
                                         source: { [weak self] offset, length, emit in
@@ -257,19 +271,29 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
                                         },
                                         done: { [weak self] result in
                                             guard let self else { return }
-                                            o.transfer = nil
-                                            let end = self.clock.monotonicNanos()
-                                            o.copyNanos += end - started
-                                            if case .success(let n) = result { o.bytes += n }
-                                            self.tracer.span("kv \(phase)" + (phase == "stage" ? " \(o.machine.stages)" : ""), category: "migration", track: "migrations",
-                                                             start: startWall, end: startWall + (end - started),
-                                                             args: ["migration": c.migrationID, "blocks": "\(range.count)", "bytes": "\(range.count * blockBytes)",
-                                                                    "result": { if case .failure(let e) = result { return "\(e)" }; return "ok" }()])
-                                            done(result)
+                                            if case .success = result, started + paceNanos > self.clock.monotonicNanos() {
+                                                self.paced.append((started + paceNanos, { self.completed(o, phase: phase, range: range, blockBytes: blockBytes, started: started, startWall: startWall, result: result, done: done) }))
+                                                return
+                                            }
+                                            self.completed(o, phase: phase, range: range, blockBytes: blockBytes, started: started, startWall: startWall, result: result, done: done)
                                         })
         } catch {
             done(.failure(.cancelled("could not reach the destination's data plane: \(error)")))
         }
+    }
+
+    /// A transfer of a migration is over (and, with an emulated KV link, its time is up).
+    private func completed(_ o: Outgoing, phase: String, range: Range<Int>, blockBytes: Int, started: Int64, startWall: Int64,
+                           result: Result<Int, DataPlaneError>, done: (Result<Int, DataPlaneError>) -> Void) {
+        o.transfer = nil
+        let end = clock.monotonicNanos()
+        o.copyNanos += end - started
+        if case .success(let n) = result { o.bytes += n }
+        tracer.span("kv \(phase)" + (phase == "stage" ? " \(o.machine.stages)" : ""), category: "migration", track: "migrations",
+                    start: startWall, end: startWall + (end - started),
+                    args: ["migration": o.command.migrationID, "blocks": "\(range.count)", "bytes": "\(range.count * blockBytes)",
+                           "result": { if case .failure(let e) = result { return "\(e)" }; return "ok" }()])
+        done(result)
     }
 
     /// The request's state as the source has it now (taken out, or still running).
@@ -355,7 +379,8 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             }
             i.transferBytes = 0
             inbound["\(sender)/\(transfer)"] = InboundTransfer(migration: id, phase: phase, firstBlock: first, blocks: blocks, state: state,
-                                                                 flow: m["flow"].flatMap(UInt64.init) ?? 0)
+                                                                 flow: m["flow"].flatMap(UInt64.init) ?? 0, offered: now,
+                                                                 paceNanos: m["pace_ns"].flatMap(Int64.init) ?? 0)
             return nil
         default:
             problem("malformed_offer", "phase '\(phase)' from \(sender)")
@@ -391,7 +416,13 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             if let why = i.machine.receive(t.firstBlock..<(t.firstBlock + t.blocks)) { problem("out_of_order", why); release(i, outcome: "released", detail: why); return }
             if let st = t.state { i.state = st }
             if t.flow != 0 { tracer.record(.flowIn, "kv \(t.phase)", category: "migration", track: "migrations", at: clock.wallNanos(), flow: t.flow) }
-            if t.phase == "final" { commit(i, partial: false) }
+            guard t.phase == "final" else { return }
+            // The request resumes once its last blocks would have crossed the emulated KV link.
+            if t.offered + t.paceNanos > clock.monotonicNanos() {
+                paced.append((t.offered + t.paceNanos, { [weak self] in if i.machine.phase == .receiving { self?.commit(i, partial: false) } }))
+            } else {
+                commit(i, partial: false)
+            }
         case .failure(.peerUnreachable(let endpoint, let silence)):
             orphan(i, why: "the source (\(endpoint)) went silent for \(silence) ms mid-copy", cut: t)
         case .failure(let e):
@@ -470,6 +501,11 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
 
     public func pump(wallNanos: Int64) {
         let now = clock.monotonicNanos()
+        if paced.contains(where: { $0.due <= now }) {
+            let due = paced.filter { $0.due <= now }
+            paced.removeAll { $0.due <= now }
+            for p in due { p.deliver() }
+        }
         for o in Array(outgoing.values) {
             if let due = o.finalDueWall, wallNanos >= due { run(o, finalStage(o)); continue }
             // A request that finishes or is preempted on the source while its blocks are copied.
@@ -501,6 +537,7 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             due = min(due ?? next, next)
         }
         if !incoming.isEmpty { due = min(due ?? .max, now + 20_000_000) }
+        for p in paced { due = min(due ?? .max, p.due) }
         return due
     }
 

@@ -154,6 +154,11 @@ public nonisolated struct Stratolab_V1_MigrateRequest: Sendable {
   /// balance | make-room | priority | drain | operator
   public var reason: String = String()
 
+  /// The emulated KV link (bytes of real, unscaled KV per second): each transfer takes at least
+  /// the time its blocks' real size needs on it, so a KV cache held at kv_bytes_scale < 1 moves
+  /// as slowly as the real one would. 0: as fast as the data plane moves the scaled bytes.
+  public var kvLinkBytesPerSecond: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -622,7 +627,7 @@ nonisolated extension Stratolab_V1_MigrationCommand: SwiftProtobuf.Message, Swif
 
 nonisolated extension Stratolab_V1_MigrateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MigrateRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}migration_id\0\u{3}request_id\0\u{3}source_replica\0\u{3}destination_node\0\u{3}destination_replica\0\u{3}destination_endpoint\0\u{3}destination_public_key\0\u{1}method\0\u{3}downtime_budget_seconds\0\u{3}stage_cap\0\u{3}bandwidth_bytes_per_second\0\u{1}reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}migration_id\0\u{3}request_id\0\u{3}source_replica\0\u{3}destination_node\0\u{3}destination_replica\0\u{3}destination_endpoint\0\u{3}destination_public_key\0\u{1}method\0\u{3}downtime_budget_seconds\0\u{3}stage_cap\0\u{3}bandwidth_bytes_per_second\0\u{1}reason\0\u{3}kv_link_bytes_per_second\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -642,6 +647,7 @@ nonisolated extension Stratolab_V1_MigrateRequest: SwiftProtobuf.Message, SwiftP
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.stageCap) }()
       case 11: try { try decoder.decodeSingularDoubleField(value: &self.bandwidthBytesPerSecond) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 13: try { try decoder.decodeSingularDoubleField(value: &self.kvLinkBytesPerSecond) }()
       default: break
       }
     }
@@ -684,6 +690,9 @@ nonisolated extension Stratolab_V1_MigrateRequest: SwiftProtobuf.Message, SwiftP
     if !self.reason.isEmpty {
       try visitor.visitSingularStringField(value: self.reason, fieldNumber: 12)
     }
+    if self.kvLinkBytesPerSecond.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.kvLinkBytesPerSecond, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -700,6 +709,7 @@ nonisolated extension Stratolab_V1_MigrateRequest: SwiftProtobuf.Message, SwiftP
     if lhs.stageCap != rhs.stageCap {return false}
     if lhs.bandwidthBytesPerSecond != rhs.bandwidthBytesPerSecond {return false}
     if lhs.reason != rhs.reason {return false}
+    if lhs.kvLinkBytesPerSecond != rhs.kvLinkBytesPerSecond {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
