@@ -54,7 +54,7 @@ let package = Package(
         .target(name: "RenderAgent", dependencies: ["Cluster", "Scheduling"]),
         .target(
             name: "Experiments",
-            dependencies: ["Cluster", "Coordinator", "GPUAgent", "MemoryAgent", "RenderAgent", "Yams"]),
+            dependencies: ["Cluster", "Coordinator", "GPUAgent", "MemoryAgent", "RenderAgent", "Features", "Yams"]),
         .executableTarget(
             name: "strato",
             dependencies: [

@@ -110,9 +110,10 @@ public struct TransferReceiver: Sendable {
     }
 
     /// The receiving feature refused the contents of chunk `index`: the transfer fails on both sides.
+    /// Called while the chunk's delivery is carried out, so also for the last chunk, whose
+    /// completion the shell then does not send.
     public mutating func rejected(_ why: String, index: UInt64) -> [Directive] {
-        guard !finished else { return [] }
-        return fail(.rejected(why), index: index)
+        fail(.rejected(why), index: index)
     }
 
     public mutating func tick(now: Int64, peer: String) -> [Directive] {

@@ -4,7 +4,9 @@ import Foundation
 /// shaded windows (fault windows) and a legend.
 public struct SVGPlot {
     public struct Series { public var name: String; public var points: [(Double, Double)]
-        public init(name: String, points: [(Double, Double)]) { self.name = name; self.points = points } }
+        /// Points as dots (a scatter), not a line.
+        public var dots = false
+        public init(name: String, points: [(Double, Double)], dots: Bool = false) { self.name = name; self.points = points; self.dots = dots } }
     public var title: String
     public var xLabel: String
     public var yLabel: String
@@ -66,7 +68,12 @@ public struct SVGPlot {
             let stride = max(1, pts.count / 1500)
             let path = pts.enumerated().filter { $0.offset % stride == 0 || $0.offset == pts.count - 1 }
                 .map { String(format: "%.1f,%.1f", px($0.element.0), py($0.element.1)) }.joined(separator: " ")
-            s += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.8\" points=\"\(path)\"/>\n"
+            if se.dots {
+                for p in pts.prefix(3000) { s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%@\" opacity=\"0.75\"/>", px(p.0), py(p.1), color as NSString) }
+                s += "\n"
+            } else {
+                s += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.8\" points=\"\(path)\"/>\n"
+            }
             let ly = t + 14 + Double(i) * 18
             s += "<line x1=\"\(l + pw + 12)\" y1=\"\(ly - 4)\" x2=\"\(l + pw + 34)\" y2=\"\(ly - 4)\" stroke=\"\(color)\" stroke-width=\"3\"/><text x=\"\(l + pw + 40)\" y=\"\(ly)\">\(esc(se.name))</text>\n"
         }

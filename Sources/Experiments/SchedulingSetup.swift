@@ -65,13 +65,17 @@ public enum ClusterSpec {
 
 /// Online services derived from the Azure LLM traces, for the default experiments.
 public enum ServiceSetup {
-    public static func azureServices(dataDirectory: String, seconds: Double, gpuModel: String, meanRPS: Double, sloSeconds: Double = 20) throws -> [ServiceSpec] {
+    /// `trace`: `code`, `conversation` or `both`; `minReplicas` each service keeps at least.
+    public static func azureServices(dataDirectory: String, seconds: Double, gpuModel: String, meanRPS: Double, sloSeconds: Double = 20,
+                                     trace: String = "both", minReplicas: Int = 1) throws -> [ServiceSpec] {
         var out: [ServiceSpec] = []
-        for (name, file) in [("code", "azure_llm_2023_code.csv"), ("conv", "azure_llm_2023_conv.csv")] {
+        let all = [("code", "azure_llm_2023_code.csv"), ("conv", "azure_llm_2023_conv.csv")]
+        for (name, file) in all where trace == "both" || (trace == "code") == (name == "code") {
             let shape = try AzureTraceShape.read(file: dataDirectory + "/inference/" + file)
             var s = ServiceSpec(id: "llama2-7b-\(name)", model: "Llama-2-7b", gpuModel: gpuModel, gpusPerReplica: 1,
                                 rateCurve: shape.curve(seconds: seconds, meanRPS: meanRPS),
-                                meanPrefillTokens: shape.meanPrefillTokens, meanDecodeTokens: shape.meanDecodeTokens, sloSeconds: sloSeconds)
+                                meanPrefillTokens: shape.meanPrefillTokens, meanDecodeTokens: shape.meanDecodeTokens, sloSeconds: sloSeconds,
+                                minReplicas: minReplicas)
             s.requestMix = shape.mix
             out.append(s)
         }

@@ -19,7 +19,7 @@ extension ServiceSpec {
         s.serviceID = id; s.model = model; s.gpuModel = gpuModel; s.gpusPerReplica = UInt32(gpusPerReplica)
         s.rateCurve = rateCurve.map { p in var m = RateCurvePoint(); m.time = p.time; m.rps = p.rps; return m }
         s.meanPrefillTokens = meanPrefillTokens; s.meanDecodeTokens = meanDecodeTokens
-        s.sloSeconds = sloSeconds; s.minReplicas = UInt32(minReplicas)
+        s.sloSeconds = sloSeconds; s.minReplicas = UInt32(minReplicas); s.maxNumSeqs = UInt32(maxNumSeqs)
         return s
     }
 }

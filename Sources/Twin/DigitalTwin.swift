@@ -229,7 +229,7 @@ public struct DigitalTwin {
                         jobs.end(id, at: now)
                     case .startReplica(let id, let service, let p):
                         guard requestLevel, let m = inference[service] else { continue }
-                        replicas.start(id, node: p.nodeID, model: m, batch: scheduler.batchPerReplica[service] ?? 1)
+                        replicas.start(id, node: p.nodeID, model: m, batch: servicesByID[service]?.engineSlots(batch: scheduler.batchPerReplica[service] ?? 1) ?? 1)
                         queue.push(now + options.startLatency, .replicaReady(id))
                     case .stopReplica(let id, _, _):
                         if requestLevel { replicaLost(id, at: now) }

@@ -69,6 +69,7 @@ public enum ExperimentReport {
         var plots = ""
         plots += plot("Nodes by state (coordinator's view)", "nodes") { $0.process == "coordinator" && $0.counter == "nodes" ? $0.metric : nil }
         plots += plot("Jobs by phase", "jobs") { $0.process == "coordinator" && $0.counter == "jobs" ? $0.metric : nil }
+        plots += plot("Migrations by state", "migrations") { $0.process == "coordinator" && $0.counter == "migrations" ? $0.metric : nil }
         plots += plot("GPU utilisation per node (emulated)", "mean utilisation") { $0.metric == "gpu_utilization" ? $0.counter : nil }
         plots += plot("CPU per process", "% of one core") { $0.counter == "process" && $0.metric == "cpu_percent" ? $0.process : nil }
         plots += plot("Control traffic sent per process (cumulative)", "KiB", scale: 1.0 / 1024) { x in
@@ -81,7 +82,7 @@ public enum ExperimentReport {
         func esc(_ x: String) -> String {
             x.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
         }
-        let services = servicesSection(s, dir: dir, esc: esc)
+        let services = servicesSection(s, dir: dir, esc: esc) + MigrationsTable.section(s, esc: esc)
         var faults = "<table><tr><th>fault</th><th>target</th><th>start s</th><th>end s</th></tr>"
         for f in t.faults {
             faults += "<tr><td>\(esc(f.action))</td><td>\(esc(f.target))</td><td>" + String(format: "%.1f", Double(f.startNanos - t0) / 1e9) + "</td><td>"
@@ -99,7 +100,7 @@ public enum ExperimentReport {
         <!doctype html><html><head><meta charset="utf-8"><title>\(esc(s.name))</title>
         <style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>
         <h1>Experiment \(esc(s.name))</h1>
-        <p>Seed \(s.seed) on \(esc(s.platform)), started \(ISO8601DateFormatter().string(from: s.startedAt)); workload \(esc(s.workload)), policy \(esc(s.policy)), time scale \(fmt(s.timeScale))×; ended by \(esc(s.endReason)).</p>
+        <p>Seed \(s.seed) on \(esc(s.platform)), started \(ISO8601DateFormatter().string(from: s.startedAt)); workload \(esc(s.workload)), policy \(esc(s.policy))\(s.migrationPolicy.isEmpty ? "" : ", migration policy " + esc(s.migrationPolicy)), time scale \(fmt(s.timeScale))×; ended by \(esc(s.endReason)).</p>
         \(s.emulated ? "<p><b>Emulation:</b> GPUs and job execution are emulated from published measurements (VectorLM, Gavel, Vidur); latency, jitter and loss are emulated in Stratolab's transport. The processes, messages, faults and timings are real.</p>" : "")
         <h2>Summary</h2>
         <pre>\(esc(ExperimentSummary.table([s])))</pre>

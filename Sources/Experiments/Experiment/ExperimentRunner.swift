@@ -1,4 +1,5 @@
 import Cluster
+import Features
 import Foundation
 import Protocol
 import Scheduling
@@ -18,7 +19,8 @@ public protocol ExperimentPlatform: AnyObject {
 
 /// Runs one experiment spec end to end, repetition by repetition, and writes the results folder.
 public final class ExperimentRunner: @unchecked Sendable {
-    public let spec: ExperimentSpec
+    /// The spec as given; each run sets its own migration policy on it (`variants`).
+    public private(set) var spec: ExperimentSpec
     public let platform: ExperimentPlatform
     public let out: String
     public var dataDirectory = DataPaths.dataDirectory()
@@ -45,23 +47,43 @@ public final class ExperimentRunner: @unchecked Sendable {
         try? fm.removeItem(atPath: out)
         try fm.createDirectory(atPath: out, withIntermediateDirectories: true)
         var summaries: [ExperimentSummary] = []
-        for (i, seed) in spec.seeds.enumerated() {
-            let dir = spec.repetitions == 1 ? out : "\(out)/run-\(i + 1)-seed-\(seed)"
-            print("== \(spec.name): run \(i + 1)/\(spec.repetitions) (seed \(seed)) on \(platform.name) ==")
-            summaries.append(try runOnce(seed: seed, dir: dir))
+        let variants = variants
+        let total = variants.count * spec.seeds.count
+        var n = 0
+        for policy in variants {
+            spec.topology.coordinator.migrationPolicy = policy
+            for (i, seed) in spec.seeds.enumerated() {
+                n += 1
+                var dir = out
+                if variants.count > 1 { dir += "/\(policy)" }
+                if spec.repetitions > 1 { dir += "/run-\(i + 1)-seed-\(seed)" }
+                let what = variants.count > 1 ? "migration policy \(policy), " : ""
+                print("== \(spec.name): run \(n)/\(total) (\(what)seed \(seed)) on \(platform.name) ==")
+                summaries.append(try runOnce(seed: seed, dir: dir))
+                if isInterrupted { break }   // Ctrl-C ends the remaining runs too
+            }
+            if isInterrupted { print("  interrupted: \(total - n) runs not started"); break }
         }
-        if spec.repetitions > 1 {
+        if total > 1 {
             try ExperimentSummary.writeAll(summaries, to: out)
+            if variants.count > 1 { try ExperimentComparison.write(summaries, variants: variants, to: out, title: spec.name) }
         }
         print("")
         print(ExperimentSummary.table(summaries))
+        if variants.count > 1 { print(""); print(ExperimentComparison.text(summaries)) }
         return summaries
+    }
+
+    /// The migration policies to run, one run (per seed) each.
+    var variants: [String] {
+        let listed = spec.workload.services?.migration ?? []
+        return listed.isEmpty ? [spec.topology.coordinator.migrationPolicy] : listed
     }
 
     /// The workload for one seed (jobs to submit; none for idle).
     func workload(seed: UInt64) throws -> Workload? {
         switch spec.workload.kind {
-        case .idle: return nil
+        case .idle, .services: return nil
         case .scheduling, .gavelTrace:
             let nodes = ClusterSpec.nodes(of: spec.topology)
             guard !nodes.isEmpty else {
@@ -88,8 +110,24 @@ public final class ExperimentRunner: @unchecked Sendable {
     /// The online services of the workload (none unless it names `services`).
     func services() throws -> [ServiceSpec] {
         guard let sv = spec.workload.services else { return [] }
-        return try ServiceSetup.azureServices(dataDirectory: dataDirectory, seconds: spec.workload.hours * 3600, gpuModel: sv.gpu,
-                                              meanRPS: sv.rps, sloSeconds: sv.sloSeconds)
+        var out = try ServiceSetup.azureServices(dataDirectory: dataDirectory, seconds: spec.workload.hours * 3600, gpuModel: sv.gpu,
+                                                 meanRPS: sv.rps, sloSeconds: sv.sloSeconds, trace: sv.trace, minReplicas: sv.replicas ?? 1)
+        for i in out.indices { out[i].maxNumSeqs = sv.maxNumSeqs ?? 0 }
+        return out
+    }
+
+    /// The requests for one seed; `priority_share` of them, drawn by a hash of their id and the
+    /// seed (the same ones in every policy's run), are high priority.
+    func requests(_ services: [ServiceSpec], seed: UInt64) -> [ServiceRequest] {
+        var out = RequestStream.generate(services, until: spec.workload.hours * 3600, seed: seed)
+        let share = spec.workload.services?.priorityShare ?? 0
+        guard share > 0 else { return out }
+        for i in out.indices {
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ seed
+            for b in out[i].id.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            out[i].highPriority = Double(h >> 11) / Double(1 << 53) < share
+        }
+        return out
     }
 
     func runOnce(seed: UInt64, dir: String) throws -> ExperimentSummary {
@@ -103,7 +141,7 @@ public final class ExperimentRunner: @unchecked Sendable {
         }
         let workload = try self.workload(seed: seed)
         let services = try self.services()
-        let requests = RequestStream.generate(services, until: spec.workload.hours * 3600, seed: seed)
+        let requests = self.requests(services, seed: seed)
         var driver: RequestDriver?
         var lastRequests: RequestsReply?
         // The runner records too: phases, submissions and fault windows, on the coordinator's host clock.
@@ -112,6 +150,8 @@ public final class ExperimentRunner: @unchecked Sendable {
         var summary = ExperimentSummary(name: spec.name, seed: seed, platform: platform.name, startedAt: Date())
         summary.workload = spec.workload.kind.rawValue
         summary.policy = spec.topology.coordinator.policy
+        if spec.workload.services != nil { summary.migrationPolicy = spec.topology.coordinator.migrationPolicy }
+        var lastMigrations: MigrationApiReply?
         summary.timeScale = spec.topology.coordinator.timeScale
         summary.nodesTotal = spec.topology.nodeIDs.count
         summary.expectedProcesses = ["coordinator"] + spec.topology.nodes.map(\.id)
@@ -128,7 +168,7 @@ public final class ExperimentRunner: @unchecked Sendable {
             let client = try platform.up(spec) { print("  \($0)") }
             defer { client.close() }
             let upSeconds = Date().timeIntervalSince(upStart)
-            let injector = FaultInjector(backend: platform.faults)
+            let injector = FaultInjector(backend: platform.faults, operatorClient: client)
             injectorRef = injector
             Tracer.shared.instant("testbed up", category: "experiment", track: "phases")
             lastStatus = try waitAlive(client)
@@ -151,10 +191,17 @@ public final class ExperimentRunner: @unchecked Sendable {
                                    args: ["jobs": "\(submitted)", "rejected": "\(rejected.count)", "workload": w.name])
                 print("  submitted \(submitted) jobs (\(w.name))\(rejected.isEmpty ? "" : ", \(rejected.count) rejected")")
                 for r in rejected.prefix(5) { print("    rejected: \(r)") }
-                if !requests.isEmpty {
-                    driver = try RequestDriver.start(requests, via: client)
-                    print("  driving \(requests.count) inference requests for \(services.map(\.id).joined(separator: ", ")) at their arrival times")
-                }
+            } else if !services.isEmpty {
+                let r = try client.submit([], services: services.map(\.submission))
+                for x in r.rejected { summary.problems.append("service rejected: \(x)"); print("  service rejected: \(x)") }
+                if r.accepted == 0 { throw SpecError(file: spec.file, line: 0, field: "workload.services", message: "the coordinator accepted none of the services: \(r.rejected.joined(separator: "; "))") }
+                print("  submitted \(r.accepted) services (\(services.map(\.id).joined(separator: ", ")))")
+            }
+            if !requests.isEmpty {
+                driver = try RequestDriver.start(requests, via: client)
+                let high = requests.filter(\.highPriority).count
+                print("  driving \(requests.count) inference requests for \(services.map(\.id).joined(separator: ", ")) at their arrival times"
+                      + (high > 0 ? " (\(high) high priority)" : "") + (services.isEmpty ? "" : ", migration policy \(spec.topology.coordinator.migrationPolicy)"))
             }
             defer { driver?.stop() }
             // The timeline: every start and stop, in time order.
@@ -168,6 +215,7 @@ public final class ExperimentRunner: @unchecked Sendable {
             var lastProgress = Date.distantPast
             var coordinatorAnswers = true
             var doneShown = false   // the line that shows everything done, once (an end: duration run goes on)
+            var lastMigrationPoll = -10.0
             while true {
                 let elapsed = Date().timeIntervalSince(t0)
                 while let next = timeline.first, next.at <= elapsed {
@@ -194,14 +242,19 @@ public final class ExperimentRunner: @unchecked Sendable {
                     coordinatorAnswers = true
                     if workload != nil, let j = try? client.jobs(timeoutMs: 1000) { lastJobs = j }
                     if driver != nil, let r = try? client.requests(timeoutMs: 1000) { lastRequests = r }
+                    if driver != nil, elapsed - lastMigrationPoll >= 2, let m = try? client.migrations(includeDone: true, limit: 100_000, timeoutMs: 1000) {
+                        lastMigrations = m
+                        lastMigrationPoll = elapsed
+                    }
                 }
-                let jobsDone = workload != nil && lastJobs.map { $0.unfinished == 0 && $0.jobs.count >= submitted - rejected.count } == true
+                let jobsDone = workload == nil ? spec.workload.kind == .services
+                    : lastJobs.map { $0.unfinished == 0 && $0.jobs.count >= submitted - rejected.count } == true
                 let requestsDone = driver.map { $0.allAnswered(lastRequests) } ?? true
                 let done = jobsDone && requestsDone
                 if Date().timeIntervalSince(lastProgress) >= progressInterval || (done && !doneShown) {
                     lastProgress = Date()
                     doneShown = done
-                    print(progressLine(elapsed: elapsed, jobs: lastJobs, requests: lastRequests, status: lastStatus, injector: injector)
+                    print(progressLine(elapsed: elapsed, jobs: lastJobs, requests: lastRequests, status: lastStatus, injector: injector, migrations: lastMigrations)
                           + (coordinatorAnswers ? "" : " · coordinator not answering (last known shown)"))
                 }
                 if spec.end == .jobsDone && done && injector.active.isEmpty && timeline.allSatisfy({ !$0.start }) {
@@ -228,6 +281,16 @@ public final class ExperimentRunner: @unchecked Sendable {
             if workload != nil, let j = try? client.jobs(timeoutMs: 3000) { lastJobs = j }
             driver?.stop()
             if driver != nil, let r = try? client.requests(includeRequests: true, timeoutMs: 10000) { lastRequests = r }
+            if driver != nil {
+                // Migrations still in flight get a moment to end (their requests are answered already).
+                let until = Date().addingTimeInterval(10)
+                while Date() < until {
+                    guard let m = try? client.migrations(includeDone: true, limit: 100_000, timeoutMs: 3000) else { break }
+                    lastMigrations = m
+                    if !m.migrations.contains(where: { $0.state == "in-flight" || $0.state == "orphaned" }) { break }
+                    Thread.sleep(forTimeInterval: 0.3)
+                }
+            }
             Thread.sleep(forTimeInterval: 0.6)   // one more trace shipment from every agent
             Tracer.shared.instant("end", category: "experiment", track: "phases", args: ["reason": endReason])
         }
@@ -250,6 +313,9 @@ public final class ExperimentRunner: @unchecked Sendable {
                                                  expectAllDone: spec.end == .jobsDone)
             if p.sent < requests.count { summary.problems.append("\(requests.count - p.sent) requests were not sent before the run ended") }
             if let r = lastRequests { try RequestsTable.write(r, to: dir + "/requests.csv") }
+            summary.migrations = MigrationAccounting(lastMigrations)
+            if let m = lastMigrations { try m.jsonString().write(toFile: dir + "/raw/migrations.json", atomically: true, encoding: .utf8) }
+            if !summary.migrations.samples.isEmpty { try MigrationsTable.write(summary.migrations, to: dir + "/migrations.csv") }
         }
         if let w = workload, let j = lastJobs {
             let result = SchedulingTestbedRun.result(j, workload: w, nodes: ClusterSpec.nodes(of: spec.topology),
@@ -286,7 +352,8 @@ public final class ExperimentRunner: @unchecked Sendable {
         throw ProcessLauncher.LaunchError(description: "not every node was alive within \(Int(spec.startTimeout)) s; missing: \(ids.subtracting(alive).sorted().joined(separator: ", "))")
     }
 
-    func progressLine(elapsed: Double, jobs: JobsReply?, requests: RequestsReply?, status: StatusReply?, injector: FaultInjector) -> String {
+    func progressLine(elapsed: Double, jobs: JobsReply?, requests: RequestsReply?, status: StatusReply?, injector: FaultInjector,
+                      migrations: MigrationApiReply? = nil) -> String {
         var s = String(format: "  [%6.1f s]", elapsed)
         if let j = jobs {
             let fin = j.jobs.filter { $0.phase == "finished" }.count
@@ -300,6 +367,10 @@ public final class ExperimentRunner: @unchecked Sendable {
             let slo = r.services.reduce(0) { $0 + Int($1.withinSlo) }, ready = r.services.reduce(0) { $0 + Int($1.ready) }
             let attained: Double = sub == 0 ? 100 : Double(slo) / Double(sub) * 100
             s += " · requests \(done)/\(sub) done, " + String(format: "%.1f", attained) + "% in SLO, \(ready) replicas"
+        }
+        if let m = migrations, !m.migrations.isEmpty {
+            let moving = m.migrations.filter { $0.state == "in-flight" || $0.state == "orphaned" }.count
+            s += " · \(m.migrations.count) migrations (\(moving) moving)"
         }
         s += " · faults \(injector.applied)/\(spec.faults.count) applied"
         if !injector.active.isEmpty { s += " (\(injector.active.count) active)" }

@@ -25,6 +25,8 @@ public struct ExperimentSpec: Equatable {
         case gavelTrace = "gavel-trace"
         /// No driven work: membership, heartbeats and telemetry only (control-plane experiments).
         case idle
+        /// Online inference services only (`services:`), no offline jobs.
+        case services
     }
 
     public struct Workload: Equatable {
@@ -43,6 +45,21 @@ public struct ExperimentSpec: Equatable {
         public var rps: Double
         public var gpu: String
         public var sloSeconds: Double = 20
+        /// Which Azure trace shapes the services follow: `code`, `conversation` or `both`.
+        public var trace = "both"
+        /// Replicas each service keeps at least (nil: as its rate needs, at least one).
+        public var replicas: Int?
+        /// Live migration policies to compare: one run per policy (empty: the topology's).
+        public var migration: [String] = []
+        /// How requests migrate (`live`, `blocking`, `recompute`), what share of them is high
+        /// priority, and the KV bytes replicas hold (nil: the coordinator's default).
+        public var method: String?
+        public var priorityShare = 0.0
+        public var kvBytesScale: Double?
+        public var kvLink: String?
+        /// Sequences each replica's engine runs at once while KV blocks last (vLLM's
+        /// `max_num_seqs`; nil: the planned batch).
+        public var maxNumSeqs: Int?
         /// Control-plane delay assumed per request (wall seconds) when checking the time scale.
         public static let controlPlaneSeconds = 0.005
         /// The largest time scale at which `controlPlaneSeconds` of wall time stays within 10 % of
@@ -55,6 +72,8 @@ public struct ExperimentSpec: Equatable {
     public enum FaultAction: String, Equatable, CaseIterable, Codable {
         case kill, pause, partition, slow
         case crashCoordinator = "crash_coordinator"
+        /// The operator drains the node: no new work goes to it; its inference requests migrate away.
+        case drain
 
         /// What ends the window.
         public var healName: String {
@@ -64,6 +83,7 @@ public struct ExperimentSpec: Equatable {
             case .partition: return "heal"
             case .slow: return "restore"
             case .crashCoordinator: return "restart coordinator"
+            case .drain: return "undrain"
             }
         }
     }
@@ -167,6 +187,10 @@ public struct ExperimentSpec: Equatable {
             spec.topology.coordinator.timeScale = x
         }
         if let sv = spec.workload.services {
+            if let x = sv.method { spec.topology.coordinator.migrationMethod = x }
+            if let x = sv.kvBytesScale { spec.topology.coordinator.kvBytesScale = x }
+            if let x = sv.kvLink { spec.topology.coordinator.kvLink = x }
+            if let first = sv.migration.first { spec.topology.coordinator.migrationPolicy = first }
             if !spec.topology.nodes.contains(where: { if case .gpu(let g, _) = $0.spec { return GPUCatalog.model(named: g)?.name == sv.gpu }; return false }) {
                 throw (m["workload"] ?? m["name"]!).fail("services run on \(sv.gpu), but no GPU node of the topology has that model")
             }
@@ -251,8 +275,8 @@ public struct ExperimentSpec: Equatable {
             throw w.fail("a gavel-trace workload needs 'trace: FILE'")
         }
         if let sv = m["services"] {
-            guard kind == .scheduling else { throw sv.fail("'services' belongs to scheduling workloads") }
-            let sm = try sv.mapping(allowed: ["rps", "gpu", "slo_s"])
+            guard kind == .scheduling || kind == .services else { throw sv.fail("'services' belongs to scheduling and services workloads") }
+            let sm = try sv.mapping(allowed: ["rps", "gpu", "slo_s", "trace", "replicas", "migration", "method", "priority_share", "kv_bytes_scale", "kv_link", "max_num_seqs"])
             guard let r = sm["rps"] else { throw sv.fail("services need 'rps' (mean requests per trace second, per service)") }
             let rps = try r.double()
             guard rps > 0 && rps <= 10_000 else { throw r.fail("rps must be > 0 and ≤ 10000") }
@@ -264,8 +288,48 @@ public struct ExperimentSpec: Equatable {
                 out2.sloSeconds = try v.double()
                 guard out2.sloSeconds > 0 && out2.sloSeconds <= 3600 else { throw v.fail("slo_s must be > 0 and ≤ 3600") }
             }
+            if let v = sm["trace"] {
+                let t = try v.string()
+                guard ["code", "conversation", "both"].contains(t) else { throw v.fail("trace '\(t)' must be code, conversation or both (the Azure LLM inference traces)") }
+                out2.trace = t
+            }
+            if let v = sm["replicas"] { out2.replicas = try v.int(in: 1...1000) }
+            if let v = sm["max_num_seqs"] { out2.maxNumSeqs = try v.int(in: 1...4096) }
+            if let v = sm["migration"] {
+                let names: [YAMLValue]
+                if case .scalar = v.node { names = [v] } else { names = try v.sequence() }
+                for n in names {
+                    let p = try n.string()
+                    guard MigrationPolicies.named(p) != nil else { throw n.fail("unknown migration policy '\(p)' (known: \(MigrationPolicies.names.joined(separator: ", ")))") }
+                    guard !out2.migration.contains(p) else { throw n.fail("migration policy '\(p)' is listed twice") }
+                    out2.migration.append(p)
+                }
+                if out2.migration.isEmpty { throw v.fail("migration lists no policy (known: \(MigrationPolicies.names.joined(separator: ", ")))") }
+            }
+            if let v = sm["method"] {
+                let x = try v.string()
+                guard ["live", "blocking", "recompute"].contains(x) else { throw v.fail("method '\(x)' must be live, blocking or recompute") }
+                out2.method = x
+            }
+            if let v = sm["priority_share"] {
+                out2.priorityShare = try v.double()
+                guard (0...1).contains(out2.priorityShare) else { throw v.fail("priority_share \(out2.priorityShare) must be within 0 … 1 (the share of high-priority requests)") }
+            }
+            if let v = sm["kv_bytes_scale"] {
+                let x = try v.double()
+                guard x >= 0 && x <= 1 else { throw v.fail("kv_bytes_scale \(x) must be within 0 … 1 (real bytes held per KV block, as a fraction of its real size)") }
+                out2.kvBytesScale = x
+            }
+            if let v = sm["kv_link"] {
+                let x = try v.string()
+                if x != "0" { do { _ = try NetworkConditions.parseBandwidth(x) } catch { throw v.fail("kv_link: \(error)") } }
+                out2.kvLink = x
+            }
             out.services = out2
+        } else if kind == .services {
+            throw w.fail("a services workload needs 'services' (rps, gpu, …)")
         }
+        if let v = m["jobs_per_hour"], kind == .services { throw v.fail("'jobs_per_hour' does not apply to a services workload (it has no offline jobs)") }
         for key in ["jobs_per_hour", "hours"] where m[key] != nil && kind == .idle {
             throw m[key]!.fail("'\(key)' does not apply to an idle workload")
         }
@@ -404,10 +468,22 @@ public struct ExperimentSpec: Equatable {
             if let sv = workload.services {
                 s += "  services    2 Azure-shaped LLM services (code, conversation), \(fmt(sv.rps)) requests/s each on average, on \(sv.gpu), SLO \(fmt(sv.sloSeconds)) s\n"
             }
+        case .services:
+            if let sv = workload.services {
+                let names = sv.trace == "both" ? "code, conversation" : sv.trace
+                s += "  workload    inference services only over \(fmt(workload.hours)) h of trace time\n"
+                s += "  services    Azure-shaped LLM services (\(names)), \(fmt(sv.rps)) requests/s each on average, on \(sv.gpu), SLO \(fmt(sv.sloSeconds)) s"
+                    + (sv.replicas.map { ", at least \($0) replicas each" } ?? "") + (sv.priorityShare > 0 ? ", \(fmt(sv.priorityShare * 100)) % high priority" : "") + "\n"
+            }
         case .gavelTrace: s += "  workload    gavel trace \(workload.traceFile ?? "")\(workload.maxJobs.map { ", first \($0) jobs" } ?? "")\n"
         }
         s += "  policy      \(topology.coordinator.policy), time scale \(fmt(topology.coordinator.timeScale))×\n"
-        s += "  end         \(end == .jobsDone ? "when every job is done, at most \(fmt(duration)) s" : "after \(fmt(duration)) s")\n"
+        if let sv = workload.services {
+            s += "  migration   \((sv.migration.isEmpty ? [topology.coordinator.migrationPolicy] : sv.migration).joined(separator: ", ")) (one run each), method \(topology.coordinator.migrationMethod)"
+                + (topology.coordinator.kvBytesScale.map { ", kv_bytes_scale \($0)" } ?? "") + (topology.coordinator.kvLink.map { ", KV link \($0)" } ?? "") + "\n"
+        }
+        let allDone = workload.kind == .services ? "when every request is answered" : "when every job is done"
+        s += "  end         \(end == .jobsDone ? "\(allDone), at most \(fmt(duration)) s" : "after \(fmt(duration)) s")\n"
         s += "  runs        \(repetitions) (seeds \(seeds.map(String.init).joined(separator: ", ")))\n"
         if faults.isEmpty { s += "  faults      none\n" } else {
             s += "  faults      (a final heal always runs)\n"

@@ -1,5 +1,7 @@
+import Features
 import Foundation
 import Protocol
+import Scheduling
 
 /// Every job accounted for: each accepted job must be in the coordinator's final list, and with
 /// `end: jobs_done` every one must have finished (or failed with a stated reason).
@@ -61,6 +63,8 @@ public struct RequestAccounting: Codable, Equatable {
         public var ttftP99 = 0.0
         public var tbtP99 = 0.0
         public var preemptions = 0
+        public var tbtP50 = 0.0
+        public var latencyMean = 0.0
         public var sloAttainment: Double { submitted == 0 ? 1 : Double(withinSLO) / Double(submitted) }
     }
     /// Generated and sent by the driver (accepted by the coordinator, duplicates counted once).
@@ -90,7 +94,8 @@ public struct RequestAccounting: Codable, Equatable {
             services.append(Service(id: s.serviceID, submitted: Int(s.submitted), completed: Int(s.completed), withinSLO: Int(s.withinSlo),
                                     redispatched: Int(s.redispatched), replicaStarts: Int(s.replicaStarts), sloSeconds: s.sloSeconds,
                                     latencyP50: s.latencyP50, latencyP99: s.latencyP99, capacityRPS: s.capacityRps, batch: Int(s.batch),
-                                    ttftP50: s.ttftP50, ttftP99: s.ttftP99, tbtP99: s.tbtP99, preemptions: Int(s.preemptions)))
+                                    ttftP50: s.ttftP50, ttftP99: s.ttftP99, tbtP99: s.tbtP99, preemptions: Int(s.preemptions),
+                                    tbtP50: s.tbtP50, latencyMean: s.latencyMean))
         }
         known = services.reduce(0) { $0 + $1.submitted }
         completed = services.reduce(0) { $0 + $1.completed }
@@ -102,6 +107,62 @@ public struct RequestAccounting: Codable, Equatable {
     public var unfinished: Int { known - completed }
     public var sloAttainment: Double { known == 0 ? 1 : Double(withinSLO) / Double(known) }
     public var ok: Bool { lost.isEmpty && (!expectAllDone || unfinished == 0) }
+}
+
+/// Every migration accounted for: started, and ended one way or another (done, aborted with a
+/// reason, resumed from a partial copy); none left in flight or orphaned at the end.
+public struct MigrationAccounting: Codable, Equatable {
+    public struct Sample: Codable, Equatable {
+        public var id = ""
+        public var tokens = 0
+        /// The extra stall the request saw (trace ms); nil when unknown (aborted, or no token after it).
+        public var downtimeMs: Double?
+        public var method = ""
+        public var reason = ""
+        public var state = ""
+        public var stages = 0
+        public var bytes: UInt64 = 0
+        public var from = ""
+        public var to = ""
+        public var started = 0.0
+        public var ended = 0.0
+    }
+    public var policy = ""
+    public var method = ""
+    public var started = 0
+    public var byState: [String: Int] = [:]
+    public var byReason: [String: Int] = [:]
+    public var samples: [Sample] = []
+    /// Migrations still in flight or orphaned when the run ended.
+    public var unfinished: [String] = []
+    public var notes: [String] = []
+    public var downtimeP50Ms: Double?
+    public var downtimeP99Ms: Double?
+    public var bytesMoved: UInt64 = 0
+    /// Whether the coordinator answered for migrations at the end.
+    public var known = false
+
+    public init() {}
+
+    public init(_ r: MigrationApiReply?) {
+        guard let r else { return }
+        known = true
+        policy = r.policy; method = r.method; notes = r.notes
+        for m in r.migrations {
+            started += 1
+            byState[m.state, default: 0] += 1
+            byReason[m.reason, default: 0] += 1
+            bytesMoved += m.bytes
+            if m.state == "in-flight" || m.state == "orphaned" { unfinished.append(m.migrationID) }
+            samples.append(Sample(id: m.migrationID, tokens: Int(m.tokens), downtimeMs: m.downtimeSeconds >= 0 ? m.downtimeSeconds * 1000 : nil,
+                                  method: m.method, reason: m.reason, state: m.state, stages: Int(m.stages), bytes: m.bytes,
+                                  from: m.fromNode, to: m.toNode, started: m.started, ended: m.ended))
+        }
+        let d = samples.compactMap(\.downtimeMs).sorted()
+        if !d.isEmpty { downtimeP50Ms = percentile(d, 50); downtimeP99Ms = percentile(d, 99) }
+    }
+
+    public var ok: Bool { unfinished.isEmpty }
 }
 
 /// What one run produced, as `summary.json`, and the lost-nothing check over it.
@@ -127,6 +188,9 @@ public struct ExperimentSummary: Codable {
     public var faultWindows: [MergedTrace.FaultWindow] = []
     public var jobs = JobAccounting()
     public var requests = RequestAccounting()
+    /// The live-migration policy of this run, and what its migrations did.
+    public var migrationPolicy = ""
+    public var migrations = MigrationAccounting()
     public var meanJCTHours: Double?
     public var p99JCTHours: Double?
     public var makespanHours: Double?
@@ -181,6 +245,14 @@ public struct ExperimentSummary: Codable {
             else if r.expectAllDone && r.unfinished > 0 { line += " — NOT all done before the duration limit"; ok = false }
             lines.append(line)
         }
+        if migrations.known && (migrations.started > 0 || migrationPolicy != "none") {
+            let g = migrations
+            let states = g.byState.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+            var line = "migrations (policy \(migrationPolicy), \(g.method)): \(g.started) started" + (states.isEmpty ? "" : ": " + states)
+                + ", \(g.unfinished.count) in flight or orphaned at the end"
+            if !g.ok { line += " — STUCK: " + g.unfinished.prefix(10).joined(separator: ", "); ok = false }
+            lines.append(line)
+        }
         var m = "measurements: \(trace.events) trace events from \(trace.instances) process instances, \(trace.missingEvents) missing (sequence gaps), \(trace.fromSpoolOnly) recovered from local spools"
         if trace.missingEvents > 0 { ok = false; m += " — MISSING" }
         if !trace.nodesWithoutTrace.isEmpty { ok = false; m += " — no trace from \(trace.nodesWithoutTrace.joined(separator: ", "))" }
@@ -219,7 +291,9 @@ public struct ExperimentSummary: Codable {
     /// The table printed at the end of a run.
     public static func table(_ all: [ExperimentSummary]) -> String {
         func h(_ x: Double?) -> String { x.map { $0.isFinite ? String(format: "%.2f", $0) : "-" } ?? "-" }
+        let showMigration = all.contains { !$0.migrationPolicy.isEmpty && ($0.migrationPolicy != "none" || $0.migrations.started > 0 || all.count > 1) }
         var rows: [[String]] = [["run", "seed", "on", "end", "wall s", "alive", "faults", "jobs done", "restarted", "mean JCT h", "p99 JCT h", "requests done", "SLO", "trace events", "missing", "lost nothing"]]
+        if showMigration { rows[0].insert(contentsOf: ["migration", "moved"], at: 3) }
         for (i, s) in all.enumerated() {
             rows.append(["\(i + 1)", "\(s.seed)", s.platform, s.endReason, String(format: "%.1f", s.workloadSeconds),
                          "\(s.nodesAliveAtEnd)/\(s.nodesTotal)", "\(s.faultsApplied)/\(s.faultsHealed) healed",
@@ -227,6 +301,7 @@ public struct ExperimentSummary: Codable {
                          h(s.meanJCTHours), h(s.p99JCTHours),
                          s.requests.generated == 0 ? "-" : "\(s.requests.completed)/\(s.requests.accepted)",
                          s.requests.generated == 0 ? "-" : String(format: "%.1f%%", s.requests.sloAttainment * 100), "\(s.trace.events)", "\(s.trace.missingEvents)", s.lostNothing.ok ? "yes" : "NO"])
+            if showMigration { rows[rows.count - 1].insert(contentsOf: [s.migrationPolicy.isEmpty ? "-" : s.migrationPolicy, "\(s.migrations.byState["done", default: 0] + s.migrations.byState["resumed-partial", default: 0])"], at: 3) }
         }
         let widths = rows[0].indices.map { c in rows.map { $0[c].count }.max() ?? 0 }
         var out = rows.map { r in r.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  ") }
@@ -239,9 +314,18 @@ public struct ExperimentSummary: Codable {
                 for v in s.requests.services {
                     out.append("  \(v.id): \(v.completed)/\(v.submitted) done, " + String(format: "%.1f%%", v.sloAttainment * 100) + " within the \(fmt(v.sloSeconds)) s SLO, "
                                + String(format: "p50 %.2f s, p99 %.2f s, TTFT p50 %.2f s p99 %.2f s, TBT p99 %.0f ms", v.latencyP50, v.latencyP99, v.ttftP50, v.ttftP99, v.tbtP99 * 1000)
+                               + String(format: ", TBT p50 %.0f ms", v.tbtP50 * 1000)
                                + (v.preemptions > 0 ? ", \(v.preemptions) engine preemptions" : "")
                                + ", \(v.redispatched) sent again, \(v.replicaStarts) replica starts, " + String(format: "%.2f req/s per replica (batch %d)", v.capacityRPS, v.batch))
                 }
+            }
+            if s.migrations.started > 0 {
+                let g = s.migrations
+                out.append("run \(i + 1) migrations (\(s.migrationPolicy), \(g.method)): \(g.started) started · "
+                           + g.byReason.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ") + " · "
+                           + g.byState.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+                           + (g.downtimeP50Ms.map { String(format: " · downtime p50 %.1f ms, p99 %.1f ms", $0, g.downtimeP99Ms ?? 0) } ?? "")
+                           + String(format: " · %.1f MiB of KV moved", Double(g.bytesMoved) / 1_048_576))
             }
             out.append("")
             out.append("run \(i + 1) lost-nothing check: \(s.lostNothing.ok ? "PASSED" : "FAILED")")

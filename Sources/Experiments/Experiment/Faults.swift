@@ -1,5 +1,8 @@
 import Cluster
 import Foundation
+import Protocol
+
+public struct FaultError: Error, CustomStringConvertible { public let description: String }
 
 /// How faults reach a testbed: local processes (signals, control files) or containers (docker).
 /// Each start has an undo; the injector pairs them.
@@ -35,7 +38,20 @@ public final class FaultInjector {
     public private(set) var log: [String] = []
     private var nextID = 0
 
-    public init(backend: FaultBackend) { self.backend = backend }
+    /// The coordinator, for faults that go through it (a drain is an operator command).
+    public var operatorClient: OperatorClient?
+
+    public init(backend: FaultBackend, operatorClient: OperatorClient? = nil) { self.backend = backend; self.operatorClient = operatorClient }
+
+    private func drain(_ nodes: [String], _ on: Bool) throws {
+        guard let c = operatorClient else { throw FaultError(description: "a drain goes through the coordinator, and this injector has no connection to it") }
+        for n in nodes {
+            var d = Stratolab_V1_Drain(); d.drain = on
+            var cmd = Command(); cmd.drain = d
+            let r = try c.command(node: n, cmd)
+            guard r.accepted else { throw FaultError(description: "the coordinator refused to \(on ? "drain" : "undrain") \(n): \(r.detail)") }
+        }
+    }
 
     @discardableResult
     public func start(_ f: ExperimentSpec.Fault, id: String? = nil) throws -> String {
@@ -54,6 +70,7 @@ public final class FaultInjector {
                 if let c = f.cpu { try backend.throttleCPU(n, cpu: c) }
             }
         case .crashCoordinator: try backend.crashCoordinator()
+        case .drain: try drain(f.nodes, true)
         }
         active.append(Active(id: fid, fault: f, startedAt: Date()))
         applied += 1
@@ -75,6 +92,7 @@ public final class FaultInjector {
                 if f.latencyMs != nil || f.bandwidth != nil { try backend.degradeLink(n, latencyMs: nil, bandwidthBytesPerSecond: nil) }
             }
         case .crashCoordinator: try backend.restartCoordinator()
+        case .drain: try drain(f.nodes, false)
         }
         healed += 1
         record(id, f, edge: "end")

@@ -81,7 +81,7 @@ extension EmulatedReplicas {
     /// Sets `blocks` aside for a request about to arrive; the reason when there is no room.
     public func reserve(_ blocks: Int, for request: String, in replica: String) -> String? {
         guard let r = replicas[replica] else { return "replica \(replica) is not serving on this node" }
-        guard r.engine.place(of: request) == nil else { return "request \(request) is already on replica \(replica)" }
+        guard request.isEmpty || r.engine.place(of: request) == nil else { return "request \(request) is already on replica \(replica)" }
         guard replicas[replica]!.engine.reserve(blocks) else {
             return "replica \(replica) has \(r.engine.freeBlocks) free KV blocks; request \(request) needs \(blocks)"
         }

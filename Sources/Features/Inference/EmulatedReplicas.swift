@@ -64,7 +64,7 @@ public final class EmulatedReplicas {
         guard let model = InferenceModel(kb: kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpus.count) else {
             return (false, "no inference profile for \(s.model) on \(s.gpus.count)x\(s.gpuModel)")
         }
-        var config = ServingEngine.Config(maxRunning: Int(s.batch))
+        var config = ServingEngine.Config(maxRunning: max(Int(s.batch), Int(s.maxNumSeqs)))
         config.preemption = preemption
         let pool = s.kvBytesScale > 0 ? KVBlockPool(fullBlockBytes: model.arch.kvBytesPerToken * Double(config.blockTokens) / Double(model.tensorParallel),
                                                     kvBytesScale: s.kvBytesScale) : nil

@@ -14,6 +14,7 @@ extension SchedulingController {
         sr.gpus = p.gpus.map(UInt32.init); sr.batch = UInt32(jobs.scheduler.batchPerReplica[service] ?? 1)
         sr.timeScale = jobs.timeScale
         sr.kvBytesScale = kvBytesScale
+        sr.maxNumSeqs = UInt32(jobs.services[service]?.maxNumSeqs ?? 0)
         var ic = InferenceCommand(); ic.startReplica = sr
         try s.enqueue(.feature(InferenceHandler.feature, node: p.nodeID, ic))
         if let rec = jobs.scheduler.state.replicas[id] { try s.store.saveReplica(rec, ready: false) }

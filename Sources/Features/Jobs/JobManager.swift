@@ -124,10 +124,11 @@ final class JobManager {
                   s.sloSeconds > 0, s.gpusPerReplica >= 1, s.meanDecodeTokens >= 1 else {
                 rejected.append("\(s.serviceID): needs a rate curve (time ≥ 0, rps ≥ 0), slo_seconds > 0, gpus_per_replica ≥ 1, mean_decode_tokens ≥ 1"); continue
             }
-            let spec = ServiceSpec(id: s.serviceID, model: ModelCatalog.model(named: s.model)!.name, gpuModel: gpu.name, gpusPerReplica: Int(s.gpusPerReplica),
+            var spec = ServiceSpec(id: s.serviceID, model: ModelCatalog.model(named: s.model)!.name, gpuModel: gpu.name, gpusPerReplica: Int(s.gpusPerReplica),
                                    rateCurve: s.rateCurve.map { RatePoint(time: $0.time, rps: $0.rps) }.sorted { $0.time < $1.time },
                                    meanPrefillTokens: s.meanPrefillTokens, meanDecodeTokens: s.meanDecodeTokens, sloSeconds: s.sloSeconds,
                                    minReplicas: Int(s.minReplicas))
+            spec.maxNumSeqs = Int(s.maxNumSeqs)
             let skipped = scheduler.skippedServices.count
             scheduler.addService(spec)
             if scheduler.skippedServices.count > skipped { rejected.append("\(s.serviceID): \(scheduler.skippedServices.last!.reason)"); continue }

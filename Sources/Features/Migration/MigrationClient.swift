@@ -24,10 +24,10 @@ extension OperatorClient {
     }
 
     /// Migrations the coordinator knows of (in flight, and done too with `includeDone`).
-    public func migrations(includeDone: Bool = true, limit: Int = 0) throws -> MigrationApiReply {
+    public func migrations(includeDone: Bool = true, limit: Int = 0, timeoutMs: Int = 5000) throws -> MigrationApiReply {
         var l = ListMigrations(); l.includeDone = includeDone; l.limit = UInt32(limit)
         var req = MigrationApiRequest(); req.list = l
-        return try migration(req)
+        return try migration(req, timeoutMs: timeoutMs)
     }
 }
 

@@ -262,7 +262,12 @@ public final class MigrationController: CoordinatorFeature {
             let full = loads[instances.first!.id]?.report.blockBytes ?? 0
             let costs = settings.kvLinkBytesPerSecond > 0 ? MigrationCosts(blockBytes: full, bandwidthBytesPerSecond: settings.kvLinkBytesPerSecond)
                 : MigrationCosts(blockBytes: blockBytes(instances.first!.id), bandwidthBytesPerSecond: (bandwidth ?? 1e9) * jobs.timeScale)
-            decisions += policy.decide(instances, costs: costs, busy: busyRequests).map { ($0, service) }
+            // A drained node's replicas are emptied whatever the policy: with `none`, by the drain
+            // rule alone (Llumnix's, whose virtual usage is infinite on a draining instance).
+            let chosen = policy is NoMigration
+                ? (instances.contains { $0.health == .draining } ? LlumnixMigration().decide(instances, costs: costs, busy: busyRequests).filter { $0.reason == .drain } : [])
+                : policy.decide(instances, costs: costs, busy: busyRequests)
+            decisions += chosen.map { ($0, service) }
         }
         var started = false
         var used = busyReplicas
@@ -325,7 +330,9 @@ public final class MigrationController: CoordinatorFeature {
         }
         guard !node.status.dataEndpoint.isEmpty else { throw Refusal(description: "node \(dest.node) has no data plane") }
         if let l = loads[toReplica] {
-            let need = (rec.request.prefill + rec.request.decode + 15) / 16
+            // Its KV so far (as its source last reported it) and a block to grow into.
+            let held = loads[from]?.report.running.first { $0.requestID == request }.map { Int($0.blocks) }
+            let need = (held ?? (rec.request.prefill + 15) / 16) + 1
             let free = Int(l.report.totalBlocks) - Int(l.report.usedBlocks)
             if need > free { throw Refusal(description: "replica \(toReplica) on \(dest.node) has \(free) free KV blocks; request \(request) needs \(need)") }
         }

@@ -131,7 +131,8 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
                                  bandwidthBytesPerSecond: m.bandwidthBytesPerSecond > 0 ? m.bandwidthBytesPerSecond : 1e9)
         plan.downtimeBudget = (m.downtimeBudgetSeconds > 0 ? m.downtimeBudgetSeconds : 0.02) / tc.timeScale
         if m.stageCap > 0 { plan.stageCap = Int(m.stageCap) }
-        let total = (t.prompt + t.decode + replicas.blockTokens - 1) / replicas.blockTokens
+        // Room for the KV it has and a block to grow into; later stages extend the reservation.
+        let total = (t.prompt + t.generated + replicas.blockTokens - 1) / replicas.blockTokens + 1
         let (machine, first) = MigrationSource.start(request: m.requestID, plan: plan, totalBlocks: total, at: seconds)
         let o = Outgoing(command: m, machine: machine,
                          peer: PeerAddress(endpoint: m.destinationEndpoint, publicKey: m.destinationPublicKey.isEmpty ? nil : m.destinationPublicKey),
@@ -373,9 +374,18 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             }
             let blockBytes = replicas.blockBytes(of: replica)?.held ?? 0
             let blocks = blockBytes > 0 ? Int(offer.totalBytes) / blockBytes : 0
-            guard blockBytes == 0 || Int(offer.totalBytes) % blockBytes == 0, first + blocks <= i.machine.reservedBlocks else {
-                problem("bad_size", "\(offer.totalBytes) bytes from block \(first) for migration \(id) of \(i.machine.reservedBlocks) reserved blocks")
-                return "\(offer.totalBytes) bytes from block \(first) do not fit the \(i.machine.reservedBlocks) blocks reserved for \(request)"
+            guard blockBytes == 0 || Int(offer.totalBytes) % blockBytes == 0 else {
+                problem("bad_size", "\(offer.totalBytes) bytes from block \(first) for migration \(id): not whole \(blockBytes)-byte blocks")
+                return "\(offer.totalBytes) bytes from block \(first) are not whole \(blockBytes)-byte blocks"
+            }
+            // The request grew on the source since the reservation: set more aside, or refuse.
+            let more = first + blocks - i.machine.reservedBlocks
+            if more > 0 {
+                if let why = replicas.reserve(more, for: "", in: replica) {
+                    problem("no_room", "migration \(id) needs \(more) more blocks: \(why)")
+                    return "destination has no room for \(request)'s \(more) further blocks: \(why)"
+                }
+                i.machine.extend(by: more)
             }
             i.transferBytes = 0
             inbound["\(sender)/\(transfer)"] = InboundTransfer(migration: id, phase: phase, firstBlock: first, blocks: blocks, state: state,

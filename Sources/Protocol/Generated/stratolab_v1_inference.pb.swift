@@ -134,6 +134,9 @@ public nonisolated struct Stratolab_V1_StartReplica: Sendable {
   /// real bytes held per KV block ÷ the model's real block size (emulation); 0: none held
   public var kvBytesScale: Double = 0
 
+  /// sequences the engine runs at once while KV blocks last (vLLM's max_num_seqs); 0: `batch`
+  public var maxNumSeqs: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -214,6 +217,9 @@ public nonisolated struct Stratolab_V1_ServiceSubmission: Sendable {
   public var sloSeconds: Double = 0
 
   public var minReplicas: UInt32 = 0
+
+  /// each replica's engine runs up to this many sequences while KV blocks last; 0: the planned batch
+  public var maxNumSeqs: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -715,7 +721,7 @@ nonisolated extension Stratolab_V1_InferenceCommand: SwiftProtobuf.Message, Swif
 
 nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StartReplica"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{1}gpus\0\u{1}batch\0\u{3}time_scale\0\u{3}kv_bytes_scale\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{1}gpus\0\u{1}batch\0\u{3}time_scale\0\u{3}kv_bytes_scale\0\u{3}max_num_seqs\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -731,6 +737,7 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.batch) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.timeScale) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.kvBytesScale) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.maxNumSeqs) }()
       default: break
       }
     }
@@ -761,6 +768,9 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
     if self.kvBytesScale.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.kvBytesScale, fieldNumber: 8)
     }
+    if self.maxNumSeqs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxNumSeqs, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -773,6 +783,7 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
     if lhs.batch != rhs.batch {return false}
     if lhs.timeScale != rhs.timeScale {return false}
     if lhs.kvBytesScale != rhs.kvBytesScale {return false}
+    if lhs.maxNumSeqs != rhs.maxNumSeqs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -900,7 +911,7 @@ nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ServiceSubmission"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{3}gpus_per_replica\0\u{3}rate_curve\0\u{3}mean_prefill_tokens\0\u{3}mean_decode_tokens\0\u{3}slo_seconds\0\u{3}min_replicas\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{3}gpus_per_replica\0\u{3}rate_curve\0\u{3}mean_prefill_tokens\0\u{3}mean_decode_tokens\0\u{3}slo_seconds\0\u{3}min_replicas\0\u{3}max_num_seqs\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -917,6 +928,7 @@ nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, Swi
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.meanDecodeTokens) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.sloSeconds) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.minReplicas) }()
+      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.maxNumSeqs) }()
       default: break
       }
     }
@@ -950,6 +962,9 @@ nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, Swi
     if self.minReplicas != 0 {
       try visitor.visitSingularUInt32Field(value: self.minReplicas, fieldNumber: 9)
     }
+    if self.maxNumSeqs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxNumSeqs, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -963,6 +978,7 @@ nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, Swi
     if lhs.meanDecodeTokens != rhs.meanDecodeTokens {return false}
     if lhs.sloSeconds != rhs.sloSeconds {return false}
     if lhs.minReplicas != rhs.minReplicas {return false}
+    if lhs.maxNumSeqs != rhs.maxNumSeqs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -87,10 +87,20 @@ public struct LlumnixMigration: MigrationPolicy {
     public let name = "llumnix"
     /// Blocks kept free per high-priority request (its growth, without contention).
     public var headroomPerHighPriority = 64
-    /// Freeness (blocks per running request) below which an instance sheds load, above which it takes it.
-    public var sourceBelow = 10.0
-    public var destinationAbove = 40.0
+    /// Freeness (blocks per running request: about how many blocks each can still grow by)
+    /// below which an instance sheds load, and above which it takes it. Below 2 an instance's
+    /// batch has about 32 decode steps of room left per request before it must preempt (below 0
+    /// it cannot even admit the head of its queue); above 8 a destination keeps about 128.
+    public var sourceBelow = 2.0
+    public var destinationAbove = 8.0
     public init() {}
+
+    /// Where a draining instance's request goes: the freest alive instance that has the free blocks
+    /// to hold it (a drain does not wait for a destination to be comfortably free).
+    static func drainDestination(for q: RequestLoad, among all: [InstanceLoad], freeness: (InstanceLoad) -> Double, excluding: Set<String>) -> InstanceLoad? {
+        all.filter { $0.health == .alive && !excluding.contains($0.id) && $0.totalBlocks - $0.usedBlocks - $0.headOfQueueDemand >= q.blocks }
+            .max { (freeness($0), $1.id) < (freeness($1), $0.id) }
+    }
 
     public func virtualUsage(_ i: InstanceLoad) -> Double {
         if i.health == .draining { return .infinity }
@@ -110,11 +120,20 @@ public struct LlumnixMigration: MigrationPolicy {
         var destinations = instances.filter { $0.health == .alive && freeness($0) > destinationAbove }
             .sorted { (freeness($0), $0.id) > (freeness($1), $1.id) }
         var out: [MigrationDecision] = []
+        var used = Set<String>()
+        // Draining instances first: each request to the freest instance with room for it.
+        for s in sources where s.health == .draining {
+            guard let q = s.running.filter({ !busy.contains($0.id) }).min(by: { ($0.blocks, $0.id) < ($1.blocks, $1.id) }),
+                  let d = Self.drainDestination(for: q, among: instances, freeness: freeness, excluding: used.union([s.id])) else { continue }
+            used.insert(s.id); used.insert(d.id)
+            out.append(MigrationDecision(request: q.id, from: s.id, to: d.id, reason: .drain))
+        }
+        sources.removeAll { used.contains($0.id) || $0.health == .draining }
+        destinations.removeAll { used.contains($0.id) }
         while let s = sources.first, let d = destinations.first, s.id != d.id {
             sources.removeFirst(); destinations.removeFirst()
             guard let q = s.running.filter({ !busy.contains($0.id) }).min(by: { ($0.blocks, $0.id) < ($1.blocks, $1.id) }) else { continue }
-            let reason: MigrationDecision.Reason = s.health == .draining ? .drain
-                : s.headOfQueueDemand > s.totalBlocks - s.usedBlocks ? .makeRoom
+            let reason: MigrationDecision.Reason = s.headOfQueueDemand > s.totalBlocks - s.usedBlocks ? .makeRoom
                 : s.running.contains(where: \.highPriority) ? .priority : .balance
             out.append(MigrationDecision(request: q.id, from: s.id, to: d.id, reason: reason))
         }
@@ -148,18 +167,22 @@ public struct SlackAwareMigration: MigrationPolicy {
         var destinations = seen.filter { $0.health == .alive && llumnix.freeness($0) > llumnix.destinationAbove }
             .sorted { (llumnix.freeness($0), $0.id) > (llumnix.freeness($1), $1.id) }
         var out: [MigrationDecision] = []
+        var used = Set<String>()
+        // Off a failing or draining instance the least slack goes first, to the freest instance with room.
+        for s in sources where s.health == .draining {
+            guard let q = s.running.filter({ !busy.contains($0.id) }).min(by: { ($0.sloSlack, $0.id) < ($1.sloSlack, $1.id) }),
+                  let d = LlumnixMigration.drainDestination(for: q, among: seen, freeness: llumnix.freeness, excluding: used.union([s.id])) else { continue }
+            used.insert(s.id); used.insert(d.id)
+            out.append(MigrationDecision(request: q.id, from: s.id, to: d.id, reason: .drain))
+        }
+        sources.removeAll { used.contains($0.id) || $0.health == .draining }
+        destinations.removeAll { used.contains($0.id) }
         while let s = sources.first, let d = destinations.first, s.id != d.id {
             sources.removeFirst(); destinations.removeFirst()
-            let draining = s.health == .draining
-            let candidates = s.running.filter { q in
-                !busy.contains(q.id) && q.blocks <= d.totalBlocks - d.usedBlocks && (draining || q.sloSlack >= minSlackToBalance)
-            }
-            // Off a failing instance the least slack goes first; otherwise the most blocks freed per copy second.
-            let pick = draining ? candidates.min { ($0.sloSlack, $0.id) < ($1.sloSlack, $1.id) }
-                                : candidates.max { (value($0), $1.id) < (value($1), $0.id) }
-            guard let q = pick else { continue }
-            let reason: MigrationDecision.Reason = draining ? .drain
-                : s.headOfQueueDemand > s.totalBlocks - s.usedBlocks ? .makeRoom
+            // For balance only requests with slack to spare move: the most blocks freed per copy second.
+            let candidates = s.running.filter { q in !busy.contains(q.id) && q.blocks <= d.totalBlocks - d.usedBlocks && q.sloSlack >= minSlackToBalance }
+            guard let q = candidates.max(by: { (value($0), $1.id) < (value($1), $0.id) }) else { continue }
+            let reason: MigrationDecision.Reason = s.headOfQueueDemand > s.totalBlocks - s.usedBlocks ? .makeRoom
                 : s.running.contains(where: \.highPriority) ? .priority : .balance
             out.append(MigrationDecision(request: q.id, from: s.id, to: d.id, reason: reason))
         }

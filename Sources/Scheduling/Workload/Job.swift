@@ -39,12 +39,33 @@ public struct ServiceSpec: Sendable, Codable, Equatable {
     public var minReplicas: Int
     /// (prefill, decode) token counts generated requests draw from (empty: the means).
     public var requestMix: [TokenCount] = []
+    /// Sequences a replica's engine runs at once while its KV blocks last, as vLLM's
+    /// `max_num_seqs` (0: the planned batch, so the engine never holds more than it was planned for).
+    public var maxNumSeqs = 0
+    /// What each replica's engine may run at once.
+    public func engineSlots(batch: Int) -> Int { max(batch, maxNumSeqs) }
 
     public init(id: String, model: String, gpuModel: String, gpusPerReplica: Int, rateCurve: [RatePoint],
                 meanPrefillTokens: Double, meanDecodeTokens: Double, sloSeconds: Double, minReplicas: Int = 1) {
         self.id = id; self.model = model; self.gpuModel = gpuModel; self.gpusPerReplica = gpusPerReplica
         self.rateCurve = rateCurve; self.meanPrefillTokens = meanPrefillTokens; self.meanDecodeTokens = meanDecodeTokens
         self.sloSeconds = sloSeconds; self.minReplicas = minReplicas
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, model, gpuModel, gpusPerReplica, rateCurve, meanPrefillTokens, meanDecodeTokens, sloSeconds, minReplicas, requestMix, maxNumSeqs
+    }
+
+    /// Fields added later decode as their defaults when a stored spec lacks them.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(String.self, forKey: .id); model = try c.decode(String.self, forKey: .model)
+        gpuModel = try c.decode(String.self, forKey: .gpuModel); gpusPerReplica = try c.decode(Int.self, forKey: .gpusPerReplica)
+        rateCurve = try c.decode([RatePoint].self, forKey: .rateCurve)
+        meanPrefillTokens = try c.decode(Double.self, forKey: .meanPrefillTokens); meanDecodeTokens = try c.decode(Double.self, forKey: .meanDecodeTokens)
+        sloSeconds = try c.decode(Double.self, forKey: .sloSeconds); minReplicas = try c.decode(Int.self, forKey: .minReplicas)
+        requestMix = try c.decodeIfPresent([TokenCount].self, forKey: .requestMix) ?? []
+        maxNumSeqs = try c.decodeIfPresent(Int.self, forKey: .maxNumSeqs) ?? 0
     }
 
     public func rate(at t: Double) -> Double {

@@ -2,8 +2,9 @@
 /// (Llumnix's protocol as the floor). Pure: each side's machine takes events with a time and
 /// returns directives its handler carries out on the serving engine and the data plane.
 ///
-/// 1. The source asks the destination to reserve blocks for the whole request (prompt and output);
-///    the destination refuses when it lacks room.
+/// 1. The source asks the destination to reserve blocks for the request as it is (its KV so far and
+///    a block to grow into); the destination refuses when it lacks room, and sets more aside when
+///    later stages bring more.
 /// 2. Live: stage 1 copies every block computed so far while the request keeps decoding on the
 ///    source; each further stage copies the blocks added meanwhile. When what remains would copy
 ///    within the downtime budget at the measured bandwidth, the source suspends the request after
@@ -105,7 +106,7 @@ public struct MigrationSource: Sendable {
     /// The engine gave the request up (`suspended` was called).
     private var outOfEngine = false
 
-    /// Starts a migration of `request`, which needs `totalBlocks` for its whole prompt and output.
+    /// Starts a migration of `request`, asking the destination to set `totalBlocks` aside.
     public static func start(request: String, plan: MigrationPlan, totalBlocks: Int, at now: Double) -> (MigrationSource, [Directive]) {
         (MigrationSource(request: request, plan: plan, startedAt: now), [.reserve(blocks: totalBlocks)])
     }
@@ -234,7 +235,7 @@ public struct MigrationDestination: Sendable {
     }
 
     public let request: String
-    public let reservedBlocks: Int
+    public private(set) var reservedBlocks: Int
     public private(set) var phase = Phase.receiving
     /// Blocks received in order so far.
     public private(set) var received = 0
@@ -246,6 +247,12 @@ public struct MigrationDestination: Sendable {
     }
 
     init(request: String, reservedBlocks: Int) { self.request = request; self.reservedBlocks = reservedBlocks }
+
+    /// The request grew on the source past what was set aside: `n` more blocks are reserved.
+    public mutating func extend(by n: Int) {
+        guard phase == .receiving, n > 0 else { return }
+        reservedBlocks += n
+    }
 
     /// Blocks arrived (from a stage or the final copy). They must follow on from what arrived and
     /// fit the reservation; otherwise the error names the problem (the migration then aborts).

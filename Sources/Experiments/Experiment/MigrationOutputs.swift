@@ -1,0 +1,130 @@
+import Foundation
+import Scheduling
+
+/// `migrations.csv`: one row per migration as the coordinator recorded it.
+public enum MigrationsTable {
+    public static func write(_ m: MigrationAccounting, to file: String) throws {
+        var s = "migration,from,to,method,reason,state,tokens,stages,bytes,downtime_ms,started_trace_s,ended_trace_s\n"
+        for x in m.samples {
+            s += "\(x.id),\(x.from),\(x.to),\(x.method),\(x.reason),\(x.state),\(x.tokens),\(x.stages),\(x.bytes),"
+            s += (x.downtimeMs.map { String(format: "%.3f", $0) } ?? "") + String(format: ",%.3f,%.3f\n", x.started, x.ended)
+        }
+        try s.write(toFile: file, atomically: true, encoding: .utf8)
+    }
+
+    /// The report's migration section: counts by reason and outcome, and downtime against the
+    /// request's sequence length per method.
+    static func section(_ s: ExperimentSummary, esc: (String) -> String) -> String {
+        let m = s.migrations
+        guard m.known, m.started > 0 || s.migrationPolicy != "none" else { return "" }
+        var out = "<h2>Live migration</h2><p>Policy <b>\(esc(s.migrationPolicy))</b>, method \(esc(m.method)). Running requests move between replicas with their KV blocks as real bytes over the agents' data plane (every byte checked on arrival). Downtime is the extra stall a moved request saw: the gap between its last token on the source and its first on the destination, less its normal time between tokens (trace ms). "
+            + m.notes.map(esc).joined(separator: " ") + "</p>"
+        guard m.started > 0 else { return out + "<p>No migration was started.</p>" }
+        out += "<table><tr><th>reason</th><th>migrations</th></tr>" + m.byReason.sorted { $0.key < $1.key }.map { "<tr><td>\(esc($0.key))</td><td>\($0.value)</td></tr>" }.joined() + "</table>"
+        out += "<table><tr><th>outcome</th><th>migrations</th></tr>" + m.byState.sorted { $0.key < $1.key }.map { "<tr><td>\(esc($0.key))</td><td>\($0.value)</td></tr>" }.joined() + "</table>"
+        out += String(format: "<p>%.1f MiB of KV moved", Double(m.bytesMoved) / 1_048_576)
+            + (m.downtimeP50Ms.map { String(format: "; downtime p50 %.1f ms, p99 %.1f ms", $0, m.downtimeP99Ms ?? 0) } ?? "") + ".</p>"
+        var plot = SVGPlot(title: "Downtime against sequence length", xLabel: "tokens of the request when it moved", yLabel: "downtime, trace ms")
+        for method in Set(m.samples.map(\.method)).sorted() {
+            let pts = m.samples.filter { $0.method == method }.compactMap { x in x.downtimeMs.map { (Double(x.tokens), $0) } }
+            if !pts.isEmpty { plot.series.append(SVGPlot.Series(name: method, points: pts.sorted { $0.0 < $1.0 }, dots: true)) }
+        }
+        if !plot.series.isEmpty { out += "<h3>Downtime against sequence length</h3>" + plot.render() }
+        return out
+    }
+}
+
+/// Runs of one spec that differ by migration policy, side by side: the table printed at the end
+/// and `report.html` at the top of the results folder (each run's own report is in its folder).
+public enum ExperimentComparison {
+    struct Row {
+        var policy: String
+        var ttftP50 = 0.0, ttftP99 = 0.0, tbtP50 = 0.0, tbtP99 = 0.0, latencyP50 = 0.0, latencyP99 = 0.0
+        var preemptions = 0, completed = 0, submitted = 0, migrations = 0
+        var reasons: [String: Int] = [:]
+        var downtimeP50: Double?
+        var lostNothing = true
+    }
+
+    /// Per run, request-weighted over its services (one service: its own figures).
+    static func rows(_ all: [ExperimentSummary]) -> [Row] {
+        all.map { s in
+            var r = Row(policy: s.migrationPolicy.isEmpty ? "-" : s.migrationPolicy)
+            let svc = s.requests.services
+            let n = Double(max(1, svc.reduce(0) { $0 + $1.completed }))
+            func w(_ f: (RequestAccounting.Service) -> Double) -> Double { svc.reduce(0) { $0 + f($1) * Double($1.completed) } / n }
+            r.ttftP50 = w(\.ttftP50); r.ttftP99 = w(\.ttftP99); r.tbtP50 = w(\.tbtP50); r.tbtP99 = w(\.tbtP99)
+            r.latencyP50 = w(\.latencyP50); r.latencyP99 = w(\.latencyP99)
+            r.preemptions = svc.reduce(0) { $0 + $1.preemptions }
+            r.completed = svc.reduce(0) { $0 + $1.completed }; r.submitted = svc.reduce(0) { $0 + $1.submitted }
+            r.migrations = s.migrations.started; r.reasons = s.migrations.byReason; r.downtimeP50 = s.migrations.downtimeP50Ms
+            r.lostNothing = s.lostNothing.ok
+            return r
+        }
+    }
+
+    public static func text(_ all: [ExperimentSummary]) -> String {
+        let rs = rows(all)
+        var lines = ["policy     TTFT p50 s  TTFT p99 s  TBT p50 ms  TBT p99 ms  E2E p50 s  E2E p99 s  preemptions  migrations (by reason)                 lost nothing"]
+        for r in rs {
+            let reasons = r.reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+            lines.append(r.policy.padding(toLength: 11, withPad: " ", startingAt: 0)
+                         + String(format: "%-11.2f %-11.2f %-11.1f %-11.1f %-10.2f %-10.2f %-12d ", r.ttftP50, r.ttftP99, r.tbtP50 * 1000, r.tbtP99 * 1000, r.latencyP50, r.latencyP99, r.preemptions)
+                         + "\(r.migrations)\(reasons.isEmpty ? "" : " (\(reasons))")".padding(toLength: 39, withPad: " ", startingAt: 0) + (r.lostNothing ? "yes" : "NO"))
+        }
+        if let base = rs.first(where: { $0.policy == "none" }), base.ttftP99 > 0,
+           let best = rs.filter({ $0.policy != "none" }).min(by: { $0.ttftP99 < $1.ttftP99 }) {
+            lines.append(String(format: "P99 TTFT, best migration policy (%@) vs none: %.2f s vs %.2f s, ratio %.2f (below 1: migration helps)",
+                                best.policy as NSString, best.ttftP99, base.ttftP99, best.ttftP99 / base.ttftP99))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// `report.html` at the top of a multi-policy results folder: the comparison table and each
+    /// policy's TTFT CDF from its own `requests.csv`.
+    public static func write(_ all: [ExperimentSummary], variants: [String], to dir: String, title: String) throws {
+        func esc(_ x: String) -> String { x.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;") }
+        let rs = rows(all)
+        var table = "<table><tr><th>policy</th><th>requests done</th><th>TTFT p50 s</th><th>TTFT p99 s</th><th>TBT p50 ms</th><th>TBT p99 ms</th><th>E2E p50 s</th><th>E2E p99 s</th><th>preemptions</th><th>migrations</th><th>by reason</th><th>downtime p50 ms</th><th>lost nothing</th></tr>"
+        for r in rs {
+            table += "<tr><td>\(esc(r.policy))</td><td>\(r.completed)/\(r.submitted)</td>" + String(format: "<td>%.2f</td><td>%.2f</td><td>%.1f</td><td>%.1f</td><td>%.2f</td><td>%.2f</td>", r.ttftP50, r.ttftP99, r.tbtP50 * 1000, r.tbtP99 * 1000, r.latencyP50, r.latencyP99)
+                + "<td>\(r.preemptions)</td><td>\(r.migrations)</td><td>\(esc(r.reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")))</td><td>"
+                + (r.downtimeP50.map { String(format: "%.1f", $0) } ?? "-") + "</td><td>\(r.lostNothing ? "yes" : "NO")</td></tr>"
+        }
+        table += "</table>"
+        var cdf = SVGPlot(title: "Time to first token by migration policy", xLabel: "TTFT, trace seconds (log)", yLabel: "fraction of requests", logX: true)
+        var e2e = SVGPlot(title: "Request latency by migration policy", xLabel: "latency, trace seconds (log)", yLabel: "fraction of requests", logX: true)
+        for (i, s) in all.enumerated() {
+            let sub = variants.count == all.count ? variants[i] : s.migrationPolicy
+            let file = dir + "/" + sub + "/requests.csv"
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
+            var ttfts: [Double] = [], lat: [Double] = []
+            for line in text.split(separator: "\n").dropFirst() {
+                let c = line.split(separator: ",", omittingEmptySubsequences: false)
+                if c.count >= 13, let t = Double(c[12]), t >= 0 { ttfts.append(max(t, 1e-3)) }
+                if c.count >= 7, let l = Double(c[6]), l >= 0 { lat.append(max(l, 1e-3)) }
+            }
+            func thin(_ p: [(Double, Double)]) -> [(Double, Double)] {
+                guard let last = p.last else { return [] }
+                let step = max(1, p.count / 400)
+                return Swift.stride(from: 0, to: p.count, by: step).map { p[$0] } + [last]
+            }
+            if !ttfts.isEmpty { cdf.series.append(SVGPlot.Series(name: s.migrationPolicy, points: thin(SVGPlot.cdf(ttfts)))) }
+            if !lat.isEmpty { e2e.series.append(SVGPlot.Series(name: s.migrationPolicy, points: thin(SVGPlot.cdf(lat)))) }
+        }
+        let links = variants.map { "<a href=\"\(esc($0))/report.html\">\(esc($0))</a>" }.joined(separator: " · ")
+        let html = """
+        <!doctype html><html><head><meta charset="utf-8"><title>\(esc(title)): migration policies</title>
+        <style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>
+        <h1>\(esc(title)): migration policies compared</h1>
+        <p>The same requests (same seed) on the same testbed, once per live-migration policy. Replicas are emulated (an iteration-level serving engine timed by Vidur's profiles); KV blocks move as real bytes at the stated kv_bytes_scale. Each run's own report: \(links).</p>
+        \(table)
+        <pre>\(esc(text(all)))</pre>
+        \(cdf.series.isEmpty ? "" : "<h2>Time to first token</h2>" + cdf.render())
+        \(e2e.series.isEmpty ? "" : "<h2>End-to-end latency</h2>" + e2e.render())
+        </body></html>
+        """
+        try html.write(toFile: dir + "/report.html", atomically: true, encoding: .utf8)
+        try (text(all) + "\n").write(toFile: dir + "/comparison.txt", atomically: true, encoding: .utf8)
+    }
+}
