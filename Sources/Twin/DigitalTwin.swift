@@ -32,6 +32,13 @@ public struct TwinOptions: Sendable {
     /// modelled replicas (`InferenceTwinModel`); empty: services are a fluid served up to their
     /// replicas' capacity.
     public var requests: [ServiceRequest] = []
+    /// Live migration of requests between replicas (nil: none), as the coordinator's feature runs it.
+    public var migration: MigrationTwinModel.Settings?
+    /// A policy object to migrate with instead of `migration.policy`'s (other thresholds, a new policy).
+    public var migrationPolicy: MigrationPolicy?
+    /// Nodes drained by the operator: (node, from, until) in trace seconds; their replicas take no
+    /// new requests and the migration policy empties them.
+    public var drains: [(node: String, from: Double, until: Double)] = []
     public init() {}
 }
 
@@ -63,6 +70,9 @@ public struct DigitalTwin {
         case replicaReady(String)
         case requestDone(InferenceTwinModel.Finish)
         case replicaWake(String)
+        case migrationRound
+        case migrationStep(String)
+        case drain(String, Bool)
     }
 
     public func run(policy: SchedulingPolicy) -> RunResult {
@@ -92,6 +102,17 @@ public struct DigitalTwin {
         var replicas = InferenceTwinModel()
         let servicesByID = Dictionary(uniqueKeysWithValues: scheduler.services.map { ($0.id, $0) })
         for (i, q) in options.requests.enumerated() { queue.push(q.arrival, .request(i)) }
+        // Migration: the coordinator's policy rounds over the replicas' engines; nodes silent
+        // before the failure detector declares them dead look suspect to it, drained ones draining.
+        var migration = requestLevel ? options.migration.flatMap { m in
+            options.migrationPolicy.map { MigrationTwinModel(settings: m, policy: $0) } ?? MigrationTwinModel(settings: m)
+        } : nil
+        if migration != nil, let first = options.requests.map(\.arrival).min() { queue.push(first, .migrationRound) }
+        for d in options.drains { queue.push(d.from, .drain(d.node, true)); queue.push(d.until, .drain(d.node, false)) }
+        var drained = Set<String>(), silent = Set<String>()
+        func syncClosed() {
+            for (id, r) in router.ready { let c = drained.contains(r.node); if c != router.closed.contains(id) { router.setClosed(id, c) } }
+        }
         var requestsArrived = 0, requestsDone = 0
         let inference = Dictionary(uniqueKeysWithValues: scheduler.services.compactMap { s in
             InferenceModel(kb: execution.kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpusPerReplica).map { (s.id, $0) }
@@ -181,10 +202,12 @@ public struct DigitalTwin {
                     scheduler.state.progress(job: id, workDone: m.work, checkpointed: m.checkpointed)
                     queue.push(now + options.reportInterval, .report(id, g))
                 case .nodeCrash(let node):
+                    silent.insert(node)
                     replicas.nodeCrashed(node, at: now)
                     // Work stops here; the scheduler still believes the node alive until .nodeDown.
                     for r in jobs.nodeCrashed(node, at: now) { scheduler.state.progress(job: r.job, workDone: r.work, checkpointed: r.checkpointed) }
                 case .nodeDown(let node):
+                    silent.remove(node)
                     for r in jobs.liveRuns(on: node, at: now) { scheduler.state.progress(job: r.job, workDone: r.work, checkpointed: r.checkpointed) }
                     let lost = scheduler.state.nodeFailed(node, at: now)
                     for id in lost.jobs { jobs.end(id, at: now) }
@@ -199,8 +222,25 @@ public struct DigitalTwin {
                     // The agent acknowledged the start (the coordinator's `replicaStarted`).
                     guard let r = scheduler.state.replicas[id] else { continue }
                     router.replicaReady(id, service: r.serviceID, node: r.placement.nodeID, batch: scheduler.batchPerReplica[r.serviceID] ?? 1)
+                    syncClosed()
                 case .requestDone(let f):
                     deliver(f)
+                case .drain(let node, let on):
+                    if on { drained.insert(node) } else { drained.remove(node) }
+                    syncClosed()
+                case .migrationRound:
+                    guard migration != nil else { continue }
+                    syncClosed()
+                    let steps = migration!.round(at: now, replicas: &replicas, router: router,
+                                                 health: { silent.contains($0) ? .suspect : .alive }, slo: { servicesByID[$0]?.sloSeconds })
+                    for s in steps { queue.push(s.at, .migrationStep(s.id)) }
+                    for id in replicas.replicaIDs { wake(id, at: replicas.nextLook(id)) }
+                    if requestsDone < options.requests.count || migration!.inFlight > 0 { queue.push(now + migration!.settings.interval, .migrationRound) }
+                case .migrationStep(let id):
+                    guard migration != nil else { continue }
+                    for s in migration!.step(id, at: now, replicas: &replicas, router: router) { queue.push(s.at, .migrationStep(s.id)) }
+                    migration!.collectDowntimes(at: now, replicas: &replicas)
+                    for id in replicas.replicaIDs { wake(id, at: replicas.nextLook(id)) }
                 case .replicaWake(let id):
                     guard wakeAt[id] == now else { continue }   // superseded by an earlier look
                     wakeAt[id] = nil
@@ -260,6 +300,7 @@ public struct DigitalTwin {
                 let ttfts = done.compactMap(\.ttft).sorted(), tbts = done.map(\.meanTBT).sorted()
                 if !ttfts.isEmpty { o.ttftP50 = percentile(ttfts, 50); o.ttftP99 = percentile(ttfts, 99) }
                 if !tbts.isEmpty { o.tbtP99 = percentile(tbts, 99) }
+                o.preemptions = done.reduce(0) { $0 + $1.preemptions }
                 serviceOut[s.id] = o
             }
         }
@@ -271,9 +312,15 @@ public struct DigitalTwin {
         skipped += states.filter(\.failed).map { "job \($0.spec.id): failed to start \($0.failedStarts) times (does not fit)" }
         skipped += scheduler.rejectedDecisions
         skipped += states.filter { $0.phase != .finished }.map { "job \($0.spec.id): never finished (\($0.phase); no node could hold a configuration it fits)" }
-        return RunResult(policy: policy.name, workload: workload.name, engine: "twin", emulated: true, jobs: states.map(\.outcome),
-                         services: serviceOut.values.sorted { $0.id < $1.id }, busyGPUSeconds: jobs.busyGPUSeconds, gpusByModel: gpus,
-                         makespan: max(lastFinish - firstArrival, 0), skipped: skipped, events: events,
-                         wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9)
+        var result = RunResult(policy: policy.name, workload: workload.name, engine: "twin", emulated: true, jobs: states.map(\.outcome),
+                               services: serviceOut.values.sorted { $0.id < $1.id }, busyGPUSeconds: jobs.busyGPUSeconds, gpusByModel: gpus,
+                               makespan: max(lastFinish - firstArrival, 0), skipped: skipped, events: events,
+                               wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9)
+        if let m = migration {
+            for (k, v) in m.byReason { result.migrations["reason/" + k] = v }
+            for (k, v) in m.byState { result.migrations["state/" + k] = v }
+            result.migrationDowntimes = m.outcomes.compactMap(\.downtime)
+        }
+        return result
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Cluster
 import Experiments
+import Features
 import Foundation
 import Scheduling
 import Twin
@@ -8,7 +9,7 @@ import Twin
 struct TwinCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "twin", abstract: "The digital twin: the coordinator's policies on a virtual clock with modelled GPU agents.",
-        subcommands: [Run.self, Validate.self])
+        subcommands: [Run.self, Validate.self, ValidateSpec.self])
 
     struct WorkloadOptions: ParsableArguments {
         @Option(help: "Seed data folder (default: data/ of the repository).") var data: String?
@@ -222,6 +223,106 @@ extension TwinCommand {
             enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
             try enc.encode(v).write(to: URL(fileURLWithPath: out + "/validation.json"))
             print("results in \(out)/")
+        }
+    }
+}
+
+extension TwinCommand {
+    /// The twin against an experiment spec with inference services: the spec runs on the local
+    /// testbed for one migration policy, then the twin replays the same requests, faults and
+    /// policy; their P99 TTFT and migration counts are compared (target: within 10 %).
+    struct ValidateSpec: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "validate-spec",
+            abstract: "Run an experiment spec with inference services on the local testbed and in the twin (one migration policy); compare P99 TTFT, migrations and latency.")
+        @Argument(help: "Experiment spec with workload.services (e.g. experiments/migration.yaml).") var spec: String
+        @Option(help: "Migration policy to run (default: the spec's first).") var migration: String?
+        @Option(help: "Results folder.") var out = "results/twin-validate-spec"
+        @Option(help: "Seed data folder.") var data: String?
+        @Option(name: .customLong("run-dir"), help: "Run directory of the local testbed.") var runDir = ".strato/validate"
+
+        func run() throws {
+            var s = try ExperimentSpec.load(file: spec)
+            guard var sv = s.workload.services else { throw ValidationError("\(spec) has no workload.services to validate") }
+            let policy = migration ?? sv.migration.first ?? s.topology.coordinator.migrationPolicy
+            guard MigrationPolicies.named(policy) != nil else { throw ValidationError("--migration '\(policy)' is unknown (known: \(MigrationPolicies.names.joined(separator: ", ")))") }
+            sv.migration = [policy]
+            s.workload.services = sv
+            s.topology.coordinator.migrationPolicy = policy
+            s.seeds = [s.seeds.first ?? 1]; s.repetitions = 1
+            let dataDir = DataPaths.dataDirectory(data)
+            if let old = Testbed.load(runDirectory: runDir) { old.down() }
+            let runner = ExperimentRunner(spec: s, platform: LocalPlatform(runDirectory: runDir), out: out + "/testbed")
+            runner.dataDirectory = dataDir
+            let testbed = try runner.runAll()[0]
+
+            // The twin: the same services, requests (same seed), faults and policies.
+            let nodes = ClusterSpec.nodes(of: s.topology)
+            let (kb, _, _) = KnowledgeSeeding.seeded(dataDirectory: dataDir, gpuModels: Array(Set(nodes.map(\.gpuModel))))
+            let services = try runner.services()
+            let requests = runner.requests(services, seed: s.seeds[0])
+            let scale = s.topology.coordinator.timeScale
+            var options = TwinOptions()
+            options.requests = requests
+            options.reportLatency = 0.010 * scale
+            options.startLatency = 0.010 * scale
+            options.serveLatency = 0.0014 * scale
+            options.reportInterval = Double(s.topology.coordinator.heartbeatMs) / 1000 * scale
+            // Faults happen at wall seconds since the workload started, which is trace second 0 at the time scale.
+            let detect = (Double(s.topology.coordinator.deadAfterMs) - Double(s.topology.coordinator.heartbeatMs) / 2) / 1000 * scale
+            for f in s.faults {
+                switch f.action {
+                case .kill: for n in f.nodes { options.failures.append(NodeFailure(node: n, at: f.at * scale, downFor: (f.duration ?? 1e6) * scale, detectedAfter: detect)) }
+                case .drain: for n in f.nodes { options.drains.append((n, f.at * scale, (f.end ?? 1e9) * scale)) }
+                default: print("  note: the twin does not model '\(f.action.rawValue)' faults; \(f.describe) is left out")
+                }
+            }
+            var m = MigrationTwinModel.Settings()
+            m.policy = policy
+            m.method = MigrationMethod(rawValue: s.topology.coordinator.migrationMethod) ?? .live
+            m.interval = 0.25 * scale
+            m.kvLinkBytesPerSecond = try s.topology.coordinator.kvLink.map { $0 == "0" ? 0 : (try NetworkConditions.parseBandwidth($0) ?? 0) } ?? 25e9 / 8
+            // A decision reaches the source with the next command round and its reservation takes a
+            // data-plane round trip: a few wall milliseconds.
+            m.controlLatency = 0.003 * scale
+            options.migration = m
+            var w = Workload(name: s.name, jobs: [], skipped: [])
+            w.services = services
+            guard let p = Policies.named(s.topology.coordinator.policy) else { throw ValidationError("unknown policy \(s.topology.coordinator.policy)") }
+            let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: options).run(policy: p)
+
+            func err(_ a: Double, _ b: Double) -> Double { a > 0 ? abs(b - a) / a : (b == 0 ? 0 : .infinity) }
+            var text = "figure                        testbed      twin     error\n"
+            var worst = 0.0
+            for a in testbed.requests.services {
+                guard let b = twin.services.first(where: { $0.id == a.id }) else { continue }
+                let rows: [(String, Double, Double, Bool)] = [
+                    ("\(a.id) P99 TTFT s", a.ttftP99, b.ttftP99 ?? .nan, true),
+                    ("\(a.id) P50 TTFT s", a.ttftP50, b.ttftP50 ?? .nan, false),
+                    ("\(a.id) P99 latency s", a.latencyP99, b.latencyP99 ?? .nan, false),
+                    ("\(a.id) preemptions", Double(a.preemptions), Double(b.preemptions ?? 0), false),
+                ]
+                for (name, x, y, target) in rows {
+                    let e = err(x, y)
+                    if target { worst = max(worst, e) }
+                    text += name.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.3f %9.3f   %6.1f%%", x, y, e * 100) + (target ? "  (target ≤ 10 %)" : "") + "\n"
+                }
+            }
+            let tbMoved = testbed.migrations.started, twMoved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
+            let e = err(Double(tbMoved), Double(twMoved))
+            worst = max(worst, e)
+            text += "migrations".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9d %9d   %6.1f%%  (target ≤ 10 %%)\n", tbMoved, twMoved, e * 100)
+            for k in Set(testbed.migrations.byReason.keys).union(twin.migrations.keys.filter { $0.hasPrefix("reason/") }.map { String($0.dropFirst(7)) }).sorted() {
+                text += "  \(k)".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9d %9d\n", testbed.migrations.byReason[k] ?? 0, twin.migrations["reason/" + k] ?? 0)
+            }
+            let d = twin.migrationDowntimes.sorted()
+            text += "downtime p50 ms".padding(toLength: 28, withPad: " ", startingAt: 0)
+                + String(format: "%9.1f %9.1f\n", testbed.migrations.downtimeP50Ms ?? .nan, d.isEmpty ? .nan : percentile(d, 50) * 1000)
+            print("\n" + text)
+            print(worst <= 0.10 ? "twin within 10 % on P99 TTFT and migration counts: target met" : String(format: "twin off by %.1f %% at worst (target 10 %%): NOT met", worst * 100))
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            try text.write(toFile: out + "/validation.txt", atomically: true, encoding: .utf8)
+            print("results in \(out)/ (testbed run in \(out)/testbed/)")
         }
     }
 }

@@ -14,7 +14,8 @@ struct MigrationPolicyTests {
     @Test("none never migrates")
     func none() {
         #expect(MigrationPolicies.named("none")!.decide([busy("a", used: 990, running: reqs("a", [99, 99])), busy("b", used: 0, running: [])], costs: costs, busy: []).isEmpty)
-        #expect(MigrationPolicies.named("nope") == nil && MigrationPolicies.names == ["none", "llumnix", "slack"])
+        #expect(MigrationPolicies.named("nope") == nil && MigrationPolicies.names == ["none", "dispatch", "llumnix", "slack"])
+        #expect(!MigrationPolicies.named("dispatch")!.migrates && MigrationPolicies.named("dispatch")!.dispatchesByFreeness && !NoMigration().dispatchesByFreeness)
     }
 
     @Test("llumnix: freeness from virtual usage pairs the least free with the freest and moves the source's cheapest request")

@@ -151,7 +151,17 @@ struct ServiceTests {
         ("workload: {kind: scheduling, hours: 1, services: {rps: 2, gpu: A100-80GB}}\ntime_scale: 1000\n", 5, "too high for services with a 20 s SLO"),
         ("workload: {kind: scheduling, hours: 1, services: {gpu: A100-80GB}}\n", 4, "services need 'rps'"),
         ("workload: {kind: scheduling, hours: 1, services: {rps: 2, gpu: Z80}}\n", 4, "unknown GPU model 'Z80'"),
-        ("workload: {kind: idle, services: {rps: 2, gpu: A100-80GB}}\n", 4, "'services' belongs to scheduling workloads"),
+        ("workload: {kind: idle, services: {rps: 2, gpu: A100-80GB}}\n", 4, "'services' belongs to scheduling and services workloads"),
+        ("workload: {kind: services, hours: 1}\n", 4, "a services workload needs 'services'"),
+        ("workload: {kind: services, hours: 1, services: {rps: 2, gpu: A100-80GB, migration: [none, teleport]}}\n", 4, "unknown migration policy 'teleport'"),
+        ("workload: {kind: services, hours: 1, services: {rps: 2, gpu: A100-80GB, migration: [llumnix, llumnix]}}\n", 4, "'llumnix' is listed twice"),
+        ("workload: {kind: services, hours: 1, services: {rps: 2, gpu: A100-80GB, method: teleport}}\n", 4, "method 'teleport' must be live, blocking or recompute"),
+        ("workload: {kind: services, hours: 1, services: {rps: 2, gpu: A100-80GB, priority_share: 1.5}}\n", 4, "priority_share 1.5 must be within 0 … 1"),
+        ("workload: {kind: services, hours: 1, services: {rps: 2, gpu: A100-80GB, kv_bytes_scale: 2}}\n", 4, "kv_bytes_scale 2.0 must be within 0 … 1"),
+        ("workload: {kind: services, hours: 1, services: {rps: 2, gpu: A100-80GB, kv_link: 10mbps}}\n", 4, "kv_link: bandwidth '10mbps' is ambiguous"),
+        ("workload: {kind: services, hours: 1, services: {rps: 2, gpu: A100-80GB, trace: chat}}\n", 4, "trace 'chat' must be code, conversation or both"),
+        ("workload: {kind: services, jobs_per_hour: 3, services: {rps: 2, gpu: A100-80GB}}\n", 4, "'jobs_per_hour' does not apply to a services workload"),
+        ("workload: {kind: services, hours: 1, services: {rps: 2, gpu: A100-80GB}}\nfaults:\n  - {at: 5s, action: drain}\n", 6, "missing 'target'"),
     ])
     func serviceSpecs(_ body: String, _ line: Int, _ message: String) {
         do {

@@ -108,7 +108,7 @@ public final class ExperimentRunner: @unchecked Sendable {
     }
 
     /// The online services of the workload (none unless it names `services`).
-    func services() throws -> [ServiceSpec] {
+    public func services() throws -> [ServiceSpec] {
         guard let sv = spec.workload.services else { return [] }
         var out = try ServiceSetup.azureServices(dataDirectory: dataDirectory, seconds: spec.workload.hours * 3600, gpuModel: sv.gpu,
                                                  meanRPS: sv.rps, sloSeconds: sv.sloSeconds, trace: sv.trace, minReplicas: sv.replicas ?? 1)
@@ -118,7 +118,7 @@ public final class ExperimentRunner: @unchecked Sendable {
 
     /// The requests for one seed; `priority_share` of them, drawn by a hash of their id and the
     /// seed (the same ones in every policy's run), are high priority.
-    func requests(_ services: [ServiceSpec], seed: UInt64) -> [ServiceRequest] {
+    public func requests(_ services: [ServiceSpec], seed: UInt64) -> [ServiceRequest] {
         var out = RequestStream.generate(services, until: spec.workload.hours * 3600, seed: seed)
         let share = spec.workload.services?.priorityShare ?? 0
         guard share > 0 else { return out }

@@ -16,9 +16,9 @@ public struct InferenceTwinModel {
     }
     struct Replica { var engine: ServingEngine; var node: String; var life: Int }
 
-    private var replicas: [String: Replica] = [:]
+    var replicas: [String: Replica] = [:]
     /// When each replica life ended (stopped or crashed), by life number.
-    private var endedAt: [Int: Double] = [:]
+    var endedAt: [Int: Double] = [:]
     private var lives = 0
     public var preemption = ServingEngine.Preemption.recompute
 

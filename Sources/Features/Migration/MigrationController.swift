@@ -76,6 +76,7 @@ public final class MigrationController: CoordinatorFeature {
     // MARK: Start
 
     public func start(_ s: CoordinatorServices, restoredNodes: [NodeRecord]) throws {
+        router.dispatch = policy.dispatchesByFreeness ? .freeness : .shortestQueue
         for row in try s.store.database.run("SELECT id, record FROM migrations ORDER BY rowid") {
             guard let r = try? MigrationRecord(serializedBytes: row[1].blob) else { continue }
             records[r.migrationID] = r
@@ -94,8 +95,13 @@ public final class MigrationController: CoordinatorFeature {
         var settled: [String] = []
         for r in reports {
             if r.key.hasPrefix("load/") {
-                if let l = try? InstanceLoadReport(serializedBytes: r.body) { loads[l.replicaID] = Load(report: l, node: nodeID, at: s.clock.wallNanos()) }
-                else { s.count("malformed_migration_reports") }
+                if let l = try? InstanceLoadReport(serializedBytes: r.body) {
+                    loads[l.replicaID] = Load(report: l, node: nodeID, at: s.clock.wallNanos())
+                    // Llumnix's dispatching reads the same reports.
+                    if policy.dispatchesByFreeness {
+                        router.updateKV(l.replicaID, freeBlocks: Int(l.totalBlocks) - Int(l.usedBlocks) - Int(l.headOfQueueDemand), running: l.running.count)
+                    }
+                } else { s.count("malformed_migration_reports") }
                 settled.append(r.key)
                 continue
             }
@@ -196,7 +202,7 @@ public final class MigrationController: CoordinatorFeature {
     }
 
     public func nextDueWall() -> Int64? {
-        guard !(policy is NoMigration) || records.values.contains(where: { Self.live.contains($0.state) }) else { return nil }
+        guard policy.migrates || policy.dispatchesByFreeness || records.values.contains(where: { Self.live.contains($0.state) }) else { return nil }
         return lastRound + Int64(settings.interval * 1e9)
     }
 
@@ -264,7 +270,7 @@ public final class MigrationController: CoordinatorFeature {
                 : MigrationCosts(blockBytes: blockBytes(instances.first!.id), bandwidthBytesPerSecond: (bandwidth ?? 1e9) * jobs.timeScale)
             // A drained node's replicas are emptied whatever the policy: with `none`, by the drain
             // rule alone (Llumnix's, whose virtual usage is infinite on a draining instance).
-            let chosen = policy is NoMigration
+            let chosen = !policy.migrates
                 ? (instances.contains { $0.health == .draining } ? LlumnixMigration().decide(instances, costs: costs, busy: busyRequests).filter { $0.reason == .drain } : [])
                 : policy.decide(instances, costs: costs, busy: busyRequests)
             decisions += chosen.map { ($0, service) }

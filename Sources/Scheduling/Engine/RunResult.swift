@@ -35,6 +35,8 @@ public struct ServiceOutcome: Sendable, Codable, Equatable {
     public var ttftP50: Double?
     public var ttftP99: Double?
     public var tbtP99: Double?
+    /// Engine preemptions (out of KV blocks) over its completed requests.
+    public var preemptions: Int?
     public var attainment: Double { offeredRequests > 0 ? servedWithinSLO / offeredRequests : 1 }
     public init(id: String) { self.id = id }
 }
@@ -54,6 +56,10 @@ public struct RunResult: Sendable, Codable {
     public var skipped: [String]
     public var events: Int
     public var wallSeconds: Double
+    /// Live migrations of inference requests: counts by `reason/<r>` and `state/<s>`, and the
+    /// downtimes (trace s) of those that moved.
+    public var migrations: [String: Int] = [:]
+    public var migrationDowntimes: [Double] = []
 
     public var finished: [JobOutcome] { jobs.filter { $0.finish != nil } }
 

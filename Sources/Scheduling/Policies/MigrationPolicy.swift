@@ -54,15 +54,26 @@ public struct MigrationCosts: Sendable {
 
 public protocol MigrationPolicy: Sendable {
     var name: String { get }
+    /// Whether new requests go to the freest replica by KV blocks (Llumnix's dispatching) rather
+    /// than the one with the fewest outstanding requests.
+    var dispatchesByFreeness: Bool { get }
+    /// Whether it moves running requests for load (a drained node is emptied whatever the policy).
+    var migrates: Bool { get }
     /// Migrations to start now; `busy` are requests already moving (never chosen twice).
     func decide(_ instances: [InstanceLoad], costs: MigrationCosts, busy: Set<String>) -> [MigrationDecision]
 }
 
+extension MigrationPolicy {
+    public var dispatchesByFreeness: Bool { true }
+    public var migrates: Bool { true }
+}
+
 public enum MigrationPolicies {
-    public static let names = ["none", "llumnix", "slack"]
+    public static let names = ["none", "dispatch", "llumnix", "slack"]
     public static func named(_ name: String) -> MigrationPolicy? {
         switch name {
         case "none": return NoMigration()
+        case "dispatch": return DispatchOnly()
         case "llumnix": return LlumnixMigration()
         case "slack": return SlackAwareMigration()
         default: return nil
@@ -70,9 +81,20 @@ public enum MigrationPolicies {
     }
 }
 
-/// Dispatch only: requests stay where the router sent them.
+/// Dispatch only: requests stay where the router sent them (the replica with the fewest outstanding).
 public struct NoMigration: MigrationPolicy {
     public let name = "none"
+    public var dispatchesByFreeness: Bool { false }
+    public var migrates: Bool { false }
+    public init() {}
+    public func decide(_ instances: [InstanceLoad], costs: MigrationCosts, busy: Set<String>) -> [MigrationDecision] { [] }
+}
+
+/// Llumnix's dispatching without its migration, to tell what each contributes: new requests go
+/// to the freest replica by KV blocks; running ones stay.
+public struct DispatchOnly: MigrationPolicy {
+    public let name = "dispatch"
+    public var migrates: Bool { false }
     public init() {}
     public func decide(_ instances: [InstanceLoad], costs: MigrationCosts, busy: Set<String>) -> [MigrationDecision] { [] }
 }

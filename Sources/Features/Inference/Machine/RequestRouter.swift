@@ -113,6 +113,7 @@ public final class RequestRouter {
     @discardableResult
     public func replicaGone(_ id: String) -> [String] {
         ready[id] = nil
+        kv[id] = nil
         closed.remove(id)
         let lost = (outstanding.removeValue(forKey: id) ?? []).sorted()
         for q in lost {
@@ -176,6 +177,26 @@ public final class RequestRouter {
     /// Requests outstanding on a replica (sent to it, not finished).
     public func outstanding(on replica: String) -> Set<String> { outstanding[replica] ?? [] }
 
+    // MARK: dispatch
+
+    /// How a request picks its replica: the one with the fewest outstanding requests
+    /// (join-shortest-queue, the default), or the freest by KV blocks (Llumnix's dispatching: most
+    /// free blocks per running request, from the replicas' load reports), both within twice the
+    /// replica's batch outstanding.
+    public enum Dispatch: String, Sendable { case shortestQueue = "shortest-queue", freeness }
+    public var dispatch = Dispatch.shortestQueue
+    /// Each replica's KV as last reported: free blocks (less what its waiting requests need) and
+    /// running requests. Dispatching takes each routed request's prompt off its replica's free
+    /// blocks until the next report.
+    private var kv: [String: (free: Int, running: Int)] = [:]
+    public func updateKV(_ replica: String, freeBlocks: Int, running: Int) { kv[replica] = (freeBlocks, running) }
+    public static let blockTokens = 16
+
+    private func freeness(_ replica: String) -> Double? {
+        guard let k = kv[replica] else { return nil }
+        return Double(k.free) / Double(max(1, k.running))
+    }
+
     /// Routes requests that have arrived by `now` to ready replicas: (replica, node, requests).
     public func route(now: Double) -> [(replica: String, node: String, requests: [ServiceRequest])] {
         var batches: [String: [ServiceRequest]] = [:]
@@ -194,11 +215,20 @@ public final class RequestRouter {
                 guard r.request.arrival <= now else { break }
                 var best: String?
                 var bestLoad = Int.max
+                var bestFree = -Double.infinity
                 for rep in replicas {
                     let load = outstanding[rep]?.count ?? 0
-                    if load < 2 * ready[rep]!.batch && load < bestLoad { best = rep; bestLoad = load }
+                    guard load < 2 * ready[rep]!.batch else { continue }
+                    if dispatch == .freeness {
+                        // A replica not heard from yet is new, and empty: the freest.
+                        let f = freeness(rep) ?? .greatestFiniteMagnitude
+                        if f > bestFree || (f == bestFree && load < bestLoad) { best = rep; bestLoad = load; bestFree = f }
+                    } else if load < bestLoad { best = rep; bestLoad = load }
                 }
                 guard let rep = best else { break }
+                if dispatch == .freeness, let k = kv[rep] {
+                    kv[rep] = (k.free - (r.request.prefill + RequestRouter.blockTokens - 1) / RequestRouter.blockTokens, k.running + 1)
+                }
                 r.replica = rep
                 r.node = ready[rep]!.node
                 r.attempts += 1

@@ -1,0 +1,262 @@
+import Scheduling
+
+/// Feature "migration" in the digital twin: the coordinator's policy over the twin's replica
+/// engines (`InferenceTwinModel`), and each migration run by the agents' own machines
+/// (`MigrationSource`, `MigrationDestination`) on virtual time. A copy takes its blocks' real size
+/// over the KV link (the testbed's emulated link, which is what bounds its copies); the final stage
+/// waits for the step in flight on the source, as the agent's does; the destination's first token
+/// comes from its engine, so downtime is measured, not assumed. The router hears of each move as
+/// the coordinator does. Times are trace seconds.
+public struct MigrationTwinModel {
+    public struct Settings: Sendable {
+        public var policy = "none"
+        public var method = MigrationMethod.live
+        public var downtimeBudget = 0.02
+        public var stageCap = 8
+        /// Trace seconds between policy rounds (the coordinator's interval × the time scale).
+        public var interval = 2.5
+        public var maxConcurrent = 4
+        /// Real KV bytes per trace second on the link between GPU nodes.
+        public var kvLinkBytesPerSecond = 25e9 / 8
+        /// Trace seconds from a decision to the source acting on it and the destination's
+        /// reservation (command delivery and a data-plane round trip on the testbed).
+        public var controlLatency = 0.0
+        public init() {}
+    }
+
+    /// One migration's outcome, as the coordinator records it.
+    public struct Outcome: Sendable, Equatable {
+        public var id: String
+        public var request: String
+        public var reason: String
+        public var state: String
+        public var tokens: Int
+        public var stages: Int
+        /// The extra stall (trace s); nil until the destination's first token, or when it never came.
+        public var downtime: Double?
+    }
+
+    public let settings: Settings
+    let policy: MigrationPolicy
+
+    struct Flight {
+        var id: String
+        var request: String
+        var from: String
+        var to: String
+        var toNode: String
+        var reason: String
+        var source: MigrationSource
+        var dest: MigrationDestination?
+        var kept: ServingEngine.SequenceState?
+        var started: Double
+        var copying: (blocks: Range<Int>, final: Bool)?
+        /// The request's normal time between tokens before it moved.
+        var normalTBT = 0.0
+        var outcome: Int
+    }
+    private var flights: [String: Flight] = [:]
+    private var nextNumber = 1
+    public private(set) var outcomes: [Outcome] = []
+    /// Committed moves whose first token on the destination is awaited: (outcome, request, replica, normal TBT).
+    private var watching: [(outcome: Int, request: String, replica: String, normal: Double)] = []
+
+    public init?(settings: Settings) {
+        guard let p = MigrationPolicies.named(settings.policy) else { return nil }
+        self.init(settings: settings, policy: p)
+    }
+
+    /// With a policy of the caller's (e.g. other thresholds).
+    public init(settings: Settings, policy: MigrationPolicy) {
+        self.settings = settings
+        self.policy = policy
+    }
+
+    public var inFlight: Int { flights.count }
+    public var byReason: [String: Int] { outcomes.reduce(into: [:]) { $0[$1.reason, default: 0] += 1 } }
+    public var byState: [String: Int] { outcomes.reduce(into: [:]) { $0[$1.state, default: 0] += 1 } }
+
+    // MARK: Rounds
+
+    /// A policy round at `now`: the replicas' loads (each serving replica of a service with a ready
+    /// router entry), the policy's decisions, migrations started. Returns the times to call `step`.
+    public mutating func round(at now: Double, replicas: inout InferenceTwinModel, router: RequestRouter,
+                               health: (String) -> InstanceLoad.Health, slo: (String) -> Double?) -> [(at: Double, id: String)] {
+        collectDowntimes(at: now, replicas: &replicas)
+        let busyRequests = Set(flights.values.map(\.request))
+        let busyReplicas = Set(flights.values.flatMap { [$0.from, $0.to] })
+        let loads = replicas.loads(at: now)
+        // Llumnix's dispatching reads the same loads.
+        router.dispatch = policy.dispatchesByFreeness ? .freeness : .shortestQueue
+        if policy.dispatchesByFreeness {
+            for l in loads { router.updateKV(l.replica, freeBlocks: l.load.totalBlocks - l.load.usedBlocks - l.load.headOfQueueDemand, running: l.load.running.count) }
+        }
+        var decisions: [MigrationDecision] = []
+        for service in Set(router.ready.values.map(\.service)).sorted() {
+            let instances = loads.filter { router.ready[$0.replica]?.service == service && !busyReplicas.contains($0.replica) }.map { l -> InstanceLoad in
+                let running = l.load.running.map { q -> RequestLoad in
+                    var slack = Double.infinity
+                    if let rec = router.records[q.id], let s = slo(rec.request.serviceID) {
+                        let elapsed = max(0, now - rec.request.arrival)
+                        slack = s - elapsed - Double(q.remaining) * elapsed / Double(max(1, q.generated))
+                    }
+                    return RequestLoad(id: q.id, blocks: q.blocks, remainingTokens: q.remaining, highPriority: router.records[q.id]?.request.highPriority ?? false, sloSlack: slack)
+                }
+                let h = router.closed.contains(l.replica) ? .draining : health(l.node)
+                return InstanceLoad(id: l.replica, node: l.node, totalBlocks: l.load.totalBlocks, usedBlocks: l.load.usedBlocks,
+                                    headOfQueueDemand: l.load.headOfQueueDemand, running: running, health: h)
+            }
+            guard instances.count >= 2, let first = loads.first(where: { $0.replica == instances[0].id }) else { continue }
+            let costs = MigrationCosts(blockBytes: first.blockBytes, bandwidthBytesPerSecond: settings.kvLinkBytesPerSecond)
+            decisions += !policy.migrates
+                ? (instances.contains { $0.health == .draining } ? LlumnixMigration().decide(instances, costs: costs, busy: busyRequests).filter { $0.reason == .drain } : [])
+                : policy.decide(instances, costs: costs, busy: busyRequests)
+        }
+        var events: [(Double, String)] = []
+        var used = busyReplicas
+        guard flights.count < settings.maxConcurrent else { return [] }
+        for d in decisions where flights.count < settings.maxConcurrent && !used.contains(d.from) && !used.contains(d.to) {
+            guard let rec = router.records[d.request], rec.finished == nil, rec.replica == d.from, let toNode = replicas.node(of: d.to) else { continue }
+            used.insert(d.from); used.insert(d.to)
+            let id = "mig-\(nextNumber)"
+            nextNumber += 1
+            let st = replicas.peek(d.request, in: d.from)
+            let tokens = st.map { $0.prompt + $0.generated } ?? rec.request.prefill
+            var plan = MigrationPlan(method: settings.method, blockBytes: fullBlockBytes(replicas, d.from), bandwidthBytesPerSecond: settings.kvLinkBytesPerSecond)
+            plan.downtimeBudget = settings.downtimeBudget
+            plan.stageCap = settings.stageCap
+            let total = (tokens + replicas.blockTokens - 1) / replicas.blockTokens + 1
+            let at = now + settings.controlLatency
+            let (machine, first) = MigrationSource.start(request: d.request, plan: plan, totalBlocks: total, at: at)
+            outcomes.append(Outcome(id: id, request: d.request, reason: d.reason.rawValue, state: "in-flight", tokens: tokens, stages: 0, downtime: nil))
+            var f = Flight(id: id, request: d.request, from: d.from, to: d.to, toNode: toNode, reason: d.reason.rawValue, source: machine, started: at, outcome: outcomes.count - 1)
+            if let st, st.generated > 1 { f.normalTBT = st.gapSum / Double(st.generated - 1) }
+            router.migrationStarted(d.request, to: d.to)
+            events += run(&f, first, at: at, replicas: &replicas, router: router)
+            if !isEnded(f) { flights[id] = f }
+        }
+        return events
+    }
+
+    private func isEnded(_ f: Flight) -> Bool {
+        switch f.source.phase { case .done, .aborted: return true; default: return false }
+    }
+
+    private func fullBlockBytes(_ replicas: InferenceTwinModel, _ replica: String) -> Double {
+        replicas.replicas[replica].map { $0.engine.model.arch.kvBytesPerToken * Double($0.engine.config.blockTokens) / Double($0.engine.model.tensorParallel) } ?? 0
+    }
+
+    /// Trace seconds a copy of `blocks` blocks takes on the KV link.
+    private func copySeconds(_ blocks: Int, _ replicas: InferenceTwinModel, _ replica: String) -> Double {
+        guard settings.kvLinkBytesPerSecond > 0 else { return 0 }
+        return Double(blocks) * fullBlockBytes(replicas, replica) / settings.kvLinkBytesPerSecond
+    }
+
+    /// Carries out a source machine's directives at `now`; returns when copies end.
+    private mutating func run(_ f: inout Flight, _ directives: [MigrationSource.Directive], at now: Double,
+                              replicas: inout InferenceTwinModel, router: RequestRouter) -> [(at: Double, id: String)] {
+        var queue = directives
+        var events: [(Double, String)] = []
+        while !queue.isEmpty {
+            switch queue.removeFirst() {
+            case .reserve(let n):
+                if replicas.reserve(n, in: f.to) {
+                    f.dest = try? MigrationDestination.reserve(request: f.request, blocks: n, free: n).get()
+                    queue += f.source.reserved(true, computed: replicas.completeBlocks(of: f.request, in: f.from) ?? 0, at: now)
+                } else {
+                    queue += f.source.reserved(false, reason: "destination full", computed: 0, at: now)
+                }
+            case .copy(_, let range):
+                f.copying = (range, false)
+                events.append((now + copySeconds(range.count, replicas, f.from), f.id))
+            case .suspend:
+                guard let st = replicas.takeOut(f.request, from: f.from, at: now) else {
+                    queue += f.source.requestEnded(preempted: false)
+                    continue
+                }
+                f.kept = st
+                // The final copy starts once the step in flight has computed its token's KV.
+                let due = max(now, st.lastToken ?? now)
+                let more = f.source.suspended(computed: (st.computed + replicas.blockTokens - 1) / replicas.blockTokens, at: due)
+                for d in more {
+                    if case .copyFinal(let range) = d {
+                        f.copying = (range, true)
+                        events.append((due + copySeconds(range.count, replicas, f.from), f.id))
+                    }
+                }
+            case .copyFinal: break   // handled with the suspension
+            case .free: break        // out of the source's engine since the suspension
+            case .resumeHere:
+                if let st = f.kept {
+                    replicas.resume(st, reserved: 0, kvBlocks: (st.computed + replicas.blockTokens - 1) / replicas.blockTokens, in: f.from, at: now)
+                }
+            case .abortDestination:
+                if let d = f.dest { replicas.release(d.reservedBlocks, in: f.to) }
+            case .report(let phase):
+                switch phase {
+                case .done: outcomes[f.outcome].state = "done"
+                default:
+                    outcomes[f.outcome].state = "aborted"
+                    router.migrationEnded(f.request)
+                }
+                outcomes[f.outcome].stages = f.source.stages
+            }
+        }
+        return events
+    }
+
+    /// A copy of migration `id` is over at `now`.
+    public mutating func step(_ id: String, at now: Double, replicas: inout InferenceTwinModel, router: RequestRouter) -> [(at: Double, id: String)] {
+        guard var f = flights[id], let (range, final) = f.copying else { return [] }
+        f.copying = nil
+        var events: [(Double, String)] = []
+        // The destination gone (crashed or stopped) fails the copy.
+        guard replicas.serving(f.to) else {
+            events = run(&f, f.source.destinationFailed("destination replica gone"), at: now, replicas: &replicas, router: router)
+            return finish(f, events)
+        }
+        if let d = f.dest, range.upperBound > d.reservedBlocks {
+            let more = range.upperBound - d.reservedBlocks
+            if replicas.reserve(more, in: f.to) { f.dest!.extend(by: more) } else {
+                events = run(&f, f.source.destinationFailed("destination full"), at: now, replicas: &replicas, router: router)
+                return finish(f, events)
+            }
+        }
+        _ = f.dest?.receive(range)
+        if !final {
+            switch replicas.place(of: f.request, in: f.from, at: now) {
+            case .running?:
+                events = run(&f, f.source.stageCopied(computed: replicas.completeBlocks(of: f.request, in: f.from) ?? 0, at: now),
+                             at: now, replicas: &replicas, router: router)
+            case let other:
+                events = run(&f, f.source.requestEnded(preempted: other != nil), at: now, replicas: &replicas, router: router)
+            }
+            return finish(f, events)
+        }
+        // The final copy arrived: the destination resumes it; the router hears of the move.
+        if let st = f.kept, var d = f.dest, !d.commit().isEmpty {
+            replicas.resume(st, reserved: d.reservedBlocks, kvBlocks: d.received, in: f.to, at: now)
+            f.dest = d
+            router.moved(f.request, to: f.to, node: f.toNode)
+            watching.append((f.outcome, f.request, f.to, f.normalTBT))
+        }
+        events = run(&f, f.source.finalDelivered(at: now) + f.source.committed(at: now), at: now, replicas: &replicas, router: router)
+        return finish(f, events)
+    }
+
+    private mutating func finish(_ f: Flight, _ events: [(at: Double, id: String)]) -> [(at: Double, id: String)] {
+        if isEnded(f) { flights[f.id] = nil } else { flights[f.id] = f }
+        return events
+    }
+
+    /// The moved requests' first tokens on their destinations: their downtime.
+    public mutating func collectDowntimes(at now: Double, replicas: inout InferenceTwinModel) {
+        watching.removeAll { w in
+            if let gap = replicas.takeResumeGap(w.request, in: w.replica, at: now) {
+                outcomes[w.outcome].downtime = max(0, gap - w.normal)
+                return true
+            }
+            return !replicas.serving(w.replica)
+        }
+    }
+}

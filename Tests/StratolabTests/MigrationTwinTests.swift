@@ -1,0 +1,96 @@
+import Foundation
+import Scheduling
+import Testing
+@testable import Experiments
+@testable import Features
+import Twin
+
+@Suite("Migration in the twin")
+struct MigrationTwinTests {
+    /// Four single-GPU replicas of a service whose engines run as many sequences as KV allows.
+    func run(_ policy: String, drains: [(node: String, from: Double, until: Double)] = [], rps: Double = 6) -> RunResult {
+        var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
+                              rateCurve: [RatePoint(time: 0, rps: rps)], meanPrefillTokens: 1000, meanDecodeTokens: 400, sloSeconds: 60, minReplicas: 4)
+        svc.requestMix = [TokenCount(prefill: 600, decode: 50), TokenCount(prefill: 2000, decode: 1500), TokenCount(prefill: 1000, decode: 300)]
+        svc.maxNumSeqs = 256
+        let requests = RequestStream.generate([svc], until: 600, seed: 3)
+        let nodes = (0..<4).map { NodeSlot(id: "n\($0)", gpuModel: "A100-80GB", gpuCount: 1) }
+        var options = TwinOptions()
+        options.requests = requests
+        options.drains = drains
+        var m = MigrationTwinModel.Settings()
+        m.policy = policy
+        options.migration = m
+        return DigitalTwin(nodes: nodes, workload: Workload(name: "svc", jobs: [], services: [svc]), kb: llamaA100KB, options: options)
+            .run(policy: Policies.named("hybrid")!)
+    }
+
+    @Test("the same policies move requests on virtual time; every request finishes once; a drained node is emptied even under `none`")
+    func policies() throws {
+        let none = run("none")
+        #expect(none.migrations.isEmpty, "none moves nothing without a drain: \(none.migrations)")
+        let drained = run("none", drains: [("n3", 120, 400)])
+        #expect((drained.migrations["reason/drain"] ?? 0) > 0 && drained.migrations.keys.filter { $0.hasPrefix("reason/") } == ["reason/drain"], "\(drained.migrations)")
+        #expect(drained.migrations["state/in-flight"] == nil)
+        let llumnix = run("llumnix", rps: 9)
+        let moved = llumnix.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
+        #expect(moved > 0, "KV-bound replicas under load: Llumnix moves requests")
+        #expect(llumnix.migrations["state/in-flight"] == nil)
+        #expect(llumnix.migrationDowntimes.allSatisfy { $0 >= 0 && $0 < 5 }, "\(llumnix.migrationDowntimes.max() ?? 0)")
+        for r in [none, drained, llumnix] {
+            let s = try #require(r.services.first)
+            #expect(s.offeredRequests > 0 && (s.latencyP99 ?? .infinity).isFinite, "every request finished: \(s)")
+        }
+    }
+}
+
+@Suite("Router dispatch and migration bookkeeping")
+struct RouterMigrationTests {
+    func router(_ mode: RequestRouter.Dispatch) -> RequestRouter {
+        let r = RequestRouter()
+        r.dispatch = mode
+        r.replicaReady("r1", service: "s", node: "a", batch: 4)
+        r.replicaReady("r2", service: "s", node: "b", batch: 4)
+        return r
+    }
+    let services = ["s": ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1, rateCurve: [RatePoint(time: 0, rps: 1)],
+                                     meanPrefillTokens: 100, meanDecodeTokens: 10, sloSeconds: 10)]
+
+    @Test("freeness dispatch sends to the replica with the most free KV per running request, taking each prompt off until the next report")
+    func freeness() {
+        let r = router(.freeness)
+        r.updateKV("r1", freeBlocks: 100, running: 10)   // 10 per request
+        r.updateKV("r2", freeBlocks: 60, running: 2)     // 30 per request
+        _ = r.submit((0..<3).map { ServiceRequest(id: "q\($0)", serviceID: "s", arrival: 0, prefill: 320, decode: 10) }, services: services)
+        let routes = Dictionary(uniqueKeysWithValues: r.route(now: 1).map { ($0.replica, $0.requests.map(\.id)) })
+        // r2: 30, then (60−20)/3 = 13.3 → q1 also r2, then (40−20)/4 = 5 < 10 → q2 to r1.
+        #expect(routes == ["r2": ["q0", "q1"], "r1": ["q2"]], "\(routes)")
+        let jsq = router(.shortestQueue)
+        _ = jsq.submit((0..<2).map { ServiceRequest(id: "q\($0)", serviceID: "s", arrival: 0, prefill: 320, decode: 10) }, services: services)
+        #expect(jsq.route(now: 1).map(\.requests.count) == [1, 1])
+    }
+
+    @Test("a migrating request whose source is lost waits for the migration's outcome; moved, it counts on its destination; closed replicas take nothing new")
+    func migratingHeld() {
+        let r = router(.shortestQueue)
+        _ = r.submit([ServiceRequest(id: "q", serviceID: "s", arrival: 0, prefill: 10, decode: 10)], services: services)
+        let first = r.route(now: 1)[0].replica
+        let other = first == "r1" ? "r2" : "r1"
+        r.migrationStarted("q", to: other)
+        r.replicaGone(first)
+        #expect(r.held == ["q"] && r.route(now: 2).isEmpty, "held, not sent again")
+        r.moved("q", to: other, node: "b")
+        #expect(r.held.isEmpty && r.records["q"]!.replica == other && r.records["q"]!.migrations == 1 && r.outstanding(on: other) == ["q"])
+        // Another one whose migration ends without moving it, after its source was lost: queued again.
+        _ = r.submit([ServiceRequest(id: "p", serviceID: "s", arrival: 0, prefill: 10, decode: 10)], services: services)
+        #expect(r.route(now: 3).first?.replica == other)
+        r.migrationStarted("p", to: "elsewhere")
+        r.replicaGone(other)
+        #expect(r.migrationEnded("p"))
+        r.replicaReady("r3", service: "s", node: "c", batch: 4)
+        r.setClosed("r3", true)
+        #expect(r.route(now: 4).isEmpty, "the only replica is closed")
+        r.setClosed("r3", false)
+        #expect(r.route(now: 5).flatMap { $0.requests.map(\.id) }.sorted() == ["p", "q"])
+    }
+}
