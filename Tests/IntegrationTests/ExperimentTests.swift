@@ -140,5 +140,58 @@ struct ExperimentTests {
         #expect(csv.count == r.generated + 1)
         #expect(!csv.dropFirst().contains { $0.contains(",-1.0,") })   // every row has a finish and a latency
     }
+
+    @Test("a migration spec runs end to end for two policies: a drained node's requests migrate with their KV, nothing is lost, and the outputs show it")
+    func migrationSpec() throws {
+        let dir = NSTemporaryDirectory() + "strato-mig-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let yaml = """
+            name: it-migration
+            topology:
+              name: it-migration
+              security: curve
+              coordinator: {endpoint: "ipc://\(dir)/control.sock"}
+              nodes:
+                - {id: gpu-0, kind: gpu, site: cloud, gpu: {model: A40, count: 1}}
+                - {id: gpu-1, kind: gpu, site: cloud, gpu: {model: A40, count: 1}}
+            workload:
+              kind: services
+              hours: 0.02
+              services: {trace: conversation, rps: 2, gpu: A40, slo_s: 60, replicas: 2, max_num_seqs: 256, migration: [none, llumnix], priority_share: 0.2}
+            time_scale: 5
+            end: jobs_done
+            duration: 60s
+            seeds: [2]
+            faults:
+              - {at: 4s, action: drain, target: gpu-1, for: 6s}
+            """
+        let file = dir + "/spec.yaml"
+        try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+        let spec = try ExperimentSpec.load(file: file)
+        let runner = ExperimentRunner(spec: spec, platform: LocalPlatform(runDirectory: dir + "/run", executable: TestCluster.stratoBinary), out: dir + "/results")
+        var lines: [String] = []
+        runner.print = { lines.append($0) }
+        let summaries = try runner.runAll()
+        let log = lines.joined(separator: "\n")
+        #expect(summaries.map(\.migrationPolicy) == ["none", "llumnix"])
+        for s in summaries {
+            #expect(s.lostNothing.ok, "\(s.migrationPolicy): \(s.lostNothing.lines)\n\(log)")
+            #expect(s.requests.generated > 0 && s.requests.completed == s.requests.accepted && s.requests.accepted == s.requests.generated)
+            #expect(s.migrations.known && s.migrations.unfinished.isEmpty)
+            // The drain moved requests off gpu-1 whatever the policy, each with its KV as real bytes.
+            #expect((s.migrations.byReason["drain"] ?? 0) > 0, "\(s.migrationPolicy): \(s.migrations.byReason) \(s.migrations.byState)")
+            #expect(s.migrations.samples.contains { $0.state == "done" && $0.bytes > 0 && $0.from == "gpu-1" })
+            let sub = dir + "/results/" + s.migrationPolicy
+            #expect(FileManager.default.fileExists(atPath: sub + "/migrations.csv"))
+            let report = try String(contentsOfFile: sub + "/report.html", encoding: .utf8)
+            #expect(report.contains("Live migration") && report.contains("Downtime against sequence length"))
+            let trace = try String(contentsOfFile: sub + "/trace.json", encoding: .utf8)
+            #expect(trace.contains("kv final") && trace.contains("migrate "), "migrations are spans and events in trace.json")
+        }
+        let top = try String(contentsOfFile: dir + "/results/report.html", encoding: .utf8)
+        #expect(top.contains("migration policies compared") && top.contains("Time to first token by migration policy"))
+        #expect(log.contains("P99 TTFT, best migration policy"))
+    }
 }
 }

@@ -176,5 +176,26 @@ struct MigrationTests {
         #expect(r.nodeID == dest && r.migrations == 1, "finished on \(r.nodeID) after \(r.migrations) migrations")
         #expect(r.attempts == 1, "resumed, not sent again from scratch")
     }
+
+    @Test("the coordinator killed mid-migration: the agents finish it, the restarted coordinator learns the outcome, and the request finishes once")
+    func coordinatorKilled() throws {
+        // 128 KiB blocks through a 20 MB/s link: the copy takes about a second, while the coordinator is down.
+        let bed = try MigrationBed(name: "migrate-coord", network: "network:\n  cloud: {bandwidth: 20MB/s}", kvBytesScale: 1.0 / 64)
+        defer { bed.shutdown() }
+        try bed.submit(["q"], prompt: 2048, decode: 4000)
+        let at = try bed.placed("q")
+        usleep(500_000)
+        let dest = MigrationBed.other(at.nodeID)
+        let m = try bed.client.migrate(request: "q", to: dest, method: "live")
+        usleep(200_000)
+        bed.cluster.signal("coordinator", SIGKILL)
+        usleep(1_500_000)
+        try bed.cluster.restart("coordinator")
+        let ended = try bed.waitEnded(m.migrationID, seconds: 60)
+        #expect(ended.state == "done", "\(ended.state): \(ended.detail) \(ended.sourceOutcome) \(ended.destinationOutcome)")
+        let r = try #require(try bed.waitFinished(["q"])["q"])
+        #expect(r.nodeID == dest && r.migrations == 1, "finished on \(r.nodeID) after \(r.migrations) migrations")
+        #expect(r.attempts == 1, "sent back to its own replica after the restart, not to another: \(r.attempts) attempts")
+    }
 }
 }

@@ -96,7 +96,7 @@ struct ServiceTests {
         #expect(t.submitted == 4 && t.completed == 3 && t.withinSLO == 1 && t.resent == 2)
     }
 
-    @Test("services, replicas and requests survive a coordinator restart; unfinished requests are sent again")
+    @Test("services, replicas and requests survive a coordinator restart; unfinished requests are sent again, to their own replica when it is still there")
     func storeRoundTrip() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("strato-svc-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -124,6 +124,16 @@ struct ServiceTests {
         back.replicaReady("s-r1", service: "s", node: "n1", batch: 4)
         #expect(back.route(now: 10).flatMap { $0.requests.map(\.id) } == ["q2"])
         #expect(back.records["q2"]?.attempts == 2 && back.tally()["s"]?.resent == 1)
+        // Replicas restored first (as the coordinator does): q2 stays on s-r1 and goes back there
+        // only (its agent serves a request once), not to another replica.
+        let affine = RequestRouter()
+        affine.replicaReady("s-r1", service: "s", node: "n1", batch: 4)
+        affine.replicaReady("s-r2", service: "s", node: "n2", batch: 4)
+        for rec in try store.loadRequests() { affine.restore(rec) }
+        let again = affine.route(now: 10)
+        #expect(again.count == 1 && again[0].replica == "s-r1" && again[0].requests.map(\.id) == ["q2"], "\(again)")
+        #expect(affine.records["q2"]?.attempts == 1 && affine.outstanding(on: "s-r1") == ["q2"])
+        #expect(affine.route(now: 11).isEmpty, "sent back once")
     }
 
     @Test("the coordinator refuses services it cannot serve, naming why")

@@ -88,15 +88,26 @@ public final class RequestRouter {
     }
 
     /// A record read back from the store after a coordinator restart; unfinished ones wait again.
+    /// A request on a replica that is still ready stays its: it is sent there again (the agent
+    /// serves a request once, so a copy it holds, finished or moved on, is not served twice), and
+    /// goes elsewhere only if that replica no longer knows it. Restore replicas first.
     public func restore(_ record: Record) {
         var r = record
         if r.finished == nil {
-            r.replica = nil; r.node = nil
-            enqueue(r.request.id, service: r.request.serviceID)
+            if let rep = r.replica, let ready = ready[rep], ready.node == r.node {
+                outstanding[rep, default: []].insert(r.request.id)
+                resend[rep, default: []].append(r.request.id)
+            } else {
+                r.replica = nil; r.node = nil
+                enqueue(r.request.id, service: r.request.serviceID)
+            }
         }
         records[r.request.id] = r
         counted(r)
     }
+
+    /// Requests to send again to the replica they were on (after a coordinator restart).
+    private var resend: [String: [String]] = [:]
 
     private func enqueue(_ id: String, service: String) {
         waiting[service, default: []].append(id)
@@ -114,6 +125,7 @@ public final class RequestRouter {
     public func replicaGone(_ id: String) -> [String] {
         ready[id] = nil
         kv[id] = nil
+        resend[id] = nil
         closed.remove(id)
         let lost = (outstanding.removeValue(forKey: id) ?? []).sorted()
         for q in lost {
@@ -200,6 +212,11 @@ public final class RequestRouter {
     /// Routes requests that have arrived by `now` to ready replicas: (replica, node, requests).
     public func route(now: Double) -> [(replica: String, node: String, requests: [ServiceRequest])] {
         var batches: [String: [ServiceRequest]] = [:]
+        // First, what a restart left on replicas goes back to them (refused: it waits again).
+        for (rep, ids) in resend where ready[rep] != nil {
+            for id in ids where records[id]?.finished == nil && records[id]?.replica == rep { batches[rep, default: []].append(records[id]!.request) }
+        }
+        resend.removeAll()
         for service in waiting.keys.sorted() {
             guard var queue = waiting[service], !queue.isEmpty else { continue }
             if waitingUnsorted.contains(service) {
