@@ -277,11 +277,10 @@ extension TwinCommand {
                 default: print("  note: the twin does not model '\(f.action.rawValue)' faults; \(f.describe) is left out")
                 }
             }
-            var m = MigrationTwinModel.Settings()
-            m.policy = policy
-            m.method = MigrationMethod(rawValue: s.topology.coordinator.migrationMethod) ?? .live
-            m.interval = 0.25 * scale
-            m.kvLinkBytesPerSecond = try s.topology.coordinator.kvLink.map { $0 == "0" ? 0 : (try NetworkConditions.parseBandwidth($0) ?? 0) } ?? 25e9 / 8
+            var m = MigrationTwinModel.Settings(MigrationSettings(), timeScale: scale)
+            m.migration.policy = policy
+            m.migration.method = MigrationMethod(rawValue: s.topology.coordinator.migrationMethod) ?? .live
+            if let link = s.topology.coordinator.kvLink { m.migration.kvLinkBytesPerSecond = link == "0" ? 0 : (try NetworkConditions.parseBandwidth(link) ?? 0) }
             // A decision reaches the source with the next command round and its reservation takes a
             // data-plane round trip: a few wall milliseconds.
             m.controlLatency = 0.003 * scale

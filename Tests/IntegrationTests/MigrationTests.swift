@@ -81,6 +81,20 @@ private final class MigrationBed {
     }
 
     static func other(_ node: String) -> String { node == "gpu-a" ? "gpu-b" : "gpu-a" }
+
+    /// 128 KiB blocks through a 4 MB/s link: a copy takes seconds.
+    static func slow(name: String) throws -> MigrationBed {
+        try MigrationBed(name: name, network: "network:\n  cloud: {bandwidth: 4MB/s}", kvBytesScale: 1.0 / 64)
+    }
+
+    /// A long request, decoding, starts moving live to the other node: (its node, the destination, the migration).
+    func startSlowMigration() throws -> (at: RequestRecord, dest: String, migration: MigrationRecord) {
+        try submit(["q"], prompt: 2048, decode: 2500)
+        let at = try placed("q")
+        usleep(500_000)
+        let dest = MigrationBed.other(at.nodeID)
+        return (at, dest, try client.migrate(request: "q", to: dest, method: "live"))
+    }
 }
 
 extension MultiProcess {
@@ -141,14 +155,9 @@ struct MigrationTests {
 
     @Test("the destination killed mid-copy: the source keeps the request, which finishes there once")
     func destinationKilled() throws {
-        // 128 KiB blocks through a 4 MB/s link: the copy takes seconds.
-        let bed = try MigrationBed(name: "migrate-dst", network: "network:\n  cloud: {bandwidth: 4MB/s}", kvBytesScale: 1.0 / 64)
+        let bed = try MigrationBed.slow(name: "migrate-dst")
         defer { bed.shutdown() }
-        try bed.submit(["q"], prompt: 2048, decode: 2500)
-        let at = try bed.placed("q")
-        usleep(500_000)
-        let dest = MigrationBed.other(at.nodeID)
-        let m = try bed.client.migrate(request: "q", to: dest, method: "live")
+        let (at, dest, m) = try bed.startSlowMigration()
         usleep(800_000)
         bed.cluster.signal(dest, SIGKILL)
         let ended = try bed.waitEnded(m.migrationID)
@@ -160,13 +169,9 @@ struct MigrationTests {
 
     @Test("the source killed mid-copy: the destination resumes the request from the KV that arrived, and it finishes there once")
     func sourceKilled() throws {
-        let bed = try MigrationBed(name: "migrate-src", network: "network:\n  cloud: {bandwidth: 4MB/s}", kvBytesScale: 1.0 / 64)
+        let bed = try MigrationBed.slow(name: "migrate-src")
         defer { bed.shutdown() }
-        try bed.submit(["q"], prompt: 2048, decode: 2500)
-        let at = try bed.placed("q")
-        usleep(500_000)
-        let dest = MigrationBed.other(at.nodeID)
-        let m = try bed.client.migrate(request: "q", to: dest, method: "live")
+        let (at, dest, m) = try bed.startSlowMigration()
         usleep(1_500_000)
         bed.cluster.signal(at.nodeID, SIGKILL)
         let ended = try bed.waitEnded(m.migrationID)

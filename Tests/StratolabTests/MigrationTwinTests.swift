@@ -18,9 +18,9 @@ struct MigrationTwinTests {
         var options = TwinOptions()
         options.requests = requests
         options.drains = drains
-        var m = MigrationTwinModel.Settings()
+        var m = MigrationSettings()
         m.policy = policy
-        options.migration = m
+        options.migration = MigrationTwinModel.Settings(m, timeScale: 10)
         return DigitalTwin(nodes: nodes, workload: Workload(name: "svc", jobs: [], services: [svc]), kb: llamaA100KB, options: options)
             .run(policy: Policies.named("hybrid")!)
     }

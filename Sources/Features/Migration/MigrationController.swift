@@ -6,7 +6,7 @@ import Scheduling
 
 /// How the coordinator migrates: the policy, the method, and the limits every migration runs under.
 public struct MigrationSettings: Sendable {
-    /// `none`, `llumnix` or `slack` (`MigrationPolicies`).
+    /// `none`, `dispatch`, `llumnix` or `slack` (`MigrationPolicies`).
     public var policy = "none"
     public var method = MigrationMethod.live
     /// The stall the final stage may add to a request (trace seconds).

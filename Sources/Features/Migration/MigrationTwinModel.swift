@@ -8,20 +8,17 @@ import Scheduling
 /// comes from its engine, so downtime is measured, not assumed. The router hears of each move as
 /// the coordinator does. Times are trace seconds.
 public struct MigrationTwinModel {
+    /// The coordinator's settings (policy, method, budget, stage cap, concurrency, KV link), with
+    /// its wall-clock interval turned into trace seconds, and the control plane's delay.
     public struct Settings: Sendable {
-        public var policy = "none"
-        public var method = MigrationMethod.live
-        public var downtimeBudget = 0.02
-        public var stageCap = 8
-        /// Trace seconds between policy rounds (the coordinator's interval × the time scale).
-        public var interval = 2.5
-        public var maxConcurrent = 4
-        /// Real KV bytes per trace second on the link between GPU nodes.
-        public var kvLinkBytesPerSecond = 25e9 / 8
+        public var migration = MigrationSettings()
+        /// Trace seconds per wall second on the testbed being modelled (the policy's interval is wall time).
+        public var timeScale = 10.0
         /// Trace seconds from a decision to the source acting on it and the destination's
         /// reservation (command delivery and a data-plane round trip on the testbed).
         public var controlLatency = 0.0
-        public init() {}
+        public var interval: Double { migration.interval * timeScale }
+        public init(_ migration: MigrationSettings = MigrationSettings(), timeScale: Double = 10) { self.migration = migration; self.timeScale = timeScale }
     }
 
     /// One migration's outcome, as the coordinator records it.
@@ -62,7 +59,7 @@ public struct MigrationTwinModel {
     private var watching: [(outcome: Int, request: String, replica: String, normal: Double)] = []
 
     public init?(settings: Settings) {
-        guard let p = MigrationPolicies.named(settings.policy) else { return nil }
+        guard let p = MigrationPolicies.named(settings.migration.policy) else { return nil }
         self.init(settings: settings, policy: p)
     }
 
@@ -107,24 +104,24 @@ public struct MigrationTwinModel {
                                     headOfQueueDemand: l.load.headOfQueueDemand, running: running, health: h)
             }
             guard instances.count >= 2, let first = loads.first(where: { $0.replica == instances[0].id }) else { continue }
-            let costs = MigrationCosts(blockBytes: first.blockBytes, bandwidthBytesPerSecond: settings.kvLinkBytesPerSecond)
+            let costs = MigrationCosts(blockBytes: first.blockBytes, bandwidthBytesPerSecond: settings.migration.kvLinkBytesPerSecond)
             decisions += !policy.migrates
                 ? (instances.contains { $0.health == .draining } ? LlumnixMigration().decide(instances, costs: costs, busy: busyRequests).filter { $0.reason == .drain } : [])
                 : policy.decide(instances, costs: costs, busy: busyRequests)
         }
         var events: [(Double, String)] = []
         var used = busyReplicas
-        guard flights.count < settings.maxConcurrent else { return [] }
-        for d in decisions where flights.count < settings.maxConcurrent && !used.contains(d.from) && !used.contains(d.to) {
+        guard flights.count < settings.migration.maxConcurrent else { return [] }
+        for d in decisions where flights.count < settings.migration.maxConcurrent && !used.contains(d.from) && !used.contains(d.to) {
             guard let rec = router.records[d.request], rec.finished == nil, rec.replica == d.from, let toNode = replicas.node(of: d.to) else { continue }
             used.insert(d.from); used.insert(d.to)
             let id = "mig-\(nextNumber)"
             nextNumber += 1
             let st = replicas.peek(d.request, in: d.from)
             let tokens = st.map { $0.prompt + $0.generated } ?? rec.request.prefill
-            var plan = MigrationPlan(method: settings.method, blockBytes: fullBlockBytes(replicas, d.from), bandwidthBytesPerSecond: settings.kvLinkBytesPerSecond)
-            plan.downtimeBudget = settings.downtimeBudget
-            plan.stageCap = settings.stageCap
+            var plan = MigrationPlan(method: settings.migration.method, blockBytes: fullBlockBytes(replicas, d.from), bandwidthBytesPerSecond: settings.migration.kvLinkBytesPerSecond)
+            plan.downtimeBudget = settings.migration.downtimeBudget
+            plan.stageCap = settings.migration.stageCap
             let total = (tokens + replicas.blockTokens - 1) / replicas.blockTokens + 1
             let at = now + settings.controlLatency
             let (machine, first) = MigrationSource.start(request: d.request, plan: plan, totalBlocks: total, at: at)
@@ -148,8 +145,8 @@ public struct MigrationTwinModel {
 
     /// Trace seconds a copy of `blocks` blocks takes on the KV link.
     private func copySeconds(_ blocks: Int, _ replicas: InferenceTwinModel, _ replica: String) -> Double {
-        guard settings.kvLinkBytesPerSecond > 0 else { return 0 }
-        return Double(blocks) * fullBlockBytes(replicas, replica) / settings.kvLinkBytesPerSecond
+        guard settings.migration.kvLinkBytesPerSecond > 0 else { return 0 }
+        return Double(blocks) * fullBlockBytes(replicas, replica) / settings.migration.kvLinkBytesPerSecond
     }
 
     /// Carries out a source machine's directives at `now`; returns when copies end.
