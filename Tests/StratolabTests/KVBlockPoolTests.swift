@@ -28,6 +28,22 @@ private final class PoolSink: DataPlaneReceiver {
 
 @Suite("KV block pool")
 struct KVBlockPoolTests {
+    @Test("the one-pass check accepts every slice of a block's contents at any offset and names the first wrong byte")
+    func checkSlices() {
+        let block = KVBlockPool.contents(request: "r", block: 5, bytes: 256)
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<300 {
+            let a = Int.random(in: 0..<256, using: &rng), b = Int.random(in: a...256, using: &rng)
+            var slice = Array(block[a..<b])
+            #expect(slice.withUnsafeBytes { KVBlockPool.firstMismatch($0, request: "r", block: 5, offset: a) } == nil, "\(a)..<\(b)")
+            guard !slice.isEmpty else { continue }
+            let k = Int.random(in: 0..<slice.count, using: &rng)
+            slice[k] ^= 0x40
+            #expect(slice.withUnsafeBytes { KVBlockPool.firstMismatch($0, request: "r", block: 5, offset: a) } == k, "\(a)..<\(b) flipped \(k)")
+            if slice.count >= 8 { #expect(slice.withUnsafeBytes { KVBlockPool.firstMismatch($0, request: "r", block: 4, offset: a) } != nil, "another block's bytes") }
+        }
+    }
+
     @Test("blocks are real bytes that follow the engine's counts, scaled, and come back when a request goes")
     func followsCounts() {
         let pool = KVBlockPool(fullBlockBytes: 8 * 1_048_576, kvBytesScale: 1.0 / 4096)

@@ -13,6 +13,11 @@ public final class KVBlockPool {
     private var blocks: [String: [[UInt8]]] = [:]
     public private(set) var bytesHeld = 0
     public private(set) var peakBytesHeld = 0
+    /// Buffers of blocks given back, reused for new ones (up to `spareBytes`): a block of a few MiB
+    /// is its own mapping, and mapping, faulting in and zeroing fresh pages for every block costs
+    /// more than the copy and the check together.
+    private var spare: [[UInt8]] = []
+    public var spareBytes = 256 << 20
 
     /// `fullBlockBytes`: a block's real size (bytes per token × block tokens ÷ tensor parallel).
     public init(fullBlockBytes: Double, kvBytesScale: Double) {
@@ -31,10 +36,12 @@ public final class KVBlockPool {
         for (id, n) in counts {
             var held = blocks[id] ?? []
             if held.count == n { continue }
-            while held.count > n { bytesHeld -= held.removeLast().count }
+            blocks[id] = nil   // held alone: appending does not copy the array of blocks
+            while held.count > n { giveBack(held.removeLast()) }
             while held.count < n {
-                held.append(KVBlockPool.contents(request: id, block: held.count, bytes: blockBytes))
-                bytesHeld += blockBytes
+                var b = newBlock()
+                KVBlockPool.fill(&b, request: id, block: held.count)
+                held.append(b)
             }
             blocks[id] = held
         }
@@ -42,7 +49,19 @@ public final class KVBlockPool {
     }
 
     public func drop(_ id: String) {
-        for b in blocks.removeValue(forKey: id) ?? [] { bytesHeld -= b.count }
+        for b in blocks.removeValue(forKey: id) ?? [] { giveBack(b) }
+    }
+
+    /// A block's buffer, its bytes whatever they were: the caller writes all of them.
+    private func newBlock() -> [UInt8] {
+        bytesHeld += blockBytes
+        if let b = spare.popLast() { return b }
+        return [UInt8](unsafeUninitializedCapacity: blockBytes) { _, n in n = blockBytes }
+    }
+
+    private func giveBack(_ b: [UInt8]) {
+        bytesHeld -= b.count
+        if spare.count < 4096, (spare.count + 1) * blockBytes <= spareBytes { spare.append(b) }
     }
 
     /// `length` bytes at `offset` of blocks `range` of a request, in order, as one buffer (a data
@@ -79,7 +98,7 @@ public final class KVBlockPool {
         if let bad = KVBlockPool.firstMismatch(bytes, request: id, block: block, offset: offset) {
             throw PoolError("block \(block) of request \(id): byte \(offset + bad) is not its KV contents")
         }
-        if block == count { blocks[id, default: []].append([UInt8](repeating: 0, count: blockBytes)); bytesHeld += blockBytes }
+        if block == count { let b = newBlock(); blocks[id, default: []].append(b) }
         // In place: a copy of the dictionary's block would copy the whole block on every chunk.
         blocks[id]![block].withUnsafeMutableBytes { dst in dst.baseAddress!.advanced(by: offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
         peakBytesHeld = max(peakBytesHeld, bytesHeld)
@@ -99,31 +118,63 @@ public final class KVBlockPool {
     }
 
     public static func contents(request: String, block: Int, bytes: Int) -> [UInt8] {
-        let s = seed(request)
         var out = [UInt8](repeating: 0, count: bytes)
-        out.withUnsafeMutableBytes { raw in
-            let words = raw.bindMemory(to: UInt64.self)
-            for i in 0..<words.count { words[i] = word(s, block: block, index: i).littleEndian }
-        }
+        fill(&out, request: request, block: block)
         return out
     }
 
-    /// The index of the first byte of `bytes` (at `offset` in the block) that differs from the
-    /// block's contents, or nil.
-    static func firstMismatch(_ bytes: UnsafeRawBufferPointer, request: String, block: Int, offset: Int) -> Int? {
-        guard !bytes.isEmpty else { return nil }
-        // The expected words covering the range, compared in one memcmp; byte by byte only to
-        // name the first difference.
+    /// Writes a block's contents over `buffer` (whole words).
+    static func fill(_ buffer: inout [UInt8], request: String, block: Int) {
         let s = seed(request)
-        let firstWord = offset / 8, lastWord = (offset + bytes.count - 1) / 8
-        var expected = [UInt64](repeating: 0, count: lastWord - firstWord + 1)
-        for w in firstWord...lastWord { expected[w - firstWord] = word(s, block: block, index: w).littleEndian }
-        return expected.withUnsafeBytes { e -> Int? in
-            let start = offset - firstWord * 8
-            if memcmp(e.baseAddress! + start, bytes.baseAddress!, bytes.count) == 0 { return nil }
-            for i in 0..<bytes.count where e[start + i] != bytes[i] { return i }
-            return nil
+        buffer.withUnsafeMutableBytes { raw in
+            let words = raw.bindMemory(to: UInt64.self)
+            var x = s &+ UInt64(block) &* 0x9E37_79B9_7F4A_7C15
+            for i in 0..<words.count {
+                var y = x
+                y ^= y >> 31
+                words[i] = (y &* 0x94D0_49BB_1331_11EB).littleEndian
+                x = x &+ 0xBF58_476D_1CE4_E5B9
+            }
         }
+    }
+
+    /// The index of the first byte of `bytes` (at `offset` in the block) that differs from the
+    /// block's contents, or nil. One pass, no buffer: each expected word is made as its bytes are
+    /// read (the words of a block follow from the first by one addition each), so checking runs at
+    /// about memory speed rather than allocating and filling the expected bytes first.
+    static func firstMismatch(_ bytes: UnsafeRawBufferPointer, request: String, block: Int, offset: Int) -> Int? {
+        let n = bytes.count
+        guard n > 0 else { return nil }
+        let s = seed(request)
+        var i = 0
+        // Bytes before the first whole word.
+        while i < n && (offset + i) % 8 != 0 {
+            if expectedByte(s, block: block, position: offset + i) != bytes[i] { return i }
+            i += 1
+        }
+        // Whole words: x runs through seed + block·K1 + index·K2 as word() mixes it.
+        var x = s &+ UInt64(block) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64((offset + i) / 8) &* 0xBF58_476D_1CE4_E5B9
+        while n - i >= 8 {
+            var y = x
+            y ^= y >> 31
+            y = y &* 0x94D0_49BB_1331_11EB
+            if bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) != y.littleEndian {
+                for k in 0..<8 where expectedByte(s, block: block, position: offset + i + k) != bytes[i + k] { return i + k }
+            }
+            x = x &+ 0xBF58_476D_1CE4_E5B9
+            i += 8
+        }
+        // Bytes after the last whole word.
+        while i < n {
+            if expectedByte(s, block: block, position: offset + i) != bytes[i] { return i }
+            i += 1
+        }
+        return nil
+    }
+
+    /// Byte `position` of a block's contents.
+    static func expectedByte(_ seed: UInt64, block: Int, position: Int) -> UInt8 {
+        UInt8(truncatingIfNeeded: word(seed, block: block, index: position / 8).littleEndian >> (UInt64(position % 8) * 8))
     }
 
     public struct PoolError: Error, CustomStringConvertible {

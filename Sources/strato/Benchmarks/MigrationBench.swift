@@ -110,7 +110,8 @@ enum MigrationBench {
                 receiver.receiver = sink
                 let t0 = clock.monotonicNanos()
                 func now() -> Double { Double(clock.monotonicNanos() - t0) / 1e9 }
-                _ = src.add(id: request, prompt: tokens, decode: 512, at: 0)
+                // Long enough an output that the request is still decoding when a slow copy ends.
+                _ = src.add(id: request, prompt: tokens, decode: 4096, at: 0)
                 // Decode a while on the source: the normal time between tokens.
                 func step(_ e: inout ServingEngine, _ pool: KVBlockPool) {
                     e.advance(to: now())
@@ -120,7 +121,7 @@ enum MigrationBench {
                 // The normal time between tokens, as the engine measured it so far.
                 let before = src.state(of: request)!
                 let tbt = before.gapSum / Double(max(1, before.generated - 1))
-                let total = (tokens + 512 + 15) / 16
+                let total = (tokens + 4096 + 15) / 16
                 var (machine, pending) = MigrationSource.start(request: request, plan: plan, totalBlocks: total, at: now())
                 var dest: MigrationDestination?
                 var kept: ServingEngine.SequenceState?
