@@ -44,6 +44,8 @@ public final class EmulatedReplicas {
     private var doneOrder: [String] = []
     /// Results per heartbeat, at most: a backlog goes out over several heartbeats.
     public var maxResultsPerReport = 4000
+    /// Bytes of KV blocks each replica allocates when it starts (its whole cache when that fits).
+    public var preallocateBytes = 64 << 20
 
     /// The node's tracer (`FeatureHandler.attach`); a recorder of its own, off, until then.
     public var tracer = Tracer()
@@ -68,7 +70,11 @@ public final class EmulatedReplicas {
         config.preemption = preemption
         let pool = s.kvBytesScale > 0 ? KVBlockPool(fullBlockBytes: model.arch.kvBytesPerToken * Double(config.blockTokens) / Double(model.tensorParallel),
                                                     kvBytesScale: s.kvBytesScale) : nil
-        replicas[s.replicaID] = Replica(start: s, startedWall: wallNanos, engine: ServingEngine(model: model, config: config), gpus: Set(s.gpus), pool: pool)
+        let engine = ServingEngine(model: model, config: config)
+        // The KV cache is allocated when the replica starts, as a serving engine does (up to
+        // `preallocateBytes`; beyond, blocks are allocated as they are needed).
+        if let pool { pool.preallocate(min(engine.gpuBlocks, preallocateBytes / pool.blockBytes)) }
+        replicas[s.replicaID] = Replica(start: s, startedWall: wallNanos, engine: engine, gpus: Set(s.gpus), pool: pool)
         tracer.instant("start replica \(s.replicaID)", category: "service", track: "replicas",
                               args: ["replica": s.replicaID, "service": s.serviceID, "gpus": s.gpus.map(String.init).joined(separator: ","),
                                      "batch": "\(s.batch)", "emulated": "true"])

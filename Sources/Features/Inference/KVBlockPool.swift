@@ -13,11 +13,27 @@ public final class KVBlockPool {
     private var blocks: [String: [[UInt8]]] = [:]
     public private(set) var bytesHeld = 0
     public private(set) var peakBytesHeld = 0
-    /// Buffers of blocks given back, reused for new ones (up to `spareBytes`): a block of a few MiB
-    /// is its own mapping, and mapping, faulting in and zeroing fresh pages for every block costs
-    /// more than the copy and the check together.
+    /// Buffers of blocks given back or set aside in advance, reused for new ones (up to
+    /// `spareBytes`): a block of a few MiB is its own mapping, and mapping, faulting in and
+    /// zeroing fresh pages for every block costs more than the copy and the check together. A
+    /// serving engine allocates its KV cache when it starts for the same reason (vLLM's
+    /// gpu_memory_utilization); `preallocate` does so here.
     private var spare: [[UInt8]] = []
     public var spareBytes = 256 << 20
+
+    /// Sets aside `blocks` block buffers now, their pages touched, so serving faults in nothing.
+    public func preallocate(_ blocks: Int) {
+        spareBytes = max(spareBytes, (spare.count + blocks) * blockBytes)
+        for _ in 0..<max(0, blocks) {
+            spare.append([UInt8](unsafeUninitializedCapacity: blockBytes) { b, n in
+                _ = memset(b.baseAddress!, 0xA5, blockBytes)
+                n = blockBytes
+            })
+        }
+    }
+
+    /// Bytes set aside for blocks to come.
+    public var spareHeld: Int { spare.count * blockBytes }
 
     /// `fullBlockBytes`: a block's real size (bytes per token × block tokens ÷ tensor parallel).
     public init(fullBlockBytes: Double, kvBytesScale: Double) {
@@ -61,7 +77,7 @@ public final class KVBlockPool {
 
     private func giveBack(_ b: [UInt8]) {
         bytesHeld -= b.count
-        if spare.count < 4096, (spare.count + 1) * blockBytes <= spareBytes { spare.append(b) }
+        if (spare.count + 1) * blockBytes <= spareBytes { spare.append(b) }
     }
 
     /// `length` bytes at `offset` of blocks `range` of a request, in order, as one buffer (a data

@@ -42,11 +42,15 @@ struct BenchCommand: ParsableCommand {
         @Option(parsing: .upToNextOption, help: "Sequence lengths (prompt tokens).") var lengths: [Int] = [256, 1024, 2048, 4096, 8192]
         @Option(name: .customLong("downtime-budget-ms"), help: "The final stage's budget.") var budgetMs = 20.0
         @Option(help: "Seed data folder (default: data/ of the repository).") var data: String?
+        @Option(help: "Move this many requests at once through the agents' migration handlers (0: one at a time, per length and method).") var concurrent = 0
+        @Option(help: "With --concurrent: requests that stay on the source, whose time between tokens is watched.") var neighbours = 4
+        @Option(help: "With --concurrent: prompt tokens of each request.") var tokens = 2048
         func run() throws {
             let (kb, _, _) = KnowledgeImporter.seeded(dataDirectory: DataPaths.dataDirectory(data))
             guard let m = InferenceModel(kb: kb, model: "Meta-Llama-3-8B", gpuModel: "A100-80GB", tensorParallel: 1) else {
                 throw ValidationError("no inference profile for Meta-Llama-3-8B on A100-80GB in the seed data")
             }
+            if concurrent > 0 { try runConcurrent(kb); return }
             print("migration benchmark: Meta-Llama-3-8B on A100-80GB (emulated: Vidur's step times), time scale 1, kv_bytes_scale 1, downtime budget \(budgetMs) ms")
             let r = try MigrationBench.run(model: m, lengths: lengths, methods: MigrationMethod.allCases, downtimeBudget: budgetMs / 1000) { print($0); fflush(stdout) }
             print("\nTOKENS  METHOD     DOWNTIME ms  STAGES  MiB MOVED  PAYLOAD GB/s (÷ bulk)")
@@ -61,6 +65,28 @@ struct BenchCommand: ParsableCommand {
                              hi / max(lo, 1e-6), hi / max(lo, 1e-6) <= 1.5 ? "met" : "NOT met"))
             }
             print("block size \(r.blockBytes >> 10) KiB; bulk data plane \(String(format: "%.2f", r.bulkGBps / 1e9)) GB/s, KV path \(String(format: "%.2f", r.kvPathGBps / 1e9)) GB/s in the same run (payload target ≥ 0.8× bulk)")
+        }
+
+        func runConcurrent(_ kb: KnowledgeBase) throws {
+            guard (1...64).contains(concurrent), (0...64).contains(neighbours), (16...16384).contains(tokens) else {
+                throw ValidationError("--concurrent 1…64, --neighbours 0…64, --tokens 16…16384")
+            }
+            print("migration benchmark, \(concurrent) at once: Meta-Llama-3-8B on A100-80GB (emulated: Vidur's step times), \(tokens)-token prompts, time scale 1, kv_bytes_scale 1, live, downtime budget \(budgetMs) ms, through the agents' MigrationHandler")
+            let r = try ConcurrentMigrationBench.run(kb: kb, model: "Meta-Llama-3-8B", gpuModel: "A100-80GB", concurrent: concurrent, neighbours: neighbours,
+                                                     tokens: tokens, downtimeBudget: budgetMs / 1000) { print($0); fflush(stdout) }
+            let bulk = r.bulk
+            print("\nMIGRATION  OUTCOME  STAGES  MiB MOVED  COPY s  DOWNTIME ms")
+            for row in r.rows {
+                let d = r.downtimes[row.migrationID].map { $0 >= 0 ? String(format: "%.1f", $0 * 1000) : "-" } ?? "-"
+                print(String(format: "%-10@ %-8@ %6d  %9.1f  %6.3f  %@", row.migrationID as NSString, row.outcome as NSString, row.stages,
+                             Double(row.bytes) / 1_048_576, row.copySeconds, d as NSString))
+            }
+            let rate = Double(r.bytes) / max(r.wallSeconds, 1e-9)
+            print(String(format: "total %.1f MiB in %.3f s: %.2f GB/s, %.2f× the bulk figure of this run (target ≥ 0.8×)", Double(r.bytes) / 1_048_576, r.wallSeconds, rate / 1e9, rate / bulk))
+            if neighbours > 0 {
+                print(String(format: "neighbours' time between tokens: %.3f ms before, %.3f ms during the migrations (%+.2f %%; the emulated engine's step times do not model copy interference)",
+                             r.neighbourTBTBefore * 1000, r.neighbourTBTDuring * 1000, (r.neighbourTBTDuring / max(r.neighbourTBTBefore, 1e-12) - 1) * 100))
+            }
         }
     }
 

@@ -84,6 +84,7 @@ enum MigrationBench {
         // The KV path's own rate (pool → data plane → every byte checked → pool), 128 blocks: what
         // a migration plans its first final stage with, before its own stages measure it.
         let probeSrc = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1), probeDst = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1)
+        probeDst.preallocate(128)   // as a serving engine's cache is, before it serves
         probeSrc.sync(["probe": 128])
         let probeSink = PoolSink(pool: probeDst, request: "probe")
         receiver.receiver = probeSink
@@ -106,6 +107,9 @@ enum MigrationBench {
                 var src = ServingEngine(model: m, config: ServingEngine.Config(maxRunning: 8))
                 var dst = ServingEngine(model: m, config: ServingEngine.Config(maxRunning: 8))
                 let srcPool = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1), dstPool = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1)
+                // Both caches allocated before the request runs, as a serving engine's are.
+                let need = (tokens + 1024) / 16 + 1
+                srcPool.preallocate(need); dstPool.preallocate(need)
                 let sink = PoolSink(pool: dstPool, request: request)
                 receiver.receiver = sink
                 let t0 = clock.monotonicNanos()
