@@ -25,6 +25,7 @@ public struct InstanceLoad: Sendable, Equatable {
     public var usedBlocks: Int
     /// Blocks the first waiting request needs (its prompt): what de-fragmentation makes room for.
     public var headOfQueueDemand: Int
+    /// Oldest first, as the engine holds them: the last is the one it preempts first.
     public var running: [RequestLoad]
     public var health: Health
     public init(id: String, node: String, totalBlocks: Int, usedBlocks: Int, headOfQueueDemand: Int = 0, running: [RequestLoad] = [], health: Health = .alive) {

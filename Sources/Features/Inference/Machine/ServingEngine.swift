@@ -233,13 +233,14 @@ public struct ServingEngine: Sendable {
         public var usedBlocks: Int
         public var headOfQueueDemand: Int
         public var waiting: Int
+        /// Oldest first: the last is the one the engine preempts first when blocks run out.
         public var running: [Request]
     }
 
     public var loadSnapshot: Load {
         Load(totalBlocks: gpuBlocks, usedBlocks: usedBlocks, headOfQueueDemand: waiting.first.map { blocks(for: $0.target) } ?? 0,
              waiting: waiting.count + swapped.count,
-             running: running.map { Load.Request(id: $0.id, blocks: $0.blocks, remaining: max(0, $0.decode - $0.generated), generated: $0.generated) })
+             running: running.sorted(by: Self.older).map { Load.Request(id: $0.id, blocks: $0.blocks, remaining: max(0, $0.decode - $0.generated), generated: $0.generated) })
     }
 
     /// Sets aside `count` blocks for a request about to arrive (a migration's destination); false
