@@ -107,11 +107,24 @@ public struct DigitalTwin {
         var migration = requestLevel ? options.migration.flatMap { m in
             options.migrationPolicy.map { MigrationTwinModel(settings: m, policy: $0) } ?? MigrationTwinModel(settings: m)
         } : nil
+        scheduler.retireByMigration = migration?.migrates ?? false
+        /// Retiring replicas that are empty, or past their deadline, stop (as the coordinator's turn does).
+        func retireEmptied(at now: Double) {
+            for id in scheduler.retirable(now: now, isEmpty: { id in router.outstanding(on: id).isEmpty && !router.migrating.values.contains(id) }) {
+                scheduler.retired(id)
+                replicaLost(id, at: now)
+            }
+        }
         if migration != nil, let first = options.requests.map(\.arrival).min() { queue.push(first, .migrationRound) }
         for d in options.drains { queue.push(d.from, .drain(d.node, true)); queue.push(d.until, .drain(d.node, false)) }
-        var drained = Set<String>(), silent = Set<String>()
+        var drained = Set<String>(), silent = Set<String>(), closedForDrain = Set<String>()
+        /// Replicas on drained nodes take no new requests (a retiring replica stays closed).
         func syncClosed() {
-            for (id, r) in router.ready { let c = drained.contains(r.node); if c != router.closed.contains(id) { router.setClosed(id, c) } }
+            for (id, r) in router.ready {
+                let d = drained.contains(r.node)
+                if d && !router.closed.contains(id) { router.setClosed(id, true); closedForDrain.insert(id) }
+                if !d && closedForDrain.remove(id) != nil { router.setClosed(id, false) }
+            }
         }
         var requestsArrived = 0, requestsDone = 0
         let inference = Dictionary(uniqueKeysWithValues: scheduler.services.compactMap { s in
@@ -234,6 +247,7 @@ public struct DigitalTwin {
                     let steps = migration!.round(at: now, replicas: &replicas, router: router,
                                                  health: { silent.contains($0) ? .suspect : .alive }, slo: { servicesByID[$0]?.sloSeconds })
                     for s in steps { queue.push(s.at, .migrationStep(s.id)) }
+                    retireEmptied(at: now)
                     for id in replicas.replicaIDs { wake(id, at: replicas.nextLook(id)) }
                     if requestsDone < options.requests.count || migration!.inFlight > 0 { queue.push(now + migration!.settings.interval, .migrationRound) }
                 case .migrationStep(let id):
@@ -273,6 +287,8 @@ public struct DigitalTwin {
                         queue.push(now + options.startLatency, .replicaReady(id))
                     case .stopReplica(let id, _, _):
                         if requestLevel { replicaLost(id, at: now) }
+                    case .retireReplica(let id, _, _):
+                        router.setClosed(id, true)
                     }
                 }
             }

@@ -14,17 +14,19 @@ private final class MigrationBed {
     let client: OperatorClient
     static let service = "svc"
 
-    init(name: String, network: String = "", kvBytesScale: Double = 1.0 / 4096, timeScale: Double = 4) throws {
+    init(name: String, network: String = "", kvBytesScale: Double = 1.0 / 4096, timeScale: Double = 4, migrationPolicy: String = "none",
+         rateCurve: [RatePoint] = [RatePoint(time: 0, rps: 0.05)], minReplicas: Int = 2) throws {
         let nodes = """
               - {id: gpu-a, kind: gpu, site: cloud, gpu: {model: A100-80GB, count: 1}}
               - {id: gpu-b, kind: gpu, site: cloud, gpu: {model: A100-80GB, count: 1}}
             """
         cluster = try TestCluster(name: name, security: .curve, nodes: nodes,
-                                  coordinatorExtra: "  time_scale: \(timeScale)\n  kv_bytes_scale: \(kvBytesScale)", network: network, timeout: 60)
+                                  coordinatorExtra: "  time_scale: \(timeScale)\n  kv_bytes_scale: \(kvBytesScale)\n  migration_policy: \(migrationPolicy)", network: network, timeout: 60)
         do {
             client = try cluster.client()
-            let spec = ServiceSpec(id: MigrationBed.service, model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
-                                   rateCurve: [RatePoint(time: 0, rps: 0.05)], meanPrefillTokens: 1024, meanDecodeTokens: 1024, sloSeconds: 3600, minReplicas: 2)
+            var spec = ServiceSpec(id: MigrationBed.service, model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
+                                   rateCurve: rateCurve, meanPrefillTokens: 1024, meanDecodeTokens: 1024, sloSeconds: 3600, minReplicas: minReplicas)
+            spec.maxNumSeqs = 256
             let sub = try client.submit([], services: [spec.submission])
             guard sub.accepted == 1 else { throw TestFailure("service rejected: \(sub.rejected)") }
             try cluster.waitFor("two ready replicas", seconds: 30) { try self.client.requests().services.first?.ready == 2 }
@@ -201,6 +203,31 @@ struct MigrationTests {
         let r = try #require(try bed.waitFinished(["q"])["q"])
         #expect(r.nodeID == dest && r.migrations == 1, "finished on \(r.nodeID) after \(r.migrations) migrations")
         #expect(r.attempts == 1, "sent back to its own replica after the restart, not to another: \(r.attempts) attempts")
+    }
+
+    @Test("scale-down by migration: a replica the rate no longer needs takes no new requests, its requests move with their KV, and it stops once empty")
+    func scaleDown() throws {
+        // Two replicas for the rate until 60 trace s (6 s of wall time at 10×, by when the requests
+        // are on them); then one is enough, and at 185 s (the 120 s window past) one retires while
+        // the long requests still decode on both.
+        let bed = try MigrationBed(name: "migrate-retire", timeScale: 10, migrationPolicy: "llumnix",
+                                   rateCurve: [RatePoint(time: 0, rps: 40), RatePoint(time: 60, rps: 0.1), RatePoint(time: 185, rps: 0.1)], minReplicas: 1)
+        defer { bed.shutdown() }
+        let ids = (0..<6).map { "long-\($0)" }
+        try bed.submit(ids, prompt: 800, decode: 20000)
+        try bed.cluster.waitFor("requests on both replicas", seconds: 20) {
+            Set(try bed.client.requests(includeRequests: true).requests.map(\.replicaID).filter { !$0.isEmpty }).count == 2
+        }
+        var drained: [MigrationRecord] = []
+        defer { if drained.isEmpty { print((try? bed.client.migrations().migrations) ?? []); print((try? bed.client.requests(includeRequests: true)).map { "\($0.services) \($0.requests.map { ($0.requestID, $0.replicaID) })" } ?? "") } }
+        try bed.cluster.waitFor("a retiring replica drained by migration", seconds: 90) {
+            drained = try bed.client.migrations().migrations.filter { $0.reason == "drain" && $0.state == "done" }
+            return !drained.isEmpty
+        }
+        try bed.cluster.waitFor("the retired replica stopped", seconds: 60) { try bed.client.requests().services.first?.ready == 1 }
+        let finished = try bed.waitFinished(ids, seconds: 150)
+        for (id, r) in finished { #expect(r.attempts == 1, "\(id) was never sent again: \(r.attempts)") }
+        #expect(finished.values.contains { $0.migrations == 1 })
     }
 }
 }

@@ -52,3 +52,29 @@ struct MigrationPolicyTests {
         #expect(p.decide([hot, cold], costs: costs, busy: []).first?.request == "big")
     }
 }
+
+@Suite("Scheduler: scale-down by migration")
+struct RetireTests {
+    @Test("with retire on, a replica no longer needed keeps its GPUs and takes no new work until it is empty (or past its deadline), then stops")
+    func retire() {
+        let kb = llamaA100KB
+        let svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
+                              rateCurve: [RatePoint(time: 0, rps: 30), RatePoint(time: 10, rps: 0.1)], meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 20)
+        var s = Scheduler(policy: Policies.named("hybrid")!, kb: kb, services: [svc])
+        s.state.addNode(NodeSlot(id: "a", gpuModel: "A100-80GB", gpuCount: 2))
+        s.scaleDownAfter = 0
+        s.retireByMigration = true
+        _ = s.step(now: 0)
+        #expect(s.replicas(of: "s").count == 2)
+        let actions = s.step(now: 20)
+        let retired = actions.compactMap { if case .retireReplica(let id, _, _) = $0 { return id }; return nil }
+        #expect(retired.count == 1 && !actions.contains { if case .stopReplica = $0 { return true }; return false }, "\(actions)")
+        #expect(s.replicas(of: "s").count == 2 && s.state.free.totalFree == 0, "it keeps its GPU while it empties")
+        #expect(s.step(now: 30).isEmpty, "not retired twice, nothing new started in its place")
+        #expect(s.retirable(now: 40, isEmpty: { _ in false }).isEmpty)
+        #expect(s.retirable(now: 40, isEmpty: { _ in true }) == retired)
+        #expect(s.retirable(now: 20 + s.retireDeadline, isEmpty: { _ in false }) == retired, "the deadline stops it anyway")
+        s.retired(retired[0])
+        #expect(s.replicas(of: "s").count == 1 && s.state.free.totalFree == 1 && s.retiring.isEmpty)
+    }
+}

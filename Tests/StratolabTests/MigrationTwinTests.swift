@@ -25,6 +25,34 @@ struct MigrationTwinTests {
             .run(policy: Policies.named("hybrid")!)
     }
 
+    @Test("scale-down by migration: when the rate falls, a migrating policy empties the replicas it no longer needs before they stop; `none` stops them and sends their requests again")
+    func scaleDown() throws {
+        func run(_ policy: String) -> RunResult {
+            // Two replicas for the rate at 0 s; from 1 s one is enough, and at 125 s (past the 120 s
+            // scale-down window) the other retires while 12 long conversations still decode on both.
+            var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
+                                  rateCurve: [RatePoint(time: 0, rps: 40), RatePoint(time: 1, rps: 0.1), RatePoint(time: 125, rps: 0.1)],
+                                  meanPrefillTokens: 800, meanDecodeTokens: 500, sloSeconds: 60)
+            svc.maxNumSeqs = 256
+            let requests = (0..<12).map { ServiceRequest(id: "long-\($0)", serviceID: "s", arrival: 2 + Double($0) * 0.5, prefill: 800, decode: 10000) }
+            var options = TwinOptions()
+            options.requests = requests
+            var m = MigrationSettings(); m.policy = policy
+            options.migration = MigrationTwinModel.Settings(m, timeScale: 10)
+            let nodes = (0..<2).map { NodeSlot(id: "n\($0)", gpuModel: "A100-80GB", gpuCount: 1) }
+            return DigitalTwin(nodes: nodes, workload: Workload(name: "svc", jobs: [], services: [svc]), kb: llamaA100KB, options: options)
+                .run(policy: Policies.named("hybrid")!)
+        }
+        let none = run("none"), llumnix = run("llumnix")
+        #expect(none.migrations.isEmpty, "\(none.migrations)")
+        #expect((llumnix.migrations["reason/drain"] ?? 0) > 0, "retiring replicas are drained by migration: \(llumnix.migrations)")
+        #expect(llumnix.migrations["state/in-flight"] == nil)
+        for r in [none, llumnix] {
+            let s = try #require(r.services.first)
+            #expect((s.latencyP99 ?? .infinity).isFinite, "every request finished: \(s)")
+        }
+    }
+
     @Test("the same policies move requests on virtual time; every request finishes once; a drained node is emptied even under `none`")
     func policies() throws {
         let none = run("none")

@@ -195,6 +195,7 @@ final class JobManager {
             switch a {
             case .startJob(let id, _, _), .preemptJob(let id, _, _): dirtyJobs.insert(id)
             case .stopReplica(let id, _, _): requests.replicaGone(id)
+            case .retireReplica(let id, _, _): requests.setClosed(id, true)
             case .startReplica: break
             }
         }

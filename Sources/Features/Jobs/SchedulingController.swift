@@ -120,8 +120,32 @@ public final class SchedulingController: CoordinatorFeature {
     /// routes arrived requests to ready replicas.
     public func turn(_ s: CoordinatorServices) -> Bool {
         let decided = schedule(s)
+        let retired = retireEmptied(s)
         let routed = routeRequests(s)
-        return decided || routed
+        return decided || retired || routed
+    }
+
+    /// Retiring replicas that are empty (every request moved or finished), or past their
+    /// deadline, stop now; what is left on them waits again.
+    private func retireEmptied(_ s: CoordinatorServices) -> Bool {
+        guard !jobs.scheduler.retiring.isEmpty else { return false }
+        let router = jobs.requests
+        let now = jobs.traceNow(wall: s.clock.wallNanos())
+        let due = jobs.scheduler.retirable(now: now) { id in router.outstanding(on: id).isEmpty && !router.migrating.values.contains(id) }
+        guard !due.isEmpty else { return false }
+        do {
+            try s.store.batch {
+                for id in due {
+                    guard let r = jobs.scheduler.state.replicas[id] else { continue }
+                    let left = router.replicaGone(id)
+                    jobs.scheduler.retired(id)
+                    try stopReplica(id, service: r.serviceID, node: r.placement.nodeID, s)
+                    if !left.isEmpty { s.logLimited("retire_deadline", "\(id) stopped at its deadline with \(left.count) requests left: they wait again") }
+                }
+                try s.store.saveRequests(jobs.requests.takeDirty())
+            }
+        } catch { s.logger.error("could not persist retired replicas: \(error)") }
+        return true
     }
 
     private func schedule(_ s: CoordinatorServices) -> Bool {
@@ -150,6 +174,8 @@ public final class SchedulingController: CoordinatorFeature {
                         try startReplica(id, service: service, placement: p, s)
                     case .stopReplica(let id, let service, let node):
                         try stopReplica(id, service: service, node: node, s)
+                    case .retireReplica(let id, let service, let node):
+                        s.event(node, "replica_retire", "\(id) of \(service): emptied by migration before it stops")
                     }
                 }
                 try forgetLostReplicas(s)

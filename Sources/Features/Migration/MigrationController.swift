@@ -77,6 +77,8 @@ public final class MigrationController: CoordinatorFeature {
 
     public func start(_ s: CoordinatorServices, restoredNodes: [NodeRecord]) throws {
         router.dispatch = policy.dispatchesByFreeness ? .freeness : .shortestQueue
+        // Scale-down empties a replica by migration when the policy migrates.
+        jobs.scheduler.retireByMigration = policy.migrates
         for row in try s.store.database.run("SELECT id, record FROM migrations ORDER BY rowid") {
             guard let r = try? MigrationRecord(serializedBytes: row[1].blob) else { continue }
             records[r.migrationID] = r
@@ -241,10 +243,13 @@ public final class MigrationController: CoordinatorFeature {
     }
 
     /// Replicas on drained nodes take no new requests; the policies drain them by migration.
+    /// (Only the ones closed for a drain reopen: a retiring replica stays closed.)
+    private var closedForDrain = Set<String>()
     private func closeDrainedReplicas(_ s: CoordinatorServices) {
         for (id, rep) in router.ready {
             let drained = s.membership.nodes[rep.node]?.status.drained ?? false
-            if drained != router.closed.contains(id) { router.setClosed(id, drained) }
+            if drained && !router.closed.contains(id) { router.setClosed(id, true); closedForDrain.insert(id) }
+            if !drained && closedForDrain.remove(id) != nil { router.setClosed(id, false) }
         }
     }
 

@@ -70,6 +70,8 @@ public struct MigrationTwinModel {
     }
 
     public var inFlight: Int { flights.count }
+    /// Whether the policy moves requests for load (scale-down then empties replicas by migration).
+    public var migrates: Bool { policy.migrates }
     public var byReason: [String: Int] { outcomes.reduce(into: [:]) { $0[$1.reason, default: 0] += 1 } }
     public var byState: [String: Int] { outcomes.reduce(into: [:]) { $0[$1.state, default: 0] += 1 } }
 

@@ -7,6 +7,9 @@ public enum SchedulerAction: Sendable, Equatable {
     case preemptJob(jobID: String, nodeID: String, reason: String)
     case startReplica(replicaID: String, serviceID: String, placement: Placement)
     case stopReplica(replicaID: String, serviceID: String, nodeID: String)
+    /// Scale-down by migration: the replica takes no new requests and its requests move elsewhere;
+    /// it keeps its GPUs until it is empty (`retirable`), then stops.
+    case retireReplica(replicaID: String, serviceID: String, nodeID: String)
 }
 
 /// A service whose capacity per replica could not be derived (no profile for its model and GPU).
@@ -83,6 +86,30 @@ public struct Scheduler: Sendable {
         state.replicas.values.filter { $0.serviceID == service }.sorted { $0.id < $1.id }
     }
 
+    // MARK: scale-down by migration
+
+    /// Whether a replica no longer needed is emptied by migration before it stops (the
+    /// coordinator's and the twin's migration policy moves requests) rather than stopped at once
+    /// (its requests then go back to the queue and start over elsewhere).
+    public var retireByMigration = false
+    /// Replicas being emptied, and since when (trace seconds).
+    public private(set) var retiring: [String: Double] = [:]
+    /// A retiring replica stops after this long even if requests remain (they go back to the queue).
+    public var retireDeadline = 120.0
+
+    /// Retiring replicas to stop now: empty (`isEmpty`), or past the deadline. Forgets replicas
+    /// that are gone meanwhile (their node died).
+    public mutating func retirable(now: Double, isEmpty: (String) -> Bool) -> [String] {
+        for id in retiring.keys where state.replicas[id] == nil { retiring[id] = nil }
+        return retiring.filter { isEmpty($0.key) || now - $0.value >= retireDeadline }.keys.sorted()
+    }
+
+    /// The replica is stopping: its GPUs are free.
+    public mutating func retired(_ id: String) {
+        retiring[id] = nil
+        state.stopReplica(id)
+    }
+
     /// One decision round at `now`. `currentWork` gives a running job's work done right now (the
     /// twin computes it; the coordinator answers with the last report and corrects it when the
     /// agent acknowledges the preemption with its checkpoint).
@@ -113,7 +140,7 @@ public struct Scheduler: Sendable {
         var actions: [SchedulerAction] = []
         for s in services {
             let want = desiredReplicas(s, at: now)
-            var have = replicas(of: s.id)
+            var have = replicas(of: s.id).filter { retiring[$0.id] == nil }
             if have.count > want {
                 let since = overSince[s.id] ?? now
                 overSince[s.id] = since
@@ -121,8 +148,13 @@ public struct Scheduler: Sendable {
             }
             overSince[s.id] = nil
             while have.count > want, let r = have.popLast() {
-                state.stopReplica(r.id)
-                actions.append(.stopReplica(replicaID: r.id, serviceID: s.id, nodeID: r.placement.nodeID))
+                if retireByMigration {
+                    retiring[r.id] = now
+                    actions.append(.retireReplica(replicaID: r.id, serviceID: s.id, nodeID: r.placement.nodeID))
+                } else {
+                    state.stopReplica(r.id)
+                    actions.append(.stopReplica(replicaID: r.id, serviceID: s.id, nodeID: r.placement.nodeID))
+                }
             }
             let key = ConfigKey(model: s.model, task: "inference", gpuModel: s.gpuModel, gpuCount: s.gpusPerReplica, batchPerGPU: 0)
             for _ in have.count..<max(want, have.count) {
