@@ -240,6 +240,7 @@ extension TwinCommand {
         @Option(help: "Results folder.") var out = "results/twin-validate-spec"
         @Option(help: "Seed data folder.") var data: String?
         @Option(name: .customLong("run-dir"), help: "Run directory of the local testbed.") var runDir = ".strato/validate"
+        @Flag(name: .customLong("twin-only"), help: "Run the twin alone (no testbed run, nothing compared): a quick look at a policy.") var twinOnly = false
 
         func run() throws {
             var s = try ExperimentSpec.load(file: spec)
@@ -251,10 +252,8 @@ extension TwinCommand {
             s.topology.coordinator.migrationPolicy = policy
             s.seeds = [s.seeds.first ?? 1]; s.repetitions = 1
             let dataDir = DataPaths.dataDirectory(data)
-            if let old = Testbed.load(runDirectory: runDir) { old.down() }
             let runner = ExperimentRunner(spec: s, platform: LocalPlatform(runDirectory: runDir), out: out + "/testbed")
             runner.dataDirectory = dataDir
-            let testbed = try runner.runAll()[0]
 
             // The twin: the same services, requests (same seed), faults and policies.
             let nodes = ClusterSpec.nodes(of: s.topology)
@@ -289,6 +288,17 @@ extension TwinCommand {
             w.services = services
             guard let p = Policies.named(s.topology.coordinator.policy) else { throw ValidationError("unknown policy \(s.topology.coordinator.policy)") }
             let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: options).run(policy: p)
+            if twinOnly {
+                print("twin only, migration policy \(policy):")
+                for b in twin.services {
+                    print("  \(b.id): " + String(format: "P50 TTFT %.2f s, P99 TTFT %.2f s, P99 latency %.2f s, preemptions %d", b.ttftP50 ?? .nan, b.ttftP99 ?? .nan, b.latencyP99 ?? .nan, b.preemptions ?? 0))
+                }
+                let moved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
+                print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", "))
+                return
+            }
+            if let old = Testbed.load(runDirectory: runDir) { old.down() }
+            let testbed = try runner.runAll()[0]
 
             func err(_ a: Double, _ b: Double) -> Double { a > 0 ? abs(b - a) / a : (b == 0 ? 0 : .infinity) }
             var text = "figure                        testbed      twin     error\n"

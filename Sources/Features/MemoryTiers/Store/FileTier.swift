@@ -1,0 +1,172 @@
+import DataPlane
+import Foundation
+
+/// NVMe: one file per block in the tier's directory, direct I/O where the filesystem allows it,
+/// fsync on put. A put writes `<name>.tmp`, fsyncs it and renames it to `<name>.blk` (then fsyncs
+/// the directory), so a process killed mid-put leaves at most a `.tmp` that recovery deletes: a
+/// torn block is never served. Every file starts with a header holding the payload's length and
+/// CRC-32C, checked on every read. Contents survive an agent restart (`recovered`).
+public final class FileTier: TierBackend {
+    public let kind = TierKind.nvme
+    public let directory: String
+    /// Whether files are opened with O_DIRECT (false where the filesystem refuses it, e.g. tmpfs).
+    public private(set) var directIO: Bool
+    private static let magic: [UInt8] = Array("STRBLK01".utf8)
+    static let headerBytes = 32
+    static let alignment = 4096
+    #if arch(arm64)
+    static let oDirect: Int32 = 0o200000
+    #else
+    static let oDirect: Int32 = 0o40000
+    #endif
+
+    /// Opens (creating) the tier's directory; refuses one that is not a writable directory.
+    public init(directory: String, directIO: Bool = true) throws {
+        self.directory = directory
+        self.directIO = directIO
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: directory, isDirectory: &isDir) {
+            guard isDir.boolValue else { throw BlockStoreError(.tierUnavailable, "NVMe tier directory \(directory) is a file, not a directory") }
+        } else {
+            do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+                throw BlockStoreError(.tierUnavailable, "NVMe tier directory \(directory) is missing and cannot be created: \(error.localizedDescription)")
+            }
+        }
+        guard access(directory, W_OK | R_OK | X_OK) == 0 else {
+            throw BlockStoreError(.tierUnavailable, "NVMe tier directory \(directory) is not writable (\(String(cString: strerror(errno))))")
+        }
+    }
+
+    public var label: String {
+        "NVMe (files in \(directory), \(directIO ? "direct I/O" : "buffered I/O (the filesystem refuses O_DIRECT)"), fsync on put)"
+    }
+
+    /// File names are the key's bytes in hex: any key is a safe name, and the name gives the key back.
+    static func fileName(_ key: String) -> String { key.utf8.map { String(format: "%02x", $0) }.joined() }
+    static func key(fromFileName name: String) -> String? {
+        let hex = Array(name.utf8)
+        guard hex.count % 2 == 0 else { return nil }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(hex.count / 2)
+        var i = 0
+        while i < hex.count {
+            guard let b = UInt8(String(decoding: hex[i..<(i + 2)], as: UTF8.self), radix: 16) else { return nil }
+            bytes.append(b); i += 2
+        }
+        return String(bytes: bytes, encoding: .utf8)
+    }
+
+    private func path(_ key: String, _ ext: String) -> String { directory + "/" + Self.fileName(key) + ext }
+
+    private func open(_ path: String, _ flags: Int32) throws -> Int32 {
+        if directIO {
+            let fd = Glibc.open(path, flags | Self.oDirect, 0o600)
+            if fd >= 0 { return fd }
+            if errno != EINVAL { throw ioError(path, errno) }
+            directIO = false   // this filesystem refuses direct I/O: buffered from now on
+        }
+        let fd = Glibc.open(path, flags, 0o600)
+        guard fd >= 0 else { throw ioError(path, errno) }
+        return fd
+    }
+
+    private func ioError(_ path: String, _ err: Int32) -> BlockStoreError {
+        let why = String(cString: strerror(err))
+        switch err {
+        case ENOSPC, EDQUOT: return BlockStoreError(.tierFull, "NVMe tier \(directory) is full (\(why)) writing \(path)")
+        case ENOENT, EACCES, EROFS, ENOTDIR, EPERM: return BlockStoreError(.tierUnavailable, "NVMe tier \(directory): \(why) (\(path))")
+        default: return BlockStoreError(.io, "NVMe tier \(directory): \(why) (\(path))")
+        }
+    }
+
+    /// A buffer aligned for direct I/O, `count` rounded up to the alignment.
+    private static func alignedBuffer(_ count: Int) -> (UnsafeMutableRawPointer, Int) {
+        let size = (count + alignment - 1) / alignment * alignment
+        var p: UnsafeMutableRawPointer?
+        posix_memalign(&p, alignment, max(size, alignment))
+        return (p!, max(size, alignment))
+    }
+
+    public func write(_ key: String, _ bytes: UnsafeRawBufferPointer, crc: UInt32) throws {
+        let tmp = path(key, ".tmp"), final = path(key, ".blk")
+        let (buf, size) = Self.alignedBuffer(Self.headerBytes + bytes.count)
+        defer { free(buf) }
+        memset(buf, 0, Self.headerBytes)
+        Self.magic.withUnsafeBytes { buf.copyMemory(from: $0.baseAddress!, byteCount: 8) }
+        buf.storeBytes(of: UInt64(bytes.count).littleEndian, toByteOffset: 8, as: UInt64.self)
+        buf.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
+        if let base = bytes.baseAddress, !bytes.isEmpty { memcpy(buf + Self.headerBytes, base, bytes.count) }
+        // Direct I/O writes whole aligned blocks; buffered I/O writes exactly the file.
+        let fd = try open(tmp, O_CREAT | O_WRONLY | O_TRUNC)
+        let length = directIO ? size : Self.headerBytes + bytes.count
+        var done = 0
+        while done < length {
+            let n = pwrite(fd, buf + done, length - done, off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                let e = ioError(tmp, errno); close(fd); unlink(tmp); throw e
+            }
+            done += n
+        }
+        guard fsync(fd) == 0 else { let e = ioError(tmp, errno); close(fd); unlink(tmp); throw e }
+        close(fd)
+        guard rename(tmp, final) == 0 else { let e = ioError(final, errno); unlink(tmp); throw e }
+        let dfd = Glibc.open(directory, O_RDONLY | O_DIRECTORY)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+    }
+
+    public func read(_ key: String) throws -> [UInt8] {
+        let p = path(key, ".blk")
+        guard access(p, F_OK) == 0 else { throw BlockStoreError(.unknownKey, "NVMe tier holds no block '\(key)'") }
+        let fd = try open(p, O_RDONLY)
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw ioError(p, errno) }
+        let fileSize = Int(st.st_size)
+        let (buf, size) = Self.alignedBuffer(fileSize)
+        defer { free(buf) }
+        var done = 0
+        while done < fileSize {
+            let n = pread(fd, buf + done, size - done, off_t(done))
+            if n < 0 { if errno == EINTR { continue }; throw ioError(p, errno) }
+            if n == 0 { break }
+            done += n
+        }
+        guard done >= Self.headerBytes, memcmp(buf, Self.magic, 8) == 0 else {
+            throw BlockStoreError(.corrupt, "NVMe block '\(key)' has no valid header (\(done) bytes in \(p))")
+        }
+        let length = Int(UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+        let crc = UInt32(littleEndian: buf.loadUnaligned(fromByteOffset: 16, as: UInt32.self))
+        guard length <= done - Self.headerBytes else {
+            throw BlockStoreError(.corrupt, "NVMe block '\(key)' is truncated: \(done - Self.headerBytes) of \(length) bytes")
+        }
+        let payload = UnsafeRawBufferPointer(start: buf + Self.headerBytes, count: length)
+        guard CRC32C.checksum(payload) == crc else { throw BlockStoreError(.corrupt, "NVMe block '\(key)' fails its checksum") }
+        return [UInt8](payload)
+    }
+
+    public func remove(_ key: String) { unlink(path(key, ".blk")) }
+
+    /// Complete blocks left by an earlier run, oldest modification first; half-written `.tmp`
+    /// files are deleted. (Checksums are checked when a block is read.)
+    public func recovered() -> [(key: String, size: Int)] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
+        var found: [(key: String, size: Int, mtime: Double)] = []
+        for name in names {
+            let full = directory + "/" + name
+            if name.hasSuffix(".tmp") { unlink(full); continue }
+            guard name.hasSuffix(".blk"), let key = Self.key(fromFileName: String(name.dropLast(4))) else { continue }
+            var st = stat()
+            guard stat(full, &st) == 0, st.st_size >= Self.headerBytes else { unlink(full); continue }
+            let fd = Glibc.open(full, O_RDONLY)
+            guard fd >= 0 else { continue }
+            var header = [UInt8](repeating: 0, count: Self.headerBytes)
+            let n = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, Self.headerBytes, 0) }
+            close(fd)
+            guard n == Self.headerBytes, Array(header[0..<8]) == Self.magic else { unlink(full); continue }
+            let length = header.withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))) }
+            found.append((key, length, Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9))
+        }
+        return found.sorted { ($0.mtime, $0.key) < ($1.mtime, $1.key) }.map { ($0.key, $0.size) }
+    }
+}

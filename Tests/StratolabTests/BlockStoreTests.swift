@@ -1,0 +1,171 @@
+import DataPlane
+import Foundation
+import Testing
+@testable import Features
+
+/// Bytes that are a function of the key, so a reader can tell a block from any other.
+private func content(_ key: String, _ n: Int) -> [UInt8] {
+    var h = UInt64(5381)
+    for b in key.utf8 { h = (h << 5) &+ h &+ UInt64(b) }
+    return (0..<n).map { UInt8(truncatingIfNeeded: h &+ UInt64($0) &* 31) }
+}
+
+private func tempDir(_ name: String) -> String {
+    let d = NSTemporaryDirectory() + "strato-blockstore-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try? FileManager.default.removeItem(atPath: d)
+    return d
+}
+
+/// Three tiers holding 3, 2 and 2 blocks of 100 bytes; the CXL throttle recorded, not waited.
+private func threeTiers(_ dir: String, policy: EvictionPolicy = LRUEviction()) throws -> (TieredBlockStore, [Double]) {
+    let cxl = EmulatedCXLTier(dramBandwidthBytesPerSecond: 10e9, dramLatencySeconds: 100e-9, numaNode: nil)
+    let s = try TieredBlockStore(tiers: [(DRAMTier(), 300), (cxl, 200), (try FileTier(directory: dir), 200)], policy: policy)
+    var waits: [Double] = []
+    s.pace = { waits.append($0) }
+    return (s, waits)
+}
+
+@Suite("Block store")
+struct BlockStoreTests {
+    @Test func leastRecentlyUsedIsDemotedDownTheHierarchyThenDropped() throws {
+        let dir = tempDir("lru"); defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (s, _) = try threeTiers(dir)
+        for k in ["a", "b", "c"] { #expect(try s.put(k, content(k, 100)) == .dram) }
+        _ = try s.get("a")                       // a is now the most recent: b goes first
+        try s.put("d", content("d", 100))
+        #expect(s.tier(of: "b") == .cxl)
+        #expect(s.tier(of: "a") == .dram && s.tier(of: "d") == .dram)
+        try s.put("e", content("e", 100))        // c down
+        try s.put("f", content("f", 100))        // a down; CXL full (b, c): b to NVMe
+        #expect(s.tier(of: "c") == .cxl && s.tier(of: "a") == .cxl)
+        #expect(s.tier(of: "b") == .nvme)
+        for k in ["g", "h", "i", "j"] { try s.put(k, content(k, 100)) }
+        // 10 blocks, room for 7: the three least recently used (b, c, a) fell off the end.
+        #expect(s.count == 7)
+        for k in ["a", "b", "c"] { #expect(!s.exists(k)) }
+        #expect(s.tiers[0].used == 300 && s.tiers[1].used == 200 && s.tiers[2].used == 200)
+        #expect(s.tiers[0].counters.demotions == 7 && s.tiers[1].counters.demotions == 5)
+        #expect(s.tiers[2].counters.dropped == 3)
+        // Every block still held reads back as what was put, wherever it went.
+        for k in ["d", "e", "f", "g", "h", "i", "j"] { #expect(try s.get(k, promote: false).bytes == content(k, 100)) }
+    }
+
+    @Test func aHitBelowTheTopIsPromotedWithItsBytes() throws {
+        let dir = tempDir("promote"); defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (s, _) = try threeTiers(dir)
+        for k in ["a", "b", "c", "d", "e", "f"] { try s.put(k, content(k, 100)) }
+        #expect(s.tier(of: "a") == .nvme)
+        let (bytes, from) = try s.get("a")
+        #expect(from == .nvme && bytes == content("a", 100))
+        #expect(s.tier(of: "a") == .dram)
+        #expect(s.tiers[2].counters.promotions == 1 && s.tiers[2].counters.hits == 1)
+        // Promotion made room at the top: d (least recent there) went down to CXL.
+        #expect(s.tier(of: "d") == .cxl)
+        #expect(s.tiers.map(\.used) == [300, 200, 100])
+    }
+
+    @Test func firstInFirstOutIgnoresUses() throws {
+        let dir = tempDir("fifo"); defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (s, _) = try threeTiers(dir, policy: LRUEviction(reorderOnUse: false))
+        for k in ["a", "b", "c"] { try s.put(k, content(k, 100)) }
+        _ = try s.get("a")
+        try s.put("d", content("d", 100))
+        #expect(s.policyName == "fifo")
+        #expect(s.tier(of: "a") == .cxl && s.tier(of: "b") == .dram)
+    }
+
+    @Test func badRequestsAreNamedAndCounted() throws {
+        let dir = tempDir("bad"); defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (s, _) = try threeTiers(dir)
+        #expect(throws: BlockStoreError.self) { try s.put("big", content("big", 301 + 200)) }
+        do { try s.put("big", content("big", 400)) } catch let e as BlockStoreError { #expect(e.code == .tooLarge) }
+        // A block larger than DRAM but not than CXL starts in CXL.
+        #expect(throws: Never.self) { try s.put("mid", content("mid", 150)) }
+        do { _ = try s.get("nope"); Issue.record("an unknown key was served") } catch let e as BlockStoreError { #expect(e.code == .unknownKey) }
+        do { try s.put("", [1]); Issue.record("an empty key was taken") } catch let e as BlockStoreError { #expect(e.code == .badKey) }
+        #expect(s.errors[.unknownKey] == 1 && s.errors[.badKey] == 1 && s.errors[.tooLarge] == 2)
+        #expect(s.misses == 1)
+        // A file where the NVMe directory should be, and sizes that cannot be.
+        let file = dir + "-file"
+        FileManager.default.createFile(atPath: file, contents: Data([1]))
+        defer { unlink(file) }
+        do { _ = try FileTier(directory: file); Issue.record("a file was taken as a tier directory") } catch let e as BlockStoreError { #expect(e.code == .tierUnavailable) }
+        do { _ = try TieredBlockStore(tiers: [(DRAMTier(), 0)]); Issue.record("a tier of 0 bytes was taken") } catch let e as BlockStoreError { #expect(e.code == .tierUnavailable) }
+        do {
+            _ = try TieredBlockStore(tiers: [(try FileTier(directory: dir), 100), (DRAMTier(), 100)])
+            Issue.record("NVMe above DRAM was taken")
+        } catch let e as BlockStoreError { #expect(e.message.contains("fastest first")) }
+    }
+
+    @Test func theLongestCachedPrefixEndsAtTheFirstMissingChunk() throws {
+        let s = try TieredBlockStore(tiers: [(DRAMTier(), 10_000)])
+        for k in ["p1", "p2", "p3", "q4"] { try s.put(k, content(k, 10)) }
+        #expect(s.longestPrefix(["p1", "p2", "p3", "p4", "q4"]) == 3)
+        #expect(s.longestPrefix(["x", "p1"]) == 0)
+        #expect(s.longestPrefix([]) == 0)
+    }
+
+    @Test func emulatedCXLTakesThePublishedLatencyAndBandwidth() throws {
+        let cxl = EmulatedCXLTier(dramBandwidthBytesPerSecond: 10e9, dramLatencySeconds: 100e-9, numaNode: nil)
+        // 1 MiB at 10 GB/s × 51/70 plus 100 ns × 2.543, less what the real copy took.
+        let want = 254.3e-9 + 1_048_576 / (10e9 * 51 / 70)
+        #expect(abs(cxl.emulatedDelay(bytes: 1_048_576, realSeconds: 0) - want) < 1e-12)
+        #expect(cxl.emulatedDelay(bytes: 1_048_576, realSeconds: 1) == 0)
+        #expect(cxl.label.contains("emulated"))
+        // A slow DRAM figure (1 MB/s), so the throttle always has time to add to the real copy.
+        let slow = EmulatedCXLTier(dramBandwidthBytesPerSecond: 1e6, dramLatencySeconds: 100e-9, numaNode: nil)
+        let slowWant = 254.3e-9 + 1_048_576 / (1e6 * 51 / 70)
+        let s = try TieredBlockStore(tiers: [(DRAMTier(), 100), (slow, 10_000_000)])
+        var waited = 0.0
+        s.pace = { waited += $0 }
+        try s.put("w", content("w", 1_048_576))
+        #expect(s.tier(of: "w") == .cxl)
+        #expect(waited > slowWant - 0.5 && waited <= slowWant)
+        #expect(s.tiers[1].counters.throttleSeconds == waited)
+    }
+
+    @Test func aCPULessNUMANodeIsFoundFromSys() throws {
+        let root = tempDir("numa"); defer { try? FileManager.default.removeItem(atPath: root) }
+        for (n, cpus) in [(0, "0-7\n"), (1, "\n")] {
+            try FileManager.default.createDirectory(atPath: "\(root)/node\(n)", withIntermediateDirectories: true)
+            try cpus.write(toFile: "\(root)/node\(n)/cpulist", atomically: true, encoding: .utf8)
+        }
+        #expect(EmulatedCXLTier.cpulessNUMANode(root: root) == 1)
+        try "8-9\n".write(toFile: "\(root)/node1/cpulist", atomically: true, encoding: .utf8)
+        #expect(EmulatedCXLTier.cpulessNUMANode(root: root) == nil)
+    }
+
+    @Test func nvmeContentsSurviveARestartAndTornOrCorruptBlocksAreNeverServed() throws {
+        let dir = tempDir("restart"); defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            let s = try TieredBlockStore(tiers: [(DRAMTier(), 100), (try FileTier(directory: dir), 10_000)])
+            for k in ["kv/a", "kv/b", "kv/c", "w/llama/7"] { try s.put(k, content(k, 100)) }
+            #expect(s.tier(of: "kv/a") == .nvme)
+        }
+        // A put killed before its rename leaves a .tmp; a block whose bytes rotted fails its checksum.
+        let tmp = dir + "/" + FileTier.fileName("kv/torn") + ".tmp"
+        FileManager.default.createFile(atPath: tmp, contents: Data(content("kv/torn", 50)))
+        let rotted = dir + "/" + FileTier.fileName("kv/b") + ".blk"
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: rotted)))
+        bytes[FileTier.headerBytes + 10] ^= 0xFF
+        try Data(bytes).write(to: URL(fileURLWithPath: rotted))
+
+        let s = try TieredBlockStore(tiers: [(DRAMTier(), 100), (try FileTier(directory: dir), 10_000)])
+        // DRAM held w/llama/7 and is gone; NVMe's three are back.
+        #expect(Set(s.keys) == ["kv/a", "kv/b", "kv/c"])
+        #expect(!FileManager.default.fileExists(atPath: tmp))
+        #expect(try s.get("kv/a", promote: false).bytes == content("kv/a", 100))
+        do { _ = try s.get("kv/b"); Issue.record("a corrupt block was served") } catch let e as BlockStoreError { #expect(e.code == .corrupt) }
+        #expect(!s.exists("kv/b") && s.errors[.corrupt] == 1)
+        // A recovered block promoted to DRAM keeps its bytes.
+        #expect(try s.get("kv/c").tier == .nvme)
+        #expect(try s.get("kv/c").bytes == content("kv/c", 100) && s.tier(of: "kv/c") == .dram)
+    }
+
+    @Test func fileNamesGiveTheKeyBack() {
+        for k in ["kv/llama-2-7b/00ff", "w/Llama-2-70B/79", "ä/../x"] {
+            #expect(FileTier.key(fromFileName: FileTier.fileName(k)) == k)
+        }
+        #expect(FileTier.key(fromFileName: "zz") == nil)
+    }
+}
