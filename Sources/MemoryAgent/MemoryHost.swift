@@ -33,7 +33,10 @@ public final class MemoryHost: AgentBehavior {
     }
 
     public let tiers: [MemoryTier]
-    private var used: [MemoryTierKind: UInt64] = [:]
+    /// The features this host offers (its block store, set by the composition root).
+    public var handlers: [FeatureHandler] = []
+    /// Bytes in use per tier, from the block store (nil: none yet).
+    public var usedBytes: ((MemoryTierKind) -> UInt64)?
 
     /// Probes the tiers (DRAM once, shared by CXL's emulation). `probe` may be passed in so many
     /// virtual hosts in one process share one measurement.
@@ -76,7 +79,7 @@ public final class MemoryHost: AgentBehavior {
         telemetry.tiers = tiers.map { t in
             var tt = TierTelemetry()
             tt.kind = t.kind
-            tt.usedBytes = used[t.kind] ?? 0
+            tt.usedBytes = usedBytes?(t.kind) ?? 0
             return tt
         }
     }

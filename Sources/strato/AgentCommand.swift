@@ -199,9 +199,48 @@ struct AgentCommand: ParsableCommand {
         func run() throws {
             let specs: [MemoryHost.TierSpec]
             do { specs = try tiers.map(MemoryHost.TierSpec.parse) } catch { throw ValidationError("\(error)") }
+            guard Set(specs.map(\.kind.rawValue)).count == specs.count else { throw ValidationError("--tier: each tier kind may appear once") }
             let dram = TierProbe.probeDRAM()   // measured once, shared by every virtual host
-            try common.run { identity, _ in
-                try MemoryHost(specs: specs, dramProbe: dram, defaultNVMeDirectory: ".strato/nvme/\(identity.nodeID)")
+            try common.run { identity, plane in
+                let host = try MemoryHost(specs: specs, dramProbe: dram, defaultNVMeDirectory: ".strato/nvme/\(identity.nodeID)")
+                // A host with a data plane serves its tiers as a block store (virtual hosts only register).
+                if let plane { try Memory.hostBlockStore(on: host, plane: plane.plane) }
+                return host
+            }
+        }
+
+        /// The memory host's block store: a backend per probed tier, fastest first, capacities as given.
+        static func hostBlockStore(on host: MemoryHost, plane: DataPlane) throws {
+            var backends: [(TierBackend, capacity: Int)] = []
+            var probed: [TierKind: (bandwidthGBps: Double, latencyNs: Double)] = [:]
+            let dramFigures = host.tiers.first { $0.kind == .dram } ?? host.tiers.first { $0.kind == .cxl }
+            for t in host.tiers.sorted(by: { $0.kind.rawValue < $1.kind.rawValue }) {
+                let capacity = Int(min(t.capacityBytes, UInt64(Int.max)))
+                switch t.kind {
+                case .dram:
+                    backends.append((DRAMTier(), capacity)); probed[.dram] = (t.bandwidthGbps, t.latencyNs)
+                case .cxl:
+                    // Throttled from this host's DRAM figures (the CXL tier's own are those already scaled).
+                    let bw = (dramFigures?.kind == .dram ? dramFigures!.bandwidthGbps : t.bandwidthGbps / EmulatedCXLTier.bandwidthFactor) * 1e9
+                    let lat = (dramFigures?.kind == .dram ? dramFigures!.latencyNs : t.latencyNs / EmulatedCXLTier.latencyFactor) * 1e-9
+                    backends.append((EmulatedCXLTier(dramBandwidthBytesPerSecond: bw, dramLatencySeconds: lat), capacity)); probed[.cxl] = (t.bandwidthGbps, t.latencyNs)
+                case .nvme:
+                    do { backends.append((try FileTier(directory: t.path), capacity)) } catch { throw ValidationError("--tier nvme: \(error)") }
+                    probed[.nvme] = (t.bandwidthGbps, t.latencyNs)
+                default: continue
+                }
+            }
+            let store: TieredBlockStore
+            do { store = try TieredBlockStore(tiers: backends) } catch { throw ValidationError("--tier: \(error)") }
+            let handler = TierStoreHandler(store: store, plane: plane, probed: probed)
+            host.handlers = [handler]
+            host.usedBytes = { kind in
+                switch kind {
+                case .dram: return handler.used(.dram)
+                case .cxl: return handler.used(.cxl)
+                case .nvme: return handler.used(.nvme)
+                default: return 0
+                }
             }
         }
     }

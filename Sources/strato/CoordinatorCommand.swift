@@ -83,6 +83,7 @@ struct CoordinatorCommand: ParsableCommand {
             scheduling,                             // features "jobs" and "inference"
             try MigrationController(scheduling: scheduling, settings: migration),   // feature "migration": requests move with their KV
             DataPlaneController(),                  // feature "dataplane": peer sockets, probes
+            TiersController(),                      // feature "tiers": memory hosts' block stores
         ])
         try Lifecycle.run([LoopService(description: "coordinator", body: { try server.run() }, requestStop: { server.stop() })],
                           logger: Logger(label: "strato.lifecycle"))

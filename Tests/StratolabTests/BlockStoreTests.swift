@@ -107,21 +107,27 @@ struct BlockStoreTests {
 
     @Test func emulatedCXLTakesThePublishedLatencyAndBandwidth() throws {
         let cxl = EmulatedCXLTier(dramBandwidthBytesPerSecond: 10e9, dramLatencySeconds: 100e-9, numaNode: nil)
-        // 1 MiB at 10 GB/s × 51/70 plus 100 ns × 2.543, less what the real copy took.
-        let want = 254.3e-9 + 1_048_576 / (10e9 * 51 / 70)
-        #expect(abs(cxl.emulatedDelay(bytes: 1_048_576, realSeconds: 0) - want) < 1e-12)
-        #expect(cxl.emulatedDelay(bytes: 1_048_576, realSeconds: 1) == 0)
+        // An access that took 1 ms in DRAM takes 70/51 as long, plus 154.3 % of DRAM's latency.
+        let want = 1e-3 * (70.0 / 51 - 1) + 154.3e-9
+        #expect(abs(cxl.emulatedDelay(bytes: 1_048_576, realSeconds: 1e-3) - want) < 1e-12)
+        // One that took no time (a block handed over, copied out by the reader) is charged a copy
+        // at the probed DRAM bandwidth (which counts read and write).
+        let copy = 2.0 * 1_048_576 / 10e9
+        #expect(abs(cxl.emulatedDelay(bytes: 1_048_576, realSeconds: 0) - (copy * (70.0 / 51 - 1) + 154.3e-9)) < 1e-12)
         #expect(cxl.label.contains("emulated"))
-        // A slow DRAM figure (1 MB/s), so the throttle always has time to add to the real copy.
+        // A slow DRAM figure (1 MB/s), so the charge dwarfs the real copy; recorded, not waited.
         let slow = EmulatedCXLTier(dramBandwidthBytesPerSecond: 1e6, dramLatencySeconds: 100e-9, numaNode: nil)
-        let slowWant = 254.3e-9 + 1_048_576 / (1e6 * 51 / 70)
+        let slowWant = 2.0 * 1_048_576 / 1e6 * (70.0 / 51 - 1)
         let s = try TieredBlockStore(tiers: [(DRAMTier(), 100), (slow, 10_000_000)])
         var waited = 0.0
         s.pace = { waited += $0 }
         try s.put("w", content("w", 1_048_576))
         #expect(s.tier(of: "w") == .cxl)
-        #expect(waited > slowWant - 0.5 && waited <= slowWant)
+        #expect(waited > slowWant && waited < slowWant * 1.2)
         #expect(s.tiers[1].counters.throttleSeconds == waited)
+        // Reading it back is charged the same way.
+        _ = try s.get("w", promote: false)
+        #expect(waited > 2 * slowWant)
     }
 
     @Test func aCPULessNUMANodeIsFoundFromSys() throws {

@@ -6,7 +6,7 @@ import Foundation
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "bench", abstract: "Benchmarks that print figures.",
-                                                    subcommands: [Wire.self, Control.self, DataPlaneBenchCommand.self, MigrationBenchCommand.self, Twin.self, Schedule.self, Trace.self])
+                                                    subcommands: [Wire.self, Control.self, DataPlaneBenchCommand.self, MigrationBenchCommand.self, TiersBenchCommand.self, Twin.self, Schedule.self, Trace.self])
 
     struct Trace: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Events a process records and ships per second, and a workload's overhead with tracing on vs off, in one run.")
@@ -33,6 +33,35 @@ struct BenchCommand: ParsableCommand {
             let r = try DataPlaneBench.run(totalMiB: mib, chunkSizes: chunkKiB.map { $0 << 10 }, repeats: repeats, window: window,
                                            curve: curve) { print($0); fflush(stdout) }
             print(r.table)
+        }
+    }
+
+    struct TiersBenchCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "tiers",
+            abstract: "The memory hosts' block store: put/get bandwidth and latency per tier (DRAM, CXL emulated, NVMe) in process and over the data plane, against memcpy, raw direct-I/O disk and raw libzmq in the same run.")
+        @Option(name: .customLong("block-kib"), help: "Block size in KiB (a KV chunk or weight shard).") var blockKiB = 1024
+        @Option(help: "MiB put and got per tier.") var mib = 256
+        @Option(help: "Directory for the NVMe tier and the raw disk run (on the disk to measure).") var dir = ".strato/bench-tiers"
+        func run() throws {
+            Strato.bootstrapLogging()
+            print("tiers benchmark: \(blockKiB) KiB blocks, \(mib) MiB per tier, NVMe in \(dir)")
+            let f = try TiersBench.run(blockBytes: blockKiB << 10, totalBytes: mib << 20, directory: dir) { print($0); fflush(stdout) }
+            try? FileManager.default.removeItem(atPath: dir)
+            print("\nTIER  PUT GB/s  GET GB/s  CEILING GB/s       PUT ÷ CEIL  GET ÷ CEIL  4KiB PUT µs  4KiB GET µs")
+            for r in f.rows {
+                let (cw, cr, name) = r.kind == .nvme ? (f.diskWriteGBps, f.diskReadGBps, f.diskDirect ? "raw direct I/O" : "raw buffered") : (f.memcpyPutGBps, f.memcpyGetGBps, "memcpy")
+                print(String(format: "%-5@ %8.2f  %8.2f  %5.2f/%5.2f %-7@ %9.2f×  %9.2f×  %11.1f  %11.1f", r.kind.rawValue as NSString, r.putGBps, r.getGBps, cw, cr,
+                             (name == "memcpy" ? "memcpy" : "disk") as NSString, r.putGBps / cw, r.getGBps / cr, r.putLatencyUs, r.getLatencyUs))
+            }
+            print(String(format: "over the data plane (DRAM tier): put %.2f GB/s (%.2f× raw libzmq %.2f GB/s), get %.2f GB/s (%.2f×)", f.planePutGBps,
+                         f.planePutGBps / f.rawZMQGBps, f.rawZMQGBps, f.planeGetGBps, f.planeGetGBps / f.rawZMQGBps))
+            if let d = f.rows.first(where: { $0.kind == .dram }), let c = f.rows.first(where: { $0.kind == .cxl }) {
+                print(String(format: "CXL vs DRAM here: get bandwidth %.2f× (D2.1: 51/70 = %.2f×), 4 KiB get latency %.2f× (D2.1 load latency: 2.54×); CXL is emulated (DRAM throttled), so these follow from the throttle", c.getGBps / d.getGBps, 51.0 / 70, c.getLatencyUs / d.getLatencyUs))
+            }
+            let dram = f.rows.first { $0.kind == .dram }, nvme = f.rows.first { $0.kind == .nvme }
+            print("targets: DRAM ≥ 0.8× memcpy in process: " + String(format: "get %.2f×, put %.2f×", (dram?.getGBps ?? 0) / f.memcpyGetGBps, (dram?.putGBps ?? 0) / f.memcpyPutGBps)
+                  + String(format: "; ≥ 0.5× raw libzmq over the data plane: put %.2f×, get %.2f×", f.planePutGBps / f.rawZMQGBps, f.planeGetGBps / f.rawZMQGBps)
+                  + String(format: "; NVMe ≥ 0.8× raw disk: put %.2f×, get %.2f×", (nvme?.putGBps ?? 0) / f.diskWriteGBps, (nvme?.getGBps ?? 0) / f.diskReadGBps))
         }
     }
 

@@ -39,8 +39,9 @@ public protocol TierBackend: AnyObject {
     /// What the tier is, for every output: real or emulated, and how.
     var label: String { get }
     var emulated: Bool { get }
-    /// Stores `bytes` under `key` (replacing what was there), durably where the tier is durable.
-    func write(_ key: String, _ bytes: UnsafeRawBufferPointer, crc: UInt32) throws
+    /// Stores `bytes` under `key` (replacing what was there), durably where the tier is durable
+    /// (with a checksum there: memory does not rot, a disk may).
+    func write(_ key: String, _ bytes: UnsafeRawBufferPointer) throws
     /// The bytes under `key`; a durable tier checks them against the checksum they were stored with.
     func read(_ key: String) throws -> [UInt8]
     func remove(_ key: String)
@@ -57,18 +58,56 @@ extension TierBackend {
     public func emulatedDelay(bytes: Int, realSeconds: Double) -> Double { 0 }
 }
 
-/// DRAM: anonymous memory in the agent. Gone when the agent stops.
-public final class DRAMTier: TierBackend {
+/// A tier in memory: it can take a filled buffer as it is (no second copy) and hands out
+/// recycled buffers to fill, so a put in steady state touches no fresh pages.
+public protocol MemoryTierBackend: TierBackend {
+    /// Keeps `bytes` under `key` without copying them.
+    func adopt(_ key: String, _ bytes: [UInt8])
+    /// A buffer of `count` bytes to fill (recycled from removed blocks when one fits).
+    func buffer(_ count: Int) -> [UInt8]
+}
+
+/// DRAM: anonymous memory in the agent. Gone when the agent stops. Removed blocks' buffers are
+/// kept for reuse (up to `poolBytes`): fresh pages cost more than the copy into them.
+public final class DRAMTier: MemoryTierBackend {
     public let kind = TierKind.dram
     public var label: String { "DRAM (memory of the agent process)" }
     private var blocks: [String: [UInt8]] = [:]
+    private var pool: [Int: [[UInt8]]] = [:]
+    private var pooled = 0
+    public var poolBytes = 256 << 20
     public init() {}
 
-    public func write(_ key: String, _ bytes: UnsafeRawBufferPointer, crc: UInt32) throws {
-        blocks[key] = [UInt8](unsafeUninitializedCapacity: bytes.count) { b, n in
-            if let base = bytes.baseAddress, !bytes.isEmpty { memcpy(b.baseAddress!, base, bytes.count) }
-            n = bytes.count
+    /// Allocates and touches `count` buffers of `bytes` up front (as a serving stack allocates its
+    /// CPU cache at start), so the first puts do not pay for fresh pages.
+    public func preallocate(count: Int, bytes: Int) {
+        poolBytes = max(poolBytes, count * bytes)
+        for _ in 0..<count { recycle([UInt8](repeating: 0, count: bytes)) }
+    }
+
+    private func recycle(_ b: [UInt8]) {
+        guard pooled + b.count <= poolBytes, !b.isEmpty else { return }
+        pool[b.count, default: []].append(b)
+        pooled += b.count
+    }
+
+    public func buffer(_ count: Int) -> [UInt8] {
+        if var list = pool[count], let b = list.popLast() {
+            pool[count] = list
+            pooled -= count
+            return b
         }
+        return [UInt8](repeating: 0, count: count)
+    }
+
+    public func adopt(_ key: String, _ bytes: [UInt8]) {
+        if let old = blocks.updateValue(bytes, forKey: key) { recycle(old) }
+    }
+
+    public func write(_ key: String, _ bytes: UnsafeRawBufferPointer) throws {
+        var b = buffer(bytes.count)
+        if let base = bytes.baseAddress, !bytes.isEmpty { b.withUnsafeMutableBytes { _ = memcpy($0.baseAddress!, base, bytes.count) } }
+        adopt(key, b)
     }
 
     public func read(_ key: String) throws -> [UInt8] {
@@ -76,7 +115,7 @@ public final class DRAMTier: TierBackend {
         return b
     }
 
-    public func remove(_ key: String) { blocks[key] = nil }
+    public func remove(_ key: String) { if let b = blocks.removeValue(forKey: key) { recycle(b) } }
 }
 
 /// CXL-attached memory. Where the host has a CPU-less NUMA node (how Linux shows a CXL memory
@@ -109,12 +148,18 @@ public final class EmulatedCXLTier: TierBackend {
         return "CXL (emulated: \(found)DRAM throttled to latency ×\(Self.latencyFactor), bandwidth ×51/70 of this host's DRAM, D2.1)"
     }
 
-    public func write(_ key: String, _ bytes: UnsafeRawBufferPointer, crc: UInt32) throws { try dram.write(key, bytes, crc: crc) }
+    public func write(_ key: String, _ bytes: UnsafeRawBufferPointer) throws { try dram.write(key, bytes) }
     public func read(_ key: String) throws -> [UInt8] { try dram.read(key) }
     public func remove(_ key: String) { dram.remove(key) }
 
+    /// What copying `bytes` takes in this host's DRAM, by its probe (which counts a copy's read
+    /// and write of every byte): for a buffer filled, or read, outside the store.
+    public func dramSeconds(_ bytes: Int) -> Double { 2 * Double(bytes) / dramBandwidthBytesPerSecond }
+
+    /// The access took `realSeconds` in DRAM (at least a copy of its bytes: a read hands the
+    /// reader a block it copies out of); CXL's bandwidth and latency stretch it.
     public func emulatedDelay(bytes: Int, realSeconds: Double) -> Double {
-        max(0, latencySeconds + Double(bytes) / bandwidthBytesPerSecond - realSeconds)
+        max(realSeconds, dramSeconds(bytes)) * (1 / Self.bandwidthFactor - 1) + dramLatencySeconds * (Self.latencyFactor - 1)
     }
 
     /// A NUMA node with memory and no CPUs (how a CXL Type-3 expander appears), from /sys.

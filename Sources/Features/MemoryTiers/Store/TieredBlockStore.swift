@@ -75,7 +75,7 @@ public final class TieredBlockStore {
         public var kind: TierKind { backend.kind }
     }
 
-    struct Entry { var tier: Int; var size: Int; var crc: UInt32 }
+    struct Entry { var tier: Int; var size: Int }
 
     public private(set) var tiers: [TierState]
     private var index: [String: Entry] = [:]
@@ -102,7 +102,7 @@ public final class TieredBlockStore {
             for (key, size) in self.tiers[t].backend.recovered() {
                 guard size <= self.tiers[t].capacity else { self.tiers[t].backend.remove(key); continue }
                 while self.tiers[t].used + size > self.tiers[t].capacity, let v = self.policy.victim(tier: t) { forget(v, tier: t); self.tiers[t].counters.dropped += 1 }
-                index[key] = Entry(tier: t, size: size, crc: 0)
+                index[key] = Entry(tier: t, size: size)
                 self.tiers[t].used += size; self.tiers[t].blocks += 1
                 self.policy.touched(key, tier: t)
             }
@@ -137,15 +137,10 @@ public final class TieredBlockStore {
 
     @discardableResult
     public func put(_ key: String, _ bytes: UnsafeRawBufferPointer, tier first: TierKind? = nil) throws -> TierKind {
-        guard !key.isEmpty, key.utf8.count <= Self.maxKeyBytes else { throw fail(BlockStoreError(.badKey, "a key must have 1 to \(Self.maxKeyBytes) bytes (got \(key.utf8.count))")) }
-        let start = first.flatMap { k in tiers.firstIndex { $0.kind >= k } } ?? 0
-        guard let t = tiers.indices.dropFirst(start).first(where: { tiers[$0].capacity >= bytes.count }) else {
-            throw fail(BlockStoreError(.tooLarge, "block '\(key)' of \(bytes.count) bytes is larger than every tier from \(tiers[min(start, tiers.count - 1)].kind.rawValue) down"))
-        }
+        let t = try target(key, bytes.count, first)
         if let old = index[key] { forget(key, tier: old.tier) }
-        let crc = CRC32C.checksum(bytes)
         do {
-            try place(key, bytes, crc: crc, tier: t)
+            try place(key, bytes, tier: t)
         } catch let e as BlockStoreError {
             throw fail(e)
         }
@@ -153,19 +148,54 @@ public final class TieredBlockStore {
         return tiers[t].kind
     }
 
+    /// A buffer to fill with a block that will be put with `put(_:owned:)`: recycled memory of
+    /// the fastest tier when it is in memory (no fresh pages), else a new one.
+    public func buffer(_ count: Int) -> [UInt8] {
+        (tiers[0].backend as? MemoryTierBackend)?.buffer(count) ?? [UInt8](repeating: 0, count: count)
+    }
+
+    /// Stores a block filled in `buffer(_:)`: a memory tier keeps the buffer as it is (the copy
+    /// into it was the put's one copy); other tiers write it.
+    @discardableResult
+    public func put(_ key: String, owned bytes: [UInt8], tier first: TierKind? = nil) throws -> TierKind {
+        let t = try target(key, bytes.count, first)
+        guard let memory = tiers[t].backend as? MemoryTierBackend else { return try bytes.withUnsafeBytes { try put(key, $0, tier: first) } }
+        if let old = index[key] { forget(key, tier: old.tier) }
+        do { try makeRoom(bytes.count, tier: t) } catch let e as BlockStoreError { throw fail(e) }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        memory.adopt(key, bytes)
+        // The copy into the buffer happened outside: an emulated tier is charged what it would take in DRAM.
+        account(t, bytes: bytes.count, since: t0, written: true, copied: (memory as? EmulatedCXLTier)?.dramSeconds(bytes.count) ?? 0)
+        index[key] = Entry(tier: t, size: bytes.count)
+        tiers[t].used += bytes.count; tiers[t].blocks += 1
+        policy.touched(key, tier: t)
+        tiers[t].counters.puts += 1
+        return tiers[t].kind
+    }
+
+    /// The fastest tier (from `first` down) a block of `count` bytes fits in.
+    private func target(_ key: String, _ count: Int, _ first: TierKind?) throws -> Int {
+        guard !key.isEmpty, key.utf8.count <= Self.maxKeyBytes else { throw fail(BlockStoreError(.badKey, "a key must have 1 to \(Self.maxKeyBytes) bytes (got \(key.utf8.count))")) }
+        let start = first.flatMap { k in tiers.firstIndex { $0.kind >= k } } ?? 0
+        guard let t = tiers.indices.dropFirst(start).first(where: { tiers[$0].capacity >= count }) else {
+            throw fail(BlockStoreError(.tooLarge, "block '\(key)' of \(count) bytes is larger than every tier from \(tiers[min(start, tiers.count - 1)].kind.rawValue) down"))
+        }
+        return t
+    }
+
     /// Writes into tier `t` after making room there (demoting its victims).
-    private func place(_ key: String, _ bytes: UnsafeRawBufferPointer, crc: UInt32, tier t: Int) throws {
+    private func place(_ key: String, _ bytes: UnsafeRawBufferPointer, tier t: Int) throws {
         try makeRoom(bytes.count, tier: t)
         let t0 = DispatchTime.now().uptimeNanoseconds
-        try tiers[t].backend.write(key, bytes, crc: crc)
+        try tiers[t].backend.write(key, bytes)
         account(t, bytes: bytes.count, since: t0, written: true)
-        index[key] = Entry(tier: t, size: bytes.count, crc: crc)
+        index[key] = Entry(tier: t, size: bytes.count)
         tiers[t].used += bytes.count; tiers[t].blocks += 1
         policy.touched(key, tier: t)
     }
 
-    private func account(_ t: Int, bytes: Int, since t0: UInt64, written: Bool) {
-        let real = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    private func account(_ t: Int, bytes: Int, since t0: UInt64, written: Bool, copied: Double = 0) {
+        let real = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 + copied
         let extra = tiers[t].backend.emulatedDelay(bytes: bytes, realSeconds: real)
         if extra > 0 { pace(extra) }
         tiers[t].counters.seconds += real + extra
@@ -185,7 +215,7 @@ public final class TieredBlockStore {
             if below < tiers.count, tiers[below].capacity >= e.size, let data = try? readBytes(v, tier: t) {
                 forget(v, tier: t)
                 do {
-                    try data.withUnsafeBytes { try place(v, $0, crc: e.crc, tier: below) }
+                    try data.withUnsafeBytes { try place(v, $0, tier: below) }
                     tiers[t].counters.demotions += 1
                 } catch let err as BlockStoreError {
                     // The tier below refused it (its disk is full): the block is dropped, the put goes on.
@@ -231,10 +261,8 @@ public final class TieredBlockStore {
         tiers[e.tier].counters.hits += 1
         if promote, e.tier > 0, tiers[0].capacity >= e.size {
             forget(key, tier: e.tier)
-            // Recovered NVMe blocks carry no checksum in the index: the file's was checked on read.
-            let crc = e.crc == 0 ? CRC32C.checksum(data) : e.crc
             do {
-                try data.withUnsafeBytes { try place(key, $0, crc: crc, tier: 0) }
+                try data.withUnsafeBytes { try place(key, $0, tier: 0) }
                 tiers[e.tier].counters.promotions += 1
             } catch let err as BlockStoreError { _ = fail(err) }
         } else {

@@ -1,0 +1,113 @@
+import Cluster
+import Coordinator
+import Foundation
+import Protocol
+
+/// Feature "tiers", coordinator side: the memory hosts' block stores as they last reported them
+/// (capacity, use, hits, evictions per tier), for `strato tiers`, the experiment runner and the
+/// trace. Telemetry, not state: it lives in memory and comes back with the next reports after a
+/// restart. A host that dies is shown dead: its DRAM and CXL contents are gone with it (its NVMe
+/// contents come back when it registers again).
+public final class TiersController: CoordinatorFeature {
+    public let features = [TierStoreHandler.feature]
+    private var latest: [String: (stats: TierStats, at: Int64)] = [:]
+
+    public init() {}
+
+    public func reports(_ reports: [FeatureReport], feature: String, from nodeID: String, clockOffsetNanos: Int64, _ s: CoordinatorServices) -> [String] {
+        var settled: [String] = []
+        for r in reports {
+            settled.append(r.key)
+            guard let st = try? TierStats(serializedBytes: r.body) else { s.count("malformed_tier_stats"); continue }
+            latest[nodeID] = (st, s.clock.monotonicNanos())
+        }
+        return settled
+    }
+
+    public func nodeDead(_ nodeID: String, _ s: CoordinatorServices) {
+        guard let l = latest[nodeID] else { return }
+        let lost = l.stats.tiers.filter { $0.kind != "nvme" }.reduce(0) { $0 + $1.blocks }
+        if lost > 0 { s.event(nodeID, "tiers", "memory host dead: \(lost) blocks in DRAM/CXL lost") }
+    }
+
+    public func handleRequest(_ envelope: Envelope, _ s: CoordinatorServices) -> Envelope.OneOf_Body? {
+        guard case .featureRequest(let m)? = envelope.body else { return nil }
+        guard let request = try? TiersApiRequest(serializedBytes: m.body) else {
+            var e = ErrorReply(); e.code = .invalidRequest; e.message = "the tiers feature expects a TiersApiRequest"
+            return .error(e)
+        }
+        if !request.node.isEmpty, latest[request.node] == nil {
+            var e = ErrorReply(); e.code = .invalidRequest
+            e.message = s.membership.nodes[request.node] == nil ? "no node '\(request.node)'; see `strato status`"
+                : "node '\(request.node)' has reported no tiers (not a memory host, or it has not reported yet)"
+            return .error(e)
+        }
+        var reply = TiersApiReply()
+        let now = s.clock.monotonicNanos()
+        for (node, l) in latest.sorted(by: { $0.key < $1.key }) where request.node.isEmpty || node == request.node {
+            var h = HostTiers()
+            h.node = node
+            h.alive = s.membership.nodes[node]?.status.state == .alive
+            h.stats = l.stats
+            h.ageSeconds = Double(now - l.at) / 1e9
+            reply.hosts.append(h)
+        }
+        if reply.hosts.isEmpty { reply.notes.append("no memory host has reported its tiers yet") }
+        var out = FeatureMessage(); out.feature = TierStoreHandler.feature; out.body = (try? reply.serializedData()) ?? Data()
+        return .featureReply(out)
+    }
+
+    public func traceCounters() -> [String: [String: Double]] {
+        var used: [String: Double] = [:], hits: [String: Double] = [:]
+        for (node, l) in latest {
+            for t in l.stats.tiers {
+                used["\(node)/\(t.kind)"] = Double(t.usedBytes) / 1_048_576
+                hits["\(node)/\(t.kind)"] = Double(t.hits)
+            }
+        }
+        return used.isEmpty ? [:] : ["tier used MiB": used, "tier hits": hits]
+    }
+}
+
+extension OperatorClient {
+    /// The memory hosts' tiers as last reported (`node` empty: every host).
+    public func tiers(node: String = "", timeoutMs: Int = 5000) throws -> TiersApiReply {
+        var req = TiersApiRequest(); req.node = node
+        var m = FeatureMessage(); m.feature = TierStoreHandler.feature; m.body = try req.serializedData()
+        guard case .featureReply(let r) = try self.request(.featureRequest(m), timeoutMs: timeoutMs) else {
+            throw OperatorClient.ClientError.unexpected("the coordinator answered a tiers request with something else")
+        }
+        return try TiersApiReply(serializedBytes: r.body)
+    }
+}
+
+/// The table `strato tiers` prints: per host and tier, capacity, use, hit ratio, bandwidth.
+public enum TiersTable {
+    public static func render(_ reply: TiersApiReply) -> String {
+        func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+        func mib(_ b: UInt64) -> String { String(format: "%.1f", Double(b) / 1_048_576) }
+        var s = pad("HOST", 12) + pad("TIER", 6) + pad("CAP MiB", 10) + pad("USED MiB", 10) + pad("BLOCKS", 8) + pad("HITS", 8) + pad("HIT%", 7)
+        s += pad("EVICT", 7) + pad("DEMOTE", 8) + pad("PROMOTE", 8) + pad("GB/s", 8) + pad("PROBED GB/s", 12) + "NOTE\n"
+        var labels: [String] = []
+        for h in reply.hosts {
+            let lookups = h.stats.tiers.reduce(0) { $0 + $1.hits } + h.stats.misses
+            for t in h.stats.tiers {
+                let moved = t.bytesRead + t.bytesWritten
+                s += pad(h.node, 12) + pad(t.kind, 6) + pad(mib(t.capacityBytes), 10) + pad(mib(t.usedBytes), 10) + pad("\(t.blocks)", 8)
+                s += pad("\(t.hits)", 8) + pad(lookups > 0 ? String(format: "%.0f", 100 * Double(t.hits) / Double(lookups)) : "-", 7)
+                s += pad("\(t.evictions)", 7) + pad("\(t.demotions)", 8) + pad("\(t.promotions)", 8)
+                s += pad(t.seconds > 0 && moved > 0 ? String(format: "%.2f", Double(moved) / t.seconds / 1e9) : "-", 8)
+                s += pad(t.probedBandwidthGbps > 0 ? String(format: "%.2f", t.probedBandwidthGbps) : "-", 12)
+                s += (t.emulated ? "emulated" : "") + (h.alive ? "" : " host dead") + "\n"
+                if !labels.contains(t.label) { labels.append(t.label) }
+            }
+            let errors = h.stats.errors.filter { $0.value > 0 }.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+            s += "  \(h.node): \(h.stats.gets) gets, \(h.stats.puts) blocks put, \(h.stats.misses) misses, eviction \(h.stats.evictionPolicy)"
+            s += (h.stats.recoveredBlocks > 0 ? ", \(h.stats.recoveredBlocks) blocks recovered from NVMe at start" : "")
+            s += (errors.isEmpty ? "" : "; errors: " + errors.joined(separator: ", ")) + String(format: "; reported %.1f s ago\n", h.ageSeconds)
+        }
+        for l in labels { s += "  \(l)\n" }
+        s += reply.notes.joined(separator: "\n")
+        return s
+    }
+}

@@ -1,0 +1,12 @@
+import Protocol
+
+// Short names for the tiers feature's messages (tiers.proto), kept with the feature.
+public typealias TierPutHeader = Stratolab_V1_TierPutHeader
+public typealias TierGetRequest = Stratolab_V1_TierGetRequest
+public typealias TierBlockMeta = Stratolab_V1_TierBlockMeta
+public typealias TierDataHeader = Stratolab_V1_TierDataHeader
+public typealias TierStat = Stratolab_V1_TierStat
+public typealias TierStats = Stratolab_V1_TierStats
+public typealias TiersApiRequest = Stratolab_V1_TiersApiRequest
+public typealias TiersApiReply = Stratolab_V1_TiersApiReply
+public typealias HostTiers = Stratolab_V1_HostTiers
