@@ -34,6 +34,27 @@ struct ServingEngineTests {
         #expect(e.steps == 5 && e.usedBlocks == 0 && e.isIdle && f.preemptions == 0)
     }
 
+    @Test("a cached prefix: only the rest of the prompt is prefilled, and the wait for the load counts in TTFT")
+    func cachedPrefix() throws {
+        var e = engine()
+        // 1,024 of 1,100 prompt tokens loaded from a tier; the load took from t = 1 to t = 1.2.
+        #expect(e.add(id: "q", prompt: 1100, decode: 2, at: 1.2, cached: 1024, arrivedAt: 1) == nil)
+        let f = try #require(e.takeFinished(by: 100).first)
+        let prefill = m.iteration(tokens: 76) + m.attention(kvTokens: 1024 + 38)
+        #expect(abs(f.firstToken - (1.2 + prefill)) < 1e-12)
+        #expect(abs(f.ttft - (0.2 + prefill)) < 1e-12 && f.arrived == 1)
+        // The whole prompt computed, for comparison: more than the load saved.
+        var full = engine()
+        _ = full.add(id: "q", prompt: 1100, decode: 2, at: 1)
+        let g = try #require(full.takeFinished(by: 100).first)
+        #expect(g.ttft > prefill)
+        // A prompt entirely cached still computes its last token.
+        var all = engine()
+        _ = all.add(id: "q", prompt: 512, decode: 1, at: 0, cached: 512)
+        let h = try #require(all.takeFinished(by: 100).first)
+        #expect(abs(h.ttft - (m.iteration(tokens: 1) + m.attention(kvTokens: 511.5))) < 1e-12)
+    }
+
     @Test("continuous batching: decodes share a step; a long prompt is prefilled in chunks beside them")
     func batchingAndChunkedPrefill() throws {
         var e = engine(budget: 2048)

@@ -47,6 +47,13 @@ public final class EmulatedReplicas {
     /// Bytes of KV blocks each replica allocates when it starts (its whole cache when that fits).
     public var preallocateBytes = 64 << 20
 
+    /// Memory tiers for KV prefixes (nil: every prompt is prefilled here).
+    public weak var prefixCache: KVPrefixCache?
+    /// Requests waiting for their cached prefix to load, by id: the replica and their arrival.
+    var loading: [String: (replica: String, arrival: Double)] = [:]
+    /// Requests with prefix keys in an engine here: told to the cache when they finish.
+    var withPrefix: [String: (replica: String, request: InferenceRequest)] = [:]
+
     /// The node's tracer (`FeatureHandler.attach`); a recorder of its own, off, until then.
     public var tracer = Tracer()
 
@@ -84,6 +91,7 @@ public final class EmulatedReplicas {
     /// Stops a replica; the requests it still held are dropped (the coordinator re-sends them).
     public func stop(_ id: String, wallNanos: Int64) -> (ok: Bool, detail: String) {
         guard var r = replicas.removeValue(forKey: id) else { return (true, "replica \(id) not serving") }
+        withPrefix = withPrefix.filter { $0.value.replica != id }
         // What finished before the stop is still reported; the rest is dropped.
         collect(&r, wallNanos: wallNanos)
         let dropped = r.engine.load
@@ -100,7 +108,15 @@ public final class EmulatedReplicas {
         for q in s.requests {
             // Sent again (a coordinator restart, a re-sent command): served once, here or where it moved.
             if replicas[s.replicaID]!.engine.place(of: q.requestID) != nil || done[q.requestID] != nil
-                || replicas[s.replicaID]!.movedAway.contains(q.requestID) || replicas[s.replicaID]!.held[q.requestID] != nil { again += 1; continue }
+                || replicas[s.replicaID]!.movedAway.contains(q.requestID) || replicas[s.replicaID]!.held[q.requestID] != nil
+                || loading[q.requestID] != nil { again += 1; continue }
+            if !q.prefixKeys.isEmpty, let cache = prefixCache {
+                withPrefix[q.requestID] = (s.replicaID, q)
+                if cache.arrived(q, replica: s.replicaID, arrival: t) {
+                    loading[q.requestID] = (s.replicaID, t)
+                    continue
+                }
+            }
             if let why = replicas[s.replicaID]!.engine.add(id: q.requestID, prompt: Int(q.prefillTokens), decode: Int(q.decodeTokens), at: t) { refused.append(why); continue }
             if q.highPriority { highPriority.insert(q.requestID) }
         }
@@ -129,6 +145,7 @@ public final class EmulatedReplicas {
             if done[f.id] == nil { doneOrder.append(f.id) }
             done[f.id] = res
             highPriority.remove(f.id)
+            if let p = withPrefix.removeValue(forKey: f.id) { prefixCache?.finished(p.request, replica: p.replica) }
         }
         r.syncPool()
     }

@@ -42,6 +42,8 @@ public final class TierClient: DataPlaneReceiver {
         /// Streaming: bytes go to the sink as they arrive (block index, offset in it, bytes).
         var sink: ((Int, Int, UnsafeRawBufferPointer) -> Void)?
         var starts: [Int] = []
+        /// Only which keys are held was asked: the answer lists sizes and carries no bytes.
+        var existsOnly = false
     }
     private var pending: [String: Pending] = [:]
     private var inbound: [String: String] = [:]   // "sender/transfer" → request id
@@ -90,7 +92,7 @@ public final class TierClient: DataPlaneReceiver {
         g.replyEndpoint = plane.endpoint
         g.replyPublicKey = plane.publicKey ?? ""
         let id = g.requestID
-        pending[id] = Pending(host: host.endpoint, started: clock.monotonicNanos(), done: done, sink: sink)
+        pending[id] = Pending(host: host.endpoint, started: clock.monotonicNanos(), done: done, sink: sink, existsOnly: existsOnly)
         do {
             try plane.send(to: host, kind: TierStoreHandler.getKind, meta: ["header": try g.serializedData().base64EncodedString()], totalBytes: 0,
                            source: { _, _, _ in }, done: { [weak self] r in
@@ -127,7 +129,7 @@ public final class TierClient: DataPlaneReceiver {
             problems["unknown-request", default: 0] += 1
             return "no get '\(h.requestID)' is waiting here (it timed out, or was never asked)"
         }
-        let sum = h.blocks.reduce(0) { $0 + Int($1.bytes) }
+        let sum = p.existsOnly ? 0 : h.blocks.reduce(0) { $0 + Int($1.bytes) }
         guard sum == Int(offer.totalBytes) else {
             problems["malformed", default: 0] += 1
             return "the blocks add to \(sum) bytes but the transfer has \(offer.totalBytes)"
@@ -169,7 +171,7 @@ public final class TierClient: DataPlaneReceiver {
             let h = p.header!
             var ranges: [Range<Int>] = []
             var at = 0
-            for b in h.blocks { ranges.append(at..<(at + Int(b.bytes))); at += Int(b.bytes) }
+            for b in h.blocks where !p.existsOnly { ranges.append(at..<(at + Int(b.bytes))); at += Int(b.bytes) }
             p.done(.success(Fetched(header: h, data: p.data, ranges: ranges, seconds: Double(clock.monotonicNanos() - p.started) / 1e9)))
         }
     }

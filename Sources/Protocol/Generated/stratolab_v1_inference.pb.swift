@@ -188,6 +188,13 @@ public nonisolated struct Stratolab_V1_InferenceRequest: Sendable {
   /// high-priority requests get KV headroom (the migration policies keep it free)
   public var highPriority: Bool = false
 
+  /// Keys of the prompt's KV chunks, chained (each names its whole prefix; see tiers.proto), and
+  /// the tokens per chunk: a GPU agent with memory hosts loads the longest cached prefix instead
+  /// of prefilling it, and stores the chunks after the request.
+  public var prefixKeys: [String] = []
+
+  public var prefixChunkTokens: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -856,7 +863,7 @@ nonisolated extension Stratolab_V1_ServeRequests: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".InferenceRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}service_id\0\u{1}arrival\0\u{3}prefill_tokens\0\u{3}decode_tokens\0\u{3}high_priority\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}service_id\0\u{1}arrival\0\u{3}prefill_tokens\0\u{3}decode_tokens\0\u{3}high_priority\0\u{3}prefix_keys\0\u{3}prefix_chunk_tokens\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -870,6 +877,8 @@ nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, Swif
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.prefillTokens) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.decodeTokens) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.highPriority) }()
+      case 7: try { try decoder.decodeRepeatedStringField(value: &self.prefixKeys) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.prefixChunkTokens) }()
       default: break
       }
     }
@@ -894,6 +903,12 @@ nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, Swif
     if self.highPriority != false {
       try visitor.visitSingularBoolField(value: self.highPriority, fieldNumber: 6)
     }
+    if !self.prefixKeys.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.prefixKeys, fieldNumber: 7)
+    }
+    if self.prefixChunkTokens != 0 {
+      try visitor.visitSingularUInt32Field(value: self.prefixChunkTokens, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -904,6 +919,8 @@ nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, Swif
     if lhs.prefillTokens != rhs.prefillTokens {return false}
     if lhs.decodeTokens != rhs.decodeTokens {return false}
     if lhs.highPriority != rhs.highPriority {return false}
+    if lhs.prefixKeys != rhs.prefixKeys {return false}
+    if lhs.prefixChunkTokens != rhs.prefixChunkTokens {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

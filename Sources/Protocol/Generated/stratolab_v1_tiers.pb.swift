@@ -290,6 +290,29 @@ public nonisolated struct Stratolab_V1_HostTiers: Sendable {
   fileprivate var _stats: Stratolab_V1_TierStats? = nil
 }
 
+public nonisolated struct Stratolab_V1_GpuKVCache: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var node: String = String()
+
+  public var stats: Stratolab_V1_KVCacheStats {
+    get {_stats ?? Stratolab_V1_KVCacheStats()}
+    set {_stats = newValue}
+  }
+  /// Returns true if `stats` has been explicitly set.
+  public var hasStats: Bool {self._stats != nil}
+  /// Clears the value of `stats`. Subsequent reads from it will return its default value.
+  public mutating func clearStats() {self._stats = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _stats: Stratolab_V1_KVCacheStats? = nil
+}
+
 public nonisolated struct Stratolab_V1_TiersApiReply: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -298,6 +321,142 @@ public nonisolated struct Stratolab_V1_TiersApiReply: Sendable {
   public var hosts: [Stratolab_V1_HostTiers] = []
 
   public var notes: [String] = []
+
+  public var gpus: [Stratolab_V1_GpuKVCache] = []
+
+  public var policy: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Commands of feature "tiers" to GPU agents (from the coordinator, whenever the memory hosts change).
+public nonisolated struct Stratolab_V1_TierCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var action: Stratolab_V1_TierCommand.OneOf_Action? = nil
+
+  public var config: Stratolab_V1_TierConfig {
+    get {
+      if case .config(let v)? = action {return v}
+      return Stratolab_V1_TierConfig()
+    }
+    set {action = .config(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Action: Equatable, Sendable {
+    case config(Stratolab_V1_TierConfig)
+
+  }
+
+  public init() {}
+}
+
+/// What a GPU agent needs to offload and reuse KV chunks: the policy, the memory hosts alive now
+/// (a prefix's chunks live on one host, chosen by its first key), and the emulated network to them.
+public nonisolated struct Stratolab_V1_TierConfig: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// none | dram | cxl | nvme | tiered
+  public var policy: String = String()
+
+  public var hosts: [Stratolab_V1_MemoryHostAddress] = []
+
+  /// Network between GPU agents and memory hosts (emulated link; 0: unlimited).
+  public var linkBytesPerSecond: Double = 0
+
+  public var linkLatencySeconds: Double = 0
+
+  /// Bump per change; an agent applies the newest.
+  public var version: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_MemoryHostAddress: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var node: String = String()
+
+  public var endpoint: String = String()
+
+  public var publicKey: String = String()
+
+  /// Its tiers as registered: kind, bandwidth (GB/s), latency (ns).
+  public var tiers: [Stratolab_V1_TierFigure] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_TierFigure: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var kind: String = String()
+
+  public var bandwidthGbps: Double = 0
+
+  public var latencyNs: Double = 0
+
+  public var emulated: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A GPU agent's KV offload and prefix reuse so far (feature "tiers", key "kv"), about once a second.
+public nonisolated struct Stratolab_V1_KVCacheStats: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var policy: String = String()
+
+  /// Requests with prefix keys, and those that found a cached prefix (and loaded it).
+  public var lookups: UInt64 = 0
+
+  public var hits: UInt64 = 0
+
+  public var hitTokens: UInt64 = 0
+
+  public var promptTokens: UInt64 = 0
+
+  public var loadedBytes: UInt64 = 0
+
+  /// Modelled seconds of the loads (real bytes / tier and link bandwidth + latency).
+  public var loadSeconds: Double = 0
+
+  public var storedChunks: UInt64 = 0
+
+  public var storedBytes: UInt64 = 0
+
+  /// Loads that failed (host gone, timeout, corrupt) and fell back to recompute.
+  public var fallbacks: UInt64 = 0
+
+  /// Cached prefixes the policy chose not to load, and why, by reason.
+  public var decisions: Dictionary<String,UInt64> = [:]
+
+  /// Bytes loaded and stored per tier.
+  public var loadedByTier: Dictionary<String,UInt64> = [:]
+
+  public var storedByTier: Dictionary<String,UInt64> = [:]
+
+  public var kvBytesScale: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -820,9 +979,48 @@ nonisolated extension Stratolab_V1_HostTiers: SwiftProtobuf.Message, SwiftProtob
   }
 }
 
+nonisolated extension Stratolab_V1_GpuKVCache: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GpuKVCache"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}stats\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._stats) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
+    }
+    try { if let v = self._stats {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_GpuKVCache, rhs: Stratolab_V1_GpuKVCache) -> Bool {
+    if lhs.node != rhs.node {return false}
+    if lhs._stats != rhs._stats {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Stratolab_V1_TiersApiReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TiersApiReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hosts\0\u{1}notes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hosts\0\u{1}notes\0\u{1}gpus\0\u{1}policy\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -832,6 +1030,8 @@ nonisolated extension Stratolab_V1_TiersApiReply: SwiftProtobuf.Message, SwiftPr
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.hosts) }()
       case 2: try { try decoder.decodeRepeatedStringField(value: &self.notes) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.gpus) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.policy) }()
       default: break
       }
     }
@@ -844,12 +1044,301 @@ nonisolated extension Stratolab_V1_TiersApiReply: SwiftProtobuf.Message, SwiftPr
     if !self.notes.isEmpty {
       try visitor.visitRepeatedStringField(value: self.notes, fieldNumber: 2)
     }
+    if !self.gpus.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.gpus, fieldNumber: 3)
+    }
+    if !self.policy.isEmpty {
+      try visitor.visitSingularStringField(value: self.policy, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Stratolab_V1_TiersApiReply, rhs: Stratolab_V1_TiersApiReply) -> Bool {
     if lhs.hosts != rhs.hosts {return false}
     if lhs.notes != rhs.notes {return false}
+    if lhs.gpus != rhs.gpus {return false}
+    if lhs.policy != rhs.policy {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_TierCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TierCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}config\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try {
+        var v: Stratolab_V1_TierConfig?
+        var hadOneofValue = false
+        if let current = self.action {
+          hadOneofValue = true
+          if case .config(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.action = .config(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if case .config(let v)? = self.action {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_TierCommand, rhs: Stratolab_V1_TierCommand) -> Bool {
+    if lhs.action != rhs.action {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_TierConfig: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TierConfig"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}hosts\0\u{3}link_bytes_per_second\0\u{3}link_latency_seconds\0\u{1}version\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.policy) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.hosts) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.linkBytesPerSecond) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.linkLatencySeconds) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.version) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.policy.isEmpty {
+      try visitor.visitSingularStringField(value: self.policy, fieldNumber: 1)
+    }
+    if !self.hosts.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.hosts, fieldNumber: 2)
+    }
+    if self.linkBytesPerSecond.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.linkBytesPerSecond, fieldNumber: 3)
+    }
+    if self.linkLatencySeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.linkLatencySeconds, fieldNumber: 4)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularUInt64Field(value: self.version, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_TierConfig, rhs: Stratolab_V1_TierConfig) -> Bool {
+    if lhs.policy != rhs.policy {return false}
+    if lhs.hosts != rhs.hosts {return false}
+    if lhs.linkBytesPerSecond != rhs.linkBytesPerSecond {return false}
+    if lhs.linkLatencySeconds != rhs.linkLatencySeconds {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_MemoryHostAddress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MemoryHostAddress"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}endpoint\0\u{3}public_key\0\u{1}tiers\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.endpoint) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.publicKey) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.tiers) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
+    }
+    if !self.endpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.endpoint, fieldNumber: 2)
+    }
+    if !self.publicKey.isEmpty {
+      try visitor.visitSingularStringField(value: self.publicKey, fieldNumber: 3)
+    }
+    if !self.tiers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.tiers, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_MemoryHostAddress, rhs: Stratolab_V1_MemoryHostAddress) -> Bool {
+    if lhs.node != rhs.node {return false}
+    if lhs.endpoint != rhs.endpoint {return false}
+    if lhs.publicKey != rhs.publicKey {return false}
+    if lhs.tiers != rhs.tiers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_TierFigure: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TierFigure"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}bandwidth_gbps\0\u{3}latency_ns\0\u{1}emulated\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.bandwidthGbps) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.latencyNs) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.emulated) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 1)
+    }
+    if self.bandwidthGbps.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.bandwidthGbps, fieldNumber: 2)
+    }
+    if self.latencyNs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.latencyNs, fieldNumber: 3)
+    }
+    if self.emulated != false {
+      try visitor.visitSingularBoolField(value: self.emulated, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_TierFigure, rhs: Stratolab_V1_TierFigure) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.bandwidthGbps != rhs.bandwidthGbps {return false}
+    if lhs.latencyNs != rhs.latencyNs {return false}
+    if lhs.emulated != rhs.emulated {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".KVCacheStats"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}lookups\0\u{1}hits\0\u{3}hit_tokens\0\u{3}prompt_tokens\0\u{3}loaded_bytes\0\u{3}load_seconds\0\u{3}stored_chunks\0\u{3}stored_bytes\0\u{1}fallbacks\0\u{1}decisions\0\u{3}loaded_by_tier\0\u{3}stored_by_tier\0\u{3}kv_bytes_scale\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.policy) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.lookups) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.hits) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.hitTokens) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.promptTokens) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.loadedBytes) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.loadSeconds) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.storedChunks) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.storedBytes) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.fallbacks) }()
+      case 11: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.decisions) }()
+      case 12: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.loadedByTier) }()
+      case 13: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.storedByTier) }()
+      case 14: try { try decoder.decodeSingularDoubleField(value: &self.kvBytesScale) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.policy.isEmpty {
+      try visitor.visitSingularStringField(value: self.policy, fieldNumber: 1)
+    }
+    if self.lookups != 0 {
+      try visitor.visitSingularUInt64Field(value: self.lookups, fieldNumber: 2)
+    }
+    if self.hits != 0 {
+      try visitor.visitSingularUInt64Field(value: self.hits, fieldNumber: 3)
+    }
+    if self.hitTokens != 0 {
+      try visitor.visitSingularUInt64Field(value: self.hitTokens, fieldNumber: 4)
+    }
+    if self.promptTokens != 0 {
+      try visitor.visitSingularUInt64Field(value: self.promptTokens, fieldNumber: 5)
+    }
+    if self.loadedBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.loadedBytes, fieldNumber: 6)
+    }
+    if self.loadSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.loadSeconds, fieldNumber: 7)
+    }
+    if self.storedChunks != 0 {
+      try visitor.visitSingularUInt64Field(value: self.storedChunks, fieldNumber: 8)
+    }
+    if self.storedBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.storedBytes, fieldNumber: 9)
+    }
+    if self.fallbacks != 0 {
+      try visitor.visitSingularUInt64Field(value: self.fallbacks, fieldNumber: 10)
+    }
+    if !self.decisions.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.decisions, fieldNumber: 11)
+    }
+    if !self.loadedByTier.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.loadedByTier, fieldNumber: 12)
+    }
+    if !self.storedByTier.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.storedByTier, fieldNumber: 13)
+    }
+    if self.kvBytesScale.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.kvBytesScale, fieldNumber: 14)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_KVCacheStats, rhs: Stratolab_V1_KVCacheStats) -> Bool {
+    if lhs.policy != rhs.policy {return false}
+    if lhs.lookups != rhs.lookups {return false}
+    if lhs.hits != rhs.hits {return false}
+    if lhs.hitTokens != rhs.hitTokens {return false}
+    if lhs.promptTokens != rhs.promptTokens {return false}
+    if lhs.loadedBytes != rhs.loadedBytes {return false}
+    if lhs.loadSeconds != rhs.loadSeconds {return false}
+    if lhs.storedChunks != rhs.storedChunks {return false}
+    if lhs.storedBytes != rhs.storedBytes {return false}
+    if lhs.fallbacks != rhs.fallbacks {return false}
+    if lhs.decisions != rhs.decisions {return false}
+    if lhs.loadedByTier != rhs.loadedByTier {return false}
+    if lhs.storedByTier != rhs.storedByTier {return false}
+    if lhs.kvBytesScale != rhs.kvBytesScale {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

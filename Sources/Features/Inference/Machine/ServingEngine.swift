@@ -56,6 +56,8 @@ public struct ServingEngine: Sendable {
         var prompt: Int
         var decode: Int
         var arrived: Double
+        /// When it may be scheduled (its cached KV loaded); `arrived` unless it waited for a load.
+        var ready: Double
         var admitted: Double?
         /// Tokens whose KV is computed (prompt and generated), and tokens generated so far.
         var computed = 0
@@ -105,13 +107,20 @@ public struct ServingEngine: Sendable {
     /// A request reaches the engine at `t` (steps starting before then run first; it joins one
     /// that starts at `t`). A request whose
     /// prompt and output can never fit the KV cache is refused, naming why.
-    public mutating func add(id: String, prompt: Int, decode: Int, at t: Double) -> String? {
+    ///
+    /// `cached` prompt tokens have their KV already (loaded from a memory tier): only the rest is
+    /// prefilled (at least one token is, to emit the first output). `arrivedAt` is when the request
+    /// reached the replica if that was before `t` (it waited for its cached KV to load): its time
+    /// to first token counts from then.
+    public mutating func add(id: String, prompt: Int, decode: Int, at t: Double, cached: Int = 0, arrivedAt: Double? = nil) -> String? {
         let need = blocks(for: prompt + decode)
         guard need <= gpuBlocks else {
             return "request \(id) needs \(need) KV blocks (\(prompt + decode) tokens) but the replica has \(gpuBlocks)"
         }
         advance(to: t, before: true)
-        waiting.append(Sequence(id: id, prompt: max(1, prompt), decode: max(1, decode), arrived: t))
+        var s = Sequence(id: id, prompt: max(1, prompt), decode: max(1, decode), arrived: min(t, arrivedAt ?? t), ready: t)
+        s.computed = max(0, min(cached, s.prompt - 1))
+        waiting.append(s)
         return nil
     }
 
@@ -137,7 +146,7 @@ public struct ServingEngine: Sendable {
     public var load: Int { waiting.count + running.count + swapped.count }
     public var usedBlocks: Int { gpuBlocks - freeBlocks }
     /// When the next step starts, or nil when there is nothing to run.
-    public var nextStepAt: Double? { isIdle ? nil : max(time, waiting.first?.arrived ?? time) }
+    public var nextStepAt: Double? { isIdle ? nil : max(time, waiting.first?.ready ?? time) }
     /// KV blocks each request holds (running and swapped), for the replica's block pool.
     public var blockCounts: [String: Int] {
         var out: [String: Int] = [:]
@@ -258,7 +267,7 @@ public struct ServingEngine: Sendable {
     /// the rest of its KV is prefilled again (recompute).
     public mutating func resume(_ st: SequenceState, reserved: Int, kvBlocks: Int, at t: Double) {
         advance(to: t, before: true)
-        var s = Sequence(id: st.id, prompt: st.prompt, decode: st.decode, arrived: st.arrived)
+        var s = Sequence(id: st.id, prompt: st.prompt, decode: st.decode, arrived: st.arrived, ready: st.arrived)
         s.admitted = st.admitted; s.generated = st.generated; s.computed = min(st.computed, kvBlocks * config.blockTokens)
         s.firstToken = st.firstToken; s.lastToken = st.lastToken; s.gapSum = st.gapSum; s.maxGap = st.maxGap; s.preemptions = st.preemptions
         s.resumed = st.lastToken != nil
@@ -288,7 +297,7 @@ public struct ServingEngine: Sendable {
     /// at `t` joins a step that starts at `t`).
     public mutating func advance(to t: Double, before: Bool = false) {
         while !isIdle {
-            let start = running.isEmpty && swapped.isEmpty ? max(time, waiting[0].arrived) : time
+            let start = running.isEmpty && swapped.isEmpty ? max(time, waiting[0].ready) : time
             guard before ? start < t : start <= t else { return }
             step(at: start)
         }
@@ -340,7 +349,7 @@ public struct ServingEngine: Sendable {
         }
         // 3. Waiting sequences are admitted first come, first served, with blocks for their whole
         //    prompt (so a chunked prefill never stalls half-way), while slots and blocks last.
-        while let s = waiting.first, s.arrived <= start, running.count < config.maxRunning, swapped.isEmpty {
+        while let s = waiting.first, s.ready <= start, running.count < config.maxRunning, swapped.isEmpty {
             let need = blocks(for: s.target)
             guard need <= freeBlocks else { break }
             waiting.removeFirst()
@@ -367,7 +376,7 @@ public struct ServingEngine: Sendable {
         }
         guard !work.isEmpty else {
             // Nothing can run now: time moves on to the next arrival.
-            time = waiting.map(\.arrived).filter { $0 > start }.min() ?? start + 0.001
+            time = waiting.map(\.ready).filter { $0 > start }.min() ?? start + 0.001
             return
         }
         let end = start + model.iteration(tokens: Double(tokens)) + model.attention(kvTokens: kvRead)
