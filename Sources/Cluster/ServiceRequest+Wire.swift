@@ -8,6 +8,7 @@ extension ServiceRequest {
         var m = InferenceRequest()
         m.requestID = id; m.serviceID = serviceID; m.arrival = arrival
         m.prefillTokens = UInt32(prefill); m.decodeTokens = UInt32(decode); m.highPriority = highPriority
+        m.prefixKeys = prefixKeys; m.prefixChunkTokens = UInt32(prefixChunkTokens)
         return m
     }
 }
@@ -15,6 +16,8 @@ extension ServiceRequest {
 extension InferenceRequest {
     /// The request model of a wire request (its fields checked by whoever accepts it).
     public var serviceRequest: ServiceRequest {
-        ServiceRequest(id: requestID, serviceID: serviceID, arrival: arrival, prefill: Int(prefillTokens), decode: Int(decodeTokens), highPriority: highPriority)
+        var r = ServiceRequest(id: requestID, serviceID: serviceID, arrival: arrival, prefill: Int(prefillTokens), decode: Int(decodeTokens), highPriority: highPriority)
+        r.prefixKeys = prefixKeys; r.prefixChunkTokens = Int(prefixChunkTokens)
+        return r
     }
 }

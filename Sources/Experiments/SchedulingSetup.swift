@@ -81,4 +81,29 @@ public enum ServiceSetup {
         }
         return out
     }
+
+    /// One service replaying the Mooncake conversation trace (real arrivals compressed or
+    /// stretched to `meanRPS`, with prefix chunk keys), and its requests up to `seconds`.
+    public static func mooncakeService(dataDirectory: String, seconds: Double, gpuModel: String, meanRPS: Double, sloSeconds: Double,
+                                       model: String, minReplicas: Int) throws -> (ServiceSpec, [ServiceRequest]) {
+        let rows = try MooncakeTrace.read(file: dataDirectory + "/inference/mooncake/conversation_trace.jsonl")
+        let span = max(1e-9, rows.last!.arrival - rows.first!.arrival)
+        let factor = (Double(rows.count) / span) / meanRPS   // trace seconds per replayed second
+        let id = "mooncake-conv"
+        var requests: [ServiceRequest] = []
+        for (i, r) in rows.enumerated() {
+            let t = (r.arrival - rows.first!.arrival) / factor
+            guard t < seconds else { break }
+            var q = ServiceRequest(id: "\(id)-\(i)", serviceID: id, arrival: t, prefill: r.inputTokens, decode: max(1, r.outputTokens))
+            q.prefixKeys = PrefixKeys.chain(r.hashIDs, model: model)
+            q.prefixChunkTokens = MooncakeTrace.blockTokens
+            requests.append(q)
+        }
+        let n = Double(max(1, requests.count))
+        var s = ServiceSpec(id: id, model: model, gpuModel: gpuModel, gpusPerReplica: 1, rateCurve: [RatePoint(time: 0, rps: meanRPS)],
+                            meanPrefillTokens: Double(requests.reduce(0) { $0 + $1.prefill }) / n,
+                            meanDecodeTokens: Double(requests.reduce(0) { $0 + $1.decode }) / n, sloSeconds: sloSeconds, minReplicas: minReplicas)
+        s.requestMix = requests.prefix(2000).map { TokenCount(prefill: $0.prefill, decode: $0.decode) }
+        return (s, requests)
+    }
 }

@@ -25,6 +25,10 @@ public struct Topology: Equatable {
         /// The emulated link KV caches cross between GPU nodes, for their real size (nil: the
         /// coordinator's default).
         public var kvLink: String? = nil
+        /// What lives where in the memory hosts' tiers (`none`, `dram`, `cxl`, `nvme`, `tiered`) and
+        /// the emulated link between GPU agents and memory hosts (nil: the coordinator's defaults).
+        public var offloadPolicy: String? = nil
+        public var tierLink: String? = nil
     }
 
     public enum NodeSpec: Equatable {
@@ -80,7 +84,19 @@ public struct Topology: Equatable {
         }
         if let c = top["coordinator"] {
             let m = try c.mapping(allowed: ["endpoint", "heartbeat_ms", "suspect_after_ms", "dead_after_ms", "policy", "time_scale",
-                                            "migration_policy", "migration_method", "kv_bytes_scale", "kv_link"])
+                                            "migration_policy", "migration_method", "kv_bytes_scale", "kv_link", "offload_policy", "tier_link"])
+            if let v = m["offload_policy"] {
+                let p = try v.string()
+                guard OffloadPolicies.named(p) != nil else { throw v.fail("unknown offload policy '\(p)' (known: \(OffloadPolicies.names.joined(separator: ", ")))") }
+                t.coordinator.offloadPolicy = p
+            }
+            if let v = m["tier_link"] {
+                let x = try v.string()
+                let bw: Double?
+                do { bw = try NetworkConditions.parseBandwidth(x) } catch { throw v.fail("tier_link: \(error)") }
+                guard bw != nil else { throw v.fail("tier_link must be a bandwidth like 100gbit") }
+                t.coordinator.tierLink = x
+            }
             if let v = m["kv_link"] {
                 let x = try v.string()
                 if x != "0" { do { _ = try NetworkConditions.parseBandwidth(x) } catch { throw v.fail("kv_link: \(error)") } }
@@ -284,6 +300,8 @@ public struct Topology: Equatable {
                     "--migration-policy", coordinator.migrationPolicy, "--migration-method", coordinator.migrationMethod]
         if let x = coordinator.kvBytesScale { args += ["--kv-bytes-scale", "\(x)"] }
         if let x = coordinator.kvLink { args += ["--kv-link", x] }
+        if let x = coordinator.offloadPolicy { args += ["--offload-policy", x] }
+        if let x = coordinator.tierLink { args += ["--tier-link", x] }
         if let k = keysDirectory { args += ["--keys", k] }
         return args
     }

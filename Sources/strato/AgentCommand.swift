@@ -184,7 +184,9 @@ struct AgentCommand: ParsableCommand {
                                                             busyElsewhere: { jobs?.busyGPUs ?? [] }) }
             // Requests move between replicas with their KV blocks over the node's data plane.
             let migration: MigrationHandler? = replicas.flatMap { r in plane.map { MigrationHandler(replicas: r, plane: $0.plane) } }
-            node.handlers = [jobs as FeatureHandler?, inference as FeatureHandler?, migration as FeatureHandler?].compactMap { $0 }
+            // KV prefixes are loaded from and stored on the memory hosts over the same data plane.
+            let tiers: KVTierCache? = replicas.flatMap { r in plane.map { KVTierCache(replicas: r, plane: $0.plane) } }
+            node.handlers = [jobs as FeatureHandler?, inference as FeatureHandler?, migration as FeatureHandler?, tiers as FeatureHandler?].compactMap { $0 }
             node.busyGPUs = { (jobs?.busyGPUs ?? []).union(inference?.busyGPUs ?? []) }
             return node
         }

@@ -34,6 +34,10 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(name: .customLong("migration-max-concurrent"), help: "Migrations in flight at once.") var migrationMaxConcurrent = 4
     @Option(name: .customLong("kv-link"), help: "Emulated link KV caches cross between GPU nodes, for their real size (25gbit, 100gbit, 10GB/s; 0: none): a copy of scaled bytes takes the real bytes' time on it.")
     var kvLink = "25gbit"
+    @Option(name: .customLong("offload-policy"), help: "What lives where in the memory hosts' tiers: \(OffloadPolicies.names.joined(separator: ", ")).")
+    var offloadPolicy = "tiered"
+    @Option(name: .customLong("tier-link"), help: "Emulated link between GPU agents and memory hosts, for KV chunks' real size (100gbit, 25GB/s).")
+    var tierLink = "100gbit"
 
     func validate() throws {
         guard Policies.named(policy) != nil else { throw ValidationError("--policy '\(policy)' is unknown (known: \(Policies.names.joined(separator: ", ")))") }
@@ -41,6 +45,10 @@ struct CoordinatorCommand: ParsableCommand {
         guard MigrationPolicies.named(migrationPolicy) != nil else {
             throw ValidationError("--migration-policy '\(migrationPolicy)' is unknown (known: \(MigrationPolicies.names.joined(separator: ", ")))")
         }
+        guard OffloadPolicies.named(offloadPolicy) != nil else {
+            throw ValidationError("--offload-policy '\(offloadPolicy)' is unknown (known: \(OffloadPolicies.names.joined(separator: ", ")))")
+        }
+        do { _ = try NetworkConditions.parseBandwidth(tierLink) } catch { throw ValidationError("--tier-link: \(error)") }
         if kvLink != "0" { do { _ = try NetworkConditions.parseBandwidth(kvLink) } catch { throw ValidationError("--kv-link: \(error)") } }
         guard MigrationMethod(rawValue: migrationMethod) != nil else { throw ValidationError("--migration-method '\(migrationMethod)' must be live, blocking or recompute") }
         guard migrationDowntimeMs > 0, migrationIntervalMs > 0, migrationMaxConcurrent >= 1 else {
@@ -83,7 +91,7 @@ struct CoordinatorCommand: ParsableCommand {
             scheduling,                             // features "jobs" and "inference"
             try MigrationController(scheduling: scheduling, settings: migration),   // feature "migration": requests move with their KV
             DataPlaneController(),                  // feature "dataplane": peer sockets, probes
-            TiersController(),                      // feature "tiers": memory hosts' block stores
+            TiersController(policy: offloadPolicy, linkBytesPerSecond: (try NetworkConditions.parseBandwidth(tierLink)) ?? 0),   // feature "tiers": memory hosts' block stores, KV prefixes
         ])
         try Lifecycle.run([LoopService(description: "coordinator", body: { try server.run() }, requestStop: { server.stop() })],
                           logger: Logger(label: "strato.lifecycle"))

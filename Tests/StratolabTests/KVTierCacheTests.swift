@@ -31,7 +31,7 @@ private final class Rig {
         let wall = SystemClock.shared.wallNanos()
         for (i, r) in replicas.enumerated() {
             var s = StartReplica()
-            s.replicaID = "r-\(i)"; s.serviceID = "svc"; s.model = "Llama-2-7b"; s.gpuModel = "A100-80GB"; s.gpus = [0]; s.batch = 8; s.timeScale = 10
+            s.replicaID = "r-\(i)"; s.serviceID = "svc"; s.model = "Llama-2-7b"; s.gpuModel = "A100-80GB"; s.gpus = [0]; s.batch = 8; s.timeScale = 1
             s.kvBytesScale = 1.0 / 4096
             precondition(r.start(s, nodeGPUModel: "A100-80GB", nodeGPUs: 1, busy: [], wallNanos: wall).ok)
         }
@@ -110,7 +110,9 @@ struct KVTierCacheTests {
         #expect(s.hits == 1 && s.hitTokens == 4096 && s.fallbacks == 0)
         #expect(s.loadedBytes == 8 * UInt64(512 * (512 * 1024) / 4096))
         #expect(s.decisions["load-faster"] == 1)
-        #expect(b.ttftSeconds < c.ttftSeconds * 0.5, "TTFT with the prefix loaded \(b.ttftSeconds) s vs prefilled \(c.ttftSeconds) s")
+        // At time scale 1 the lookup's and load's round trips count as they are (a few ms); the
+        // load's modelled time (2 GiB at 25 GB/s, 86 ms) and 104 tokens of prefill against 4,200.
+        #expect(b.ttftSeconds < c.ttftSeconds * 0.8, "TTFT with the prefix loaded \(b.ttftSeconds) s vs prefilled \(c.ttftSeconds) s")
     }
 
     @Test("tiered: over a slow link recomputing beats loading, so the agent prefills and says why")

@@ -84,6 +84,7 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
         upEnv["STRATO_TIME_SCALE"] = "\(spec.topology.coordinator.timeScale)"
         upEnv["STRATO_MIGRATION_POLICY"] = spec.topology.coordinator.migrationPolicy
         upEnv["STRATO_MIGRATION_METHOD"] = spec.topology.coordinator.migrationMethod
+        upEnv["STRATO_OFFLOAD_POLICY"] = spec.topology.coordinator.offloadPolicy ?? "tiered"
         try sh(["bash", "scripts/compose-up", "--timeout", "\(Int(spec.startTimeout))"], environment: upEnv)
         // The topology's network conditions, in the agents' own transport (no netem here either).
         for n in spec.topology.nodes { if let c = spec.topology.network[n.siteName], !c.isNone { base[n.id] = c } }

@@ -51,13 +51,13 @@ public final class ExperimentRunner: @unchecked Sendable {
         let total = variants.count * spec.seeds.count
         var n = 0
         for policy in variants {
-            spec.topology.coordinator.migrationPolicy = policy
+            if variantsAreOffload { spec.topology.coordinator.offloadPolicy = policy } else { spec.topology.coordinator.migrationPolicy = policy }
             for (i, seed) in spec.seeds.enumerated() {
                 n += 1
                 var dir = out
                 if variants.count > 1 { dir += "/\(policy)" }
                 if spec.repetitions > 1 { dir += "/run-\(i + 1)-seed-\(seed)" }
-                let what = variants.count > 1 ? "migration policy \(policy), " : ""
+                let what = variants.count > 1 ? "\(variantsAreOffload ? "offload" : "migration") policy \(policy), " : ""
                 print("== \(spec.name): run \(n)/\(total) (\(what)seed \(seed)) on \(platform.name) ==")
                 summaries.append(try runOnce(seed: seed, dir: dir))
                 if isInterrupted { break }   // Ctrl-C ends the remaining runs too
@@ -74,11 +74,20 @@ public final class ExperimentRunner: @unchecked Sendable {
         return summaries
     }
 
-    /// The migration policies to run, one run (per seed) each.
+    /// The Mooncake service and its requests (the trace's own, not drawn: the same in every run).
+    func mooncake() throws -> (ServiceSpec, [ServiceRequest]) {
+        let sv = spec.workload.services!
+        return try ServiceSetup.mooncakeService(dataDirectory: dataDirectory, seconds: spec.workload.hours * 3600, gpuModel: sv.gpu, meanRPS: sv.rps,
+                                                sloSeconds: sv.sloSeconds, model: sv.model ?? "Meta-Llama-3-8B", minReplicas: sv.replicas ?? 1)
+    }
+
+    /// The policies to compare, one run (per seed) each: migration policies, or offload policies.
     var variants: [String] {
+        if let o = spec.workload.services?.offload, !o.isEmpty { return o }
         let listed = spec.workload.services?.migration ?? []
         return listed.isEmpty ? [spec.topology.coordinator.migrationPolicy] : listed
     }
+    var variantsAreOffload: Bool { !(spec.workload.services?.offload.isEmpty ?? true) }
 
     /// The workload for one seed (jobs to submit; none for idle).
     func workload(seed: UInt64) throws -> Workload? {
@@ -110,6 +119,7 @@ public final class ExperimentRunner: @unchecked Sendable {
     /// The online services of the workload (none unless it names `services`).
     public func services() throws -> [ServiceSpec] {
         guard let sv = spec.workload.services else { return [] }
+        if sv.trace == "mooncake" { return [try mooncake().0] }
         var out = try ServiceSetup.azureServices(dataDirectory: dataDirectory, seconds: spec.workload.hours * 3600, gpuModel: sv.gpu,
                                                  meanRPS: sv.rps, sloSeconds: sv.sloSeconds, trace: sv.trace, minReplicas: sv.replicas ?? 1)
         for i in out.indices { out[i].maxNumSeqs = sv.maxNumSeqs ?? 0 }
@@ -119,7 +129,8 @@ public final class ExperimentRunner: @unchecked Sendable {
     /// The requests for one seed; `priority_share` of them, drawn by a hash of their id and the
     /// seed (the same ones in every policy's run), are high priority.
     public func requests(_ services: [ServiceSpec], seed: UInt64) -> [ServiceRequest] {
-        var out = RequestStream.generate(services, until: spec.workload.hours * 3600, seed: seed)
+        var out = spec.workload.services?.trace == "mooncake" ? ((try? mooncake().1) ?? [])
+            : RequestStream.generate(services, until: spec.workload.hours * 3600, seed: seed)
         let share = spec.workload.services?.priorityShare ?? 0
         guard share > 0 else { return out }
         for i in out.indices {
@@ -151,7 +162,10 @@ public final class ExperimentRunner: @unchecked Sendable {
         summary.workload = spec.workload.kind.rawValue
         summary.policy = spec.topology.coordinator.policy
         if spec.workload.services != nil { summary.migrationPolicy = spec.topology.coordinator.migrationPolicy }
+        if spec.workload.services != nil { summary.offloadPolicy = spec.topology.coordinator.offloadPolicy ?? "tiered" }
+        if variantsAreOffload { summary.variantKind = "offload" }
         var lastMigrations: MigrationApiReply?
+        var lastTiers: TiersApiReply?
         summary.timeScale = spec.topology.coordinator.timeScale
         summary.nodesTotal = spec.topology.nodeIDs.count
         summary.expectedProcesses = ["coordinator"] + spec.topology.nodes.map(\.id)
@@ -201,7 +215,7 @@ public final class ExperimentRunner: @unchecked Sendable {
                 driver = try RequestDriver.start(requests, via: client)
                 let high = requests.filter(\.highPriority).count
                 print("  driving \(requests.count) inference requests for \(services.map(\.id).joined(separator: ", ")) at their arrival times"
-                      + (high > 0 ? " (\(high) high priority)" : "") + (services.isEmpty ? "" : ", migration policy \(spec.topology.coordinator.migrationPolicy)"))
+                      + (high > 0 ? " (\(high) high priority)" : "") + (services.isEmpty ? "" : ", migration policy \(spec.topology.coordinator.migrationPolicy), offload policy \(spec.topology.coordinator.offloadPolicy ?? "tiered")"))
             }
             defer { driver?.stop() }
             // The timeline: every start and stop, in time order.
@@ -281,6 +295,7 @@ public final class ExperimentRunner: @unchecked Sendable {
             if workload != nil, let j = try? client.jobs(timeoutMs: 3000) { lastJobs = j }
             driver?.stop()
             if driver != nil, let r = try? client.requests(includeRequests: true, timeoutMs: 10000) { lastRequests = r }
+            if driver != nil, let t = try? client.tiers(timeoutMs: 3000) { lastTiers = t }
             if driver != nil {
                 // Migrations still in flight get a moment to end (their requests are answered already).
                 let until = Date().addingTimeInterval(10)
@@ -314,6 +329,8 @@ public final class ExperimentRunner: @unchecked Sendable {
             if p.sent < requests.count { summary.problems.append("\(requests.count - p.sent) requests were not sent before the run ended") }
             if let r = lastRequests { try RequestsTable.write(r, to: dir + "/requests.csv") }
             summary.migrations = MigrationAccounting(lastMigrations)
+            summary.offload = OffloadAccounting(lastTiers)
+            if let t = lastTiers { try t.jsonString().write(toFile: dir + "/raw/tiers.json", atomically: true, encoding: .utf8) }
             if let m = lastMigrations { try m.jsonString().write(toFile: dir + "/raw/migrations.json", atomically: true, encoding: .utf8) }
             if !summary.migrations.samples.isEmpty { try MigrationsTable.write(summary.migrations, to: dir + "/migrations.csv") }
         }

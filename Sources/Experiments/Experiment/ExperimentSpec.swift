@@ -45,8 +45,14 @@ public struct ExperimentSpec: Equatable {
         public var rps: Double
         public var gpu: String
         public var sloSeconds: Double = 20
-        /// Which Azure trace shapes the services follow: `code`, `conversation` or `both`.
+        /// Which Azure trace shapes the services follow: `code`, `conversation` or `both`; or
+        /// `mooncake`: one service replaying the Mooncake conversation trace's requests (real
+        /// arrivals, scaled to `rps`, with their prompts' shared-prefix chunk keys).
         public var trace = "both"
+        /// The model of the `mooncake` service (default Meta-Llama-3-8B).
+        public var model: String?
+        /// Memory-tier offload policies to compare: one run per policy (empty: the topology's).
+        public var offload: [String] = []
         /// Replicas each service keeps at least (nil: as its rate needs, at least one).
         public var replicas: Int?
         /// Live migration policies to compare: one run per policy (empty: the topology's).
@@ -191,6 +197,7 @@ public struct ExperimentSpec: Equatable {
             if let x = sv.kvBytesScale { spec.topology.coordinator.kvBytesScale = x }
             if let x = sv.kvLink { spec.topology.coordinator.kvLink = x }
             if let first = sv.migration.first { spec.topology.coordinator.migrationPolicy = first }
+            if let first = sv.offload.first { spec.topology.coordinator.offloadPolicy = first }
             if !spec.topology.nodes.contains(where: { if case .gpu(let g, _) = $0.spec { return GPUCatalog.model(named: g)?.name == sv.gpu }; return false }) {
                 throw (m["workload"] ?? m["name"]!).fail("services run on \(sv.gpu), but no GPU node of the topology has that model")
             }
@@ -276,7 +283,8 @@ public struct ExperimentSpec: Equatable {
         }
         if let sv = m["services"] {
             guard kind == .scheduling || kind == .services else { throw sv.fail("'services' belongs to scheduling and services workloads") }
-            let sm = try sv.mapping(allowed: ["rps", "gpu", "slo_s", "trace", "replicas", "migration", "method", "priority_share", "kv_bytes_scale", "kv_link", "max_num_seqs"])
+            let sm = try sv.mapping(allowed: ["rps", "gpu", "slo_s", "trace", "replicas", "migration", "method", "priority_share", "kv_bytes_scale", "kv_link", "max_num_seqs",
+                                              "model", "offload"])
             guard let r = sm["rps"] else { throw sv.fail("services need 'rps' (mean requests per trace second, per service)") }
             let rps = try r.double()
             guard rps > 0 && rps <= 10_000 else { throw r.fail("rps must be > 0 and ≤ 10000") }
@@ -290,7 +298,9 @@ public struct ExperimentSpec: Equatable {
             }
             if let v = sm["trace"] {
                 let t = try v.string()
-                guard ["code", "conversation", "both"].contains(t) else { throw v.fail("trace '\(t)' must be code, conversation or both (the Azure LLM inference traces)") }
+                guard ["code", "conversation", "both", "mooncake"].contains(t) else {
+                    throw v.fail("trace '\(t)' must be code, conversation or both (the Azure LLM inference traces) or mooncake (the Mooncake conversation trace with prefix hashes)")
+                }
                 out2.trace = t
             }
             if let v = sm["replicas"] { out2.replicas = try v.int(in: 1...1000) }
@@ -310,6 +320,22 @@ public struct ExperimentSpec: Equatable {
                 let x = try v.string()
                 guard ["live", "blocking", "recompute"].contains(x) else { throw v.fail("method '\(x)' must be live, blocking or recompute") }
                 out2.method = x
+            }
+            if let v = sm["model"] {
+                guard out2.trace == "mooncake" else { throw v.fail("'model' belongs to trace: mooncake (the Azure services are Llama-2-7b)") }
+                out2.model = try v.string()
+            }
+            if let v = sm["offload"] {
+                let names: [YAMLValue]
+                if case .scalar = v.node { names = [v] } else { names = try v.sequence() }
+                for n in names {
+                    let p = try n.string()
+                    guard OffloadPolicies.named(p) != nil else { throw n.fail("unknown offload policy '\(p)' (known: \(OffloadPolicies.names.joined(separator: ", ")))") }
+                    guard !out2.offload.contains(p) else { throw n.fail("offload policy '\(p)' is listed twice") }
+                    out2.offload.append(p)
+                }
+                if out2.offload.isEmpty { throw v.fail("offload lists no policy (known: \(OffloadPolicies.names.joined(separator: ", ")))") }
+                if out2.migration.count > 1 { throw v.fail("compare migration policies or offload policies in one spec, not both") }
             }
             if let v = sm["priority_share"] {
                 out2.priorityShare = try v.double()
@@ -472,7 +498,8 @@ public struct ExperimentSpec: Equatable {
             if let sv = workload.services {
                 let names = sv.trace == "both" ? "code, conversation" : sv.trace
                 s += "  workload    inference services only over \(fmt(workload.hours)) h of trace time\n"
-                s += "  services    Azure-shaped LLM services (\(names)), \(fmt(sv.rps)) requests/s each on average, on \(sv.gpu), SLO \(fmt(sv.sloSeconds)) s"
+                s += (sv.trace == "mooncake" ? "  services    the Mooncake conversation trace (real arrivals and prefix hashes) on \(sv.model ?? "Meta-Llama-3-8B"), \(fmt(sv.rps)) requests/s on average, on \(sv.gpu), SLO \(fmt(sv.sloSeconds)) s"
+                      : "  services    Azure-shaped LLM services (\(names)), \(fmt(sv.rps)) requests/s each on average, on \(sv.gpu), SLO \(fmt(sv.sloSeconds)) s")
                     + (sv.replicas.map { ", at least \($0) replicas each" } ?? "") + (sv.priorityShare > 0 ? ", \(fmt(sv.priorityShare * 100)) % high priority" : "") + "\n"
             }
         case .gavelTrace: s += "  workload    gavel trace \(workload.traceFile ?? "")\(workload.maxJobs.map { ", first \($0) jobs" } ?? "")\n"
@@ -481,6 +508,8 @@ public struct ExperimentSpec: Equatable {
         if let sv = workload.services {
             s += "  migration   \((sv.migration.isEmpty ? [topology.coordinator.migrationPolicy] : sv.migration).joined(separator: ", ")) (one run each), method \(topology.coordinator.migrationMethod)"
                 + (topology.coordinator.kvBytesScale.map { ", kv_bytes_scale \($0)" } ?? "") + (topology.coordinator.kvLink.map { ", KV link \($0)" } ?? "") + "\n"
+            s += "  offload     \((sv.offload.isEmpty ? [topology.coordinator.offloadPolicy ?? "tiered"] : sv.offload).joined(separator: ", "))"
+                + (sv.offload.count > 1 ? " (one run each)" : "") + (topology.coordinator.tierLink.map { ", tier link \($0)" } ?? "") + "\n"
         }
         let allDone = workload.kind == .services ? "when every request is answered" : "when every job is done"
         s += "  end         \(end == .jobsDone ? "\(allDone), at most \(fmt(duration)) s" : "after \(fmt(duration)) s")\n"

@@ -166,6 +166,41 @@ public struct MigrationAccounting: Codable, Equatable {
 }
 
 /// What one run produced, as `summary.json`, and the lost-nothing check over it.
+/// KV prefix reuse through the memory hosts' tiers, from the coordinator's tiers reply at the end.
+public struct OffloadAccounting: Codable, Equatable {
+    public var known = false
+    public var lookups = 0, hits = 0, hitTokens = 0, promptTokens = 0
+    public var loadedBytes = 0, storedBytes = 0, storedChunks = 0, fallbacks = 0
+    public var loadSeconds = 0.0
+    public var loadedByTier: [String: Int] = [:]
+    public var storedByTier: [String: Int] = [:]
+    public var decisions: [String: Int] = [:]
+    /// Per memory host and tier: used bytes, hits, evictions, demotions (hosts' own figures).
+    public var hostTiers: [String] = []
+    public var kvBytesScale = 0.0
+    public init() {}
+    public init(_ reply: TiersApiReply?) {
+        guard let reply else { return }
+        known = true
+        for g in reply.gpus {
+            let st = g.stats
+            lookups += Int(st.lookups); hits += Int(st.hits); hitTokens += Int(st.hitTokens); promptTokens += Int(st.promptTokens)
+            loadedBytes += Int(st.loadedBytes); storedBytes += Int(st.storedBytes); storedChunks += Int(st.storedChunks); fallbacks += Int(st.fallbacks)
+            loadSeconds += st.loadSeconds
+            for (k, v) in st.loadedByTier { loadedByTier[k, default: 0] += Int(v) }
+            for (k, v) in st.storedByTier { storedByTier[k, default: 0] += Int(v) }
+            for (k, v) in st.decisions { decisions[k, default: 0] += Int(v) }
+        }
+        for h in reply.hosts {
+            for t in h.stats.tiers {
+                hostTiers.append("\(h.node) \(t.kind)\(t.emulated ? " (emulated)" : ""): \(String(format: "%.1f", Double(t.usedBytes) / 1_048_576)) MiB used, \(t.blocks) blocks, \(t.hits) hits, \(t.evictions) evictions, \(t.demotions) demotions, \(t.promotions) promotions")
+            }
+        }
+    }
+    /// Share of prompt tokens whose KV came from a tier instead of prefill.
+    public var hitRatio: Double { promptTokens > 0 ? Double(hitTokens) / Double(promptTokens) : 0 }
+}
+
 public struct ExperimentSummary: Codable {
     public var name: String
     public var seed: UInt64
@@ -191,6 +226,16 @@ public struct ExperimentSummary: Codable {
     /// The live-migration policy of this run, and what its migrations did.
     public var migrationPolicy = ""
     public var migrations = MigrationAccounting()
+    /// The memory-tier offload policy of this run, and what prefix reuse did.
+    public var offloadPolicy = ""
+    public var offload = OffloadAccounting()
+    /// What this run's policy comparison varies: "migration" or "offload".
+    public var variantKind = "migration"
+    /// The policy that names this run in a comparison.
+    public var variantLabel: String {
+        let p = variantKind == "offload" ? offloadPolicy : migrationPolicy
+        return p.isEmpty ? "-" : p
+    }
     public var meanJCTHours: Double?
     public var p99JCTHours: Double?
     public var makespanHours: Double?
@@ -318,6 +363,15 @@ public struct ExperimentSummary: Codable {
                                + (v.preemptions > 0 ? ", \(v.preemptions) engine preemptions" : "")
                                + ", \(v.redispatched) sent again, \(v.replicaStarts) replica starts, " + String(format: "%.2f req/s per replica (batch %d)", v.capacityRPS, v.batch))
                 }
+            }
+            if s.offload.known && s.offload.lookups > 0 {
+                let o = s.offload
+                out.append("run \(i + 1) KV prefixes on memory tiers (offload policy \(s.offloadPolicy)): \(o.hits)/\(o.lookups) requests loaded a cached prefix, "
+                           + String(format: "%.1f%% of prompt tokens", o.hitRatio * 100)
+                           + String(format: " · %.1f MiB loaded, %.1f MiB stored (at kv_bytes_scale)", Double(o.loadedBytes) / 1_048_576, Double(o.storedBytes) / 1_048_576)
+                           + " · \(o.fallbacks) fell back to prefill · "
+                           + o.decisions.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+                for h in o.hostTiers { out.append("    \(h)") }
             }
             if s.migrations.started > 0 {
                 let g = s.migrations

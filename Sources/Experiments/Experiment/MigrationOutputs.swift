@@ -44,12 +44,13 @@ public enum ExperimentComparison {
         var reasons: [String: Int] = [:]
         var downtimeP50: Double?
         var lostNothing = true
+        var prefixHitRatio: Double?
     }
 
     /// Per run, request-weighted over its services (one service: its own figures).
     static func rows(_ all: [ExperimentSummary]) -> [Row] {
         all.map { s in
-            var r = Row(policy: s.migrationPolicy.isEmpty ? "-" : s.migrationPolicy)
+            var r = Row(policy: s.variantLabel)
             let svc = s.requests.services
             let n = Double(max(1, svc.reduce(0) { $0 + $1.completed }))
             func w(_ f: (RequestAccounting.Service) -> Double) -> Double { svc.reduce(0) { $0 + f($1) * Double($1.completed) } / n }
@@ -59,6 +60,7 @@ public enum ExperimentComparison {
             r.completed = svc.reduce(0) { $0 + $1.completed }; r.submitted = svc.reduce(0) { $0 + $1.submitted }
             r.migrations = s.migrations.started; r.reasons = s.migrations.byReason; r.downtimeP50 = s.migrations.downtimeP50Ms
             r.lostNothing = s.lostNothing.ok
+            if s.offload.known && s.offload.lookups > 0 { r.prefixHitRatio = s.offload.hitRatio }
             return r
         }
     }
@@ -70,12 +72,18 @@ public enum ExperimentComparison {
             let reasons = r.reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
             lines.append(r.policy.padding(toLength: 11, withPad: " ", startingAt: 0)
                          + String(format: "%-11.2f %-11.2f %-11.1f %-11.1f %-10.2f %-10.2f %-12d ", r.ttftP50, r.ttftP99, r.tbtP50 * 1000, r.tbtP99 * 1000, r.latencyP50, r.latencyP99, r.preemptions)
-                         + "\(r.migrations)\(reasons.isEmpty ? "" : " (\(reasons))")".padding(toLength: 39, withPad: " ", startingAt: 0) + (r.lostNothing ? "yes" : "NO"))
+                         + "\(r.migrations)\(reasons.isEmpty ? "" : " (\(reasons))")".padding(toLength: 39, withPad: " ", startingAt: 0) + (r.lostNothing ? "yes" : "NO")
+                         + (r.prefixHitRatio.map { String(format: "   prefix hits %.1f%% of prompt tokens", $0 * 100) } ?? ""))
         }
+        let what = all.first?.variantKind ?? "migration"
         if let base = rs.first(where: { $0.policy == "none" }), base.ttftP99 > 0,
            let best = rs.filter({ $0.policy != "none" }).min(by: { $0.ttftP99 < $1.ttftP99 }) {
-            lines.append(String(format: "P99 TTFT, best migration policy (%@) vs none: %.2f s vs %.2f s, ratio %.2f (below 1: migration helps)",
-                                best.policy as NSString, best.ttftP99, base.ttftP99, best.ttftP99 / base.ttftP99))
+            lines.append(String(format: "P99 TTFT, best %@ policy (%@) vs none: %.2f s vs %.2f s, ratio %.2f (below 1: it helps)",
+                                what as NSString, best.policy as NSString, best.ttftP99, base.ttftP99, best.ttftP99 / base.ttftP99))
+            if let b50 = rs.filter({ $0.policy != "none" }).min(by: { $0.ttftP50 < $1.ttftP50 }), base.ttftP50 > 0 {
+                lines.append(String(format: "P50 TTFT, best %@ policy (%@) vs none: %.2f s vs %.2f s, ratio %.2f",
+                                    what as NSString, b50.policy as NSString, b50.ttftP50, base.ttftP50, b50.ttftP50 / base.ttftP50))
+            }
         }
         return lines.joined(separator: "\n")
     }
@@ -92,10 +100,11 @@ public enum ExperimentComparison {
                 + (r.downtimeP50.map { String(format: "%.1f", $0) } ?? "-") + "</td><td>\(r.lostNothing ? "yes" : "NO")</td></tr>"
         }
         table += "</table>"
-        var cdf = SVGPlot(title: "Time to first token by migration policy", xLabel: "TTFT, trace seconds (log)", yLabel: "fraction of requests", logX: true)
-        var e2e = SVGPlot(title: "Request latency by migration policy", xLabel: "latency, trace seconds (log)", yLabel: "fraction of requests", logX: true)
+        let kind = all.first?.variantKind ?? "migration"
+        var cdf = SVGPlot(title: "Time to first token by \(kind) policy", xLabel: "TTFT, trace seconds (log)", yLabel: "fraction of requests", logX: true)
+        var e2e = SVGPlot(title: "Request latency by \(kind) policy", xLabel: "latency, trace seconds (log)", yLabel: "fraction of requests", logX: true)
         for (i, s) in all.enumerated() {
-            let sub = variants.count == all.count ? variants[i] : s.migrationPolicy
+            let sub = variants.count == all.count ? variants[i] : s.variantLabel
             let file = dir + "/" + sub + "/requests.csv"
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
             var ttfts: [Double] = [], lat: [Double] = []
@@ -109,8 +118,8 @@ public enum ExperimentComparison {
                 let step = max(1, p.count / 400)
                 return Swift.stride(from: 0, to: p.count, by: step).map { p[$0] } + [last]
             }
-            if !ttfts.isEmpty { cdf.series.append(SVGPlot.Series(name: s.migrationPolicy, points: thin(SVGPlot.cdf(ttfts)))) }
-            if !lat.isEmpty { e2e.series.append(SVGPlot.Series(name: s.migrationPolicy, points: thin(SVGPlot.cdf(lat)))) }
+            if !ttfts.isEmpty { cdf.series.append(SVGPlot.Series(name: s.variantLabel, points: thin(SVGPlot.cdf(ttfts)))) }
+            if !lat.isEmpty { e2e.series.append(SVGPlot.Series(name: s.variantLabel, points: thin(SVGPlot.cdf(lat)))) }
         }
         let links = variants.map { "<a href=\"\(esc($0))/report.html\">\(esc($0))</a>" }.joined(separator: " · ")
         let html = """

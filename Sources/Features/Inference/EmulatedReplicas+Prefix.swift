@@ -9,8 +9,8 @@ public protocol KVPrefixCache: AnyObject {
     /// A request with prefix keys reached `replica` at trace time `arrival`. True: the cache takes
     /// it and will call `EmulatedReplicas.admitLoaded` once its prefix is loaded (or not).
     func arrived(_ q: InferenceRequest, replica: String, arrival: Double) -> Bool
-    /// A request with prefix keys finished on `replica`: its prompt's KV exists there.
-    func finished(_ q: InferenceRequest, replica: String)
+    /// A request with prefix keys has its whole prompt's KV on `replica` (its prefill is done).
+    func prefilled(_ q: InferenceRequest, replica: String)
 }
 
 extension EmulatedReplicas {

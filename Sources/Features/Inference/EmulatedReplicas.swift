@@ -51,7 +51,7 @@ public final class EmulatedReplicas {
     public weak var prefixCache: KVPrefixCache?
     /// Requests waiting for their cached prefix to load, by id: the replica and their arrival.
     var loading: [String: (replica: String, arrival: Double)] = [:]
-    /// Requests with prefix keys in an engine here: told to the cache when they finish.
+    /// Requests with prefix keys in an engine here: told to the cache when their prompt is prefilled.
     var withPrefix: [String: (replica: String, request: InferenceRequest)] = [:]
 
     /// The node's tracer (`FeatureHandler.attach`); a recorder of its own, off, until then.
@@ -77,7 +77,8 @@ public final class EmulatedReplicas {
         config.preemption = preemption
         let pool = s.kvBytesScale > 0 ? KVBlockPool(fullBlockBytes: model.arch.kvBytesPerToken * Double(config.blockTokens) / Double(model.tensorParallel),
                                                     kvBytesScale: s.kvBytesScale) : nil
-        let engine = ServingEngine(model: model, config: config)
+        var engine = ServingEngine(model: model, config: config)
+        engine.tracksPrefill = true
         // The KV cache is allocated when the replica starts, as a serving engine does (up to
         // `preallocateBytes`; beyond, blocks are allocated as they are needed).
         if let pool { pool.preallocate(min(engine.gpuBlocks, preallocateBytes / pool.blockBytes)) }
@@ -129,6 +130,10 @@ public final class EmulatedReplicas {
     /// Takes what the replica's engine finished by `wallNanos` into the results.
     func collect(_ r: inout Replica, wallNanos: Int64) {
         let clock = r.clock
+        // A prompt's KV is complete once its first token is out: the prefix cache may store it.
+        for id in r.engine.takePrefilled(by: clock.trace(wall: wallNanos)) {
+            if let p = withPrefix.removeValue(forKey: id) { prefixCache?.prefilled(p.request, replica: p.replica) }
+        }
         for f in r.engine.takeFinished(by: clock.trace(wall: wallNanos)) {
             var res = RequestResult()
             res.requestID = f.id
@@ -145,7 +150,7 @@ public final class EmulatedReplicas {
             if done[f.id] == nil { doneOrder.append(f.id) }
             done[f.id] = res
             highPriority.remove(f.id)
-            if let p = withPrefix.removeValue(forKey: f.id) { prefixCache?.finished(p.request, replica: p.replica) }
+            withPrefix[f.id] = nil
         }
         r.syncPool()
     }

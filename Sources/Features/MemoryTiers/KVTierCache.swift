@@ -14,7 +14,8 @@ import Wire
 ///   prompt already computed, once the load's modelled time (real bytes over the tier and the
 ///   emulated link, plus latencies) has passed. A host that is gone or answers wrong: the request
 ///   is prefilled as usual and the fallback is counted.
-/// - A finished request's full chunks not stored yet go to that host, in the tier the policy picks.
+/// - Once a request's prompt is prefilled, its whole chunks not stored yet go to that host, in the
+///   tier the policy picks (as LMCache stores after prefill).
 ///
 /// The coordinator sends the policy and the memory hosts (`TierConfig`) whenever they change.
 public final class KVTierCache: FeatureHandler, KVPrefixCache {
@@ -79,7 +80,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         for (q, replica) in done { store(q, replica: replica) }
     }
     public var nextPumpDue: Int64? { finishedQueue.isEmpty ? client.nextExpiry : clock.monotonicNanos() }
-    /// Finished requests whose chunks are still to store (the replicas tell of them while they
+    /// Prefilled requests whose chunks are still to store (the replicas tell of them while they
     /// step their engines; storing waits for the next pump).
     private var finishedQueue: [(InferenceRequest, String)] = []
 
@@ -153,6 +154,8 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
             return
         }
         let chunks = f.header.blocks.count
+        // What the host holds need not be stored again from here.
+        for b in f.header.blocks { remember(b.key) }
         guard chunks > 0, let per = replicas.kvBytesPerToken(replica: replica),
               let recompute = replicas.prefillSeconds(chunks * Int(q.prefixChunkTokens), replica: replica) else {
             admit(q, replica: replica, cached: 0, readyAt: nil, arrival: arrival)
@@ -211,7 +214,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         admit(q, replica: replica, cached: tokens, readyAt: arrival + c.loadSeconds, arrival: arrival)
     }
 
-    public func finished(_ q: InferenceRequest, replica: String) { finishedQueue.append((q, replica)) }
+    public func prefilled(_ q: InferenceRequest, replica: String) { finishedQueue.append((q, replica)) }
 
     private func store(_ q: InferenceRequest, replica: String) {
         let chunkTokens = Int(q.prefixChunkTokens)

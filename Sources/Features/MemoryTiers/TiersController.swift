@@ -11,13 +11,78 @@ import Protocol
 public final class TiersController: CoordinatorFeature {
     public let features = [TierStoreHandler.feature]
     private var latest: [String: (stats: TierStats, at: Int64)] = [:]
+    private var gpuStats: [String: KVCacheStats] = [:]
+    /// Offload policy and the emulated network between GPU agents and memory hosts, sent to every
+    /// GPU agent with the memory hosts alive now.
+    public let policy: String
+    public let linkBytesPerSecond: Double
+    public let linkLatencySeconds: Double
+    private var version: UInt64 = 0
+    /// The hosts last sent, and the GPU nodes that have them.
+    private var sentHosts: [MemoryHostAddress] = []
+    private var configured = Set<String>()
 
-    public init() {}
+    public init(policy: String = "tiered", linkBytesPerSecond: Double = 12.5e9, linkLatencySeconds: Double = 10e-6) {
+        self.policy = policy
+        self.linkBytesPerSecond = linkBytesPerSecond
+        self.linkLatencySeconds = linkLatencySeconds
+    }
+
+    public func start(_ s: CoordinatorServices, restoredNodes: [NodeRecord]) throws {
+        // Versions grow across restarts, so an agent takes the new coordinator's config.
+        version = UInt64(max(0, s.clock.wallNanos() / 1_000_000))
+    }
+
+    /// Memory hosts alive with a data plane, as GPU agents reach them.
+    private func hosts(_ s: CoordinatorServices) -> [MemoryHostAddress] {
+        s.membership.nodes.values.filter { $0.status.kind == .memory && $0.status.state == .alive && !$0.status.dataEndpoint.isEmpty }
+            .sorted { $0.status.nodeID < $1.status.nodeID }
+            .map { n in
+                var h = MemoryHostAddress()
+                h.node = n.status.nodeID; h.endpoint = n.status.dataEndpoint; h.publicKey = n.status.dataPublicKey
+                h.tiers = n.status.capabilities.memory.tiers.sorted { $0.kind.rawValue < $1.kind.rawValue }.map { t in
+                    var f = TierFigure()
+                    f.kind = t.kind == .dram ? "dram" : t.kind == .cxl ? "cxl" : "nvme"
+                    f.bandwidthGbps = t.bandwidthGbps; f.latencyNs = t.latencyNs; f.emulated = t.emulated
+                    return f
+                }
+                return h
+            }
+    }
+
+    /// Sends the config to GPU agents that lack the current one (all of them when the hosts changed).
+    public func turn(_ s: CoordinatorServices) -> Bool {
+        let now = hosts(s)
+        if now != sentHosts { sentHosts = now; configured.removeAll(); version += 1 }
+        var sent = false
+        for n in s.membership.nodes.values where n.status.kind == .gpu && n.status.state == .alive && !n.status.dataEndpoint.isEmpty
+            && !configured.contains(n.status.nodeID) {
+            var c = TierConfig()
+            c.policy = policy; c.hosts = now; c.linkBytesPerSecond = linkBytesPerSecond; c.linkLatencySeconds = linkLatencySeconds; c.version = version
+            var cmd = TierCommand(); cmd.config = c
+            do {
+                try s.enqueueTransient(.feature(TierStoreHandler.feature, node: n.status.nodeID, cmd))
+                configured.insert(n.status.nodeID)
+                sent = true
+            } catch { s.logLimited("tiers_config", "could not send the tier config to \(n.status.nodeID): \(error)") }
+        }
+        return sent
+    }
+
+    public func nodeRegistered(_ r: Register, newLife: Bool, _ s: CoordinatorServices) {
+        // A GPU agent that starts again has lost its config.
+        if newLife { configured.remove(r.nodeID) }
+    }
 
     public func reports(_ reports: [FeatureReport], feature: String, from nodeID: String, clockOffsetNanos: Int64, _ s: CoordinatorServices) -> [String] {
         var settled: [String] = []
         for r in reports {
             settled.append(r.key)
+            if r.key == "kv" {
+                guard let st = try? KVCacheStats(serializedBytes: r.body) else { s.count("malformed_kv_cache_stats"); continue }
+                gpuStats[nodeID] = st
+                continue
+            }
             guard let st = try? TierStats(serializedBytes: r.body) else { s.count("malformed_tier_stats"); continue }
             latest[nodeID] = (st, s.clock.monotonicNanos())
         }
@@ -36,13 +101,18 @@ public final class TiersController: CoordinatorFeature {
             var e = ErrorReply(); e.code = .invalidRequest; e.message = "the tiers feature expects a TiersApiRequest"
             return .error(e)
         }
-        if !request.node.isEmpty, latest[request.node] == nil {
+        if !request.node.isEmpty, latest[request.node] == nil, gpuStats[request.node] == nil {
             var e = ErrorReply(); e.code = .invalidRequest
             e.message = s.membership.nodes[request.node] == nil ? "no node '\(request.node)'; see `strato status`"
                 : "node '\(request.node)' has reported no tiers (not a memory host, or it has not reported yet)"
             return .error(e)
         }
         var reply = TiersApiReply()
+        reply.policy = policy
+        for (node, st) in gpuStats.sorted(by: { $0.key < $1.key }) where request.node.isEmpty || node == request.node {
+            var g = GpuKVCache(); g.node = node; g.stats = st
+            reply.gpus.append(g)
+        }
         let now = s.clock.monotonicNanos()
         for (node, l) in latest.sorted(by: { $0.key < $1.key }) where request.node.isEmpty || node == request.node {
             var h = HostTiers()
@@ -107,6 +177,17 @@ public enum TiersTable {
             s += (errors.isEmpty ? "" : "; errors: " + errors.joined(separator: ", ")) + String(format: "; reported %.1f s ago\n", h.ageSeconds)
         }
         for l in labels { s += "  \(l)\n" }
+        if !reply.gpus.isEmpty {
+            s += "\n" + pad("GPU NODE", 14) + pad("LOOKUPS", 9) + pad("HITS", 7) + pad("HIT TOKENS", 12) + pad("PROMPT TOK", 12) + pad("LOADED MiB", 12)
+            s += pad("STORED", 8) + pad("FALLBACK", 9) + "DECISIONS\n"
+            for g in reply.gpus {
+                let st = g.stats
+                s += pad(g.node, 14) + pad("\(st.lookups)", 9) + pad("\(st.hits)", 7) + pad("\(st.hitTokens)", 12) + pad("\(st.promptTokens)", 12)
+                s += pad(mib(st.loadedBytes), 12) + pad("\(st.storedChunks)", 8) + pad("\(st.fallbacks)", 9)
+                s += st.decisions.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + "\n"
+            }
+        }
+        s += "offload policy \(reply.policy.isEmpty ? "-" : reply.policy)\n"
         s += reply.notes.joined(separator: "\n")
         return s
     }

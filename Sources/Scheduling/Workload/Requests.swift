@@ -9,6 +9,10 @@ public struct ServiceRequest: Sendable, Equatable {
     public var decode: Int
     /// High-priority requests get KV headroom (the migration policies keep room for them to grow).
     public var highPriority = false
+    /// The prompt's KV chunk keys, chained (`PrefixKeys`), and tokens per chunk; empty when the
+    /// workload says nothing of shared prefixes.
+    public var prefixKeys: [String] = []
+    public var prefixChunkTokens = 0
     public init(id: String, serviceID: String, arrival: Double, prefill: Int, decode: Int, highPriority: Bool = false) {
         self.id = id; self.serviceID = serviceID; self.arrival = arrival; self.prefill = prefill; self.decode = decode; self.highPriority = highPriority
     }

@@ -78,6 +78,11 @@ public final class RequestRouter {
             guard r.arrival >= 0, r.arrival.isFinite, r.decode >= 1, r.prefill >= 0 else {
                 rejected.append("\(r.id): arrival must be ≥ 0 and decode_tokens ≥ 1"); continue
             }
+            if !r.prefixKeys.isEmpty {
+                guard r.prefixChunkTokens >= 16, r.prefixKeys.count <= 65_536, r.prefixKeys.allSatisfy({ !$0.isEmpty && $0.utf8.count <= 512 }) else {
+                    rejected.append("\(r.id): prefix_keys need prefix_chunk_tokens ≥ 16, at most 65536 keys of 1 to 512 bytes"); continue
+                }
+            }
             records[r.id] = Record(request: r)
             counted(records[r.id]!)
             enqueue(r.id, service: r.serviceID)

@@ -141,6 +141,18 @@ public struct ServingEngine: Sendable {
         return out
     }
 
+    /// Requests whose prompt's KV was complete by `t` (their first output token was out), in
+    /// order; taken once. What a prefix cache stores.
+    public mutating func takePrefilled(by t: Double) -> [String] {
+        advance(to: t)
+        let out = prefilled.filter { $0.at <= t }.map(\.id)
+        prefilled.removeAll { $0.at <= t }
+        return out
+    }
+    private var prefilled: [(id: String, at: Double)] = []
+    /// Whether `takePrefilled` is used (off: nothing is kept for it).
+    public var tracksPrefill = false
+
     public var isIdle: Bool { waiting.isEmpty && running.isEmpty && swapped.isEmpty }
     /// Requests in the engine (waiting, running, swapped), and those finished but not yet taken.
     public var load: Int { waiting.count + running.count + swapped.count }
@@ -393,7 +405,7 @@ public struct ServingEngine: Sendable {
                     if s.resumed { resumeGaps[s.id] = gap }
                 }
                 s.resumed = false
-                if s.firstToken == nil { s.firstToken = end }
+                if s.firstToken == nil { s.firstToken = end; if tracksPrefill { prefilled.append((s.id, end)) } }
                 s.lastToken = end
                 s.generated += 1
             }
