@@ -92,6 +92,11 @@ struct ExperimentSpecTests {
         ("name: t\ntopology: default-topology.yaml\nduration: 30s\nfaults:\n  - {at: 5s, action: partition, target: mem-0, for: 2s, bandwidth: 10mbit}\n", 5, "'bandwidth' belongs to slow"),
         ("name: t\ntopology: default-topology.yaml\nduration: 30s\nfaults:\n  - {at: 5s, action: kill}\n", 5, "missing 'target'"),
         ("name: t\ntopology: default-topology.yaml\nfaults: [1, 2\n", 4, "not valid YAML"),
+        ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, trace: mooncake, offload: [none, lru]}}\n", 3, "unknown offload policy 'lru'"),
+        ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, trace: mooncake, offload: [dram, dram]}}\n", 3, "offload policy 'dram' is listed twice"),
+        ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, migration: [none, llumnix], offload: [none, dram]}}\n", 3, "not both"),
+        ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, trace: code, model: Llama-2-70b}}\n", 3, "'model' belongs to trace: mooncake"),
+        ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, trace: kimi}}\n", 3, "or mooncake"),
     ])
     func badSpecs(_ text: String, _ line: Int, _ message: String) throws {
         let e = failure(text)

@@ -60,32 +60,30 @@ private final class Rig {
         precondition(replicas[i].serve(sr, wallNanos: SystemClock.shared.wallNanos()).ok)
     }
 
+    /// One turn of every plane and handler.
+    func pumpOnce() throws {
+        _ = try ZMQPoller.readable((hostUp ? hostPlane.sockets : []) + gpuPlanes.flatMap(\.sockets), timeoutMs: 2)
+        if hostUp { try hostPlane.pump() }
+        for p in gpuPlanes { try p.pump() }
+        let wall = SystemClock.shared.wallNanos()
+        host.pump(wallNanos: wall)
+        caches.forEach { $0.pump(wallNanos: wall) }
+    }
+
     /// Pumps everything until request `id` has a result on node `i`; its result.
     func result(_ id: String, on i: Int, seconds: Double = 20) throws -> RequestResult {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
-            _ = try ZMQPoller.readable((hostUp ? hostPlane.sockets : []) + gpuPlanes.flatMap(\.sockets), timeoutMs: 2)
-            if hostUp { try hostPlane.pump() }
-            for p in gpuPlanes { try p.pump() }
-            let wall = SystemClock.shared.wallNanos()
-            host.pump(wallNanos: wall)
-            caches.forEach { $0.pump(wallNanos: wall) }
-            if let r = replicas[i].results(wallNanos: wall).first(where: { $0.requestID == id }) { return r }
+            try pumpOnce()
+            if let r = replicas[i].results(wallNanos: SystemClock.shared.wallNanos()).first(where: { $0.requestID == id }) { return r }
         }
         throw DataPlaneError.cancelled("no result for \(id) within \(seconds) s")
     }
 
-    /// Pumps a little longer (stores after a finish go out asynchronously).
+    /// Pumps a little longer (stores after a prefill go out asynchronously).
     func settle(_ seconds: Double = 0.3) throws {
         let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            _ = try ZMQPoller.readable((hostUp ? hostPlane.sockets : []) + gpuPlanes.flatMap(\.sockets), timeoutMs: 2)
-            if hostUp { try hostPlane.pump() }
-            for p in gpuPlanes { try p.pump() }
-            let wall = SystemClock.shared.wallNanos()
-            host.pump(wallNanos: wall)
-            caches.forEach { $0.pump(wallNanos: wall) }
-        }
+        while Date() < deadline { try pumpOnce() }
     }
 }
 

@@ -110,4 +110,16 @@ struct TopologyTests {
         #expect(edge.bandwidthBytesPerSecond != nil && !edge.partitioned && edge.loss == 0)
         #expect(t.network.keys.allSatisfy { site in t.nodes.contains { $0.siteName == site } })
     }
+
+    @Test("the coordinator's offload policy and tier link reach its arguments; bad ones are refused by name")
+    func offloadKeys() throws {
+        let t = try parse("coordinator: {offload_policy: tiered, tier_link: 25gbit}")
+        let a = t.coordinatorArguments(stateDirectory: "/s", keysDirectory: nil)
+        #expect(a.firstIndex(of: "--offload-policy").map { a[$0 + 1] } == "tiered")
+        #expect(a.firstIndex(of: "--tier-link").map { a[$0 + 1] } == "25gbit")
+        #expect(try #require(failure("coordinator: {offload_policy: everything}")).message.contains("unknown offload policy 'everything'"))
+        #expect(try #require(failure("coordinator: {tier_link: fast}")).message.contains("tier_link"))
+        // Without the keys the coordinator's defaults hold.
+        #expect(!(try parse("")).coordinatorArguments(stateDirectory: "/s", keysDirectory: nil).contains("--offload-policy"))
+    }
 }

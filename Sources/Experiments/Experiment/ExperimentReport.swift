@@ -100,7 +100,7 @@ public enum ExperimentReport {
         <!doctype html><html><head><meta charset="utf-8"><title>\(esc(s.name))</title>
         <style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>
         <h1>Experiment \(esc(s.name))</h1>
-        <p>Seed \(s.seed) on \(esc(s.platform)), started \(ISO8601DateFormatter().string(from: s.startedAt)); workload \(esc(s.workload)), policy \(esc(s.policy))\(s.migrationPolicy.isEmpty ? "" : ", migration policy " + esc(s.migrationPolicy)), time scale \(fmt(s.timeScale))×; ended by \(esc(s.endReason)).</p>
+        <p>Seed \(s.seed) on \(esc(s.platform)), started \(ISO8601DateFormatter().string(from: s.startedAt)); workload \(esc(s.workload)), policy \(esc(s.policy))\(s.migrationPolicy.isEmpty ? "" : ", migration policy " + esc(s.migrationPolicy))\(s.offloadPolicy.isEmpty ? "" : ", offload policy " + esc(s.offloadPolicy)), time scale \(fmt(s.timeScale))×; ended by \(esc(s.endReason)).</p>
         \(s.emulated ? "<p><b>Emulation:</b> GPUs and job execution are emulated from published measurements (VectorLM, Gavel, Vidur); latency, jitter and loss are emulated in Stratolab's transport. The processes, messages, faults and timings are real.</p>" : "")
         <h2>Summary</h2>
         <pre>\(esc(ExperimentSummary.table([s])))</pre>

@@ -305,17 +305,7 @@ public struct ExperimentSpec: Equatable {
             }
             if let v = sm["replicas"] { out2.replicas = try v.int(in: 1...1000) }
             if let v = sm["max_num_seqs"] { out2.maxNumSeqs = try v.int(in: 1...4096) }
-            if let v = sm["migration"] {
-                let names: [YAMLValue]
-                if case .scalar = v.node { names = [v] } else { names = try v.sequence() }
-                for n in names {
-                    let p = try n.string()
-                    guard MigrationPolicies.named(p) != nil else { throw n.fail("unknown migration policy '\(p)' (known: \(MigrationPolicies.names.joined(separator: ", ")))") }
-                    guard !out2.migration.contains(p) else { throw n.fail("migration policy '\(p)' is listed twice") }
-                    out2.migration.append(p)
-                }
-                if out2.migration.isEmpty { throw v.fail("migration lists no policy (known: \(MigrationPolicies.names.joined(separator: ", ")))") }
-            }
+            if let v = sm["migration"] { out2.migration = try Self.policyList(v, what: "migration", known: MigrationPolicies.names) }
             if let v = sm["method"] {
                 let x = try v.string()
                 guard ["live", "blocking", "recompute"].contains(x) else { throw v.fail("method '\(x)' must be live, blocking or recompute") }
@@ -326,15 +316,7 @@ public struct ExperimentSpec: Equatable {
                 out2.model = try v.string()
             }
             if let v = sm["offload"] {
-                let names: [YAMLValue]
-                if case .scalar = v.node { names = [v] } else { names = try v.sequence() }
-                for n in names {
-                    let p = try n.string()
-                    guard OffloadPolicies.named(p) != nil else { throw n.fail("unknown offload policy '\(p)' (known: \(OffloadPolicies.names.joined(separator: ", ")))") }
-                    guard !out2.offload.contains(p) else { throw n.fail("offload policy '\(p)' is listed twice") }
-                    out2.offload.append(p)
-                }
-                if out2.offload.isEmpty { throw v.fail("offload lists no policy (known: \(OffloadPolicies.names.joined(separator: ", ")))") }
+                out2.offload = try Self.policyList(v, what: "offload", known: OffloadPolicies.names)
                 if out2.migration.count > 1 { throw v.fail("compare migration policies or offload policies in one spec, not both") }
             }
             if let v = sm["priority_share"] {
@@ -481,6 +463,21 @@ public struct ExperimentSpec: Equatable {
     /// "10mbit", "1gbit", "500kbit", "5MB/s", "100KB/s" → bytes per second (`NetworkConditions.parseBandwidth`).
     public static func bandwidthBytesPerSecond(_ text: String) -> Double? {
         (try? NetworkConditions.parseBandwidth(text)) ?? nil
+    }
+
+    /// A policy name or a list of them (one run each): known, none twice, at least one.
+    static func policyList(_ v: YAMLValue, what: String, known: [String]) throws -> [String] {
+        let names: [YAMLValue]
+        if case .scalar = v.node { names = [v] } else { names = try v.sequence() }
+        var out: [String] = []
+        for n in names {
+            let p = try n.string()
+            guard known.contains(p) else { throw n.fail("unknown \(what) policy '\(p)' (known: \(known.joined(separator: ", ")))") }
+            guard !out.contains(p) else { throw n.fail("\(what) policy '\(p)' is listed twice") }
+            out.append(p)
+        }
+        if out.isEmpty { throw v.fail("\(what) lists no policy (known: \(known.joined(separator: ", ")))") }
+        return out
     }
 
     /// The plan `--dry-run` prints.

@@ -9,7 +9,7 @@ enum OffloadSection {
         func mib(_ b: Int) -> String { String(format: "%.1f", Double(b) / 1_048_576) }
         var out = "<h2>KV prefixes on memory tiers</h2><p>Offload policy <b>\(esc(s.offloadPolicy))</b>. GPU agents look each prompt's chained chunk keys up on the memory host that owns its first chunk, load the cached prefix over the data plane (real bytes at kv_bytes_scale "
             + (s.requests.kvBytesScale > 0 ? String(format: "1/%.0f", 1 / s.requests.kvBytesScale) : "0")
-            + ", every byte checked) when the policy says it beats prefill, and store finished prompts' whole chunks. Load time in TTFT: the real bytes over the tier's and the link's bandwidth plus their latencies.</p>"
+            + ", every byte checked) when the policy says it beats prefill, and store each prompt's whole chunks once it is prefilled. Load time in TTFT: the real bytes over the tier's and the link's bandwidth plus their latencies.</p>"
         out += "<table><tr><th>requests with prefix keys</th><th>loaded a prefix</th><th>prompt tokens from tiers</th><th>MiB loaded</th><th>MiB stored</th><th>chunks stored</th><th>fell back to prefill</th></tr>"
         out += "<tr><td>\(o.lookups)</td><td>\(o.hits)</td><td>" + String(format: "%.1f%%", o.hitRatio * 100) + " (\(o.hitTokens) of \(o.promptTokens))</td><td>\(mib(o.loadedBytes))</td><td>\(mib(o.storedBytes))</td><td>\(o.storedChunks)</td><td>\(o.fallbacks)</td></tr></table>"
         let tiers = Set(o.loadedByTier.keys).union(o.storedByTier.keys).sorted()
