@@ -113,6 +113,28 @@ struct KVTierCacheTests {
         #expect(b.ttftSeconds < c.ttftSeconds * 0.8, "TTFT with the prefix loaded \(b.ttftSeconds) s vs prefilled \(c.ttftSeconds) s")
     }
 
+    @Test("after the memory hosts change (one came back empty), an agent stores its chunks again")
+    func hostsChangedStoresAgain() throws {
+        let rig = try Rig(policy: "dram", linkBytesPerSecond: 25e9)
+        rig.serve(rig.request("a", prompt: 2100, chunks: Array(0..<5)), on: 0)
+        _ = try rig.result("a", on: 0)
+        try rig.settle()
+        #expect(rig.caches[0].stats.storedChunks == 4)
+        // The host lost its DRAM (a restart); the coordinator's next config lists it anew, with
+        // the figures it probed when it started again.
+        for k in PrefixKeys.chain(Array(0..<5), model: "Llama-2-7b") { rig.host.store.delete(k) }
+        var cfg = rig.caches[0].config
+        cfg.hosts[0].tiers[0].bandwidthGbps += 1
+        cfg.version = 2
+        var c = TierCommand(); c.config = cfg
+        #expect(rig.caches[0].execute(Array(try c.serializedData()), commandID: 2, wallNanos: 0).ok)
+        rig.serve(rig.request("a2", prompt: 2100, chunks: Array(0..<5)), on: 0)
+        _ = try rig.result("a2", on: 0)
+        try rig.settle()
+        #expect(rig.caches[0].stats.storedChunks == 8, "the same 4 chunks stored again")
+        #expect(rig.host.store.count == 4)
+    }
+
     @Test("tiered: over a slow link recomputing beats loading, so the agent prefills and says why")
     func slowLinkRecomputes() throws {
         let rig = try Rig(policy: "tiered", linkBytesPerSecond: 1e9)
@@ -169,6 +191,10 @@ struct KVTierCacheTests {
         #expect(t.load(c).load)
         c.linkBytesPerSecond = 4e9
         #expect(!t.load(c).load && t.load(c).reason == "recompute-faster")
+        // Slower than recompute, but others wait for that GPU: loading frees it for them.
+        c.gpuBacklog = 3
+        #expect(t.load(c).load && t.load(c).reason == "load-frees-busy-gpu")
+        c.gpuBacklog = 0
         #expect(SingleTierOffload(tier: "cxl").load(c).load)
         #expect(SingleTierOffload(tier: "cxl").storeTier(p).tier == "cxl")
         p.tiers = [tiers[0], tiers[2]]

@@ -49,4 +49,10 @@ extension EmulatedReplicas {
     }
 
     public var loadingCount: Int { loading.count }
+
+    /// Requests waiting for the replica's GPU now (the engine's queue, and prefixes loading).
+    public func backlog(replica: String) -> Int? {
+        guard let e = replicas[replica]?.engine else { return nil }
+        return e.backlog + loading.values.filter { $0.replica == replica }.count
+    }
 }

@@ -56,6 +56,9 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         case .config(let cfg)?:
             guard let p = OffloadPolicies.named(cfg.policy) else { return .refused("unknown offload policy '\(cfg.policy)' (known: \(OffloadPolicies.names.joined(separator: ", ")))") }
             if cfg.version < config.version { return FeatureOutcome(ok: true, detail: "config \(cfg.version) is older than \(config.version): kept") }
+            // Hosts that changed (one died, or came back with DRAM and CXL empty): what this agent
+            // stored may be gone, so chunks are offered again (the host keeps one copy per key).
+            if cfg.hosts != config.hosts { stored.removeAll(); storedOrder.removeAll() }
             config = cfg
             policy = p
             stats.policy = p.name
@@ -167,7 +170,10 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         let choice = PrefixChoice(tokens: tokens, bytes: Double(tokens) * per.real,
                                   tier: TierFigures(kind: tierName, bandwidthBytesPerSecond: (fig?.bandwidthGbps ?? 0) * 1e9, latencySeconds: (fig?.latencyNs ?? 0) * 1e-9),
                                   linkBytesPerSecond: config.linkBytesPerSecond, linkLatencySeconds: config.linkLatencySeconds, recomputeSeconds: recompute)
-        let (load, reason) = policy.load(choice)
+        var c = choice
+        // This request is counted among those loading: the others wait for the GPU.
+        c.gpuBacklog = max(0, (replicas.backlog(replica: replica) ?? 0) - 1)
+        let (load, reason) = policy.load(c)
         stats.decisions[reason, default: 0] += 1
         guard load else {
             admit(q, replica: replica, cached: 0, readyAt: nil, arrival: arrival)

@@ -22,6 +22,8 @@ public struct PrefixChoice: Sendable, Equatable {
     public var linkLatencySeconds: Double
     /// Seconds the GPU would take to prefill those tokens again.
     public var recomputeSeconds: Double
+    /// Requests waiting for that GPU besides this one: prefill time spent here is taken from them.
+    public var gpuBacklog = 0
     public init(tokens: Int, bytes: Double, tier: TierFigures, linkBytesPerSecond: Double, linkLatencySeconds: Double, recomputeSeconds: Double) {
         self.tokens = tokens; self.bytes = bytes; self.tier = tier; self.linkBytesPerSecond = linkBytesPerSecond
         self.linkLatencySeconds = linkLatencySeconds; self.recomputeSeconds = recomputeSeconds
@@ -101,8 +103,10 @@ public struct SingleTierOffload: OffloadPolicy {
 /// - A first sighting goes to the slowest tier from which loading it back still beats prefilling
 ///   it on the GPU (fast memory is kept for what proves popular; a hit promotes a chunk to the
 ///   top); where no tier beats recompute it is not stored at all.
-/// - A cached prefix is loaded only when bringing its bytes over (tier bandwidth, link, latencies)
-///   beats prefilling it again; otherwise the GPU recomputes it and says why.
+/// - A cached prefix is loaded when bringing its bytes over (tier bandwidth, link, latencies)
+///   beats prefilling it again, or when other requests wait for the GPU: a load occupies the
+///   link, not the GPU, so recomputing there would delay them by as much as it took. Otherwise the
+///   GPU recomputes it, and each decision is counted by its reason.
 public struct TieredOffload: OffloadPolicy {
     public let name = "tiered"
     /// Loading must beat recompute by this factor (covers the estimate's error).
@@ -119,6 +123,7 @@ public struct TieredOffload: OffloadPolicy {
     public func load(_ c: PrefixChoice) -> (load: Bool, reason: String) {
         let l = c.loadSeconds
         if l < c.recomputeSeconds * margin { return (true, "load-faster") }
+        if c.gpuBacklog > 0 { return (true, "load-frees-busy-gpu") }
         return (false, "recompute-faster")
     }
 }

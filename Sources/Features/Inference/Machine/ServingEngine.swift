@@ -156,6 +156,8 @@ public struct ServingEngine: Sendable {
     public var isIdle: Bool { waiting.isEmpty && running.isEmpty && swapped.isEmpty }
     /// Requests in the engine (waiting, running, swapped), and those finished but not yet taken.
     public var load: Int { waiting.count + running.count + swapped.count }
+    /// Requests waiting for the GPU (not admitted, or swapped out): a backlog of prefill work.
+    public var backlog: Int { waiting.count + swapped.count }
     public var usedBlocks: Int { gpuBlocks - freeBlocks }
     /// When the next step starts, or nil when there is nothing to run.
     public var nextStepAt: Double? { isIdle ? nil : max(time, waiting.first?.ready ?? time) }
