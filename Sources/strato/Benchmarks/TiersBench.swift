@@ -136,7 +136,7 @@ enum TiersBench {
         posix_memalign(&p, 4096, size)
         defer { free(p) }
         var direct = true
-        var fd = open(file, O_CREAT | O_RDWR | O_TRUNC | 0o40000, 0o600)
+        var fd = open(file, O_CREAT | O_RDWR | O_TRUNC | FileTier.oDirect, 0o600)
         if fd < 0 { direct = false; fd = open(file, O_CREAT | O_RDWR | O_TRUNC, 0o600) }
         guard fd >= 0 else { throw BlockStoreError(.tierUnavailable, "cannot open \(file): \(String(cString: strerror(errno)))") }
         defer { close(fd) }

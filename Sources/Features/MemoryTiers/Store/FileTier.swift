@@ -14,9 +14,9 @@ public final class FileTier: TierBackend {
     static let headerBytes = 32
     static let alignment = 4096
     #if arch(arm64)
-    static let oDirect: Int32 = 0o200000
+    public static let oDirect: Int32 = 0o200000
     #else
-    static let oDirect: Int32 = 0o40000
+    public static let oDirect: Int32 = 0o40000
     #endif
 
     /// Opens (creating) the tier's directory; refuses one that is not a writable directory.
