@@ -67,12 +67,13 @@ public enum ClusterSpec {
 public enum ServiceSetup {
     /// `trace`: `code`, `conversation` or `both`; `minReplicas` each service keeps at least.
     public static func azureServices(dataDirectory: String, seconds: Double, gpuModel: String, meanRPS: Double, sloSeconds: Double = 20,
-                                     trace: String = "both", minReplicas: Int = 1) throws -> [ServiceSpec] {
+                                     trace: String = "both", minReplicas: Int = 1, model: String = "Llama-2-7b") throws -> [ServiceSpec] {
         var out: [ServiceSpec] = []
         let all = [("code", "azure_llm_2023_code.csv"), ("conv", "azure_llm_2023_conv.csv")]
         for (name, file) in all where trace == "both" || (trace == "code") == (name == "code") {
             let shape = try AzureTraceShape.read(file: dataDirectory + "/inference/" + file)
-            var s = ServiceSpec(id: "llama2-7b-\(name)", model: "Llama-2-7b", gpuModel: gpuModel, gpusPerReplica: 1,
+            let slug = model == "Llama-2-7b" ? "llama2-7b" : model.lowercased().replacingOccurrences(of: ".", with: "")
+            var s = ServiceSpec(id: "\(slug)-\(name)", model: model, gpuModel: gpuModel, gpusPerReplica: 1,
                                 rateCurve: shape.curve(seconds: seconds, meanRPS: meanRPS),
                                 meanPrefillTokens: shape.meanPrefillTokens, meanDecodeTokens: shape.meanDecodeTokens, sloSeconds: sloSeconds,
                                 minReplicas: minReplicas)

@@ -20,6 +20,7 @@ extension ServiceSpec {
         s.rateCurve = rateCurve.map { p in var m = RateCurvePoint(); m.time = p.time; m.rps = p.rps; return m }
         s.meanPrefillTokens = meanPrefillTokens; s.meanDecodeTokens = meanDecodeTokens
         s.sloSeconds = sloSeconds; s.minReplicas = UInt32(minReplicas); s.maxNumSeqs = UInt32(maxNumSeqs)
+        s.offloadWeights = offloadWeights
         return s
     }
 }

@@ -80,6 +80,7 @@ struct CoordinatorCommand: ParsableCommand {
         config.traceHeartbeatSample = env["STRATO_TRACE_SAMPLE"].flatMap(UInt64.init) ?? traceSample
         // The coordinator's composition root: one line per feature's controller.
         let scheduling = SchedulingController(policy: policy, kvBytesScale: kvBytesScale)
+        scheduling.weightLinkBytesPerSecond = (try NetworkConditions.parseBandwidth(tierLink)) ?? 0
         var migration = MigrationSettings()
         migration.policy = migrationPolicy
         migration.method = MigrationMethod(rawValue: migrationMethod)!

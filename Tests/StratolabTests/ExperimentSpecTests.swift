@@ -95,7 +95,8 @@ struct ExperimentSpecTests {
         ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, trace: mooncake, offload: [none, lru]}}\n", 3, "unknown offload policy 'lru'"),
         ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, trace: mooncake, offload: [dram, dram]}}\n", 3, "offload policy 'dram' is listed twice"),
         ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, migration: [none, llumnix], offload: [none, dram]}}\n", 3, "not both"),
-        ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, trace: code, model: Llama-2-70b}}\n", 3, "'model' belongs to trace: mooncake"),
+        ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, trace: code, model: Llama-9-900b}}\n", 3, "unknown model 'Llama-9-900b'"),
+        ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A40, model: Llama-2-70b, weights: cpu}}\n", 3, "weights 'cpu' must be gpu"),
         ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, trace: kimi}}\n", 3, "or mooncake"),
     ])
     func badSpecs(_ text: String, _ line: Int, _ message: String) throws {

@@ -119,10 +119,15 @@ public final class ExperimentRunner: @unchecked Sendable {
     /// The online services of the workload (none unless it names `services`).
     public func services() throws -> [ServiceSpec] {
         guard let sv = spec.workload.services else { return [] }
-        if sv.trace == "mooncake" { return [try mooncake().0] }
+        if sv.trace == "mooncake" {
+            var s = try mooncake().0
+            s.offloadWeights = sv.offloadWeights
+            return [s]
+        }
         var out = try ServiceSetup.azureServices(dataDirectory: dataDirectory, seconds: spec.workload.hours * 3600, gpuModel: sv.gpu,
-                                                 meanRPS: sv.rps, sloSeconds: sv.sloSeconds, trace: sv.trace, minReplicas: sv.replicas ?? 1)
-        for i in out.indices { out[i].maxNumSeqs = sv.maxNumSeqs ?? 0 }
+                                                 meanRPS: sv.rps, sloSeconds: sv.sloSeconds, trace: sv.trace, minReplicas: sv.replicas ?? 1,
+                                                 model: sv.model ?? "Llama-2-7b")
+        for i in out.indices { out[i].maxNumSeqs = sv.maxNumSeqs ?? 0; out[i].offloadWeights = sv.offloadWeights }
         return out
     }
 

@@ -49,8 +49,11 @@ public struct ExperimentSpec: Equatable {
         /// `mooncake`: one service replaying the Mooncake conversation trace's requests (real
         /// arrivals, scaled to `rps`, with their prompts' shared-prefix chunk keys).
         public var trace = "both"
-        /// The model of the `mooncake` service (default Meta-Llama-3-8B).
+        /// The services' model (default: Meta-Llama-3-8B for `mooncake`, Llama-2-7b for Azure).
         public var model: String?
+        /// `weights: offload`: a model larger than its GPUs streams the layers that do not fit
+        /// from a memory host's tier every step (the tier from the offload policy).
+        public var offloadWeights = false
         /// Memory-tier offload policies to compare: one run per policy (empty: the topology's).
         public var offload: [String] = []
         /// Replicas each service keeps at least (nil: as its rate needs, at least one).
@@ -284,7 +287,7 @@ public struct ExperimentSpec: Equatable {
         if let sv = m["services"] {
             guard kind == .scheduling || kind == .services else { throw sv.fail("'services' belongs to scheduling and services workloads") }
             let sm = try sv.mapping(allowed: ["rps", "gpu", "slo_s", "trace", "replicas", "migration", "method", "priority_share", "kv_bytes_scale", "kv_link", "max_num_seqs",
-                                              "model", "offload"])
+                                              "model", "offload", "weights"])
             guard let r = sm["rps"] else { throw sv.fail("services need 'rps' (mean requests per trace second, per service)") }
             let rps = try r.double()
             guard rps > 0 && rps <= 10_000 else { throw r.fail("rps must be > 0 and ≤ 10000") }
@@ -312,8 +315,14 @@ public struct ExperimentSpec: Equatable {
                 out2.method = x
             }
             if let v = sm["model"] {
-                guard out2.trace == "mooncake" else { throw v.fail("'model' belongs to trace: mooncake (the Azure services are Llama-2-7b)") }
-                out2.model = try v.string()
+                let name = try v.string()
+                guard let arch = ModelCatalog.model(named: name) else { throw v.fail("unknown model '\(name)' (known: \(ModelCatalog.models.map(\.name).joined(separator: ", ")))") }
+                out2.model = arch.name
+            }
+            if let v = sm["weights"] {
+                let x = try v.string()
+                guard ["gpu", "offload"].contains(x) else { throw v.fail("weights '\(x)' must be gpu (the model fits its GPUs) or offload (layers that do not fit are streamed from a memory host's tier every step)") }
+                out2.offloadWeights = x == "offload"
             }
             if let v = sm["offload"] {
                 out2.offload = try Self.policyList(v, what: "offload", known: OffloadPolicies.names)
@@ -496,7 +505,8 @@ public struct ExperimentSpec: Equatable {
                 let names = sv.trace == "both" ? "code, conversation" : sv.trace
                 s += "  workload    inference services only over \(fmt(workload.hours)) h of trace time\n"
                 s += (sv.trace == "mooncake" ? "  services    the Mooncake conversation trace (real arrivals and prefix hashes) on \(sv.model ?? "Meta-Llama-3-8B"), \(fmt(sv.rps)) requests/s on average, on \(sv.gpu), SLO \(fmt(sv.sloSeconds)) s"
-                      : "  services    Azure-shaped LLM services (\(names)), \(fmt(sv.rps)) requests/s each on average, on \(sv.gpu), SLO \(fmt(sv.sloSeconds)) s")
+                      : "  services    Azure-shaped LLM services (\(names)) of \(sv.model ?? "Llama-2-7b"), \(fmt(sv.rps)) requests/s each on average, on \(sv.gpu), SLO \(fmt(sv.sloSeconds)) s")
+                    + (sv.offloadWeights ? ", weights that do not fit streamed from a memory tier" : "")
                     + (sv.replicas.map { ", at least \($0) replicas each" } ?? "") + (sv.priorityShare > 0 ? ", \(fmt(sv.priorityShare * 100)) % high priority" : "") + "\n"
             }
         case .gavelTrace: s += "  workload    gavel trace \(workload.traceFile ?? "")\(workload.maxJobs.map { ", first \($0) jobs" } ?? "")\n"

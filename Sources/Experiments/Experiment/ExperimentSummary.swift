@@ -79,6 +79,8 @@ public struct RequestAccounting: Codable, Equatable {
     public var expectAllDone = false
     /// What replicas held of each KV block as real bytes (emulation).
     public var kvBytesScale = 0.0
+    /// Output tokens of finished requests per trace second, first arrival to last finish.
+    public var outputTokensPerSecond: Double?
 
     public init() {}
 
@@ -96,6 +98,10 @@ public struct RequestAccounting: Codable, Equatable {
                                     latencyP50: s.latencyP50, latencyP99: s.latencyP99, capacityRPS: s.capacityRps, batch: Int(s.batch),
                                     ttftP50: s.ttftP50, ttftP99: s.ttftP99, tbtP99: s.tbtP99, preemptions: Int(s.preemptions),
                                     tbtP50: s.tbtP50, latencyMean: s.latencyMean))
+        }
+        let done = r.requests.filter { $0.finished >= 0 }
+        if let first = r.requests.map(\.arrival).min(), let last = done.map(\.finished).max(), last > first {
+            outputTokensPerSecond = Double(done.reduce(0) { $0 + Int($1.decodeTokens) }) / (last - first)
         }
         known = services.reduce(0) { $0 + $1.submitted }
         completed = services.reduce(0) { $0 + $1.completed }
@@ -178,6 +184,16 @@ public struct OffloadAccounting: Codable, Equatable {
     /// Per memory host and tier: used bytes, hits, evictions, demotions (hosts' own figures).
     public var hostTiers: [String] = []
     public var kvBytesScale = 0.0
+    /// Replicas whose model did not fit their GPUs: where the offloaded layers lived and what
+    /// streaming them cost (nil in runs from before weight offload).
+    public struct WeightStream: Codable, Equatable {
+        public var node = "", replica = "", model = "", host = "", tier = "", state = "", reason = ""
+        public var residentLayers = 0, offloadedLayers = 0
+        public var gbPerStep = 0.0, streamSeconds = 0.0
+        public var steps = 0, rounds = 0, bytesStreamed = 0, reputs = 0, failures = 0
+        public var roundSeconds = 0.0, stalledSeconds = 0.0, bytesScale = 0.0
+    }
+    public var weights: [WeightStream]?
     public init() {}
     public init(_ reply: TiersApiReply?) {
         guard let reply else { return }
@@ -190,6 +206,13 @@ public struct OffloadAccounting: Codable, Equatable {
             for (k, v) in st.loadedByTier { loadedByTier[k, default: 0] += Int(v) }
             for (k, v) in st.storedByTier { storedByTier[k, default: 0] += Int(v) }
             for (k, v) in st.decisions { decisions[k, default: 0] += Int(v) }
+            for w in st.weights {
+                weights = (weights ?? []) + [WeightStream(node: g.node, replica: w.replicaID, model: w.model, host: w.host, tier: w.tier, state: w.state, reason: w.reason,
+                                                          residentLayers: Int(w.residentLayers), offloadedLayers: Int(w.offloadedLayers),
+                                                          gbPerStep: w.bytesPerStep / 1e9, streamSeconds: w.streamSeconds, steps: Int(w.steps), rounds: Int(w.rounds),
+                                                          bytesStreamed: Int(w.bytesStreamed), reputs: Int(w.reputs), failures: Int(w.failures),
+                                                          roundSeconds: w.roundSeconds, stalledSeconds: w.stalledSeconds, bytesScale: w.bytesScale)]
+            }
         }
         for h in reply.hosts {
             for t in h.stats.tiers {
@@ -372,6 +395,12 @@ public struct ExperimentSummary: Codable {
                            + " · \(o.fallbacks) fell back to prefill · "
                            + o.decisions.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
                 for h in o.hostTiers { out.append("    \(h)") }
+            }
+            for w in s.offload.weights ?? [] {
+                out.append("run \(i + 1) weights of \(w.replica) on \(w.node) (\(w.model)): \(w.offloadedLayers) of \(w.residentLayers + w.offloadedLayers) layers streamed from "
+                           + (w.host.isEmpty ? "no host (\(w.state))" : "\(w.host) \(w.tier)") + String(format: ", %.1f GB a step in %.3f s (modelled), %d steps, %d rounds of real bytes (%.1f MiB at scale 1/%.0f), %.1f s stalled",
+                                                                  w.gbPerStep, w.streamSeconds, w.steps, w.rounds, Double(w.bytesStreamed) / 1_048_576, w.bytesScale > 0 ? 1 / w.bytesScale : 0, w.stalledSeconds)
+                           + (s.requests.outputTokensPerSecond.map { String(format: ", %.2f output tokens/s", $0) } ?? ""))
             }
             if s.migrations.started > 0 {
                 let g = s.migrations

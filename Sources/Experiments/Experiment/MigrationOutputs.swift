@@ -45,6 +45,8 @@ public enum ExperimentComparison {
         var downtimeP50: Double?
         var lostNothing = true
         var prefixHitRatio: Double?
+        var tokensPerSecond: Double?
+        var weightTier: String?
     }
 
     /// Per run, request-weighted over its services (one service: its own figures).
@@ -61,6 +63,8 @@ public enum ExperimentComparison {
             r.migrations = s.migrations.started; r.reasons = s.migrations.byReason; r.downtimeP50 = s.migrations.downtimeP50Ms
             r.lostNothing = s.lostNothing.ok
             if s.offload.known && s.offload.lookups > 0 { r.prefixHitRatio = s.offload.hitRatio }
+            r.tokensPerSecond = s.requests.outputTokensPerSecond
+            if let w = s.offload.weights, !w.isEmpty { r.weightTier = Set(w.map { $0.tier.isEmpty ? "none" : $0.tier }).sorted().joined(separator: "+") }
             return r
         }
     }
@@ -73,7 +77,9 @@ public enum ExperimentComparison {
             lines.append(r.policy.padding(toLength: 11, withPad: " ", startingAt: 0)
                          + String(format: "%-11.2f %-11.2f %-11.1f %-11.1f %-10.2f %-10.2f %-12d ", r.ttftP50, r.ttftP99, r.tbtP50 * 1000, r.tbtP99 * 1000, r.latencyP50, r.latencyP99, r.preemptions)
                          + "\(r.migrations)\(reasons.isEmpty ? "" : " (\(reasons))")".padding(toLength: 39, withPad: " ", startingAt: 0) + (r.lostNothing ? "yes" : "NO")
-                         + (r.prefixHitRatio.map { String(format: "   prefix hits %.1f%% of prompt tokens", $0 * 100) } ?? ""))
+                         + (r.prefixHitRatio.map { String(format: "   prefix hits %.1f%% of prompt tokens", $0 * 100) } ?? "")
+                         + (r.tokensPerSecond.map { String(format: "   %.2f output tok/s", $0) } ?? "")
+                         + (r.weightTier.map { "   weights streamed from \($0)" } ?? ""))
         }
         let what = all.first?.variantKind ?? "migration"
         if let base = rs.first(where: { $0.policy == "none" }), base.ttftP99 > 0,
@@ -85,6 +91,13 @@ public enum ExperimentComparison {
                                     what as NSString, b50.policy as NSString, b50.ttftP50, base.ttftP50, b50.ttftP50 / base.ttftP50))
             }
         }
+        // Streamed weights: throughput per tier against the fastest.
+        let streamed = rs.filter { $0.weightTier != nil && ($0.tokensPerSecond ?? 0) > 0 }
+        if streamed.count > 1, let best = streamed.max(by: { $0.tokensPerSecond! < $1.tokensPerSecond! }) {
+            lines.append("Output tokens/s with streamed weights: " + streamed.map {
+                String(format: "%@ %.2f (%.2f× %@)", $0.policy as NSString, $0.tokensPerSecond!, $0.tokensPerSecond! / best.tokensPerSecond!, best.policy as NSString)
+            }.joined(separator: ", "))
+        }
         return lines.joined(separator: "\n")
     }
 
@@ -93,11 +106,12 @@ public enum ExperimentComparison {
     public static func write(_ all: [ExperimentSummary], variants: [String], to dir: String, title: String) throws {
         func esc(_ x: String) -> String { x.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;") }
         let rs = rows(all)
-        var table = "<table><tr><th>policy</th><th>requests done</th><th>TTFT p50 s</th><th>TTFT p99 s</th><th>TBT p50 ms</th><th>TBT p99 ms</th><th>E2E p50 s</th><th>E2E p99 s</th><th>preemptions</th><th>migrations</th><th>by reason</th><th>downtime p50 ms</th><th>prefix hits (prompt tokens)</th><th>lost nothing</th></tr>"
+        var table = "<table><tr><th>policy</th><th>requests done</th><th>TTFT p50 s</th><th>TTFT p99 s</th><th>TBT p50 ms</th><th>TBT p99 ms</th><th>E2E p50 s</th><th>E2E p99 s</th><th>preemptions</th><th>migrations</th><th>by reason</th><th>downtime p50 ms</th><th>prefix hits (prompt tokens)</th><th>output tok/s</th><th>weights from</th><th>lost nothing</th></tr>"
         for r in rs {
             table += "<tr><td>\(esc(r.policy))</td><td>\(r.completed)/\(r.submitted)</td>" + String(format: "<td>%.2f</td><td>%.2f</td><td>%.1f</td><td>%.1f</td><td>%.2f</td><td>%.2f</td>", r.ttftP50, r.ttftP99, r.tbtP50 * 1000, r.tbtP99 * 1000, r.latencyP50, r.latencyP99)
                 + "<td>\(r.preemptions)</td><td>\(r.migrations)</td><td>\(esc(r.reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")))</td><td>"
                 + (r.downtimeP50.map { String(format: "%.1f", $0) } ?? "-") + "</td><td>" + (r.prefixHitRatio.map { String(format: "%.1f%%", $0 * 100) } ?? "-")
+                + "</td><td>" + (r.tokensPerSecond.map { String(format: "%.2f", $0) } ?? "-") + "</td><td>\(esc(r.weightTier ?? "-"))"
                 + "</td><td>\(r.lostNothing ? "yes" : "NO")</td></tr>"
         }
         table += "</table>"

@@ -4,6 +4,25 @@ import Foundation
 /// of prefill, bytes moved per tier, the policy's decisions, and each host tier's own figures.
 enum OffloadSection {
     static func html(_ s: ExperimentSummary, esc: (String) -> String) -> String {
+        weights(s, esc: esc) + prefixes(s, esc: esc)
+    }
+
+    /// Replicas whose model did not fit their GPUs: their offloaded layers' tier and stream.
+    static func weights(_ s: ExperimentSummary, esc: (String) -> String) -> String {
+        guard let ws = s.offload.weights, !ws.isEmpty else { return "" }
+        var out = "<h2>Weights streamed from memory tiers</h2><p>Offload policy <b>\(esc(s.offloadPolicy))</b>. The layers that do not fit the GPU live on a memory host and are streamed every step, overlapped with compute (FlexGen-style): a step takes the longer of its compute (Vidur's profile) and the stream (the layers' model bytes over the tier's measured bandwidth and the link, plus latencies). Each engine step also fetches the layers' real bytes from the host at the stated scale, every byte checked. Emulated.</p>"
+        out += "<table><tr><th>replica</th><th>node</th><th>host · tier</th><th>layers streamed</th><th>GB a step</th><th>stream s a step</th><th>steps</th><th>rounds of real bytes</th><th>MiB moved</th><th>shards put again</th><th>stalled s</th></tr>"
+        for w in ws {
+            out += "<tr><td>\(esc(w.replica))</td><td>\(esc(w.node))</td><td>\(esc(w.host.isEmpty ? "none (\(w.state))" : "\(w.host) · \(w.tier)"))</td><td>\(w.offloadedLayers) of \(w.residentLayers + w.offloadedLayers)</td>"
+                + String(format: "<td>%.1f</td><td>%.3f</td><td>%d</td><td>%d</td><td>%.1f (1/%.0f)</td><td>%d</td><td>%.1f</td></tr>", w.gbPerStep, w.streamSeconds, w.steps, w.rounds,
+                         Double(w.bytesStreamed) / 1_048_576, w.bytesScale > 0 ? 1 / w.bytesScale : 0, w.reputs, w.stalledSeconds)
+        }
+        out += "</table>"
+        if let t = s.requests.outputTokensPerSecond { out += String(format: "<p>Throughput: %.2f output tokens per trace second.</p>", t) }
+        return out
+    }
+
+    static func prefixes(_ s: ExperimentSummary, esc: (String) -> String) -> String {
         let o = s.offload
         guard o.known, o.lookups > 0 else { return "" }
         func mib(_ b: Int) -> String { String(format: "%.1f", Double(b) / 1_048_576) }

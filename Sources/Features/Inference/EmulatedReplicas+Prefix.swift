@@ -34,7 +34,7 @@ extension EmulatedReplicas {
         var done = 0, t = 0.0
         while done < tokens {
             let n = min(e.config.maxBatchedTokens, tokens - done)
-            t += e.model.iteration(tokens: Double(n)) + e.model.attention(kvTokens: Double(done) + Double(n) / 2)
+            t += e.model.step(compute: e.model.iteration(tokens: Double(n)) + e.model.attention(kvTokens: Double(done) + Double(n) / 2))
             done += n
         }
         return t

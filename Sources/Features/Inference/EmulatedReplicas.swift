@@ -47,6 +47,8 @@ public final class EmulatedReplicas {
     /// Bytes of KV blocks each replica allocates when it starts (its whole cache when that fits).
     public var preallocateBytes = 64 << 20
 
+    /// Memory tiers for offloaded weights (nil: a model larger than its GPUs is refused).
+    public weak var weightSource: WeightSource?
     /// Memory tiers for KV prefixes (nil: every prompt is prefilled here).
     public weak var prefixCache: KVPrefixCache?
     /// Requests waiting for their cached prefix to load, by id: the replica and their arrival.
@@ -70,8 +72,17 @@ public final class EmulatedReplicas {
         }
         let taken = Set(s.gpus).intersection(busy.union(busyGPUs()))
         guard taken.isEmpty else { return (false, "GPUs \(taken.sorted()) are busy on this node") }
-        guard let model = InferenceModel(kb: kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpus.count) else {
+        guard var model = InferenceModel(kb: kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpus.count) else {
             return (false, "no inference profile for \(s.model) on \(s.gpus.count)x\(s.gpuModel)")
+        }
+        // A model larger than its GPUs: the layers that do not fit are streamed from a memory
+        // host every step; no step starts until they are there.
+        let plan = s.offloadWeights ? WeightOffloadPlan.plan(arch: model.arch, gpu: model.gpu, tensorParallel: s.gpus.count) : nil
+        if let plan {
+            guard weightSource != nil else { return (false, "\(s.model) does not fit \(s.gpus.count)x\(s.gpuModel) and this agent has no memory tiers to stream weights from") }
+            model = model.offloadingWeights(plan, streamSeconds: 0)
+        } else if model.gpuWeightBytes > model.gpu.memoryGiB * 1_073_741_824 * 0.9 {
+            return (false, "\(s.model) does not fit \(s.gpus.count)x\(s.gpuModel) (\(Int(model.arch.weightBytes / 1e9)) GB of weights) and start_replica does not offload its weights")
         }
         var config = ServingEngine.Config(maxRunning: max(Int(s.batch), Int(s.maxNumSeqs)))
         config.preemption = preemption
@@ -79,19 +90,23 @@ public final class EmulatedReplicas {
                                                     kvBytesScale: s.kvBytesScale) : nil
         var engine = ServingEngine(model: model, config: config)
         engine.tracksPrefill = true
+        if plan != nil { engine.stall(at: 0) }
         // The KV cache is allocated when the replica starts, as a serving engine does (up to
         // `preallocateBytes`; beyond, blocks are allocated as they are needed).
         if let pool { pool.preallocate(min(engine.gpuBlocks, preallocateBytes / pool.blockBytes)) }
         replicas[s.replicaID] = Replica(start: s, startedWall: wallNanos, engine: engine, gpus: Set(s.gpus), pool: pool)
+        if let plan { weightSource?.replicaStarted(s.replicaID, model: model, plan: plan, bytesScale: s.kvBytesScale) }
         tracer.instant("start replica \(s.replicaID)", category: "service", track: "replicas",
                               args: ["replica": s.replicaID, "service": s.serviceID, "gpus": s.gpus.map(String.init).joined(separator: ","),
                                      "batch": "\(s.batch)", "emulated": "true"])
-        return (true, "serving \(s.serviceID) as \(s.replicaID) on GPUs \(s.gpus.map(String.init).joined(separator: ",")) (emulated)")
+        let offload = plan.map { String(format: "; %d of %d layers streamed from a memory tier (%.1f GB a step)", $0.offloadedLayers, $0.layers, $0.streamedBytesPerStep / 1e9) } ?? ""
+        return (true, "serving \(s.serviceID) as \(s.replicaID) on GPUs \(s.gpus.map(String.init).joined(separator: ","))\(offload) (emulated)")
     }
 
     /// Stops a replica; the requests it still held are dropped (the coordinator re-sends them).
     public func stop(_ id: String, wallNanos: Int64) -> (ok: Bool, detail: String) {
         guard var r = replicas.removeValue(forKey: id) else { return (true, "replica \(id) not serving") }
+        if r.engine.model.weightOffload != nil { weightSource?.replicaStopped(id) }
         withPrefix = withPrefix.filter { $0.value.replica != id }
         // What finished before the stop is still reported; the rest is dropped.
         collect(&r, wallNanos: wallNanos)

@@ -15,6 +15,8 @@ extension SchedulingController {
         sr.timeScale = jobs.timeScale
         sr.kvBytesScale = kvBytesScale
         sr.maxNumSeqs = UInt32(jobs.services[service]?.maxNumSeqs ?? 0)
+        // Only a model that does not fit streams its weights.
+        sr.offloadWeights = jobs.services[service].flatMap { jobs.scheduler.plannedModel($0)?.weightOffload } != nil
         var ic = InferenceCommand(); ic.startReplica = sr
         try s.enqueue(.feature(InferenceHandler.feature, node: p.nodeID, ic))
         if let rec = jobs.scheduler.state.replicas[id] { try s.store.saveReplica(rec, ready: false) }

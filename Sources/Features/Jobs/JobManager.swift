@@ -129,6 +129,7 @@ final class JobManager {
                                    meanPrefillTokens: s.meanPrefillTokens, meanDecodeTokens: s.meanDecodeTokens, sloSeconds: s.sloSeconds,
                                    minReplicas: Int(s.minReplicas))
             spec.maxNumSeqs = Int(s.maxNumSeqs)
+            spec.offloadWeights = s.offloadWeights
             let skipped = scheduler.skippedServices.count
             scheduler.addService(spec)
             if scheduler.skippedServices.count > skipped { rejected.append("\(s.serviceID): \(scheduler.skippedServices.last!.reason)"); continue }

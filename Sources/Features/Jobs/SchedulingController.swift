@@ -21,6 +21,8 @@ public final class SchedulingController: CoordinatorFeature {
     /// What replicas hold of each KV block as real bytes (emulation; stated in every reply).
     public let kvBytesScale: Double
     var jobs: JobManager!
+    /// The GPU nodes' link to the memory hosts: what planning assumes offloaded weights stream at.
+    public var weightLinkBytesPerSecond = 12.5e9
 
     public init(policy: String, kvBytesScale: Double = SchedulingController.defaultKVBytesScale) {
         self.policyName = policy
@@ -47,6 +49,7 @@ public final class SchedulingController: CoordinatorFeature {
         }
         let t0 = try store.metaValue("trace_t0_nanos")
         jobs = JobManager(policy: policy, kb: kb, timeScale: s.timeScale, t0Wall: t0)
+        if weightLinkBytesPerSecond > 0 { jobs.scheduler.weightLinkBytesPerSecond = weightLinkBytesPerSecond }
         for r in restoredNodes where SchedulingController.isGPU(r.status.capabilities) {
             let g = r.status.capabilities.gpu
             jobs.scheduler.state.addNode(NodeSlot(id: r.id, gpuModel: g.model, gpuCount: Int(g.count), alive: r.status.state != .dead))

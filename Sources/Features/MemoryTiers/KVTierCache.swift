@@ -37,10 +37,14 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
     public init(replicas: EmulatedReplicas, plane: DataPlane) {
         self.replicas = replicas
         self.client = TierClient(plane: plane)
+        self.weights = WeightStreamer(replicas: replicas, client: client)
         replicas.prefixCache = self
     }
 
-    public func attach(_ context: NodeContext) { clock = context.clock; logger = context.logger }
+    /// Offloaded weights of replicas whose model does not fit their GPUs.
+    let weights: WeightStreamer
+
+    public func attach(_ context: NodeContext) { clock = context.clock; logger = context.logger; weights.clock = context.clock; weights.logger = context.logger }
 
     /// How long a lookup or load may take before the request is prefilled instead.
     public var timeoutNanos: Int64 {
@@ -62,6 +66,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
             config = cfg
             policy = p
             stats.policy = p.name
+            weights.configure(cfg, policy: p)
             return FeatureOutcome(ok: true, detail: "offload policy \(p.name), \(cfg.hosts.count) memory hosts")
         case nil:
             return .refused("a TierCommand with no action")
@@ -70,8 +75,9 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
 
     public func reports(wallNanos: Int64) -> [FeatureReport] {
         let now = clock.monotonicNanos()
-        guard stats.lookups > 0 || stats.storedChunks > 0, now - statsSentAt >= 1_000_000_000 else { return [] }
+        guard stats.lookups > 0 || stats.storedChunks > 0 || !weights.streams.isEmpty, now - statsSentAt >= 1_000_000_000 else { return [] }
         statsSentAt = now
+        stats.weights = weights.report(wallNanos: wallNanos)
         return [report(key: "kv", stats)]
     }
 
@@ -81,8 +87,14 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         let done = finishedQueue
         finishedQueue.removeAll()
         for (q, replica) in done { store(q, replica: replica) }
+        weights.pump(wallNanos: wallNanos)
     }
-    public var nextPumpDue: Int64? { finishedQueue.isEmpty ? client.nextExpiry : clock.monotonicNanos() }
+    public var nextPumpDue: Int64? {
+        if !finishedQueue.isEmpty { return clock.monotonicNanos() }
+        // Streamed weights: a round follows each engine step.
+        if !weights.streams.isEmpty { return min(client.nextExpiry ?? .max, clock.monotonicNanos() + 5_000_000) }
+        return client.nextExpiry
+    }
     /// Prefilled requests whose chunks are still to store (the replicas tell of them while they
     /// step their engines; storing waits for the next pump).
     private var finishedQueue: [(InferenceRequest, String)] = []

@@ -16,3 +16,4 @@ public typealias MemoryHostAddress = Stratolab_V1_MemoryHostAddress
 public typealias TierFigure = Stratolab_V1_TierFigure
 public typealias KVCacheStats = Stratolab_V1_KVCacheStats
 public typealias GpuKVCache = Stratolab_V1_GpuKVCache
+public typealias WeightStreamStats = Stratolab_V1_WeightStreamStats

@@ -137,6 +137,9 @@ public nonisolated struct Stratolab_V1_StartReplica: Sendable {
   /// sequences the engine runs at once while KV blocks last (vLLM's max_num_seqs); 0: `batch`
   public var maxNumSeqs: UInt32 = 0
 
+  /// layers that do not fit the GPUs are streamed from a memory host's tier every step (feature "tiers")
+  public var offloadWeights: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -227,6 +230,9 @@ public nonisolated struct Stratolab_V1_ServiceSubmission: Sendable {
 
   /// each replica's engine runs up to this many sequences while KV blocks last; 0: the planned batch
   public var maxNumSeqs: UInt32 = 0
+
+  /// a model larger than its GPUs keeps the layers that do not fit in a memory tier (else it is refused)
+  public var offloadWeights: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -728,7 +734,7 @@ nonisolated extension Stratolab_V1_InferenceCommand: SwiftProtobuf.Message, Swif
 
 nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StartReplica"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{1}gpus\0\u{1}batch\0\u{3}time_scale\0\u{3}kv_bytes_scale\0\u{3}max_num_seqs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{1}gpus\0\u{1}batch\0\u{3}time_scale\0\u{3}kv_bytes_scale\0\u{3}max_num_seqs\0\u{3}offload_weights\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -745,6 +751,7 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.timeScale) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.kvBytesScale) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.maxNumSeqs) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.offloadWeights) }()
       default: break
       }
     }
@@ -778,6 +785,9 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
     if self.maxNumSeqs != 0 {
       try visitor.visitSingularUInt32Field(value: self.maxNumSeqs, fieldNumber: 9)
     }
+    if self.offloadWeights != false {
+      try visitor.visitSingularBoolField(value: self.offloadWeights, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -791,6 +801,7 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
     if lhs.timeScale != rhs.timeScale {return false}
     if lhs.kvBytesScale != rhs.kvBytesScale {return false}
     if lhs.maxNumSeqs != rhs.maxNumSeqs {return false}
+    if lhs.offloadWeights != rhs.offloadWeights {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -928,7 +939,7 @@ nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ServiceSubmission"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{3}gpus_per_replica\0\u{3}rate_curve\0\u{3}mean_prefill_tokens\0\u{3}mean_decode_tokens\0\u{3}slo_seconds\0\u{3}min_replicas\0\u{3}max_num_seqs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{3}gpus_per_replica\0\u{3}rate_curve\0\u{3}mean_prefill_tokens\0\u{3}mean_decode_tokens\0\u{3}slo_seconds\0\u{3}min_replicas\0\u{3}max_num_seqs\0\u{3}offload_weights\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -946,6 +957,7 @@ nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, Swi
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.sloSeconds) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.minReplicas) }()
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.maxNumSeqs) }()
+      case 11: try { try decoder.decodeSingularBoolField(value: &self.offloadWeights) }()
       default: break
       }
     }
@@ -982,6 +994,9 @@ nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, Swi
     if self.maxNumSeqs != 0 {
       try visitor.visitSingularUInt32Field(value: self.maxNumSeqs, fieldNumber: 10)
     }
+    if self.offloadWeights != false {
+      try visitor.visitSingularBoolField(value: self.offloadWeights, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -996,6 +1011,7 @@ nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, Swi
     if lhs.sloSeconds != rhs.sloSeconds {return false}
     if lhs.minReplicas != rhs.minReplicas {return false}
     if lhs.maxNumSeqs != rhs.maxNumSeqs {return false}
+    if lhs.offloadWeights != rhs.offloadWeights {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -458,9 +458,124 @@ public nonisolated struct Stratolab_V1_KVCacheStats: Sendable {
 
   public var kvBytesScale: Double = 0
 
+  /// Replicas here whose model does not fit their GPUs: the layers streamed from a memory host.
+  public var weights: [Stratolab_V1_WeightStreamStats] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+}
+
+/// One replica's offloaded weights (FlexGen-style): where they live and what streaming them costs.
+public nonisolated struct Stratolab_V1_WeightStreamStats: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var replicaID: String {
+    get {_storage._replicaID}
+    set {_uniqueStorage()._replicaID = newValue}
+  }
+
+  public var model: String {
+    get {_storage._model}
+    set {_uniqueStorage()._model = newValue}
+  }
+
+  /// The memory host and tier holding the offloaded layers ("" while none is).
+  public var host: String {
+    get {_storage._host}
+    set {_uniqueStorage()._host = newValue}
+  }
+
+  public var tier: String {
+    get {_storage._tier}
+    set {_uniqueStorage()._tier = newValue}
+  }
+
+  /// placing (shards being put), streaming, or stalled (no host: no step starts, requests wait).
+  public var state: String {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
+
+  public var residentLayers: UInt32 {
+    get {_storage._residentLayers}
+    set {_uniqueStorage()._residentLayers = newValue}
+  }
+
+  public var offloadedLayers: UInt32 {
+    get {_storage._offloadedLayers}
+    set {_uniqueStorage()._offloadedLayers = newValue}
+  }
+
+  /// Model bytes streamed to each GPU per step, and the modelled seconds that takes (the tier's
+  /// measured bandwidth and latency and the link): no step is shorter.
+  public var bytesPerStep: Double {
+    get {_storage._bytesPerStep}
+    set {_uniqueStorage()._bytesPerStep = newValue}
+  }
+
+  public var streamSeconds: Double {
+    get {_storage._streamSeconds}
+    set {_uniqueStorage()._streamSeconds = newValue}
+  }
+
+  /// Rounds of the layers' real bytes (at bytes_scale) fetched from the host, one per engine step
+  /// at most, every byte checked; their bytes and wall seconds in all.
+  public var rounds: UInt64 {
+    get {_storage._rounds}
+    set {_uniqueStorage()._rounds = newValue}
+  }
+
+  public var bytesStreamed: UInt64 {
+    get {_storage._bytesStreamed}
+    set {_uniqueStorage()._bytesStreamed = newValue}
+  }
+
+  public var roundSeconds: Double {
+    get {_storage._roundSeconds}
+    set {_uniqueStorage()._roundSeconds = newValue}
+  }
+
+  /// Shards put again (evicted from the tier, or a new host), and rounds or puts that failed.
+  public var reputs: UInt64 {
+    get {_storage._reputs}
+    set {_uniqueStorage()._reputs = newValue}
+  }
+
+  public var failures: UInt64 {
+    get {_storage._failures}
+    set {_uniqueStorage()._failures = newValue}
+  }
+
+  /// Trace seconds the engine started no step for want of its weights.
+  public var stalledSeconds: Double {
+    get {_storage._stalledSeconds}
+    set {_uniqueStorage()._stalledSeconds = newValue}
+  }
+
+  public var steps: UInt64 {
+    get {_storage._steps}
+    set {_uniqueStorage()._steps = newValue}
+  }
+
+  public var bytesScale: Double {
+    get {_storage._bytesScale}
+    set {_uniqueStorage()._bytesScale = newValue}
+  }
+
+  /// Why the policy chose the tier.
+  public var reason: String {
+    get {_storage._reason}
+    set {_uniqueStorage()._reason = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -1251,7 +1366,7 @@ nonisolated extension Stratolab_V1_TierFigure: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".KVCacheStats"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}lookups\0\u{1}hits\0\u{3}hit_tokens\0\u{3}prompt_tokens\0\u{3}loaded_bytes\0\u{3}load_seconds\0\u{3}stored_chunks\0\u{3}stored_bytes\0\u{1}fallbacks\0\u{1}decisions\0\u{3}loaded_by_tier\0\u{3}stored_by_tier\0\u{3}kv_bytes_scale\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}lookups\0\u{1}hits\0\u{3}hit_tokens\0\u{3}prompt_tokens\0\u{3}loaded_bytes\0\u{3}load_seconds\0\u{3}stored_chunks\0\u{3}stored_bytes\0\u{1}fallbacks\0\u{1}decisions\0\u{3}loaded_by_tier\0\u{3}stored_by_tier\0\u{3}kv_bytes_scale\0\u{1}weights\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1273,6 +1388,7 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
       case 12: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.loadedByTier) }()
       case 13: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.storedByTier) }()
       case 14: try { try decoder.decodeSingularDoubleField(value: &self.kvBytesScale) }()
+      case 15: try { try decoder.decodeRepeatedMessageField(value: &self.weights) }()
       default: break
       }
     }
@@ -1321,6 +1437,9 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
     if self.kvBytesScale.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.kvBytesScale, fieldNumber: 14)
     }
+    if !self.weights.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.weights, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1339,6 +1458,192 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
     if lhs.loadedByTier != rhs.loadedByTier {return false}
     if lhs.storedByTier != rhs.storedByTier {return false}
     if lhs.kvBytesScale != rhs.kvBytesScale {return false}
+    if lhs.weights != rhs.weights {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_WeightStreamStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WeightStreamStats"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{1}model\0\u{1}host\0\u{1}tier\0\u{1}state\0\u{3}resident_layers\0\u{3}offloaded_layers\0\u{3}bytes_per_step\0\u{3}stream_seconds\0\u{1}rounds\0\u{3}bytes_streamed\0\u{3}round_seconds\0\u{1}reputs\0\u{1}failures\0\u{3}stalled_seconds\0\u{1}steps\0\u{3}bytes_scale\0\u{1}reason\0")
+
+  fileprivate class _StorageClass {
+    var _replicaID: String = String()
+    var _model: String = String()
+    var _host: String = String()
+    var _tier: String = String()
+    var _state: String = String()
+    var _residentLayers: UInt32 = 0
+    var _offloadedLayers: UInt32 = 0
+    var _bytesPerStep: Double = 0
+    var _streamSeconds: Double = 0
+    var _rounds: UInt64 = 0
+    var _bytesStreamed: UInt64 = 0
+    var _roundSeconds: Double = 0
+    var _reputs: UInt64 = 0
+    var _failures: UInt64 = 0
+    var _stalledSeconds: Double = 0
+    var _steps: UInt64 = 0
+    var _bytesScale: Double = 0
+    var _reason: String = String()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _replicaID = source._replicaID
+      _model = source._model
+      _host = source._host
+      _tier = source._tier
+      _state = source._state
+      _residentLayers = source._residentLayers
+      _offloadedLayers = source._offloadedLayers
+      _bytesPerStep = source._bytesPerStep
+      _streamSeconds = source._streamSeconds
+      _rounds = source._rounds
+      _bytesStreamed = source._bytesStreamed
+      _roundSeconds = source._roundSeconds
+      _reputs = source._reputs
+      _failures = source._failures
+      _stalledSeconds = source._stalledSeconds
+      _steps = source._steps
+      _bytesScale = source._bytesScale
+      _reason = source._reason
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._replicaID) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._model) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._host) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._tier) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._state) }()
+        case 6: try { try decoder.decodeSingularUInt32Field(value: &_storage._residentLayers) }()
+        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._offloadedLayers) }()
+        case 8: try { try decoder.decodeSingularDoubleField(value: &_storage._bytesPerStep) }()
+        case 9: try { try decoder.decodeSingularDoubleField(value: &_storage._streamSeconds) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._rounds) }()
+        case 11: try { try decoder.decodeSingularUInt64Field(value: &_storage._bytesStreamed) }()
+        case 12: try { try decoder.decodeSingularDoubleField(value: &_storage._roundSeconds) }()
+        case 13: try { try decoder.decodeSingularUInt64Field(value: &_storage._reputs) }()
+        case 14: try { try decoder.decodeSingularUInt64Field(value: &_storage._failures) }()
+        case 15: try { try decoder.decodeSingularDoubleField(value: &_storage._stalledSeconds) }()
+        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._steps) }()
+        case 17: try { try decoder.decodeSingularDoubleField(value: &_storage._bytesScale) }()
+        case 18: try { try decoder.decodeSingularStringField(value: &_storage._reason) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._replicaID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._replicaID, fieldNumber: 1)
+      }
+      if !_storage._model.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._model, fieldNumber: 2)
+      }
+      if !_storage._host.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._host, fieldNumber: 3)
+      }
+      if !_storage._tier.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._tier, fieldNumber: 4)
+      }
+      if !_storage._state.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._state, fieldNumber: 5)
+      }
+      if _storage._residentLayers != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._residentLayers, fieldNumber: 6)
+      }
+      if _storage._offloadedLayers != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._offloadedLayers, fieldNumber: 7)
+      }
+      if _storage._bytesPerStep.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._bytesPerStep, fieldNumber: 8)
+      }
+      if _storage._streamSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._streamSeconds, fieldNumber: 9)
+      }
+      if _storage._rounds != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._rounds, fieldNumber: 10)
+      }
+      if _storage._bytesStreamed != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._bytesStreamed, fieldNumber: 11)
+      }
+      if _storage._roundSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._roundSeconds, fieldNumber: 12)
+      }
+      if _storage._reputs != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._reputs, fieldNumber: 13)
+      }
+      if _storage._failures != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._failures, fieldNumber: 14)
+      }
+      if _storage._stalledSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._stalledSeconds, fieldNumber: 15)
+      }
+      if _storage._steps != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._steps, fieldNumber: 16)
+      }
+      if _storage._bytesScale.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._bytesScale, fieldNumber: 17)
+      }
+      if !_storage._reason.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._reason, fieldNumber: 18)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_WeightStreamStats, rhs: Stratolab_V1_WeightStreamStats) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._replicaID != rhs_storage._replicaID {return false}
+        if _storage._model != rhs_storage._model {return false}
+        if _storage._host != rhs_storage._host {return false}
+        if _storage._tier != rhs_storage._tier {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._residentLayers != rhs_storage._residentLayers {return false}
+        if _storage._offloadedLayers != rhs_storage._offloadedLayers {return false}
+        if _storage._bytesPerStep != rhs_storage._bytesPerStep {return false}
+        if _storage._streamSeconds != rhs_storage._streamSeconds {return false}
+        if _storage._rounds != rhs_storage._rounds {return false}
+        if _storage._bytesStreamed != rhs_storage._bytesStreamed {return false}
+        if _storage._roundSeconds != rhs_storage._roundSeconds {return false}
+        if _storage._reputs != rhs_storage._reputs {return false}
+        if _storage._failures != rhs_storage._failures {return false}
+        if _storage._stalledSeconds != rhs_storage._stalledSeconds {return false}
+        if _storage._steps != rhs_storage._steps {return false}
+        if _storage._bytesScale != rhs_storage._bytesScale {return false}
+        if _storage._reason != rhs_storage._reason {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

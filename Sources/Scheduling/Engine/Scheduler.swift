@@ -38,9 +38,25 @@ public struct Scheduler: Sendable {
         for s in services.sorted(by: { $0.id < $1.id }) { addService(s) }
     }
 
+    /// What a replica of `s` is planned on: its profile, with its offloaded layers streamed at
+    /// `weightLinkBytesPerSecond` when the service offloads weights and they do not fit.
+    public func plannedModel(_ s: ServiceSpec) -> InferenceModel? {
+        guard let model = InferenceModel(kb: kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpusPerReplica) else { return nil }
+        guard s.offloadWeights, let plan = WeightOffloadPlan.plan(arch: model.arch, gpu: model.gpu, tensorParallel: s.gpusPerReplica) else { return model }
+        let link = TierFigures(kind: "link", bandwidthBytesPerSecond: weightLinkBytesPerSecond, latencySeconds: 0)
+        return model.offloadingWeights(plan, streamSeconds: plan.streamSeconds(tier: link, linkBytesPerSecond: weightLinkBytesPerSecond, linkLatencySeconds: 0))
+    }
+    /// For planning only (capacity, batch): the bandwidth offloaded weights are assumed to stream
+    /// at, the GPU nodes' link to the memory hosts; agents stream at the tier's measured figures.
+    public var weightLinkBytesPerSecond = 12.5e9
+
     public mutating func addService(_ s: ServiceSpec) {
-        guard let model = InferenceModel(kb: kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpusPerReplica) else {
+        guard let model = plannedModel(s) else {
             skippedServices.append(SkippedService(id: s.id, reason: "no inference profile for \(s.model) on \(s.gpusPerReplica)x\(s.gpuModel)"))
+            return
+        }
+        if model.gpuWeightBytes > model.gpu.memoryGiB * 1_073_741_824 * 0.9 {
+            skippedServices.append(SkippedService(id: s.id, reason: "\(s.model) (\(Int(model.arch.weightBytes / 1e9)) GB of weights) does not fit \(s.gpusPerReplica)x\(s.gpuModel); offload its weights to a memory tier (`weights: offload`) or use more GPUs"))
             return
         }
         guard let op = model.operatingPoint(prefill: s.meanPrefillTokens, decode: s.meanDecodeTokens, slo: s.sloSeconds) else {

@@ -71,6 +71,24 @@ public struct InferenceModel: Sendable {
     public let gpu: GPUModel
     public let tensorParallel: Int
     let points: [(Double, Double)]   // (tokens, seconds)
+    /// Layers kept off the GPU and streamed every step (nil: the whole model is on the GPU).
+    public private(set) var weightOffload: WeightOffloadPlan?
+    /// Seconds to stream the offloaded layers once: no step is shorter.
+    public private(set) var weightStreamSeconds = 0.0
+
+    /// This model with its layers beyond `plan.residentLayers` streamed in `streamSeconds` a step.
+    public func offloadingWeights(_ plan: WeightOffloadPlan, streamSeconds: Double) -> InferenceModel {
+        var m = self
+        m.weightOffload = plan
+        m.weightStreamSeconds = max(0, streamSeconds)
+        return m
+    }
+
+    /// Weight bytes each GPU holds.
+    public var gpuWeightBytes: Double { weightOffload?.residentWeightBytes ?? arch.weightBytes / Double(tensorParallel) }
+
+    /// A step's seconds from its compute: streamed weights overlap the compute, and bound it below.
+    public func step(compute: Double) -> Double { max(compute, weightStreamSeconds) }
 
     public init?(kb: KnowledgeBase, model: String, gpuModel: String, tensorParallel: Int) {
         guard let arch = ModelCatalog.model(named: model), let gpu = GPUCatalog.model(named: gpuModel) else { return nil }
@@ -106,8 +124,8 @@ public struct InferenceModel: Sendable {
     /// iteration, and one decode iteration over the batch.
     public func requestSeconds(prefill: Double, decode: Double, batch: Int) -> (prefill: Double, decodeIteration: Double) {
         let context = prefill + decode / 2
-        let decodeIter = iteration(tokens: Double(batch)) + attention(kvTokens: Double(batch) * context)
-        let prefillTime = iteration(tokens: prefill) + attention(kvTokens: prefill / 2)
+        let decodeIter = step(compute: iteration(tokens: Double(batch)) + attention(kvTokens: Double(batch) * context))
+        let prefillTime = step(compute: iteration(tokens: prefill) + attention(kvTokens: prefill / 2))
         return (prefillTime, decodeIter)
     }
 
@@ -122,7 +140,7 @@ public struct InferenceModel: Sendable {
 
     /// The best operating point for requests of `prefill` + `decode` tokens under `slo` seconds.
     public func operatingPoint(prefill: Double, decode: Double, slo: Double) -> Operating? {
-        let free = gpu.memoryGiB * 1_073_741_824 * Double(tensorParallel) * 0.9 - arch.weightBytes
+        let free = (gpu.memoryGiB * 1_073_741_824 * 0.9 - gpuWeightBytes) * Double(tensorParallel)
         guard free > 0 else { return nil }
         let maxBatch = max(1, Int(free / (arch.kvBytesPerToken * (prefill + decode))))
         var best: Operating? = nil

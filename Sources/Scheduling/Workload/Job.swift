@@ -42,6 +42,9 @@ public struct ServiceSpec: Sendable, Codable, Equatable {
     /// Sequences a replica's engine runs at once while its KV blocks last, as vLLM's
     /// `max_num_seqs` (0: the planned batch, so the engine never holds more than it was planned for).
     public var maxNumSeqs = 0
+    /// Layers that do not fit the GPUs are kept in a memory host's tier and streamed every step
+    /// (`WeightOffloadPlan`); off: a model larger than its GPUs is refused.
+    public var offloadWeights = false
     /// What each replica's engine may run at once.
     public func engineSlots(batch: Int) -> Int { max(batch, maxNumSeqs) }
 
@@ -53,7 +56,7 @@ public struct ServiceSpec: Sendable, Codable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, model, gpuModel, gpusPerReplica, rateCurve, meanPrefillTokens, meanDecodeTokens, sloSeconds, minReplicas, requestMix, maxNumSeqs
+        case id, model, gpuModel, gpusPerReplica, rateCurve, meanPrefillTokens, meanDecodeTokens, sloSeconds, minReplicas, requestMix, maxNumSeqs, offloadWeights
     }
 
     /// Fields added later decode as their defaults when a stored spec lacks them.
@@ -66,6 +69,7 @@ public struct ServiceSpec: Sendable, Codable, Equatable {
         sloSeconds = try c.decode(Double.self, forKey: .sloSeconds); minReplicas = try c.decode(Int.self, forKey: .minReplicas)
         requestMix = try c.decodeIfPresent([TokenCount].self, forKey: .requestMix) ?? []
         maxNumSeqs = try c.decodeIfPresent(Int.self, forKey: .maxNumSeqs) ?? 0
+        offloadWeights = try c.decodeIfPresent(Bool.self, forKey: .offloadWeights) ?? false
     }
 
     public func rate(at t: Double) -> Double {

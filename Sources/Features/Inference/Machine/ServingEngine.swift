@@ -96,10 +96,40 @@ public struct ServingEngine: Sendable {
         self.model = model
         self.config = config
         let blockBytes = model.arch.kvBytesPerToken * Double(config.blockTokens) / Double(model.tensorParallel)
-        let free = model.gpu.memoryGiB * 1_073_741_824 * 0.9 - model.arch.weightBytes / Double(model.tensorParallel)
+        let free = model.gpu.memoryGiB * 1_073_741_824 * 0.9 - model.gpuWeightBytes
         self.gpuBlocks = max(1, config.gpuBlocks ?? Int(max(0, free) / blockBytes))
         self.freeBlocks = gpuBlocks
         self.freeSwapBlocks = config.swapBlocks
+        self.weightStreamSeconds = model.weightStreamSeconds
+    }
+
+    // MARK: streamed weights
+
+    /// Seconds to stream the offloaded layers once (0: all weights on the GPU): a step takes at
+    /// least this long. Changes when the weights move to another tier or host.
+    public var weightStreamSeconds: Double
+    /// While true no step starts (the offloaded weights are not where they can be streamed from:
+    /// being placed, or their host died); requests wait, none is lost.
+    public private(set) var stalled = false
+    public private(set) var stalledSeconds = 0.0
+    private var stalledSince: Double?
+
+    /// Stops starting steps from `t` (the step in flight ends).
+    public mutating func stall(at t: Double) {
+        guard !stalled else { return }
+        advance(to: t)
+        stalled = true
+        stalledSince = max(t, time)
+    }
+
+    /// Steps start again at `t` with weights streamed in `streamSeconds` a step.
+    public mutating func unstall(at t: Double, streamSeconds: Double) {
+        weightStreamSeconds = max(0, streamSeconds)
+        guard stalled else { return }
+        stalled = false
+        if let since = stalledSince { stalledSeconds += max(0, t - since) }
+        stalledSince = nil
+        time = max(time, t)
     }
 
     // MARK: requests
@@ -160,7 +190,7 @@ public struct ServingEngine: Sendable {
     public var backlog: Int { waiting.count + swapped.count }
     public var usedBlocks: Int { gpuBlocks - freeBlocks }
     /// When the next step starts, or nil when there is nothing to run.
-    public var nextStepAt: Double? { isIdle ? nil : max(time, waiting.first?.ready ?? time) }
+    public var nextStepAt: Double? { isIdle || stalled ? nil : max(time, waiting.first?.ready ?? time) }
     /// KV blocks each request holds (running and swapped), for the replica's block pool.
     public var blockCounts: [String: Int] {
         var out: [String: Int] = [:]
@@ -310,7 +340,7 @@ public struct ServingEngine: Sendable {
     /// Runs every step that starts at or before `t` (before it, when `before`: a request arriving
     /// at `t` joins a step that starts at `t`).
     public mutating func advance(to t: Double, before: Bool = false) {
-        while !isIdle {
+        while !isIdle && !stalled {
             let start = running.isEmpty && swapped.isEmpty ? max(time, waiting[0].ready) : time
             guard before ? start < t : start <= t else { return }
             step(at: start)
@@ -393,7 +423,7 @@ public struct ServingEngine: Sendable {
             time = waiting.map(\.ready).filter { $0 > start }.min() ?? start + 0.001
             return
         }
-        let end = start + model.iteration(tokens: Double(tokens)) + model.attention(kvTokens: kvRead)
+        let end = start + max(model.iteration(tokens: Double(tokens)) + model.attention(kvTokens: kvRead), weightStreamSeconds)
         steps += 1
         var finished = false
         for (k, n) in work {
