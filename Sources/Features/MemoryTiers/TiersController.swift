@@ -187,6 +187,18 @@ public enum TiersTable {
                 s += st.decisions.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + "\n"
             }
         }
+        let weights = reply.gpus.flatMap { g in g.stats.weights.map { (g.node, $0) } }
+        if !weights.isEmpty {
+            s += "\n" + pad("WEIGHTS OF", 24) + pad("NODE", 10) + pad("STATE", 10) + pad("HOST", 10) + pad("TIER", 6) + pad("LAYERS", 8) + pad("GB/STEP", 9)
+            s += pad("STREAM s", 10) + pad("STEPS", 8) + pad("ROUNDS", 8) + pad("MiB MOVED", 10) + pad("REPUT", 6) + "STALLED s\n"
+            for (node, w) in weights {
+                s += pad(w.replicaID, 24) + pad(node, 10) + pad(w.state, 10) + pad(w.host.isEmpty ? "-" : w.host, 10) + pad(w.tier.isEmpty ? "-" : w.tier, 6)
+                s += pad("\(w.offloadedLayers)/\(w.residentLayers + w.offloadedLayers)", 8) + pad(String(format: "%.1f", w.bytesPerStep / 1e9), 9)
+                s += pad(String(format: "%.3f", w.streamSeconds), 10) + pad("\(w.steps)", 8) + pad("\(w.rounds)", 8) + pad(mib(w.bytesStreamed), 10)
+                s += pad("\(w.reputs)", 6) + String(format: "%.1f", w.stalledSeconds) + "\n"
+            }
+            s += "  weights: layers streamed every step (modelled from the tier's figures; real bytes at the scale \(String(format: "1/%.0f", 1 / max(1e-12, weights[0].1.bytesScale)))), emulated\n"
+        }
         s += "offload policy \(reply.policy.isEmpty ? "-" : reply.policy)\n"
         s += reply.notes.joined(separator: "\n")
         return s
