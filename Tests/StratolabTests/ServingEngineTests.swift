@@ -112,6 +112,45 @@ struct ServingEngineTests {
         #expect(e.add(id: "huge", prompt: 200, decode: 1, at: 20_000)?.contains("needs 13 KV blocks") == true, "a request that can never fit is refused")
     }
 
+    @Test("swap to a memory host: the preempted request's KV leaves, comes back when asked for, and it goes on without recompute; lost KV is recomputed")
+    func remoteSwap() throws {
+        var e = engine(blocks: 10)
+        e.remoteSwap = { _, _ in true }
+        _ = e.add(id: "old", prompt: 64, decode: 60, at: 0)
+        _ = e.add(id: "new", prompt: 64, decode: 60, at: 0.001)
+        e.advance(to: 1000)
+        // "new" was preempted when blocks ran out: its KV (5 blocks) goes out to a memory host.
+        let outs = e.takeSwapOuts()
+        #expect(outs.count == 1 && outs[0].id == "new" && outs[0].blocks == 5 && outs[0].tokens >= 64 && e.remoteSwaps == 1)
+        #expect(e.place(of: "new") == .swapped)
+        let old = try #require(e.takeFinished(by: 1000).first)
+        #expect(old.id == "old")
+        // With "old" gone there is room: "new"'s blocks are reserved and its KV asked for; nothing
+        // runs until it is back.
+        let ins = e.takeSwapIns()
+        #expect(ins.map(\.id) == ["new"] && ins[0].blocks == 5 && e.usedBlocks == 5)
+        #expect(e.waitingForSwapIn && e.nextStepAt == nil && e.takeFinished(by: 2000).isEmpty)
+        let steps = e.steps
+        e.swapInDone("new", readyAt: 2000)
+        let new = try #require(e.takeFinished(by: 5000).first)
+        // It goes on decoding: one step per token left, no prefill again.
+        #expect(new.preemptions == 1 && e.steps - steps == 123 - outs[0].tokens)   // it had 64 + (generated − 1) tokens of KV
+        #expect(new.maxTBT >= 2000 - outs[0].at - 1)
+        #expect(e.usedBlocks == 0 && e.isIdle)
+
+        // KV that cannot come back: the request is prefilled again.
+        var f = engine(blocks: 10)
+        f.remoteSwap = { _, _ in true }
+        _ = f.add(id: "old", prompt: 64, decode: 60, at: 0)
+        _ = f.add(id: "new", prompt: 64, decode: 60, at: 0.001)
+        _ = f.takeFinished(by: 1000)
+        _ = f.takeSwapOuts()
+        #expect(f.takeSwapIns().count == 1)
+        f.swapInFailed("new")
+        #expect(f.place(of: "new") == .waiting && f.usedBlocks == 0)
+        #expect(f.takeFinished(by: 5000).first?.id == "new" && f.isIdle)
+    }
+
     @Test("a removed request frees its blocks wherever it is")
     func remove() {
         var e = engine()

@@ -194,6 +194,12 @@ public struct OffloadAccounting: Codable, Equatable {
         public var roundSeconds = 0.0, stalledSeconds = 0.0, bytesScale = 0.0
     }
     public var weights: [WeightStream]?
+    /// KV of preempted requests swapped to memory hosts and back (nil in runs from before).
+    public struct Swaps: Codable, Equatable {
+        public var outs = 0, ins = 0, fallbacks = 0, declined = 0, bytesOut = 0, bytesIn = 0
+        public var seconds = 0.0
+    }
+    public var swaps: Swaps?
     public init() {}
     public init(_ reply: TiersApiReply?) {
         guard let reply else { return }
@@ -206,6 +212,12 @@ public struct OffloadAccounting: Codable, Equatable {
             for (k, v) in st.loadedByTier { loadedByTier[k, default: 0] += Int(v) }
             for (k, v) in st.storedByTier { storedByTier[k, default: 0] += Int(v) }
             for (k, v) in st.decisions { decisions[k, default: 0] += Int(v) }
+            if st.swapOuts + st.swapFallbacks + st.swapDeclined > 0 {
+                var w = swaps ?? Swaps()
+                w.outs += Int(st.swapOuts); w.ins += Int(st.swapIns); w.fallbacks += Int(st.swapFallbacks); w.declined += Int(st.swapDeclined)
+                w.bytesOut += Int(st.swapBytesOut); w.bytesIn += Int(st.swapBytesIn); w.seconds += st.swapSeconds
+                swaps = w
+            }
             for w in st.weights {
                 weights = (weights ?? []) + [WeightStream(node: g.node, replica: w.replicaID, model: w.model, host: w.host, tier: w.tier, state: w.state, reason: w.reason,
                                                           residentLayers: Int(w.residentLayers), offloadedLayers: Int(w.offloadedLayers),
@@ -395,6 +407,11 @@ public struct ExperimentSummary: Codable {
                            + " · \(o.fallbacks) fell back to prefill · "
                            + o.decisions.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
                 for h in o.hostTiers { out.append("    \(h)") }
+            }
+            if let w = s.offload.swaps {
+                out.append("run \(i + 1) KV swap to memory hosts: \(w.outs) preempted requests swapped out, \(w.ins) back in"
+                           + String(format: " (%.1f MiB out, %.1f MiB in at kv_bytes_scale, %.2f s modelled)", Double(w.bytesOut) / 1_048_576, Double(w.bytesIn) / 1_048_576, w.seconds)
+                           + ", \(w.fallbacks) recomputed after losing their KV, \(w.declined) recomputed by the policy's choice")
             }
             for w in s.offload.weights ?? [] {
                 out.append("run \(i + 1) weights of \(w.replica) on \(w.node) (\(w.model)): \(w.offloadedLayers) of \(w.residentLayers + w.offloadedLayers) layers streamed from "

@@ -40,6 +40,11 @@ enum OffloadSection {
         if !o.decisions.isEmpty {
             out += "<p>Policy decisions: " + esc(o.decisions.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")) + "</p>"
         }
+        if let w = o.swaps {
+            out += "<p>KV swap to memory hosts (preemption): \(w.outs) requests swapped out, \(w.ins) swapped back in without recompute"
+                + " (\(mib(w.bytesOut)) MiB out, \(mib(w.bytesIn)) MiB in at kv_bytes_scale;" + String(format: " %.2f s of modelled transfer)", w.seconds)
+                + ", \(w.fallbacks) recomputed after their KV was lost, \(w.declined) recomputed because the policy judged it faster.</p>"
+        }
         if !o.hostTiers.isEmpty { out += "<ul>" + o.hostTiers.map { "<li>\(esc($0))</li>" }.joined() + "</ul>" }
         return out
     }

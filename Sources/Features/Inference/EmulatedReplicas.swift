@@ -28,8 +28,21 @@ public final class EmulatedReplicas {
         /// again (a coordinator restart re-sends unfinished requests) is not served twice.
         var movedAway: Set<String> = []
         var clock: TraceClock { TraceClock(zeroWall: startedWall, timeScale: start.timeScale) }
-        /// The pool follows the engine's blocks and what is held besides.
-        func syncPool() {
+        /// KV swapped to or asked back from a memory host, for the swap target (`takeSwapWork`).
+        var swapOuts: [SwapOut] = []
+        var swapIns: [SwapIn] = []
+        /// The pool follows the engine's blocks and what is held besides. A request swapped out to
+        /// a memory host leaves it: its blocks' bytes are read out first, to be sent.
+        mutating func syncPool() {
+            for e in engine.takeSwapOuts() {
+                var blocks: [[UInt8]] = []
+                for b in 0..<e.blocks {
+                    if let pool, (try? pool.read(e.id, blocks: b..<(b + 1), offset: 0, length: pool.blockBytes, into: { blocks.append(Array($0)) })) != nil { continue }
+                    blocks.append(KVBlockPool.contents(request: e.id, block: b, bytes: pool?.blockBytes ?? 8))
+                }
+                swapOuts.append(SwapOut(replica: start.replicaID, id: e.id, tokens: e.tokens, blocks: blocks, at: e.at))
+            }
+            for e in engine.takeSwapIns() { swapIns.append(SwapIn(replica: start.replicaID, id: e.id, blocks: e.blocks, tokens: e.tokens, at: e.at)) }
             guard let pool else { return }
             pool.sync(held.isEmpty ? engine.blockCounts : engine.blockCounts.merging(held) { max($0, $1) })
         }
@@ -44,9 +57,22 @@ public final class EmulatedReplicas {
     private var doneOrder: [String] = []
     /// Results per heartbeat, at most: a backlog goes out over several heartbeats.
     public var maxResultsPerReport = 4000
+    /// KV blocks each replica's engine has, instead of what the GPU's memory leaves after the
+    /// weights (nil): a small cache, for tests that need preemptions.
+    public var kvBlocksOverride: Int?
     /// Bytes of KV blocks each replica allocates when it starts (its whole cache when that fits).
     public var preallocateBytes = 64 << 20
 
+    /// Whether a preempted request (model, its blocks, its computed tokens) swaps its KV out to a
+    /// memory host instead of being recomputed (nil: always recomputed). The swap target moves
+    /// the bytes (`takeSwapWork`).
+    public var remoteSwap: (@Sendable (InferenceModel, Int, Int) -> Bool)? {
+        didSet { for id in replicas.keys { applyRemoteSwap(id) } }
+    }
+    func applyRemoteSwap(_ id: String) {
+        guard let model = replicas[id]?.engine.model else { return }
+        replicas[id]!.engine.remoteSwap = remoteSwap.map { f in { @Sendable b, t in f(model, b, t) } }
+    }
     /// Memory tiers for offloaded weights (nil: a model larger than its GPUs is refused).
     public weak var weightSource: WeightSource?
     /// Memory tiers for KV prefixes (nil: every prompt is prefilled here).
@@ -86,6 +112,7 @@ public final class EmulatedReplicas {
         }
         var config = ServingEngine.Config(maxRunning: max(Int(s.batch), Int(s.maxNumSeqs)))
         config.preemption = preemption
+        config.gpuBlocks = kvBlocksOverride
         let pool = s.kvBytesScale > 0 ? KVBlockPool(fullBlockBytes: model.arch.kvBytesPerToken * Double(config.blockTokens) / Double(model.tensorParallel),
                                                     kvBytesScale: s.kvBytesScale) : nil
         var engine = ServingEngine(model: model, config: config)
@@ -95,6 +122,7 @@ public final class EmulatedReplicas {
         // `preallocateBytes`; beyond, blocks are allocated as they are needed).
         if let pool { pool.preallocate(min(engine.gpuBlocks, preallocateBytes / pool.blockBytes)) }
         replicas[s.replicaID] = Replica(start: s, startedWall: wallNanos, engine: engine, gpus: Set(s.gpus), pool: pool)
+        applyRemoteSwap(s.replicaID)
         if let plan { weightSource?.replicaStarted(s.replicaID, model: model, plan: plan, bytesScale: s.kvBytesScale) }
         tracer.instant("start replica \(s.replicaID)", category: "service", track: "replicas",
                               args: ["replica": s.replicaID, "service": s.serviceID, "gpus": s.gpus.map(String.init).joined(separator: ","),

@@ -20,13 +20,16 @@ import Wire
 /// The coordinator sends the policy and the memory hosts (`TierConfig`) whenever they change.
 public final class KVTierCache: FeatureHandler, KVPrefixCache {
     public var feature: String { TierStoreHandler.feature }
-    private let replicas: EmulatedReplicas
-    private let client: TierClient
+    let replicas: EmulatedReplicas
+    let client: TierClient
     private var clock: Clock = SystemClock.shared
-    private var logger = Logger(label: "strato.tiers.gpu")
-    public private(set) var config = TierConfig()
-    private var policy: OffloadPolicy = NoOffload()
-    public private(set) var stats = KVCacheStats()
+    var logger = Logger(label: "strato.tiers.gpu")
+    public internal(set) var config = TierConfig()
+    var policy: OffloadPolicy = NoOffload()
+    public internal(set) var stats = KVCacheStats()
+    /// Preempted requests' KV on a memory host, by request.
+    var swaps: [String: SwapRecord] = [:]
+    var swapSerial = 0
     /// Chunks this agent stored (or saw held), so it does not send them again; bounded.
     private var stored = Set<String>()
     private var storedOrder: [String] = []
@@ -67,6 +70,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
             policy = p
             stats.policy = p.name
             weights.configure(cfg, policy: p)
+            configureSwap()
             return FeatureOutcome(ok: true, detail: "offload policy \(p.name), \(cfg.hosts.count) memory hosts")
         case nil:
             return .refused("a TierCommand with no action")
@@ -75,9 +79,11 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
 
     public func reports(wallNanos: Int64) -> [FeatureReport] {
         let now = clock.monotonicNanos()
-        guard stats.lookups > 0 || stats.storedChunks > 0 || !weights.streams.isEmpty, now - statsSentAt >= 1_000_000_000 else { return [] }
+        guard stats.lookups > 0 || stats.storedChunks > 0 || !weights.streams.isEmpty || stats.swapOuts > 0 || stats.swapFallbacks > 0, now - statsSentAt >= 1_000_000_000 else { return [] }
         statsSentAt = now
         stats.weights = weights.report(wallNanos: wallNanos)
+        let (preempted, swapped) = replicas.preemptionCounts
+        if replicas.remoteSwap != nil { stats.swapDeclined = UInt64(max(0, preempted - swapped)) }
         return [report(key: "kv", stats)]
     }
 
@@ -88,11 +94,14 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         finishedQueue.removeAll()
         for (q, replica) in done { store(q, replica: replica) }
         weights.pump(wallNanos: wallNanos)
+        pumpSwaps(wallNanos: wallNanos)
     }
     public var nextPumpDue: Int64? {
         if !finishedQueue.isEmpty { return clock.monotonicNanos() }
         // Streamed weights: a round follows each engine step.
         if !weights.streams.isEmpty { return min(client.nextExpiry ?? .max, clock.monotonicNanos() + 5_000_000) }
+        // Swaps: preemptions and room coming back are noticed within 10 ms.
+        if replicas.remoteSwap != nil || !swaps.isEmpty { return min(client.nextExpiry ?? .max, clock.monotonicNanos() + 10_000_000) }
         return client.nextExpiry
     }
     /// Prefilled requests whose chunks are still to store (the replicas tell of them while they
@@ -151,7 +160,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         }
     }
 
-    private func traceNow(_ replica: String) -> Double? { replicas.clock(of: replica)?.trace(wall: clock.wallNanos()) }
+    func traceNow(_ replica: String) -> Double? { replicas.clock(of: replica)?.trace(wall: clock.wallNanos()) }
 
     /// Admits the request with what was loaded (0: prefilled as usual).
     private func admit(_ q: InferenceRequest, replica: String, cached: Int, readyAt: Double?, arrival: Double) {

@@ -80,7 +80,7 @@ public final class TierClient: DataPlaneReceiver {
     /// index, offset within the block, bytes valid during the call; a GPU agent writes them into
     /// its KV blocks) and `Fetched.data` stays empty.
     @discardableResult
-    public func get(_ keys: [String], from host: PeerAddress, prefixOnly: Bool = false, existsOnly: Bool = false, promote: Bool = true,
+    public func get(_ keys: [String], from host: PeerAddress, prefixOnly: Bool = false, existsOnly: Bool = false, promote: Bool = true, take: Bool = false,
                     into sink: ((Int, Int, UnsafeRawBufferPointer) -> Void)? = nil,
                     done: @escaping (Result<Fetched, ClientError>) -> Void) throws -> String {
         var g = TierGetRequest()
@@ -89,6 +89,7 @@ public final class TierClient: DataPlaneReceiver {
         g.prefixOnly = prefixOnly
         g.existsOnly = existsOnly
         g.noPromote = !promote
+        g.take = take
         g.replyEndpoint = plane.endpoint
         g.replyPublicKey = plane.publicKey ?? ""
         let id = g.requestID

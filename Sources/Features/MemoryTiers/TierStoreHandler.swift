@@ -204,12 +204,14 @@ public final class TierStoreHandler: FeatureHandler, DataPlaneReceiver {
                 if let t = store.tier(of: k), let n = store.size(of: k) {
                     var m = TierBlockMeta(); m.key = k; m.bytes = UInt64(n); m.tier = t.rawValue
                     header.blocks.append(m)
+                    if g.take { store.delete(k) }
                     continue
                 }
-            } else if let (bytes, t) = try? store.get(k, promote: !g.noPromote) {
+            } else if let (bytes, t) = try? store.get(k, promote: !g.noPromote && !g.take) {
                 var m = TierBlockMeta(); m.key = k; m.bytes = UInt64(bytes.count); m.tier = t.rawValue
                 header.blocks.append(m)
                 blocks.append(bytes)
+                if g.take { store.delete(k) }
                 continue
             }
             header.missing.append(k)

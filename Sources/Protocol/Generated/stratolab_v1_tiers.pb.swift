@@ -77,6 +77,10 @@ public nonisolated struct Stratolab_V1_TierGetRequest: Sendable {
   /// Only say which keys are held, with their tiers; send no bytes.
   public var existsOnly: Bool = false
 
+  /// Delete each block found once it is read (a KV swap-in takes its blocks back); with
+  /// exists_only, delete without reading.
+  public var take: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -420,50 +424,136 @@ public nonisolated struct Stratolab_V1_TierFigure: Sendable {
 }
 
 /// A GPU agent's KV offload and prefix reuse so far (feature "tiers", key "kv"), about once a second.
-public nonisolated struct Stratolab_V1_KVCacheStats: Sendable {
+public nonisolated struct Stratolab_V1_KVCacheStats: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var policy: String = String()
+  public var policy: String {
+    get {_storage._policy}
+    set {_uniqueStorage()._policy = newValue}
+  }
 
   /// Requests with prefix keys, and those that found a cached prefix (and loaded it).
-  public var lookups: UInt64 = 0
+  public var lookups: UInt64 {
+    get {_storage._lookups}
+    set {_uniqueStorage()._lookups = newValue}
+  }
 
-  public var hits: UInt64 = 0
+  public var hits: UInt64 {
+    get {_storage._hits}
+    set {_uniqueStorage()._hits = newValue}
+  }
 
-  public var hitTokens: UInt64 = 0
+  public var hitTokens: UInt64 {
+    get {_storage._hitTokens}
+    set {_uniqueStorage()._hitTokens = newValue}
+  }
 
-  public var promptTokens: UInt64 = 0
+  public var promptTokens: UInt64 {
+    get {_storage._promptTokens}
+    set {_uniqueStorage()._promptTokens = newValue}
+  }
 
-  public var loadedBytes: UInt64 = 0
+  public var loadedBytes: UInt64 {
+    get {_storage._loadedBytes}
+    set {_uniqueStorage()._loadedBytes = newValue}
+  }
 
   /// Modelled seconds of the loads (real bytes / tier and link bandwidth + latency).
-  public var loadSeconds: Double = 0
+  public var loadSeconds: Double {
+    get {_storage._loadSeconds}
+    set {_uniqueStorage()._loadSeconds = newValue}
+  }
 
-  public var storedChunks: UInt64 = 0
+  public var storedChunks: UInt64 {
+    get {_storage._storedChunks}
+    set {_uniqueStorage()._storedChunks = newValue}
+  }
 
-  public var storedBytes: UInt64 = 0
+  public var storedBytes: UInt64 {
+    get {_storage._storedBytes}
+    set {_uniqueStorage()._storedBytes = newValue}
+  }
 
   /// Loads that failed (host gone, timeout, corrupt) and fell back to recompute.
-  public var fallbacks: UInt64 = 0
+  public var fallbacks: UInt64 {
+    get {_storage._fallbacks}
+    set {_uniqueStorage()._fallbacks = newValue}
+  }
 
   /// Cached prefixes the policy chose not to load, and why, by reason.
-  public var decisions: Dictionary<String,UInt64> = [:]
+  public var decisions: Dictionary<String,UInt64> {
+    get {_storage._decisions}
+    set {_uniqueStorage()._decisions = newValue}
+  }
 
   /// Bytes loaded and stored per tier.
-  public var loadedByTier: Dictionary<String,UInt64> = [:]
+  public var loadedByTier: Dictionary<String,UInt64> {
+    get {_storage._loadedByTier}
+    set {_uniqueStorage()._loadedByTier = newValue}
+  }
 
-  public var storedByTier: Dictionary<String,UInt64> = [:]
+  public var storedByTier: Dictionary<String,UInt64> {
+    get {_storage._storedByTier}
+    set {_uniqueStorage()._storedByTier = newValue}
+  }
 
-  public var kvBytesScale: Double = 0
+  public var kvBytesScale: Double {
+    get {_storage._kvBytesScale}
+    set {_uniqueStorage()._kvBytesScale = newValue}
+  }
 
   /// Replicas here whose model does not fit their GPUs: the layers streamed from a memory host.
-  public var weights: [Stratolab_V1_WeightStreamStats] = []
+  public var weights: [Stratolab_V1_WeightStreamStats] {
+    get {_storage._weights}
+    set {_uniqueStorage()._weights = newValue}
+  }
+
+  /// Preempted requests whose KV was swapped out to a memory host instead of recomputed, and
+  /// swapped back in (real bytes, every byte checked into the GPU's pool); those whose KV could not
+  /// come back (host gone, corrupt) and were recomputed; bytes each way; modelled swap seconds.
+  public var swapOuts: UInt64 {
+    get {_storage._swapOuts}
+    set {_uniqueStorage()._swapOuts = newValue}
+  }
+
+  public var swapIns: UInt64 {
+    get {_storage._swapIns}
+    set {_uniqueStorage()._swapIns = newValue}
+  }
+
+  public var swapFallbacks: UInt64 {
+    get {_storage._swapFallbacks}
+    set {_uniqueStorage()._swapFallbacks = newValue}
+  }
+
+  public var swapBytesOut: UInt64 {
+    get {_storage._swapBytesOut}
+    set {_uniqueStorage()._swapBytesOut = newValue}
+  }
+
+  public var swapBytesIn: UInt64 {
+    get {_storage._swapBytesIn}
+    set {_uniqueStorage()._swapBytesIn = newValue}
+  }
+
+  public var swapSeconds: Double {
+    get {_storage._swapSeconds}
+    set {_uniqueStorage()._swapSeconds = newValue}
+  }
+
+  /// Preemptions the policy chose to recompute rather than swap.
+  public var swapDeclined: UInt64 {
+    get {_storage._swapDeclined}
+    set {_uniqueStorage()._swapDeclined = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// One replica's offloaded weights (FlexGen-style): where they live and what streaming them costs.
@@ -629,7 +719,7 @@ nonisolated extension Stratolab_V1_TierPutHeader: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Stratolab_V1_TierGetRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TierGetRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}keys\0\u{3}prefix_only\0\u{3}reply_endpoint\0\u{3}reply_public_key\0\u{3}no_promote\0\u{3}exists_only\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}keys\0\u{3}prefix_only\0\u{3}reply_endpoint\0\u{3}reply_public_key\0\u{3}no_promote\0\u{3}exists_only\0\u{1}take\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -644,6 +734,7 @@ nonisolated extension Stratolab_V1_TierGetRequest: SwiftProtobuf.Message, SwiftP
       case 5: try { try decoder.decodeSingularStringField(value: &self.replyPublicKey) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.noPromote) }()
       case 7: try { try decoder.decodeSingularBoolField(value: &self.existsOnly) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.take) }()
       default: break
       }
     }
@@ -671,6 +762,9 @@ nonisolated extension Stratolab_V1_TierGetRequest: SwiftProtobuf.Message, SwiftP
     if self.existsOnly != false {
       try visitor.visitSingularBoolField(value: self.existsOnly, fieldNumber: 7)
     }
+    if self.take != false {
+      try visitor.visitSingularBoolField(value: self.take, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -682,6 +776,7 @@ nonisolated extension Stratolab_V1_TierGetRequest: SwiftProtobuf.Message, SwiftP
     if lhs.replyPublicKey != rhs.replyPublicKey {return false}
     if lhs.noPromote != rhs.noPromote {return false}
     if lhs.existsOnly != rhs.existsOnly {return false}
+    if lhs.take != rhs.take {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1366,99 +1461,212 @@ nonisolated extension Stratolab_V1_TierFigure: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".KVCacheStats"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}lookups\0\u{1}hits\0\u{3}hit_tokens\0\u{3}prompt_tokens\0\u{3}loaded_bytes\0\u{3}load_seconds\0\u{3}stored_chunks\0\u{3}stored_bytes\0\u{1}fallbacks\0\u{1}decisions\0\u{3}loaded_by_tier\0\u{3}stored_by_tier\0\u{3}kv_bytes_scale\0\u{1}weights\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}lookups\0\u{1}hits\0\u{3}hit_tokens\0\u{3}prompt_tokens\0\u{3}loaded_bytes\0\u{3}load_seconds\0\u{3}stored_chunks\0\u{3}stored_bytes\0\u{1}fallbacks\0\u{1}decisions\0\u{3}loaded_by_tier\0\u{3}stored_by_tier\0\u{3}kv_bytes_scale\0\u{1}weights\0\u{3}swap_outs\0\u{3}swap_ins\0\u{3}swap_fallbacks\0\u{3}swap_bytes_out\0\u{3}swap_bytes_in\0\u{3}swap_seconds\0\u{3}swap_declined\0")
+
+  fileprivate class _StorageClass {
+    var _policy: String = String()
+    var _lookups: UInt64 = 0
+    var _hits: UInt64 = 0
+    var _hitTokens: UInt64 = 0
+    var _promptTokens: UInt64 = 0
+    var _loadedBytes: UInt64 = 0
+    var _loadSeconds: Double = 0
+    var _storedChunks: UInt64 = 0
+    var _storedBytes: UInt64 = 0
+    var _fallbacks: UInt64 = 0
+    var _decisions: Dictionary<String,UInt64> = [:]
+    var _loadedByTier: Dictionary<String,UInt64> = [:]
+    var _storedByTier: Dictionary<String,UInt64> = [:]
+    var _kvBytesScale: Double = 0
+    var _weights: [Stratolab_V1_WeightStreamStats] = []
+    var _swapOuts: UInt64 = 0
+    var _swapIns: UInt64 = 0
+    var _swapFallbacks: UInt64 = 0
+    var _swapBytesOut: UInt64 = 0
+    var _swapBytesIn: UInt64 = 0
+    var _swapSeconds: Double = 0
+    var _swapDeclined: UInt64 = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _policy = source._policy
+      _lookups = source._lookups
+      _hits = source._hits
+      _hitTokens = source._hitTokens
+      _promptTokens = source._promptTokens
+      _loadedBytes = source._loadedBytes
+      _loadSeconds = source._loadSeconds
+      _storedChunks = source._storedChunks
+      _storedBytes = source._storedBytes
+      _fallbacks = source._fallbacks
+      _decisions = source._decisions
+      _loadedByTier = source._loadedByTier
+      _storedByTier = source._storedByTier
+      _kvBytesScale = source._kvBytesScale
+      _weights = source._weights
+      _swapOuts = source._swapOuts
+      _swapIns = source._swapIns
+      _swapFallbacks = source._swapFallbacks
+      _swapBytesOut = source._swapBytesOut
+      _swapBytesIn = source._swapBytesIn
+      _swapSeconds = source._swapSeconds
+      _swapDeclined = source._swapDeclined
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.policy) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.lookups) }()
-      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.hits) }()
-      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.hitTokens) }()
-      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.promptTokens) }()
-      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.loadedBytes) }()
-      case 7: try { try decoder.decodeSingularDoubleField(value: &self.loadSeconds) }()
-      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.storedChunks) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.storedBytes) }()
-      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.fallbacks) }()
-      case 11: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.decisions) }()
-      case 12: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.loadedByTier) }()
-      case 13: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.storedByTier) }()
-      case 14: try { try decoder.decodeSingularDoubleField(value: &self.kvBytesScale) }()
-      case 15: try { try decoder.decodeRepeatedMessageField(value: &self.weights) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._policy) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._lookups) }()
+        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._hits) }()
+        case 4: try { try decoder.decodeSingularUInt64Field(value: &_storage._hitTokens) }()
+        case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._promptTokens) }()
+        case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._loadedBytes) }()
+        case 7: try { try decoder.decodeSingularDoubleField(value: &_storage._loadSeconds) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._storedChunks) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._storedBytes) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._fallbacks) }()
+        case 11: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &_storage._decisions) }()
+        case 12: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &_storage._loadedByTier) }()
+        case 13: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &_storage._storedByTier) }()
+        case 14: try { try decoder.decodeSingularDoubleField(value: &_storage._kvBytesScale) }()
+        case 15: try { try decoder.decodeRepeatedMessageField(value: &_storage._weights) }()
+        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._swapOuts) }()
+        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._swapIns) }()
+        case 18: try { try decoder.decodeSingularUInt64Field(value: &_storage._swapFallbacks) }()
+        case 19: try { try decoder.decodeSingularUInt64Field(value: &_storage._swapBytesOut) }()
+        case 20: try { try decoder.decodeSingularUInt64Field(value: &_storage._swapBytesIn) }()
+        case 21: try { try decoder.decodeSingularDoubleField(value: &_storage._swapSeconds) }()
+        case 22: try { try decoder.decodeSingularUInt64Field(value: &_storage._swapDeclined) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.policy.isEmpty {
-      try visitor.visitSingularStringField(value: self.policy, fieldNumber: 1)
-    }
-    if self.lookups != 0 {
-      try visitor.visitSingularUInt64Field(value: self.lookups, fieldNumber: 2)
-    }
-    if self.hits != 0 {
-      try visitor.visitSingularUInt64Field(value: self.hits, fieldNumber: 3)
-    }
-    if self.hitTokens != 0 {
-      try visitor.visitSingularUInt64Field(value: self.hitTokens, fieldNumber: 4)
-    }
-    if self.promptTokens != 0 {
-      try visitor.visitSingularUInt64Field(value: self.promptTokens, fieldNumber: 5)
-    }
-    if self.loadedBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.loadedBytes, fieldNumber: 6)
-    }
-    if self.loadSeconds.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.loadSeconds, fieldNumber: 7)
-    }
-    if self.storedChunks != 0 {
-      try visitor.visitSingularUInt64Field(value: self.storedChunks, fieldNumber: 8)
-    }
-    if self.storedBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.storedBytes, fieldNumber: 9)
-    }
-    if self.fallbacks != 0 {
-      try visitor.visitSingularUInt64Field(value: self.fallbacks, fieldNumber: 10)
-    }
-    if !self.decisions.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.decisions, fieldNumber: 11)
-    }
-    if !self.loadedByTier.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.loadedByTier, fieldNumber: 12)
-    }
-    if !self.storedByTier.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.storedByTier, fieldNumber: 13)
-    }
-    if self.kvBytesScale.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.kvBytesScale, fieldNumber: 14)
-    }
-    if !self.weights.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.weights, fieldNumber: 15)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._policy.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._policy, fieldNumber: 1)
+      }
+      if _storage._lookups != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._lookups, fieldNumber: 2)
+      }
+      if _storage._hits != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._hits, fieldNumber: 3)
+      }
+      if _storage._hitTokens != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._hitTokens, fieldNumber: 4)
+      }
+      if _storage._promptTokens != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._promptTokens, fieldNumber: 5)
+      }
+      if _storage._loadedBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._loadedBytes, fieldNumber: 6)
+      }
+      if _storage._loadSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._loadSeconds, fieldNumber: 7)
+      }
+      if _storage._storedChunks != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._storedChunks, fieldNumber: 8)
+      }
+      if _storage._storedBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._storedBytes, fieldNumber: 9)
+      }
+      if _storage._fallbacks != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._fallbacks, fieldNumber: 10)
+      }
+      if !_storage._decisions.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: _storage._decisions, fieldNumber: 11)
+      }
+      if !_storage._loadedByTier.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: _storage._loadedByTier, fieldNumber: 12)
+      }
+      if !_storage._storedByTier.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: _storage._storedByTier, fieldNumber: 13)
+      }
+      if _storage._kvBytesScale.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._kvBytesScale, fieldNumber: 14)
+      }
+      if !_storage._weights.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._weights, fieldNumber: 15)
+      }
+      if _storage._swapOuts != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._swapOuts, fieldNumber: 16)
+      }
+      if _storage._swapIns != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._swapIns, fieldNumber: 17)
+      }
+      if _storage._swapFallbacks != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._swapFallbacks, fieldNumber: 18)
+      }
+      if _storage._swapBytesOut != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._swapBytesOut, fieldNumber: 19)
+      }
+      if _storage._swapBytesIn != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._swapBytesIn, fieldNumber: 20)
+      }
+      if _storage._swapSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._swapSeconds, fieldNumber: 21)
+      }
+      if _storage._swapDeclined != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._swapDeclined, fieldNumber: 22)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Stratolab_V1_KVCacheStats, rhs: Stratolab_V1_KVCacheStats) -> Bool {
-    if lhs.policy != rhs.policy {return false}
-    if lhs.lookups != rhs.lookups {return false}
-    if lhs.hits != rhs.hits {return false}
-    if lhs.hitTokens != rhs.hitTokens {return false}
-    if lhs.promptTokens != rhs.promptTokens {return false}
-    if lhs.loadedBytes != rhs.loadedBytes {return false}
-    if lhs.loadSeconds != rhs.loadSeconds {return false}
-    if lhs.storedChunks != rhs.storedChunks {return false}
-    if lhs.storedBytes != rhs.storedBytes {return false}
-    if lhs.fallbacks != rhs.fallbacks {return false}
-    if lhs.decisions != rhs.decisions {return false}
-    if lhs.loadedByTier != rhs.loadedByTier {return false}
-    if lhs.storedByTier != rhs.storedByTier {return false}
-    if lhs.kvBytesScale != rhs.kvBytesScale {return false}
-    if lhs.weights != rhs.weights {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._policy != rhs_storage._policy {return false}
+        if _storage._lookups != rhs_storage._lookups {return false}
+        if _storage._hits != rhs_storage._hits {return false}
+        if _storage._hitTokens != rhs_storage._hitTokens {return false}
+        if _storage._promptTokens != rhs_storage._promptTokens {return false}
+        if _storage._loadedBytes != rhs_storage._loadedBytes {return false}
+        if _storage._loadSeconds != rhs_storage._loadSeconds {return false}
+        if _storage._storedChunks != rhs_storage._storedChunks {return false}
+        if _storage._storedBytes != rhs_storage._storedBytes {return false}
+        if _storage._fallbacks != rhs_storage._fallbacks {return false}
+        if _storage._decisions != rhs_storage._decisions {return false}
+        if _storage._loadedByTier != rhs_storage._loadedByTier {return false}
+        if _storage._storedByTier != rhs_storage._storedByTier {return false}
+        if _storage._kvBytesScale != rhs_storage._kvBytesScale {return false}
+        if _storage._weights != rhs_storage._weights {return false}
+        if _storage._swapOuts != rhs_storage._swapOuts {return false}
+        if _storage._swapIns != rhs_storage._swapIns {return false}
+        if _storage._swapFallbacks != rhs_storage._swapFallbacks {return false}
+        if _storage._swapBytesOut != rhs_storage._swapBytesOut {return false}
+        if _storage._swapBytesIn != rhs_storage._swapBytesIn {return false}
+        if _storage._swapSeconds != rhs_storage._swapSeconds {return false}
+        if _storage._swapDeclined != rhs_storage._swapDeclined {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -62,3 +62,21 @@ extension OffloadPolicy {
         }
     }
 }
+
+extension OffloadPolicy {
+    /// Whether a preempted request's KV goes to a memory host (and comes back) instead of being
+    /// recomputed, and why. `c` is the KV's bytes from the tier `swapTier` picks (the round trip is
+    /// twice its load) against prefilling its tokens again. One tier: always (LMCache-style
+    /// policies keep what they can); tiered: when the round trip beats recompute; none: never.
+    public func swaps(_ c: PrefixChoice) -> (swap: Bool, reason: String) {
+        switch self {
+        case is NoOffload: return (false, "policy none")
+        case is SingleTierOffload: return (true, "always swap")
+        default:
+            return 2 * c.loadSeconds < c.recomputeSeconds * 0.9 ? (true, "swap-faster") : (false, "recompute-faster")
+        }
+    }
+
+    /// The tier swapped-out KV goes to: it comes back soon, so the fastest the policy allows.
+    public func swapTier(_ tiers: [TierFigures]) -> (tier: String?, reason: String) { weightTier(tiers) }
+}

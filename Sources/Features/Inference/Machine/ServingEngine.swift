@@ -70,6 +70,11 @@ public struct ServingEngine: Sendable {
         var preemptions = 0
         /// Moved here by a migration and no token out here yet.
         var resumed = false
+        /// Swapped out to a memory host (its blocks left the GPU); when room came back its blocks
+        /// were reserved and its KV asked for (`fetchRequested`); it runs from `fetchedAt`.
+        var remote = false
+        var fetchRequested = false
+        var fetchedAt: Double?
         /// Tokens whose KV must exist before the next token: the prompt, and every generated token
         /// but the newest (its KV is computed by the step that emits the next one). After a
         /// recompute preemption they are prefilled again.
@@ -90,6 +95,8 @@ public struct ServingEngine: Sendable {
     private var done: [Finished] = []
     public private(set) var steps = 0
     public private(set) var preemptions = 0
+    /// Preemptions that swapped the request's KV out to a memory host.
+    public private(set) var remoteSwaps = 0
     private var resumeGaps: [String: Double] = [:]
 
     public init(model: InferenceModel, config: Config) {
@@ -101,6 +108,53 @@ public struct ServingEngine: Sendable {
         self.freeBlocks = gpuBlocks
         self.freeSwapBlocks = config.swapBlocks
         self.weightStreamSeconds = model.weightStreamSeconds
+    }
+
+    // MARK: swapping to a memory host
+
+    /// A request's KV leaving for a memory host (preempted), or asked back (room came back).
+    public struct SwapEvent: Sendable, Equatable {
+        public var id: String
+        public var blocks: Int
+        /// Tokens of computed KV in those blocks.
+        public var tokens: Int
+        /// The step it happened in (trace seconds).
+        public var at: Double
+    }
+    /// Whether a preempted request with (blocks, computed tokens) swaps to a memory host instead of
+    /// being recomputed (nil: never; the agent sets it from the offload policy).
+    public var remoteSwap: (@Sendable (Int, Int) -> Bool)?
+    private var swapOuts: [SwapEvent] = []
+    private var swapIns: [SwapEvent] = []
+    /// Nothing can run until KV swapped to a memory host comes back.
+    public private(set) var waitingForSwapIn = false
+
+    /// Preempted requests whose KV is to be sent to a memory host; taken once.
+    public mutating func takeSwapOuts() -> [SwapEvent] { defer { swapOuts.removeAll() }; return swapOuts }
+    /// Swapped requests whose KV is to be fetched back (their blocks are reserved); taken once.
+    public mutating func takeSwapIns() -> [SwapEvent] { defer { swapIns.removeAll() }; return swapIns }
+
+    /// The KV of a request swapped to a memory host is back: it runs from `readyAt`.
+    public mutating func swapInDone(_ id: String, readyAt: Double) {
+        guard let i = swapped.firstIndex(where: { $0.id == id && $0.remote && $0.fetchRequested }) else { return }
+        swapped[i].fetchedAt = readyAt
+        waitingForSwapIn = false
+    }
+
+    /// The KV of a request swapped to a memory host is lost (the host died, or it came back
+    /// wrong): the request is recomputed, first in the waiting queue.
+    public mutating func swapInFailed(_ id: String) {
+        guard let i = swapped.firstIndex(where: { $0.id == id && $0.remote }) else { return }
+        var s = swapped.remove(at: i)
+        releaseSwapped(s)
+        s.remote = false; s.fetchRequested = false; s.fetchedAt = nil
+        s.blocks = 0; s.computed = 0
+        waiting.insert(s, at: 0)
+        waitingForSwapIn = false
+    }
+
+    private mutating func releaseSwapped(_ s: Sequence) {
+        if s.remote { if s.fetchRequested { freeBlocks += s.blocks } } else { freeSwapBlocks += s.blocks }
     }
 
     // MARK: streamed weights
@@ -148,6 +202,7 @@ public struct ServingEngine: Sendable {
             return "request \(id) needs \(need) KV blocks (\(prompt + decode) tokens) but the replica has \(gpuBlocks)"
         }
         advance(to: t, before: true)
+        waitingForSwapIn = false
         var s = Sequence(id: id, prompt: max(1, prompt), decode: max(1, decode), arrived: min(t, arrivedAt ?? t), ready: t)
         s.computed = max(0, min(cached, s.prompt - 1))
         waiting.append(s)
@@ -158,7 +213,7 @@ public struct ServingEngine: Sendable {
     @discardableResult
     public mutating func remove(_ id: String) -> Bool {
         if let i = running.firstIndex(where: { $0.id == id }) { freeBlocks += running.remove(at: i).blocks; return true }
-        if let i = swapped.firstIndex(where: { $0.id == id }) { freeSwapBlocks += swapped.remove(at: i).blocks; return true }
+        if let i = swapped.firstIndex(where: { $0.id == id }) { releaseSwapped(swapped.remove(at: i)); return true }
         if let i = waiting.firstIndex(where: { $0.id == id }) { waiting.remove(at: i); return true }
         return false
     }
@@ -190,12 +245,12 @@ public struct ServingEngine: Sendable {
     public var backlog: Int { waiting.count + swapped.count }
     public var usedBlocks: Int { gpuBlocks - freeBlocks }
     /// When the next step starts, or nil when there is nothing to run.
-    public var nextStepAt: Double? { isIdle || stalled ? nil : max(time, waiting.first?.ready ?? time) }
+    public var nextStepAt: Double? { isIdle || stalled || waitingForSwapIn ? nil : max(time, waiting.first?.ready ?? time) }
     /// KV blocks each request holds (running and swapped), for the replica's block pool.
     public var blockCounts: [String: Int] {
         var out: [String: Int] = [:]
         for s in running where s.blocks > 0 { out[s.id] = s.blocks }
-        for s in swapped where s.blocks > 0 { out[s.id] = s.blocks }
+        for s in swapped where s.blocks > 0 && (!s.remote || s.fetchedAt != nil) { out[s.id] = s.blocks }
         return out
     }
     /// When the earliest result not yet taken is due.
@@ -266,7 +321,7 @@ public struct ServingEngine: Sendable {
         if let st = suspend(id) { return st }
         if let i = swapped.firstIndex(where: { $0.id == id }) {
             var s = swapped.remove(at: i)
-            freeSwapBlocks += s.blocks
+            releaseSwapped(s)
             s.blocks = 0; s.computed = 0
             return Self.export(s)
         }
@@ -340,7 +395,7 @@ public struct ServingEngine: Sendable {
     /// Runs every step that starts at or before `t` (before it, when `before`: a request arriving
     /// at `t` joins a step that starts at `t`).
     public mutating func advance(to t: Double, before: Bool = false) {
-        while !isIdle && !stalled {
+        while !isIdle && !stalled && !waitingForSwapIn {
             let start = running.isEmpty && swapped.isEmpty ? max(time, waiting[0].ready) : time
             guard before ? start < t : start <= t else { return }
             step(at: start)
@@ -350,13 +405,19 @@ public struct ServingEngine: Sendable {
     private func blocks(for tokens: Int) -> Int { (tokens + config.blockTokens - 1) / config.blockTokens }
 
     /// Preempts running sequence `k` (the newest): recompute frees its blocks and puts it first in
-    /// the waiting queue; swap moves its blocks to host memory when there is room there.
-    private mutating func preempt(_ k: Int) {
+    /// the waiting queue; swap moves its blocks to host memory when there is room there; a remote
+    /// swap (when `remoteSwap` says so) moves them to a memory host.
+    private mutating func preempt(_ k: Int, at start: Double) {
         var s = running.remove(at: k)
         s.preemptions += 1
         preemptions += 1
         freeBlocks += s.blocks
-        if config.preemption == .swap && s.blocks <= freeSwapBlocks {
+        if s.blocks > 0 && s.computed > 0, let decide = remoteSwap, decide(s.blocks, s.computed) {
+            s.remote = true; s.fetchRequested = false; s.fetchedAt = nil
+            remoteSwaps += 1
+            swapOuts.append(SwapEvent(id: s.id, blocks: s.blocks, tokens: s.computed, at: start))
+            swapped.append(s)
+        } else if config.preemption == .swap && s.blocks <= freeSwapBlocks {
             freeSwapBlocks -= s.blocks
             swapped.append(s)
         } else {
@@ -380,13 +441,31 @@ public struct ServingEngine: Sendable {
                 running[k].blocks += need
                 k += 1
             } else {
-                preempt(running.count - 1)
+                preempt(running.count - 1, at: start)
             }
         }
         // 2. Swapped sequences come back, oldest first, while their blocks fit (with one to grow).
+        //    One swapped to a memory host has its blocks reserved and its KV asked for; it runs
+        //    once the KV is back (`swapInDone`).
         swapped.sort(by: Self.older)
-        while let s = swapped.first, running.count < config.maxRunning, s.blocks + 1 <= freeBlocks {
-            swapped.removeFirst()
+        var i = 0
+        while i < swapped.count, running.count + swapped.filter({ $0.fetchRequested }).count - (swapped[i].fetchRequested ? 1 : 0) < config.maxRunning {
+            let s = swapped[i]
+            if s.remote {
+                if let at = s.fetchedAt {
+                    if at <= start { swapped.remove(at: i); var r = s; r.remote = false; r.fetchRequested = false; r.fetchedAt = nil; running.append(r) } else { i += 1 }
+                    continue
+                }
+                if s.fetchRequested { i += 1; continue }
+                guard s.blocks + 1 <= freeBlocks else { break }
+                freeBlocks -= s.blocks
+                swapped[i].fetchRequested = true
+                swapIns.append(SwapEvent(id: s.id, blocks: s.blocks, tokens: s.computed, at: start))
+                i += 1
+                continue
+            }
+            guard s.blocks + 1 <= freeBlocks else { break }
+            swapped.remove(at: i)
             freeSwapBlocks += s.blocks
             freeBlocks -= s.blocks
             running.append(s)
@@ -419,8 +498,11 @@ public struct ServingEngine: Sendable {
             kvRead += Double(s.computed) + Double(chunk) / 2
         }
         guard !work.isEmpty else {
-            // Nothing can run now: time moves on to the next arrival.
-            time = waiting.map(\.ready).filter { $0 > start }.min() ?? start + 0.001
+            // Nothing can run now: time moves on to the next arrival or swapped-in KV; when only
+            // KV still on its way from a memory host can unblock it, the engine waits for it.
+            let next = (waiting.map(\.ready) + swapped.compactMap(\.fetchedAt)).filter { $0 > start }.min()
+            if next == nil && swapped.contains(where: { $0.fetchRequested && $0.fetchedAt == nil }) { waitingForSwapIn = true; time = max(time, start); return }
+            time = next ?? start + 0.001
             return
         }
         let end = start + max(model.iteration(tokens: Double(tokens)) + model.attention(kvTokens: kvRead), weightStreamSeconds)
