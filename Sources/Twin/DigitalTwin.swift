@@ -39,6 +39,8 @@ public struct TwinOptions: Sendable {
     /// Nodes drained by the operator: (node, from, until) in trace seconds; their replicas take no
     /// new requests and the migration policy empties them.
     public var drains: [(node: String, from: Double, until: Double)] = []
+    /// Memory hosts' tiers and the offload policy (nil: no memory tier).
+    public var tiers: TiersTwinModel.Settings?
     public init() {}
 }
 
@@ -77,7 +79,9 @@ public struct DigitalTwin {
 
     public func run(policy: SchedulingPolicy) -> RunResult {
         let wallStart = DispatchTime.now().uptimeNanoseconds
-        var scheduler = Scheduler(policy: policy, kb: execution.kb, services: workload.services)
+        var scheduler = Scheduler(policy: policy, kb: execution.kb)
+        if let t = options.tiers, t.linkBytesPerSecond > 0 { scheduler.weightLinkBytesPerSecond = t.linkBytesPerSecond }
+        for s in workload.services.sorted(by: { $0.id < $1.id }) { scheduler.addService(s) }
         for n in nodes { scheduler.state.addNode(n) }
         var queue = EventQueue<Event>()
         for (i, j) in workload.jobs.enumerated() { queue.push(j.arrival, .arrival(i)) }
@@ -100,6 +104,8 @@ public struct DigitalTwin {
         let requestLevel = !options.requests.isEmpty
         let router = RequestRouter()
         var replicas = InferenceTwinModel()
+        let tierModel = options.tiers.flatMap { try? TiersTwinModel($0) }
+        replicas.tiers = tierModel
         let servicesByID = Dictionary(uniqueKeysWithValues: scheduler.services.map { ($0.id, $0) })
         for (i, q) in options.requests.enumerated() { queue.push(q.arrival, .request(i)) }
         // Migration: the coordinator's policy rounds over the replicas' engines; nodes silent
@@ -128,7 +134,7 @@ public struct DigitalTwin {
         }
         var requestsArrived = 0, requestsDone = 0
         let inference = Dictionary(uniqueKeysWithValues: scheduler.services.compactMap { s in
-            InferenceModel(kb: execution.kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpusPerReplica).map { (s.id, $0) }
+            scheduler.plannedModel(s).map { (s.id, $0) }
         })
         func slo(_ service: String) -> Double { servicesByID[service]?.sloSeconds ?? .infinity }
         func replicaLost(_ id: String, at now: Double) {
@@ -217,16 +223,19 @@ public struct DigitalTwin {
                 case .nodeCrash(let node):
                     silent.insert(node)
                     replicas.nodeCrashed(node, at: now)
+                    tierModel?.hostCrashed(node)
                     // Work stops here; the scheduler still believes the node alive until .nodeDown.
                     for r in jobs.nodeCrashed(node, at: now) { scheduler.state.progress(job: r.job, workDone: r.work, checkpointed: r.checkpointed) }
                 case .nodeDown(let node):
                     silent.remove(node)
+                    tierModel?.hostDetected(node)
                     for r in jobs.liveRuns(on: node, at: now) { scheduler.state.progress(job: r.job, workDone: r.work, checkpointed: r.checkpointed) }
                     let lost = scheduler.state.nodeFailed(node, at: now)
                     for id in lost.jobs { jobs.end(id, at: now) }
                     for id in lost.replicas { replicaLost(id, at: now) }
                     dirty = true
                 case .nodeUp(let node):
+                    tierModel?.hostUp(node)
                     scheduler.state.nodeRecovered(node); dirty = true
                 case .request(let i):
                     _ = router.submit([options.requests[i]], services: servicesByID)
@@ -337,6 +346,7 @@ public struct DigitalTwin {
             for (k, v) in m.byState { result.migrations["state/" + k] = v }
             result.migrationDowntimes = m.outcomes.compactMap(\.downtime)
         }
+        if let t = tierModel { result.tiers = t.counters }
         return result
     }
 }

@@ -237,6 +237,7 @@ extension TwinCommand {
             abstract: "Run an experiment spec with inference services on the local testbed and in the twin (one migration policy); compare P99 TTFT, migrations and latency.")
         @Argument(help: "Experiment spec with workload.services (e.g. experiments/migration.yaml).") var spec: String
         @Option(help: "Migration policy to run (default: the spec's first).") var migration: String?
+        @Option(help: "Offload policy to run, for a spec that compares offload policies (default: its first).") var offload: String?
         @Option(help: "Results folder.") var out = "results/twin-validate-spec"
         @Option(help: "Seed data folder.") var data: String?
         @Option(name: .customLong("run-dir"), help: "Run directory of the local testbed.") var runDir = ".strato/validate"
@@ -250,6 +251,11 @@ extension TwinCommand {
             sv.migration = [policy]
             s.workload.services = sv
             s.topology.coordinator.migrationPolicy = policy
+            if let o = offload ?? sv.offload.first {
+                guard OffloadPolicies.named(o) != nil else { throw ValidationError("--offload '\(o)' is unknown (known: \(OffloadPolicies.names.joined(separator: ", ")))") }
+                if !sv.offload.isEmpty { sv.offload = [o]; s.workload.services = sv }
+                s.topology.coordinator.offloadPolicy = o
+            }
             s.seeds = [s.seeds.first ?? 1]; s.repetitions = 1
             let dataDir = DataPaths.dataDirectory(data)
             let runner = ExperimentRunner(spec: s, platform: LocalPlatform(runDirectory: runDir), out: out + "/testbed")
@@ -287,9 +293,22 @@ extension TwinCommand {
             var w = Workload(name: s.name, jobs: [], skipped: [])
             w.services = services
             guard let p = Policies.named(s.topology.coordinator.policy) else { throw ValidationError("unknown policy \(s.topology.coordinator.policy)") }
+            // The testbed first: the twin's memory tiers take the figures its hosts probed.
+            var testbedRun: ExperimentSummary?
+            if !twinOnly {
+                if let old = Testbed.load(runDirectory: runDir) { old.down() }
+                testbedRun = try runner.runAll()[0]
+            }
+            options.tiers = try TwinValidateSpec.tierSettings(s, measured: testbedRun?.offload.figures)
+            if let t = options.tiers { print("  twin memory tiers: policy \(t.policy), \(t.hosts.count) hosts, figures \(t.figuresSource)") }
             let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: options).run(policy: p)
+            if !twin.tiers.isEmpty {
+                let prompt = Double(twin.tiers["prompt_tokens"] ?? 0)
+                print("  twin prefix hits: " + String(format: "%.1f%% of prompt tokens", prompt > 0 ? Double(twin.tiers["hit_tokens"] ?? 0) / prompt * 100 : 0)
+                      + ", \(twin.tiers["hits"] ?? 0)/\(twin.tiers["lookups"] ?? 0) lookups, \(twin.tiers["fallbacks"] ?? 0) fallbacks, \(twin.tiers["swap_outs"] ?? 0) swaps")
+            }
             if twinOnly {
-                print("twin only, migration policy \(policy):")
+                print("twin only, migration policy \(policy)" + (options.tiers.map { ", offload policy \($0.policy)" } ?? "") + ":")
                 for b in twin.services {
                     print("  \(b.id): " + String(format: "P50 TTFT %.2f s, P99 TTFT %.2f s, P99 latency %.2f s, preemptions %d", b.ttftP50 ?? .nan, b.ttftP99 ?? .nan, b.latencyP99 ?? .nan, b.preemptions ?? 0))
                 }
@@ -297,8 +316,10 @@ extension TwinCommand {
                 print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", "))
                 return
             }
-            if let old = Testbed.load(runDirectory: runDir) { old.down() }
-            let testbed = try runner.runAll()[0]
+            let testbed = testbedRun!
+            if testbed.offload.known && testbed.offload.lookups > 0 {
+                print("  testbed prefix hits: " + String(format: "%.1f%% of prompt tokens", testbed.offload.hitRatio * 100) + ", \(testbed.offload.hits)/\(testbed.offload.lookups) lookups, \(testbed.offload.fallbacks) fallbacks")
+            }
 
             func err(_ a: Double, _ b: Double) -> Double { a > 0 ? abs(b - a) / a : (b == 0 ? 0 : .infinity) }
             var text = "figure                        testbed      twin     error\n"
@@ -333,5 +354,32 @@ extension TwinCommand {
             try text.write(toFile: out + "/validation.txt", atomically: true, encoding: .utf8)
             print("results in \(out)/ (testbed run in \(out)/testbed/)")
         }
+    }
+}
+
+enum TwinValidateSpec {
+    /// The twin's memory hosts from the topology's memory nodes (their tiers and capacities), the
+    /// offload policy, link and scale of the spec, and each tier's figures as the testbed's hosts
+    /// probed them (`measured`: "host/kind" → [GB/s, ns]) or nominal ones. Nil: no memory node.
+    static func tierSettings(_ s: ExperimentSpec, measured: [String: [Double]]?) throws -> TiersTwinModel.Settings? {
+        var hosts: [TiersTwinModel.Host] = []
+        var nominal = false
+        for n in s.topology.nodes {
+            guard case .memory(let tiers) = n.spec else { continue }
+            hosts.append(TiersTwinModel.Host(node: n.id, tiers: tiers.map { t in
+                let kind = t.kind.name
+                let fig: TierFigures
+                if let m = measured?["\(n.id)/\(kind)"], m.count == 2 {
+                    fig = TierFigures(kind: kind, bandwidthBytesPerSecond: m[0] * 1e9, latencySeconds: m[1] * 1e-9)
+                } else { nominal = true; fig = TiersTwinModel.Settings.nominal(kind) }
+                return TiersTwinModel.Tier(kind: kind, capacityBytes: Int(t.capacityBytes), figures: fig)
+            }))
+        }
+        guard !hosts.isEmpty else { return nil }
+        let c = s.topology.coordinator
+        let link = try c.tierLink.map { try NetworkConditions.parseBandwidth($0) ?? 0 } ?? 12.5e9
+        return TiersTwinModel.Settings(policy: c.offloadPolicy ?? "tiered", hosts: hosts, linkBytesPerSecond: link,
+                                       kvBytesScale: s.workload.services?.kvBytesScale ?? c.kvBytesScale ?? SchedulingController.defaultKVBytesScale,
+                                       lookupTimeout: 5 * c.timeScale, figuresSource: nominal ? "nominal (D2.1 ratios; no testbed run)" : "measured on the testbed")
     }
 }

@@ -200,6 +200,8 @@ public struct OffloadAccounting: Codable, Equatable {
         public var seconds = 0.0
     }
     public var swaps: Swaps?
+    /// Each memory host tier's probed figures: "host/kind" → [GB/s, ns] (nil in runs from before).
+    public var figures: [String: [Double]]?
     public init() {}
     public init(_ reply: TiersApiReply?) {
         guard let reply else { return }
@@ -227,6 +229,7 @@ public struct OffloadAccounting: Codable, Equatable {
             }
         }
         for h in reply.hosts {
+            for t in h.stats.tiers where t.probedBandwidthGbps > 0 { figures = (figures ?? [:]).merging(["\(h.node)/\(t.kind)": [t.probedBandwidthGbps, t.probedLatencyNs]]) { $1 } }
             for t in h.stats.tiers {
                 hostTiers.append("\(h.node) \(t.kind)\(t.emulated ? " (emulated)" : ""): \(String(format: "%.1f", Double(t.usedBytes) / 1_048_576)) MiB used, \(t.blocks) blocks, \(t.hits) hits, \(t.evictions) evictions, \(t.demotions) demotions, \(t.promotions) promotions")
             }

@@ -21,6 +21,12 @@ public struct InferenceTwinModel {
     var endedAt: [Int: Double] = [:]
     private var lives = 0
     public var preemption = ServingEngine.Preemption.recompute
+    /// The memory hosts' tiers (nil: no memory tier): prefixes, streamed weights, KV swap.
+    public var tiers: TiersTwinModel?
+    /// Requests with prefix keys in an engine, told to the tiers once prefilled.
+    var withPrefix: [String: ServiceRequest] = [:]
+    /// When each request swapped out to a memory host left, and its one-way seconds.
+    var swappedOut: [String: (at: Double, seconds: Double)] = [:]
 
     public init() {}
 
@@ -31,7 +37,16 @@ public struct InferenceTwinModel {
         lives += 1
         var config = ServingEngine.Config(maxRunning: batch)
         config.preemption = preemption
-        replicas[id] = Replica(engine: ServingEngine(model: model, config: config), node: node, life: lives)
+        var engine = ServingEngine(model: model, config: config)
+        if let tiers {
+            engine.tracksPrefill = true
+            engine.remoteSwap = tiers.swapDecision(blockTokens: config.blockTokens).map { f in { @Sendable b, t in f(model, b, t) } }
+            // Offloaded weights stream at the tier's figures; with no host the replica stalls.
+            if let plan = model.weightOffload {
+                if let s = tiers.weightStreamSeconds(plan) { engine.unstall(at: 0, streamSeconds: s) } else { engine.stall(at: 0) }
+            }
+        }
+        replicas[id] = Replica(engine: engine, node: node, life: lives)
     }
 
     public mutating func stop(_ id: String, at now: Double) {
@@ -50,14 +65,46 @@ public struct InferenceTwinModel {
     public mutating func serve(_ replica: String, _ requests: [ServiceRequest], at t: Double) {
         guard let r = replicas[replica], endedAt[r.life] == nil else { return }
         // In place: a copy of the engine would copy its queues on every call.
-        for q in requests { _ = replicas[replica]!.engine.add(id: q.id, prompt: q.prefill, decode: q.decode, at: t) }
+        for q in requests {
+            if let tiers, !q.prefixKeys.isEmpty {
+                let e = replicas[replica]!.engine
+                let (cached, ready) = tiers.arrived(q, model: e.model, backlog: e.backlog, maxBatchedTokens: e.config.maxBatchedTokens, at: t)
+                withPrefix[q.id] = q
+                _ = replicas[replica]!.engine.add(id: q.id, prompt: q.prefill, decode: q.decode, at: ready, cached: cached, arrivedAt: t)
+                continue
+            }
+            _ = replicas[replica]!.engine.add(id: q.id, prompt: q.prefill, decode: q.decode, at: t)
+        }
     }
 
     /// Steps the replica's engine to `t`; returns the results finished by then and when to look
     /// again (its next result or step), nil when it is idle.
     public mutating func collect(_ replica: String, at t: Double) -> (finished: [Finish], next: Double?) {
         guard let life = replicas[replica]?.life, let node = replicas[replica]?.node, endedAt[life] == nil else { return ([], nil) }
-        let out = replicas[replica]!.engine.takeFinished(by: t).map { f in
+        var finished: [ServingEngine.Finished] = []
+        // Swaps to a memory host resolve on virtual time: out, then back after the round trip.
+        for _ in 0..<10_000 {
+            finished += replicas[replica]!.engine.takeFinished(by: t)
+            guard let tiers else { break }
+            let e = replicas[replica]!.engine
+            for o in replicas[replica]!.engine.takeSwapOuts() {
+                swappedOut[o.id] = (o.at, tiers.swapSeconds(model: e.model, blocks: o.blocks, blockTokens: e.config.blockTokens) ?? 0)
+                tiers.countSwap("swap_outs")
+            }
+            let ins = replicas[replica]!.engine.takeSwapIns()
+            if ins.isEmpty { break }
+            for i in ins {
+                let out = swappedOut.removeValue(forKey: i.id) ?? (i.at, 0)
+                replicas[replica]!.engine.swapInDone(i.id, readyAt: max(i.at, out.at + out.seconds) + out.seconds)
+                tiers.countSwap("swap_ins")
+            }
+        }
+        if let tiers {
+            for id in replicas[replica]!.engine.takePrefilled(by: t) {
+                if let q = withPrefix.removeValue(forKey: id) { tiers.prefilled(q, model: replicas[replica]!.engine.model, maxBatchedTokens: replicas[replica]!.engine.config.maxBatchedTokens) }
+            }
+        }
+        let out = finished.map { f in
             var c = RequestRouter.Completion(requestID: f.id, replicaID: replica, finished: f.finished, queued: f.admitted - f.arrived, service: f.finished - f.admitted)
             c.ttft = f.ttft; c.meanTBT = f.meanTBT; c.maxTBT = f.maxTBT; c.preemptions = f.preemptions
             return Finish(completion: c, node: node, life: life)

@@ -60,6 +60,9 @@ public struct RunResult: Sendable, Codable {
     /// downtimes (trace s) of those that moved.
     public var migrations: [String: Int] = [:]
     public var migrationDowntimes: [Double] = []
+    /// Memory tiers: what the GPU agents' KV caches counted (`lookups`, `hits`, `hit_tokens`,
+    /// `prompt_tokens`, `fallbacks`, `stored_chunks`, `swap_outs`, `swap_ins`, `decision/<why>`).
+    public var tiers: [String: Int] = [:]
 
     public var finished: [JobOutcome] { jobs.filter { $0.finish != nil } }
 
