@@ -106,6 +106,9 @@ public struct DigitalTwin {
         var replicas = InferenceTwinModel()
         let tierModel = options.tiers.flatMap { try? TiersTwinModel($0) }
         replicas.tiers = tierModel
+        // Cache-aware routing comes with our offload policy, as on the coordinator.
+        router.prefixAffinity = tierModel?.policy.name == "tiered"
+
         let servicesByID = Dictionary(uniqueKeysWithValues: scheduler.services.map { ($0.id, $0) })
         for (i, q) in options.requests.enumerated() { queue.push(q.arrival, .request(i)) }
         // Migration: the coordinator's policy rounds over the replicas' engines; nodes silent
@@ -346,7 +349,7 @@ public struct DigitalTwin {
             for (k, v) in m.byState { result.migrations["state/" + k] = v }
             result.migrationDowntimes = m.outcomes.compactMap(\.downtime)
         }
-        if let t = tierModel { result.tiers = t.counters }
+        if let t = tierModel { result.tiers = t.counters; if router.prefixAffinity { result.tiers["prefix_routed"] = router.prefixRouted } }
         return result
     }
 }

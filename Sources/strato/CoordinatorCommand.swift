@@ -92,7 +92,7 @@ struct CoordinatorCommand: ParsableCommand {
             scheduling,                             // features "jobs" and "inference"
             try MigrationController(scheduling: scheduling, settings: migration),   // feature "migration": requests move with their KV
             DataPlaneController(),                  // feature "dataplane": peer sockets, probes
-            TiersController(policy: offloadPolicy, linkBytesPerSecond: (try NetworkConditions.parseBandwidth(tierLink)) ?? 0),   // feature "tiers": memory hosts' block stores, KV prefixes
+            TiersController(policy: offloadPolicy, linkBytesPerSecond: (try NetworkConditions.parseBandwidth(tierLink)) ?? 0, scheduling: scheduling),   // feature "tiers": memory hosts' block stores, KV prefixes
         ])
         try Lifecycle.run([LoopService(description: "coordinator", body: { try server.run() }, requestStop: { server.stop() })],
                           logger: Logger(label: "strato.lifecycle"))

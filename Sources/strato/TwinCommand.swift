@@ -303,9 +303,10 @@ extension TwinCommand {
             if let t = options.tiers { print("  twin memory tiers: policy \(t.policy), \(t.hosts.count) hosts, figures \(t.figuresSource)") }
             let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: options).run(policy: p)
             if !twin.tiers.isEmpty {
-                let prompt = Double(twin.tiers["prompt_tokens"] ?? 0)
-                print("  twin prefix hits: " + String(format: "%.1f%% of prompt tokens", prompt > 0 ? Double(twin.tiers["hit_tokens"] ?? 0) / prompt * 100 : 0)
-                      + ", \(twin.tiers["hits"] ?? 0)/\(twin.tiers["lookups"] ?? 0) lookups, \(twin.tiers["fallbacks"] ?? 0) fallbacks, \(twin.tiers["swap_outs"] ?? 0) swaps")
+                let t = twin.tiers
+                let prompt = Double((t["prompt_tokens"] ?? 0) + (t["gpu_prompt_tokens"] ?? 0))
+                print("  twin prefix hits: " + String(format: "%.1f%% of prompt tokens", prompt > 0 ? Double((t["hit_tokens"] ?? 0) + (t["gpu_hit_tokens"] ?? 0)) / prompt * 100 : 0)
+                      + ", \(t["gpu_hits"] ?? 0) from GPU caches, \(t["hits"] ?? 0)/\(t["lookups"] ?? 0) tier lookups, \(t["fallbacks"] ?? 0) fallbacks, \(t["swap_outs"] ?? 0) swaps, \(t["prefix_routed"] ?? 0) routed by prefix")
             }
             if twinOnly {
                 print("twin only, migration policy \(policy)" + (options.tiers.map { ", offload policy \($0.policy)" } ?? "") + ":")

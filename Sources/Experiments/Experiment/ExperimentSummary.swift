@@ -202,15 +202,23 @@ public struct OffloadAccounting: Codable, Equatable {
     public var swaps: Swaps?
     /// Each memory host tier's probed figures: "host/kind" → [GB/s, ns] (nil in runs from before).
     public var figures: [String: [Double]]?
+    /// Requests served from the replicas' own GPU prefix caches, tokens skipped, their prompt
+    /// tokens; requests routed by prefix (nil in runs from before).
+    public var gpuHits: Int?, gpuHitTokens: Int?, gpuPromptTokens: Int?, prefixRouted: Int?
     public init() {}
     public init(_ reply: TiersApiReply?) {
         guard let reply else { return }
         known = true
+        if reply.prefixRouting { prefixRouted = Int(reply.prefixRouted) }
         for g in reply.gpus {
             let st = g.stats
             lookups += Int(st.lookups); hits += Int(st.hits); hitTokens += Int(st.hitTokens); promptTokens += Int(st.promptTokens)
             loadedBytes += Int(st.loadedBytes); storedBytes += Int(st.storedBytes); storedChunks += Int(st.storedChunks); fallbacks += Int(st.fallbacks)
             loadSeconds += st.loadSeconds
+            if st.gpuHits > 0 {
+                gpuHits = (gpuHits ?? 0) + Int(st.gpuHits); gpuHitTokens = (gpuHitTokens ?? 0) + Int(st.gpuHitTokens)
+                gpuPromptTokens = (gpuPromptTokens ?? 0) + Int(st.gpuPromptTokens)
+            }
             for (k, v) in st.loadedByTier { loadedByTier[k, default: 0] += Int(v) }
             for (k, v) in st.storedByTier { storedByTier[k, default: 0] += Int(v) }
             for (k, v) in st.decisions { decisions[k, default: 0] += Int(v) }
@@ -236,7 +244,12 @@ public struct OffloadAccounting: Codable, Equatable {
         }
     }
     /// Share of prompt tokens whose KV came from a tier instead of prefill.
-    public var hitRatio: Double { promptTokens > 0 ? Double(hitTokens) / Double(promptTokens) : 0 }
+    public var hitRatio: Double {
+        let prompt = promptTokens + (gpuPromptTokens ?? 0)
+        return prompt > 0 ? Double(hitTokens + (gpuHitTokens ?? 0)) / Double(prompt) : 0
+    }
+    /// Requests with prefix keys, wherever their prefix came from.
+    public var prefixRequests: Int { lookups + (gpuHits ?? 0) }
 }
 
 public struct ExperimentSummary: Codable {
@@ -402,9 +415,10 @@ public struct ExperimentSummary: Codable {
                                + ", \(v.redispatched) sent again, \(v.replicaStarts) replica starts, " + String(format: "%.2f req/s per replica (batch %d)", v.capacityRPS, v.batch))
                 }
             }
-            if s.offload.known && s.offload.lookups > 0 {
+            if s.offload.known && s.offload.prefixRequests > 0 {
                 let o = s.offload
-                out.append("run \(i + 1) KV prefixes on memory tiers (offload policy \(s.offloadPolicy)): \(o.hits)/\(o.lookups) requests loaded a cached prefix, "
+                out.append("run \(i + 1) KV prefixes (offload policy \(s.offloadPolicy)): \(o.gpuHits ?? 0) requests found theirs in their GPU's prefix cache, \(o.hits)/\(o.lookups) of the rest loaded one from a memory tier"
+                           + (o.prefixRouted.map { ", \($0) routed to the replica holding their prefix" } ?? "") + ", together "
                            + String(format: "%.1f%% of prompt tokens", o.hitRatio * 100)
                            + String(format: " · %.1f MiB loaded, %.1f MiB stored (at kv_bytes_scale)", Double(o.loadedBytes) / 1_048_576, Double(o.storedBytes) / 1_048_576)
                            + " · \(o.fallbacks) fell back to prefill · "

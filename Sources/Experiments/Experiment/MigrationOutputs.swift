@@ -62,7 +62,7 @@ public enum ExperimentComparison {
             r.completed = svc.reduce(0) { $0 + $1.completed }; r.submitted = svc.reduce(0) { $0 + $1.submitted }
             r.migrations = s.migrations.started; r.reasons = s.migrations.byReason; r.downtimeP50 = s.migrations.downtimeP50Ms
             r.lostNothing = s.lostNothing.ok
-            if s.offload.known && s.offload.lookups > 0 { r.prefixHitRatio = s.offload.hitRatio }
+            if s.offload.known && s.offload.prefixRequests > 0 { r.prefixHitRatio = s.offload.hitRatio }
             r.tokensPerSecond = s.requests.outputTokensPerSecond
             if let w = s.offload.weights, !w.isEmpty { r.weightTier = Set(w.map { $0.tier.isEmpty ? "none" : $0.tier }).sorted().joined(separator: "+") }
             return r

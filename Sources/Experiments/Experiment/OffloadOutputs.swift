@@ -24,13 +24,15 @@ enum OffloadSection {
 
     static func prefixes(_ s: ExperimentSummary, esc: (String) -> String) -> String {
         let o = s.offload
-        guard o.known, o.lookups > 0 else { return "" }
+        guard o.known, o.prefixRequests > 0 else { return "" }
         func mib(_ b: Int) -> String { String(format: "%.1f", Double(b) / 1_048_576) }
         var out = "<h2>KV prefixes on memory tiers</h2><p>Offload policy <b>\(esc(s.offloadPolicy))</b>. GPU agents look each prompt's chained chunk keys up on the memory host that owns its first chunk, load the cached prefix over the data plane (real bytes at kv_bytes_scale "
             + (s.requests.kvBytesScale > 0 ? String(format: "1/%.0f", 1 / s.requests.kvBytesScale) : "0")
             + ", every byte checked) when the policy says it beats prefill, and store each prompt's whole chunks once it is prefilled. Load time in TTFT: the real bytes over the tier's and the link's bandwidth plus their latencies.</p>"
-        out += "<table><tr><th>requests with prefix keys</th><th>loaded a prefix</th><th>prompt tokens from tiers</th><th>MiB loaded</th><th>MiB stored</th><th>chunks stored</th><th>fell back to prefill</th></tr>"
-        out += "<tr><td>\(o.lookups)</td><td>\(o.hits)</td><td>" + String(format: "%.1f%%", o.hitRatio * 100) + " (\(o.hitTokens) of \(o.promptTokens))</td><td>\(mib(o.loadedBytes))</td><td>\(mib(o.storedBytes))</td><td>\(o.storedChunks)</td><td>\(o.fallbacks)</td></tr></table>"
+        out += "<p>Each replica also keeps prompts' KV in its free GPU blocks (automatic prefix caching, as vLLM): \(o.gpuHits ?? 0) requests found their prefix there (\(o.gpuHitTokens ?? 0) prompt tokens skipped, no load)"
+            + (o.prefixRouted.map { "; cache-aware routing sent \($0) requests to the replica last given their prefix, within a load slack of the least loaded" } ?? "; routing by shortest queue only") + ".</p>"
+        out += "<table><tr><th>requests looked up on a tier</th><th>loaded a prefix</th><th>prompt tokens from GPU cache and tiers</th><th>MiB loaded</th><th>MiB stored</th><th>chunks stored</th><th>fell back to prefill</th></tr>"
+        out += "<tr><td>\(o.lookups)</td><td>\(o.hits)</td><td>" + String(format: "%.1f%%", o.hitRatio * 100) + " (\(o.hitTokens + (o.gpuHitTokens ?? 0)) of \(o.promptTokens + (o.gpuPromptTokens ?? 0)))</td><td>\(mib(o.loadedBytes))</td><td>\(mib(o.storedBytes))</td><td>\(o.storedChunks)</td><td>\(o.fallbacks)</td></tr></table>"
         let tiers = Set(o.loadedByTier.keys).union(o.storedByTier.keys).sorted()
         if !tiers.isEmpty {
             out += "<table><tr><th>tier</th><th>MiB loaded from</th><th>MiB stored to</th></tr>"

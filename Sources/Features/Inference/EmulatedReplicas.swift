@@ -29,6 +29,8 @@ public final class EmulatedReplicas {
         var movedAway: Set<String> = []
         var clock: TraceClock { TraceClock(zeroWall: startedWall, timeScale: start.timeScale) }
         /// KV swapped to or asked back from a memory host, for the swap target (`takeSwapWork`).
+        /// Prompts' KV kept in the GPU's free blocks (automatic prefix caching).
+        var local = GPUPrefixCache()
         var swapOuts: [SwapOut] = []
         var swapIns: [SwapIn] = []
         /// The pool follows the engine's blocks and what is held besides. A request swapped out to
@@ -75,6 +77,8 @@ public final class EmulatedReplicas {
     }
     /// Memory tiers for offloaded weights (nil: a model larger than its GPUs is refused).
     public weak var weightSource: WeightSource?
+    /// Requests served from the GPUs' own prefix caches: count, tokens skipped, their prompt tokens.
+    public private(set) var gpuPrefix = (hits: 0, hitTokens: 0, promptTokens: 0)
     /// Memory tiers for KV prefixes (nil: every prompt is prefilled here).
     public weak var prefixCache: KVPrefixCache?
     /// Requests waiting for their cached prefix to load, by id: the replica and their arrival.
@@ -154,8 +158,24 @@ public final class EmulatedReplicas {
             if replicas[s.replicaID]!.engine.place(of: q.requestID) != nil || done[q.requestID] != nil
                 || replicas[s.replicaID]!.movedAway.contains(q.requestID) || replicas[s.replicaID]!.held[q.requestID] != nil
                 || loading[q.requestID] != nil { again += 1; continue }
-            if !q.prefixKeys.isEmpty, let cache = prefixCache {
+            if !q.prefixKeys.isEmpty {
                 withPrefix[q.requestID] = (s.replicaID, q)
+                // Chunks still in this GPU's free blocks are used as they are (no load).
+                let chunk = Int(q.prefixChunkTokens)
+                let usable = chunk > 0 ? min(q.prefixKeys.count, (Int(q.prefillTokens) - 1) / chunk) : 0
+                if usable > 0 {
+                    let free = replicas[s.replicaID]!.engine.freeBlocks * replicas[s.replicaID]!.engine.config.blockTokens
+                    replicas[s.replicaID]!.local.trim(toTokens: free)
+                    let n = replicas[s.replicaID]!.local.longest(Array(q.prefixKeys.prefix(usable)))
+                    if n > 0 {
+                        gpuPrefix.hits += 1; gpuPrefix.hitTokens += n * chunk; gpuPrefix.promptTokens += Int(q.prefillTokens)
+                        if let why = replicas[s.replicaID]!.engine.add(id: q.requestID, prompt: Int(q.prefillTokens), decode: Int(q.decodeTokens), at: t, cached: n * chunk) { refused.append(why); continue }
+                        if q.highPriority { highPriority.insert(q.requestID) }
+                        continue
+                    }
+                }
+            }
+            if !q.prefixKeys.isEmpty, let cache = prefixCache {
                 if cache.arrived(q, replica: s.replicaID, arrival: t) {
                     loading[q.requestID] = (s.replicaID, t)
                     continue
@@ -175,7 +195,10 @@ public final class EmulatedReplicas {
         let clock = r.clock
         // A prompt's KV is complete once its first token is out: the prefix cache may store it.
         for id in r.engine.takePrefilled(by: clock.trace(wall: wallNanos)) {
-            if let p = withPrefix.removeValue(forKey: id) { prefixCache?.prefilled(p.request, replica: p.replica) }
+            guard let p = withPrefix.removeValue(forKey: id) else { continue }
+            let chunk = Int(p.request.prefixChunkTokens)
+            if chunk > 0 { r.local.insert(Array(p.request.prefixKeys.prefix(Int(p.request.prefillTokens) / chunk)), chunkTokens: chunk) }
+            prefixCache?.prefilled(p.request, replica: p.replica)
         }
         for f in r.engine.takeFinished(by: clock.trace(wall: wallNanos)) {
             var res = RequestResult()

@@ -14,7 +14,7 @@ public struct InferenceTwinModel {
         public var node: String
         let life: Int
     }
-    struct Replica { var engine: ServingEngine; var node: String; var life: Int }
+    struct Replica { var engine: ServingEngine; var node: String; var life: Int; var local = GPUPrefixCache() }
 
     var replicas: [String: Replica] = [:]
     /// When each replica life ended (stopped or crashed), by life number.
@@ -38,8 +38,8 @@ public struct InferenceTwinModel {
         var config = ServingEngine.Config(maxRunning: batch)
         config.preemption = preemption
         var engine = ServingEngine(model: model, config: config)
+        engine.tracksPrefill = true
         if let tiers {
-            engine.tracksPrefill = true
             engine.remoteSwap = tiers.swapDecision(blockTokens: config.blockTokens).map { f in { @Sendable b, t in f(model, b, t) } }
             // Offloaded weights stream at the tier's figures; with no host the replica stalls.
             if let plan = model.weightOffload {
@@ -66,6 +66,20 @@ public struct InferenceTwinModel {
         guard let r = replicas[replica], endedAt[r.life] == nil else { return }
         // In place: a copy of the engine would copy its queues on every call.
         for q in requests {
+            // The replica's own GPU prefix cache first (as `EmulatedReplicas`).
+            let chunk = q.prefixChunkTokens
+            let usable = chunk > 0 ? min(q.prefixKeys.count, (q.prefill - 1) / chunk) : 0
+            if usable > 0 {
+                withPrefix[q.id] = q
+                let e = replicas[replica]!.engine
+                replicas[replica]!.local.trim(toTokens: e.freeBlocks * e.config.blockTokens)
+                let n = replicas[replica]!.local.longest(Array(q.prefixKeys.prefix(usable)))
+                if n > 0 {
+                    tiers?.countSwap("gpu_hits"); tiers?.countSwap("gpu_hit_tokens", n * chunk); tiers?.countSwap("gpu_prompt_tokens", q.prefill)
+                    _ = replicas[replica]!.engine.add(id: q.id, prompt: q.prefill, decode: q.decode, at: t, cached: n * chunk)
+                    continue
+                }
+            }
             if let tiers, !q.prefixKeys.isEmpty {
                 let e = replicas[replica]!.engine
                 let (cached, ready) = tiers.arrived(q, model: e.model, backlog: e.backlog, maxBatchedTokens: e.config.maxBatchedTokens, at: t)
@@ -99,9 +113,11 @@ public struct InferenceTwinModel {
                 tiers.countSwap("swap_ins")
             }
         }
-        if let tiers {
+        if replicas[replica]!.engine.tracksPrefill {
             for id in replicas[replica]!.engine.takePrefilled(by: t) {
-                if let q = withPrefix.removeValue(forKey: id) { tiers.prefilled(q, model: replicas[replica]!.engine.model, maxBatchedTokens: replicas[replica]!.engine.config.maxBatchedTokens) }
+                guard let q = withPrefix.removeValue(forKey: id) else { continue }
+                if q.prefixChunkTokens > 0 { replicas[replica]!.local.insert(Array(q.prefixKeys.prefix(q.prefill / q.prefixChunkTokens)), chunkTokens: q.prefixChunkTokens) }
+                tiers?.prefilled(q, model: replicas[replica]!.engine.model, maxBatchedTokens: replicas[replica]!.engine.config.maxBatchedTokens)
             }
         }
         let out = finished.map { f in

@@ -22,8 +22,12 @@ public final class TiersController: CoordinatorFeature {
     private var sentHosts: [MemoryHostAddress] = []
     private var configured = Set<String>()
 
-    public init(policy: String = "tiered", linkBytesPerSecond: Double = 12.5e9, linkLatencySeconds: Double = 10e-6) {
+    /// The coordinator's request router, for cache-aware routing (nil: not routed by prefix).
+    private let scheduling: SchedulingController?
+
+    public init(policy: String = "tiered", linkBytesPerSecond: Double = 12.5e9, linkLatencySeconds: Double = 10e-6, scheduling: SchedulingController? = nil) {
         self.policy = policy
+        self.scheduling = scheduling
         self.linkBytesPerSecond = linkBytesPerSecond
         self.linkLatencySeconds = linkLatencySeconds
     }
@@ -31,6 +35,8 @@ public final class TiersController: CoordinatorFeature {
     public func start(_ s: CoordinatorServices, restoredNodes: [NodeRecord]) throws {
         // Versions grow across restarts, so an agent takes the new coordinator's config.
         version = UInt64(max(0, s.clock.wallNanos() / 1_000_000))
+        // Our policy routes by prefix too; the single-tier baselines and none do not.
+        scheduling?.jobs.requests.prefixAffinity = policy == "tiered"
     }
 
     /// Memory hosts alive with a data plane, as GPU agents reach them.
@@ -109,6 +115,7 @@ public final class TiersController: CoordinatorFeature {
         }
         var reply = TiersApiReply()
         reply.policy = policy
+        if let r = scheduling?.jobs?.requests { reply.prefixRouting = r.prefixAffinity; reply.prefixRouted = UInt64(r.prefixRouted) }
         for (node, st) in gpuStats.sorted(by: { $0.key < $1.key }) where request.node.isEmpty || node == request.node {
             var g = GpuKVCache(); g.node = node; g.stats = st
             reply.gpus.append(g)

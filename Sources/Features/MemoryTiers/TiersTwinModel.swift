@@ -194,7 +194,7 @@ public final class TiersTwinModel {
                             linkLatencySeconds: settings.linkLatencySeconds, recomputeSeconds: 0).loadSeconds
     }
 
-    public func countSwap(_ what: String) { bump(what) }
+    public func countSwap(_ what: String, _ n: Int = 1) { bump(what, n) }
 
     /// Share of prompt tokens whose KV came from a tier.
     public var hitRatio: Double {

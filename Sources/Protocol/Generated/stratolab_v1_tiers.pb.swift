@@ -330,6 +330,12 @@ public nonisolated struct Stratolab_V1_TiersApiReply: Sendable {
 
   public var policy: String = String()
 
+  /// Cache-aware routing (policy tiered): requests the router sent to the replica holding their
+  /// prefix rather than to the least loaded one.
+  public var prefixRouted: UInt64 = 0
+
+  public var prefixRouting: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -547,6 +553,23 @@ public nonisolated struct Stratolab_V1_KVCacheStats: @unchecked Sendable {
   public var swapDeclined: UInt64 {
     get {_storage._swapDeclined}
     set {_uniqueStorage()._swapDeclined = newValue}
+  }
+
+  /// Requests served from the replicas' own GPU prefix caches (KV still in free blocks, no load):
+  /// count, prompt tokens skipped, and their prompt tokens (not among prompt_tokens above).
+  public var gpuHits: UInt64 {
+    get {_storage._gpuHits}
+    set {_uniqueStorage()._gpuHits = newValue}
+  }
+
+  public var gpuHitTokens: UInt64 {
+    get {_storage._gpuHitTokens}
+    set {_uniqueStorage()._gpuHitTokens = newValue}
+  }
+
+  public var gpuPromptTokens: UInt64 {
+    get {_storage._gpuPromptTokens}
+    set {_uniqueStorage()._gpuPromptTokens = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -1230,7 +1253,7 @@ nonisolated extension Stratolab_V1_GpuKVCache: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Stratolab_V1_TiersApiReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TiersApiReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hosts\0\u{1}notes\0\u{1}gpus\0\u{1}policy\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hosts\0\u{1}notes\0\u{1}gpus\0\u{1}policy\0\u{3}prefix_routed\0\u{3}prefix_routing\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1242,6 +1265,8 @@ nonisolated extension Stratolab_V1_TiersApiReply: SwiftProtobuf.Message, SwiftPr
       case 2: try { try decoder.decodeRepeatedStringField(value: &self.notes) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.gpus) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.policy) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.prefixRouted) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.prefixRouting) }()
       default: break
       }
     }
@@ -1260,6 +1285,12 @@ nonisolated extension Stratolab_V1_TiersApiReply: SwiftProtobuf.Message, SwiftPr
     if !self.policy.isEmpty {
       try visitor.visitSingularStringField(value: self.policy, fieldNumber: 4)
     }
+    if self.prefixRouted != 0 {
+      try visitor.visitSingularUInt64Field(value: self.prefixRouted, fieldNumber: 5)
+    }
+    if self.prefixRouting != false {
+      try visitor.visitSingularBoolField(value: self.prefixRouting, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1268,6 +1299,8 @@ nonisolated extension Stratolab_V1_TiersApiReply: SwiftProtobuf.Message, SwiftPr
     if lhs.notes != rhs.notes {return false}
     if lhs.gpus != rhs.gpus {return false}
     if lhs.policy != rhs.policy {return false}
+    if lhs.prefixRouted != rhs.prefixRouted {return false}
+    if lhs.prefixRouting != rhs.prefixRouting {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1461,7 +1494,7 @@ nonisolated extension Stratolab_V1_TierFigure: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".KVCacheStats"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}lookups\0\u{1}hits\0\u{3}hit_tokens\0\u{3}prompt_tokens\0\u{3}loaded_bytes\0\u{3}load_seconds\0\u{3}stored_chunks\0\u{3}stored_bytes\0\u{1}fallbacks\0\u{1}decisions\0\u{3}loaded_by_tier\0\u{3}stored_by_tier\0\u{3}kv_bytes_scale\0\u{1}weights\0\u{3}swap_outs\0\u{3}swap_ins\0\u{3}swap_fallbacks\0\u{3}swap_bytes_out\0\u{3}swap_bytes_in\0\u{3}swap_seconds\0\u{3}swap_declined\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}lookups\0\u{1}hits\0\u{3}hit_tokens\0\u{3}prompt_tokens\0\u{3}loaded_bytes\0\u{3}load_seconds\0\u{3}stored_chunks\0\u{3}stored_bytes\0\u{1}fallbacks\0\u{1}decisions\0\u{3}loaded_by_tier\0\u{3}stored_by_tier\0\u{3}kv_bytes_scale\0\u{1}weights\0\u{3}swap_outs\0\u{3}swap_ins\0\u{3}swap_fallbacks\0\u{3}swap_bytes_out\0\u{3}swap_bytes_in\0\u{3}swap_seconds\0\u{3}swap_declined\0\u{3}gpu_hits\0\u{3}gpu_hit_tokens\0\u{3}gpu_prompt_tokens\0")
 
   fileprivate class _StorageClass {
     var _policy: String = String()
@@ -1486,6 +1519,9 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
     var _swapBytesIn: UInt64 = 0
     var _swapSeconds: Double = 0
     var _swapDeclined: UInt64 = 0
+    var _gpuHits: UInt64 = 0
+    var _gpuHitTokens: UInt64 = 0
+    var _gpuPromptTokens: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1518,6 +1554,9 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
       _swapBytesIn = source._swapBytesIn
       _swapSeconds = source._swapSeconds
       _swapDeclined = source._swapDeclined
+      _gpuHits = source._gpuHits
+      _gpuHitTokens = source._gpuHitTokens
+      _gpuPromptTokens = source._gpuPromptTokens
     }
   }
 
@@ -1558,6 +1597,9 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
         case 20: try { try decoder.decodeSingularUInt64Field(value: &_storage._swapBytesIn) }()
         case 21: try { try decoder.decodeSingularDoubleField(value: &_storage._swapSeconds) }()
         case 22: try { try decoder.decodeSingularUInt64Field(value: &_storage._swapDeclined) }()
+        case 23: try { try decoder.decodeSingularUInt64Field(value: &_storage._gpuHits) }()
+        case 24: try { try decoder.decodeSingularUInt64Field(value: &_storage._gpuHitTokens) }()
+        case 25: try { try decoder.decodeSingularUInt64Field(value: &_storage._gpuPromptTokens) }()
         default: break
         }
       }
@@ -1632,6 +1674,15 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
       if _storage._swapDeclined != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._swapDeclined, fieldNumber: 22)
       }
+      if _storage._gpuHits != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._gpuHits, fieldNumber: 23)
+      }
+      if _storage._gpuHitTokens != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._gpuHitTokens, fieldNumber: 24)
+      }
+      if _storage._gpuPromptTokens != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._gpuPromptTokens, fieldNumber: 25)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1663,6 +1714,9 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
         if _storage._swapBytesIn != rhs_storage._swapBytesIn {return false}
         if _storage._swapSeconds != rhs_storage._swapSeconds {return false}
         if _storage._swapDeclined != rhs_storage._swapDeclined {return false}
+        if _storage._gpuHits != rhs_storage._gpuHits {return false}
+        if _storage._gpuHitTokens != rhs_storage._gpuHitTokens {return false}
+        if _storage._gpuPromptTokens != rhs_storage._gpuPromptTokens {return false}
         return true
       }
       if !storagesAreEqual {return false}

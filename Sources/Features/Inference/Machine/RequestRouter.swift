@@ -132,6 +132,7 @@ public final class RequestRouter {
         kv[id] = nil
         resend[id] = nil
         closed.remove(id)
+        sentPrefixes[id] = nil
         let lost = (outstanding.removeValue(forKey: id) ?? []).sorted()
         for q in lost {
             guard var r = records[q], r.finished == nil else { continue }
@@ -209,6 +210,36 @@ public final class RequestRouter {
     public func updateKV(_ replica: String, freeBlocks: Int, running: Int) { kv[replica] = (freeBlocks, running) }
     public static let blockTokens = 16
 
+    /// Cache-aware routing (the `tiered` offload policy turns it on): a request with prefix keys
+    /// goes to the replica that was last sent the longest run of its leading chunks (its GPU's
+    /// prefix cache likely still holds them), unless that replica has more outstanding requests
+    /// than the one dispatch would pick plus `affinitySlack` × its batch: cache affinity weighed
+    /// against load balance, as DualMap does. Counted per service as `prefixRouted`.
+    public var prefixAffinity = false
+    public var affinitySlack = 0.25
+    /// Chunk keys each replica was sent (bounded; the oldest half goes when full).
+    private var sentPrefixes: [String: (keys: Set<String>, order: [String])] = [:]
+    public static let affinityKeysPerReplica = 20_000
+    public private(set) var prefixRouted = 0
+
+    private func affinity(_ keys: [String], _ replica: String) -> Int {
+        guard let held = sentPrefixes[replica]?.keys else { return 0 }
+        var n = 0
+        while n < keys.count, held.contains(keys[n]) { n += 1 }
+        return n
+    }
+
+    private func rememberSent(_ keys: [String], on replica: String) {
+        var e = sentPrefixes[replica] ?? ([], [])
+        for k in keys where e.keys.insert(k).inserted { e.order.append(k) }
+        if e.order.count > RequestRouter.affinityKeysPerReplica {
+            let drop = e.order.count / 2
+            for k in e.order.prefix(drop) { e.keys.remove(k) }
+            e.order.removeFirst(drop)
+        }
+        sentPrefixes[replica] = e
+    }
+
     private func freeness(_ replica: String) -> Double? {
         guard let k = kv[replica] else { return nil }
         return Double(k.free) / Double(max(1, k.running))
@@ -247,7 +278,19 @@ public final class RequestRouter {
                         if f > bestFree || (f == bestFree && load < bestLoad) { best = rep; bestLoad = load; bestFree = f }
                     } else if load < bestLoad { best = rep; bestLoad = load }
                 }
+                // Cache affinity, within the slack over the balanced choice.
+                if prefixAffinity, !r.request.prefixKeys.isEmpty, best != nil {
+                    var pick: (rep: String, matched: Int, load: Int)?
+                    for rep in replicas {
+                        let load = outstanding[rep]?.count ?? 0
+                        guard load < 2 * ready[rep]!.batch, load <= bestLoad + max(1, Int(affinitySlack * Double(ready[rep]!.batch))) else { continue }
+                        let m = affinity(r.request.prefixKeys, rep)
+                        if m > (pick?.matched ?? 0) || (m > 0 && m == pick?.matched && load < pick!.load) { pick = (rep, m, load) }
+                    }
+                    if let p = pick, p.rep != best { best = p.rep; prefixRouted += 1 }
+                }
                 guard let rep = best else { break }
+                if prefixAffinity && !r.request.prefixKeys.isEmpty { rememberSent(r.request.prefixKeys, on: rep) }
                 if dispatch == .freeness, let k = kv[rep] {
                     kv[rep] = (k.free - (r.request.prefill + RequestRouter.blockTokens - 1) / RequestRouter.blockTokens, k.running + 1)
                 }
