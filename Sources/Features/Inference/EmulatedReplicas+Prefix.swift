@@ -6,9 +6,10 @@ import Scheduling
 /// starts with cached chunks may load them instead of prefilling them, and a finished request's
 /// chunks may be stored for the next. The replicas call it; it answers on the session's thread.
 public protocol KVPrefixCache: AnyObject {
-    /// A request with prefix keys reached `replica` at trace time `arrival`. True: the cache takes
-    /// it and will call `EmulatedReplicas.admitLoaded` once its prefix is loaded (or not).
-    func arrived(_ q: InferenceRequest, replica: String, arrival: Double) -> Bool
+    /// A request with prefix keys reached `replica` at trace time `arrival`, its first
+    /// `localChunks` chunks in the GPU's own prefix cache. True: the cache takes it and will call
+    /// `EmulatedReplicas.admitLoaded` once what follows them is loaded (or not).
+    func arrived(_ q: InferenceRequest, replica: String, arrival: Double, localChunks: Int) -> Bool
     /// A request with prefix keys has its whole prompt's KV on `replica` (its prefill is done).
     func prefilled(_ q: InferenceRequest, replica: String)
 }

@@ -158,30 +158,28 @@ public final class EmulatedReplicas {
             if replicas[s.replicaID]!.engine.place(of: q.requestID) != nil || done[q.requestID] != nil
                 || replicas[s.replicaID]!.movedAway.contains(q.requestID) || replicas[s.replicaID]!.held[q.requestID] != nil
                 || loading[q.requestID] != nil { again += 1; continue }
+            // Chunks still in this GPU's free blocks are used as they are (no load); the memory
+            // tiers are asked for what follows them.
+            var local = 0
             if !q.prefixKeys.isEmpty {
                 withPrefix[q.requestID] = (s.replicaID, q)
-                // Chunks still in this GPU's free blocks are used as they are (no load).
                 let chunk = Int(q.prefixChunkTokens)
                 let usable = chunk > 0 ? min(q.prefixKeys.count, (Int(q.prefillTokens) - 1) / chunk) : 0
                 if usable > 0 {
                     let free = replicas[s.replicaID]!.engine.freeBlocks * replicas[s.replicaID]!.engine.config.blockTokens
                     replicas[s.replicaID]!.local.trim(toTokens: free)
-                    let n = replicas[s.replicaID]!.local.longest(Array(q.prefixKeys.prefix(usable)))
-                    if n > 0 {
-                        gpuPrefix.hits += 1; gpuPrefix.hitTokens += n * chunk; gpuPrefix.promptTokens += Int(q.prefillTokens)
-                        if let why = replicas[s.replicaID]!.engine.add(id: q.requestID, prompt: Int(q.prefillTokens), decode: Int(q.decodeTokens), at: t, cached: n * chunk) { refused.append(why); continue }
-                        if q.highPriority { highPriority.insert(q.requestID) }
-                        continue
-                    }
+                    local = replicas[s.replicaID]!.local.longest(Array(q.prefixKeys.prefix(usable)))
+                    if local > 0 { gpuPrefix.hits += 1; gpuPrefix.hitTokens += local * chunk }
                 }
-            }
-            if !q.prefixKeys.isEmpty, let cache = prefixCache {
-                if cache.arrived(q, replica: s.replicaID, arrival: t) {
+                if local < usable, let cache = prefixCache, cache.arrived(q, replica: s.replicaID, arrival: t, localChunks: local) {
                     loading[q.requestID] = (s.replicaID, t)
                     continue
                 }
+                // Not counted by the tiers' lookups: its prompt counts here.
+                if local > 0 && (local == usable || prefixCache == nil) { gpuPrefix.promptTokens += Int(q.prefillTokens) }
             }
-            if let why = replicas[s.replicaID]!.engine.add(id: q.requestID, prompt: Int(q.prefillTokens), decode: Int(q.decodeTokens), at: t) { refused.append(why); continue }
+            if let why = replicas[s.replicaID]!.engine.add(id: q.requestID, prompt: Int(q.prefillTokens), decode: Int(q.decodeTokens), at: t,
+                                                           cached: local * Int(q.prefixChunkTokens)) { refused.append(why); continue }
             if q.highPriority { highPriority.insert(q.requestID) }
         }
         replicas[s.replicaID]!.syncPool()

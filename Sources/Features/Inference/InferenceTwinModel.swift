@@ -69,20 +69,22 @@ public struct InferenceTwinModel {
             // The replica's own GPU prefix cache first (as `EmulatedReplicas`).
             let chunk = q.prefixChunkTokens
             let usable = chunk > 0 ? min(q.prefixKeys.count, (q.prefill - 1) / chunk) : 0
+            var n = 0
             if usable > 0 {
                 withPrefix[q.id] = q
                 let e = replicas[replica]!.engine
                 replicas[replica]!.local.trim(toTokens: e.freeBlocks * e.config.blockTokens)
-                let n = replicas[replica]!.local.longest(Array(q.prefixKeys.prefix(usable)))
-                if n > 0 {
-                    tiers?.countSwap("gpu_hits"); tiers?.countSwap("gpu_hit_tokens", n * chunk); tiers?.countSwap("gpu_prompt_tokens", q.prefill)
+                n = replicas[replica]!.local.longest(Array(q.prefixKeys.prefix(usable)))
+                if n > 0 { tiers?.countSwap("gpu_hits"); tiers?.countSwap("gpu_hit_tokens", n * chunk) }
+                if n == usable || (n > 0 && tiers == nil) {
+                    tiers?.countSwap("gpu_prompt_tokens", q.prefill)
                     _ = replicas[replica]!.engine.add(id: q.id, prompt: q.prefill, decode: q.decode, at: t, cached: n * chunk)
                     continue
                 }
             }
             if let tiers, !q.prefixKeys.isEmpty {
                 let e = replicas[replica]!.engine
-                let (cached, ready) = tiers.arrived(q, model: e.model, backlog: e.backlog, maxBatchedTokens: e.config.maxBatchedTokens, at: t)
+                let (cached, ready) = tiers.arrived(q, model: e.model, backlog: e.backlog, maxBatchedTokens: e.config.maxBatchedTokens, at: t, localChunks: n)
                 withPrefix[q.id] = q
                 _ = replicas[replica]!.engine.add(id: q.id, prompt: q.prefill, decode: q.decode, at: ready, cached: cached, arrivedAt: t)
                 continue

@@ -30,6 +30,8 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
     /// Preempted requests' KV on a memory host, by request.
     var swaps: [String: SwapRecord] = [:]
     var swapSerial = 0
+    /// Tokens of a loading request's prompt already in its GPU's prefix cache.
+    private var localTokens: [String: Int] = [:]
     /// Chunks this agent stored (or saw held), so it does not send them again; bounded.
     private var stored = Set<String>()
     private var storedOrder: [String] = []
@@ -139,7 +141,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
 
     // MARK: Requests
 
-    public func arrived(_ q: InferenceRequest, replica: String, arrival: Double) -> Bool {
+    public func arrived(_ q: InferenceRequest, replica: String, arrival: Double, localChunks: Int) -> Bool {
         let chunkTokens = Int(q.prefixChunkTokens)
         guard chunkTokens > 0 else { return false }
         stats.lookups += 1
@@ -148,12 +150,14 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         guard policy.name != "none", let host = host(for: q.prefixKeys) else { return false }
         // Only whole chunks are stored, and at least one prompt token is always computed.
         let usable = min(q.prefixKeys.count, (Int(q.prefillTokens) - 1) / chunkTokens)
-        guard usable > 0 else { return false }
-        let keys = Array(q.prefixKeys.prefix(usable))
+        // The chunks after those in the GPU's own cache (each key names its whole prefix).
+        guard usable > localChunks else { return false }
+        let keys = Array(q.prefixKeys[localChunks..<usable])
         do {
             try client.get(keys, from: peer(host), prefixOnly: true, existsOnly: true) { [weak self] r in
                 self?.lookedUp(q, replica: replica, arrival: arrival, host: host, result: r)
             }
+            localTokens[q.requestID] = localChunks * chunkTokens
             return true
         } catch {
             stats.fallbacks += 1
@@ -167,6 +171,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
     /// Admits the request with what was loaded (0: prefilled as usual).
     private func admit(_ q: InferenceRequest, replica: String, cached: Int, readyAt: Double?, arrival: Double) {
         let now = traceNow(replica) ?? arrival
+        let cached = cached + (localTokens.removeValue(forKey: q.requestID) ?? 0)
         if let why = replicas.admitLoaded(q, replica: replica, cached: cached, readyAt: max(now, readyAt ?? now), arrival: arrival) {
             logger.warning("tiers: \(why)")
         }

@@ -108,20 +108,21 @@ public final class TiersTwinModel {
 
     /// A request with prefix keys reaches a replica at `t`: the prompt tokens it may skip and when
     /// it may run.
-    public func arrived(_ q: ServiceRequest, model: InferenceModel, backlog: Int, maxBatchedTokens: Int, at t: Double) -> (cached: Int, readyAt: Double) {
+    public func arrived(_ q: ServiceRequest, model: InferenceModel, backlog: Int, maxBatchedTokens: Int, at t: Double, localChunks: Int = 0) -> (cached: Int, readyAt: Double) {
+        let local = localChunks * q.prefixChunkTokens
         let chunk = q.prefixChunkTokens
-        guard chunk > 0, !q.prefixKeys.isEmpty else { return (0, t) }
+        guard chunk > 0, !q.prefixKeys.isEmpty else { return (local, t) }
         bump("lookups"); bump("prompt_tokens", q.prefill)
         for k in q.prefixKeys { seen[k, default: 0] += 1 }
-        guard policy.name != "none", let h = host(for: q.prefixKeys) else { return (0, t) }
+        guard policy.name != "none", let h = host(for: q.prefixKeys) else { return (local, t) }
         let usable = min(q.prefixKeys.count, (q.prefill - 1) / chunk)
-        guard usable > 0 else { return (0, t) }
+        guard usable > localChunks else { return (local, t) }
         // A crashed host not yet noticed: the lookup times out, then the prompt is prefilled.
-        if crashed[h.node] == false { bump("fallbacks"); return (0, t + settings.lookupTimeout) }
-        guard let store = stores[h.node] else { return (0, t) }
-        let keys = Array(q.prefixKeys.prefix(usable))
+        if crashed[h.node] == false { bump("fallbacks"); return (local, t + settings.lookupTimeout) }
+        guard let store = stores[h.node] else { return (local, t) }
+        let keys = Array(q.prefixKeys[localChunks..<usable])
         let n = store.longestPrefix(keys)
-        guard n > 0, let tierKind = store.tier(of: keys[0]) else { return (0, t) }
+        guard n > 0, let tierKind = store.tier(of: keys[0]) else { return (local, t) }
         let tokens = n * chunk
         let per = model.arch.kvBytesPerToken / Double(model.tensorParallel)
         let fig = h.tiers.first { $0.kind == tierKind.rawValue }?.figures ?? Settings.nominal(tierKind.rawValue)
@@ -130,10 +131,10 @@ public final class TiersTwinModel {
         c.gpuBacklog = max(0, backlog)
         let (load, reason) = policy.load(c)
         bump("decision/" + reason)
-        guard load else { return (0, t) }
+        guard load else { return (local, t) }
         for k in keys.prefix(n) { _ = try? store.get(k) }   // a hit promotes, as on the host
         bump("hits"); bump("hit_tokens", tokens)
-        return (tokens, t + c.loadSeconds)
+        return (local + tokens, t + c.loadSeconds)
     }
 
     /// A request's prompt is prefilled: its whole chunks not held yet go to the owning host.
