@@ -106,16 +106,21 @@ public enum ExperimentComparison {
     public static func write(_ all: [ExperimentSummary], variants: [String], to dir: String, title: String) throws {
         func esc(_ x: String) -> String { x.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;") }
         let rs = rows(all)
-        var table = "<table><tr><th>policy</th><th>requests done</th><th>TTFT p50 s</th><th>TTFT p99 s</th><th>TBT p50 ms</th><th>TBT p99 ms</th><th>E2E p50 s</th><th>E2E p99 s</th><th>preemptions</th><th>migrations</th><th>by reason</th><th>downtime p50 ms</th><th>prefix hits (prompt tokens)</th><th>output tok/s</th><th>weights from</th><th>lost nothing</th></tr>"
+        let kind = all.first?.variantKind ?? "migration"
+        // Migration columns for migration policies; prefix hits and streamed weights for offload ones.
+        let migrating = kind != "offload", weights = rs.contains { $0.weightTier != nil }
+        var table = "<table><tr><th>policy</th><th>requests done</th><th>TTFT p50 s</th><th>TTFT p99 s</th><th>TBT p50 ms</th><th>TBT p99 ms</th><th>E2E p50 s</th><th>E2E p99 s</th><th>preemptions</th>"
+            + (migrating ? "<th>migrations</th><th>by reason</th><th>downtime p50 ms</th>" : "<th>prefix hits (prompt tokens)</th>")
+            + "<th>output tok/s</th>" + (weights ? "<th>weights from</th>" : "") + "<th>lost nothing</th></tr>"
         for r in rs {
             table += "<tr><td>\(esc(r.policy))</td><td>\(r.completed)/\(r.submitted)</td>" + String(format: "<td>%.2f</td><td>%.2f</td><td>%.1f</td><td>%.1f</td><td>%.2f</td><td>%.2f</td>", r.ttftP50, r.ttftP99, r.tbtP50 * 1000, r.tbtP99 * 1000, r.latencyP50, r.latencyP99)
-                + "<td>\(r.preemptions)</td><td>\(r.migrations)</td><td>\(esc(r.reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")))</td><td>"
-                + (r.downtimeP50.map { String(format: "%.1f", $0) } ?? "-") + "</td><td>" + (r.prefixHitRatio.map { String(format: "%.1f%%", $0 * 100) } ?? "-")
-                + "</td><td>" + (r.tokensPerSecond.map { String(format: "%.2f", $0) } ?? "-") + "</td><td>\(esc(r.weightTier ?? "-"))"
-                + "</td><td>\(r.lostNothing ? "yes" : "NO")</td></tr>"
+                + "<td>\(r.preemptions)</td>"
+                + (migrating ? "<td>\(r.migrations)</td><td>\(esc(r.reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")))</td><td>" + (r.downtimeP50.map { String(format: "%.1f", $0) } ?? "-") + "</td>"
+                   : "<td>" + (r.prefixHitRatio.map { String(format: "%.1f%%", $0 * 100) } ?? "-") + "</td>")
+                + "<td>" + (r.tokensPerSecond.map { String(format: "%.2f", $0) } ?? "-") + "</td>" + (weights ? "<td>\(esc(r.weightTier ?? "-"))</td>" : "")
+                + "<td>\(r.lostNothing ? "yes" : "NO")</td></tr>"
         }
         table += "</table>"
-        let kind = all.first?.variantKind ?? "migration"
         var cdf = SVGPlot(title: "Time to first token by \(kind) policy", xLabel: "TTFT, trace seconds (log)", yLabel: "fraction of requests", logX: true)
         var e2e = SVGPlot(title: "Request latency by \(kind) policy", xLabel: "latency, trace seconds (log)", yLabel: "fraction of requests", logX: true)
         for (i, s) in all.enumerated() {
@@ -141,7 +146,7 @@ public enum ExperimentComparison {
         <!doctype html><html><head><meta charset="utf-8"><title>\(esc(title)): \(kind) policies</title>
         <style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>
         <h1>\(esc(title)): \(kind) policies compared</h1>
-        <p>The same requests (same seed) on the same testbed, once per \(kind == "offload" ? "memory-tier offload policy (KV prefixes stored on and loaded from the memory hosts' DRAM, CXL (emulated) and NVMe tiers)" : "live-migration policy"). Replicas are emulated (an iteration-level serving engine timed by Vidur's profiles); KV blocks move as real bytes at the stated kv_bytes_scale. Each run's own report: \(links).</p>
+        <p>The same requests (same seed) on the same testbed, once per \(kind == "offload" ? (weights ? "memory tier the model's offloaded layers are streamed from every step (DRAM, CXL (emulated), NVMe)" : "memory-tier offload policy (KV prefixes stored on and loaded from the memory hosts' DRAM, CXL (emulated) and NVMe tiers)") : "live-migration policy"). Replicas are emulated (an iteration-level serving engine timed by Vidur's profiles); KV blocks move as real bytes at the stated kv_bytes_scale. Each run's own report: \(links).</p>
         \(table)
         <pre>\(esc(text(all)))</pre>
         \(cdf.series.isEmpty ? "" : "<h2>Time to first token</h2>" + cdf.render())
