@@ -145,14 +145,17 @@ public final class TierClient: DataPlaneReceiver {
     }
 
     public func consume(from sender: String, transfer: UInt64, offset: Int, bytes: UnsafeRawBufferPointer) throws {
-        guard let id = inbound["\(sender)/\(transfer)"], let p = pending[id] else { return }
-        if let sink = p.sink {
+        // No copy of the pending get is held while its buffer is written: a second reference
+        // to the buffer would make every chunk copy the whole buffer first.
+        guard let id = inbound["\(sender)/\(transfer)"], pending[id] != nil else { return }
+        if let sink = pending[id]!.sink {
+            let starts = pending[id]!.starts
             // Split at block boundaries.
             var at = 0
-            var i = (p.starts.lastIndex { $0 <= offset }) ?? 0
-            while at < bytes.count, i < p.starts.count {
-                let end = i + 1 < p.starts.count ? p.starts[i + 1] : offset + bytes.count
-                let within = offset + at - p.starts[i]
+            var i = (starts.lastIndex { $0 <= offset }) ?? 0
+            while at < bytes.count, i < starts.count {
+                let end = i + 1 < starts.count ? starts[i + 1] : offset + bytes.count
+                let within = offset + at - starts[i]
                 let n = min(bytes.count - at, end - (offset + at))
                 if n > 0 { sink(i, within, UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)])) }
                 at += max(n, 0); i += 1
