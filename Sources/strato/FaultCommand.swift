@@ -41,8 +41,8 @@ struct FaultCommand: ParsableCommand {
 
     struct Inject: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Start a fault: kill, pause, partition, slow, drain or crash_coordinator. With --for it heals itself after that long; without, `strato fault heal` ends it.")
-        @Argument(help: "kill, pause, partition, slow, drain or crash_coordinator.") var action: String
+            abstract: "Start a fault: kill, pause, partition, slow, drain, fill_disk or crash_coordinator. With --for it heals itself after that long; without, `strato fault heal` ends it.")
+        @Argument(help: "kill, pause, partition, slow, drain, fill_disk or crash_coordinator.") var action: String
         @Argument(help: "A node id, kind:K, site:S, random or random:K (none for crash_coordinator).") var target: String?
         @Option(name: .customLong("for"), help: "Seconds until the heal (blocks until then).") var duration: Double?
         @Option(help: "slow: the share of one CPU the process keeps (0–1; needs --for).") var cpu: Double?

@@ -81,6 +81,7 @@ struct ExperimentSpecTests {
         ("name: t\ntopology: default-topology.yaml\noutputs: [trace, movie]\n", 3, "unknown output 'movie'"),
         ("name: t\ntopology: default-topology.yaml\nduration: 30s\nfaults:\n  - {at: 5s, action: kill, target: gpu-h100-9}\n", 5, "unknown node 'gpu-h100-9'"),
         ("name: t\ntopology: default-topology.yaml\nduration: 30s\nfaults:\n  - {at: 5s, action: explode, target: mem-0}\n", 5, "unknown action 'explode'"),
+        ("name: t\ntopology: default-topology.yaml\nduration: 30s\nfaults:\n  - {at: 5s, action: fill_disk, target: gpu-t4-0, for: 5s}\n", 5, "fill_disk targets memory hosts with an NVMe tier; gpu-t4-0 is not one"),
         ("name: t\ntopology: default-topology.yaml\nduration: 30s\nfaults:\n  - {at: 45s, action: kill, target: mem-0}\n", 5, "never happens"),
         ("name: t\ntopology: default-topology.yaml\nduration: 30s\nfaults:\n  - {at: 25s, action: kill, target: mem-0, for: 10s}\n", 5, "ends after the run's duration"),
         ("name: t\ntopology: default-topology.yaml\nduration: 30s\nfaults:\n  - {at: -1s, action: kill, target: mem-0}\n", 5, "must not be negative"),

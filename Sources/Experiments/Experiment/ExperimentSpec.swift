@@ -83,6 +83,9 @@ public struct ExperimentSpec: Equatable {
         case crashCoordinator = "crash_coordinator"
         /// The operator drains the node: no new work goes to it; its inference requests migrate away.
         case drain
+        /// A memory host's NVMe disk fills up (emulated: every write to the tier fails as on a full
+        /// disk; puts are refused as tier-full, blocks demoted there are dropped), then frees.
+        case fillDisk = "fill_disk"
 
         /// What ends the window.
         public var healName: String {
@@ -93,6 +96,7 @@ public struct ExperimentSpec: Equatable {
             case .slow: return "restore"
             case .crashCoordinator: return "restart coordinator"
             case .drain: return "undrain"
+            case .fillDisk: return "free disk"
             }
         }
     }
@@ -402,6 +406,13 @@ public struct ExperimentSpec: Equatable {
             let text = try b.string()
             guard ExperimentSpec.bandwidthBytesPerSecond(text) != nil else { throw b.fail("bandwidth '\(text)' is not a rate like 10mbit, 1gbit or 5MB/s") }
             fault.bandwidth = text
+        }
+        if action == .fillDisk {
+            for n in fault.nodes {
+                guard case .memory(let tiers)? = spec.topology.nodes.first(where: { $0.id == n })?.spec, tiers.contains(where: { $0.kind == .nvme }) else {
+                    throw fv.fail("fill_disk targets memory hosts with an NVMe tier; \(n) is not one")
+                }
+            }
         }
         if action == .slow && fault.cpu == nil && fault.latencyMs == nil && fault.bandwidth == nil {
             throw fv.fail("a slow fault needs cpu, latency_ms or bandwidth")

@@ -237,6 +237,8 @@ public struct OffloadAccounting: Codable, Equatable {
             }
         }
         for h in reply.hosts {
+            let errors = h.stats.errors.filter { $0.value > 0 }.sorted { $0.key < $1.key }
+            if !errors.isEmpty { hostTiers.append("\(h.node) refused or dropped, by named error: " + errors.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) }
             for t in h.stats.tiers where t.probedBandwidthGbps > 0 { figures = (figures ?? [:]).merging(["\(h.node)/\(t.kind)": [t.probedBandwidthGbps, t.probedLatencyNs]]) { $1 } }
             for t in h.stats.tiers {
                 hostTiers.append("\(h.node) \(t.kind)\(t.emulated ? " (emulated)" : ""): \(String(format: "%.1f", Double(t.usedBytes) / 1_048_576)) MiB used, \(t.blocks) blocks, \(t.hits) hits, \(t.evictions) evictions, \(t.demotions) demotions, \(t.promotions) promotions")

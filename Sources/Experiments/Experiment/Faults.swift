@@ -1,4 +1,5 @@
 import Cluster
+import Features
 import Foundation
 import Protocol
 
@@ -53,6 +54,16 @@ public final class FaultInjector {
         }
     }
 
+    /// A fill_disk fault is the tiers feature's request through the coordinator.
+    private func fillDisk(_ nodes: [String], _ full: Bool) throws {
+        guard let c = operatorClient else { throw FaultError(description: "fill_disk goes through the coordinator, and this injector has no connection to it") }
+        for n in nodes {
+            do { _ = try c.tierDiskFault(node: n, full: full) } catch {
+                throw FaultError(description: "the coordinator refused to \(full ? "fill" : "free") the disk of \(n): \(error)")
+            }
+        }
+    }
+
     @discardableResult
     public func start(_ f: ExperimentSpec.Fault, id: String? = nil) throws -> String {
         nextID += 1
@@ -71,6 +82,7 @@ public final class FaultInjector {
             }
         case .crashCoordinator: try backend.crashCoordinator()
         case .drain: try drain(f.nodes, true)
+        case .fillDisk: try fillDisk(f.nodes, true)
         }
         active.append(Active(id: fid, fault: f, startedAt: Date()))
         applied += 1
@@ -93,6 +105,7 @@ public final class FaultInjector {
             }
         case .crashCoordinator: try backend.restartCoordinator()
         case .drain: try drain(f.nodes, false)
+        case .fillDisk: try fillDisk(f.nodes, false)
         }
         healed += 1
         record(id, f, edge: "end")

@@ -74,6 +74,8 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
             weights.configure(cfg, policy: p)
             configureSwap()
             return FeatureOutcome(ok: true, detail: "offload policy \(p.name), \(cfg.hosts.count) memory hosts")
+        case .diskFault?:
+            return .refused("a disk fault is for memory hosts, not a GPU agent")
         case nil:
             return .refused("a TierCommand with no action")
         }

@@ -65,8 +65,14 @@ public final class TierStoreHandler: FeatureHandler, DataPlaneReceiver {
 
     // MARK: Commands and reports
 
+    /// Commands: only faults (blocks come over the data plane).
     public func execute(_ body: [UInt8], commandID: UInt64, wallNanos: Int64) -> FeatureOutcome {
-        .refused("a memory host's tiers take no commands: blocks come over the data plane")
+        guard let c = try? TierCommand(serializedBytes: body) else { return .refused("not a TierCommand") }
+        guard case .diskFault(let f)? = c.action else { return .refused("a memory host takes only disk faults; tier configs go to GPU agents") }
+        guard let nvme = store.tiers.compactMap({ $0.backend as? FileTier }).first else { return .refused("this memory host has no NVMe tier to fill") }
+        nvme.diskFullEmulated = f.full
+        logger.warning("tiers: \(f.full ? "NVMe tier's disk is full (emulated fault): writes fail as tier-full, blocks demoted there are dropped" : "NVMe tier's disk has room again")")
+        return FeatureOutcome(ok: true, detail: f.full ? "NVMe tier's disk full (emulated)" : "NVMe tier's disk free again")
     }
 
     public func reports(wallNanos: Int64) -> [FeatureReport] {

@@ -107,6 +107,24 @@ public final class TiersController: CoordinatorFeature {
             var e = ErrorReply(); e.code = .invalidRequest; e.message = "the tiers feature expects a TiersApiRequest"
             return .error(e)
         }
+        if request.hasDiskFault {
+            var e = ErrorReply(); e.code = .invalidRequest
+            guard let n = s.membership.nodes[request.node], n.status.kind == .memory else {
+                e.message = "a disk fault needs a memory host in `node` ('\(request.node)' is not one)"
+                return .error(e)
+            }
+            guard n.status.state == .alive else { e.message = "memory host \(request.node) is not alive"; return .error(e) }
+            var cmd = TierCommand(); cmd.diskFault = request.diskFault
+            do { try s.enqueueTransient(.feature(TierStoreHandler.feature, node: request.node, cmd)) } catch {
+                e.message = "could not send the disk fault to \(request.node): \(error)"
+                return .error(e)
+            }
+            s.event(request.node, "tiers", request.diskFault.full ? "NVMe disk full (fault, emulated)" : "NVMe disk freed")
+            var reply = TiersApiReply(); reply.policy = policy
+            reply.notes.append("\(request.node): NVMe tier's disk \(request.diskFault.full ? "full (emulated)" : "free again"), sent")
+            var out = FeatureMessage(); out.feature = TierStoreHandler.feature; out.body = (try? reply.serializedData()) ?? Data()
+            return .featureReply(out)
+        }
         if !request.node.isEmpty, latest[request.node] == nil, gpuStats[request.node] == nil {
             var e = ErrorReply(); e.code = .invalidRequest
             e.message = s.membership.nodes[request.node] == nil ? "no node '\(request.node)'; see `strato status`"
@@ -153,6 +171,18 @@ extension OperatorClient {
         var m = FeatureMessage(); m.feature = TierStoreHandler.feature; m.body = try req.serializedData()
         guard case .featureReply(let r) = try self.request(.featureRequest(m), timeoutMs: timeoutMs) else {
             throw OperatorClient.ClientError.unexpected("the coordinator answered a tiers request with something else")
+        }
+        return try TiersApiReply(serializedBytes: r.body)
+    }
+
+    /// Fills memory host `node`'s NVMe disk (emulated: its writes fail as on a full disk), or frees it.
+    public func tierDiskFault(node: String, full: Bool, timeoutMs: Int = 5000) throws -> TiersApiReply {
+        var req = TiersApiRequest(); req.node = node; req.diskFault.full = full
+        var m = FeatureMessage(); m.feature = TierStoreHandler.feature; m.body = try req.serializedData()
+        let answer = try self.request(.featureRequest(m), timeoutMs: timeoutMs)
+        if case .error(let e) = answer { throw OperatorClient.ClientError.unexpected(e.message) }
+        guard case .featureReply(let r) = answer else {
+            throw OperatorClient.ClientError.unexpected("the coordinator answered a disk fault with something else")
         }
         return try TiersApiReply(serializedBytes: r.body)
     }

@@ -261,6 +261,32 @@ public nonisolated struct Stratolab_V1_TiersApiRequest: Sendable {
   /// Only this host (empty: all).
   public var node: String = String()
 
+  /// A fault to apply to memory host `node` (the experiment runner's `fill_disk`), instead of a
+  /// status query.
+  public var diskFault: Stratolab_V1_TierDiskFault {
+    get {_diskFault ?? Stratolab_V1_TierDiskFault()}
+    set {_diskFault = newValue}
+  }
+  /// Returns true if `diskFault` has been explicitly set.
+  public var hasDiskFault: Bool {self._diskFault != nil}
+  /// Clears the value of `diskFault`. Subsequent reads from it will return its default value.
+  public mutating func clearDiskFault() {self._diskFault = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _diskFault: Stratolab_V1_TierDiskFault? = nil
+}
+
+/// The NVMe tier's disk fills up (emulated: every write fails as ENOSPC would) or frees again.
+public nonisolated struct Stratolab_V1_TierDiskFault: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var full: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -357,10 +383,21 @@ public nonisolated struct Stratolab_V1_TierCommand: Sendable {
     set {action = .config(newValue)}
   }
 
+  /// To a memory host: its NVMe tier's disk is full (or free again).
+  public var diskFault: Stratolab_V1_TierDiskFault {
+    get {
+      if case .diskFault(let v)? = action {return v}
+      return Stratolab_V1_TierDiskFault()
+    }
+    set {action = .diskFault(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Action: Equatable, Sendable {
     case config(Stratolab_V1_TierConfig)
+    /// To a memory host: its NVMe tier's disk is full (or free again).
+    case diskFault(Stratolab_V1_TierDiskFault)
 
   }
 
@@ -1135,7 +1172,7 @@ nonisolated extension Stratolab_V1_TierStats: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Stratolab_V1_TiersApiRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TiersApiRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}disk_fault\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1144,20 +1181,59 @@ nonisolated extension Stratolab_V1_TiersApiRequest: SwiftProtobuf.Message, Swift
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._diskFault) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.node.isEmpty {
       try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
     }
+    try { if let v = self._diskFault {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Stratolab_V1_TiersApiRequest, rhs: Stratolab_V1_TiersApiRequest) -> Bool {
     if lhs.node != rhs.node {return false}
+    if lhs._diskFault != rhs._diskFault {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_TierDiskFault: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TierDiskFault"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}full\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.full) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.full != false {
+      try visitor.visitSingularBoolField(value: self.full, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_TierDiskFault, rhs: Stratolab_V1_TierDiskFault) -> Bool {
+    if lhs.full != rhs.full {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1308,7 +1384,7 @@ nonisolated extension Stratolab_V1_TiersApiReply: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Stratolab_V1_TierCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TierCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}config\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}config\0\u{3}disk_fault\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1329,6 +1405,19 @@ nonisolated extension Stratolab_V1_TierCommand: SwiftProtobuf.Message, SwiftProt
           self.action = .config(v)
         }
       }()
+      case 2: try {
+        var v: Stratolab_V1_TierDiskFault?
+        var hadOneofValue = false
+        if let current = self.action {
+          hadOneofValue = true
+          if case .diskFault(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.action = .diskFault(v)
+        }
+      }()
       default: break
       }
     }
@@ -1339,9 +1428,17 @@ nonisolated extension Stratolab_V1_TierCommand: SwiftProtobuf.Message, SwiftProt
     // allocates stack space for every if/case branch local when no optimizations
     // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
     // https://github.com/apple/swift-protobuf/issues/1182
-    try { if case .config(let v)? = self.action {
+    switch self.action {
+    case .config?: try {
+      guard case .config(let v)? = self.action else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
+    }()
+    case .diskFault?: try {
+      guard case .diskFault(let v)? = self.action else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case nil: break
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 

@@ -86,7 +86,11 @@ public final class FileTier: TierBackend {
         return (p!, max(size, alignment))
     }
 
+    /// A `fill_disk` fault: every write fails as it would on a full disk (emulated; reads go on).
+    public var diskFullEmulated = false
+
     public func write(_ key: String, _ bytes: UnsafeRawBufferPointer) throws {
+        if diskFullEmulated { throw BlockStoreError(.tierFull, "NVMe tier \(directory) is full (emulated by a fill_disk fault) writing \(key)") }
         let crc = CRC32C.checksum(bytes)
         let tmp = path(key, ".tmp"), final = path(key, ".blk")
         let (buf, size) = Self.alignedBuffer(Self.headerBytes + bytes.count)
