@@ -113,15 +113,16 @@ public final class TiersController: CoordinatorFeature {
                 e.message = "a disk fault needs a memory host in `node` ('\(request.node)' is not one)"
                 return .error(e)
             }
-            guard n.status.state == .alive else { e.message = "memory host \(request.node) is not alive"; return .error(e) }
+            // Queued until acknowledged: a host that is suspect or restarting just now (a busy NVMe
+            // tier can hold its heartbeats back) gets it when it answers again.
             var cmd = TierCommand(); cmd.diskFault = request.diskFault
-            do { try s.enqueueTransient(.feature(TierStoreHandler.feature, node: request.node, cmd)) } catch {
+            do { try s.enqueue(.feature(TierStoreHandler.feature, node: request.node, cmd)) } catch {
                 e.message = "could not send the disk fault to \(request.node): \(error)"
                 return .error(e)
             }
             s.event(request.node, "tiers", request.diskFault.full ? "NVMe disk full (fault, emulated)" : "NVMe disk freed")
             var reply = TiersApiReply(); reply.policy = policy
-            reply.notes.append("\(request.node): NVMe tier's disk \(request.diskFault.full ? "full (emulated)" : "free again"), sent")
+            reply.notes.append("\(request.node): NVMe tier's disk \(request.diskFault.full ? "full (emulated)" : "free again"), sent" + (n.status.state == .alive ? "" : " (the host is \(n.status.state); it gets it when it answers again)"))
             var out = FeatureMessage(); out.feature = TierStoreHandler.feature; out.body = (try? reply.serializedData()) ?? Data()
             return .featureReply(out)
         }
