@@ -59,13 +59,7 @@ private final class TierBed {
     }
 
     func waitFinished(_ ids: [String], seconds: Double = 60) throws -> [String: RequestRecord] {
-        var out: [String: RequestRecord] = [:]
-        try cluster.waitFor("requests \(ids) to finish", seconds: seconds) {
-            let all = try self.client.requests(includeRequests: true).requests
-            out = Dictionary(uniqueKeysWithValues: all.filter { ids.contains($0.requestID) }.map { ($0.requestID, $0) })
-            return out.count == ids.count && out.values.allSatisfy { $0.finished >= 0 }
-        }
-        return out
+        try cluster.waitFinished(ids, client: client, seconds: seconds)
     }
 
     func kv(_ node: String) throws -> KVCacheStats? { try client.tiers().gpus.first { $0.node == node }?.stats }

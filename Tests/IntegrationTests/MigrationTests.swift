@@ -73,13 +73,7 @@ private final class MigrationBed {
     }
 
     func waitFinished(_ ids: [String], seconds: Double = 90) throws -> [String: RequestRecord] {
-        var out: [String: RequestRecord] = [:]
-        try cluster.waitFor("requests \(ids) to finish", seconds: seconds) {
-            let all = try self.client.requests(includeRequests: true).requests
-            out = Dictionary(uniqueKeysWithValues: all.filter { ids.contains($0.requestID) }.map { ($0.requestID, $0) })
-            return out.count == ids.count && out.values.allSatisfy { $0.finished >= 0 }
-        }
-        return out
+        try cluster.waitFinished(ids, client: client, seconds: seconds)
     }
 
     static func other(_ node: String) -> String { node == "gpu-a" ? "gpu-b" : "gpu-a" }

@@ -101,6 +101,17 @@ final class TestCluster {
         throw TestFailure("timed out after \(seconds) s waiting for: \(what)\n\(logs())")
     }
 
+    /// Waits until every request in `ids` has a result at the coordinator; their records.
+    func waitFinished(_ ids: [String], client: OperatorClient, seconds: Double) throws -> [String: RequestRecord] {
+        var out: [String: RequestRecord] = [:]
+        try waitFor("requests \(ids) to finish", seconds: seconds) {
+            let all = try client.requests(includeRequests: true).requests
+            out = Dictionary(uniqueKeysWithValues: all.filter { ids.contains($0.requestID) }.map { ($0.requestID, $0) })
+            return out.count == ids.count && out.values.allSatisfy { $0.finished >= 0 }
+        }
+        return out
+    }
+
     func logs() -> String {
         bed.processes.map { "--- \($0.name)\n" + Testbed.tail($0.log, lines: 8) }.joined(separator: "\n")
     }

@@ -32,13 +32,7 @@ extension EmulatedReplicas {
     /// engine's token budget): what loading a cached prefix saves.
     public func prefillSeconds(_ tokens: Int, replica: String) -> Double? {
         guard let e = replicas[replica]?.engine else { return nil }
-        var done = 0, t = 0.0
-        while done < tokens {
-            let n = min(e.config.maxBatchedTokens, tokens - done)
-            t += e.model.step(compute: e.model.iteration(tokens: Double(n)) + e.model.attention(kvTokens: Double(done) + Double(n) / 2))
-            done += n
-        }
-        return t
+        return e.model.prefillSeconds(tokens: tokens, budget: e.config.maxBatchedTokens)
     }
 
     /// Real KV bytes per token of the replica's model (per GPU of its tensor-parallel group), and

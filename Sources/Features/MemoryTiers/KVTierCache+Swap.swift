@@ -36,13 +36,8 @@ extension KVTierCache {
         let blockTokens = replicas.blockTokens
         replicas.remoteSwap = { @Sendable model, blocks, tokens in
             let bytes = Double(blocks * blockTokens) * model.arch.kvBytesPerToken / Double(model.tensorParallel)
-            var recompute = 0.0, done = 0
-            while done < tokens {
-                let n = min(2048, tokens - done)
-                recompute += model.step(compute: model.iteration(tokens: Double(n)) + model.attention(kvTokens: Double(done) + Double(n) / 2))
-                done += n
-            }
-            let c = PrefixChoice(tokens: tokens, bytes: bytes, tier: tier, linkBytesPerSecond: link, linkLatencySeconds: linkLatency, recomputeSeconds: recompute)
+            let c = PrefixChoice(tokens: tokens, bytes: bytes, tier: tier, linkBytesPerSecond: link, linkLatencySeconds: linkLatency,
+                                 recomputeSeconds: model.prefillSeconds(tokens: tokens, budget: 2048))
             return policy.swaps(c).swap
         }
     }

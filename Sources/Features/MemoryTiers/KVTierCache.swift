@@ -120,9 +120,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
     func host(for keys: [String]) -> MemoryHostAddress? {
         guard let first = keys.first, !config.hosts.isEmpty else { return nil }
         let hosts = config.hosts.sorted { $0.node < $1.node }
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in first.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
-        return hosts[Int(h % UInt64(hosts.count))]
+        return hosts[PrefixKeys.owner(of: first, among: hosts.count)]
     }
 
     private func peer(_ h: MemoryHostAddress) -> PeerAddress { PeerAddress(endpoint: h.endpoint, publicKey: h.publicKey.isEmpty ? nil : h.publicKey) }

@@ -87,9 +87,7 @@ public final class TiersTwinModel {
     private func host(for keys: [String]) -> Host? {
         let known = settings.hosts.filter { crashed[$0.node] == nil || crashed[$0.node] == false }.sorted { $0.node < $1.node }
         guard let first = keys.first, !known.isEmpty else { return nil }
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in first.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
-        return known[Int(h % UInt64(known.count))]
+        return known[PrefixKeys.owner(of: first, among: known.count)]
     }
 
     public func hostCrashed(_ node: String) { if stores[node] != nil { crashed[node] = false } }
@@ -127,7 +125,7 @@ public final class TiersTwinModel {
         let per = model.arch.kvBytesPerToken / Double(model.tensorParallel)
         let fig = h.tiers.first { $0.kind == tierKind.rawValue }?.figures ?? Settings.nominal(tierKind.rawValue)
         var c = PrefixChoice(tokens: tokens, bytes: Double(tokens) * per, tier: fig, linkBytesPerSecond: settings.linkBytesPerSecond,
-                             linkLatencySeconds: settings.linkLatencySeconds, recomputeSeconds: Self.prefillSeconds(model, tokens, maxBatchedTokens))
+                             linkLatencySeconds: settings.linkLatencySeconds, recomputeSeconds: model.prefillSeconds(tokens: tokens, budget: maxBatchedTokens))
         c.gpuBacklog = max(0, backlog)
         let (load, reason) = policy.load(c)
         bump("decision/" + reason)
@@ -144,7 +142,7 @@ public final class TiersTwinModel {
         let full = min(q.prefixKeys.count, q.prefill / chunk)
         let per = model.arch.kvBytesPerToken / Double(model.tensorParallel)
         let held = max(8, Int((Double(chunk) * per * settings.kvBytesScale).rounded()))
-        let recompute = Self.prefillSeconds(model, chunk, maxBatchedTokens)
+        let recompute = model.prefillSeconds(tokens: chunk, budget: maxBatchedTokens)
         for k in q.prefixKeys.prefix(full) where !store.exists(k) {
             let placement = ChunkPlacement(bytes: Double(chunk) * per, tiers: figures(h), linkBytesPerSecond: settings.linkBytesPerSecond,
                                            linkLatencySeconds: settings.linkLatencySeconds, recomputeSeconds: recompute, seen: seen[k] ?? 1)
@@ -153,16 +151,6 @@ public final class TiersTwinModel {
             guard let tier, let kind = TierKind(rawValue: tier) else { continue }
             if (try? store.put(k, [UInt8](repeating: 0, count: held), tier: kind)) != nil { bump("stored_chunks") }
         }
-    }
-
-    static func prefillSeconds(_ model: InferenceModel, _ tokens: Int, _ budget: Int) -> Double {
-        var t = 0.0, done = 0
-        while done < tokens {
-            let n = min(budget, tokens - done)
-            t += model.step(compute: model.iteration(tokens: Double(n)) + model.attention(kvTokens: Double(done) + Double(n) / 2))
-            done += n
-        }
-        return t
     }
 
     // MARK: weights and swaps
@@ -183,7 +171,7 @@ public final class TiersTwinModel {
         return { @Sendable model, blocks, tokens in
             let bytes = Double(blocks * blockTokens) * model.arch.kvBytesPerToken / Double(model.tensorParallel)
             let c = PrefixChoice(tokens: tokens, bytes: bytes, tier: tier, linkBytesPerSecond: link, linkLatencySeconds: lat,
-                                 recomputeSeconds: TiersTwinModel.prefillSeconds(model, tokens, 2048))
+                                 recomputeSeconds: model.prefillSeconds(tokens: tokens, budget: 2048))
             return policy.swaps(c).swap
         }
     }

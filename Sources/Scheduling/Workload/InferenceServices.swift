@@ -90,6 +90,18 @@ public struct InferenceModel: Sendable {
     /// A step's seconds from its compute: streamed weights overlap the compute, and bound it below.
     public func step(compute: Double) -> Double { max(compute, weightStreamSeconds) }
 
+    /// Seconds to prefill `tokens` of a prompt alone, chunk by chunk at `budget` tokens a step
+    /// (each chunk attends to what came before it): what loading or swapping that KV saves.
+    public func prefillSeconds(tokens: Int, budget: Int) -> Double {
+        var t = 0.0, done = 0
+        while done < tokens {
+            let n = min(max(1, budget), tokens - done)
+            t += step(compute: iteration(tokens: Double(n)) + attention(kvTokens: Double(done) + Double(n) / 2))
+            done += n
+        }
+        return t
+    }
+
     public init?(kb: KnowledgeBase, model: String, gpuModel: String, tensorParallel: Int) {
         guard let arch = ModelCatalog.model(named: model), let gpu = GPUCatalog.model(named: gpuModel) else { return nil }
         let rows = kb.offline.values.filter { $0.key.task == "inference" && $0.key.model == arch.name && $0.key.gpuModel == gpu.name && $0.key.gpuCount == tensorParallel }

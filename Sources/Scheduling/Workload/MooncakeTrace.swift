@@ -82,6 +82,14 @@ public enum PrefixKeys {
         return out
     }
 
+    /// Which of `count` memory hosts (sorted by name) owns a prefix: by its first chunk's key, so
+    /// every agent (and the twin) asks the same one.
+    public static func owner(of firstKey: String, among count: Int) -> Int {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in firstKey.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+        return Int(h % UInt64(max(1, count)))
+    }
+
     /// How many leading chunks of `ids` `held` (a set of chained keys) holds.
     public static func cachedPrefix(_ keys: [String], held: Set<String>) -> Int {
         var n = 0

@@ -448,18 +448,25 @@ public struct ServingEngine: Sendable {
         //    One swapped to a memory host has its blocks reserved and its KV asked for; it runs
         //    once the KV is back (`swapInDone`).
         swapped.sort(by: Self.older)
+        // Sequences whose KV is on its way back hold a running slot already.
+        var fetching = swapped.reduce(0) { $0 + ($1.fetchRequested ? 1 : 0) }
         var i = 0
-        while i < swapped.count, running.count + swapped.filter({ $0.fetchRequested }).count - (swapped[i].fetchRequested ? 1 : 0) < config.maxRunning {
+        while i < swapped.count, running.count + fetching - (swapped[i].fetchRequested ? 1 : 0) < config.maxRunning {
             let s = swapped[i]
             if s.remote {
                 if let at = s.fetchedAt {
-                    if at <= start { swapped.remove(at: i); var r = s; r.remote = false; r.fetchRequested = false; r.fetchedAt = nil; running.append(r) } else { i += 1 }
+                    if at <= start {
+                        swapped.remove(at: i); fetching -= 1
+                        var r = s; r.remote = false; r.fetchRequested = false; r.fetchedAt = nil
+                        running.append(r)
+                    } else { i += 1 }
                     continue
                 }
                 if s.fetchRequested { i += 1; continue }
                 guard s.blocks + 1 <= freeBlocks else { break }
                 freeBlocks -= s.blocks
                 swapped[i].fetchRequested = true
+                fetching += 1
                 swapIns.append(SwapEvent(id: s.id, blocks: s.blocks, tokens: s.computed, at: start))
                 i += 1
                 continue
