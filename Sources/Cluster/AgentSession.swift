@@ -375,7 +375,12 @@ public final class AgentSession: @unchecked Sendable {
     /// Handlers pumped every loop turn (those that own sockets or timed work), found once (their
     /// socket lists may grow, e.g. a data plane's peer connections, so those are asked each turn):
     /// thousands of virtual nodes' handlers without either cost nothing per loop turn.
-    private lazy var pumpedHandlers: [FeatureHandler] = nodes.flatMap { $0.handlers.values.filter(\.isPumped) }
+    private lazy var pumpedHandlers: [FeatureHandler] = {
+        // A handler shared by many nodes (a process-wide data plane, a fleet of virtual players)
+        // is pumped once per turn, not once per node.
+        var seen = Set<ObjectIdentifier>()
+        return nodes.flatMap { $0.handlers.values.filter(\.isPumped) }.filter { seen.insert(ObjectIdentifier($0)).inserted }
+    }()
 
     private var handlerSockets: [ZMQSocket] { pumpedHandlers.flatMap(\.sockets) }
 

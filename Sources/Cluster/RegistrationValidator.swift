@@ -20,7 +20,9 @@ public enum RegistrationValidator {
         case (.gpu, .gpu(let g)?): problems += gpuProblems(g)
         case (.memory, .memory(let m)?): problems += memoryProblems(m)
         case (.render, .render(let c)?): problems += renderProblems(c)
-        case (.gpu, _), (.memory, _), (.render, _):
+        case (.player, .player(let c)?): problems += playerProblems(c)
+        case (.world, .world(let c)?): problems += worldProblems(c)
+        case (.gpu, _), (.memory, _), (.render, _), (.player, _), (.world, _):
             problems.append("kind \(r.kind.name) needs \(r.kind.name) capabilities")
         default:
             problems.append("kind is unspecified")
@@ -68,5 +70,18 @@ public enum RegistrationValidator {
             p.append("render.gpu_model '\(r.gpuModel)' is not in the catalogue")
         }
         return p
+    }
+
+    static func playerProblems(_ c: PlayerCapabilities) -> [String] {
+        var p: [String] = []
+        if DeviceCatalog.device(named: c.device) == nil { p.append("player.device '\(c.device)' is not in the catalogue (known: \(DeviceCatalog.deviceNames.joined(separator: ", ")))") }
+        if DeviceCatalog.network(named: c.network) == nil { p.append("player.network '\(c.network)' is not a network class (known: \(DeviceCatalog.networkNames.joined(separator: ", ")))") }
+        if !(c.gpuTflops > 0 && c.gpuTflops < 1000) { p.append("player.gpu_tflops \(c.gpuTflops) is outside (0, 1000)") }
+        if !(c.memoryGib > 0 && c.memoryGib <= 1024) { p.append("player.memory_gib \(c.memoryGib) is outside (0, 1024]") }
+        return p
+    }
+
+    static func worldProblems(_ c: WorldCapabilities) -> [String] {
+        (c.tickHz >= 1 && c.tickHz <= 1000) ? [] : ["world.tick_hz \(c.tickHz) is outside 1...1000"]
     }
 }

@@ -54,6 +54,12 @@ public protocol DataPlaneReceiver: AnyObject {
     func finished(from sender: String, transfer: UInt64, result: Result<Int, DataPlaneError>)
 }
 
+/// What a feature does with stream messages (frames, inputs, updates) sent to this node. Called
+/// on the data plane's thread; `header` and `payload` are valid only during the call.
+public protocol DataPlaneStreamReceiver: AnyObject {
+    func streamMessage(from sender: String, kind: String, header: UnsafeRawBufferPointer, payload: UnsafeRawBufferPointer)
+}
+
 /// Bytes to send, read chunk by chunk when flow control allows (never all at once).
 public typealias TransferSource = (_ offset: Int, _ length: Int, _ emit: (UnsafeRawBufferPointer) throws -> Void) throws -> Void
 
@@ -69,6 +75,10 @@ public final class DataPlane {
         public var chunksSent: UInt64 = 0, chunksReceived: UInt64 = 0
         public var bytesSent: UInt64 = 0, bytesReceived: UInt64 = 0
         public var framesRejected: UInt64 = 0
+        /// Stream messages (fire and forget): sent, delivered to a feature, dropped (bad checksum
+        /// or length, or no feature takes the kind).
+        public var streamSent: UInt64 = 0, streamReceived: UInt64 = 0, streamDropped: UInt64 = 0
+        public var streamBytesSent: UInt64 = 0, streamBytesReceived: UInt64 = 0
         /// Most chunks of one incoming transfer read in one pump: bounded by the window.
         public var maxChunksQueued = 0
     }
@@ -84,6 +94,11 @@ public final class DataPlane {
     private struct WeakReceiver { weak var value: DataPlaneReceiver? }
     public func register(_ r: DataPlaneReceiver, forKind kind: String) { receiversByKind[kind] = WeakReceiver(value: r) }
     private func receiver(for kind: String) -> DataPlaneReceiver? { receiversByKind[kind]?.value ?? receiver }
+    private struct WeakStreamReceiver { weak var value: DataPlaneStreamReceiver? }
+    private var streamReceivers: [String: WeakStreamReceiver] = [:]
+    /// Takes stream messages of `kind` (held weakly).
+    public func registerStream(_ r: DataPlaneStreamReceiver, forKind kind: String) { streamReceivers[kind] = WeakStreamReceiver(value: r) }
+    private var streamSequence: UInt64 = 0
 
     private let clock: Clock
     private let logger: Logger
@@ -185,6 +200,22 @@ public final class DataPlane {
         stats.transfersSent += 1
         carryOut(first, transfer: id)
         return id
+    }
+
+    /// Sends one stream message to `peer`: no offer, credit or completion, nothing re-sent (see
+    /// `StreamMessage` in dataplane.proto). Throws only when the peer cannot be connected to.
+    public func post(to peer: PeerAddress, kind: String, header: [UInt8], payload: [UInt8] = []) throws {
+        let socket = try connection(to: peer)
+        streamSequence += 1
+        var m = StreamMessage()
+        m.kind = kind
+        m.header = Data(header)
+        m.payloadLength = UInt32(payload.count)
+        if !payload.isEmpty { m.payloadCrc32C = payload.withUnsafeBytes { CRC32C.checksum($0) } }
+        let head = frameBytes(.stream(m), transfer: streamSequence)
+        stats.streamSent += 1
+        stats.streamBytesSent += UInt64(head.count + payload.count)
+        send(.peer(socket), payload.isEmpty ? [head] : [head, payload])
     }
 
     /// Gives up on an outgoing transfer; the receiver is told.
@@ -290,10 +321,15 @@ public final class DataPlane {
 
     private func handleAtReceiver(_ frames: [UnsafeRawBufferPointer], queued: inout [IncomingKey: Int]) {
         guard frames.count == 2 || frames.count == 3 else { stats.framesRejected += 1; return }
+
         let identity = Array(frames[0])
         let frame: DataFrame
         do { frame = try DataFrame(serializedBytes: Array(frames[1])) } catch {
             reject(identity, id: 0, .malformed("not a DataFrame: \(error)"))
+            return
+        }
+        if case .stream(let m)? = frame.body {
+            receiveStream(m, from: frame.sender, version: frame.protocolVersion, payload: frames.count == 3 ? frames[2] : nil)
             return
         }
         guard frame.protocolVersion == dataPlaneProtocolVersion else {
@@ -346,6 +382,22 @@ public final class DataPlane {
         default:
             reject(identity, id: frame.transferID, .malformed("a receiver does not take '\(frame.body.map { "\($0)" } ?? "nothing")'"))
         }
+    }
+
+    /// A stream message: checked (version, length, checksum) and handed to its feature; dropped
+    /// and counted otherwise (no reply: the sender does not wait for one).
+    private func receiveStream(_ m: StreamMessage, from sender: String, version: UInt32, payload: UnsafeRawBufferPointer?) {
+        let empty = UnsafeRawBufferPointer(start: nil, count: 0)
+        let p = payload ?? empty
+        guard version == dataPlaneProtocolVersion, p.count == Int(m.payloadLength),
+              p.isEmpty || CRC32C.checksum(p) == m.payloadCrc32C,
+              let r = streamReceivers[m.kind]?.value else {
+            stats.streamDropped += 1
+            return
+        }
+        stats.streamReceived += 1
+        stats.streamBytesReceived += UInt64(p.count)
+        m.header.withUnsafeBytes { h in r.streamMessage(from: sender, kind: m.kind, header: h, payload: p) }
     }
 
     private func carryOut(_ directives: [TransferReceiver.Directive], key: IncomingKey, payload: UnsafeRawBufferPointer? = nil) {

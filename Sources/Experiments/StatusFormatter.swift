@@ -12,6 +12,10 @@ public enum StatusFormatter {
             return m.tiers.map { "\($0.kind.name) \(ByteSize.format($0.capacityBytes))\($0.emulated ? "*" : "")" }.joined(separator: ", ")
         case .render(let r)?:
             return "\(r.renderSlots) slots, \(r.gpuModel)"
+        case .player(let p)?:
+            return "\(p.device) on \(p.network)\(p.emulated ? " (emulated)" : "")"
+        case .world(let w)?:
+            return String(format: "world at %.0f Hz", w.tickHz)
         default:
             return "-"
         }
@@ -99,6 +103,10 @@ public enum StatusFormatter {
                                             "latency_ns": $0.latencyNs, "emulated": $0.emulated, "method": $0.method] as [String: Any] }]
         case .render(let r)?:
             return ["site_kind": r.siteKind.name, "render_slots": r.renderSlots, "gpu_model": r.gpuModel, "max_fps": r.maxFps]
+        case .player(let p)?:
+            return ["device": p.device, "network": p.network, "gpu_tflops": p.gpuTflops, "memory_gib": p.memoryGib, "behaviour": p.behaviour, "emulated": p.emulated]
+        case .world(let w)?:
+            return ["tick_hz": w.tickHz, "max_players": w.maxPlayers]
         default:
             return [:]
         }

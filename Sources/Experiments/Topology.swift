@@ -29,12 +29,31 @@ public struct Topology: Equatable {
         /// the emulated link between GPU agents and memory hosts (nil: the coordinator's defaults).
         public var offloadPolicy: String? = nil
         public var tierLink: String? = nil
+        /// Where players render (`local`, `edge`, `cloud`, `scripted`, `adaptive`) and the scripted
+        /// switches (`AT_SECONDS PLAYER PLACE`); nil: the coordinator's default.
+        public var renderPolicy: String? = nil
+        public var renderScript: [String] = []
     }
 
     public enum NodeSpec: Equatable {
         case gpu(model: String, count: Int)
         case memory(tiers: [MemoryHost.TierSpec])
         case render(slots: Int, gpuModel: String)
+        case world(tickHz: Double, entities: Int, seed: Int)
+        case player(PlayerSpec)
+    }
+
+    /// Players of one process: device profiles spread over them, a behaviour, a network class.
+    public struct PlayerSpec: Equatable {
+        public var devices: [String]
+        public var behaviours: [String] = ["random-walk"]
+        /// nil: each device's own class.
+        public var network: String?
+        public var viewDistance = 8
+        public var otherLoad = 0.2
+        public var dockAfter: Double?
+        public var battery = 1.0
+        public init(devices: [String]) { self.devices = devices }
     }
 
     public struct Node: Equatable {
@@ -84,7 +103,14 @@ public struct Topology: Equatable {
         }
         if let c = top["coordinator"] {
             let m = try c.mapping(allowed: ["endpoint", "heartbeat_ms", "suspect_after_ms", "dead_after_ms", "policy", "time_scale",
-                                            "migration_policy", "migration_method", "kv_bytes_scale", "kv_link", "offload_policy", "tier_link"])
+                                            "migration_policy", "migration_method", "kv_bytes_scale", "kv_link", "offload_policy", "tier_link",
+                                            "render_policy", "render_script"])
+            if let v = m["render_script"] { t.coordinator.renderScript = try v.sequence().map { try $0.string() } }
+            if let v = m["render_policy"] {
+                let p = try v.string()
+                do { _ = try RenderPolicies.named(p, script: t.coordinator.renderScript) } catch { throw v.fail("\(error)") }
+                t.coordinator.renderPolicy = p
+            }
             if let v = m["offload_policy"] {
                 let p = try v.string()
                 guard OffloadPolicies.named(p) != nil else { throw v.fail("unknown offload policy '\(p)' (known: \(OffloadPolicies.names.joined(separator: ", ")))") }
@@ -190,13 +216,13 @@ public struct Topology: Equatable {
     }
 
     static func parseNode(_ n: YAMLValue) throws -> Node {
-        let m = try n.mapping(allowed: ["id", "kind", "site", "labels", "gpu", "tiers", "render", "virtual"])
+        let m = try n.mapping(allowed: ["id", "kind", "site", "labels", "gpu", "tiers", "render", "virtual", "world", "player"])
         guard let idValue = m["id"] else { throw n.fail("missing 'id'") }
         let id = try idValue.string()
         guard !id.isEmpty, id.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
             throw idValue.fail("node id '\(id)' may hold only letters, digits, '-', '_' and '.'")
         }
-        guard let kindValue = m["kind"] else { throw n.fail("missing 'kind' (gpu, memory or render)") }
+        guard let kindValue = m["kind"] else { throw n.fail("missing 'kind' (gpu, memory, render, world or player)") }
         let kindName = try kindValue.string()
         var siteName = "cloud", siteKind = SiteKind.cloud
         if let s = m["site"] {
@@ -250,21 +276,72 @@ public struct Topology: Equatable {
             let gpu = try rm["gpu"]?.string() ?? "L4"
             guard GPUCatalog.model(named: gpu) != nil else { throw (rm["gpu"] ?? n).fail("unknown GPU model '\(gpu)'") }
             spec = .render(slots: try rm["slots"]?.int(in: 1...4096) ?? 8, gpuModel: gpu)
+        case "world":
+            kind = .world
+            let wm = try m["world"]?.mapping(allowed: ["tick_hz", "entities", "seed"]) ?? [:]
+            let hz = try wm["tick_hz"]?.double() ?? 20
+            guard hz >= 1 && hz <= 1000 else { throw wm["tick_hz"]!.fail("tick_hz \(hz) must be within 1 … 1000") }
+            spec = .world(tickHz: hz, entities: try wm["entities"]?.int(in: 0...100_000) ?? 64, seed: try wm["seed"]?.int(in: 0...Int(Int32.max)) ?? 1)
+        case "player":
+            kind = .player
+            guard let pv = m["player"] else { throw n.fail("a player node needs 'player: {device: phone, …}'") }
+            spec = .player(try parsePlayer(pv))
         default:
-            throw kindValue.fail("unknown kind '\(kindName)'; expected gpu, memory or render")
+            throw kindValue.fail("unknown kind '\(kindName)'; expected gpu, memory, render, world or player")
         }
-        for (key, belongs) in [("gpu", "gpu"), ("tiers", "memory"), ("render", "render")] where m[key] != nil && kindName != belongs {
+        for (key, belongs) in [("gpu", "gpu"), ("tiers", "memory"), ("render", "render"), ("world", "world"), ("player", "player")] where m[key] != nil && kindName != belongs {
             throw m[key]!.fail("'\(key)' belongs to \(belongs) nodes, not \(kindName) nodes")
         }
         return Node(id: id, kind: kind, siteName: siteName, siteKind: siteKind, labels: labels, spec: spec,
                     virtual: virtual, line: n.node.mark?.line ?? 0, jobCommand: jobCommand)
     }
 
+    /// `player: {device: phone | [phone, laptop], behaviour: random-walk, network: 5g, view_distance: 8,
+    /// other_load: 0.2, dock_after: 60s, battery: 1}`.
+    static func parsePlayer(_ v: YAMLValue) throws -> PlayerSpec {
+        let m = try v.mapping(allowed: ["device", "behaviour", "network", "view_distance", "other_load", "dock_after", "battery"])
+        func names(_ key: String, known: [String], check: (String) -> Bool) throws -> [String]? {
+            guard let x = m[key] else { return nil }
+            let list: [String]
+            if case .scalar = x.node { list = [try x.string()] } else { list = try x.sequence().map { try $0.string() } }
+            for name in list where !check(name) { throw x.fail("unknown \(key) '\(name)' (known: \(known.joined(separator: ", ")))") }
+            if list.isEmpty { throw x.fail("\(key) is empty") }
+            return list
+        }
+        guard let devices = try names("device", known: DeviceCatalog.deviceNames, check: { DeviceCatalog.device(named: $0) != nil }) else {
+            throw v.fail("missing 'device' (\(DeviceCatalog.deviceNames.joined(separator: ", ")))")
+        }
+        var p = PlayerSpec(devices: devices)
+        if let b = try names("behaviour", known: ["idle", "random-walk", "explore", "build"], check: { ["idle", "random-walk", "explore", "build"].contains($0) }) { p.behaviours = b }
+        if let x = m["network"] {
+            let n = try x.string()
+            guard DeviceCatalog.network(named: n) != nil else { throw x.fail("unknown network class '\(n)' (known: \(DeviceCatalog.networkNames.joined(separator: ", ")))") }
+            p.network = n
+        }
+        if let x = m["view_distance"] { p.viewDistance = try x.int(in: 2...32) }
+        if let x = m["other_load"] {
+            p.otherLoad = try x.double()
+            guard (0...0.9).contains(p.otherLoad) else { throw x.fail("other_load \(p.otherLoad) must be within 0 … 0.9") }
+        }
+        if let x = m["dock_after"] { p.dockAfter = try ExperimentSpec.seconds(x) }
+        if let x = m["battery"] {
+            p.battery = try x.double()
+            guard (0...1).contains(p.battery) else { throw x.fail("battery \(p.battery) must be within 0 … 1") }
+        }
+        return p
+    }
+
     /// The `strato agent …` arguments that start this node.
     /// With `netControlDirectory`, the agent follows `<dir>/<node id>.json` (see `--net-control`).
     public func agentArguments(for node: Node, keysDirectory: String?, nvmeRoot: String,
                                netControlDirectory: String? = nil) -> [String] {
-        var args = ["agent", node.kind.name, "--id", node.id, "--site", node.siteKind.name, "--site-name", node.siteName,
+        let command: [String]
+        switch node.kind {
+        case .world: command = ["game", "server"]
+        case .player: command = ["client", "player"]
+        default: command = ["agent", node.kind.name]
+        }
+        var args = command + ["--id", node.id, "--site", node.siteKind.name, "--site-name", node.siteName,
                     "--endpoint", coordinator.endpoint, "--heartbeat-ms", "\(coordinator.heartbeatMs)",
                     "--coordinator-timeout-ms", "\(coordinator.deadAfterMs)"]
         if let k = keysDirectory { args += ["--keys", k] }
@@ -280,6 +357,12 @@ public struct Topology: Equatable {
                 args += ["--tier", "\(t.kind.name):\(t.capacityBytes)" + (path.isEmpty ? "" : ":\(path)")]
             }
         case let .render(slots, gpu): args += ["--slots", "\(slots)", "--render-gpu", gpu]
+        case let .world(hz, entities, seed): args += ["--tick-hz", "\(hz)", "--entities", "\(entities)", "--seed", "\(seed)"]
+        case let .player(p):
+            args += ["--device", p.devices.joined(separator: ","), "--behaviour", p.behaviours.joined(separator: ","),
+                     "--view-distance", "\(p.viewDistance)", "--other-load", "\(p.otherLoad)", "--battery", "\(p.battery)"]
+            if let n = p.network { args += ["--network", n] }
+            if let d = p.dockAfter { args += ["--dock-after", "\(d)"] }
         }
         if let c = network[node.siteName], !c.isNone {
             func text(_ v: Double) -> String { v == v.rounded() && abs(v) < 1e15 ? "\(Int64(v))" : "\(v)" }
@@ -302,6 +385,8 @@ public struct Topology: Equatable {
         if let x = coordinator.kvLink { args += ["--kv-link", x] }
         if let x = coordinator.offloadPolicy { args += ["--offload-policy", x] }
         if let x = coordinator.tierLink { args += ["--tier-link", x] }
+        if let x = coordinator.renderPolicy { args += ["--render-policy", x] }
+        for x in coordinator.renderScript { args += ["--render-script", x] }
         if let k = keysDirectory { args += ["--keys", k] }
         return args
     }

@@ -13,6 +13,8 @@ public typealias MemoryTierKind = Stratolab_V1_MemoryTierKind
 public typealias MemoryTier = Stratolab_V1_MemoryTier
 public typealias MemoryCapabilities = Stratolab_V1_MemoryCapabilities
 public typealias RenderCapabilities = Stratolab_V1_RenderCapabilities
+public typealias PlayerCapabilities = Stratolab_V1_PlayerCapabilities
+public typealias WorldCapabilities = Stratolab_V1_WorldCapabilities
 public typealias Capabilities = Stratolab_V1_Capabilities
 public typealias Register = Stratolab_V1_Register
 public typealias RegisterAck = Stratolab_V1_RegisterAck
@@ -43,6 +45,8 @@ extension NodeKind {
         case .gpu: return "gpu"
         case .memory: return "memory"
         case .render: return "render"
+        case .player: return "player"
+        case .world: return "world"
         default: return "unspecified"
         }
     }
@@ -132,6 +136,7 @@ public typealias RequestsReply = Stratolab_V1_RequestsReply
 // Data plane (dataplane.proto).
 public typealias DataFrame = Stratolab_V1_DataFrame
 public typealias TransferOffer = Stratolab_V1_TransferOffer
+public typealias StreamMessage = Stratolab_V1_StreamMessage
 public typealias TransferAccept = Stratolab_V1_TransferAccept
 public typealias ChunkHeader = Stratolab_V1_ChunkHeader
 public typealias TransferCredit = Stratolab_V1_TransferCredit

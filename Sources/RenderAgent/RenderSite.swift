@@ -8,7 +8,10 @@ public final class RenderSite: AgentBehavior {
     public let slots: UInt32
     public let gpuModel: String
     public let maxFPS: UInt32
-    private var sessions: [String] = []
+    /// The node's features (the game's render handler when the site has a data plane).
+    public var handlers: [FeatureHandler] = []
+    /// Render slots in use, from the handler that serves players.
+    public var slotsUsed: () -> Int = { 0 }
 
     public enum ConfigError: Error, CustomStringConvertible {
         case badSiteKind(String), badSlots(Int), unknownGPU(String)
@@ -45,10 +48,10 @@ public final class RenderSite: AgentBehavior {
     }
 
     public func fillTelemetry(_ telemetry: inout Telemetry) {
-        telemetry.renderSlotsUsed = UInt32(sessions.count)
+        telemetry.renderSlotsUsed = UInt32(slotsUsed())
     }
 
-    public func running() -> [String] { sessions }
+    public func running() -> [String] { [] }
 
     public func execute(_ command: Command) -> (ok: Bool, detail: String)? { nil }
 }

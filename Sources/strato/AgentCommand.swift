@@ -90,19 +90,24 @@ struct AgentCommand: ParsableCommand {
             let endpoint = dataEndpoint ?? (virtual > 1 ? "none" : "tcp://127.0.0.1:0")
             guard endpoint != "none" else { return nil }
             guard virtual == 1 else { throw ValidationError("--data-endpoint: a data plane serves one node; use none with --virtual") }
+            do { return DataPlaneHandler(plane: try DataPlane(config: try dataPlaneConfig(nodeID: nodeID, endpoint: endpoint))) } catch let e as ValidationError { throw e } catch {
+                throw ValidationError("--data-endpoint \(endpoint): could not bind the data plane: \(error)")
+            }
+        }
+
+        /// The data plane's configuration for this agent process (keys, emulated network).
+        func dataPlaneConfig(nodeID: String, endpoint: String, network: NetworkConditions? = nil) throws -> DataPlaneConfig {
             var c = DataPlaneConfig(nodeID: nodeID)
             c.bindEndpoint = endpoint
             c.advertiseHost = dataAdvertiseHost
-            c.network = (try? networkConditions()) ?? .none
+            c.network = network ?? (try? networkConditions()) ?? .none
             c.networkControlFile = netControl
             if let dir = keys {
                 let kd = KeyDirectory(path: dir)
                 c.keys = try clientKey.map(KeyDirectory.readPair) ?? kd.agentKeys()
                 c.authorizedKeys = try kd.authorizedKeys()
             }
-            do { return DataPlaneHandler(plane: try DataPlane(config: c)) } catch {
-                throw ValidationError("--data-endpoint \(endpoint): could not bind the data plane: \(error)")
-            }
+            return c
         }
 
         /// Runs the session for the nodes `make` builds; a single node gets its data plane, which
@@ -111,14 +116,24 @@ struct AgentCommand: ParsableCommand {
             Strato.bootstrapLogging()
             let ids = identities()
             let plane = try dataPlaneHandler(nodeID: ids[0].nodeID)
-            let nodes = try ids.map { ($0, try make($0, plane)) }
+            try runNodes(try ids.map { ($0, try make($0, plane)) }, extraHandlers: plane.map { [$0] } ?? [])
+        }
+
+        /// Whether any --net-* option was given (they win over a player's network class).
+        var hasNetworkOptions: Bool { netDelay != nil || netJitter != nil || netLoss != nil || netBandwidth != nil }
+
+        /// Runs the session for these nodes, with `extraHandlers` on every node (a shared data plane),
+        /// on `network` instead of the --net-* conditions when given.
+        func runNodes(_ nodes: [(AgentIdentity, AgentBehavior)], extraHandlers: [FeatureHandler], network: NetworkConditions? = nil) throws {
             let env = ProcessInfo.processInfo.environment
             if let dir = traceDir ?? env["STRATO_TRACE_DIR"].flatMap({ $0.isEmpty ? nil : $0 }) {
                 try Tracer.shared.enable(process: id, spoolDirectory: dir, heartbeatSample: env["STRATO_TRACE_SAMPLE"].flatMap(UInt64.init) ?? traceSample)
                 Tracer.shared.instant("agent start", category: "lifecycle", track: "control",
                                       args: ["kind": nodes[0].1.kind.name, "nodes": "\(nodes.count)", "pid": "\(getpid())"])
             }
-            let session = AgentSession(config: sessionConfig, nodes: nodes, extraHandlers: plane.map { [$0] } ?? [],
+            var config = sessionConfig
+            if let network { config.network = network }
+            let session = AgentSession(config: config, nodes: nodes, extraHandlers: extraHandlers,
                                        logger: Logger(label: "strato.agent.\(nodes[0].1.kind.name)"))
             try Lifecycle.run([LoopService(description: "agent session", body: { try session.run() }, requestStop: { session.stop() })],
                               logger: Logger(label: "strato.lifecycle"))
@@ -256,7 +271,16 @@ struct AgentCommand: ParsableCommand {
 
         func run() throws {
             let kind = SiteKind(name: common.site) ?? .cloud
-            try common.run { _, _ in try RenderSite(siteKind: kind, slots: slots, gpuModel: renderGPU, maxFPS: maxFPS) }
+            try common.run { identity, plane in
+                let site = try RenderSite(siteKind: kind, slots: slots, gpuModel: renderGPU, maxFPS: maxFPS)
+                // A site with a data plane serves players' remote renderers (virtual sites only register).
+                if let plane {
+                    let handler = RenderSiteHandler(nodeID: identity.nodeID, plane: plane.plane, slots: slots, gpuModel: site.gpuModel, maxFPS: maxFPS)
+                    site.handlers = [handler]
+                    site.slotsUsed = { handler.used }
+                }
+                return site
+            }
         }
     }
 }

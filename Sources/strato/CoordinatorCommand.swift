@@ -38,6 +38,10 @@ struct CoordinatorCommand: ParsableCommand {
     var offloadPolicy = "tiered"
     @Option(name: .customLong("tier-link"), help: "Emulated link between GPU agents and memory hosts, for KV chunks' real size (100gbit, 25GB/s).")
     var tierLink = "100gbit"
+    @Option(name: .customLong("render-policy"), help: "Where players render: \(RenderPolicies.names.joined(separator: ", ")).")
+    var renderPolicy = "adaptive"
+    @Option(name: .customLong("render-script"), help: "scripted render policy: a switch 'AT_SECONDS PLAYER PLACE' (repeatable; PLAYER an id or *, PLACE local, edge, cloud or a site id).")
+    var renderScript: [String] = []
 
     func validate() throws {
         guard Policies.named(policy) != nil else { throw ValidationError("--policy '\(policy)' is unknown (known: \(Policies.names.joined(separator: ", ")))") }
@@ -48,6 +52,7 @@ struct CoordinatorCommand: ParsableCommand {
         guard OffloadPolicies.named(offloadPolicy) != nil else {
             throw ValidationError("--offload-policy '\(offloadPolicy)' is unknown (known: \(OffloadPolicies.names.joined(separator: ", ")))")
         }
+        do { _ = try RenderPolicies.named(renderPolicy, script: renderScript) } catch { throw ValidationError("--render-policy: \(error)") }
         do { _ = try NetworkConditions.parseBandwidth(tierLink) } catch { throw ValidationError("--tier-link: \(error)") }
         if kvLink != "0" { do { _ = try NetworkConditions.parseBandwidth(kvLink) } catch { throw ValidationError("--kv-link: \(error)") } }
         guard MigrationMethod(rawValue: migrationMethod) != nil else { throw ValidationError("--migration-method '\(migrationMethod)' must be live, blocking or recompute") }
@@ -93,6 +98,7 @@ struct CoordinatorCommand: ParsableCommand {
             try MigrationController(scheduling: scheduling, settings: migration),   // feature "migration": requests move with their KV
             DataPlaneController(),                  // feature "dataplane": peer sockets, probes
             TiersController(policy: offloadPolicy, linkBytesPerSecond: (try NetworkConditions.parseBandwidth(tierLink)) ?? 0, scheduling: scheduling),   // feature "tiers": memory hosts' block stores, KV prefixes
+            GameController(policy: try RenderPolicies.named(renderPolicy, script: renderScript)),   // feature "game": where each player renders
         ])
         try Lifecycle.run([LoopService(description: "coordinator", body: { try server.run() }, requestStop: { server.stop() })],
                           logger: Logger(label: "strato.lifecycle"))

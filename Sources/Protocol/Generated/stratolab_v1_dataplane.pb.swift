@@ -25,6 +25,11 @@
 /// every byte has arrived and been consumed the receiver answers COMPLETE. A side that hears nothing
 /// from the other for the configured timeout fails the transfer (PEER_UNREACHABLE / TIMEOUT).
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -177,6 +182,14 @@ public nonisolated struct Stratolab_V1_DataFrame: Sendable {
     set {body = .error(newValue)}
   }
 
+  public var stream: Stratolab_V1_StreamMessage {
+    get {
+      if case .stream(let v)? = body {return v}
+      return Stratolab_V1_StreamMessage()
+    }
+    set {body = .stream(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -186,8 +199,34 @@ public nonisolated struct Stratolab_V1_DataFrame: Sendable {
     case credit(Stratolab_V1_TransferCredit)
     case complete(Stratolab_V1_TransferComplete)
     case error(Stratolab_V1_TransferError)
+    case stream(Stratolab_V1_StreamMessage)
 
   }
+
+  public init() {}
+}
+
+/// A stream message (frames, inputs, world updates): one ZeroMQ message, fire and forget, no
+/// offer, credit or completion (a late frame is worth nothing, so nothing is re-sent). It still
+/// travels on the data plane's sockets (CURVE when keys are on) through the emulated network, and
+/// its payload (an optional second frame) carries a CRC-32C: a message whose checksum or length is
+/// wrong is dropped and counted. transfer_id is the sender's sequence number for the stream kind.
+public nonisolated struct Stratolab_V1_StreamMessage: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// What it is, for the receiving feature ("game-frame", "game-input", ...).
+  public var kind: String = String()
+
+  /// The feature's header message, serialized (small; the bulk goes in the payload frame).
+  public var header: Data = Data()
+
+  public var payloadLength: UInt32 = 0
+
+  public var payloadCrc32C: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -297,7 +336,7 @@ nonisolated extension Stratolab_V1_DataPlaneErrorCode: SwiftProtobuf._ProtoNameP
 
 nonisolated extension Stratolab_V1_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DataFrame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}sender\0\u{3}transfer_id\0\u{2}\u{7}offer\0\u{1}accept\0\u{1}chunk\0\u{1}credit\0\u{1}complete\0\u{1}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}sender\0\u{3}transfer_id\0\u{2}\u{7}offer\0\u{1}accept\0\u{1}chunk\0\u{1}credit\0\u{1}complete\0\u{1}error\0\u{1}stream\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -386,6 +425,19 @@ nonisolated extension Stratolab_V1_DataFrame: SwiftProtobuf.Message, SwiftProtob
           self.body = .error(v)
         }
       }()
+      case 16: try {
+        var v: Stratolab_V1_StreamMessage?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .stream(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .stream(v)
+        }
+      }()
       default: break
       }
     }
@@ -430,6 +482,10 @@ nonisolated extension Stratolab_V1_DataFrame: SwiftProtobuf.Message, SwiftProtob
       guard case .error(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
     }()
+    case .stream?: try {
+      guard case .stream(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -440,6 +496,51 @@ nonisolated extension Stratolab_V1_DataFrame: SwiftProtobuf.Message, SwiftProtob
     if lhs.sender != rhs.sender {return false}
     if lhs.transferID != rhs.transferID {return false}
     if lhs.body != rhs.body {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_StreamMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StreamMessage"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}header\0\u{3}payload_length\0\u{3}payload_crc32c\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.header) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.payloadLength) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.payloadCrc32C) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 1)
+    }
+    if !self.header.isEmpty {
+      try visitor.visitSingularBytesField(value: self.header, fieldNumber: 2)
+    }
+    if self.payloadLength != 0 {
+      try visitor.visitSingularUInt32Field(value: self.payloadLength, fieldNumber: 3)
+    }
+    if self.payloadCrc32C != 0 {
+      try visitor.visitSingularUInt32Field(value: self.payloadCrc32C, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_StreamMessage, rhs: Stratolab_V1_StreamMessage) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.header != rhs.header {return false}
+    if lhs.payloadLength != rhs.payloadLength {return false}
+    if lhs.payloadCrc32C != rhs.payloadCrc32C {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -28,6 +28,12 @@ public nonisolated enum Stratolab_V1_NodeKind: SwiftProtobuf.Enum, Swift.CaseIte
   case gpu // = 1
   case memory // = 2
   case render // = 3
+
+  /// A player's device (game feature): renders locally or plays a stream from a render site.
+  case player // = 4
+
+  /// A game world server (game feature): the authoritative simulation at a fixed tick.
+  case world // = 5
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -40,6 +46,8 @@ public nonisolated enum Stratolab_V1_NodeKind: SwiftProtobuf.Enum, Swift.CaseIte
     case 1: self = .gpu
     case 2: self = .memory
     case 3: self = .render
+    case 4: self = .player
+    case 5: self = .world
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -50,6 +58,8 @@ public nonisolated enum Stratolab_V1_NodeKind: SwiftProtobuf.Enum, Swift.CaseIte
     case .gpu: return 1
     case .memory: return 2
     case .render: return 3
+    case .player: return 4
+    case .world: return 5
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -60,6 +70,8 @@ public nonisolated enum Stratolab_V1_NodeKind: SwiftProtobuf.Enum, Swift.CaseIte
     .gpu,
     .memory,
     .render,
+    .player,
+    .world,
   ]
 
 }
@@ -302,6 +314,48 @@ public nonisolated struct Stratolab_V1_RenderCapabilities: Sendable {
   public init() {}
 }
 
+/// A player's device, from the device catalogue (emulated: no such device here).
+public nonisolated struct Stratolab_V1_PlayerCapabilities: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// catalogue profile: phone, laptop, handheld, vr-headset
+  public var device: String = String()
+
+  /// network class: 4g, 5g, wifi, wired
+  public var network: String = String()
+
+  public var gpuTflops: Double = 0
+
+  public var memoryGib: Double = 0
+
+  public var batteryWh: Double = 0
+
+  /// idle, random-walk, explore, build
+  public var behaviour: String = String()
+
+  public var emulated: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_WorldCapabilities: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tickHz: Double = 0
+
+  public var maxPlayers: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Stratolab_V1_Capabilities: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -333,12 +387,30 @@ public nonisolated struct Stratolab_V1_Capabilities: Sendable {
     set {kind = .render(newValue)}
   }
 
+  public var player: Stratolab_V1_PlayerCapabilities {
+    get {
+      if case .player(let v)? = kind {return v}
+      return Stratolab_V1_PlayerCapabilities()
+    }
+    set {kind = .player(newValue)}
+  }
+
+  public var world: Stratolab_V1_WorldCapabilities {
+    get {
+      if case .world(let v)? = kind {return v}
+      return Stratolab_V1_WorldCapabilities()
+    }
+    set {kind = .world(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
     case gpu(Stratolab_V1_GpuCapabilities)
     case memory(Stratolab_V1_MemoryCapabilities)
     case render(Stratolab_V1_RenderCapabilities)
+    case player(Stratolab_V1_PlayerCapabilities)
+    case world(Stratolab_V1_WorldCapabilities)
 
   }
 
@@ -350,7 +422,7 @@ public nonisolated struct Stratolab_V1_Capabilities: Sendable {
 fileprivate nonisolated let _protobuf_package = "stratolab.v1"
 
 nonisolated extension Stratolab_V1_NodeKind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0NODE_KIND_UNSPECIFIED\0\u{1}GPU\0\u{1}MEMORY\0\u{1}RENDER\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0NODE_KIND_UNSPECIFIED\0\u{1}GPU\0\u{1}MEMORY\0\u{1}RENDER\0\u{1}PLAYER\0\u{1}WORLD\0")
 }
 
 nonisolated extension Stratolab_V1_SiteKind: SwiftProtobuf._ProtoNameProviding {
@@ -605,9 +677,104 @@ nonisolated extension Stratolab_V1_RenderCapabilities: SwiftProtobuf.Message, Sw
   }
 }
 
+nonisolated extension Stratolab_V1_PlayerCapabilities: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PlayerCapabilities"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}device\0\u{1}network\0\u{3}gpu_tflops\0\u{3}memory_gib\0\u{3}battery_wh\0\u{1}behaviour\0\u{1}emulated\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.device) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.network) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.gpuTflops) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.memoryGib) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.batteryWh) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.behaviour) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self.emulated) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.device.isEmpty {
+      try visitor.visitSingularStringField(value: self.device, fieldNumber: 1)
+    }
+    if !self.network.isEmpty {
+      try visitor.visitSingularStringField(value: self.network, fieldNumber: 2)
+    }
+    if self.gpuTflops.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.gpuTflops, fieldNumber: 3)
+    }
+    if self.memoryGib.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.memoryGib, fieldNumber: 4)
+    }
+    if self.batteryWh.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.batteryWh, fieldNumber: 5)
+    }
+    if !self.behaviour.isEmpty {
+      try visitor.visitSingularStringField(value: self.behaviour, fieldNumber: 6)
+    }
+    if self.emulated != false {
+      try visitor.visitSingularBoolField(value: self.emulated, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_PlayerCapabilities, rhs: Stratolab_V1_PlayerCapabilities) -> Bool {
+    if lhs.device != rhs.device {return false}
+    if lhs.network != rhs.network {return false}
+    if lhs.gpuTflops != rhs.gpuTflops {return false}
+    if lhs.memoryGib != rhs.memoryGib {return false}
+    if lhs.batteryWh != rhs.batteryWh {return false}
+    if lhs.behaviour != rhs.behaviour {return false}
+    if lhs.emulated != rhs.emulated {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_WorldCapabilities: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WorldCapabilities"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}tick_hz\0\u{3}max_players\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularDoubleField(value: &self.tickHz) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.maxPlayers) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.tickHz.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.tickHz, fieldNumber: 1)
+    }
+    if self.maxPlayers != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxPlayers, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_WorldCapabilities, rhs: Stratolab_V1_WorldCapabilities) -> Bool {
+    if lhs.tickHz != rhs.tickHz {return false}
+    if lhs.maxPlayers != rhs.maxPlayers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Stratolab_V1_Capabilities: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Capabilities"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}gpu\0\u{1}memory\0\u{1}render\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}gpu\0\u{1}memory\0\u{1}render\0\u{1}player\0\u{1}world\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -654,6 +821,32 @@ nonisolated extension Stratolab_V1_Capabilities: SwiftProtobuf.Message, SwiftPro
           self.kind = .render(v)
         }
       }()
+      case 4: try {
+        var v: Stratolab_V1_PlayerCapabilities?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .player(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .player(v)
+        }
+      }()
+      case 5: try {
+        var v: Stratolab_V1_WorldCapabilities?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .world(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .world(v)
+        }
+      }()
       default: break
       }
     }
@@ -676,6 +869,14 @@ nonisolated extension Stratolab_V1_Capabilities: SwiftProtobuf.Message, SwiftPro
     case .render?: try {
       guard case .render(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .player?: try {
+      guard case .player(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .world?: try {
+      guard case .world(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     }()
     case nil: break
     }
