@@ -199,6 +199,20 @@ final class RenderPolicyTests: XCTestCase {
         XCTAssertEqual(AdaptiveRender().decide(players: [player("thin", fps: 15, range: 40, mbps: 1)], sites: sites, now: 30), [], "1 Mbit/s cannot carry a stream")
     }
 
+    func testAdaptiveLearnsFromMeasuredLatency() {
+        let sites = [RenderSiteSnapshot(id: "e", kind: "edge", slots: 4, used: 0, rttMs: 8),
+                     RenderSiteSnapshot(id: "c", kind: "cloud", slots: 4, used: 1, rttMs: 30)]
+        // At the cloud the estimate said ~60 ms; the player measures 240 ms: it moves (to the edge).
+        var p = player("a", at: "c", fps: 60, range: 2)
+        p.localFPSEstimate = 30; p.localRangeEstimate = 20
+        XCTAssertEqual(AdaptiveRender().decide(players: [p], sites: sites, now: 30), [], "estimates alone: the cloud is fine")
+        p.measuredLatencyMs = ["c": 240]
+        XCTAssertEqual(AdaptiveRender().decide(players: [p], sites: sites, now: 30).map(\.place), ["e"])
+        // Once the edge is known to be slow too, local wins.
+        p.measuredLatencyMs["e"] = 260
+        XCTAssertEqual(AdaptiveRender().decide(players: [p], sites: sites, now: 30).map(\.place), ["local"])
+    }
+
     func testAdaptiveLowBatteryFavoursOffload() {
         let sites = [RenderSiteSnapshot(id: "e", kind: "edge", slots: 4, used: 0, rttMs: 8)]
         // 52 FPS, range 6: not worth a switch on a full battery; on 10 % it is.

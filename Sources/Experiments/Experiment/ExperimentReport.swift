@@ -83,6 +83,7 @@ public enum ExperimentReport {
             x.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
         }
         let services = servicesSection(s, dir: dir, esc: esc) + MigrationsTable.section(s, esc: esc) + OffloadSection.html(s, esc: esc)
+            + (s.game.map { GameSection.html($0, shaded: shaded, offset: Double($0.startUnixNanos - t0) / 1e9, esc: esc) } ?? "")
         var faults = "<table><tr><th>fault</th><th>target</th><th>start s</th><th>end s</th></tr>"
         for f in t.faults {
             faults += "<tr><td>\(esc(f.action))</td><td>\(esc(f.target))</td><td>" + String(format: "%.1f", Double(f.startNanos - t0) / 1e9) + "</td><td>"

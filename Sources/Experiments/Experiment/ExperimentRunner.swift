@@ -92,7 +92,7 @@ public final class ExperimentRunner: @unchecked Sendable {
     /// The workload for one seed (jobs to submit; none for idle).
     func workload(seed: UInt64) throws -> Workload? {
         switch spec.workload.kind {
-        case .idle, .services: return nil
+        case .idle, .services, .game: return nil
         case .scheduling, .gavelTrace:
             let nodes = ClusterSpec.nodes(of: spec.topology)
             guard !nodes.isEmpty else {
@@ -171,6 +171,9 @@ public final class ExperimentRunner: @unchecked Sendable {
         if variantsAreOffload { summary.variantKind = "offload" }
         var lastMigrations: MigrationApiReply?
         var lastTiers: TiersApiReply?
+        var lastGame: GameApiReply?
+        let isGame = spec.workload.kind == .game
+        var gameStart: Int64 = 0
         summary.timeScale = spec.topology.coordinator.timeScale
         summary.nodesTotal = spec.topology.nodeIDs.count
         summary.expectedProcesses = ["coordinator"] + spec.topology.nodes.map(\.id)
@@ -197,6 +200,10 @@ public final class ExperimentRunner: @unchecked Sendable {
                          spec.topology.nodeIDs.count, summary.secondsToAlive, upSeconds, summary.secondsToAlive - upSeconds))
             Tracer.shared.instant("all alive", category: "experiment", track: "phases")
             let t0 = Date()
+            gameStart = SystemClock.shared.wallNanos()
+            if let g = spec.workload.game {
+                print("  \(g.players) players on \(g.devices.map { "\($0.count) \($0.name)" }.joined(separator: ", ")), render policy \(g.policy)")
+            }
             if let w = workload {
                 let start = SystemClock.shared.wallNanos()
                 for chunk in stride(from: 0, to: w.jobs.count, by: 500) {
@@ -261,6 +268,7 @@ public final class ExperimentRunner: @unchecked Sendable {
                     coordinatorAnswers = true
                     if workload != nil, let j = try? client.jobs(timeoutMs: 1000) { lastJobs = j }
                     if driver != nil, let r = try? client.requests(timeoutMs: 1000) { lastRequests = r }
+                    if isGame, let g = try? client.game(timeoutMs: 1000) { lastGame = g }
                     if driver != nil, elapsed - lastMigrationPoll >= 2, let m = try? client.migrations(includeDone: true, limit: 100_000, timeoutMs: 1000) {
                         lastMigrations = m
                         lastMigrationPoll = elapsed
@@ -273,7 +281,7 @@ public final class ExperimentRunner: @unchecked Sendable {
                 if Date().timeIntervalSince(lastProgress) >= progressInterval || (done && !doneShown) {
                     lastProgress = Date()
                     doneShown = done
-                    print(progressLine(elapsed: elapsed, jobs: lastJobs, requests: lastRequests, status: lastStatus, injector: injector, migrations: lastMigrations)
+                    print(progressLine(elapsed: elapsed, jobs: lastJobs, requests: lastRequests, status: lastStatus, injector: injector, migrations: lastMigrations, game: lastGame)
                           + (coordinatorAnswers ? "" : " · coordinator not answering (last known shown)"))
                 }
                 if spec.end == .jobsDone && done && injector.active.isEmpty && timeline.allSatisfy({ !$0.start }) {
@@ -301,6 +309,23 @@ public final class ExperimentRunner: @unchecked Sendable {
             driver?.stop()
             if driver != nil, let r = try? client.requests(includeRequests: true, timeoutMs: 10000) { lastRequests = r }
             if driver != nil, let t = try? client.tiers(timeoutMs: 3000) { lastTiers = t }
+            if isGame {
+                // Players send their FPS windows every 5 s: wait for the batch that covers the end,
+                // and for switches under way to end.
+                let gameEnd = SystemClock.shared.wallNanos()
+                let until = Date().addingTimeInterval(12)
+                while Date() < until {
+                    Thread.sleep(forTimeInterval: 1)
+                    guard let g = try? client.game(includeWindows: true, timeoutMs: 5000) else { continue }
+                    lastGame = g
+                    let covered = g.players.allSatisfy { p in
+                        g.windows.first { $0.player == p.player }?.batches.last.map { $0.firstStartUnixNanos + Int64(Double($0.fps.count) * $0.windowSeconds * 1e9) >= gameEnd } ?? !p.alive
+                    }
+                    if covered && !g.players.contains(where: { $0.report.switching }) { break }
+                }
+                summary.game = GameAccounting(lastGame, startNanos: gameStart, endNanos: gameEnd)
+                summary.gameMaxGapMs = Double(spec.topology.coordinator.deadAfterMs)
+            }
             if driver != nil {
                 // Migrations still in flight get a moment to end (their requests are answered already).
                 let until = Date().addingTimeInterval(10)
@@ -326,6 +351,8 @@ public final class ExperimentRunner: @unchecked Sendable {
         try platform.collect(traceDir: dir + "/raw/trace", logDir: dir + "/logs")
         if let j = lastJobs { try j.jsonString().write(toFile: dir + "/raw/jobs.json", atomically: true, encoding: .utf8) }
         if let s = lastStatus { try s.jsonString().write(toFile: dir + "/raw/status.json", atomically: true, encoding: .utf8) }
+        if let g = lastGame { try g.jsonString().write(toFile: dir + "/raw/game.json", atomically: true, encoding: .utf8) }
+        if let g = summary.game { try GameSection.writeCSV(g, to: dir) }
         summary.jobs = JobAccounting(submitted: submitted, rejected: rejected, reply: lastJobs, expectAllDone: spec.end == .jobsDone)
         if let d = driver {
             let p = d.snapshot
@@ -375,7 +402,7 @@ public final class ExperimentRunner: @unchecked Sendable {
     }
 
     func progressLine(elapsed: Double, jobs: JobsReply?, requests: RequestsReply?, status: StatusReply?, injector: FaultInjector,
-                      migrations: MigrationApiReply? = nil) -> String {
+                      migrations: MigrationApiReply? = nil, game: GameApiReply? = nil) -> String {
         var s = String(format: "  [%6.1f s]", elapsed)
         if let j = jobs {
             let fin = j.jobs.filter { $0.phase == "finished" }.count
@@ -393,6 +420,13 @@ public final class ExperimentRunner: @unchecked Sendable {
         if let m = migrations, !m.migrations.isEmpty {
             let moving = m.migrations.filter { $0.state == "in-flight" || $0.state == "orphaned" }.count
             s += " · \(m.migrations.count) migrations (\(moving) moving)"
+        }
+        if let g = game, !g.players.isEmpty {
+            var at: [String: Int] = [:]
+            for p in g.players { at[p.report.place, default: 0] += 1 }
+            let fps = g.players.map(\.report.fps).reduce(0, +) / Double(g.players.count)
+            s += String(format: " players %d, mean FPS %.0f, at ", g.players.count, fps) + at.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+                + " · \(g.switches.filter { !$0.rolledBack }.count) switches"
         }
         s += " · faults \(injector.applied)/\(spec.faults.count) applied"
         if !injector.active.isEmpty { s += " (\(injector.active.count) active)" }

@@ -1,5 +1,6 @@
 import Cluster
 import Foundation
+import Features
 import Scheduling
 
 /// One experiment, as read from SPEC.yaml: what to bring up, what to drive, what to break and
@@ -27,6 +28,31 @@ public struct ExperimentSpec: Equatable {
         case idle
         /// Online inference services only (`services:`), no offline jobs.
         case services
+        /// Players of the virtual world (`game:`), rendering locally or streamed from render sites.
+        case game
+    }
+
+    /// `workload: {kind: game, game: {players: 6, devices: {phone: 3, laptop: 2, handheld: 1}, …}}`:
+    /// the runner adds a world server (unless the topology has one) and one player process per
+    /// device profile to the topology.
+    public struct Game: Equatable {
+        /// Players per device profile, in the order written.
+        public var devices: [(name: String, count: Int)] = [("phone", 1)]
+        public var behaviours = ["random-walk"]
+        public var network: String?
+        public var tickHz = 20.0
+        public var viewDistance = 8
+        public var otherLoad = 0.2
+        public var dockAfter: Double?
+        public var battery = 1.0
+        public var policy = "adaptive"
+        public var script: [String] = []
+        public var players: Int { devices.reduce(0) { $0 + $1.count } }
+        public static func == (a: Game, b: Game) -> Bool {
+            a.devices.map(\.name) == b.devices.map(\.name) && a.devices.map(\.count) == b.devices.map(\.count) && a.behaviours == b.behaviours
+                && a.network == b.network && a.tickHz == b.tickHz && a.viewDistance == b.viewDistance && a.otherLoad == b.otherLoad
+                && a.dockAfter == b.dockAfter && a.battery == b.battery && a.policy == b.policy && a.script == b.script
+        }
     }
 
     public struct Workload: Equatable {
@@ -37,6 +63,7 @@ public struct ExperimentSpec: Equatable {
         public var maxJobs: Int?
         /// Online inference services driven with requests alongside the jobs.
         public var services: Services?
+        public var game: Game?
     }
 
     /// The two Azure-shaped LLM services (code and conversation), each at `rps` mean requests per
@@ -212,6 +239,7 @@ public struct ExperimentSpec: Equatable {
                 throw (m["time_scale"] ?? m["workload"]!).fail("time_scale \(fmt(spec.topology.coordinator.timeScale)) is too high for services with a \(fmt(sv.sloSeconds)) s SLO: each wall millisecond of a request's transit counts time_scale times; use at most \(fmt(sv.maxTimeScale))")
             }
         }
+        if let g = spec.workload.game { try addGameNodes(g, to: &spec.topology, at: m["workload"]!) }
         if let v = m["duration"] {
             spec.duration = try seconds(v)
             guard spec.duration > 0 && spec.duration <= 86_400 else { throw v.fail("duration must be > 0 s and ≤ 24 h") }
@@ -220,9 +248,9 @@ public struct ExperimentSpec: Equatable {
         if let v = m["end"] {
             let e = try v.string()
             guard let c = EndCondition(rawValue: e) else { throw v.fail("end '\(e)' must be jobs_done or duration") }
-            if c == .jobsDone && spec.workload.kind == .idle { throw v.fail("end: jobs_done needs a workload with jobs (the workload is idle)") }
+            if c == .jobsDone && (spec.workload.kind == .idle || spec.workload.kind == .game) { throw v.fail("end: jobs_done needs a workload with jobs (this one is \(spec.workload.kind.rawValue): it runs for its duration)") }
             spec.end = c
-        } else if spec.workload.kind != .idle {
+        } else if spec.workload.kind != .idle && spec.workload.kind != .game {
             spec.end = .jobsDone
         }
         if let v = m["repetitions"] { spec.repetitions = try v.int(in: 1...100) }
@@ -262,8 +290,103 @@ public struct ExperimentSpec: Equatable {
         return spec
     }
 
+    /// `game: {players: 4, devices: [phone, laptop] | {phone: 2, laptop: 1}, behaviour: random-walk | [..],
+    /// network: 5g, tick_hz: 20, view_distance: 8, other_load: 0.2, dock_after: 60s, battery: 1,
+    /// policy: adaptive, script: ["60 * edge"]}`.
+    static func parseGame(_ v: YAMLValue) throws -> Game {
+        let m = try v.mapping(allowed: ["players", "devices", "behaviour", "network", "tick_hz", "view_distance", "other_load", "dock_after", "battery", "policy", "script", "duration"])
+        var g = Game()
+        let players = try m["players"]?.int(in: 1...10_000)
+        if let d = m["devices"] {
+            var list: [(String, Int)] = []
+            func known(_ name: String, _ at: YAMLValue) throws -> String {
+                guard let p = DeviceCatalog.device(named: name) else { throw at.fail("unknown device profile '\(name)' (known: \(DeviceCatalog.deviceNames.joined(separator: ", ")))") }
+                return p.name
+            }
+            switch d.node {
+            case .mapping(let entries):
+                for (k, node) in entries {
+                    let key = YAMLValue(node: k, file: d.file, path: "workload.game.devices")
+                    let count = try YAMLValue(node: node, file: d.file, path: "workload.game.devices.\(try key.string())").int(in: 0...10_000)
+                    if count > 0 { list.append((try known(try key.string(), key), count)) }
+                }
+                if let n = players, n != list.reduce(0, { $0 + $1.1 }) { throw d.fail("devices add up to \(list.reduce(0) { $0 + $1.1 }) players, but players is \(n)") }
+            case .scalar:
+                list = [(try known(try d.string(), d), players ?? 1)]
+            default:
+                let names = try d.sequence().map { try known(try $0.string(), $0) }
+                guard !names.isEmpty else { throw d.fail("devices is empty") }
+                let n = players ?? names.count
+                // Spread evenly, the first profiles taking the remainder.
+                list = names.enumerated().map { i, name in (name, n / names.count + (i < n % names.count ? 1 : 0)) }.filter { $0.1 > 0 }
+            }
+            guard !list.isEmpty else { throw d.fail("no players on any device") }
+            g.devices = list
+        } else if let n = players {
+            g.devices = [("phone", n)]
+        }
+        if let b = m["behaviour"] {
+            let names: [String]
+            if case .scalar = b.node { names = [try b.string()] } else { names = try b.sequence().map { try $0.string() } }
+            for n in names where Behaviour.named(n) == nil { throw b.fail("unknown behaviour '\(n)' (known: \(Behaviour.allCases.map(\.rawValue).joined(separator: ", ")))") }
+            guard !names.isEmpty else { throw b.fail("behaviour is empty") }
+            g.behaviours = names
+        }
+        if let x = m["network"] {
+            let n = try x.string()
+            guard DeviceCatalog.network(named: n) != nil else { throw x.fail("unknown network class '\(n)' (known: \(DeviceCatalog.networkNames.joined(separator: ", ")))") }
+            g.network = n
+        }
+        if let x = m["tick_hz"] {
+            g.tickHz = try x.double()
+            guard g.tickHz >= 1 && g.tickHz <= 1000 else { throw x.fail("tick_hz \(g.tickHz) must be within 1 … 1000") }
+        }
+        if let x = m["view_distance"] { g.viewDistance = try x.int(in: 2...32) }
+        if let x = m["other_load"] {
+            g.otherLoad = try x.double()
+            guard (0...0.9).contains(g.otherLoad) else { throw x.fail("other_load \(g.otherLoad) must be within 0 … 0.9") }
+        }
+        if let x = m["dock_after"] { g.dockAfter = try seconds(x) }
+        if let x = m["battery"] {
+            g.battery = try x.double()
+            guard (0...1).contains(g.battery) else { throw x.fail("battery \(g.battery) must be within 0 … 1") }
+        }
+        if let x = m["script"] { g.script = try x.sequence().map { try $0.string() } }
+        if let x = m["policy"] { g.policy = try x.string() }
+        do { _ = try RenderPolicies.named(g.policy, script: g.script) } catch { throw (m["policy"] ?? m["script"] ?? v).fail("\(error)") }
+        return g
+    }
+
+    /// The world server and player processes a game workload adds to the topology.
+    static func addGameNodes(_ g: Game, to t: inout Topology, at v: YAMLValue) throws {
+        let renderSites = t.nodes.filter { $0.kind == .render }
+        if g.policy == "edge" && !renderSites.contains(where: { $0.siteKind == .edge }) { throw v.fail("render policy edge needs a render node at an edge site in the topology") }
+        if g.policy == "cloud" && !renderSites.contains(where: { $0.siteKind == .cloud }) { throw v.fail("render policy cloud needs a render node at a cloud site in the topology") }
+        if ["adaptive", "scripted"].contains(g.policy) && renderSites.isEmpty { throw v.fail("render policy \(g.policy) needs at least one render node in the topology") }
+        if !t.nodes.contains(where: { $0.kind == .world }) {
+            // The world server at a cloud site of its own: no emulated delay of its own, so the
+            // delay to it is the player's or the render site's (a site's delay applies to every
+            // link of its nodes, and two nodes of one site would pay it twice between them).
+            t.nodes.append(Topology.Node(id: "world-0", kind: .world, siteName: "world", siteKind: .cloud, labels: [:],
+                                         spec: .world(tickHz: g.tickHz, entities: 64, seed: 1), virtual: 1, line: v.line))
+        }
+        let taken = Set(t.nodeIDs)
+        for (device, count) in g.devices {
+            var p = Topology.PlayerSpec(devices: [device])
+            p.behaviours = g.behaviours; p.network = g.network; p.viewDistance = g.viewDistance; p.otherLoad = g.otherLoad
+            p.dockAfter = g.dockAfter; p.battery = g.battery
+            let id = "player-\(device)"
+            let node = Topology.Node(id: id, kind: .player, siteName: "devices", siteKind: .device, labels: [:], spec: .player(p), virtual: count, line: v.line)
+            let ids = count > 1 ? (0..<count).map { "\(id)-\($0)" } : [id]
+            if let clash = ids.first(where: taken.contains) { throw v.fail("the game's player id '\(clash)' is already a node of the topology") }
+            t.nodes.append(node)
+        }
+        t.coordinator.renderPolicy = g.policy
+        t.coordinator.renderScript = g.script
+    }
+
     static func parseWorkload(_ w: YAMLValue, base: String) throws -> Workload {
-        let m = try w.mapping(allowed: ["kind", "jobs_per_hour", "hours", "trace", "max_jobs", "services"])
+        let m = try w.mapping(allowed: ["kind", "jobs_per_hour", "hours", "trace", "max_jobs", "services", "game"])
         guard let k = m["kind"] else { throw w.fail("missing 'kind' (\(WorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")))") }
         let kindText = try k.string()
         guard let kind = WorkloadKind(rawValue: kindText) else {
@@ -287,6 +410,12 @@ public struct ExperimentSpec: Equatable {
             out.traceFile = path
         } else if kind == .gavelTrace {
             throw w.fail("a gavel-trace workload needs 'trace: FILE'")
+        }
+        if let g = m["game"] {
+            guard kind == .game else { throw g.fail("'game' belongs to game workloads (kind: game)") }
+            out.game = try parseGame(g)
+        } else if kind == .game {
+            throw w.fail("a game workload needs 'game: {players: N, devices: …}'")
         }
         if let sv = m["services"] {
             guard kind == .scheduling || kind == .services else { throw sv.fail("'services' belongs to scheduling and services workloads") }
@@ -519,6 +648,11 @@ public struct ExperimentSpec: Equatable {
                       : "  services    Azure-shaped LLM services (\(names)) of \(sv.model ?? "Llama-2-7b"), \(fmt(sv.rps)) requests/s each on average, on \(sv.gpu), SLO \(fmt(sv.sloSeconds)) s")
                     + (sv.offloadWeights ? ", weights that do not fit streamed from a memory tier" : "")
                     + (sv.replicas.map { ", at least \($0) replicas each" } ?? "") + (sv.priorityShare > 0 ? ", \(fmt(sv.priorityShare * 100)) % high priority" : "") + "\n"
+            }
+        case .game:
+            if let g = workload.game {
+                s += "  workload    game: \(g.players) players (\(g.devices.map { "\($0.count) \($0.name)" }.joined(separator: ", "))), \(g.behaviours.joined(separator: ", ")), world at \(fmt(g.tickHz)) Hz, view distance \(g.viewDistance)\(g.network.map { ", on \($0)" } ?? "")\n"
+                s += "  render      policy \(g.policy)" + (g.script.isEmpty ? "" : " (\(g.script.joined(separator: "; ")))") + "; frame times emulated from device and site GPUs\n"
             }
         case .gavelTrace: s += "  workload    gavel trace \(workload.traceFile ?? "")\(workload.maxJobs.map { ", first \($0) jobs" } ?? "")\n"
         }

@@ -282,6 +282,10 @@ public struct ExperimentSummary: Codable {
     /// The memory-tier offload policy of this run, and what prefix reuse did.
     public var offloadPolicy = ""
     public var offload = OffloadAccounting()
+    /// A game run's players, switches and world (nil for other workloads and older runs).
+    public var game: GameAccounting?
+    /// The longest a player may go without frames: the failure detector's dead time.
+    public var gameMaxGapMs: Double?
     /// What this run's policy comparison varies: "migration" or "offload".
     public var variantKind = "migration"
     /// The policy that names this run in a comparison.
@@ -355,6 +359,11 @@ public struct ExperimentSummary: Codable {
         if trace.missingEvents > 0 { ok = false; m += " — MISSING" }
         if !trace.nodesWithoutTrace.isEmpty { ok = false; m += " — no trace from \(trace.nodesWithoutTrace.joined(separator: ", "))" }
         lines.append(m)
+        if let g = game {
+            let c = g.lostNothing(maxGapMs: gameMaxGapMs ?? 2000)
+            lines += c.lines
+            if !c.ok { ok = false }
+        }
         if !problems.isEmpty { ok = false; lines.append("problems: " + problems.joined(separator: "; ")) }
         lostNothing = LostNothingCheck(ok: ok, lines: lines)
     }
@@ -446,6 +455,7 @@ public struct ExperimentSummary: Codable {
                            + (g.downtimeP50Ms.map { String(format: " · downtime p50 %.1f ms, p99 %.1f ms", $0, g.downtimeP99Ms ?? 0) } ?? "")
                            + String(format: " · %.1f MiB of KV moved", Double(g.bytesMoved) / 1_048_576))
             }
+            if let g = s.game { out += GameSection.text(g).map { "run \(i + 1) " + $0 } }
             out.append("")
             out.append("run \(i + 1) lost-nothing check: \(s.lostNothing.ok ? "PASSED" : "FAILED")")
             out += s.lostNothing.lines.map { "  - " + $0 }

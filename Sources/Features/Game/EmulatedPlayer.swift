@@ -48,6 +48,9 @@ public final class EmulatedPlayer {
     private var switchCount = 0, batchCount = 0
     public private(set) var fallbacks = 0
     private var batchedWindows = 0
+    /// Per closed window: memory, bandwidth in and out, input latency (kept beside the meter's).
+    private var windowExtras: [(memory: Double, mbpsIn: Double, mbpsOut: Double, inputMs: Double)] = []
+    private var bytesInAtWindow: UInt64 = 0, bytesOutAtWindow: UInt64 = 0, latenciesAtWindow = 0
     private var lastBatchAt: Int64 = 0
 
     init(id: String, setup: PlayerSetup, startMono: Int64, startWall: Int64, nowMono: Int64) {
@@ -149,7 +152,8 @@ public final class EmulatedPlayer {
         apply(switcher.handle(.tick(at: t)), nowMono: now, wall: wall, fx)
         meter.label = showing?.description ?? "none"
         meter.roll(to: t)
-        meter.trim(keep: 4000)
+        syncWindows()
+        latenciesAtWindow = max(0, latenciesAtWindow - meter.trim(keep: 4000))
         var next = now + 100_000_000
         if world != nil { next = min(next, nextInput) }
         if localActive && localView != nil { next = min(next, nextLocalFrame) }
@@ -187,6 +191,26 @@ public final class EmulatedPlayer {
             pendingGap = nil
         }
         meter.frame(at: t, inputLatencyMs: latency)
+        syncWindows()
+    }
+
+    /// Device memory now (GiB, emulated): local rendering holds meshes, a stream a decoder.
+    var memoryGiB: Double {
+        let streaming = showing?.siteID != nil || switcher.isSwitching
+        return FrameModel.deviceMemoryGiB(local: localActive, visibleChunks: (localView ?? streamView)?.visibleChunks ?? 0)
+            + (streaming && localActive ? 96.0 / 1024 : 0)
+    }
+
+    /// Records memory, bandwidth and input latency for windows the meter has just closed.
+    private func syncWindows() {
+        let closed = meter.windows.count - windowExtras.count
+        guard closed > 0 else { return }
+        let w = meter.windowSeconds * Double(closed)
+        let lat = Array(meter.inputLatencyMs.suffix(max(0, meter.inputLatencyMs.count - latenciesAtWindow)))
+        let extra = (memory: memoryGiB, mbpsIn: Double(bytesIn - bytesInAtWindow) * 8 / 1e6 / w, mbpsOut: Double(bytesOut - bytesOutAtWindow) * 8 / 1e6 / w,
+                     inputMs: PlayerMeter.percentile(lat, 50))
+        for _ in 0..<closed { windowExtras.append(extra) }
+        bytesInAtWindow = bytesIn; bytesOutAtWindow = bytesOut; latenciesAtWindow = meter.inputLatencyMs.count
     }
 
     private func record(_ r: SwitchRecord) {
@@ -255,6 +279,8 @@ public final class EmulatedPlayer {
             b.windowSeconds = meter.windowSeconds
             b.fps = ws.map(\.fps)
             b.place = ws.map(\.label)
+            let extras = windowExtras[batchedWindows..<min(windowExtras.count, meter.windows.count)]
+            b.memoryGib = extras.map(\.memory); b.mbpsIn = extras.map(\.mbpsIn); b.mbpsOut = extras.map(\.mbpsOut); b.inputP50Ms = extras.map(\.inputMs)
             batchedWindows = meter.windows.count
             batchCount += 1
             let bytes: [UInt8] = (try? b.serializedBytes()) ?? []
@@ -278,9 +304,7 @@ public final class EmulatedPlayer {
         r.bandwidthInMbps = Double(bytesIn - bytesInAtReport) * 8 / 1e6 / dt
         r.bandwidthOutMbps = Double(bytesOut - bytesOutAtReport) * 8 / 1e6 / dt
         bytesInAtReport = bytesIn; bytesOutAtReport = bytesOut
-        let streaming = showing?.siteID != nil || switcher.isSwitching
-        r.memoryGib = FrameModel.deviceMemoryGiB(local: localActive, visibleChunks: (localView ?? streamView)?.visibleChunks ?? 0)
-            + (streaming && localActive ? 96.0 / 1024 : 0)
+        r.memoryGib = memoryGiB
         r.battery = battery; r.pluggedIn = pluggedIn; r.energyJoules = meter.energyJoules
         r.switchesCompleted = UInt64(switcher.completed); r.switchesRolledBack = UInt64(switcher.rolledBack); r.fallbacks = UInt64(fallbacks)
         r.longestGapMs = meter.longestGap * 1000; r.frames = UInt64(meter.framesShown)

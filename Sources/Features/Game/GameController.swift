@@ -25,6 +25,8 @@ public final class GameController: CoordinatorFeature {
     struct Placed { var place: String; var version: UInt64; var reason: String; var sinceWall: Int64 }
     private var placed: [String: Placed] = [:]
     private var latest: [String: (report: PlayerReport, at: Int64)] = [:]
+    /// Input-to-frame latency last measured per player and place (the policy learns from it).
+    private var measured: [String: [String: Double]] = [:]
     private var siteReports: [String: RenderSiteReport] = [:]
     private var worldReport: WorldReport?
     private var worldNode = ""
@@ -150,6 +152,7 @@ public final class GameController: CoordinatorFeature {
             snap.localFPSEstimate = r.localFpsEstimate; snap.localRangeEstimate = r.localRangeEstimate
             snap.accessRTTMs = r.accessRttMs; snap.bandwidthMbps = r.linkMbps
             snap.battery = r.battery; snap.pluggedIn = r.pluggedIn
+            snap.measuredLatencyMs = measured[id] ?? [:]
             return snap
         }
     }
@@ -162,6 +165,7 @@ public final class GameController: CoordinatorFeature {
                 guard let m = try? PlayerReport(serializedBytes: r.body) else { s.count("malformed_player_report"); settled.append(r.key); continue }
                 latest[nodeID] = (m, s.clock.monotonicNanos())
                 settled.append(r.key)
+                if !m.switching && m.inputLatencyP50Ms > 0 && m.place != "none" { measured[nodeID, default: [:]][m.place] = m.inputLatencyP50Ms }
                 // A player that fell back on its own (its site went silent) is local now: the
                 // placement follows the fact, so the policy starts from where it really is.
                 if let p = placed[nodeID], p.place != "local", m.place == "local", !m.switching, m.placementVersion >= p.version, m.fallbacks > 0 {
@@ -216,14 +220,23 @@ public final class GameController: CoordinatorFeature {
                 if let r = try? SwitchRecord(serializedBytes: row[1].blob) { reply.switches.append(r) }
             }
         } catch { reply.notes.append("switch records unreadable: \(error)") }
+        if request.includeWindows {
+            do {
+                var by: [String: [FpsWindows]] = [:]
+                for row in try s.store.database.run("SELECT player, body FROM game_windows ORDER BY rowid") where request.player.isEmpty || row[0].text == request.player {
+                    if let w = try? FpsWindows(serializedBytes: row[1].blob) { by[row[0].text, default: []].append(w) }
+                }
+                for (p, ws) in by.sorted(by: { $0.key < $1.key }) {
+                    var x = PlayerWindows(); x.player = p; x.batches = ws.sorted { $0.firstStartUnixNanos < $1.firstStartUnixNanos }
+                    reply.windows.append(x)
+                }
+            } catch { reply.notes.append("FPS windows unreadable: \(error)") }
+        }
         if !request.player.isEmpty && reply.players.isEmpty { reply.notes.append("no player '\(request.player)'") }
         if world(s) == nil { reply.notes.append("no world server is alive: players cannot play") }
         var out = FeatureMessage(); out.feature = GameWire.feature; out.body = (try? reply.serializedData()) ?? Data()
         return .featureReply(out)
     }
-
-    /// Every FPS window stored for a player (oldest first), for the experiment's report.
-    public static func windows(_ rows: [[SQLiteDatabase.Value]]) -> [FpsWindows] { rows.compactMap { try? FpsWindows(serializedBytes: $0[0].blob) } }
 
     public func traceCounters() -> [String: [String: Double]] {
         var fps: [String: Double] = [:]
@@ -236,8 +249,8 @@ public final class GameController: CoordinatorFeature {
 
 extension OperatorClient {
     /// The game as the coordinator sees it: players, where each renders, FPS and latency; sites; the world.
-    public func game(player: String = "", timeoutMs: Int = 5000) throws -> GameApiReply {
-        var req = GameApiRequest(); req.player = player
+    public func game(player: String = "", includeWindows: Bool = false, timeoutMs: Int = 5000) throws -> GameApiReply {
+        var req = GameApiRequest(); req.player = player; req.includeWindows = includeWindows
         var m = FeatureMessage(); m.feature = GameWire.feature; m.body = try req.serializedData()
         let answer = try self.request(.featureRequest(m), timeoutMs: timeoutMs)
         if case .error(let e) = answer { throw OperatorClient.ClientError.unexpected(e.message) }

@@ -19,6 +19,7 @@ public typealias RenderSiteReport = Stratolab_V1_RenderSiteReport
 public typealias WorldReport = Stratolab_V1_WorldReport
 public typealias GameApiRequest = Stratolab_V1_GameApiRequest
 public typealias PlayerRow = Stratolab_V1_PlayerRow
+public typealias PlayerWindows = Stratolab_V1_PlayerWindows
 public typealias SiteRow = Stratolab_V1_SiteRow
 public typealias GameApiReply = Stratolab_V1_GameApiReply
 

@@ -353,6 +353,16 @@ public nonisolated struct Stratolab_V1_FpsWindows: Sendable {
   /// where the player rendered in each window
   public var place: [String] = []
 
+  /// Per window: device memory at its end (GiB, emulated), bandwidth in and out (Mbit/s), median
+  /// input-to-frame latency of the inputs whose frames showed in it (ms; 0: none).
+  public var memoryGib: [Double] = []
+
+  public var mbpsIn: [Double] = []
+
+  public var mbpsOut: [Double] = []
+
+  public var inputP50Ms: [Double] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -581,6 +591,23 @@ public nonisolated struct Stratolab_V1_GameApiRequest: Sendable {
   /// empty: every player
   public var player: String = String()
 
+  /// also every FPS window stored (for reports)
+  public var includeWindows: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Stratolab_V1_PlayerWindows: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var player: String = String()
+
+  public var batches: [Stratolab_V1_FpsWindows] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -674,10 +701,16 @@ public nonisolated struct Stratolab_V1_GameApiReply: @unchecked Sendable {
     set {_uniqueStorage()._notes = newValue}
   }
 
-  /// every switch stored, oldest first (player in `reason`'s prefix)
+  /// every switch stored, oldest first
   public var switches: [Stratolab_V1_SwitchRecord] {
     get {_storage._switches}
     set {_uniqueStorage()._switches = newValue}
+  }
+
+  /// with include_windows
+  public var windows: [Stratolab_V1_PlayerWindows] {
+    get {_storage._windows}
+    set {_uniqueStorage()._windows = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -1281,7 +1314,7 @@ nonisolated extension Stratolab_V1_SwitchRecord: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Stratolab_V1_FpsWindows: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".FpsWindows"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}first_start_unix_nanos\0\u{3}window_seconds\0\u{1}fps\0\u{1}place\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}first_start_unix_nanos\0\u{3}window_seconds\0\u{1}fps\0\u{1}place\0\u{3}memory_gib\0\u{3}mbps_in\0\u{3}mbps_out\0\u{3}input_p50_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1293,6 +1326,10 @@ nonisolated extension Stratolab_V1_FpsWindows: SwiftProtobuf.Message, SwiftProto
       case 2: try { try decoder.decodeSingularDoubleField(value: &self.windowSeconds) }()
       case 3: try { try decoder.decodeRepeatedDoubleField(value: &self.fps) }()
       case 4: try { try decoder.decodeRepeatedStringField(value: &self.place) }()
+      case 5: try { try decoder.decodeRepeatedDoubleField(value: &self.memoryGib) }()
+      case 6: try { try decoder.decodeRepeatedDoubleField(value: &self.mbpsIn) }()
+      case 7: try { try decoder.decodeRepeatedDoubleField(value: &self.mbpsOut) }()
+      case 8: try { try decoder.decodeRepeatedDoubleField(value: &self.inputP50Ms) }()
       default: break
       }
     }
@@ -1311,6 +1348,18 @@ nonisolated extension Stratolab_V1_FpsWindows: SwiftProtobuf.Message, SwiftProto
     if !self.place.isEmpty {
       try visitor.visitRepeatedStringField(value: self.place, fieldNumber: 4)
     }
+    if !self.memoryGib.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.memoryGib, fieldNumber: 5)
+    }
+    if !self.mbpsIn.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.mbpsIn, fieldNumber: 6)
+    }
+    if !self.mbpsOut.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.mbpsOut, fieldNumber: 7)
+    }
+    if !self.inputP50Ms.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.inputP50Ms, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1319,6 +1368,10 @@ nonisolated extension Stratolab_V1_FpsWindows: SwiftProtobuf.Message, SwiftProto
     if lhs.windowSeconds != rhs.windowSeconds {return false}
     if lhs.fps != rhs.fps {return false}
     if lhs.place != rhs.place {return false}
+    if lhs.memoryGib != rhs.memoryGib {return false}
+    if lhs.mbpsIn != rhs.mbpsIn {return false}
+    if lhs.mbpsOut != rhs.mbpsOut {return false}
+    if lhs.inputP50Ms != rhs.inputP50Ms {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1726,7 +1779,7 @@ nonisolated extension Stratolab_V1_WorldReport: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Stratolab_V1_GameApiRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GameApiRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}player\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}player\0\u{3}include_windows\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1735,6 +1788,7 @@ nonisolated extension Stratolab_V1_GameApiRequest: SwiftProtobuf.Message, SwiftP
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.player) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.includeWindows) }()
       default: break
       }
     }
@@ -1744,11 +1798,50 @@ nonisolated extension Stratolab_V1_GameApiRequest: SwiftProtobuf.Message, SwiftP
     if !self.player.isEmpty {
       try visitor.visitSingularStringField(value: self.player, fieldNumber: 1)
     }
+    if self.includeWindows != false {
+      try visitor.visitSingularBoolField(value: self.includeWindows, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Stratolab_V1_GameApiRequest, rhs: Stratolab_V1_GameApiRequest) -> Bool {
     if lhs.player != rhs.player {return false}
+    if lhs.includeWindows != rhs.includeWindows {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Stratolab_V1_PlayerWindows: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PlayerWindows"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}player\0\u{1}batches\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.player) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.batches) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.player.isEmpty {
+      try visitor.visitSingularStringField(value: self.player, fieldNumber: 1)
+    }
+    if !self.batches.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.batches, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Stratolab_V1_PlayerWindows, rhs: Stratolab_V1_PlayerWindows) -> Bool {
+    if lhs.player != rhs.player {return false}
+    if lhs.batches != rhs.batches {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1860,7 +1953,7 @@ nonisolated extension Stratolab_V1_SiteRow: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Stratolab_V1_GameApiReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GameApiReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}players\0\u{1}sites\0\u{1}world\0\u{3}world_node\0\u{1}notes\0\u{1}switches\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}players\0\u{1}sites\0\u{1}world\0\u{3}world_node\0\u{1}notes\0\u{1}switches\0\u{1}windows\0")
 
   fileprivate class _StorageClass {
     var _policy: String = String()
@@ -1870,6 +1963,7 @@ nonisolated extension Stratolab_V1_GameApiReply: SwiftProtobuf.Message, SwiftPro
     var _worldNode: String = String()
     var _notes: [String] = []
     var _switches: [Stratolab_V1_SwitchRecord] = []
+    var _windows: [Stratolab_V1_PlayerWindows] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1887,6 +1981,7 @@ nonisolated extension Stratolab_V1_GameApiReply: SwiftProtobuf.Message, SwiftPro
       _worldNode = source._worldNode
       _notes = source._notes
       _switches = source._switches
+      _windows = source._windows
     }
   }
 
@@ -1912,6 +2007,7 @@ nonisolated extension Stratolab_V1_GameApiReply: SwiftProtobuf.Message, SwiftPro
         case 5: try { try decoder.decodeSingularStringField(value: &_storage._worldNode) }()
         case 6: try { try decoder.decodeRepeatedStringField(value: &_storage._notes) }()
         case 7: try { try decoder.decodeRepeatedMessageField(value: &_storage._switches) }()
+        case 8: try { try decoder.decodeRepeatedMessageField(value: &_storage._windows) }()
         default: break
         }
       }
@@ -1945,6 +2041,9 @@ nonisolated extension Stratolab_V1_GameApiReply: SwiftProtobuf.Message, SwiftPro
       if !_storage._switches.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._switches, fieldNumber: 7)
       }
+      if !_storage._windows.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._windows, fieldNumber: 8)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1961,6 +2060,7 @@ nonisolated extension Stratolab_V1_GameApiReply: SwiftProtobuf.Message, SwiftPro
         if _storage._worldNode != rhs_storage._worldNode {return false}
         if _storage._notes != rhs_storage._notes {return false}
         if _storage._switches != rhs_storage._switches {return false}
+        if _storage._windows != rhs_storage._windows {return false}
         return true
       }
       if !storagesAreEqual {return false}

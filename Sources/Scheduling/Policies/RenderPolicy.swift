@@ -22,6 +22,9 @@ public struct PlayerSnapshot: Sendable, Equatable {
     public var bandwidthMbps: Double = 0
     public var battery: Double = 1
     public var pluggedIn = false
+    /// Input-to-frame latency (ms) last measured at each place the player has rendered at: what
+    /// the policy uses instead of its estimate once it knows.
+    public var measuredLatencyMs: [String: Double] = [:]
     public init(id: String, device: String, network: String, current: String) {
         self.id = id; self.device = device; self.network = network; self.current = current
     }
@@ -172,6 +175,7 @@ public struct ScriptedRender: RenderPolicy {
 ///   utility = min(FPS, 60)/60 − 0.5 · (FPS range / 60) − 0.15 · latency/100 ms − over-budget penalty + battery term
 ///
 /// with local FPS and range as measured (or as the player's model estimates them while it streams),
+/// input-to-frame latency as last measured at each place (estimated from round trips until then),
 /// a site's FPS bounded by its cap and by the player's bandwidth (a stream needs 1.5 Mbit/s at
 /// least), and the input-to-frame latency over a 100 ms budget penalised (0.5 per 100 ms over). On
 /// battery, a player below half charge gains from moving rendering off the device (up to +0.15).
@@ -188,19 +192,19 @@ public struct AdaptiveRender: RenderPolicy {
     /// Input-to-frame latency of a stream from a site: both ways through access and site, render,
     /// encode and decode, and a frame interval on average for the frame to come.
     func streamLatencyMs(_ p: PlayerSnapshot, _ s: RenderSiteSnapshot) -> Double { p.accessRTTMs + s.rttMs + 3 + 2 + 1000 / max(1, s.maxFPS) }
-    func localLatencyMs(_ p: PlayerSnapshot) -> Double { 1000 / max(1, p.localFPSEstimate) }
+    func localLatencyMs(_ p: PlayerSnapshot) -> Double { p.accessRTTMs + 1000 / max(1, p.localFPSEstimate) }
 
     public func utility(_ p: PlayerSnapshot, at place: String, sites: [String: RenderSiteSnapshot]) -> Double? {
         var fps: Double, range: Double, latency: Double, offloads: Bool
         if place == "local" {
             fps = p.current == "local" && p.fps > 0 ? p.fps : p.localFPSEstimate
             range = p.current == "local" && p.fps > 0 ? p.fpsRange : p.localRangeEstimate
-            latency = localLatencyMs(p); offloads = false
+            latency = p.measuredLatencyMs["local"] ?? localLatencyMs(p); offloads = false
         } else {
             guard let s = sites[place], s.alive else { return nil }
             guard p.bandwidthMbps >= 1.5 else { return nil }
             if p.current == place && p.fps > 0 { fps = p.fps; range = p.fpsRange } else { fps = min(s.maxFPS, 60); range = 4 }
-            latency = streamLatencyMs(p, s); offloads = true
+            latency = p.measuredLatencyMs[place] ?? streamLatencyMs(p, s); offloads = true
         }
         var u = min(fps, 60) / 60 - 0.5 * min(range, 60) / 60
         u -= 0.15 * latency / 100 + 0.5 * max(0, latency - latencyBudgetMs) / 100

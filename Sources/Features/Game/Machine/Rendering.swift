@@ -13,10 +13,11 @@ public func stableHash(_ s: String) -> UInt64 {
 /// figure this produces is labelled emulated). The work per frame is this model's assumption,
 /// stated with its reasoning; the GPUs' throughput is from their datasheets (`DeviceCatalog`).
 public enum FrameModel {
-    /// GFLOP of work per visible chunk of flat terrain, per frame (assumption: ~35 MFLOP, so a
-    /// 1.6 TFLOPS handheld at a view distance of 8 chunks runs at about 45 FPS, as voxel games do
+    /// GFLOP of work per visible chunk of flat terrain, per frame (assumption: 16 MFLOP, so at a
+    /// view distance of 8 chunks with a fifth of the GPU busy elsewhere a 1.6 TFLOPS handheld
+    /// renders at about 45–50 FPS and a 1.2 TFLOPS phone at about 35, the range voxel games reach
     /// on such devices at that distance).
-    public static let gflopPerChunk = 0.035
+    public static let gflopPerChunk = 0.016
     public static let gflopPerEntity = 0.05
     /// Fraction of peak FP32 a renderer achieves (assumption).
     public static let efficiency = 0.3
@@ -148,9 +149,14 @@ public struct PlayerMeter: Sendable {
     }
 
     /// Keeps only the latest samples (a long run's per-frame lists would grow without bound).
-    public mutating func trim(keep n: Int) {
+    /// Returns how many input-latency samples were dropped from the front.
+    @discardableResult
+    public mutating func trim(keep n: Int) -> Int {
         if frameTimesMs.count > 2 * n { frameTimesMs.removeFirst(frameTimesMs.count - n) }
-        if inputLatencyMs.count > 2 * n { inputLatencyMs.removeFirst(inputLatencyMs.count - n) }
+        guard inputLatencyMs.count > 2 * n else { return 0 }
+        let drop = inputLatencyMs.count - n
+        inputLatencyMs.removeFirst(drop)
+        return drop
     }
 
     /// Time since the last frame at `t` (how long the player has been frozen).
