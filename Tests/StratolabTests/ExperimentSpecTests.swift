@@ -28,6 +28,34 @@ struct ExperimentSpecTests {
 
         """
 
+    @Test("a game workload adds the world and one player process per device profile; bad game specs name the field")
+    func gameWorkload() throws {
+        func game(_ g: String) -> String { "name: g\ntopology: game-topology.yaml\nworkload: {kind: game, game: \(g)}\nduration: 30s\n" }
+        let s = try parse(game("{players: 5, devices: [phone, laptop], behaviour: [explore, build], policy: adaptive}"))
+        let players = s.topology.nodes.filter { $0.kind == .player }
+        #expect(players.map(\.id) == ["player-phone", "player-laptop"])
+        #expect(players.map(\.virtual) == [3, 2], "five players spread over two profiles, the first taking the remainder")
+        #expect(s.topology.nodes.contains { $0.kind == .world && $0.id == "world-0" })
+        #expect(s.topology.coordinator.renderPolicy == "adaptive")
+        #expect(s.end == .duration)
+        let args = s.topology.agentArguments(for: players[0], keysDirectory: nil, nvmeRoot: "/tmp")
+        #expect(Array(args.prefix(2)) == ["client", "player"] && args.contains("--device") && args.contains("explore,build"))
+        let mix = try parse(game("{devices: {phone: 2, handheld: 1}, policy: scripted, script: [\"10 * edge\"]}"))
+        #expect(mix.topology.nodes.filter { $0.kind == .player }.map(\.virtual) == [2, 1])
+        #expect(mix.topology.coordinatorArguments(stateDirectory: "s", keysDirectory: nil).contains("10 * edge"))
+        #expect(failure(game("{players: 2, devices: {toaster: 2}}"))?.description.contains("unknown device profile 'toaster'") == true)
+        #expect(failure(game("{players: 3, devices: {phone: 2}}"))?.description.contains("devices add up to 2 players, but players is 3") == true)
+        #expect(failure(game("{players: 2, behaviour: moonwalk}"))?.description.contains("unknown behaviour 'moonwalk'") == true)
+        #expect(failure(game("{players: 2, policy: magic}"))?.description.contains("unknown render policy 'magic'") == true)
+        #expect(failure(game("{players: 2, policy: scripted, script: [\"later * edge\"]}"))?.description.contains("AT_SECONDS PLAYER PLACE") == true)
+        let noEdge = "name: g\ntopology: default-topology.yaml\nworkload: {kind: game, game: {players: 1, policy: edge}}\nduration: 30s\n"
+        #expect(try parse(noEdge).topology.nodes.contains { $0.kind == .world }, "the default topology has an edge render site")
+        let noRender = "name: g\ntopology: migration-topology.yaml\nworkload: {kind: game, game: {players: 1, policy: edge}}\nduration: 30s\n"
+        #expect(failure(noRender)?.description.contains("render policy edge needs a render node at an edge site") == true)
+        #expect(failure("name: g\ntopology: game-topology.yaml\nworkload: {kind: game}\nduration: 30s\n")?.description.contains("a game workload needs 'game:") == true)
+        #expect(failure(game("{players: 1}") + "end: jobs_done\n")?.description.contains("runs for its duration") == true)
+    }
+
     @Test("every shipped spec in experiments/ is valid")
     func shippedSpecs() throws {
         let dir = ExperimentSpecTests.repo + "/experiments"
