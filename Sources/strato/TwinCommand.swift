@@ -234,8 +234,8 @@ extension TwinCommand {
     struct ValidateSpec: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "validate-spec",
-            abstract: "Run an experiment spec with inference services on the local testbed and in the twin (one migration policy); compare P99 TTFT, migrations and latency.")
-        @Argument(help: "Experiment spec with workload.services (e.g. experiments/migration.yaml).") var spec: String
+            abstract: "Run an experiment spec on the local testbed and in the twin and compare: inference services (one migration policy; P99 TTFT, migrations, latency) or a game (mean FPS, switches).")
+        @Argument(help: "Experiment spec with workload.services (e.g. experiments/migration.yaml) or workload.game (experiments/game.yaml).") var spec: String
         @Option(help: "Migration policy to run (default: the spec's first).") var migration: String?
         @Option(help: "Offload policy to run, for a spec that compares offload policies (default: its first).") var offload: String?
         @Option(help: "Results folder.") var out = "results/twin-validate-spec"
@@ -243,9 +243,12 @@ extension TwinCommand {
         @Option(name: .customLong("run-dir"), help: "Run directory of the local testbed.") var runDir = ".strato/validate"
         @Flag(name: .customLong("twin-only"), help: "Run the twin alone (no testbed run, nothing compared): a quick look at a policy.") var twinOnly = false
 
+        @Option(help: "Game specs with --twin-only: scale the players to this many (the device mix kept).") var players: Int?
+
         func run() throws {
             var s = try ExperimentSpec.load(file: spec)
-            guard var sv = s.workload.services else { throw ValidationError("\(spec) has no workload.services to validate") }
+            if s.workload.kind == .game { try TwinGame.validate(s, out: out, runDir: runDir, twinOnly: twinOnly, players: players); return }
+            guard var sv = s.workload.services else { throw ValidationError("\(spec) has no workload.services or workload.game to validate") }
             let policy = migration ?? sv.migration.first ?? s.topology.coordinator.migrationPolicy
             guard MigrationPolicies.named(policy) != nil else { throw ValidationError("--migration '\(policy)' is unknown (known: \(MigrationPolicies.names.joined(separator: ", ")))") }
             sv.migration = [policy]
@@ -382,5 +385,85 @@ enum TwinValidateSpec {
         return TiersTwinModel.Settings(policy: c.offloadPolicy ?? "tiered", hosts: hosts, linkBytesPerSecond: link,
                                        kvBytesScale: s.workload.services?.kvBytesScale ?? c.kvBytesScale ?? SchedulingController.defaultKVBytesScale,
                                        lookupTimeout: 5 * c.timeScale, figuresSource: nominal ? "nominal (D2.1 ratios; no testbed run)" : "measured on the testbed")
+    }
+}
+
+
+/// `strato twin validate-spec` for a game spec: the testbed run, then the game twin over the same
+/// players (device, network, behaviour), render sites, faults and policy; mean FPS and completed
+/// switches compared (target within 5 %).
+enum TwinGame {
+    static func model(_ s: ExperimentSpec, scaleTo: Int? = nil) throws -> (players: [(id: String, setup: PlayerSetup)], sites: [GameTwinModel.Site], settings: GameTwinModel.Settings, policy: RenderPolicy) {
+        let t = s.topology
+        var players: [(id: String, setup: PlayerSetup)] = []
+        let total = t.nodes.reduce(0) { n, x in if case .player = x.spec { return n + x.virtual }; return n }
+        for n in t.nodes {
+            guard case .player(let ps) = n.spec else { continue }
+            let count = scaleTo.map { max(1, Int((Double(n.virtual) / Double(max(1, total)) * Double($0)).rounded())) } ?? n.virtual
+            for i in 0..<count {
+                let d = DeviceCatalog.device(named: ps.devices[i % ps.devices.count])!
+                let net = ps.network.flatMap(DeviceCatalog.network(named:)) ?? DeviceCatalog.network(named: d.defaultNetwork)!
+                var setup = PlayerSetup(device: d, network: net, behaviour: Behaviour.named(ps.behaviours[i % ps.behaviours.count]) ?? .randomWalk)
+                setup.viewDistance = ps.viewDistance; setup.otherLoad = ps.otherLoad; setup.dockAfterSeconds = ps.dockAfter; setup.battery = ps.battery
+                players.append((count > 1 || n.virtual > 1 ? "\(n.id)-\(i)" : n.id, setup))
+            }
+        }
+        var sites: [GameTwinModel.Site] = []
+        var settings = GameTwinModel.Settings()
+        for n in t.nodes {
+            switch n.spec {
+            case let .render(slots, gpu):
+                sites.append(GameTwinModel.Site(id: n.id, kind: n.siteKind == .edge ? "edge" : "cloud", slots: slots, gpuModel: gpu, oneWayMs: t.network[n.siteName]?.delayMs ?? 0))
+            case let .world(hz, entities, seed):
+                settings.tickHz = hz; settings.entities = entities; settings.seed = UInt64(seed); settings.worldOneWayMs = t.network[n.siteName]?.delayMs ?? 0
+            default: break
+            }
+        }
+        settings.seconds = s.duration
+        settings.deadAfterSeconds = Double(t.coordinator.deadAfterMs) / 1000
+        for f in s.faults {
+            guard f.action == .kill else { print("  note: the game twin does not model '\(f.action.rawValue)' faults; \(f.describe) is left out"); continue }
+            for n in f.nodes where sites.contains(where: { $0.id == n }) { settings.siteDown.append((n, f.at, f.end ?? .infinity)) }
+        }
+        let policy = try RenderPolicies.named(t.coordinator.renderPolicy ?? "adaptive", script: t.coordinator.renderScript)
+        return (players, sites, settings, policy)
+    }
+
+    static func validate(_ spec: ExperimentSpec, out: String, runDir: String, twinOnly: Bool, players: Int?) throws {
+        var s = spec
+        s.seeds = [s.seeds.first ?? 1]; s.repetitions = 1
+        let m = try model(s, scaleTo: twinOnly ? players : nil)
+        let started = Date()
+        let twin = GameTwinModel.run(players: m.players, sites: m.sites, policy: m.policy, settings: m.settings)
+        let wall = Date().timeIntervalSince(started)
+        let forced = twin.switches.filter(\.forced).count, back = twin.switches.filter(\.rolledBack).count
+        print(String(format: "twin: %d players, %d sites, %.0f s of game in %.2f s wall: mean FPS %.1f, %d switches completed (%d fall-backs), %d rolled back",
+                     m.players.count, m.sites.count, m.settings.seconds, wall, twin.meanFPS, twin.completedSwitches, forced, back))
+        if twinOnly { return }
+        if let old = Testbed.load(runDirectory: runDir) { old.down() }
+        let runner = ExperimentRunner(spec: s, platform: LocalPlatform(runDirectory: runDir), out: out + "/testbed")
+        let testbed = try runner.runAll()[0]
+        guard let g = testbed.game else { throw ValidationError("the testbed run reported no game") }
+        let tbWindows = g.windows.filter { $0.t >= 0 && $0.t < s.duration }.map(\.fps)
+        let tbFPS = tbWindows.isEmpty ? 0 : tbWindows.reduce(0, +) / Double(tbWindows.count)
+        let tbSwitches = g.switches.filter { !$0.rolledBack && $0.t >= 0 }.count
+        func err(_ a: Double, _ b: Double) -> Double { a > 0 ? abs(b - a) / a : (b == 0 ? 0 : .infinity) }
+        let e1 = err(tbFPS, twin.meanFPS), e2 = err(Double(tbSwitches), Double(twin.completedSwitches))
+        var text = "figure                        testbed      twin     error\n"
+        text += "mean FPS".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.2f %9.2f   %6.1f%%  (target ≤ 5 %%)\n", tbFPS, twin.meanFPS, e1 * 100)
+        text += "switches completed".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9d %9d   %6.1f%%  (target ≤ 5 %%)\n", tbSwitches, twin.completedSwitches, e2 * 100)
+        text += "fall-backs".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9d %9d\n", g.switches.filter(\.forced).count, forced)
+        for p in g.players {
+            let a = g.windows.filter { $0.player == p.id && $0.t >= 0 && $0.t < s.duration }.map(\.fps)
+            let b = twin.windows[p.id]?.map(\.fps) ?? []
+            text += "  \(p.id) FPS".padding(toLength: 28, withPad: " ", startingAt: 0)
+                + String(format: "%9.2f %9.2f\n", a.isEmpty ? 0 : a.reduce(0, +) / Double(a.count), b.isEmpty ? 0 : b.reduce(0, +) / Double(b.count))
+        }
+        print("\n" + text)
+        let worst = max(e1, e2)
+        print(worst <= 0.05 ? "twin within 5 % on mean FPS and switch counts: target met" : String(format: "twin off by %.1f %% at worst (target 5 %%): NOT met", worst * 100))
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        try text.write(toFile: out + "/validation.txt", atomically: true, encoding: .utf8)
+        print("results in \(out)/ (testbed run in \(out)/testbed/)")
     }
 }

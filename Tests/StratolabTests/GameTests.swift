@@ -255,3 +255,45 @@ final class FrameModelTests: XCTestCase {
         XCTAssertEqual(Behaviour.named("Random-Walk"), .randomWalk)
     }
 }
+
+final class GameTwinTests: XCTestCase {
+    func setup(_ device: String, load: Double = 0.3) -> PlayerSetup {
+        var s = PlayerSetup(device: DeviceCatalog.device(named: device)!, network: DeviceCatalog.network(named: "wifi")!, behaviour: .randomWalk)
+        s.otherLoad = load
+        return s
+    }
+
+    func testScriptedSwitchRaisesFPSAndAKilledSiteMakesPlayersFallBack() throws {
+        let players = (0..<4).map { ("p-\($0)", setup("phone", load: 0.45)) }
+        let sites = [GameTwinModel.Site(id: "edge", kind: "edge", slots: 4, gpuModel: "L4", oneWayMs: 3.75)]
+        var settings = GameTwinModel.Settings()
+        settings.seconds = 60
+        settings.siteDown = [("edge", 40, 50)]
+        let r = GameTwinModel.run(players: players, sites: sites, policy: try RenderPolicies.named("scripted", script: ["20 * edge"]), settings: settings)
+        XCTAssertEqual(r.switches.filter { !$0.forced && !$0.rolledBack && $0.t < 40 }.count, 4, "each player switched once to the edge")
+        XCTAssertEqual(r.switches.filter { !$0.forced && !$0.rolledBack && $0.t >= 50 }.count, 4, "and again once it was back (the script still says edge)")
+        XCTAssertEqual(r.switches.filter(\.forced).count, 4, "and fell back when it died")
+        for (id, _) in players {
+            let w = r.windows[id]!
+            let before = w.filter { $0.t >= 5 && $0.t < 20 }.map(\.fps), after = w.filter { $0.t >= 25 && $0.t < 40 }.map(\.fps)
+            XCTAssertGreaterThan(after.reduce(0, +) / Double(after.count), before.reduce(0, +) / Double(before.count) + 10, "\(id): streaming beats this phone's local FPS")
+            XCTAssertTrue(w.filter { $0.t >= 42 && $0.t < 50 }.allSatisfy { $0.place == "local" && $0.fps > 0 }, "\(id) renders locally while the site is down")
+        }
+        // Deterministic: the same inputs, the same run.
+        let again = GameTwinModel.run(players: players, sites: sites, policy: try RenderPolicies.named("scripted", script: ["20 * edge"]), settings: settings)
+        XCTAssertEqual(again.windows, r.windows)
+    }
+
+    func testSlotsBoundWhereThePolicyPutsPlayers() {
+        let players = (0..<6).map { ("p-\($0)", setup("phone", load: 0.5)) }
+        let sites = [GameTwinModel.Site(id: "edge", kind: "edge", slots: 2, gpuModel: "L4", oneWayMs: 3.75)]
+        var settings = GameTwinModel.Settings()
+        settings.seconds = 40
+        let r = GameTwinModel.run(players: players, sites: sites, policy: AdaptiveRender(), settings: settings)
+        for t in stride(from: 15.0, to: 40, by: 1) {
+            let at = r.windows.values.compactMap { $0.first { $0.t == t } }.filter { $0.place == "edge" }.count
+            XCTAssertLessThanOrEqual(at, 2, "never more players at the edge than its slots (t = \(t))")
+        }
+        XCTAssertEqual(r.windows.values.compactMap { $0.first { $0.t == 30 } }.filter { $0.place == "edge" }.count, 2, "the two slots are used")
+    }
+}
