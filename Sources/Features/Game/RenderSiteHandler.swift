@@ -39,6 +39,9 @@ public final class RenderSiteHandler: FeatureHandler, DataPlaneStreamReceiver {
     public var idleTimeoutNanos: Int64 = 3_000_000_000
 
     public var used: Int { sessions.count }
+    /// Renderers sharing the GPU for the cost emulation (default: the slots); 1 in a benchmark
+    /// that measures the process rather than the modelled GPU.
+    public var gpuShareSlots: Int?
     public var players: [String] { sessions.keys.sorted() }
 
     public init(nodeID: String, plane: DataPlane, slots: Int, gpuModel: String, maxFPS: Int = 60) {
@@ -128,7 +131,7 @@ public final class RenderSiteHandler: FeatureHandler, DataPlaneStreamReceiver {
             guard let v = s.view else { continue }
             // The GPU is shared by the site's slots: each renderer gets its share (emulated). A
             // frame started at nextFrame goes out once its render and encode time has passed.
-            let renderMs = FrameModel.remoteRenderMs(v, siteTFLOPS: siteTFLOPS, slots: slots)
+            let renderMs = FrameModel.remoteRenderMs(v, siteTFLOPS: siteTFLOPS, slots: gpuShareSlots ?? slots)
             guard now >= s.nextFrame + Int64(renderMs * 1e6) else { continue }
             let fps = min(maxFPS, 1000 / renderMs)
             let bytes = max(256, Int(s.request.streamMbps * 1e6 / 8 / fps))

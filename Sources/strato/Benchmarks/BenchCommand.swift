@@ -6,7 +6,7 @@ import Foundation
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "bench", abstract: "Benchmarks that print figures.",
-                                                    subcommands: [Wire.self, Control.self, DataPlaneBenchCommand.self, MigrationBenchCommand.self, TiersBenchCommand.self, Twin.self, Schedule.self, Trace.self])
+                                                    subcommands: [Wire.self, Control.self, DataPlaneBenchCommand.self, MigrationBenchCommand.self, TiersBenchCommand.self, GameBenchCommand.self, Twin.self, Schedule.self, Trace.self])
 
     struct Trace: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Events a process records and ships per second, and a workload's overhead with tracing on vs off, in one run.")
