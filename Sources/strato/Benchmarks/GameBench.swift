@@ -162,6 +162,10 @@ enum GameBench {
                     for (id, v) in w.step() {
                         let h: [UInt8] = try GameUpdate(player: id, v).serializedBytes()
                         h.withUnsafeBytes { site.streamMessage(from: "world", kind: GameWire.update, header: $0, payload: UnsafeRawBufferPointer(start: nil, count: 0)) }
+                        // The player's input of this tick, which the site forwards to the world.
+                        var m = GameInput(); m.player = id; m.sequence = v.tick; m.sentUnixNanos = SystemClock.shared.wallNanos(); m.speed = 4.3
+                        let ih: [UInt8] = try m.serializedBytes()
+                        ih.withUnsafeBytes { site.streamMessage(from: id, kind: GameWire.input, header: $0, payload: UnsafeRawBufferPointer(start: nil, count: 0)) }
                     }
                 }
                 _ = try ZMQPoller.readable(sitePlane.sockets + worldPlane.sockets, timeoutMs: 1)
