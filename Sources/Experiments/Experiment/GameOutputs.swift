@@ -35,6 +35,8 @@ public struct GameAccounting: Codable, Equatable {
         public var player = "", from = "", to = "", reason = ""
         public var t = 0.0, gapMs = 0.0, warmupMs = 0.0
         public var forced = false, rolledBack = false
+        /// The old renderer's last frame time before the switch (0 in older runs).
+        public var oldFrameMs: Double? = nil
     }
     public var switches: [Switch] = []
     public var tickHz = 0.0, tickP50Ms = 0.0, tickP99Ms = 0.0, tickVariabilityMs = 0.0
@@ -95,7 +97,7 @@ public struct GameAccounting: Codable, Equatable {
         for s in r.switches {
             var x = Switch()
             x.player = s.player; x.from = s.from; x.to = s.to; x.reason = s.reason
-            x.t = sec(s.atUnixNanos); x.gapMs = s.gapMs; x.warmupMs = s.warmupMs; x.forced = s.forced; x.rolledBack = s.rolledBack
+            x.t = sec(s.atUnixNanos); x.gapMs = s.gapMs; x.warmupMs = s.warmupMs; x.forced = s.forced; x.rolledBack = s.rolledBack; x.oldFrameMs = s.oldFrameMs
             switches.append(x)
         }
         if r.hasWorld {
@@ -107,6 +109,11 @@ public struct GameAccounting: Codable, Equatable {
     /// Frame gaps at completed, not forced, switches (make-before-break) and at fall-backs.
     public var switchGaps: [Double] { switches.filter { !$0.rolledBack && !$0.forced }.map(\.gapMs) }
     public var fallbackGaps: [Double] { switches.filter(\.forced).map(\.gapMs) }
+    /// Make-before-break switches whose gap exceeded the old renderer's frame interval (a 60 Hz
+    /// frame at least) by more than 5 ms: the switch itself held frames back.
+    public var slowSwitches: Int {
+        switches.filter { !$0.rolledBack && !$0.forced && $0.gapMs > max(1000.0 / 60, $0.oldFrameMs ?? 0) + 5 }.count
+    }
 
     /// One player's phases around its first switch from local to a site (the D2.1 Figure 5
     /// comparison): windows from `settle` s after the start to the switch, and from `settle` s
@@ -162,8 +169,8 @@ enum GameSection {
         var w = "player,t_s,place,fps,memory_gib,mbps_in,mbps_out,input_p50_ms\n"
         for x in g.windows { w += "\(x.player),\(String(format: "%.1f", x.t)),\(x.place),\(x.fps),\(String(format: "%.3f", x.memoryGiB)),\(String(format: "%.3f", x.mbpsIn)),\(String(format: "%.3f", x.mbpsOut)),\(String(format: "%.1f", x.inputMs))\n" }
         try w.write(toFile: dir + "/game-windows.csv", atomically: true, encoding: .utf8)
-        var s = "player,t_s,from,to,gap_ms,warmup_ms,forced,rolled_back,reason\n"
-        for x in g.switches { s += "\(x.player),\(String(format: "%.2f", x.t)),\(x.from),\(x.to),\(String(format: "%.1f", x.gapMs)),\(String(format: "%.1f", x.warmupMs)),\(x.forced),\(x.rolledBack),\"\(x.reason.replacingOccurrences(of: "\"", with: "'"))\"\n" }
+        var s = "player,t_s,from,to,gap_ms,old_frame_ms,warmup_ms,forced,rolled_back,reason\n"
+        for x in g.switches { s += "\(x.player),\(String(format: "%.2f", x.t)),\(x.from),\(x.to),\(String(format: "%.1f", x.gapMs)),\(String(format: "%.1f", x.oldFrameMs ?? 0)),\(String(format: "%.1f", x.warmupMs)),\(x.forced),\(x.rolledBack),\"\(x.reason.replacingOccurrences(of: "\"", with: "'"))\"\n" }
         try s.write(toFile: dir + "/game-switches.csv", atomically: true, encoding: .utf8)
     }
 
@@ -176,7 +183,7 @@ enum GameSection {
                               p.id, p.device, p.network, p.meanFPS, p.fpsP5, p.fpsP95, p.inputP50Ms, p.memoryGiB, p.mbpsIn, p.switches, p.rolledBack, p.fallbacks, p.longestGapMs, p.place))
         }
         let gaps = g.switchGaps, fb = g.fallbackGaps
-        if !gaps.isEmpty { out.append(String(format: "  frame gap at a switch: P50 %.1f ms, P99 %.1f ms over %d switches", PlayerMeter.percentile(gaps, 50), PlayerMeter.percentile(gaps, 99), gaps.count)) }
+        if !gaps.isEmpty { out.append(String(format: "  frame gap at a switch: P50 %.1f ms, P99 %.1f ms over %d switches; %d longer than the old renderer's frame interval (+5 ms)", PlayerMeter.percentile(gaps, 50), PlayerMeter.percentile(gaps, 99), gaps.count, g.slowSwitches)) }
         if !fb.isEmpty { out.append(String(format: "  fall-back after a render site stopped: gap P50 %.0f ms, max %.0f ms over %d", PlayerMeter.percentile(fb, 50), fb.max()!, fb.count)) }
         for p in g.players { if let ph = g.phases(player: p.id) { out.append(phaseLine(p.id, ph)) } }
         return out
@@ -235,7 +242,7 @@ enum GameSection {
         out += "</table>"
         let gaps = g.switchGaps, fb = g.fallbackGaps
         if !gaps.isEmpty || !fb.isEmpty {
-            out += "<p>" + (gaps.isEmpty ? "" : String(format: "Frame gap at a make-before-break switch: P50 %.1f ms, P99 %.1f ms (%d switches). ", PlayerMeter.percentile(gaps, 50), PlayerMeter.percentile(gaps, 99), gaps.count))
+            out += "<p>" + (gaps.isEmpty ? "" : String(format: "Frame gap at a make-before-break switch: P50 %.1f ms, P99 %.1f ms (%d switches; %d longer than the old renderer's own frame interval + 5 ms). ", PlayerMeter.percentile(gaps, 50), PlayerMeter.percentile(gaps, 99), gaps.count, g.slowSwitches))
                 + (fb.isEmpty ? "" : String(format: "Fall-back after a render site stopped: gap P50 %.0f ms, max %.0f ms (%d).", PlayerMeter.percentile(fb, 50), fb.max()!, fb.count)) + "</p>"
         }
         let phases = g.players.compactMap { p in g.phases(player: p.id).map { (p.id, $0) } }

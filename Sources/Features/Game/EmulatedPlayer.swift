@@ -244,6 +244,7 @@ public final class EmulatedPlayer {
                 r.player = id; r.from = from.description; r.to = to.description; r.forced = forced
                 r.warmupMs = max(0, t - startedAt) * 1000; r.atUnixNanos = wall
                 r.reason = forced ? "\(from) stopped serving" : "placed"
+                r.oldFrameMs = meter.frameTimesMs.last ?? 0
                 if forced { fallbacks += 1 }
                 pendingGap = (r, meter.lastFrameAt ?? t)
             case let .rolledBack(from, target, reason):

@@ -28,6 +28,8 @@ public final class RenderSiteHandler: FeatureHandler, DataPlaneStreamReceiver {
         var nextFrame: Int64
         var sequence: UInt64 = 0
         var lastHeard: Int64
+        /// The last frame's render and encode time: the next frame is ready that long after it starts.
+        var renderNanos: Int64 = 5_000_000
     }
     private var sessions: [String: Session] = [:]
     public private(set) var framesSent: UInt64 = 0, refused: UInt64 = 0
@@ -116,7 +118,7 @@ public final class RenderSiteHandler: FeatureHandler, DataPlaneStreamReceiver {
     // MARK: Rendering
 
     public var isPumped: Bool { true }
-    public var nextPumpDue: Int64? { sessions.values.map { $0.nextFrame + 2_000_000 }.min() }
+    public var nextPumpDue: Int64? { sessions.values.map { $0.nextFrame + $0.renderNanos }.min() }
 
     public func pump(wallNanos: Int64) {
         let now = clock.monotonicNanos()
@@ -132,7 +134,9 @@ public final class RenderSiteHandler: FeatureHandler, DataPlaneStreamReceiver {
             // The GPU is shared by the site's slots: each renderer gets its share (emulated). A
             // frame started at nextFrame goes out once its render and encode time has passed.
             let renderMs = FrameModel.remoteRenderMs(v, siteTFLOPS: siteTFLOPS, slots: gpuShareSlots ?? slots)
-            guard now >= s.nextFrame + Int64(renderMs * 1e6) else { continue }
+            s.renderNanos = Int64(renderMs * 1e6)
+            sessions[id]!.renderNanos = s.renderNanos
+            guard now >= s.nextFrame + s.renderNanos else { continue }
             let fps = min(maxFPS, 1000 / renderMs)
             let bytes = max(256, Int(s.request.streamMbps * 1e6 / 8 / fps))
             s.sequence += 1

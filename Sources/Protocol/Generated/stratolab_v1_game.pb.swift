@@ -334,6 +334,9 @@ public nonisolated struct Stratolab_V1_SwitchRecord: Sendable {
 
   public var player: String = String()
 
+  /// The old renderer's last frame time before the switch (ms): the gap is judged against it.
+  public var oldFrameMs: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1244,7 +1247,7 @@ nonisolated extension Stratolab_V1_GameFrame: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Stratolab_V1_SwitchRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SwitchRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}from\0\u{1}to\0\u{3}gap_ms\0\u{1}forced\0\u{3}rolled_back\0\u{1}reason\0\u{3}at_unix_nanos\0\u{3}warmup_ms\0\u{1}player\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}from\0\u{1}to\0\u{3}gap_ms\0\u{1}forced\0\u{3}rolled_back\0\u{1}reason\0\u{3}at_unix_nanos\0\u{3}warmup_ms\0\u{1}player\0\u{3}old_frame_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1261,6 +1264,7 @@ nonisolated extension Stratolab_V1_SwitchRecord: SwiftProtobuf.Message, SwiftPro
       case 7: try { try decoder.decodeSingularInt64Field(value: &self.atUnixNanos) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.warmupMs) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.player) }()
+      case 10: try { try decoder.decodeSingularDoubleField(value: &self.oldFrameMs) }()
       default: break
       }
     }
@@ -1294,6 +1298,9 @@ nonisolated extension Stratolab_V1_SwitchRecord: SwiftProtobuf.Message, SwiftPro
     if !self.player.isEmpty {
       try visitor.visitSingularStringField(value: self.player, fieldNumber: 9)
     }
+    if self.oldFrameMs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.oldFrameMs, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1307,6 +1314,7 @@ nonisolated extension Stratolab_V1_SwitchRecord: SwiftProtobuf.Message, SwiftPro
     if lhs.atUnixNanos != rhs.atUnixNanos {return false}
     if lhs.warmupMs != rhs.warmupMs {return false}
     if lhs.player != rhs.player {return false}
+    if lhs.oldFrameMs != rhs.oldFrameMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
