@@ -50,6 +50,18 @@ final class VoxelWorldTests: XCTestCase {
         XCTAssertEqual(w.step()["a"]!.newChunks, 13, "a renderer that changed gets them all again")
     }
 
+    func testChunksAreSentAFewPerTickNearestFirst() {
+        var w = VoxelWorld(seed: 2, entities: 0)
+        w.join("a", viewDistance: 8)
+        let total = w.visibleChunks(of: w.players["a"]!).count
+        var sent: [Int] = []
+        while sent.reduce(0, +) < total { sent.append(w.step()["a"]!.newChunks) }
+        XCTAssertEqual(sent.first, 16, "a cold renderer gets 16 chunks a tick")
+        XCTAssertEqual(sent.reduce(0, +), total, "until its whole view (\(total) chunks) is there")
+        XCTAssertEqual(sent.count, (total + 15) / 16)
+        XCTAssertEqual(w.step()["a"]!.newChunks, 0)
+    }
+
     func testEntitiesMoveAndAreCountedInView() {
         var w = VoxelWorld(seed: 5, tickHz: 20, entities: 200, spawnRadius: 40)
         w.join("a", viewDistance: 8)

@@ -23,6 +23,7 @@ public final class EmulatedPlayer {
     private var localFirstFrameSeen = false
     private var nextLocalFrame: Int64 = 0
     private var localView: PlayerView?
+    private var meshedTick: UInt64 = .max
     // Streams
     private var streamView: PlayerView?
     private var lastFrameFrom: [String: Int64] = [:]
@@ -133,7 +134,9 @@ public final class EmulatedPlayer {
             sendInput(nowMono: now, wall: wall, fx)
             nextInput = max(nextInput + 50_000_000, now)
         }
-        if localActive, let v = localView, now >= nextLocalFrame {
+        if localActive, var v = localView, now >= nextLocalFrame {
+            // New chunks are meshed once, by the first frame drawn from the update that brought them.
+            if v.tick == meshedTick { v.newChunks = 0 } else { meshedTick = v.tick }
             let ms = FrameModel.localFrameMs(v, tflops: setup.device.gpuTFLOPS, otherLoad: load, rng: &rng)
             lastLocalFrameMs = ms
             nextLocalFrame = now + Int64(ms * 1e6)

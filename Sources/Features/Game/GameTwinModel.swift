@@ -81,6 +81,7 @@ public struct GameTwinModel {
         // entities and behaviours; what changes per half second is what a frame sees.
         let viewHz = 2.0
         var world = VoxelWorld(seed: settings.seed, tickHz: viewHz, entities: settings.entities)
+        world.chunksPerTick = Int(16 * settings.tickHz / viewHz)   // the server's pace per second
         var ps: [P] = players.map { p in
             world.join(p.id, viewDistance: p.setup.viewDistance)
             var r = SplitMix64(seed: stableHash(p.id))
@@ -146,16 +147,16 @@ public struct GameTwinModel {
                 var localMs: [Double] = []
                 func localFrames(from a: Double, to b: Double) {
                     var at = a
-                    var k = 0
+                    var meshed = -1
                     while at < b {
-                        let v = views[min(views.count - 1, Int((at - t0) * viewHz))][p.id]!
-                        var w = v
-                        if k > 0 || at - t0 >= 0.5 / viewHz { w.newChunks = 0 }   // meshing once per view
+                        let index = min(views.count - 1, Int((at - t0) * viewHz))
+                        var w = views[index][p.id]!
+                        // New chunks are meshed once, by the first frame drawn from the view that brought them.
+                        if index == meshed { w.newChunks = 0 } else { meshed = index }
                         let ms = FrameModel.localFrameMs(w, tflops: p.setup.device.gpuTFLOPS, otherLoad: p.load, rng: &p.rng)
                         localMs.append(ms)
                         at += ms / 1000
                         if at <= b { frames += 1 }
-                        k += 1
                     }
                 }
                 func streamFrames(_ site: String, from a: Double, to b: Double) {

@@ -86,6 +86,8 @@ public struct VoxelWorld {
 
     public let seed: UInt64
     public let tickHz: Double
+    /// Chunks sent to one renderer per tick at most (Minecraft paces chunk sending likewise).
+    public var chunksPerTick = 16
     public private(set) var tick: UInt64 = 0
     public private(set) var players: [String: Player] = [:]
     public private(set) var entities: [Entity] = []
@@ -201,19 +203,30 @@ public struct VoxelWorld {
         for id in players.keys.sorted() {
             var p = players[id]!
             let visible = visibleChunks(of: p)
-            var ents = 0, fresh = 0, editsSeen = 0
+            var ents = 0, editsSeen = 0
             var complexity = 0.0
+            var missing: [ChunkPos] = []
             for c in visible {
                 ents += entitiesByChunk[c] ?? 0
                 editsSeen += editedThisTick[c] ?? 0
-                if !p.known.contains(c) { fresh += 1 }
+                if !p.known.contains(c) { missing.append(c) }
                 if let k = complexityCache[c] { complexity += k } else {
                     let k = chunkComplexity(c); complexityCache[c] = k; complexity += k
                 }
             }
-            if fresh > 0 {
+            // Chunks go out a few per tick, nearest first (as Minecraft streams them): a renderer
+            // that starts cold fills its view over a few ticks instead of one burst that would
+            // hold everything else on the player's link back.
+            let fresh = min(missing.count, chunksPerTick)
+            if !missing.isEmpty || p.known.count > visible.count {
+                let centre = ChunkPos.of(x: p.x, z: p.z)
+                let send = missing.sorted { a, b in
+                    let da = (a.x - centre.x) * (a.x - centre.x) + (a.z - centre.z) * (a.z - centre.z)
+                    let db = (b.x - centre.x) * (b.x - centre.x) + (b.z - centre.z) * (b.z - centre.z)
+                    return (da, a) < (db, b)
+                }.prefix(fresh)
                 // Keep only what is in view: a renderer drops chunks it no longer shows.
-                p.known = Set(visible)
+                p.known = p.known.intersection(visible).union(send)
                 players[id] = p
             }
             views[id] = PlayerView(tick: tick, x: p.x, z: p.z, visibleChunks: visible.count, visibleEntities: ents,
