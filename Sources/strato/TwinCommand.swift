@@ -422,8 +422,14 @@ enum TwinGame {
         settings.seconds = s.duration
         settings.deadAfterSeconds = Double(t.coordinator.deadAfterMs) / 1000
         for f in s.faults {
-            guard f.action == .kill else { print("  note: the game twin does not model '\(f.action.rawValue)' faults; \(f.describe) is left out"); continue }
-            for n in f.nodes where sites.contains(where: { $0.id == n }) { settings.siteDown.append((n, f.at, f.end ?? .infinity)) }
+            switch f.action {
+            case .kill:
+                for n in f.nodes where sites.contains(where: { $0.id == n }) { settings.siteDown.append((n, f.at, f.end ?? .infinity)) }
+            case .slow where f.latencyMs != nil:
+                for n in f.nodes where sites.contains(where: { $0.id == n }) { settings.siteSlow.append((n, f.at, f.end ?? .infinity, f.latencyMs!)) }
+            default:
+                print("  note: the game twin does not model '\(f.action.rawValue)' faults on these nodes; \(f.describe) is left out")
+            }
         }
         let policy = try RenderPolicies.named(t.coordinator.renderPolicy ?? "adaptive", script: t.coordinator.renderScript)
         return (players, sites, settings, policy)

@@ -11,8 +11,8 @@ import Scheduling
 /// load and chunk meshing), streamed frames at the site's rate (render cost on its GPU share,
 /// capped by the display), make-before-break switches that complete after a warm-up (round
 /// trips, a tick, a first frame), refusals when a site's slots are taken, and fall-backs when a
-/// site dies (the player's silence timeout, then a local warm-up). What it leaves out: network
-/// jitter and CPU contention of the processes.
+/// site dies (the player's silence timeout, then a local warm-up), a site's link slowed by a fault.
+/// What it leaves out: network jitter and CPU contention of the processes.
 public struct GameTwinModel {
     public struct Site: Sendable {
         public var id: String
@@ -36,6 +36,8 @@ public struct GameTwinModel {
         public var entities = 64
         /// Seconds a site is down: (site, from, to).
         public var siteDown: [(site: String, from: Double, to: Double)] = []
+        /// Seconds a site's link is slowed: (site, from, to, added one-way ms).
+        public var siteSlow: [(site: String, from: Double, to: Double, addMs: Double)] = []
         public var deadAfterSeconds = 2.0
         public init() {}
     }
@@ -93,8 +95,12 @@ public struct GameTwinModel {
         var used: [String: Int] = [:]
         let tickWaitMs = 500 / settings.tickHz
         func localLatency(_ p: P, frameMs: Double) -> Double { 2 * (p.setup.network.oneWayMs + settings.worldOneWayMs) + tickWaitMs + frameMs }
-        func streamLatency(_ p: P, _ s: Site) -> Double {
-            2 * (p.setup.network.oneWayMs + s.oneWayMs) + 2 * (s.oneWayMs + settings.worldOneWayMs) + tickWaitMs + FrameModel.encodeMs + FrameModel.decodeMs + 500 / s.maxFPS
+        func siteOneWay(_ s: Site, _ t: Double) -> Double {
+            s.oneWayMs + settings.siteSlow.filter { $0.site == s.id && t >= $0.from && t < $0.to }.reduce(0) { $0 + $1.addMs }
+        }
+        func streamLatency(_ p: P, _ s: Site, _ t: Double) -> Double {
+            let site = siteOneWay(s, t)
+            return 2 * (p.setup.network.oneWayMs + site) + 2 * (site + settings.worldOneWayMs) + tickWaitMs + FrameModel.encodeMs + FrameModel.decodeMs + 500 / s.maxFPS
         }
         let seconds = Int(settings.seconds.rounded(.up))
         for second in 0..<seconds {
@@ -175,7 +181,7 @@ public struct GameTwinModel {
                 if p.place == "local", !localMs.isEmpty {
                     p.measured["local"] = localLatency(p, frameMs: PlayerMeter.percentile(localMs, 50))
                 } else if let s = siteByID[p.place] {
-                    p.measured[p.place] = streamLatency(p, s)
+                    p.measured[p.place] = streamLatency(p, s, t0)
                 }
                 let busy = p.place == "local" ? 1.0 : 0
                 let watts = FrameModel.deviceWatts(p.setup.device, local: p.place == "local", gpuBusy: busy, network: p.setup.network.name)
@@ -209,7 +215,7 @@ public struct GameTwinModel {
             for p in ps { if p.place != "local" { placedAt[p.place, default: 0] += 1 }; if let x = p.target, x != "local" { placedAt[x, default: 0] += 1 } }
             let siteSnaps = sites.map { s in
                 RenderSiteSnapshot(id: s.id, kind: s.kind, slots: s.slots, used: max(used[s.id] ?? 0, placedAt[s.id] ?? 0), alive: !detectedDead(s.id, t0 + 1),
-                                   maxFPS: s.maxFPS, rttMs: 2 * s.oneWayMs)
+                                   maxFPS: s.maxFPS, rttMs: 2 * siteOneWay(s, t0))
             }
             for d in policy.decide(players: snaps, sites: siteSnaps, now: t0 + 1) {
                 guard let i = ps.firstIndex(where: { $0.id == d.player }) else { continue }
@@ -221,7 +227,8 @@ public struct GameTwinModel {
                     warm = (2 * (p.setup.network.oneWayMs + settings.worldOneWayMs) + tickWaitMs * 2 + 1000 / max(1, snaps[i].localFPSEstimate)) / 1000
                 } else {
                     let s = siteByID[d.place]!
-                    warm = (2 * (p.setup.network.oneWayMs + s.oneWayMs) + 2 * (s.oneWayMs + settings.worldOneWayMs) + tickWaitMs * 2 + FrameModel.encodeMs + 1000 / s.maxFPS) / 1000
+                    let site = siteOneWay(s, t0)
+                    warm = (2 * (p.setup.network.oneWayMs + site) + 2 * (site + settings.worldOneWayMs) + tickWaitMs * 2 + FrameModel.encodeMs + 1000 / s.maxFPS) / 1000
                 }
                 ps[i].target = d.place
                 ps[i].targetReadyAt = t0 + 1 + 0.1 + warm
