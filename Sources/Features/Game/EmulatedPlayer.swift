@@ -267,9 +267,7 @@ public final class EmulatedPlayer {
         let range = measured.count >= 3 ? measured.max()! - measured.min()! : 0
         if showing == .local, measured.count >= 3 { return (measured.reduce(0, +) / Double(measured.count), range) }
         guard let v = streamView ?? localView else { return (0, range) }
-        let budget = max(0.05, 1 - setup.otherLoad) * setup.device.gpuTFLOPS * FrameModel.efficiency
-        let ms = max(1000 / FrameModel.displayHz, FrameModel.frameGFLOP(v) / budget)
-        let fps = 1000 / ms
+        let fps = FrameModel.expectedLocalFPS(v, tflops: setup.device.gpuTFLOPS, otherLoad: setup.otherLoad)
         return (fps, measured.count >= 3 ? range : fps * 0.5)
     }
 

@@ -201,9 +201,8 @@ public struct GameTwinModel {
                 s.fpsRange = (recent.max() ?? 0) - (recent.min() ?? 0)
                 let localRecent = p.fpsHistory.suffix(60).filter { $0.place == "local" }.suffix(10).map(\.fps)
                 if let v = p.view {
-                    let budget = max(0.05, 1 - p.setup.otherLoad) * p.setup.device.gpuTFLOPS * FrameModel.efficiency
                     s.localFPSEstimate = p.place == "local" && localRecent.count >= 3 ? localRecent.reduce(0, +) / Double(localRecent.count)
-                        : 1000 / max(1000 / FrameModel.displayHz, FrameModel.frameGFLOP(v) / budget)
+                        : FrameModel.expectedLocalFPS(v, tflops: p.setup.device.gpuTFLOPS, otherLoad: p.setup.otherLoad)
                 }
                 s.localRangeEstimate = localRecent.count >= 3 ? localRecent.max()! - localRecent.min()! : s.localFPSEstimate * 0.5
                 s.accessRTTMs = 2 * p.setup.network.oneWayMs; s.bandwidthMbps = p.setup.network.bandwidthMbps

@@ -1,5 +1,6 @@
 import DataPlane
 import Foundation
+import Logging
 import Protocol
 import SwiftProtobuf
 
@@ -73,4 +74,18 @@ extension GameUpdate {
         newChunks = UInt32(v.newChunks); editsInView = UInt32(v.editsInView)
         lastInputSequence = v.lastInputSequence; lastInputSentUnixNanos = v.lastInputSentNanos
     }
+}
+
+/// Problems a game handler met (malformed messages, unreachable peers, …), counted by kind and
+/// logged: the first five of a kind, then every thousandth.
+struct GameProblems {
+    let prefix: String
+    private(set) var counts: [String: Int] = [:]
+    init(_ prefix: String) { self.prefix = prefix }
+    mutating func record(_ kind: String, _ message: String, _ logger: Logger) {
+        counts[kind, default: 0] += 1
+        let n = counts[kind]!
+        if n <= 5 || n % 1000 == 0 { logger.warning("\(prefix): \(message)", metadata: ["kind": "\(kind)", "count": "\(n)"]) }
+    }
+    var malformed: Int { counts.filter { $0.key.hasPrefix("malformed") }.values.reduce(0, +) }
 }

@@ -72,7 +72,8 @@ public final class PlayerFleet: FeatureHandler, AdvertisesDataEndpoint, DataPlan
     private(set) var players: [String: EmulatedPlayer] = [:]
     private var clock: Clock = SystemClock.shared
     private var logger = Logger(label: "strato.game.player")
-    public private(set) var problems: [String: Int] = [:]
+    private var problemLog = GameProblems("game player")
+    public var problems: [String: Int] { problemLog.counts }
     private var nextDue: Int64 = 0
     private let startMono: Int64
     private let startWall: Int64
@@ -105,10 +106,7 @@ public final class PlayerFleet: FeatureHandler, AdvertisesDataEndpoint, DataPlan
     /// Reports are each player's own (`PlayerHandler`).
     public func reports(wallNanos: Int64) -> [FeatureReport] { [] }
 
-    private func problem(_ kind: String, _ message: String) {
-        problems[kind, default: 0] += 1
-        if problems[kind]! <= 5 || problems[kind]! % 1000 == 0 { logger.warning("game player: \(message)", metadata: ["kind": "\(kind)", "count": "\(problems[kind]!)"]) }
-    }
+    private func problem(_ kind: String, _ message: String) { problemLog.record(kind, message, logger) }
 
     func place(_ p: EmulatedPlayer, _ placement: RenderPlacement) -> FeatureOutcome {
         guard placement.version >= p.placementVersion else { return FeatureOutcome(ok: true, detail: "placement \(placement.version) is older than \(p.placementVersion): ignored") }

@@ -34,7 +34,8 @@ public final class RenderSiteHandler: FeatureHandler, DataPlaneStreamReceiver {
     private var sessions: [String: Session] = [:]
     public private(set) var framesSent: UInt64 = 0, refused: UInt64 = 0
     public private(set) var bytesSent: UInt64 = 0
-    public private(set) var problems: [String: Int] = [:]
+    private var problemLog = GameProblems("game render")
+    public var problems: [String: Int] { problemLog.counts }
     private var reportedAt: Int64 = 0
     private var bytesAtReport: UInt64 = 0
     /// A player silent for this long (no input) is dropped and its slot freed.
@@ -60,10 +61,7 @@ public final class RenderSiteHandler: FeatureHandler, DataPlaneStreamReceiver {
 
     public func attach(_ context: NodeContext) { clock = context.clock; logger = context.logger }
 
-    private func problem(_ kind: String, _ message: String) {
-        problems[kind, default: 0] += 1
-        if problems[kind]! <= 5 || problems[kind]! % 1000 == 0 { logger.warning("game render: \(message)", metadata: ["kind": "\(kind)", "count": "\(problems[kind]!)"]) }
-    }
+    private func problem(_ kind: String, _ message: String) { problemLog.record(kind, message, logger) }
 
     public func execute(_ body: [UInt8], commandID: UInt64, wallNanos: Int64) -> FeatureOutcome { .refused("a render site is asked by players on the data plane, not by commands") }
     public func running() -> [String] { sessions.keys.sorted().map { "render:\($0)" } }
@@ -164,7 +162,7 @@ public final class RenderSiteHandler: FeatureHandler, DataPlaneStreamReceiver {
         r.framesSent = framesSent; r.refused = refused
         r.mbpsOut = Double(bytesSent - bytesAtReport) * 8 / 1e6 / seconds
         bytesAtReport = bytesSent
-        r.malformed = UInt64(problems.filter { $0.key.hasPrefix("malformed") }.values.reduce(0, +))
+        r.malformed = UInt64(problemLog.malformed)
         return [report(key: "site", r)]
     }
 }

@@ -43,7 +43,8 @@ public final class WorldServerHandler: FeatureHandler, DataPlaneStreamReceiver {
     public private(set) var stats: TickStats
     private var reportTicks: [Double] = []
     public private(set) var updatesSent: UInt64 = 0
-    public private(set) var problems: [String: Int] = [:]
+    private var problemLog = GameProblems("game world")
+    public var problems: [String: Int] { problemLog.counts }
     private var reportedAt: Int64 = 0
     /// A player not heard from (inputs or subscriptions) for this long leaves the world.
     public var idleTimeoutNanos: Int64 = 5_000_000_000
@@ -61,10 +62,7 @@ public final class WorldServerHandler: FeatureHandler, DataPlaneStreamReceiver {
 
     public func attach(_ context: NodeContext) { clock = context.clock; logger = context.logger }
 
-    private func problem(_ kind: String, _ message: String) {
-        problems[kind, default: 0] += 1
-        if problems[kind]! <= 5 || problems[kind]! % 1000 == 0 { logger.warning("game world: \(message)", metadata: ["kind": "\(kind)", "count": "\(problems[kind]!)"]) }
-    }
+    private func problem(_ kind: String, _ message: String) { problemLog.record(kind, message, logger) }
 
     public func execute(_ body: [UInt8], commandID: UInt64, wallNanos: Int64) -> FeatureOutcome { .refused("a world server takes no commands") }
 
@@ -154,7 +152,7 @@ public final class WorldServerHandler: FeatureHandler, DataPlaneStreamReceiver {
         r.tickP50Ms = stats.percentile(50) * 1000; r.tickP99Ms = stats.percentile(99) * 1000
         r.variabilityMs = stats.variability * 1000; r.overruns = UInt64(stats.overruns); r.edits = UInt64(world.editCount)
         r.updatesSent = updatesSent; r.tickMeanMs = stats.mean * 1000; r.tickHz = world.tickHz
-        r.malformed = UInt64(problems.filter { $0.key.hasPrefix("malformed") }.values.reduce(0, +))
+        r.malformed = UInt64(problemLog.malformed)
         return r
     }
 

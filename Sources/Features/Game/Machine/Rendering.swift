@@ -43,6 +43,13 @@ public enum FrameModel {
         return max(1000 / displayHz, rng.logNormal(median: base, sigma: sigma))
     }
 
+    /// The FPS a device would render a view at, without noise or meshing (the policy's estimate
+    /// for a player that is not rendering locally now).
+    public static func expectedLocalFPS(_ v: PlayerView, tflops: Double, otherLoad: Double) -> Double {
+        let budget = max(0.05, 1 - otherLoad) * tflops * efficiency
+        return 1000 / max(1000 / displayHz, frameGFLOP(v) / budget)
+    }
+
     /// A remote frame on a render site's GPU shared by `slots` renderers, plus encoding.
     public static func remoteRenderMs(_ v: PlayerView, siteTFLOPS: Double, slots: Int) -> Double {
         frameGFLOP(v) / (siteTFLOPS * efficiency / Double(max(1, slots))) + encodeMs
