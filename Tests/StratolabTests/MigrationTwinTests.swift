@@ -93,6 +93,12 @@ struct RouterMigrationTests {
         let routes = Dictionary(uniqueKeysWithValues: r.route(now: 1).map { ($0.replica, $0.requests.map(\.id)) })
         // r2: 30, then (60−20)/3 = 13.3 → q1 also r2, then (40−20)/4 = 5 < 10 → q2 to r1.
         #expect(routes == ["r2": ["q0", "q1"], "r1": ["q2"]], "\(routes)")
+        // One replica has reported and the other not yet (a fresh one): a burst is shared between them,
+        // the silent one counted as free as the reported one, less what it has been sent.
+        let fresh = router(.freeness)
+        fresh.updateKV("r1", freeBlocks: 1000, running: 0)
+        _ = fresh.submit((0..<6).map { ServiceRequest(id: "b\($0)", serviceID: "s", arrival: 0, prefill: 320, decode: 10) }, services: services)
+        #expect(fresh.route(now: 1).map(\.requests.count) == [3, 3])
         let jsq = router(.shortestQueue)
         _ = jsq.submit((0..<2).map { ServiceRequest(id: "q\($0)", serviceID: "s", arrival: 0, prefill: 320, decode: 10) }, services: services)
         #expect(jsq.route(now: 1).map(\.requests.count) == [1, 1])

@@ -240,8 +240,12 @@ public final class RequestRouter {
         sentPrefixes[replica] = e
     }
 
-    private func freeness(_ replica: String) -> Double? {
-        guard let k = kv[replica] else { return nil }
+    /// A replica not heard from yet is new and assumed as free as the freest replica of its service
+    /// that has reported (or without bound when none has). Requests sent to it before its first
+    /// report come off that estimate like any other, so a late first report does not make it look
+    /// empty to every request of a burst.
+    private func freeness(_ replica: String, unreported: Int) -> Double {
+        let k = kv[replica] ?? (unreported, 0)
         return Double(k.free) / Double(max(1, k.running))
     }
 
@@ -260,6 +264,7 @@ public final class RequestRouter {
                 waitingUnsorted.remove(service)
             }
             let replicas = ready.filter { $0.value.service == service && !closed.contains($0.key) }.map(\.key).sorted()
+            let unreportedFree = replicas.compactMap { kv[$0]?.free }.max() ?? Int.max / 2
             var taken = 0
             while taken < queue.count, !replicas.isEmpty {
                 let id = queue[taken]
@@ -273,8 +278,7 @@ public final class RequestRouter {
                     let load = outstanding[rep]?.count ?? 0
                     guard load < 2 * ready[rep]!.batch else { continue }
                     if dispatch == .freeness {
-                        // A replica not heard from yet is new, and empty: the freest.
-                        let f = freeness(rep) ?? .greatestFiniteMagnitude
+                        let f = freeness(rep, unreported: unreportedFree)
                         if f > bestFree || (f == bestFree && load < bestLoad) { best = rep; bestLoad = load; bestFree = f }
                     } else if load < bestLoad { best = rep; bestLoad = load }
                 }
@@ -291,7 +295,8 @@ public final class RequestRouter {
                 }
                 guard let rep = best else { break }
                 if prefixAffinity && !r.request.prefixKeys.isEmpty { rememberSent(r.request.prefixKeys, on: rep) }
-                if dispatch == .freeness, let k = kv[rep] {
+                if dispatch == .freeness {
+                    let k = kv[rep] ?? (unreportedFree, 0)
                     kv[rep] = (k.free - (r.request.prefill + RequestRouter.blockTokens - 1) / RequestRouter.blockTokens, k.running + 1)
                 }
                 r.replica = rep
