@@ -84,7 +84,13 @@ struct MemoryTierTests {
         let later = try bed.waitFinished(["second", "third"])
         let other = try #require(later.values.first { $0.nodeID != first.nodeID }, "one of the two ran on the agent that did not prefill the prefix")
         #expect(other.ttft < first.ttft * 0.5, "TTFT \(other.ttft) s with the prefix loaded vs \(first.ttft) s prefilled")
-        let stats = try #require(try bed.kv(other.nodeID))
+        // The agent's cache statistics come with its periodic tier report, which may follow the
+        // request's result by a heartbeat or two: wait for the report that counts the hit.
+        var stats = KVCacheStats()
+        _ = try? bed.cluster.waitFor("\(other.nodeID) reports its prefix hit", seconds: 10) {
+            stats = try bed.kv(other.nodeID) ?? stats
+            return stats.hits >= 1 && stats.loadedBytes > 0
+        }
         #expect(stats.hits >= 1 && stats.hitTokens >= UInt64(16 * TierBed.chunkTokens))
         #expect(stats.loadedBytes > 0 && stats.loadedByTier["dram", default: 0] > 0)
 
