@@ -319,7 +319,9 @@ public final class AgentSession: @unchecked Sendable {
             }
         case .error(let err):
             switch err.code {
-            case .notRegistered:
+            case .notRegistered, .notBound:
+                // NOT_BOUND: this process reconnected (a new connection) and must register again
+                // from it; the coordinator's incarnation rules let the same process back in.
                 if nodes[i].registered {
                     logger.notice("coordinator asks us to register again: \(err.message)", metadata: ["node": "\(target)"])
                 }

@@ -72,10 +72,22 @@ public struct OutstandingCommands: Sendable {
         entries[command.commandID] = Entry(command: command, attempts: attempts, nextSendAt: now, createdAt: now)
     }
 
-    /// Removes an acknowledged command; returns it if it was outstanding.
+    /// What an acknowledgement did.
+    public enum AckOutcome: Equatable, Sendable {
+        case settled(Entry)
+        /// No such command outstanding (a duplicate ack, or an id never sent).
+        case unknown
+        /// The command is outstanding for another node: not settled (an ack is matched by node and id).
+        case otherNode(String)
+    }
+
+    /// Removes a command acknowledged by `nodeID`; an ack naming another node settles nothing.
     @discardableResult
-    public mutating func acknowledge(_ commandID: UInt64) -> Entry? {
-        entries.removeValue(forKey: commandID)
+    public mutating func acknowledge(_ commandID: UInt64, by nodeID: String) -> AckOutcome {
+        guard let e = entries[commandID] else { return .unknown }
+        guard e.command.nodeID == nodeID else { return .otherNode(e.command.nodeID) }
+        entries[commandID] = nil
+        return .settled(e)
     }
 
     /// Commands due for (re-)sending to nodes for which `deliverable` is true, in id order; each

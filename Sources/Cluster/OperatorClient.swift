@@ -30,14 +30,17 @@ public final class OperatorClient {
     private let name: String
     private var nextID: UInt64 = 0
 
-    public init(endpoint: String, keysDirectory: String? = nil, name: String = "operator/\(getpid())") throws {
+    /// - Parameter keyFile: a key pair file to connect with instead of KEYS/operator.key (a driver's
+    ///   `driver.key`, or any other; the coordinator checks its role).
+    public init(endpoint: String, keysDirectory: String? = nil, keyFile: String? = nil, name: String = "operator/\(getpid())") throws {
         self.endpoint = endpoint
         self.keysDirectory = keysDirectory
         self.name = name
         socket = try ZMQSocket(context, .dealer)
         if let dir = keysDirectory {
             let keys = KeyDirectory(path: dir)
-            try socket.makeCurveClient(try keys.operatorKeys(), serverPublicKey: try keys.coordinatorPublicKey())
+            let pair = try keyFile.map(KeyDirectory.readPair) ?? keys.operatorKeys()
+            try socket.makeCurveClient(pair, serverPublicKey: try keys.coordinatorPublicKey())
         }
         try socket.connect(endpoint)
     }

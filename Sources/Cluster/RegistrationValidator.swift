@@ -36,13 +36,18 @@ public enum RegistrationValidator {
             return ["gpu.model '\(g.model)' is not in the catalogue (known: \(GPUCatalog.names.joined(separator: ", ")))"]
         }
         if g.count == 0 || g.count > maxGPUsPerNode { p.append("gpu.count \(g.count) is outside 1...\(maxGPUsPerNode)") }
-        if g.memoryBytesPerGpu == 0 || g.memoryBytesPerGpu > model.memoryBytes * 2 {
-            p.append("gpu.memory_bytes_per_gpu \(g.memoryBytesPerGpu) is impossible for a \(model.name) (\(model.memoryGiB) GiB)")
+        // Plausible against the catalogue: from a MIG slice (1/8 of the card) to the card itself
+        // plus 10 % (vendors' GiB/GB rounding). 1 B of memory or 0 TFLOPS is no real GPU.
+        func plausible(_ v: Double, _ card: Double) -> Bool { v.isFinite && v >= card / 8 && v <= card * 1.1 }
+        if !plausible(Double(g.memoryBytesPerGpu), Double(model.memoryBytes)) {
+            p.append("gpu.memory_bytes_per_gpu \(g.memoryBytesPerGpu) is implausible for a \(model.name) (\(model.memoryGiB) GiB; accepted: 1/8 to 1.1× of it)")
         }
-        if !(g.memoryBandwidthGbps > 0) || g.memoryBandwidthGbps > model.memoryBandwidthGBps * 2 {
-            p.append("gpu.memory_bandwidth_gbps \(g.memoryBandwidthGbps) is impossible for a \(model.name)")
+        if !plausible(g.memoryBandwidthGbps, model.memoryBandwidthGBps) {
+            p.append("gpu.memory_bandwidth_gbps \(g.memoryBandwidthGbps) is implausible for a \(model.name) (\(model.memoryBandwidthGBps) GB/s; accepted: 1/8 to 1.1× of it)")
         }
-        if !(g.fp16Tflops >= 0) || !g.fp16Tflops.isFinite { p.append("gpu.fp16_tflops \(g.fp16Tflops) is not a finite non-negative number") }
+        if !plausible(g.fp16Tflops, model.fp16TFLOPS) {
+            p.append("gpu.fp16_tflops \(g.fp16Tflops) is implausible for a \(model.name) (\(model.fp16TFLOPS) TFLOPS; accepted: 1/8 to 1.1× of it)")
+        }
         return p
     }
 

@@ -47,6 +47,9 @@ public protocol CoordinatorFeature: AnyObject {
     var storeSchema: [String] { get }
     /// The coordinator starts on its store (restored nodes as they were).
     func start(_ s: CoordinatorServices, restoredNodes: [NodeRecord]) throws
+    /// What a request of `requestBodies` needs of its sender's key (checked before `handleRequest`):
+    /// reads `.anyRole`, submissions `.submit`, other changes `.operator` (the default).
+    func access(_ envelope: Envelope) -> AccessNeed
     /// Answers a request of `requestBodies`; nil sends no reply (the client asks again).
     func handleRequest(_ envelope: Envelope, _ s: CoordinatorServices) -> Envelope.OneOf_Body?
     /// A node registered (`newLife`: a new process or a rejoin after being declared dead).
@@ -70,6 +73,7 @@ extension CoordinatorFeature {
     public var requestBodies: [String] { [] }
     public var storeSchema: [String] { [] }
     public func start(_ s: CoordinatorServices, restoredNodes: [NodeRecord]) throws {}
+    public func access(_ envelope: Envelope) -> AccessNeed { .operator }
     public func handleRequest(_ envelope: Envelope, _ s: CoordinatorServices) -> Envelope.OneOf_Body? { nil }
     public func nodeRegistered(_ r: Register, newLife: Bool, _ s: CoordinatorServices) {}
     public func nodeDead(_ nodeID: String, _ s: CoordinatorServices) {}

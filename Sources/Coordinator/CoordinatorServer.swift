@@ -50,7 +50,10 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
     private var controllerByFeature: [String: CoordinatorFeature] = [:]
     private var controllerByBody: [String: CoordinatorFeature] = [:]
     private var outstanding = OutstandingCommands()
-    private var routes: [String: [UInt8]] = [:]
+    /// Keys, roles and which connection each node is bound to (see `ControlAccess`).
+    private var access = ControlAccess(keys: nil)
+    private var keysFileStamp: [Int] = []
+    private var reloadKeysRequested = false
     private var counters: [String: UInt64] = [:]
     private var countersDirty = false
     private var dirtyNodes = Set<String>()
@@ -105,6 +108,12 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
     }
 
     public func stop() { stopLock.lock(); stopRequested = true; stopLock.unlock() }
+    /// Reads authorized_keys again at the next loop turn (SIGHUP; changes are also noticed within a second).
+    public func requestKeyReload() { stopLock.lock(); reloadKeysRequested = true; stopLock.unlock() }
+    private func takeReloadRequest() -> Bool {
+        stopLock.lock(); defer { stopLock.unlock() }
+        let r = reloadKeysRequested; reloadKeysRequested = false; return r
+    }
     private var shouldStop: Bool { stopLock.lock(); defer { stopLock.unlock() }; return stopRequested }
 
     /// Blocks until the coordinator has bound its endpoint (for in-process use by benchmarks/tests).
@@ -113,6 +122,9 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
     // MARK: Main loop
 
     public func run() throws {
+        // Before anything touches the directory: a second coordinator stops here, having changed nothing.
+        let stateLock = try StateDirectoryLock(directory: config.stateDirectory)
+        defer { stateLock.release() }
         openStore = try StateStore(directory: config.stateDirectory, schemas: controllers.flatMap(\.storeSchema))
         epoch = try store.nextEpoch()
         startedAtWall = clock.wallNanos()
@@ -138,14 +150,19 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         try router.setHighWaterMarks(send: 100_000, receive: 100_000)
         if let dir = config.keysDirectory {
             let keys = KeyDirectory(path: dir)
-            let allowed = try keys.authorizedKeys()
+            let entries = try keys.authorizedEntries()
+            access = ControlAccess(keys: entries)
+            keysFileStamp = Self.fileStamp(keys.file("authorized_keys"))
+            let allowed = Set(entries.keys)
             let auth = ZAPAuthenticator(context: context, allowedPublicKeys: allowed) { [logger] key, address in
                 logger.warning("refused a client with an unknown CURVE key", metadata: ["key": "\(key)", "peer": "\(address)"])
             }
             try auth.start()
             zap = auth
             try router.makeCurveServer(try keys.coordinatorKeys())
-            logger.info("CURVE security on: traffic encrypted, \(allowed.count) authorised client keys", metadata: ["keys": "\(dir)"])
+            let roles = Dictionary(grouping: entries.values, by: \.role).mapValues(\.count)
+            logger.info("CURVE security on: traffic encrypted, \(allowed.count) authorised client keys", metadata: [
+                "keys": "\(dir)", "roles": "\(roles.sorted { $0.key < $1.key }.map { "\($0.key.rawValue)=\($0.value)" }.joined(separator: ","))"])
         } else {
             logger.warning("running OPEN: no --keys given, so traffic is not encrypted and any client may connect")
         }
@@ -155,7 +172,8 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         readySemaphore.signal()
 
         var lastTick: Int64 = 0, lastResend: Int64 = 0, lastFlush: Int64 = 0, lastHeartbeatFlush: Int64 = 0, lastCounters: Int64 = 0
-        var frames: [[[UInt8]]] = []
+        var lastKeyCheck: Int64 = 0
+        var frames: [(frames: [[UInt8]], userID: String?)] = []
         var collectTrace = false
         while !shouldStop {
             // Wake for the next job arrival or rate change rather than up to 20 ms late: at 1000×
@@ -166,8 +184,8 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
             if try ZMQPoller.readable([router], timeoutMs: waitMs)[0] {
                 // Drain what is queued, bounded so timers still run under load.
                 for _ in 0..<4096 {
-                    guard let f = try router.receive(dontWait: true) else { break }
-                    for part in f { bytesReceived += UInt64(part.count) }
+                    guard let f = try router.receiveWithUserID(dontWait: true) else { break }
+                    for part in f.frames { bytesReceived += UInt64(part.count) }
                     frames.append(f)
                 }
             }
@@ -177,8 +195,12 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
             turnOpen = true
             do {
                 try store.batch {
-                    for f in frames { handle(f, on: router) }
+                    for f in frames { handle(f.frames, userID: f.userID, on: router) }
                     let mono = clock.monotonicNanos()
+                    if config.keysDirectory != nil && (takeReloadRequest() || mono - lastKeyCheck >= .millis(1000)) {
+                        lastKeyCheck = mono
+                        reloadKeysIfChanged()
+                    }
                     if mono - lastTick >= .millis(50) { lastTick = mono; tickDetector(now: mono) }
                     // Decide as soon as a job arrives or a report frees GPUs (cheap when nothing changed),
                     // and send new start/preempt commands at once rather than at the next resend round.
@@ -226,7 +248,7 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
 
     // MARK: Messages
 
-    private func handle(_ frames: [[UInt8]], on router: ZMQSocket) {
+    private func handle(_ frames: [[UInt8]], userID: String?, on router: ZMQSocket) {
         let receivedAt = clock.wallNanos()
         guard frames.count == 2 else {
             count("rejected_malformed")
@@ -252,6 +274,13 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
             return
         }
         count("received_\(envelope.bodyName)")
+        let peer = Peer(connection: identity, key: userID)
+        // The key's role first: a key removed from authorized_keys, or one sending what its role
+        // may not, gets a named error (errors from peers are only counted: no reply to a reply).
+        if let refusal = access.admit(peer, need: need(for: envelope)) {
+            refuse(refusal, envelope, identity, router)
+            return
+        }
         let flow = tracer.receivedFlow(envelope)
         defer {
             if flow != 0 {
@@ -271,12 +300,16 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
                 count("trace_batches_failed")
                 logLimited("trace_store", "could not store a trace batch from \(b.process): \(error)")
             }
-        case .register(let r): handleRegister(r, envelope, identity, router)
-        case .heartbeat(let hb): handleHeartbeat(hb, envelope, identity, router, receivedAt: receivedAt)
-        case .commandAck(let ack): handleCommandAck(ack, router)
+        case .register(let r): handleRegister(r, envelope, peer, router)
+        case .heartbeat(let hb): handleHeartbeat(hb, envelope, peer, router, receivedAt: receivedAt)
+        case .commandAck(let ack): handleCommandAck(ack, envelope, peer, router)
         case .deregister(let d):
+            if let refusal = ControlAccess.checkSender(envelope, node: d.nodeID) ?? speaks(for: d.nodeID, peer) {
+                refuse(refusal, envelope, identity, router)
+                return
+            }
             if membership.deregister(d) {
-                routes[d.nodeID] = nil
+                access.unbind(d.nodeID)
                 event(d.nodeID, "left", d.reason.isEmpty ? "deregistered" : d.reason)
                 persistNow(d.nodeID)
                 logger.info("node left", metadata: ["node": "\(d.nodeID)", "reason": "\(d.reason)"])
@@ -305,11 +338,73 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         }
     }
 
-    private func handleRegister(_ r: Register, _ envelope: Envelope, _ identity: [UInt8], _ router: ZMQSocket) {
+    /// What a message needs of its sender's key.
+    private func need(for envelope: Envelope) -> AccessNeed {
+        switch envelope.body {
+        case .register?, .heartbeat?, .commandAck?, .deregister?: return .agent
+        case .operatorCommand?: return .operator
+        case .featureRequest(let f)?: return controllerByFeature[f.feature]?.access(envelope) ?? .anyRole
+        default: return controllerByBody[envelope.bodyName]?.access(envelope) ?? .anyRole
+        }
+    }
+
+    /// Whether `peer` may speak for registered node `id` (heartbeat, ack, deregistration): the
+    /// connection and key that registered it. A node not registered at all gets NOT_REGISTERED
+    /// from membership's own rules (heartbeats) or here.
+    private func speaks(for id: String, _ peer: Peer) -> ControlAccess.Refusal? {
+        guard let r = membership.nodes[id] else { return .notRegistered(node: id) }
+        // A dead or departed node speaks again only by registering (membership says so).
+        guard r.status.state == .alive || r.status.state == .suspect else { return nil }
+        return access.speaksFor(id, peer)
+    }
+
+    private func refuse(_ refusal: ControlAccess.Refusal, _ envelope: Envelope, _ identity: [UInt8], _ router: ZMQSocket) {
+        count(refusal.counter)
+        logLimited(refusal.counter, "refused '\(envelope.bodyName)' from \(envelope.sender.isEmpty ? "?" : envelope.sender): \(refusal.message)")
+        if case .error? = envelope.body { return }
+        reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .error(errorReply(refusal.code, refusal.message)))
+    }
+
+    /// Reads authorized_keys again when it changed (or on request): new keys are admitted at their
+    /// handshake, a removed key's open connections are refused message by message from now on. A
+    /// file that does not parse leaves the keys as they were (said in the log, counted).
+    private func reloadKeysIfChanged() {
+        guard let dir = config.keysDirectory else { return }
+        let keys = KeyDirectory(path: dir)
+        let stamp = Self.fileStamp(keys.file("authorized_keys"))
+        guard stamp != keysFileStamp else { return }
+        keysFileStamp = stamp
+        do {
+            let entries = try keys.authorizedEntries()
+            let removed = Set(access.keys?.keys.map { $0 } ?? []).subtracting(entries.keys)
+            access.reload(entries)
+            zap?.update(allowedPublicKeys: Set(entries.keys))
+            count("authorized_keys_reloaded")
+            event("coordinator", "keys", "authorized_keys reloaded: \(entries.count) keys, \(removed.count) removed")
+            logger.notice("authorized_keys reloaded", metadata: ["keys": "\(entries.count)", "removed": "\(removed.count)"])
+        } catch {
+            count("authorized_keys_unreadable")
+            logger.error("authorized_keys changed but cannot be read; keeping the keys loaded before: \(error)")
+        }
+    }
+
+    /// Modification time, inode and size: a rewrite (in place or by rename) changes one of them.
+    static func fileStamp(_ path: String) -> [Int] {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return [] }
+        return [Int(st.st_mtim.tv_sec), Int(st.st_mtim.tv_nsec), Int(st.st_ino), Int(st.st_size)]
+    }
+
+    private func handleRegister(_ r: Register, _ envelope: Envelope, _ peer: Peer, _ router: ZMQSocket) {
+        let identity = peer.connection
+        if let refusal = ControlAccess.checkSender(envelope, node: r.nodeID) ?? access.mayRegister(r.nodeID, from: peer) {
+            refuse(refusal, envelope, identity, router)
+            return
+        }
         let outcome = membership.register(r, instanceID: r.instanceID, now: clock.monotonicNanos(), wallNow: clock.wallNanos())
         switch outcome {
         case let .accepted(incarnation, newLife):
-            routes[r.nodeID] = identity
+            access.bind(r.nodeID, to: peer)
             event(r.nodeID, newLife ? "registered" : "reconciled",
                   "incarnation \(incarnation), kind \(r.kind.name), running \(r.running.count)")
             count(newLife ? "registrations" : "reconciliations")
@@ -332,11 +427,15 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         }
     }
 
-    private func handleHeartbeat(_ hb: Heartbeat, _ envelope: Envelope, _ identity: [UInt8], _ router: ZMQSocket, receivedAt: Int64) {
+    private func handleHeartbeat(_ hb: Heartbeat, _ envelope: Envelope, _ peer: Peer, _ router: ZMQSocket, receivedAt: Int64) {
+        let identity = peer.connection
+        if let refusal = ControlAccess.checkSender(envelope, node: hb.nodeID) ?? (membership.nodes[hb.nodeID] == nil ? nil : speaks(for: hb.nodeID, peer)) {
+            refuse(refusal, envelope, identity, router)
+            return
+        }
         let mono = clock.monotonicNanos()
         switch membership.heartbeat(hb, now: mono, wallNow: receivedAt) {
         case .ok(let revived):
-            routes[hb.nodeID] = identity
             dirtyNodes.insert(hb.nodeID)
             heartbeatsHandled += 1
             heartbeatRate.add(at: mono)
@@ -377,9 +476,21 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         }
     }
 
-    private func handleCommandAck(_ ack: CommandAck, _ router: ZMQSocket) {
-        guard let entry = outstanding.acknowledge(ack.commandID) else {
+    private func handleCommandAck(_ ack: CommandAck, _ envelope: Envelope, _ peer: Peer, _ router: ZMQSocket) {
+        if let refusal = ControlAccess.checkSender(envelope, node: ack.nodeID) ?? speaks(for: ack.nodeID, peer) {
+            refuse(refusal, envelope, peer.connection, router)
+            return
+        }
+        // Matched by (node, command id): an ack naming another node's command settles nothing.
+        let entry: OutstandingCommands.Entry
+        switch outstanding.acknowledge(ack.commandID, by: ack.nodeID) {
+        case .settled(let e): entry = e
+        case .unknown:
             count("duplicate_command_acks")
+            return
+        case .otherNode(let owner):
+            count("refused_ack_other_node")
+            logLimited("ack_other_node", "\(ack.nodeID) acknowledged command \(ack.commandID), which is \(owner)'s: not settled")
             return
         }
         let command = entry.command
@@ -438,7 +549,7 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
             persistNow(t.nodeID)
             count(t.to == .dead ? "nodes_declared_dead" : "nodes_suspected")
             if t.to == .dead {
-                routes[t.nodeID] = nil
+                access.unbind(t.nodeID)
                 for c in controllers { c.nodeDead(t.nodeID, self) }
             }
             logger.log(level: t.to == .dead ? .warning : .notice, "node \(t.to.rawValue)",
@@ -475,9 +586,9 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
     public func counter(_ name: String) -> UInt64 { counters[name] ?? 0 }
 
     private func resendCommands(on router: ZMQSocket, now: Int64) {
-        let due = outstanding.due(now: now) { [membership, routes] in membership.isReachable($0) && routes[$0] != nil }
+        let due = outstanding.due(now: now) { [membership, access] in membership.isReachable($0) && access.route($0) != nil }
         for command in due {
-            guard let identity = routes[command.nodeID] else { continue }
+            guard let identity = access.route(command.nodeID) else { continue }
             reply(on: router, to: identity, recipient: command.nodeID, inReplyTo: 0, .command(command))
             count("commands_sent")
         }
@@ -558,6 +669,9 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
     /// Sends a reply or command; inside a loop turn it waits for the turn's commit, so nothing a
     /// peer is told can be lost by a crash.
     private func reply(on router: ZMQSocket, to identity: [UInt8], recipient: String, inReplyTo: UInt64, _ body: Envelope.OneOf_Body) {
+        var body = body
+        // Every error names the message it answers, when that message's id could be read.
+        if case .error(var e) = body, e.offendingMessageID == 0, inReplyTo != 0 { e.offendingMessageID = inReplyTo; body = .error(e) }
         if turnOpen {
             afterCommit.append(DeferredReply(identity: identity, recipient: recipient, inReplyTo: inReplyTo, body: body))
             return

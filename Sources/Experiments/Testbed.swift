@@ -67,9 +67,15 @@ public struct Testbed: Codable {
         var keys: String?
         if topology.security == .curve {
             keys = run + "/keys"
+            // One key pair per agent process, pinned to the node ids it hosts: a process can speak
+            // only for its own nodes.
+            let agents = topology.nodes.map { (name: $0.id, nodes: topology.nodeIDs(of: $0)) }
             if !fm.fileExists(atPath: keys! + "/coordinator.key") {
-                try KeyDirectory.generate(at: keys!)
-                progress("generated CURVE keys in \(keys!)")
+                try KeyDirectory.generate(at: keys!, agents: agents)
+                progress("generated CURVE keys in \(keys!) (one per agent process)")
+            } else {
+                let added = try KeyDirectory(path: keys!).addAgents(agents)
+                if !added.isEmpty { progress("added \(added.count) agent key(s) to \(keys!)") }
             }
         }
         var bed = Testbed(topologyFile: topology.file, endpoint: topology.coordinator.endpoint, keysDirectory: keys,

@@ -3,6 +3,7 @@ import Foundation
 import MemoryAgent
 import Protocol
 import Scheduling
+import Wire
 
 /// A testbed topology: one coordinator and the nodes to start, as read from TOPOLOGY.yaml.
 public struct Topology: Equatable {
@@ -81,9 +82,10 @@ public struct Topology: Equatable {
     public var network: [String: NetworkConditions] = [:]
 
     /// Every node id the testbed will have (virtual ones expanded).
-    public var nodeIDs: [String] {
-        nodes.flatMap { n in n.virtual > 1 ? (0..<n.virtual).map { "\(n.id)-\($0)" } : [n.id] }
-    }
+    public var nodeIDs: [String] { nodes.flatMap(nodeIDs(of:)) }
+
+    /// The node ids one agent process hosts (its id, or id-0 … id-(N-1) with `virtual: N`).
+    public func nodeIDs(of n: Node) -> [String] { n.virtual > 1 ? (0..<n.virtual).map { "\(n.id)-\($0)" } : [n.id] }
 
     public static func load(file: String) throws -> Topology {
         try parse(YAMLValue.load(file: file))
@@ -344,7 +346,12 @@ public struct Topology: Equatable {
         var args = command + ["--id", node.id, "--site", node.siteKind.name, "--site-name", node.siteName,
                     "--endpoint", coordinator.endpoint, "--heartbeat-ms", "\(coordinator.heartbeatMs)",
                     "--coordinator-timeout-ms", "\(coordinator.deadAfterMs)"]
-        if let k = keysDirectory { args += ["--keys", k] }
+        if let k = keysDirectory {
+            args += ["--keys", k]
+            // Its own key pair when the directory has one (the testbed writes one per process).
+            let own = KeyDirectory(path: k).agentKeyFile(node.id)
+            if FileManager.default.fileExists(atPath: own) { args += ["--client-key", own] }
+        }
         if node.virtual > 1 { args += ["--virtual", "\(node.virtual)"] }
         for (k, v) in node.labels.sorted(by: { $0.key < $1.key }) { args += ["--label", "\(k)=\(v)"] }
         switch node.spec {

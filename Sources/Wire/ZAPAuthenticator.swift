@@ -2,14 +2,17 @@ import CZeroMQ
 import Foundation
 
 /// A ZeroMQ Authentication Protocol (RFC 27) handler that admits CURVE clients whose public key
-/// is in an allow-list, and refuses everyone else.
+/// is in an allow-list, and refuses everyone else. An admitted connection's user id is its public
+/// key (Z85), so every message it sends carries the key as its `User-Id` property
+/// (`ZMQSocket.receiveWithUserID`). The allow-list can be replaced while it runs (a reload of
+/// `authorized_keys`); it applies to handshakes from then on.
 ///
 /// **Ownership:** it runs its own thread with its own REP socket bound to
 /// `inproc://zeromq.zap.01` of the given context; that socket never leaves the thread. Start it
 /// before the CURVE server socket binds, so no handshake goes unauthenticated.
 public final class ZAPAuthenticator: @unchecked Sendable {
     private let context: ZMQContext
-    private let allowed: Set<String>
+    private var allowed: Set<String>
     private let lock = NSLock()
     private var _accepted: UInt64 = 0
     private var _rejected: UInt64 = 0
@@ -27,6 +30,11 @@ public final class ZAPAuthenticator: @unchecked Sendable {
         self.allowed = allowedPublicKeys
         self.onReject = onReject
     }
+
+    /// Replaces the allow-list (new handshakes only; the coordinator refuses messages from keys no
+    /// longer listed on connections already open).
+    public func update(allowedPublicKeys: Set<String>) { lock.lock(); allowed = allowedPublicKeys; lock.unlock() }
+    private var currentAllowed: Set<String> { lock.lock(); defer { lock.unlock() }; return allowed }
 
     public var acceptedCount: UInt64 { lock.lock(); defer { lock.unlock() }; return _accepted }
     public var rejectedCount: UInt64 { lock.lock(); defer { lock.unlock() }; return _rejected }
@@ -75,8 +83,8 @@ public final class ZAPAuthenticator: @unchecked Sendable {
     /// RFC 27 request: version, request id, domain, address, identity, mechanism, credentials…
     func reply(to request: [[UInt8]]) -> [[UInt8]] {
         let requestID = request.count > 1 ? request[1] : []
-        func answer(_ code: String, _ text: String) -> [[UInt8]] {
-            [Array("1.0".utf8), requestID, Array(code.utf8), Array(text.utf8), Array("".utf8), []]
+        func answer(_ code: String, _ text: String, userID: String = "") -> [[UInt8]] {
+            [Array("1.0".utf8), requestID, Array(code.utf8), Array(text.utf8), Array(userID.utf8), []]
         }
         guard request.count >= 7, String(decoding: request[0], as: UTF8.self) == "1.0" else {
             return answer("500", "malformed ZAP request")
@@ -87,9 +95,9 @@ public final class ZAPAuthenticator: @unchecked Sendable {
             bump(accepted: false)
             return answer("400", "only CURVE clients are admitted")
         }
-        if allowed.contains(key) {
+        if currentAllowed.contains(key) {
             bump(accepted: true)
-            return answer("200", "OK")
+            return answer("200", "OK", userID: key)
         }
         bump(accepted: false)
         onReject?(key, address)

@@ -177,6 +177,35 @@ public final class ZMQSocket {
         return try body(frames)
     }
 
+    /// Receives one multipart message with the `User-Id` its connection was admitted with (a CURVE
+    /// server's ZAP handler sets it: the client's public key), or nil on a connection without one.
+    public func receiveWithUserID(dontWait: Bool = false) throws -> (frames: [[UInt8]], userID: String?)? {
+        var frames: [[UInt8]] = []
+        var userID: String?
+        var msg = zmq_msg_t()
+        zmq_msg_init(&msg)
+        defer { zmq_msg_close(&msg) }
+        while true {
+            let flags: Int32 = (dontWait && frames.isEmpty) ? ZMQ_DONTWAIT : 0
+            let rc = zmq_msg_recv(&msg, handle, flags)
+            if rc < 0 {
+                let err = zmq_errno()
+                if err == EINTR { continue }
+                if err == EAGAIN && frames.isEmpty { return nil }
+                throw ZMQError(code: err, operation: "zmq_msg_recv")
+            }
+            // Read from any frame: a ROUTER's routing-id frame is made locally, the rest came over the connection.
+            if userID == nil, let p = zmq_msg_gets(&msg, "User-Id") {
+                let s = String(cString: p)
+                userID = s.isEmpty ? nil : s
+            }
+            let size = zmq_msg_size(&msg)
+            frames.append(size == 0 ? [] : Array(UnsafeRawBufferPointer(start: zmq_msg_data(&msg), count: size)))
+            if zmq_msg_more(&msg) == 0 { break }
+        }
+        return (frames, userID)
+    }
+
     /// Receives one multipart message. Returns nil if `dontWait` and nothing is queued, or when a
     /// receive timeout (`ZMQ_RCVTIMEO`) expires.
     public func receive(dontWait: Bool = false) throws -> [[UInt8]]? {

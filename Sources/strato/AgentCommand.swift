@@ -105,7 +105,7 @@ struct AgentCommand: ParsableCommand {
             if let dir = keys {
                 let kd = KeyDirectory(path: dir)
                 c.keys = try clientKey.map(KeyDirectory.readPair) ?? kd.agentKeys()
-                c.authorizedKeys = try kd.authorizedKeys()
+                c.authorizedKeys = try kd.authorizedKeys(role: .agent)   // peers are agents; operator and driver keys are not
             }
             return c
         }

@@ -100,6 +100,7 @@ struct CoordinatorCommand: ParsableCommand {
             TiersController(policy: offloadPolicy, linkBytesPerSecond: (try NetworkConditions.parseBandwidth(tierLink)) ?? 0, scheduling: scheduling),   // feature "tiers": memory hosts' block stores, KV prefixes
             GameController(policy: try RenderPolicies.named(renderPolicy, script: renderScript)),   // feature "game": where each player renders
         ])
+        SignalTrap.onHangUp { server.requestKeyReload() }   // SIGHUP: read authorized_keys again
         try Lifecycle.run([LoopService(description: "coordinator", body: { try server.run() }, requestStop: { server.stop() })],
                           logger: Logger(label: "strato.lifecycle"))
     }

@@ -40,6 +40,17 @@ enum SignalTrap {
     }
 }
 
+extension SignalTrap {
+    /// Runs `onSignal` on every SIGHUP (the conventional "reload your configuration").
+    static func onHangUp(_ onSignal: @escaping @Sendable () -> Void) {
+        signal(SIGHUP, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        source.setEventHandler(handler: onSignal)
+        source.resume()
+        sources.append(source)
+    }
+}
+
 /// Reports a failure on stderr in the form users read: what failed, and why.
 struct UserFacingError: Error, CustomStringConvertible {
     let description: String

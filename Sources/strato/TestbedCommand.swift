@@ -57,14 +57,30 @@ struct KeysCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "keys", abstract: "CURVE keys for a secure testbed.", subcommands: [Generate.self])
 
     struct Generate: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Write coordinator, agent and operator key pairs and authorized_keys into DIR.")
+        static let configuration = CommandConfiguration(
+            abstract: "Write coordinator, agent, operator and driver key pairs and authorized_keys into DIR.",
+            discussion: """
+                authorized_keys lines are `PUBLIC-KEY ROLE [nodes=ID,…]` with ROLE agent, operator or driver.
+                --agents N adds agents/agent-0.key … agents/agent-(N-1).key, each pinned to the node id of its
+                name; --agent NAME=ID,ID adds one pinned to the ids given (a process with --virtual hosts
+                NAME-0, NAME-1, …: pin NAME-*). Start an agent with --client-key DIR/agents/NAME.key.
+                """)
         @Argument var directory: String
+        @Option(help: "Also write N per-agent key pairs (agents/agent-I.key, each pinned to node id agent-I).") var agents: Int = 0
+        @Option(name: .customLong("agent"), help: "A per-agent key pair NAME=ID,ID,PREFIX* (repeatable).") var agent: [String] = []
         func run() throws {
             do {
-                let dir = try KeyDirectory.generate(at: directory)
-                print("wrote CURVE keys to \(dir.path): coordinator.key, coordinator.pub, agent.key, operator.key, authorized_keys")
+                var list: [(name: String, nodes: [String])] = (0..<max(0, agents)).map { ("agent-\($0)", ["agent-\($0)"]) }
+                for a in agent {
+                    let p = a.split(separator: "=", maxSplits: 1).map(String.init)
+                    guard p.count == 2, !p[0].isEmpty, !p[1].isEmpty else { throw UserFacingError("--agent '\(a)': expected NAME=ID,ID,PREFIX*") }
+                    list.append((p[0], p[1].split(separator: ",").map(String.init)))
+                }
+                let dir = try KeyDirectory.generate(at: directory, agents: list)
+                print("wrote CURVE keys to \(dir.path): coordinator.key, coordinator.pub, agent.key, operator.key, driver.key, authorized_keys"
+                      + (list.isEmpty ? "" : ", and \(list.count) per-agent keys in agents/"))
                 print("start the coordinator with --keys \(dir.path); agents and `strato status` take the same --keys")
-            } catch { throw UserFacingError("\(error)") }
+            } catch let e as UserFacingError { throw e } catch { throw UserFacingError("\(error)") }
         }
     }
 }

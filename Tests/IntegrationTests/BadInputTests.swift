@@ -68,6 +68,7 @@ struct BadInputTests {
         var reply = try #require(try c.sendRaw([codec.encode(wrong)]))
         #expect(reply.error.code == .unsupportedVersion)
         #expect(reply.error.message.contains("9"))
+        #expect(reply.error.offendingMessageID == 1, "the error names the message it answers")
 
         // Over the 1 MiB frame limit.
         reply = try #require(try c.sendRaw([[UInt8](repeating: 0x41, count: (1 << 20) + 1)]))
@@ -93,6 +94,8 @@ struct BadInputTests {
         reply = try #require(try c.sendRaw([codec.encode(Envelope.make(sender: "gpu-impossible", messageID: 3, sentAtNanos: 1, body: .register(r)))]))
         #expect(reply.error.code == .invalidRegistration)
         #expect(reply.error.message.contains("gpu.count"))
+        #expect(reply.error.message.contains("memory_bytes_per_gpu 1 is implausible"), "\(reply.error.message)")
+        #expect(reply.error.offendingMessageID == 3)
 
         // A second node claiming a live node's id.
         var dup = Register()
@@ -100,6 +103,7 @@ struct BadInputTests {
         dup.capabilities.gpu = GPUCatalogFixture.a10
         reply = try #require(try c.sendRaw([codec.encode(Envelope.make(sender: "gpu-x", messageID: 4, sentAtNanos: 1, body: .register(dup)))]))
         #expect(reply.error.code == .nodeIDConflict)
+        #expect(reply.error.offendingMessageID == 4)
 
         let s = try cluster.status()
         let k = BadInputTests.counters(s)

@@ -90,14 +90,18 @@ struct OutstandingCommandsTests {
         #expect(o.due(now: .millis(5001)) { _ in true }.map(\.commandID) == [1])
     }
 
-    @Test("an acknowledged command is removed and returned; an unknown ack returns nil")
+    @Test("an ack is matched by node and command id: the node's own settles it, another node's (forged or blind) settles nothing")
     func acknowledge() {
         var o = OutstandingCommands()
-        o.add(command(1), now: 0)
-        o.add(command(2), now: 0)
-        #expect(o.acknowledge(1)?.command.commandID == 1)
-        #expect(o.acknowledge(1) == nil)
-        #expect(o.acknowledge(99) == nil)
+        o.add(command(1, node: "n1"), now: 0)
+        o.add(command(2, node: "n1"), now: 0)
+        #expect(o.acknowledge(1, by: "nobody") == .otherNode("n1"))
+        #expect(o.acknowledge(1, by: "n2") == .otherNode("n1"))
+        #expect(o.count == 2)
+        guard case .settled(let e) = o.acknowledge(1, by: "n1") else { Issue.record("not settled"); return }
+        #expect(e.command.commandID == 1)
+        #expect(o.acknowledge(1, by: "n1") == .unknown)
+        #expect(o.acknowledge(99, by: "n1") == .unknown)
         #expect(o.count == 1)
         #expect(o.due(now: 0) { _ in true }.map(\.commandID) == [2])
     }

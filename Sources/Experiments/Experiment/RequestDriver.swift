@@ -2,6 +2,7 @@ import Cluster
 import Foundation
 import Protocol
 import Scheduling
+import Wire
 
 /// Sends generated inference requests to the coordinator when they arrive, on the coordinator's
 /// trace clock, from a thread of its own with its own connection. A request goes out 1 ms (wall)
@@ -38,7 +39,9 @@ final class RequestDriver: @unchecked Sendable {
         let before = SystemClock.shared.wallNanos()
         let j = try client.jobs(timeoutMs: 3000)
         let after = SystemClock.shared.wallNanos()
-        let d = RequestDriver(requests: requests, client: try OperatorClient(endpoint: client.endpoint, keysDirectory: client.keysDirectory, name: "request-driver"),
+        // The driver's own key (role driver: it may submit and read, nothing else) where the key directory has one.
+        let driverKey = client.keysDirectory.map { KeyDirectory(path: $0).file("driver.key") }.flatMap { FileManager.default.fileExists(atPath: $0) ? $0 : nil }
+        let d = RequestDriver(requests: requests, client: try OperatorClient(endpoint: client.endpoint, keysDirectory: client.keysDirectory, keyFile: driverKey, name: "request-driver"),
                               timeScale: j.timeScale, t0Wall: (before + after) / 2 - Int64(j.traceNow / j.timeScale * 1e9))
         d.start()
         return d

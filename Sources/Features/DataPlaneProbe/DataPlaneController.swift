@@ -15,6 +15,13 @@ public final class DataPlaneController: CoordinatorFeature {
 
     public init() {}
 
+    /// Starting a probe is an operator's; its status is a read.
+    public func access(_ envelope: Envelope) -> AccessNeed {
+        guard case .featureRequest(let m)? = envelope.body, let r = try? ProbeRequest(serializedBytes: m.body),
+              case .status? = r.action else { return .operator }
+        return .anyRole
+    }
+
     public func handleRequest(_ envelope: Envelope, _ s: CoordinatorServices) -> Envelope.OneOf_Body? {
         guard case .featureRequest(let m)? = envelope.body else { return nil }
         guard let request = try? ProbeRequest(serializedBytes: m.body) else {

@@ -192,6 +192,9 @@ public final class GameController: CoordinatorFeature {
         return settled
     }
 
+    /// The game API only reads.
+    public func access(_ envelope: Envelope) -> AccessNeed { .anyRole }
+
     public func handleRequest(_ envelope: Envelope, _ s: CoordinatorServices) -> Envelope.OneOf_Body? {
         guard case .featureRequest(let m)? = envelope.body else { return nil }
         guard let request = try? GameApiRequest(serializedBytes: m.body) else {

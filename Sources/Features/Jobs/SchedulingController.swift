@@ -209,6 +209,15 @@ public final class SchedulingController: CoordinatorFeature {
 
     // MARK: Operator API
 
+    /// Drivers and operators submit; everyone reads.
+    public func access(_ envelope: Envelope) -> AccessNeed {
+        switch envelope.body {
+        case .submitJobs?, .submitRequests?: return .submit
+        case .jobsRequest?, .requestsRequest?: return .anyRole
+        default: return .operator
+        }
+    }
+
     public func handleRequest(_ envelope: Envelope, _ s: CoordinatorServices) -> Envelope.OneOf_Body? {
         switch envelope.body {
         case .submitJobs(let sj)?:

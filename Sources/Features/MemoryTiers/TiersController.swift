@@ -101,6 +101,12 @@ public final class TiersController: CoordinatorFeature {
         if lost > 0 { s.event(nodeID, "tiers", "memory host dead: \(lost) blocks in DRAM/CXL lost") }
     }
 
+    /// A disk fault is an operator's; the tiers' status is a read.
+    public func access(_ envelope: Envelope) -> AccessNeed {
+        guard case .featureRequest(let m)? = envelope.body, let r = try? TiersApiRequest(serializedBytes: m.body) else { return .operator }
+        return r.hasDiskFault ? .operator : .anyRole
+    }
+
     public func handleRequest(_ envelope: Envelope, _ s: CoordinatorServices) -> Envelope.OneOf_Body? {
         guard case .featureRequest(let m)? = envelope.body else { return nil }
         guard let request = try? TiersApiRequest(serializedBytes: m.body) else {

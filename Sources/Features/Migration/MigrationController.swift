@@ -403,6 +403,13 @@ public final class MigrationController: CoordinatorFeature {
 
     // MARK: Operator API
 
+    /// Listing is a read; moving a request is an operator's.
+    public func access(_ envelope: Envelope) -> AccessNeed {
+        guard case .featureRequest(let fm)? = envelope.body, let r = try? MigrationApiRequest(serializedBytes: fm.body),
+              case .list? = r.action else { return .operator }
+        return .anyRole
+    }
+
     public func handleRequest(_ envelope: Envelope, _ s: CoordinatorServices) -> Envelope.OneOf_Body? {
         guard case .featureRequest(let fm)? = envelope.body else { return nil }
         guard let request = try? MigrationApiRequest(serializedBytes: fm.body) else {

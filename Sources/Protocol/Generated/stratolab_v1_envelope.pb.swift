@@ -100,6 +100,19 @@ public nonisolated enum Stratolab_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIt
 
   /// a well-formed request with bad arguments
   case invalidRequest // = 9
+
+  /// The connection's CURVE key is not (or no longer) in authorized_keys, or its role may not send
+  /// this message (agent: register, heartbeat, ack, deregister; operator: state changes; driver:
+  /// submit jobs and requests; every role: status and other reads).
+  case notAuthorized // = 10
+
+  /// The node is bound to the connection and key that registered it: heartbeats, acks and
+  /// deregistration for it from any other connection are refused. A process that reconnected
+  /// registers again (its incarnation rules decide); an impostor cannot.
+  case notBound // = 11
+
+  /// `sender` is not the node the message speaks for, or `recipient` is not "coordinator" or empty.
+  case senderMismatch // = 12
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -118,6 +131,9 @@ public nonisolated enum Stratolab_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIt
     case 7: self = .notRegistered
     case 8: self = .unknownNode
     case 9: self = .invalidRequest
+    case 10: self = .notAuthorized
+    case 11: self = .notBound
+    case 12: self = .senderMismatch
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -134,6 +150,9 @@ public nonisolated enum Stratolab_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIt
     case .notRegistered: return 7
     case .unknownNode: return 8
     case .invalidRequest: return 9
+    case .notAuthorized: return 10
+    case .notBound: return 11
+    case .senderMismatch: return 12
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -150,6 +169,9 @@ public nonisolated enum Stratolab_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIt
     .notRegistered,
     .unknownNode,
     .invalidRequest,
+    .notAuthorized,
+    .notBound,
+    .senderMismatch,
   ]
 
 }
@@ -190,7 +212,9 @@ public nonisolated struct Stratolab_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._messageID = newValue}
   }
 
-  /// Node id of the sender ("coordinator" for the coordinator, "operator/<name>" for CLIs).
+  /// Node id of the sender ("coordinator" for the coordinator, "operator/<name>" for CLIs). On
+  /// Register, Heartbeat, CommandAck and Deregister it must equal the node the body speaks for
+  /// (else SENDER_MISMATCH).
   public var sender: String {
     get {_storage._sender}
     set {_uniqueStorage()._sender = newValue}
@@ -212,7 +236,8 @@ public nonisolated struct Stratolab_V1_Envelope: @unchecked Sendable {
   public mutating func clearTrace() {_uniqueStorage()._trace = nil}
 
   /// Node id the message is for. One agent process may host many virtual nodes over one socket,
-  /// so the coordinator names the node here rather than relying on the socket.
+  /// so the coordinator names the node here rather than relying on the socket. Messages to the
+  /// coordinator leave it empty or say "coordinator" (else SENDER_MISMATCH).
   public var recipient: String {
     get {_storage._recipient}
     set {_uniqueStorage()._recipient = newValue}
@@ -499,7 +524,7 @@ nonisolated extension Stratolab_V1_ProtocolVersion: SwiftProtobuf._ProtoNameProv
 }
 
 nonisolated extension Stratolab_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_BODY\0\u{1}FRAME_TOO_LARGE\0\u{1}INVALID_REGISTRATION\0\u{1}NODE_ID_CONFLICT\0\u{1}NOT_REGISTERED\0\u{1}UNKNOWN_NODE\0\u{1}INVALID_REQUEST\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_BODY\0\u{1}FRAME_TOO_LARGE\0\u{1}INVALID_REGISTRATION\0\u{1}NODE_ID_CONFLICT\0\u{1}NOT_REGISTERED\0\u{1}UNKNOWN_NODE\0\u{1}INVALID_REQUEST\0\u{1}NOT_AUTHORIZED\0\u{1}NOT_BOUND\0\u{1}SENDER_MISMATCH\0")
 }
 
 nonisolated extension Stratolab_V1_TraceContext: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -30,6 +30,9 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+/// Sent by an agent (a key with role `agent`, pinned to this id when its authorized_keys line pins
+/// any), with Envelope.sender = node_id. Accepted: the node is bound to this connection and key
+/// until it registers again, dies or leaves. Limits are in Protos/README.md.
 public nonisolated struct Stratolab_V1_Register: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -462,6 +465,8 @@ public nonisolated struct Stratolab_V1_Drain: Sendable {
   public init() {}
 }
 
+/// Matched at the coordinator by (node_id, command_id), and accepted only from the connection and
+/// key the node registered with: an ack naming another node's command settles nothing.
 public nonisolated struct Stratolab_V1_CommandAck: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
