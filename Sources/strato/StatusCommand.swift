@@ -9,11 +9,12 @@ struct CoordinatorAddress: ParsableArguments {
     @Option(help: "Coordinator endpoint (default: the running testbed's, else tcp://127.0.0.1:7700).") var endpoint: String?
     @Option(help: "Key directory (default: the running testbed's).") var keys: String?
     @Option(name: .customLong("run-dir"), help: "Testbed run directory.") var runDir = Testbed.defaultRunDirectory
+    @Option(name: .customLong("client-key"), help: "Key pair file to connect with instead of KEYS/operator.key (e.g. KEYS/driver.key: submit and read only).") var clientKey: String?
 
     func client() throws -> OperatorClient {
         let bed = Testbed.load(runDirectory: runDir)
         return try OperatorClient(endpoint: endpoint ?? bed?.endpoint ?? "tcp://127.0.0.1:7700",
-                                  keysDirectory: keys ?? (endpoint == nil ? bed?.keysDirectory : nil))
+                                  keysDirectory: keys ?? (endpoint == nil ? bed?.keysDirectory : nil), keyFile: clientKey)
     }
 }
 
