@@ -16,6 +16,8 @@ public enum WireBench {
 
     public struct Result {
         public var raw: Figures
+        /// The wrapper moving pre-encoded bytes, no codec: what the socket layer alone costs.
+        public var wrapperOnly: Figures
         public var wrapped: Figures
         public var payloadBytes: Int
         public var encodeNanos: Double
@@ -34,6 +36,7 @@ public enum WireBench {
             wire benchmark (tcp loopback, ROUTER/DEALER, \(payloadBytes)-byte heartbeat envelope with \(WireBench.telemetryGPUs) GPUs of telemetry)
             \(head)
             \(row("raw libzmq (C API)", raw))
+            \(row("wrapper, bytes only", wrapperOnly))
             \(row("Stratolab wrapper+envelope", wrapped))
             envelope codec alone: encode \(String(format: "%.0f", encodeNanos)) ns, decode \(String(format: "%.0f", decodeNanos)) ns per message
             ratio (Stratolab / raw): throughput \(String(format: "%.2f", throughputRatio)), RTT p50 \(String(format: "%.2f", raw.p50Micros / wrapped.p50Micros)) (target ≥ 0.50: \(throughputRatio >= 0.5 ? "met" : "NOT met"))
@@ -63,9 +66,11 @@ public enum WireBench {
         let (enc, dec) = codecCost(iterations: 100_000)
         progress("raw libzmq: \(messages) messages, \(roundTrips) round trips …")
         let raw = try rawRun(payload: payload, messages: messages, roundTrips: roundTrips)
+        progress("Stratolab wrapper, pre-encoded bytes: same traffic …")
+        let wrapperOnly = try wrappedRun(messages: messages, roundTrips: roundTrips, codec: false)
         progress("Stratolab wrapper + envelope: same traffic …")
-        let wrapped = try wrappedRun(messages: messages, roundTrips: roundTrips)
-        return Result(raw: raw, wrapped: wrapped, payloadBytes: payload.count, encodeNanos: enc, decodeNanos: dec)
+        let wrapped = try wrappedRun(messages: messages, roundTrips: roundTrips, codec: true)
+        return Result(raw: raw, wrapperOnly: wrapperOnly, wrapped: wrapped, payloadBytes: payload.count, encodeNanos: enc, decodeNanos: dec)
     }
 
     /// Nanoseconds per encode and per decode of the sample envelope, without sockets.
@@ -145,8 +150,9 @@ public enum WireBench {
 
     // MARK: Stratolab path
 
-    static func wrappedRun(messages: Int, roundTrips: Int) throws -> Figures {
+    static func wrappedRun(messages: Int, roundTrips: Int, codec useCodec: Bool) throws -> Figures {
         let codec = EnvelopeCodec()
+        let preEncoded = codec.encode(sampleEnvelope())
         let ctx = ZMQContext()
         let router = try ZMQSocket(ctx, .router)
         let dealer = try ZMQSocket(ctx, .dealer)
@@ -164,22 +170,35 @@ public enum WireBench {
             var received = 0
             while received < messages {
                 guard let frames = try? routerBox.value.receive(), frames.count == 2,
-                      (try? codec.decode(frames[1])) != nil else { continue }
+                      !useCodec || (try? codec.decode(frames[1])) != nil else { continue }
                 received += 1
             }
             done.signal()
         }
         for i in 0..<messages {
-            base.messageID = UInt64(i)
-            base.sentAtUnixNanos = SystemClock.shared.wallNanos()
-            try dealer.send([codec.encode(base)])
+            if useCodec {
+                base.messageID = UInt64(i)
+                base.sentAtUnixNanos = SystemClock.shared.wallNanos()
+                try dealer.send([codec.encode(base)])
+            } else {
+                try dealer.send([preEncoded])
+            }
         }
         done.wait()
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
 
         var lat: [Int64] = []
         lat.reserveCapacity(roundTrips)
-        for i in 0..<roundTrips {
+        for i in 0..<roundTrips where !useCodec {
+            let s = DispatchTime.now().uptimeNanoseconds
+            try dealer.send([preEncoded])
+            guard let frames = try router.receive(), frames.count == 2 else { continue }
+            try router.send(frames)
+            guard try dealer.receive() != nil else { continue }
+            lat.append(Int64(DispatchTime.now().uptimeNanoseconds - s))
+            _ = i
+        }
+        for i in 0..<roundTrips where useCodec {
             let s = DispatchTime.now().uptimeNanoseconds
             base.messageID = UInt64(i)
             base.sentAtUnixNanos = SystemClock.shared.wallNanos()
