@@ -181,14 +181,14 @@ public struct NetworkControlFile: Sendable {
 }
 
 /// What tells a file's content may have changed without reading it: inode, size and mtime.
-struct FileStamp: Equatable, Sendable {
+public struct FileStamp: Equatable, Sendable {
     let inode: UInt64
     let size: Int64
     let seconds: Int
     let nanos: Int
 
     /// nil when the file does not exist (or cannot be looked at).
-    init?(path: String) {
+    public init?(path: String) {
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
         inode = UInt64(st.st_ino)

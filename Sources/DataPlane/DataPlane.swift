@@ -25,6 +25,13 @@ public struct DataPlaneConfig: Sendable {
     /// and the public keys it admits; nil: no CURVE.
     public var keys: CurveKeyPair?
     public var authorizedKeys: Set<String> = []
+    /// The authorised agent keys with the node ids each may speak for (`authorized_keys`' pins):
+    /// a frame naming a sender its connection's key may not claim is refused, as the coordinator
+    /// refuses a heartbeat for another node. Empty: any admitted key may name any sender.
+    public var peerKeys: [String: AuthorizedKey] = [:]
+    /// The `authorized_keys` file to read again when it changes (checked each second): keys
+    /// added or removed there are admitted or refused without a restart.
+    public var authorizedKeysFile: String?
     public var chunkBytes = 1 << 20
     /// Chunks a receiver lets a sender have in flight: the memory bound per transfer on both ends.
     public var window = 8
@@ -75,6 +82,10 @@ public final class DataPlane {
         public var chunksSent: UInt64 = 0, chunksReceived: UInt64 = 0
         public var bytesSent: UInt64 = 0, bytesReceived: UInt64 = 0
         public var framesRejected: UInt64 = 0
+        /// Frames refused because the connection's key may not speak for the sender they name.
+        public var senderRefused: UInt64 = 0
+        /// Times `authorized_keys` was read again after it changed.
+        public var keysReloaded = 0
         /// Stream messages (fire and forget): sent, delivered to a feature, dropped (bad checksum
         /// or length, or no feature takes the kind).
         public var streamSent: UInt64 = 0, streamReceived: UInt64 = 0, streamDropped: UInt64 = 0
@@ -122,9 +133,13 @@ public final class DataPlane {
     private var link: LinkEmulator<(Target, [[UInt8]])>
     /// The emulated downlink: what arrives waits here until due (the node's conditions apply to
     /// both directions, as on the control plane).
-    private enum Source { case router, peer(PeerAddress) }
+    private enum Source { case router(userID: String?), peer(PeerAddress) }
     private var inLink: LinkEmulator<(from: Source, frames: [[UInt8]])>
     private var lastTick: Int64 = 0
+    /// nil: no pins enforced (no keys configured).
+    private var peerKeys: [String: AuthorizedKey]?
+    private var keysStamp: FileStamp?
+    private var lastKeysCheck: Int64 = 0
     private var control: NetworkControlFile
     public private(set) var conditions: NetworkConditions
     private var chunkHeader = [UInt8]()
@@ -133,6 +148,8 @@ public final class DataPlane {
         self.config = config
         self.clock = clock
         self.logger = logger
+        peerKeys = config.peerKeys.isEmpty && config.authorizedKeysFile == nil ? nil : config.peerKeys
+        keysStamp = config.authorizedKeysFile.flatMap { FileStamp(path: $0) }
         control = NetworkControlFile(path: config.networkControlFile, configured: config.network)
         self.conditions = config.network
         let conditions = DataPlane.streamConditions(config.network)
@@ -255,8 +272,8 @@ public final class DataPlane {
         // libzmq's buffers); without, it is handled in place.
         let emulatedIn = !conditions.isNone || !inLink.isEmpty
         for _ in 0..<4096 {
-            let got = try router.receive(dontWait: true) { frames -> Bool in
-                if emulatedIn { offerInbound(.router, frames) } else { handleAtReceiver(frames, queued: &queuedThisPump) }
+            let got = try router.receiveWithUserID(dontWait: true) { frames, userID -> Bool in
+                if emulatedIn { offerInbound(.router(userID: userID), frames) } else { handleAtReceiver(frames, userID: userID, queued: &queuedThisPump) }
                 return true
             }
             if got == nil { break }
@@ -282,13 +299,17 @@ public final class DataPlane {
         if !conditions.partitioned { inLink.releaseDue(at: now) { item in
             withBuffers(item.frames) { frames in
                 switch item.from {
-                case .router: handleAtReceiver(frames, queued: &queuedThisPump)
+                case .router(let userID): handleAtReceiver(frames, userID: userID, queued: &queuedThisPump)
                 case .peer(let peer): handleAtSender(frames, from: peer)
                 }
             }
         } }
         for q in queuedThisPump.values { stats.maxChunksQueued = max(stats.maxChunksQueued, q) }
         releaseLink(now: now)
+        if now - lastKeysCheck >= 1_000_000_000 {
+            lastKeysCheck = now
+            reloadKeysIfChanged()
+        }
         if now - lastTick >= 50_000_000 {
             lastTick = now
             for id in Array(outgoing.keys) {
@@ -319,13 +340,22 @@ public final class DataPlane {
 
     // MARK: Receiver side
 
-    private func handleAtReceiver(_ frames: [UnsafeRawBufferPointer], queued: inout [IncomingKey: Int]) {
+    private func handleAtReceiver(_ frames: [UnsafeRawBufferPointer], userID: String?, queued: inout [IncomingKey: Int]) {
         guard frames.count == 2 || frames.count == 3 else { stats.framesRejected += 1; return }
 
         let identity = Array(frames[0])
         let frame: DataFrame
         do { frame = try DataFrame(serializedBytes: Array(frames[1])) } catch {
             reject(identity, id: 0, .malformed("not a DataFrame: \(error)"))
+            return
+        }
+        if let why = DataPlane.senderRefusal(sender: frame.sender, userID: userID, peerKeys: peerKeys) {
+            stats.senderRefused += 1
+            if stats.senderRefused <= 10 || stats.senderRefused % 1000 == 0 {
+                logger.warning("data plane refused a frame: \(why)", metadata: ["refused": "\(stats.senderRefused)"])
+            }
+            if case .stream? = frame.body { stats.streamDropped += 1; return }   // fire and forget: nothing to answer
+            reject(identity, id: frame.transferID, .refused(why))
             return
         }
         if case .stream(let m)? = frame.body {
@@ -431,6 +461,39 @@ public final class DataPlane {
                 logger.warning("incoming transfer failed", metadata: ["from": "\(key.sender)", "transfer": "\(key.id)", "error": "\(e)"])
                 entry.receiver?.finished(from: key.sender, transfer: key.id, result: .failure(e))
             }
+        }
+    }
+
+    /// Why a frame naming `sender` may not come from a connection admitted with `userID`, or nil
+    /// when it may. Pure. Without keys configured (nil) any sender is let through; a shared agent
+    /// key (no pins) may name any sender, as on the control plane.
+    public static func senderRefusal(sender: String, userID: String?, peerKeys: [String: AuthorizedKey]?) -> String? {
+        guard let peerKeys else { return nil }
+        guard let key = userID, let entry = peerKeys[key] else {
+            return "the connection's key is not an authorised agent key (sender '\(sender)')"
+        }
+        guard entry.mayClaim(sender) else {
+            return "key \(key.prefix(8))… may not speak for node '\(sender)' (it is pinned to \(entry.nodes.joined(separator: ",")))"
+        }
+        return nil
+    }
+
+    /// Reads `authorized_keys` again when it changed: new agent keys are admitted at their next
+    /// handshake, removed ones refused frame by frame from now on. A file that does not parse
+    /// leaves the keys as they were.
+    private func reloadKeysIfChanged() {
+        guard let path = config.authorizedKeysFile else { return }
+        let stamp = FileStamp(path: path)
+        guard stamp != keysStamp else { return }
+        keysStamp = stamp
+        do {
+            let entries = try KeyDirectory.parseAuthorized(try KeyDirectory.read(path), file: path).filter { $0.value.role == .agent }
+            peerKeys = entries
+            zap?.update(allowedPublicKeys: Set(entries.keys))
+            stats.keysReloaded += 1
+            logger.notice("data plane: authorized_keys reloaded", metadata: ["agent_keys": "\(entries.count)"])
+        } catch {
+            logger.error("data plane: authorized_keys changed but cannot be read; keeping the keys loaded before: \(error)")
         }
     }
 

@@ -216,7 +216,7 @@ public struct KeyDirectory {
         try text.write(toFile: f, atomically: true, encoding: .utf8)
     }
 
-    static func read(_ f: String) throws -> String {
+    public static func read(_ f: String) throws -> String {
         guard FileManager.default.fileExists(atPath: f) else { throw KeyError.missing(f) }
         return try String(contentsOfFile: f, encoding: .utf8)
     }

@@ -156,6 +156,16 @@ public final class ZMQSocket {
     /// Receives one multipart message and lends its frames to `body` without copying them out of
     /// libzmq's buffers (valid only during the call). Returns nil if `dontWait` and nothing is queued.
     public func receive<T>(dontWait: Bool = false, _ body: ([UnsafeRawBufferPointer]) throws -> T) throws -> T? {
+        try receiveLending(dontWait: dontWait, userID: false) { frames, _ in try body(frames) }
+    }
+
+    /// As `receive(dontWait:_:)`, with the `User-Id` the sending connection was admitted with (a
+    /// CURVE client's Z85 public key under Stratolab's ZAP handler; nil without one).
+    public func receiveWithUserID<T>(dontWait: Bool = false, _ body: ([UnsafeRawBufferPointer], String?) throws -> T) throws -> T? {
+        try receiveLending(dontWait: dontWait, userID: true, body)
+    }
+
+    private func receiveLending<T>(dontWait: Bool, userID wantUserID: Bool, _ body: ([UnsafeRawBufferPointer], String?) throws -> T) throws -> T? {
         var messages: [UnsafeMutablePointer<zmq_msg_t>] = []
         defer { for m in messages { zmq_msg_close(m); m.deallocate() } }
         while true {
@@ -174,7 +184,12 @@ public final class ZMQSocket {
             if zmq_msg_more(msg) == 0 { break }
         }
         let frames = messages.map { UnsafeRawBufferPointer(start: zmq_msg_data($0), count: zmq_msg_size($0)) }
-        return try body(frames)
+        // A ROUTER's identity frame carries no metadata: take the first frame that does.
+        var userID: String?
+        if wantUserID {
+            for m in messages { if let p = zmq_msg_gets(m, "User-Id") { userID = String(cString: p); break } }
+        }
+        return try body(frames, userID)
     }
 
     /// Receives one multipart message with the `User-Id` its connection was admitted with (a CURVE

@@ -106,6 +106,8 @@ struct AgentCommand: ParsableCommand {
                 let kd = KeyDirectory(path: dir)
                 c.keys = try clientKey.map(KeyDirectory.readPair) ?? kd.agentKeys()
                 c.authorizedKeys = try kd.authorizedKeys(role: .agent)   // peers are agents; operator and driver keys are not
+                c.peerKeys = try kd.authorizedEntries().filter { $0.value.role == .agent }   // and name only the nodes their keys may claim
+                c.authorizedKeysFile = kd.file("authorized_keys")
             }
             return c
         }

@@ -206,6 +206,83 @@ struct DataPlaneTests {
         #expect(sink.results.count == 1, "only the authorised transfer reached the feature")
     }
 
+    @Test("pinned agent keys: a peer naming a node its key may not claim is refused by name; authorized_keys reloads without a restart")
+    func pinnedSenders() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dp-pins-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let receiverKeys = try CurveKeyPair.generate(), a = try CurveKeyPair.generate(), later = try CurveKeyPair.generate()
+        let file = dir + "/authorized_keys"
+        func write(_ entries: [AuthorizedKey]) throws {
+            try (entries.map(\.line).joined(separator: "\n") + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+        }
+        try write([AuthorizedKey(publicKey: a.publicKey, role: .agent, nodes: ["gpu-a"])])
+        var rc = DataPlaneConfig(nodeID: "r"); rc.keys = receiverKeys
+        rc.peerKeys = try KeyDirectory.parseAuthorized(try String(contentsOfFile: file, encoding: .utf8), file: file)
+        rc.authorizedKeys = Set(rc.peerKeys.keys); rc.authorizedKeysFile = file
+        let receiver = try DataPlane(config: rc)
+        let sink = CheckingSink()
+        receiver.receiver = sink
+        let address = PeerAddress(endpoint: receiver.endpoint, publicKey: receiver.publicKey)
+
+        // Its own node: delivered.
+        var own = DataPlaneConfig(nodeID: "gpu-a"); own.keys = a
+        let honest = try DataPlane(config: own)
+        var ok: Result<Int, DataPlaneError>?
+        try honest.send(to: address, kind: "t", totalBytes: 3000, chunkBytes: 1024, source: source(), done: { ok = $0 })
+        try drive(honest, receiver) { ok != nil && !sink.results.isEmpty }
+        #expect(try ok?.get() == 3000)
+
+        // The same key naming another node: refused, the reason names the node, nothing delivered.
+        var spoof = DataPlaneConfig(nodeID: "gpu-b"); spoof.keys = a
+        let spoofer = try DataPlane(config: spoof)
+        var outcome: Result<Int, DataPlaneError>?
+        try spoofer.send(to: address, kind: "t", totalBytes: 3000, source: source(), done: { outcome = $0 })
+        try drive(spoofer, receiver) { outcome != nil }
+        guard case .failure(let e)? = outcome, "\(e)".contains("gpu-b") else {
+            Issue.record("expected a refusal naming gpu-b, got \(String(describing: outcome))"); return
+        }
+        #expect(receiver.stats.senderRefused >= 1)
+        #expect(sink.results.count == 1, "only the honest transfer reached the feature")
+        let laterSink = CheckingSink()
+        receiver.receiver = laterSink
+
+        // A key added to the file is admitted within a second or two, pinned to its node.
+        try write([AuthorizedKey(publicKey: a.publicKey, role: .agent, nodes: ["gpu-a"]),
+                   AuthorizedKey(publicKey: later.publicKey, role: .agent, nodes: ["gpu-c"])])
+        var lc = DataPlaneConfig(nodeID: "gpu-c"); lc.keys = later
+        let newcomer = try DataPlane(config: lc)
+        let deadline = Date().addingTimeInterval(5)
+        while receiver.stats.keysReloaded == 0 && Date() < deadline { try receiver.pump(); usleep(20_000) }
+        #expect(receiver.stats.keysReloaded == 1)
+        var late: Result<Int, DataPlaneError>?
+        try newcomer.send(to: address, kind: "t", totalBytes: 2000, source: source(), done: { late = $0 })
+        try drive(newcomer, receiver) { late != nil }
+        #expect(try late?.get() == 2000)
+        receiver.receiver = CheckingSink()
+
+        // Removed again: its open connection is refused frame by frame from the reload on.
+        try write([AuthorizedKey(publicKey: a.publicKey, role: .agent, nodes: ["gpu-a"])])
+        let deadline2 = Date().addingTimeInterval(5)
+        while receiver.stats.keysReloaded < 2 && Date() < deadline2 { try receiver.pump(); usleep(20_000) }
+        var removed: Result<Int, DataPlaneError>?
+        try newcomer.send(to: address, kind: "t", totalBytes: 2000, source: source(), done: { removed = $0 })
+        try drive(newcomer, receiver) { removed != nil }
+        guard case .failure? = removed else { Issue.record("expected the removed key to be refused, got \(String(describing: removed))"); return }
+    }
+
+    @Test("sender pins: known answers")
+    func senderRefusalRules() {
+        let pinned = AuthorizedKey(publicKey: "K1", role: .agent, nodes: ["gpu-*"]), shared = AuthorizedKey(publicKey: "K2", role: .agent)
+        let keys = ["K1": pinned, "K2": shared]
+        #expect(DataPlane.senderRefusal(sender: "anyone", userID: nil, peerKeys: nil) == nil)
+        #expect(DataPlane.senderRefusal(sender: "gpu-3", userID: "K1", peerKeys: keys) == nil)
+        #expect(DataPlane.senderRefusal(sender: "mem-0", userID: "K1", peerKeys: keys)?.contains("mem-0") == true)
+        #expect(DataPlane.senderRefusal(sender: "mem-0", userID: "K2", peerKeys: keys) == nil)
+        #expect(DataPlane.senderRefusal(sender: "gpu-3", userID: "K9", peerKeys: keys) != nil)
+        #expect(DataPlane.senderRefusal(sender: "gpu-3", userID: nil, peerKeys: keys) != nil)
+    }
+
     @Test("the emulated uplink's bandwidth applies to the data plane")
     func emulatedBandwidth() throws {
         let receiver = try DataPlane(config: DataPlaneConfig(nodeID: "r"))
