@@ -54,7 +54,34 @@ struct TestbedCommand: ParsableCommand {
 }
 
 struct KeysCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "keys", abstract: "CURVE keys for a secure testbed.", subcommands: [Generate.self])
+    static let configuration = CommandConfiguration(commandName: "keys", abstract: "CURVE keys for a secure testbed.", subcommands: [Generate.self, AddAgents.self])
+
+    struct AddAgents: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "add-agents",
+            abstract: "Add per-agent key pairs to an existing key directory (agents/NAME.key), pinned in authorized_keys.",
+            discussion: "A NAME whose key file exists is left alone. A running coordinator reloads authorized_keys by itself.")
+        @Argument var directory: String
+        @Option(name: .customLong("agent"), help: "A per-agent key pair NAME=ID,ID,PREFIX* (repeatable).") var agent: [String] = []
+        func run() throws {
+            guard !agent.isEmpty else { throw UserFacingError("give at least one --agent NAME=ID,…") }
+            do {
+                var list: [(name: String, nodes: [String])] = []
+                for a in agent {
+                    let p = a.split(separator: "=", maxSplits: 1).map(String.init)
+                    guard p.count == 2, !p[0].isEmpty, !p[1].isEmpty else { throw UserFacingError("--agent '\(a)': expected NAME=ID,ID,PREFIX*") }
+                    list.append((p[0], p[1].split(separator: ",").map(String.init)))
+                }
+                let dir = KeyDirectory(path: directory)
+                guard FileManager.default.fileExists(atPath: dir.file("authorized_keys")) else {
+                    throw UserFacingError("\(dir.file("authorized_keys")) does not exist: run `strato keys generate \(directory)` first")
+                }
+                let added = try dir.addAgents(list)
+                print(added.isEmpty ? "every named agent already has its key in \(directory)/agents"
+                                    : "added \(added.count) per-agent keys in \(directory)/agents: \(added.joined(separator: ", "))")
+            } catch let e as UserFacingError { throw e } catch { throw UserFacingError("\(error)") }
+        }
+    }
 
     struct Generate: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -88,10 +88,28 @@ ensure_keys() {
   for f in coordinator.key coordinator.pub agent.key operator.key authorized_keys; do
     [ -f "$STRATO_KEYS/$f" ] || fail "key file $STRATO_KEYS/$f is missing (delete $STRATO_KEYS to generate a fresh set)"
   done
+  # One key pair per node, pinned to its id: the nodes are those whose agents/NODE.key the compose
+  # file mounts. Missing ones are added (to an older key set too) and appended to authorized_keys.
+  local nodes=() add=() n
+  mapfile -t nodes < <(sed -n 's#.*/agents/\([A-Za-z0-9._-]*\)\.key".*#\1#p' "$COMPOSE_FILE" | sort -u)
+  for n in "${nodes[@]}"; do [ -f "$STRATO_KEYS/agents/$n.key" ] || add+=(--agent "$n=$n"); done
+  if [ ${#add[@]} -gt 0 ]; then
+    docker run --rm --user 0:0 -v "$STRATO_KEYS:/keys" "$STRATO_IMAGE" keys add-agents /keys "${add[@]}" >/dev/null \
+      || fail "could not add per-node keys in $STRATO_KEYS with $STRATO_IMAGE (is the image built? scripts/build-image)"
+    say "generated $(( ${#add[@]} / 2 )) per-node CURVE keys in $STRATO_KEYS/agents, each pinned to its node id"
+  fi
+  for n in "${nodes[@]}"; do
+    [ -f "$STRATO_KEYS/agents/$n.key" ] || fail "key file $STRATO_KEYS/agents/$n.key is missing"
+  done
   chmod 0700 "$STRATO_KEYS"
   chown "0:$STRATO_GID" "$STRATO_KEYS"/* && chmod 0640 "$STRATO_KEYS"/coordinator.key "$STRATO_KEYS"/agent.key "$STRATO_KEYS"/operator.key \
     && chmod 0644 "$STRATO_KEYS"/coordinator.pub "$STRATO_KEYS"/authorized_keys \
     || fail "could not set the owner/mode of the key files in $STRATO_KEYS"
+  if [ -d "$STRATO_KEYS/agents" ]; then
+    chown "0:$STRATO_GID" "$STRATO_KEYS/agents" "$STRATO_KEYS"/agents/* && chmod 0750 "$STRATO_KEYS/agents" \
+      && { [ -z "$(ls -A "$STRATO_KEYS/agents")" ] || chmod 0640 "$STRATO_KEYS"/agents/*; } \
+      || fail "could not set the owner/mode of the per-node key files in $STRATO_KEYS/agents"
+  fi
 }
 
 require_image() {
