@@ -119,7 +119,9 @@ struct ClientCommand: ParsableCommand {
                 print("players: network classes \(classes.sorted().joined(separator: ", ")) share one process: its links are not emulated (use one process per class)")
             }
             let plane: DataPlane
-            do { plane = try DataPlane(config: try common.dataPlaneConfig(nodeID: common.id, endpoint: endpoint, network: network)) } catch let e as ValidationError { throw e } catch {
+            // Named after the process's first player: a node its key may claim (the data plane
+            // refuses frames naming a node the sender's key is not pinned to).
+            do { plane = try DataPlane(config: try common.dataPlaneConfig(nodeID: ids[0].nodeID, endpoint: endpoint, network: network)) } catch let e as ValidationError { throw e } catch {
                 throw ValidationError("--data-endpoint \(endpoint): could not bind the data plane: \(error)")
             }
             let fleet = PlayerFleet(plane: plane)

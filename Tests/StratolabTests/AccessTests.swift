@@ -2,6 +2,7 @@ import Cluster
 import Coordinator
 import Foundation
 import Protocol
+import Scheduling
 import Testing
 import Wire
 
@@ -88,6 +89,58 @@ struct AccessTests {
         #expect(access.speaksFor("gpu-a", real) == .keyNotAuthorized)
         access.unbind("gpu-a")
         #expect(access.route("gpu-a") == nil)
+    }
+
+    @Test("fuzz: 20,000 random registrations, node messages, departures and key reloads from five keys on many connections; no refusal moves a route, no key speaks for a node it may not claim")
+    func bindingFuzz() throws {
+        var rng = SplitMix64(seed: 0xB17D)
+        let all = try KeyDirectory.parseAuthorized(Self.keysText, file: "ak")
+        var access = ControlAccess(keys: all)
+        let unknownKey = String(repeating: "e", count: 40)
+        let keyChoices = [Self.agentKey, Self.pinnedKey, Self.operatorKey, Self.driverKey, unknownKey]
+        let ids = ["gpu-a", "gpu-b", "player-1", "player-2", "mem-0"]
+        var pinnedRemoved = false
+        var model: [String: Peer] = [:]          // who each node is bound to, kept independently
+        // Independent statement of the rules: which keys may speak for which ids.
+        func mayClaim(_ key: String?, _ id: String) -> Bool {
+            switch key {
+            case Self.agentKey?: return true
+            case Self.pinnedKey?: return !pinnedRemoved && (id == "gpu-a" || id.hasPrefix("player-"))
+            default: return false
+            }
+        }
+        var refusals = 0, accepted = 0
+        for step in 0..<20_000 {
+            let peer = Peer(connection: [UInt8(rng.next() % 6)], key: keyChoices[Int(rng.next() % UInt64(keyChoices.count))])
+            let id = ids[Int(rng.next() % UInt64(ids.count))]
+            let before = access.route(id)
+            switch rng.next() % 10 {
+            case 0...2:   // Register: the server binds only when the key may claim the id (and membership accepts)
+                let r = access.mayRegister(id, from: peer)
+                #expect((r == nil) == mayClaim(peer.key, id), "step \(step): register \(id) from \(peer)")
+                if r == nil { access.bind(id, to: peer); model[id] = peer; accepted += 1 } else { refusals += 1 }
+            case 3...7:   // heartbeat, ack, deregister
+                let r = access.speaksFor(id, peer)
+                let expected: Bool
+                if !mayClaim(peer.key, id) { expected = false }
+                else if let owner = model[id] { expected = owner == peer }
+                else { expected = true; model[id] = peer }   // an unbound (restored) node binds to the first that may claim it
+                #expect((r == nil) == expected, "step \(step): \(id) from \(peer), bound to \(String(describing: model[id])), refusal \(String(describing: r))")
+                if r != nil {
+                    refusals += 1
+                    #expect(access.route(id) == before, "step \(step): a refusal moved \(id)'s route")
+                }
+            case 8:       // the node left or died
+                access.unbind(id); model[id] = nil
+            default:      // authorized_keys edited: the pinned key removed or put back
+                pinnedRemoved.toggle()
+                var k = all
+                if pinnedRemoved { k[Self.pinnedKey] = nil }
+                access.reload(k)
+            }
+            #expect(access.route(id) == model[id]?.connection, "step \(step): route of \(id)")
+        }
+        #expect(refusals > 1000 && accepted > 1000, "the fuzz reached both outcomes: \(refusals) refused, \(accepted) accepted")
     }
 
     @Test("sender must be the node the message speaks for; recipient the coordinator or empty")
