@@ -244,7 +244,11 @@ struct AgentCommand: ParsableCommand {
                     let lat = (dramFigures?.kind == .dram ? dramFigures!.latencyNs : t.latencyNs / EmulatedCXLTier.latencyFactor) * 1e-9
                     backends.append((EmulatedCXLTier(dramBandwidthBytesPerSecond: bw, dramLatencySeconds: lat), capacity)); probed[.cxl] = (t.bandwidthGbps, t.latencyNs)
                 case .nvme:
-                    do { backends.append((try FileTier(directory: t.path), capacity)) } catch { throw ValidationError("--tier nvme: \(error)") }
+                    do {
+                        let tier = try FileTier(directory: t.path)
+                        tier.enableWriteBehind()   // fsyncs off the session thread that heartbeats
+                        backends.append((tier, capacity))
+                    } catch { throw ValidationError("--tier nvme: \(error)") }
                     probed[.nvme] = (t.bandwidthGbps, t.latencyNs)
                 default: continue
                 }

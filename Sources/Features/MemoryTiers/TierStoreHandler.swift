@@ -103,6 +103,9 @@ public final class TierStoreHandler: FeatureHandler, DataPlaneReceiver {
         s.misses = UInt64(store.misses)
         s.errors = Dictionary(uniqueKeysWithValues: store.errors.map { ($0.key.rawValue, UInt64($0.value)) })
         for (k, v) in problems { s.errors[k, default: 0] += UInt64(v) }
+        for case let f as FileTier in store.tiers.map(\.backend) where f.writeBehindFailures > 0 {
+            s.errors["nvme-write-failed", default: 0] += UInt64(f.writeBehindFailures)
+        }
         s.evictionPolicy = store.policyName
         s.recoveredBlocks = UInt64(recoveredBlocks)
         s.gets = UInt64(getsServed); s.puts = UInt64(putsStored)

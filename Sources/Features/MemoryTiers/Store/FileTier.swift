@@ -37,7 +37,8 @@ public final class FileTier: TierBackend {
     }
 
     public var label: String {
-        "NVMe (files in \(directory), \(directIO ? "direct I/O" : "buffered I/O (the filesystem refuses O_DIRECT)"), fsync on put)"
+        "NVMe (files in \(directory), \(directIO ? "direct I/O" : "buffered I/O (the filesystem refuses O_DIRECT)"), fsync on put"
+            + (writeBehind == nil ? ")" : ", written behind by a writer thread)")
     }
 
     /// File names are the key's bytes in hex: any key is a safe name, and the name gives the key back.
@@ -91,18 +92,36 @@ public final class FileTier: TierBackend {
 
     public func write(_ key: String, _ bytes: UnsafeRawBufferPointer) throws {
         if diskFullEmulated { throw BlockStoreError(.tierFull, "NVMe tier \(directory) is full (emulated by a fill_disk fault) writing \(key)") }
-        let crc = CRC32C.checksum(bytes)
-        let tmp = path(key, ".tmp"), final = path(key, ".blk")
-        let (buf, size) = Self.alignedBuffer(Self.headerBytes + bytes.count)
+        let (buf, length) = Self.image(bytes)
+        if let behind = writeBehind {
+            try behind.enqueue(key, buf, length: length, payload: bytes.count)
+            return
+        }
         defer { free(buf) }
-        memset(buf, 0, Self.headerBytes)
-        Self.magic.withUnsafeBytes { buf.copyMemory(from: $0.baseAddress!, byteCount: 8) }
+        try persist(key, buf, length: length)
+    }
+
+    /// The file's image: header (magic, length, CRC-32C) and payload in a buffer aligned for
+    /// direct I/O; `length` is what to write (whole aligned blocks with direct I/O).
+    private static func image(_ bytes: UnsafeRawBufferPointer) -> (UnsafeMutableRawPointer, Int) {
+        let crc = CRC32C.checksum(bytes)
+        let (buf, size) = alignedBuffer(headerBytes + bytes.count)
+        memset(buf, 0, headerBytes)
+        magic.withUnsafeBytes { buf.copyMemory(from: $0.baseAddress!, byteCount: 8) }
         buf.storeBytes(of: UInt64(bytes.count).littleEndian, toByteOffset: 8, as: UInt64.self)
         buf.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
-        if let base = bytes.baseAddress, !bytes.isEmpty { memcpy(buf + Self.headerBytes, base, bytes.count) }
+        if let base = bytes.baseAddress, !bytes.isEmpty { memcpy(buf + headerBytes, base, bytes.count) }
+        return (buf, size)
+    }
+
+    /// Writes an image to `<name>.tmp`, fsyncs it and renames it over `<name>.blk` (unless
+    /// `stillWanted` says the block was removed or rewritten meanwhile: then the file is dropped).
+    fileprivate func persist(_ key: String, _ buf: UnsafeMutableRawPointer, length size: Int, stillWanted: () -> Bool = { true }) throws {
+        let tmp = path(key, ".tmp"), final = path(key, ".blk")
+        let payload = Int(UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
         // Direct I/O writes whole aligned blocks; buffered I/O writes exactly the file.
         let fd = try open(tmp, O_CREAT | O_WRONLY | O_TRUNC)
-        let length = directIO ? size : Self.headerBytes + bytes.count
+        let length = directIO ? size : Self.headerBytes + payload
         var done = 0
         while done < length {
             let n = pwrite(fd, buf + done, length - done, off_t(done))
@@ -114,12 +133,139 @@ public final class FileTier: TierBackend {
         }
         guard fsync(fd) == 0 else { let e = ioError(tmp, errno); close(fd); unlink(tmp); throw e }
         close(fd)
+        guard stillWanted() else { unlink(tmp); return }
         // The rename is not fsynced into the directory: after a power loss a block put just before
         // may be missing, never torn (a cache may lose a block; it must not serve a wrong one).
         guard rename(tmp, final) == 0 else { let e = ioError(final, errno); unlink(tmp); throw e }
     }
 
+    // MARK: Write-behind
+
+    /// Set by `enableWriteBehind`: writes are queued for a writer thread (see there).
+    private var writeBehind: WriteBehind?
+
+    /// From now on a write copies its block into the file image and queues it; a writer thread
+    /// does the pwrite, fsync and rename. Reads of a queued block are served from the queued copy,
+    /// a remove cancels it. Why: a memory host's session thread also sends its heartbeats and
+    /// runs its data plane, and an fsync per block under load stalled it long enough to be
+    /// declared dead (seen in offload.yaml under `nvme`). What a kill -9 loses: blocks still
+    /// queued (at most `maxQueuedBytes`), never a torn one. A queue over `maxQueuedBytes` refuses
+    /// writes as `tier-full` (the disk cannot keep up) rather than block the thread.
+    public func enableWriteBehind(maxQueuedBytes: Int = 256 << 20) {
+        guard writeBehind == nil else { return }
+        writeBehind = WriteBehind(tier: self, maxQueuedBytes: maxQueuedBytes)
+    }
+
+    /// Blocks still waiting for the disk, and their bytes (0 without write-behind).
+    public var queuedWrites: (blocks: Int, bytes: Int) { writeBehind?.queued ?? (0, 0) }
+    /// Queued writes that failed on the disk: those blocks are gone (a later read fails by name
+    /// and the store counts a miss).
+    public var writeBehindFailures: Int { writeBehind?.failures ?? 0 }
+    /// Waits until every queued write is on disk (tests, orderly shutdown).
+    public func flush() { writeBehind?.flush() }
+
+    fileprivate final class WriteBehind: @unchecked Sendable {
+        private struct Job { let key: String; let seq: UInt64; let buf: UnsafeMutableRawPointer; let length: Int; let payload: Int }
+        private let lock = NSCondition()
+        private var queue: [Job] = []
+        private var head = 0
+        /// The newest queued image of each key not yet on disk (a read serves it).
+        private var pending: [String: Job] = [:]
+        private var failed: [String: BlockStoreError] = [:]
+        private var seq: UInt64 = 0
+        private var bytes = 0
+        private var busy = false
+        private(set) var failures = 0
+        let maxQueuedBytes: Int
+        // The writer thread holds this object and this object its tier: both live as long as the
+        // process (one per memory host's NVMe tier), so a queued block is never written into freed memory.
+        let tier: FileTier
+
+        init(tier: FileTier, maxQueuedBytes: Int) {
+            self.tier = tier
+            self.maxQueuedBytes = maxQueuedBytes
+            let t = Thread { self.run() }
+            t.name = "strato-nvme-writer"
+            t.start()
+        }
+
+        var queued: (blocks: Int, bytes: Int) { lock.lock(); defer { lock.unlock() }; return (pending.count, bytes) }
+
+        func enqueue(_ key: String, _ buf: UnsafeMutableRawPointer, length: Int, payload: Int) throws {
+            lock.lock(); defer { lock.unlock() }
+            if bytes + length > maxQueuedBytes && bytes > 0 {
+                free(buf)
+                throw BlockStoreError(.tierFull, "NVMe tier \(tier.directory) has \(bytes >> 20) MiB queued for the disk (limit \(maxQueuedBytes >> 20) MiB): writing \(key) refused")
+            }
+            seq += 1
+            let job = Job(key: key, seq: seq, buf: buf, length: length, payload: payload)
+            queue.append(job)
+            pending[key] = job
+            failed[key] = nil
+            bytes += length
+            lock.broadcast()
+        }
+
+        /// The queued image's payload, nil when `key` is not queued; throws a failed write's error.
+        func read(_ key: String) throws -> [UInt8]? {
+            lock.lock(); defer { lock.unlock() }
+            if let e = failed[key] { throw e }
+            guard let j = pending[key] else { return nil }
+            return [UInt8](UnsafeRawBufferPointer(start: j.buf + FileTier.headerBytes, count: j.payload))
+        }
+
+        /// The block is removed: a queued image is not written (or its file is dropped once written).
+        func remove(_ key: String) {
+            lock.lock(); defer { lock.unlock() }
+            pending[key] = nil
+            failed[key] = nil
+        }
+
+        func flush() {
+            lock.lock(); defer { lock.unlock() }
+            while head < queue.count || busy { lock.wait() }
+        }
+
+        private func run() {
+            while true {
+                lock.lock()
+                while head >= queue.count { lock.wait() }
+                let job = queue[head]
+                head += 1
+                if head > 1024 && head * 2 > queue.count { queue.removeFirst(head); head = 0 }
+                let wanted = pending[job.key]?.seq == job.seq
+                busy = wanted
+                lock.unlock()
+                var error: BlockStoreError?
+                if wanted {
+                    do {
+                        // The rename happens only if the block is still this one; checked under the lock
+                        // so a remove that races with the write never leaves a file behind.
+                        try tier.persist(job.key, job.buf, length: job.length) { [self] in
+                            lock.lock(); defer { lock.unlock() }
+                            return pending[job.key]?.seq == job.seq
+                        }
+                    } catch let e as BlockStoreError { error = e } catch { }
+                }
+                lock.lock()
+                if pending[job.key]?.seq == job.seq {
+                    pending[job.key] = nil
+                    if let error { failed[job.key] = error; failures += 1 }
+                } else if wanted && error == nil && pending[job.key] == nil && failed[job.key] == nil {
+                    // Removed after the rename: drop the file.
+                    unlink(tier.directory + "/" + FileTier.fileName(job.key) + ".blk")
+                }
+                bytes -= job.length
+                busy = false
+                free(job.buf)
+                lock.broadcast()
+                lock.unlock()
+            }
+        }
+    }
+
     public func read(_ key: String) throws -> [UInt8] {
+        if let behind = writeBehind, let queued = try behind.read(key) { return queued }
         let p = path(key, ".blk")
         guard access(p, F_OK) == 0 else { throw BlockStoreError(.unknownKey, "NVMe tier holds no block '\(key)'") }
         let fd = try open(p, O_RDONLY)
@@ -149,7 +295,10 @@ public final class FileTier: TierBackend {
         return [UInt8](payload)
     }
 
-    public func remove(_ key: String) { unlink(path(key, ".blk")) }
+    public func remove(_ key: String) {
+        writeBehind?.remove(key)
+        unlink(path(key, ".blk"))
+    }
 
     /// Complete blocks left by an earlier run, oldest modification first; half-written `.tmp`
     /// files are deleted. (Checksums are checked when a block is read.)
