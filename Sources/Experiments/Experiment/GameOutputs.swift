@@ -141,6 +141,19 @@ public struct GameAccounting: Codable, Equatable {
         return (phase(before), phase(after), s.t)
     }
 
+    /// Stream bandwidth out of each render site: the bit rate its players received in each 1 s
+    /// window, summed over the players rendering there (by window start, whole seconds), sites
+    /// by name. Local rendering and windows without a renderer count for no site.
+    public func bandwidthBySite() -> [(site: String, points: [(t: Double, mbps: Double)])] {
+        var sums: [String: [Int: Double]] = [:]
+        for w in windows where !w.place.isEmpty && w.place != "local" && w.place != "none" {
+            sums[w.place, default: [:]][Int(w.t.rounded(.down)), default: 0] += w.mbpsIn
+        }
+        return sums.keys.sorted().map { site in
+            (site, sums[site]!.keys.sorted().map { (Double($0), sums[site]![$0]!) })
+        }
+    }
+
     /// Lost-nothing lines for the game: every player accounted for the whole run, every switch
     /// ended (completed or rolled back), no player without frames longer than `maxGapMs`.
     public func lostNothing(maxGapMs: Double) -> (ok: Bool, lines: [String]) {
@@ -172,6 +185,9 @@ enum GameSection {
         var s = "player,t_s,from,to,gap_ms,old_frame_ms,warmup_ms,forced,rolled_back,reason\n"
         for x in g.switches { s += "\(x.player),\(String(format: "%.2f", x.t)),\(x.from),\(x.to),\(String(format: "%.1f", x.gapMs)),\(String(format: "%.1f", x.oldFrameMs ?? 0)),\(String(format: "%.1f", x.warmupMs)),\(x.forced),\(x.rolledBack),\"\(x.reason.replacingOccurrences(of: "\"", with: "'"))\"\n" }
         try s.write(toFile: dir + "/game-switches.csv", atomically: true, encoding: .utf8)
+        var b = "site,t_s,mbps\n"
+        for site in g.bandwidthBySite() { for p in site.points { b += "\(site.site),\(String(format: "%.0f", p.t)),\(String(format: "%.3f", p.mbps))\n" } }
+        try b.write(toFile: dir + "/game-site-bandwidth.csv", atomically: true, encoding: .utf8)
     }
 
     static func text(_ g: GameAccounting) -> [String] {
@@ -186,6 +202,13 @@ enum GameSection {
         if !gaps.isEmpty { out.append(String(format: "  frame gap at a switch: P50 %.1f ms, P99 %.1f ms over %d switches; %d longer than the old renderer's frame interval (+5 ms)", PlayerMeter.percentile(gaps, 50), PlayerMeter.percentile(gaps, 99), gaps.count, g.slowSwitches)) }
         if !fb.isEmpty { out.append(String(format: "  fall-back after a render site stopped: gap P50 %.0f ms, max %.0f ms over %d", PlayerMeter.percentile(fb, 50), fb.max()!, fb.count)) }
         for p in g.players { if let ph = g.phases(player: p.id) { out.append(phaseLine(p.id, ph)) } }
+        let sites = g.bandwidthBySite()
+        if !sites.isEmpty {
+            out.append("  stream bandwidth per render site (sum over its players, 1 s windows): " + sites.map { site in
+                let v = site.points.map(\.mbps)
+                return String(format: "%@ mean %.1f, peak %.1f Mbit/s", site.site, v.reduce(0, +) / Double(v.count), v.max()!)
+            }.joined(separator: "; "))
+        }
         return out
     }
 
@@ -233,6 +256,13 @@ enum GameSection {
             var ticks = SVGPlot(title: "World tick time", xLabel: "tick", yLabel: "ms")
             ticks.series = [SVGPlot.Series(name: "tick ms", points: g.tickSeries.enumerated().map { (Double($0.offset), $0.element) })]
             out += ticks.render()
+        }
+        let sites = g.bandwidthBySite()
+        if !sites.isEmpty {
+            var bw = SVGPlot(title: "Stream bandwidth per render site", xLabel: "seconds since the trace started", yLabel: "Mbit/s to its players (sum)")
+            bw.series = sites.map { SVGPlot.Series(name: $0.site, points: $0.points.map { ($0.t + offset, $0.mbps) }) }
+            bw.shaded = shaded
+            out += "<h3>Bandwidth per render site</h3>" + bw.render()
         }
         out += "<table><tr><th>player</th><th>device</th><th>net</th><th>FPS mean</th><th>P5–P95</th><th>input ms P50</th><th>memory GiB</th><th>Mbit/s in</th><th>switches</th><th>rolled back</th><th>fall-backs</th><th>longest gap ms</th><th>ends at</th></tr>"
         for p in g.players {

@@ -278,9 +278,12 @@ public enum GameTable {
             s += pad(String(format: "%.2f", m.memoryGib), 8) + pad(String(format: "%.0f%%", m.battery * 100), 6) + pad("\(m.switchesCompleted)", 4) + "\(m.fallbacks)\n"
         }
         if !r.sites.isEmpty {
-            s += "\n" + pad("SITE", 16) + pad("KIND", 6) + pad("SLOTS", 8) + "PLAYERS\n"
+            s += "\n" + pad("SITE", 16) + pad("KIND", 6) + pad("SLOTS", 8) + pad("OUT Mbps", 9) + "PLAYERS\n"
             for site in r.sites {
-                s += pad(site.site + (site.alive ? "" : " (dead)"), 16) + pad(site.kind, 6) + pad("\(site.used)/\(site.slots)", 8) + site.players.joined(separator: ", ") + "\n"
+                // What the site streams: the rate its players receive, summed (their last reports).
+                let out = r.players.filter { $0.report.place == site.site }.map(\.report.bandwidthInMbps).reduce(0, +)
+                s += pad(site.site + (site.alive ? "" : " (dead)"), 16) + pad(site.kind, 6) + pad("\(site.used)/\(site.slots)", 8)
+                    + pad(String(format: "%.2f", out), 9) + site.players.joined(separator: ", ") + "\n"
             }
         }
         s += "\n\(r.players.count) players · \(r.switches.filter { !$0.rolledBack }.count) switches, \(r.switches.filter(\.rolledBack).count) rolled back · frame times emulated (device and site GPUs from their datasheets) · * switching\n"
