@@ -143,14 +143,18 @@ public struct GameAccounting: Codable, Equatable {
 
     /// Stream bandwidth out of each render site: the bit rate its players received in each 1 s
     /// window, summed over the players rendering there (by window start, whole seconds), sites
-    /// by name. Local rendering and windows without a renderer count for no site.
+    /// by name, 0 in a second none of its players received from it. Local rendering and windows
+    /// without a renderer count for no site.
     public func bandwidthBySite() -> [(site: String, points: [(t: Double, mbps: Double)])] {
         var sums: [String: [Int: Double]] = [:]
         for w in windows where !w.place.isEmpty && w.place != "local" && w.place != "none" {
             sums[w.place, default: [:]][Int(w.t.rounded(.down)), default: 0] += w.mbpsIn
         }
+        // Every second of the run for every site: a site streaming to nobody (killed, emptied) is at 0.
+        let seconds = windows.map { Int($0.t.rounded(.down)) }
+        guard let first = seconds.min(), let last = seconds.max() else { return [] }
         return sums.keys.sorted().map { site in
-            (site, sums[site]!.keys.sorted().map { (Double($0), sums[site]![$0]!) })
+            (site, (first...last).map { (Double($0), sums[site]![$0] ?? 0) })
         }
     }
 
