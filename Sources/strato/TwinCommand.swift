@@ -244,10 +244,11 @@ extension TwinCommand {
         @Flag(name: .customLong("twin-only"), help: "Run the twin alone (no testbed run, nothing compared): a quick look at a policy.") var twinOnly = false
 
         @Option(help: "Game specs with --twin-only: scale the players to this many (the device mix kept).") var players: Int?
+        @Option(help: "Game specs: run the testbed and the twin this many times (the twin with as many seeds) and compare the means; a policy that follows measured latencies switches a different number of times from run to run.") var repetitions = 1
 
         func run() throws {
             var s = try ExperimentSpec.load(file: spec)
-            if s.workload.kind == .game { try TwinGame.validate(s, out: out, runDir: runDir, twinOnly: twinOnly, players: players); return }
+            if s.workload.kind == .game { try TwinGame.validate(s, out: out, runDir: runDir, twinOnly: twinOnly, players: players, repetitions: repetitions); return }
             guard var sv = s.workload.services else { throw ValidationError("\(spec) has no workload.services or workload.game to validate") }
             let policy = migration ?? sv.migration.first ?? s.topology.coordinator.migrationPolicy
             guard MigrationPolicies.named(policy) != nil else { throw ValidationError("--migration '\(policy)' is unknown (known: \(MigrationPolicies.names.joined(separator: ", ")))") }
@@ -435,39 +436,62 @@ enum TwinGame {
         return (players, sites, settings, policy)
     }
 
-    static func validate(_ spec: ExperimentSpec, out: String, runDir: String, twinOnly: Bool, players: Int?) throws {
+    static func validate(_ spec: ExperimentSpec, out: String, runDir: String, twinOnly: Bool, players: Int?, repetitions: Int = 1) throws {
+        guard (1...20).contains(repetitions) else { throw ValidationError("--repetitions must be 1…20 (got \(repetitions))") }
         var s = spec
-        s.seeds = [s.seeds.first ?? 1]; s.repetitions = 1
-        let m = try model(s, scaleTo: twinOnly ? players : nil)
-        let started = Date()
-        let twin = GameTwinModel.run(players: m.players, sites: m.sites, policy: m.policy, settings: m.settings)
-        let wall = Date().timeIntervalSince(started)
-        let forced = twin.switches.filter(\.forced).count, back = twin.switches.filter(\.rolledBack).count
-        print(String(format: "twin: %d players, %d sites, %.0f s of game in %.2f s wall: mean FPS %.1f, %d switches completed (%d fall-backs), %d rolled back",
-                     m.players.count, m.sites.count, m.settings.seconds, wall, twin.meanFPS, twin.completedSwitches, forced, back))
+        let first = s.seeds.first ?? 1
+        s.seeds = (0..<repetitions).map { first + UInt64($0) }; s.repetitions = repetitions
+        var m = try model(s, scaleTo: twinOnly ? players : nil)
+        var twins: [GameTwinModel.Result] = []
+        for k in 0..<repetitions {
+            m.settings.runSeed = UInt64(k)
+            let started = Date()
+            let twin = GameTwinModel.run(players: m.players, sites: m.sites, policy: m.policy, settings: m.settings)
+            let wall = Date().timeIntervalSince(started)
+            let forced = twin.switches.filter(\.forced).count, back = twin.switches.filter(\.rolledBack).count
+            print(String(format: "twin%@: %d players, %d sites, %.0f s of game in %.2f s wall: mean FPS %.1f, %d switches completed (%d fall-backs), %d rolled back",
+                         repetitions > 1 ? " run \(k + 1)" : "", m.players.count, m.sites.count, m.settings.seconds, wall, twin.meanFPS, twin.completedSwitches, forced, back))
+            twins.append(twin)
+        }
         if twinOnly { return }
         if let old = Testbed.load(runDirectory: runDir) { old.down() }
         let runner = ExperimentRunner(spec: s, platform: LocalPlatform(runDirectory: runDir), out: out + "/testbed")
-        let testbed = try runner.runAll()[0]
-        guard let g = testbed.game else { throw ValidationError("the testbed run reported no game") }
-        let tbWindows = g.windows.filter { $0.t >= 0 && $0.t < s.duration }.map(\.fps)
-        let tbFPS = tbWindows.isEmpty ? 0 : tbWindows.reduce(0, +) / Double(tbWindows.count)
-        let tbSwitches = g.switches.filter { !$0.rolledBack && $0.t >= 0 }.count
+        let runs = try runner.runAll().compactMap(\.game)
+        guard runs.count == repetitions else { throw ValidationError("\(repetitions - runs.count) of \(repetitions) testbed runs reported no game") }
+        func meanFPS(_ g: GameAccounting) -> Double {
+            let w = g.windows.filter { $0.t >= 0 && $0.t < s.duration }.map(\.fps)
+            return w.isEmpty ? 0 : w.reduce(0, +) / Double(w.count)
+        }
+        func switches(_ g: GameAccounting) -> Int { g.switches.filter { !$0.rolledBack && $0.t >= 0 }.count }
+        func avg(_ xs: [Double]) -> Double { xs.reduce(0, +) / Double(max(1, xs.count)) }
         func err(_ a: Double, _ b: Double) -> Double { a > 0 ? abs(b - a) / a : (b == 0 ? 0 : .infinity) }
-        let e1 = err(tbFPS, twin.meanFPS), e2 = err(Double(tbSwitches), Double(twin.completedSwitches))
-        var text = "figure                        testbed      twin     error\n"
-        text += "mean FPS".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.2f %9.2f   %6.1f%%  (target ≤ 5 %%)\n", tbFPS, twin.meanFPS, e1 * 100)
-        text += "switches completed".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9d %9d   %6.1f%%  (target ≤ 5 %%)\n", tbSwitches, twin.completedSwitches, e2 * 100)
-        text += "fall-backs".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9d %9d\n", g.switches.filter(\.forced).count, forced)
-        for p in g.players {
-            let a = g.windows.filter { $0.player == p.id && $0.t >= 0 && $0.t < s.duration }.map(\.fps)
-            let b = twin.windows[p.id]?.map(\.fps) ?? []
-            text += "  \(p.id) FPS".padding(toLength: 28, withPad: " ", startingAt: 0)
-                + String(format: "%9.2f %9.2f\n", a.isEmpty ? 0 : a.reduce(0, +) / Double(a.count), b.isEmpty ? 0 : b.reduce(0, +) / Double(b.count))
+        let tbFPS = avg(runs.map(meanFPS)), twFPS = avg(twins.map(\.meanFPS))
+        let tbSw = avg(runs.map { Double(switches($0)) }), twSw = avg(twins.map { Double($0.completedSwitches) })
+        let e1 = err(tbFPS, twFPS), e2 = err(tbSw, twSw)
+        let over = repetitions > 1 ? ", mean of \(repetitions)" : ""
+        let w = repetitions > 1 ? 34 : 28
+        var text = "figure".padding(toLength: w + 2, withPad: " ", startingAt: 0) + "testbed      twin     error\n"
+        text += ("mean FPS" + over).padding(toLength: w, withPad: " ", startingAt: 0) + String(format: "%9.2f %9.2f   %6.1f%%  (target ≤ 5 %%)\n", tbFPS, twFPS, e1 * 100)
+        text += ("switches" + over).padding(toLength: w, withPad: " ", startingAt: 0) + String(format: "%9.1f %9.1f   %6.1f%%  (target ≤ 5 %%)\n", tbSw, twSw, e2 * 100)
+        text += "fall-backs".padding(toLength: w, withPad: " ", startingAt: 0)
+            + String(format: "%9.1f %9.1f\n", avg(runs.map { Double($0.switches.filter(\.forced).count) }), avg(twins.map { Double($0.switches.filter(\.forced).count) }))
+        if repetitions > 1 {
+            for k in 0..<repetitions {
+                text += "  run \(k + 1): FPS, switches".padding(toLength: w, withPad: " ", startingAt: 0)
+                    + String(format: "%5.2f, %2d  %5.2f, %2d\n", meanFPS(runs[k]), switches(runs[k]), twins[k].meanFPS, twins[k].completedSwitches)
+            }
+            let tbRange = runs.map(switches), twRange = twins.map(\.completedSwitches)
+            text += String(format: "  switches run to run: testbed %d–%d, twin %d–%d\n", tbRange.min()!, tbRange.max()!, twRange.min()!, twRange.max()!)
+        }
+        for p in runs[0].players {
+            let a = runs.flatMap { $0.windows.filter { $0.player == p.id && $0.t >= 0 && $0.t < s.duration }.map(\.fps) }
+            let b = twins.flatMap { $0.windows[p.id]?.map(\.fps) ?? [] }
+            text += "  \(p.id) FPS".padding(toLength: w, withPad: " ", startingAt: 0)
+                + String(format: "%9.2f %9.2f\n", avg(a), avg(b))
         }
         print("\n" + text)
         let worst = max(e1, e2)
-        print(worst <= 0.05 ? "twin within 5 % on mean FPS and switch counts: target met" : String(format: "twin off by %.1f %% at worst (target 5 %%): NOT met", worst * 100))
+        print(worst <= 0.05 ? "twin within 5 % on mean FPS and switch counts\(over): target met" : String(format: "twin off by %.1f %% at worst (target 5 %%)%@: NOT met", worst * 100, over))
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         try text.write(toFile: out + "/validation.txt", atomically: true, encoding: .utf8)
         print("results in \(out)/ (testbed run in \(out)/testbed/)")

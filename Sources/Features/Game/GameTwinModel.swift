@@ -33,6 +33,9 @@ public struct GameTwinModel {
         /// The world's own one-way delay.
         public var worldOneWayMs = 0.0
         public var seed: UInt64 = 1
+        /// Varies the players' own randomness (device load, behaviour) between repetitions of one
+        /// spec; 0 is the spec's own run.
+        public var runSeed: UInt64 = 0
         public var entities = 64
         /// Seconds a site is down: (site, from, to).
         public var siteDown: [(site: String, from: Double, to: Double)] = []
@@ -86,7 +89,7 @@ public struct GameTwinModel {
         world.chunksPerTick = Int(16 * settings.tickHz / viewHz)   // the server's pace per second
         var ps: [P] = players.map { p in
             world.join(p.id, viewDistance: p.setup.viewDistance)
-            var r = SplitMix64(seed: stableHash(p.id))
+            var r = SplitMix64(seed: stableHash(p.id) ^ (settings.runSeed &* 0x9E37_79B9_7F4A_7C15))
             return P(id: p.id, setup: p.setup, rng: r, load: p.setup.otherLoad, battery: p.setup.battery, heading: { r.uniform() * 2 * .pi }())
         }
         let siteByID = Dictionary(uniqueKeysWithValues: sites.map { ($0.id, $0) })
