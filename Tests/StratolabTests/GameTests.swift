@@ -294,6 +294,12 @@ final class GameTwinTests: XCTestCase {
         // Deterministic: the same inputs, the same run.
         let again = GameTwinModel.run(players: players, sites: sites, policy: try RenderPolicies.named("scripted", script: ["20 * edge"]), settings: settings)
         XCTAssertEqual(again.windows, r.windows)
+        // Another run seed (a repetition): the players' own randomness differs, the script does not.
+        var other = settings
+        other.runSeed = 1
+        let repeated = GameTwinModel.run(players: players, sites: sites, policy: try RenderPolicies.named("scripted", script: ["20 * edge"]), settings: other)
+        XCTAssertNotEqual(repeated.windows, r.windows, "a different run seed gives a different run")
+        XCTAssertEqual(repeated.switches.filter { !$0.forced && !$0.rolledBack }.count, r.switches.filter { !$0.forced && !$0.rolledBack }.count)
     }
 
     func testSlotsBoundWhereThePolicyPutsPlayers() {
