@@ -41,6 +41,13 @@ struct KVBlockPoolTests {
             slice[k] ^= 0x40
             #expect(slice.withUnsafeBytes { KVBlockPool.firstMismatch($0, request: "r", block: 5, offset: a) } == k, "\(a)..<\(b) flipped \(k)")
             if slice.count >= 8 { #expect(slice.withUnsafeBytes { KVBlockPool.firstMismatch($0, request: "r", block: 4, offset: a) } != nil, "another block's bytes") }
+            // Checked while copied: the same answer, and only the bytes before the wrong one stored.
+            var out = [UInt8](repeating: 0xEE, count: slice.count)
+            let bad = slice.withUnsafeBytes { src in out.withUnsafeMutableBytes { KVBlockPool.copyChecked(src, into: $0.baseAddress!, request: "r", block: 5, offset: a) } }
+            #expect(bad == k && Array(out[..<k]) == Array(block[a..<(a + k)]) && out[k...].allSatisfy { $0 == 0xEE }, "\(a)..<\(b) flipped \(k)")
+            slice[k] ^= 0x40
+            var whole = [UInt8](repeating: 0, count: slice.count)
+            #expect(slice.withUnsafeBytes { src in whole.withUnsafeMutableBytes { KVBlockPool.copyChecked(src, into: $0.baseAddress!, request: "r", block: 5, offset: a) } } == nil && whole == slice)
         }
     }
 
@@ -87,6 +94,7 @@ struct KVBlockPoolTests {
         let check = KVBlockPool(fullBlockBytes: 64, kvBytesScale: 1)
         #expect(throws: KVBlockPool.PoolError.self) { try bad.withUnsafeBytes { try check.write("req-2", block: 0, offset: 0, bytes: $0) } }
         do { try bad.withUnsafeBytes { try check.write("req-2", block: 0, offset: 0, bytes: $0) } } catch { #expect("\(error)".contains("byte 17 is not its KV contents")) }
+        #expect(check.counts["req-2"] == nil && check.bytesHeld == 0, "a block begun by a wrong chunk is given back")
         let good = KVBlockPool.contents(request: "req-2", block: 3, bytes: 64)
         do { try good.withUnsafeBytes { try check.write("req-2", block: 3, offset: 0, bytes: $0) }; Issue.record("a gap was accepted") } catch {
             #expect("\(error)".contains("block 3 of request req-2 arrived before block"))

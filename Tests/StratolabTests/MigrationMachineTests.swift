@@ -144,7 +144,34 @@ struct MigrationMachineTests {
         // Stage 1 took 1 s: 100 MB/s, so 2 blocks fit the budget; 10 new blocks mean another stage.
         #expect(m.stageCopied(computed: 110, at: 1) == [.copy(stage: 2, blocks: 100..<110)])
         #expect(m.measuredBandwidth == 1e8)
-        #expect(m.stageCopied(computed: 111, at: 1.1) == [.suspend])
+        // One block left, within the budget, and stage 2 shrank the remainder: one more short
+        // stage; then nothing whole is left and it goes final.
+        #expect(m.stageCopied(computed: 111, at: 1.1) == [.copy(stage: 3, blocks: 110..<111)])
+        #expect(m.stageCopied(computed: 111, at: 1.11) == [.suspend])
+    }
+
+    @Test("within the budget, stages go on while they shrink what remains, so the final stage is about one block at any length; a remainder that stops shrinking goes final")
+    func settlesBeforeTheFinalStage() {
+        var plan = MigrationPlan(method: .live, blockBytes: 1_000_000, bandwidthBytesPerSecond: 1e9)
+        plan.downtimeBudget = 0.02   // 20 blocks
+        for total in [16, 64, 512] {
+            var m = MigrationSource.start(request: "q", plan: plan, totalBlocks: total + 100, at: 0).0
+            var d = m.reserved(true, computed: total, at: 0)
+            var computed = total, now = 0.0
+            // The request adds a block per 10 ms; each stage copies at 1 GB/s (1 ms a block).
+            while case .copy(_, let r)? = d.first {
+                now += Double(r.count) * 0.001
+                computed = total + Int(now / 0.01)
+                d = m.stageCopied(computed: computed, at: now)
+            }
+            #expect(d == [.suspend], "\(total) blocks: \(d)")
+            #expect(computed - m.sent <= 1, "\(total) blocks: \(computed - m.sent) left for the final stage")
+        }
+        // Not shrinking: a stage of 5 blocks left 5 again; within the budget, so it goes final.
+        var m = MigrationSource.start(request: "q", plan: plan, totalBlocks: 500, at: 0).0
+        _ = m.reserved(true, computed: 100, at: 0)
+        #expect(m.stageCopied(computed: 105, at: 0.1) == [.copy(stage: 2, blocks: 100..<105)])
+        #expect(m.stageCopied(computed: 110, at: 0.105) == [.suspend])
     }
 
     @Test("a migration that never converges stops at the stage cap; the request carries on at the source")
@@ -168,7 +195,7 @@ struct MigrationMachineTests {
         _ = early.reserved(true, computed: 50, at: 0)
         #expect(early.destinationFailed("peer gpu-1 unreachable") == [.report(.aborted(.destinationFailed("peer gpu-1 unreachable")))] && early.sourceOwns)
         var late = MigrationSource.start(request: "q", plan: plan, totalBlocks: 100, at: 0).0
-        _ = late.reserved(true, computed: 1, at: 0)   // small: straight to the final stage
+        _ = late.reserved(true, computed: 0, at: 0)   // nothing whole yet: straight to the final stage
         #expect(late.phase == .finalCopy && !late.sourceOwns)
         _ = late.suspended(computed: 1, at: 0)
         #expect(late.destinationFailed("killed").first == .resumeHere && late.sourceOwns)

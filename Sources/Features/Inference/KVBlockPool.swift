@@ -111,12 +111,18 @@ public final class KVBlockPool {
         let count = blocks[id]?.count ?? 0
         guard block <= count else { throw PoolError("block \(block) of request \(id) arrived before block \(count)") }
         guard offset + bytes.count <= blockBytes else { throw PoolError("bytes \(offset)..<\(offset + bytes.count) overrun a \(blockBytes)-byte block") }
-        if let bad = KVBlockPool.firstMismatch(bytes, request: id, block: block, offset: offset) {
+        let fresh = block == count
+        if fresh { let b = newBlock(); blocks[id, default: []].append(b) }
+        // Checked and stored in one pass, in place (a copy of the dictionary's block would copy
+        // the whole block on every chunk). Only bytes that matched are stored, so a wrong byte
+        // leaves nothing wrong behind, and a block begun by this chunk is given back.
+        let bad = blocks[id]![block].withUnsafeMutableBytes { dst in
+            KVBlockPool.copyChecked(bytes, into: dst.baseAddress!.advanced(by: offset), request: id, block: block, offset: offset)
+        }
+        if let bad {
+            if fresh { giveBack(blocks[id]!.removeLast()); if blocks[id]!.isEmpty { blocks[id] = nil } }
             throw PoolError("block \(block) of request \(id): byte \(offset + bad) is not its KV contents")
         }
-        if block == count { let b = newBlock(); blocks[id, default: []].append(b) }
-        // In place: a copy of the dictionary's block would copy the whole block on every chunk.
-        blocks[id]![block].withUnsafeMutableBytes { dst in dst.baseAddress!.advanced(by: offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
         peakBytesHeld = max(peakBytesHeld, bytesHeld)
     }
 
@@ -184,6 +190,29 @@ public final class KVBlockPool {
         while i < n {
             if expectedByte(s, block: block, position: offset + i) != bytes[i] { return i }
             i += 1
+        }
+        return nil
+    }
+
+    /// Copies `bytes` (at `offset` in the block) to `destination` after checking them against
+    /// the block's contents, a cache-sized piece at a time: each piece is checked (which brings it
+    /// into the cache) and then copied with memcpy from there, so the arriving bytes are read
+    /// from memory once (a check over the whole chunk and then a copy read them twice; a loop
+    /// that checks and stores word by word ran slower than memcpy's wide stores). Stops at the
+    /// first wrong byte, which it does not store, and returns its index; nil when all of them
+    /// matched and were stored.
+    static func copyChecked(_ bytes: UnsafeRawBufferPointer, into destination: UnsafeMutableRawPointer, request: String, block: Int, offset: Int) -> Int? {
+        let piece = 16 << 10
+        var at = 0
+        while at < bytes.count {
+            let n = min(piece, bytes.count - at)
+            let part = UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)])
+            if let bad = firstMismatch(part, request: request, block: block, offset: offset + at) {
+                if bad > 0 { memcpy(destination + at, part.baseAddress!, bad) }
+                return at + bad
+            }
+            memcpy(destination + at, part.baseAddress!, n)
+            at += n
         }
         return nil
     }

@@ -7,9 +7,9 @@
 ///    later stages bring more.
 /// 2. Live: stage 1 copies every block computed so far while the request keeps decoding on the
 ///    source; each further stage copies the blocks added meanwhile. When what remains would copy
-///    within the downtime budget at the measured bandwidth, the source suspends the request after
-///    its current step and sends the rest with the request's state; the destination commits and
-///    resumes decoding; the source frees. A stage cap aborts a migration that never converges.
+///    within the downtime budget at the measured bandwidth (and stages no longer shrink it, see
+///    `settleBlocks`), the source suspends the request after its current step and sends the rest
+///    with the request's state; the destination commits and resumes decoding; the source frees. A stage cap aborts a migration that never converges.
 /// 3. Baselines in the same path: `blocking` suspends at once and copies everything; `recompute`
 ///    suspends at once and sends only the state (the destination prefills again).
 ///
@@ -46,6 +46,13 @@ public struct MigrationPlan: Sendable, Equatable {
     /// The stall the final stage may add to the request (seconds).
     public var downtimeBudget = 0.02
     public var stageCap = 8
+    /// Once what remains fits the budget, copying goes on in stages while more than this many
+    /// whole blocks remain and each stage is smaller than the one before: the final stage then
+    /// holds what the request adds during one short stage (usually just its partly filled block),
+    /// so the downtime is about the same at any sequence length rather than anything up to the
+    /// budget. The budget stays the bound: a remainder within it that stopped shrinking, or one
+    /// at the stage cap, goes final.
+    public var settleBlocks = 0
     public init(method: MigrationMethod, blockBytes: Double, bandwidthBytesPerSecond: Double) {
         self.method = method; self.blockBytes = blockBytes; self.bandwidthBytesPerSecond = bandwidthBytesPerSecond
     }
@@ -139,7 +146,9 @@ public struct MigrationSource: Sendable {
 
     private mutating func nextStage(computed: Int, at now: Double) -> [Directive] {
         let remaining = computed - sent
-        if remaining <= plan.finalStageBlocks(bandwidth: measuredBandwidth ?? plan.bandwidthBytesPerSecond) {
+        let withinBudget = remaining <= plan.finalStageBlocks(bandwidth: measuredBandwidth ?? plan.bandwidthBytesPerSecond)
+        let shrinking = stageStarted.map { remaining < $0.blocks } ?? true
+        if withinBudget && (remaining <= plan.settleBlocks || !shrinking || stages >= plan.stageCap) {
             phase = .finalCopy
             suspendedAt = now
             return [.suspend]
