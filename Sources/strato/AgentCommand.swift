@@ -247,6 +247,7 @@ struct AgentCommand: ParsableCommand {
                     do {
                         let tier = try FileTier(directory: t.path)
                         tier.enableWriteBehind()   // fsyncs off the session thread that heartbeats
+                        tier.enableDetachedReads()   // and the gets' disk reads
                         backends.append((tier, capacity))
                     } catch { throw ValidationError("--tier nvme: \(error)") }
                     probed[.nvme] = (t.bandwidthGbps, t.latencyNs)

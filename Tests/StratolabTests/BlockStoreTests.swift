@@ -169,6 +169,44 @@ struct BlockStoreTests {
         for (key, size) in again.recovered() { #expect(try again.read(key).count == size && size == 1024) }
     }
 
+    @Test("NVMe reads on the reader thread: finished by the store as a get is (counted, promoted), a rotted block is named and forgotten, a block gone meanwhile misses")
+    func nvmeDetachedReads() throws {
+        let dir = tempDir("reader"); defer { try? FileManager.default.removeItem(atPath: dir) }
+        let tier = try FileTier(directory: dir)
+        tier.enableDetachedReads()
+        let s = try TieredBlockStore(tiers: [(DRAMTier(), 4096), (tier, 1 << 20)])
+        for i in 0..<20 { try s.put("kv/\(i)", content("kv/\(i)", 1024)) }
+        let onDisk = (0..<20).map { "kv/\($0)" }.filter { s.detachedReader(for: $0) != nil }
+        #expect(onDisk.count == 16)
+        // Rot one block's bytes on disk; delete another after its read is queued.
+        let rotted = dir + "/" + FileTier.fileName(onDisk[1]) + ".blk"
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: rotted)))
+        bytes[FileTier.headerBytes + 3] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: rotted))
+        let id = try #require(tier.submitReads(onDisk))
+        s.delete(onDisk[2])
+        var batches: [(id: UInt64, reads: [FileTier.DetachedRead])] = []
+        let deadline = Date().addingTimeInterval(20)
+        while batches.isEmpty && Date() < deadline { batches = tier.finishedReads(); usleep(1000) }
+        #expect(batches.count == 1 && batches.first?.id == id && tier.readsOutstanding == 0)
+        let reads = try #require(batches.first?.reads)
+        #expect(reads.map(\.key) == onDisk)
+        for r in reads {
+            switch r.key {
+            case onDisk[1]:
+                #expect(throws: BlockStoreError.self) { try s.finishGet(r.key, read: r.result, seconds: r.seconds) }
+                #expect(!s.exists(r.key) && s.errors[.corrupt] == 1)
+            case onDisk[2]:
+                do { _ = try s.finishGet(r.key, read: r.result, seconds: r.seconds); Issue.record("a deleted block was served") } catch let e as BlockStoreError { #expect(e.code == .unknownKey) }
+            default:
+                let (b, from) = try s.finishGet(r.key, read: r.result, seconds: r.seconds, promote: r.key == onDisk[0])
+                #expect(b == content(r.key, 1024) && from == .nvme)
+            }
+        }
+        #expect(s.tier(of: onDisk[0]) == .dram, "promoted as get promotes")
+        #expect(s.tiers[1].counters.hits == 14 && s.misses == 2)
+    }
+
     @Test func nvmeContentsSurviveARestartAndTornOrCorruptBlocksAreNeverServed() throws {
         let dir = tempDir("restart"); defer { try? FileManager.default.removeItem(atPath: dir) }
         do {

@@ -23,12 +23,14 @@ private final class Rig {
     var host: PeerAddress { PeerAddress(endpoint: hostPlane.endpoint) }
     var hostUp = true
 
-    init() throws {
+    init(detachedReads: Bool = false) throws {
         dir = NSTemporaryDirectory() + "strato-tierhandler-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         hostPlane = try DataPlane(config: DataPlaneConfig(nodeID: "mem-0"))
         planes = [try DataPlane(config: DataPlaneConfig(nodeID: "gpu-0")), try DataPlane(config: DataPlaneConfig(nodeID: "gpu-1"))]
         let cxl = EmulatedCXLTier(dramBandwidthBytesPerSecond: 5e9, dramLatencySeconds: 100e-9, numaNode: nil)
-        let store = try TieredBlockStore(tiers: [(DRAMTier(), 64 << 10), (cxl, 64 << 10), (try FileTier(directory: dir), 1 << 20)])
+        let nvme = try FileTier(directory: dir)
+        if detachedReads { nvme.enableDetachedReads() }
+        let store = try TieredBlockStore(tiers: [(DRAMTier(), 64 << 10), (cxl, 64 << 10), (nvme, 1 << 20)])
         handler = TierStoreHandler(store: store, plane: hostPlane)
         clients = planes.map { TierClient(plane: $0) }
     }
@@ -86,6 +88,25 @@ struct TierStoreHandlerTests {
         #expect(stats.tiers.map(\.kind) == ["dram", "cxl", "nvme"])
         #expect(stats.tiers[1].emulated && stats.tiers[1].label.contains("emulated"))
         #expect(stats.gets == 1 && stats.puts == 4)
+    }
+
+    @Test("NVMe blocks are read on the tier's reader thread: the answer comes once they are in, in order, every byte right, the prefix ending at the first missing key")
+    func detachedNVMeReads() throws {
+        let rig = try Rig(detachedReads: true)
+        let chain = (0..<8).map { "kv/long/\($0)" }
+        // 6 × 40 000 bytes over 64 KiB of DRAM and 64 KiB of CXL: the first four went to NVMe.
+        guard case .success = try rig.put(0, chain.prefix(6).map { (key: $0, bytes: content($0, 40_000)) }) else { Issue.record("put failed"); return }
+        #expect(rig.handler.store.tier(of: chain[0]) == .nvme && rig.handler.store.tier(of: chain[5]) == .dram)
+        rig.handler.store.delete(chain[4])   // a hole: the prefix ends there
+        guard case .success(let f) = try rig.get(1, chain, prefixOnly: true) else { Issue.record("get failed"); return }
+        #expect(f.header.blocks.map(\.key) == Array(chain.prefix(4)) && f.header.missing == [chain[4]])
+        #expect(f.header.blocks.filter { $0.tier == "nvme" }.count >= 3, "\(f.header.blocks.map(\.tier))")
+        for (i, k) in chain.prefix(4).enumerated() { #expect(Array(f.bytes(i)) == content(k, 40_000)) }
+        let nvme = try #require(rig.handler.stats().tiers.first { $0.kind == "nvme" })
+        #expect(nvme.hits >= 3 && nvme.label.contains("reader thread"))
+        // Promoted by the get: read again, from memory this time.
+        guard case .success(let again) = try rig.get(0, [chain[3]]) else { Issue.record("second get failed"); return }
+        #expect(again.header.blocks.first?.tier == "dram" && Array(again.bytes(0)) == content(chain[3], 40_000))
     }
 
     @Test("bad input: unknown keys are reported missing, a block larger than every tier and a malformed put are refused with reasons, the host keeps serving")

@@ -10,7 +10,9 @@ import Wire
 /// reports the store's telemetry about once a second.
 ///
 /// An emulated tier's throttle is not waited out on the session's thread: the time it adds is
-/// owed, and the answer to a get goes out once it is due.
+/// owed, and the answer to a get goes out once it is due. Nor is the disk: when the NVMe tier
+/// reads on its own thread, a get's NVMe blocks are read there and the answer is put together
+/// when they are in (the session goes on heartbeating meanwhile).
 public final class TierStoreHandler: FeatureHandler, DataPlaneReceiver {
     public static let feature = "tiers"
     public static let putKind = "tier-put", getKind = "tier-get", dataKind = "tier-data"
@@ -38,6 +40,9 @@ public final class TierStoreHandler: FeatureHandler, DataPlaneReceiver {
     /// Answers held until an emulated tier's access time has passed (monotonic nanos).
     private var due: [(at: Int64, send: () -> Void)] = []
     private var owed = 0.0
+    /// Gets waiting for the NVMe reader thread, by its batch id.
+    private var reading: [UInt64: (get: TierGetRequest, sender: String, since: Int64)] = [:]
+    private var nvmeReader: FileTier? { store.tiers.lazy.compactMap { $0.backend as? FileTier }.first { $0.readsDetached } }
     public private(set) var getsServed = 0, putsStored = 0
     /// Problems counted by name (malformed requests, refused puts, unreachable requesters), also logged.
     public private(set) var problems: [String: Int] = [:]
@@ -117,13 +122,25 @@ public final class TierStoreHandler: FeatureHandler, DataPlaneReceiver {
 
     public var isPumped: Bool { true }
     public func pump(wallNanos: Int64) {
+        if !reading.isEmpty, let reader = nvmeReader {
+            for batch in reader.finishedReads() {
+                guard let r = reading.removeValue(forKey: batch.id) else { continue }
+                compose(r.get, from: r.sender, since: r.since, nvme: Dictionary(batch.reads.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a }))
+            }
+        }
         guard !due.isEmpty else { return }
         let now = clock.monotonicNanos()
         let ready = due.filter { $0.at <= now }
         due.removeAll { $0.at <= now }
         for r in ready { r.send() }
     }
-    public var nextPumpDue: Int64? { due.map(\.at).min() }
+    public var nextPumpDue: Int64? {
+        // Reads under way on the reader thread are looked for every millisecond (its completion
+        // cannot wake the session's poll).
+        let soonest = due.map(\.at).min()
+        guard !reading.isEmpty else { return soonest }
+        return min(soonest ?? .max, clock.monotonicNanos() + 1_000_000)
+    }
 
     // MARK: Data plane
 
@@ -201,13 +218,31 @@ public final class TierStoreHandler: FeatureHandler, DataPlaneReceiver {
     }
 
     /// Reads what a get names and sends it back to the requester, after the tiers' access time.
+    /// Its NVMe blocks go to the reader thread first when the tier has one.
     private func answer(_ g: TierGetRequest, from sender: String) {
+        let t0 = clock.monotonicNanos()
+        if !g.existsOnly, let reader = nvmeReader {
+            var onDisk: [String] = []
+            for k in g.keys {
+                if store.detachedReader(for: k) != nil { onDisk.append(k) }
+                else if g.prefixOnly && !store.exists(k) { break }   // the prefix ends here
+            }
+            if !onDisk.isEmpty, let id = reader.submitReads(onDisk) {
+                reading[id] = (g, sender, t0)
+                return
+            }
+        }
+        compose(g, from: sender, since: t0, nvme: [:])
+    }
+
+    /// The answer to a get, `nvme` holding its blocks the reader thread read; sent after the
+    /// tiers' access time.
+    private func compose(_ g: TierGetRequest, from sender: String, since t0: Int64, nvme: [String: FileTier.DetachedRead]) {
         getsServed += 1
         var header = TierDataHeader()
         header.requestID = g.requestID
         var blocks: [[UInt8]] = []
         owed = 0
-        let t0 = clock.monotonicNanos()
         for k in g.keys {
             if g.existsOnly {
                 if let t = store.tier(of: k), let n = store.size(of: k) {
@@ -216,7 +251,8 @@ public final class TierStoreHandler: FeatureHandler, DataPlaneReceiver {
                     if g.take { store.delete(k) }
                     continue
                 }
-            } else if let (bytes, t) = try? store.get(k, promote: !g.noPromote && !g.take) {
+            } else if let (bytes, t) = try? (nvme[k].map { try store.finishGet(k, read: $0.result, seconds: $0.seconds, promote: !g.noPromote && !g.take) }
+                                                ?? store.get(k, promote: !g.noPromote && !g.take)) {
                 var m = TierBlockMeta(); m.key = k; m.bytes = UInt64(bytes.count); m.tier = t.rawValue
                 header.blocks.append(m)
                 blocks.append(bytes)

@@ -9,7 +9,12 @@ public final class FileTier: TierBackend {
     public let kind = TierKind.nvme
     public let directory: String
     /// Whether files are opened with O_DIRECT (false where the filesystem refuses it, e.g. tmpfs).
-    public private(set) var directIO: Bool
+    /// Learnt by whichever thread opens a file first (the session, the writer, the reader).
+    public var directIO: Bool {
+        get { directIOLock.lock(); defer { directIOLock.unlock() }; return directIOState }
+    }
+    private var directIOState: Bool
+    private let directIOLock = NSLock()
     private static let magic: [UInt8] = Array("STRBLK01".utf8)
     static let headerBytes = 32
     static let alignment = 4096
@@ -22,7 +27,7 @@ public final class FileTier: TierBackend {
     /// Opens (creating) the tier's directory; refuses one that is not a writable directory.
     public init(directory: String, directIO: Bool = true) throws {
         self.directory = directory
-        self.directIO = directIO
+        self.directIOState = directIO
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: directory, isDirectory: &isDir) {
             guard isDir.boolValue else { throw BlockStoreError(.tierUnavailable, "NVMe tier directory \(directory) is a file, not a directory") }
@@ -38,7 +43,8 @@ public final class FileTier: TierBackend {
 
     public var label: String {
         "NVMe (files in \(directory), \(directIO ? "direct I/O" : "buffered I/O (the filesystem refuses O_DIRECT)"), fsync on put"
-            + (writeBehind == nil ? ")" : ", written behind by a writer thread)")
+            + (writeBehind == nil ? "" : ", written behind by a writer thread")
+            + (reader == nil ? ")" : ", read by a reader thread)")
     }
 
     /// File names are the key's bytes in hex: any key is a safe name, and the name gives the key back.
@@ -63,7 +69,7 @@ public final class FileTier: TierBackend {
             let fd = Glibc.open(path, flags | Self.oDirect, 0o600)
             if fd >= 0 { return fd }
             if errno != EINVAL { throw ioError(path, errno) }
-            directIO = false   // this filesystem refuses direct I/O: buffered from now on
+            directIOLock.lock(); directIOState = false; directIOLock.unlock()   // this filesystem refuses direct I/O: buffered from now on
         }
         let fd = Glibc.open(path, flags, 0o600)
         guard fd >= 0 else { throw ioError(path, errno) }
@@ -264,6 +270,95 @@ public final class FileTier: TierBackend {
         }
     }
 
+    // MARK: Detached reads
+
+    /// Set by `enableDetachedReads`: reads may be handed to a reader thread (see there).
+    private var reader: DetachedReader?
+
+    /// Lets the store's owner hand reads to a reader thread (`submitReads`) and collect them when
+    /// done (`finishedReads`), so that the thread which heartbeats never waits on the disk: a get
+    /// of many NVMe blocks on the session thread held it long enough to be suspected (seen in
+    /// offload.yaml under `nvme`). The reader reads and checks a block exactly as `read` does.
+    public func enableDetachedReads() {
+        guard reader == nil else { return }
+        reader = DetachedReader(tier: self)
+    }
+
+    public var readsDetached: Bool { reader != nil }
+
+    /// One block read by the reader thread: its bytes or why not, and the seconds the read took.
+    public struct DetachedRead: Sendable {
+        public let key: String
+        public let result: Result<[UInt8], BlockStoreError>
+        public let seconds: Double
+    }
+
+    /// Queues reads of `keys` for the reader thread; the batch's id, or nil without detached reads.
+    public func submitReads(_ keys: [String]) -> UInt64? { reader?.submit(keys) }
+    /// Batches whose reads are all done, in the order they were submitted (each once).
+    public func finishedReads() -> [(id: UInt64, reads: [DetachedRead])] { reader?.takeFinished() ?? [] }
+    /// Batches submitted and not yet taken back.
+    public var readsOutstanding: Int { reader?.outstanding ?? 0 }
+
+    fileprivate final class DetachedReader: @unchecked Sendable {
+        private let lock = NSCondition()
+        private var queue: [(id: UInt64, keys: [String])] = []
+        private var done: [(id: UInt64, reads: [DetachedRead])] = []
+        private var nextID: UInt64 = 0
+        private(set) var outstandingCount = 0
+        // As the writer: one per memory host's NVMe tier, living as long as the process.
+        let tier: FileTier
+
+        init(tier: FileTier) {
+            self.tier = tier
+            let t = Thread { self.run() }
+            t.name = "strato-nvme-reader"
+            t.start()
+        }
+
+        var outstanding: Int { lock.lock(); defer { lock.unlock() }; return outstandingCount }
+
+        func submit(_ keys: [String]) -> UInt64 {
+            lock.lock(); defer { lock.unlock() }
+            nextID += 1
+            queue.append((nextID, keys))
+            outstandingCount += 1
+            lock.broadcast()
+            return nextID
+        }
+
+        func takeFinished() -> [(id: UInt64, reads: [DetachedRead])] {
+            lock.lock(); defer { lock.unlock() }
+            let out = done
+            done.removeAll()
+            outstandingCount -= out.count
+            return out
+        }
+
+        private func run() {
+            while true {
+                lock.lock()
+                while queue.isEmpty { lock.wait() }
+                let job = queue.removeFirst()
+                lock.unlock()
+                var reads: [DetachedRead] = []
+                reads.reserveCapacity(job.keys.count)
+                for k in job.keys {
+                    let t0 = DispatchTime.now().uptimeNanoseconds
+                    let r: Result<[UInt8], BlockStoreError>
+                    do { r = .success(try tier.read(k)) } catch let e as BlockStoreError { r = .failure(e) } catch {
+                        r = .failure(BlockStoreError(.io, "NVMe block '\(k)': \(error)"))
+                    }
+                    reads.append(DetachedRead(key: k, result: r, seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9))
+                }
+                lock.lock()
+                done.append((job.id, reads))
+                lock.unlock()
+            }
+        }
+    }
+
+    /// A block's bytes, checked. Safe from any thread (the session's, or the reader's).
     public func read(_ key: String) throws -> [UInt8] {
         if let behind = writeBehind, let queued = try behind.read(key) { return queued }
         let p = path(key, ".blk")

@@ -195,7 +195,10 @@ public final class TieredBlockStore {
     }
 
     private func account(_ t: Int, bytes: Int, since t0: UInt64, written: Bool, copied: Double = 0) {
-        let real = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 + copied
+        account(t, bytes: bytes, seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 + copied, written: written)
+    }
+
+    private func account(_ t: Int, bytes: Int, seconds real: Double, written: Bool) {
         let extra = tiers[t].backend.emulatedDelay(bytes: bytes, realSeconds: real)
         if extra > 0 { pace(extra) }
         tiers[t].counters.seconds += real + extra
@@ -251,8 +254,39 @@ public final class TieredBlockStore {
             misses += 1
             throw fail(BlockStoreError(.unknownKey, "no block '\(key)' in any tier"))
         }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let read: Result<[UInt8], BlockStoreError>
+        do { read = .success(try tiers[e.tier].backend.read(key)) } catch let err as BlockStoreError { read = .failure(err) }
+        return try finishGet(key, entry: e, read: read, seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9, promote: promote)
+    }
+
+    /// The NVMe tier when it reads on a thread of its own and holds `key`: the caller may read the
+    /// block there (`FileTier.submitReads`) and finish the get with `finishGet` when it is read.
+    public func detachedReader(for key: String) -> FileTier? {
+        guard let e = index[key], let f = tiers[e.tier].backend as? FileTier, f.readsDetached else { return nil }
+        return f
+    }
+
+    /// Finishes a get whose block `key` a tier's reader thread read (`seconds` it took): counted,
+    /// promoted and checked as `get` does. If the block left that tier meanwhile, the get is
+    /// answered from where it is now, or misses when it is gone (a block taken meanwhile is not
+    /// served twice).
+    public func finishGet(_ key: String, read: Result<[UInt8], BlockStoreError>, seconds: Double, promote: Bool = true) throws -> (bytes: [UInt8], tier: TierKind) {
+        guard let e = index[key] else {
+            misses += 1
+            throw fail(BlockStoreError(.unknownKey, "no block '\(key)' in any tier (it left while being read)"))
+        }
+        guard tiers[e.tier].backend is FileTier else { return try get(key, promote: promote) }
+        return try finishGet(key, entry: e, read: read, seconds: seconds, promote: promote)
+    }
+
+    private func finishGet(_ key: String, entry e: Entry, read: Result<[UInt8], BlockStoreError>, seconds: Double, promote: Bool) throws -> (bytes: [UInt8], tier: TierKind) {
         let data: [UInt8]
-        do { data = try readBytes(key, tier: e.tier) } catch let err as BlockStoreError {
+        switch read {
+        case .success(let d):
+            data = d
+            account(e.tier, bytes: d.count, seconds: seconds, written: false)
+        case .failure(let err):
             forget(key, tier: e.tier)
             misses += 1
             throw fail(err)
