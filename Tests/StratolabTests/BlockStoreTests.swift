@@ -164,6 +164,12 @@ struct BlockStoreTests {
         #expect(onDisk == inNVMe, "disk \(onDisk.count) blocks, store's NVMe tier \(inNVMe.count)")
         #expect(onDisk.isDisjoint(with: (0..<20).map { "kv/\($0)" }))
         #expect(try s.get("kv/50", promote: false).bytes == content("other", 1024))
+        // A block already on disk, removed: the writer unlinks its file (not the caller's thread).
+        let file = dir + "/" + FileTier.fileName("kv/60") + ".blk"
+        #expect(s.tier(of: "kv/60") == .nvme && FileManager.default.fileExists(atPath: file))
+        s.delete("kv/60")
+        tier.flush()
+        #expect(!FileManager.default.fileExists(atPath: file))
         // What was written is what a restarted host recovers, each block checked against its CRC.
         let again = try FileTier(directory: dir)
         for (key, size) in again.recovered() { #expect(try again.read(key).count == size && size == 1024) }

@@ -224,7 +224,7 @@ public final class TierStoreHandler: FeatureHandler, DataPlaneReceiver {
         if !g.existsOnly, let reader = nvmeReader {
             var onDisk: [String] = []
             for k in g.keys {
-                if store.detachedReader(for: k) != nil { onDisk.append(k) }
+                if store.detachedReader(for: k) != nil { onDisk.append(k); store.touch(k) }
                 else if g.prefixOnly && !store.exists(k) { break }   // the prefix ends here
             }
             if !onDisk.isEmpty, let id = reader.submitReads(onDisk) {

@@ -171,7 +171,8 @@ public final class FileTier: TierBackend {
     public func flush() { writeBehind?.flush() }
 
     fileprivate final class WriteBehind: @unchecked Sendable {
-        private struct Job { let key: String; let seq: UInt64; let buf: UnsafeMutableRawPointer; let length: Int; let payload: Int }
+        /// A block's image to write, or (no image) a removed block's file to unlink.
+        private struct Job { let key: String; let seq: UInt64; let buf: UnsafeMutableRawPointer?; let length: Int; let payload: Int }
         private let lock = NSCondition()
         private var queue: [Job] = []
         private var head = 0
@@ -216,15 +217,21 @@ public final class FileTier: TierBackend {
         func read(_ key: String) throws -> [UInt8]? {
             lock.lock(); defer { lock.unlock() }
             if let e = failed[key] { throw e }
-            guard let j = pending[key] else { return nil }
-            return [UInt8](UnsafeRawBufferPointer(start: j.buf + FileTier.headerBytes, count: j.payload))
+            guard let j = pending[key], let buf = j.buf else { return nil }
+            return [UInt8](UnsafeRawBufferPointer(start: buf + FileTier.headerBytes, count: j.payload))
         }
 
-        /// The block is removed: a queued image is not written (or its file is dropped once written).
+        /// The block is removed: a queued image is not written (or its file is dropped once
+        /// written), and its file is unlinked by the writer, in order with the writes: an unlink
+        /// waits on the disk's journal like the fsyncs beside it (under load it held the session
+        /// thread for up to a second).
         func remove(_ key: String) {
             lock.lock(); defer { lock.unlock() }
             pending[key] = nil
             failed[key] = nil
+            seq += 1
+            queue.append(Job(key: key, seq: seq, buf: nil, length: 0, payload: 0))
+            lock.broadcast()
         }
 
         func flush() {
@@ -239,6 +246,14 @@ public final class FileTier: TierBackend {
                 let job = queue[head]
                 head += 1
                 if head > 1024 && head * 2 > queue.count { queue.removeFirst(head); head = 0 }
+                guard let buf = job.buf else {
+                    // An unlink; a write of the same key queued after it is not affected (FIFO).
+                    busy = true
+                    lock.unlock()
+                    unlink(tier.directory + "/" + FileTier.fileName(job.key) + ".blk")
+                    lock.lock(); busy = false; lock.broadcast(); lock.unlock()
+                    continue
+                }
                 let wanted = pending[job.key]?.seq == job.seq
                 busy = wanted
                 lock.unlock()
@@ -247,7 +262,7 @@ public final class FileTier: TierBackend {
                     do {
                         // The rename happens only if the block is still this one; checked under the lock
                         // so a remove that races with the write never leaves a file behind.
-                        try tier.persist(job.key, job.buf, length: job.length) { [self] in
+                        try tier.persist(job.key, buf, length: job.length) { [self] in
                             lock.lock(); defer { lock.unlock() }
                             return pending[job.key]?.seq == job.seq
                         }
@@ -263,7 +278,7 @@ public final class FileTier: TierBackend {
                 }
                 bytes -= job.length
                 busy = false
-                free(job.buf)
+                free(buf)
                 lock.broadcast()
                 lock.unlock()
             }
@@ -391,7 +406,7 @@ public final class FileTier: TierBackend {
     }
 
     public func remove(_ key: String) {
-        writeBehind?.remove(key)
+        if let behind = writeBehind { behind.remove(key); return }   // the writer unlinks it
         unlink(path(key, ".blk"))
     }
 

@@ -267,6 +267,13 @@ public final class TieredBlockStore {
         return f
     }
 
+    /// Counts a use of `key` for eviction now: a block handed to a reader thread is not the next
+    /// to go while it is read (the get that finishes it would otherwise miss).
+    public func touch(_ key: String) {
+        guard let e = index[key] else { return }
+        policy.touched(key, tier: e.tier)
+    }
+
     /// Finishes a get whose block `key` a tier's reader thread read (`seconds` it took): counted,
     /// promoted and checked as `get` does. If the block left that tier meanwhile, the get is
     /// answered from where it is now, or misses when it is gone (a block taken meanwhile is not
