@@ -123,7 +123,13 @@ public final class FileTier: TierBackend {
     /// Writes an image to `<name>.tmp`, fsyncs it and renames it over `<name>.blk` (unless
     /// `stillWanted` says the block was removed or rewritten meanwhile: then the file is dropped).
     fileprivate func persist(_ key: String, _ buf: UnsafeMutableRawPointer, length size: Int, stillWanted: () -> Bool = { true }) throws {
-        let tmp = path(key, ".tmp"), final = path(key, ".blk")
+        let fd = try writeTemp(key, buf, length: size)
+        try commitTemp(key, fd, stillWanted: stillWanted)
+    }
+
+    /// Writes an image to `<name>.tmp` and returns the open file, not yet fsynced.
+    fileprivate func writeTemp(_ key: String, _ buf: UnsafeMutableRawPointer, length size: Int) throws -> Int32 {
+        let tmp = path(key, ".tmp")
         let payload = Int(UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
         // Direct I/O writes whole aligned blocks; buffered I/O writes exactly the file.
         let fd = try open(tmp, O_CREAT | O_WRONLY | O_TRUNC)
@@ -137,6 +143,13 @@ public final class FileTier: TierBackend {
             }
             done += n
         }
+        return fd
+    }
+
+    /// fsyncs and closes a `.tmp` written by `writeTemp`, then renames it over `<name>.blk`
+    /// unless the block is no longer wanted.
+    fileprivate func commitTemp(_ key: String, _ fd: Int32, stillWanted: () -> Bool) throws {
+        let tmp = path(key, ".tmp"), final = path(key, ".blk")
         guard fsync(fd) == 0 else { let e = ioError(tmp, errno); close(fd); unlink(tmp); throw e }
         close(fd)
         guard stillWanted() else { unlink(tmp); return }
@@ -239,46 +252,62 @@ public final class FileTier: TierBackend {
             while head < queue.count || busy { lock.wait() }
         }
 
+        /// Jobs taken at once: their files are all written before any is fsynced, so the first
+        /// fsync commits the filesystem's journal for all of them and the rest find theirs done
+        /// (group commit; one journal commit per block made puts a third slower than the disk).
+        static let batchJobs = 32, batchBytes = 32 << 20
+
         private func run() {
             while true {
                 lock.lock()
                 while head >= queue.count { lock.wait() }
-                let job = queue[head]
-                head += 1
-                if head > 1024 && head * 2 > queue.count { queue.removeFirst(head); head = 0 }
-                guard let buf = job.buf else {
-                    // An unlink; a write of the same key queued after it is not affected (FIFO).
-                    busy = true
-                    lock.unlock()
-                    unlink(tier.directory + "/" + FileTier.fileName(job.key) + ".blk")
-                    lock.lock(); busy = false; lock.broadcast(); lock.unlock()
-                    continue
+                var batch: [Job] = []
+                var taken = 0
+                while head < queue.count && batch.count < Self.batchJobs && (batch.isEmpty || taken + queue[head].length <= Self.batchBytes) {
+                    batch.append(queue[head]); taken += queue[head].length; head += 1
                 }
-                let wanted = pending[job.key]?.seq == job.seq
-                busy = wanted
+                if head > 1024 && head * 2 > queue.count { queue.removeFirst(head); head = 0 }
+                // A write is wanted while it is the newest of its key and not removed.
+                let wanted = batch.map { $0.buf != nil && pending[$0.key]?.seq == $0.seq }
+                busy = true
                 lock.unlock()
-                var error: BlockStoreError?
-                if wanted {
+                var fds = [Int32?](repeating: nil, count: batch.count)
+                var errors = [BlockStoreError?](repeating: nil, count: batch.count)
+                // In queue order: unlinks, and each wanted block's file written.
+                for (i, job) in batch.enumerated() {
+                    guard let buf = job.buf else {
+                        // A later write of the same key in this batch renames after this (phase 3).
+                        unlink(tier.directory + "/" + FileTier.fileName(job.key) + ".blk")
+                        continue
+                    }
+                    guard wanted[i] else { continue }
+                    do { fds[i] = try tier.writeTemp(job.key, buf, length: job.length) } catch let e as BlockStoreError { errors[i] = e } catch {}
+                }
+                // fsync and rename each, the rename only if the block is still this one: checked
+                // under the lock so a remove that races with the write never leaves a file behind.
+                for (i, job) in batch.enumerated() {
+                    guard let fd = fds[i] else { continue }
                     do {
-                        // The rename happens only if the block is still this one; checked under the lock
-                        // so a remove that races with the write never leaves a file behind.
-                        try tier.persist(job.key, buf, length: job.length) { [self] in
+                        try tier.commitTemp(job.key, fd) { [self] in
                             lock.lock(); defer { lock.unlock() }
                             return pending[job.key]?.seq == job.seq
                         }
-                    } catch let e as BlockStoreError { error = e } catch { }
+                    } catch let e as BlockStoreError { errors[i] = e } catch {}
                 }
                 lock.lock()
-                if pending[job.key]?.seq == job.seq {
-                    pending[job.key] = nil
-                    if let error { failed[job.key] = error; failures += 1 }
-                } else if wanted && error == nil && pending[job.key] == nil && failed[job.key] == nil {
-                    // Removed after the rename: drop the file.
-                    unlink(tier.directory + "/" + FileTier.fileName(job.key) + ".blk")
+                for (i, job) in batch.enumerated() {
+                    guard let buf = job.buf else { continue }
+                    if pending[job.key]?.seq == job.seq {
+                        pending[job.key] = nil
+                        if let error = errors[i] { failed[job.key] = error; failures += 1 }
+                    } else if wanted[i] && errors[i] == nil && pending[job.key] == nil && failed[job.key] == nil {
+                        // Removed after the rename: drop the file.
+                        unlink(tier.directory + "/" + FileTier.fileName(job.key) + ".blk")
+                    }
+                    bytes -= job.length
+                    free(buf)
                 }
-                bytes -= job.length
                 busy = false
-                free(buf)
                 lock.broadcast()
                 lock.unlock()
             }
