@@ -244,7 +244,7 @@ extension TwinCommand {
         @Flag(name: .customLong("twin-only"), help: "Run the twin alone (no testbed run, nothing compared): a quick look at a policy.") var twinOnly = false
 
         @Option(help: "Game specs with --twin-only: scale the players to this many (the device mix kept).") var players: Int?
-        @Option(help: "Game specs: run the testbed and the twin this many times (the twin with as many seeds) and compare the means; a policy that follows measured latencies switches a different number of times from run to run.") var repetitions = 1
+        @Option(help: "Run the testbed this many times and compare the twin with the means (game specs: the twin with as many seeds). Service specs: the same requests each time; a testbed's migrations are few and their count varies from run to run with its timing.") var repetitions = 1
 
         func run() throws {
             var s = try ExperimentSpec.load(file: spec)
@@ -260,7 +260,9 @@ extension TwinCommand {
                 if !sv.offload.isEmpty { sv.offload = [o]; s.workload.services = sv }
                 s.topology.coordinator.offloadPolicy = o
             }
-            s.seeds = [s.seeds.first ?? 1]; s.repetitions = 1
+            guard (1...20).contains(repetitions) else { throw ValidationError("--repetitions must be 1…20 (got \(repetitions))") }
+            // The same requests in every testbed run (one seed), as in the twin.
+            s.seeds = Array(repeating: s.seeds.first ?? 1, count: twinOnly ? 1 : repetitions); s.repetitions = s.seeds.count
             let dataDir = DataPaths.dataDirectory(data)
             let runner = ExperimentRunner(spec: s, platform: LocalPlatform(runDirectory: runDir), out: out + "/testbed")
             runner.dataDirectory = dataDir
@@ -298,12 +300,13 @@ extension TwinCommand {
             w.services = services
             guard let p = Policies.named(s.topology.coordinator.policy) else { throw ValidationError("unknown policy \(s.topology.coordinator.policy)") }
             // The testbed first: the twin's memory tiers take the figures its hosts probed.
-            var testbedRun: ExperimentSummary?
+            var testbedRuns: [ExperimentSummary] = []
             if !twinOnly {
                 if let old = Testbed.load(runDirectory: runDir) { old.down() }
-                testbedRun = try runner.runAll()[0]
+                testbedRuns = try runner.runAll()
+                guard testbedRuns.count == s.seeds.count else { throw ValidationError("\(s.seeds.count - testbedRuns.count) of \(s.seeds.count) testbed runs did not finish") }
             }
-            options.tiers = try TwinValidateSpec.tierSettings(s, measured: testbedRun?.offload.figures)
+            options.tiers = try TwinValidateSpec.tierSettings(s, measured: testbedRuns.first?.offload.figures)
             if let t = options.tiers { print("  twin memory tiers: policy \(t.policy), \(t.hosts.count) hosts, figures \(t.figuresSource)") }
             let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: options).run(policy: p)
             if !twin.tiers.isEmpty {
@@ -321,21 +324,36 @@ extension TwinCommand {
                 print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", "))
                 return
             }
-            let testbed = testbedRun!
+            let testbed = testbedRuns[0]
+            /// A figure's mean over the testbed runs (those that have it).
+            func mean(_ f: (ExperimentSummary) -> Double?) -> Double {
+                let v = testbedRuns.compactMap(f).filter(\.isFinite)
+                return v.isEmpty ? .nan : v.reduce(0, +) / Double(v.count)
+            }
+            let over = testbedRuns.count > 1 ? " (testbed: mean of \(testbedRuns.count) runs)" : ""
+            if testbedRuns.count > 1 {
+                for (k, r) in testbedRuns.enumerated() {
+                    let figures: [String] = r.requests.services.map { String(format: "%@ P99 TTFT %.2f s, P50 %.2f s", $0.id as NSString, $0.ttftP99, $0.ttftP50) }
+                    let reasons: [String] = r.migrations.byReason.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+                    let downtime: String = r.migrations.downtimeP50Ms.map { String(format: ", downtime p50 %.1f ms", $0) } ?? ""
+                    print("  testbed run \(k + 1): \(figures.joined(separator: "; ")), migrations \(r.migrations.started) (\(reasons.joined(separator: ", ")))\(downtime)")
+                }
+            }
             if testbed.offload.known && testbed.offload.lookups > 0 {
                 print("  testbed prefix hits: " + String(format: "%.1f%% of prompt tokens", testbed.offload.hitRatio * 100) + ", \(testbed.offload.hits)/\(testbed.offload.lookups) lookups, \(testbed.offload.fallbacks) fallbacks")
             }
 
             func err(_ a: Double, _ b: Double) -> Double { a > 0 ? abs(b - a) / a : (b == 0 ? 0 : .infinity) }
-            var text = "figure                        testbed      twin     error\n"
+            var text = "figure                        testbed      twin     error\(over)\n"
             var worst = 0.0
             for a in testbed.requests.services {
                 guard let b = twin.services.first(where: { $0.id == a.id }) else { continue }
+                func of(_ r: ExperimentSummary) -> RequestAccounting.Service? { r.requests.services.first { $0.id == a.id } }
                 let rows: [(String, Double, Double, Bool)] = [
-                    ("\(a.id) P99 TTFT s", a.ttftP99, b.ttftP99 ?? .nan, true),
-                    ("\(a.id) P50 TTFT s", a.ttftP50, b.ttftP50 ?? .nan, false),
-                    ("\(a.id) P99 latency s", a.latencyP99, b.latencyP99 ?? .nan, false),
-                    ("\(a.id) preemptions", Double(a.preemptions), Double(b.preemptions ?? 0), false),
+                    ("\(a.id) P99 TTFT s", mean { of($0)?.ttftP99 }, b.ttftP99 ?? .nan, true),
+                    ("\(a.id) P50 TTFT s", mean { of($0)?.ttftP50 }, b.ttftP50 ?? .nan, false),
+                    ("\(a.id) P99 latency s", mean { of($0)?.latencyP99 }, b.latencyP99 ?? .nan, false),
+                    ("\(a.id) preemptions", mean { of($0).map { Double($0.preemptions) } }, Double(b.preemptions ?? 0), false),
                 ]
                 for (name, x, y, target) in rows {
                     let e = err(x, y)
@@ -343,16 +361,17 @@ extension TwinCommand {
                     text += name.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.3f %9.3f   %6.1f%%", x, y, e * 100) + (target ? "  (target ≤ 10 %)" : "") + "\n"
                 }
             }
-            let tbMoved = testbed.migrations.started, twMoved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
-            let e = err(Double(tbMoved), Double(twMoved))
+            let tbMoved = mean { Double($0.migrations.started) }, twMoved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
+            let e = err(tbMoved, Double(twMoved))
             worst = max(worst, e)
-            text += "migrations".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9d %9d   %6.1f%%  (target ≤ 10 %%)\n", tbMoved, twMoved, e * 100)
-            for k in Set(testbed.migrations.byReason.keys).union(twin.migrations.keys.filter { $0.hasPrefix("reason/") }.map { String($0.dropFirst(7)) }).sorted() {
-                text += "  \(k)".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9d %9d\n", testbed.migrations.byReason[k] ?? 0, twin.migrations["reason/" + k] ?? 0)
+            text += "migrations".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9d   %6.1f%%  (target ≤ 10 %%)\n", tbMoved, twMoved, e * 100)
+            let reasons = Set(testbedRuns.flatMap(\.migrations.byReason.keys)).union(twin.migrations.keys.filter { $0.hasPrefix("reason/") }.map { String($0.dropFirst(7)) })
+            for k in reasons.sorted() {
+                text += "  \(k)".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9d\n", mean { Double($0.migrations.byReason[k] ?? 0) }, twin.migrations["reason/" + k] ?? 0)
             }
             let d = twin.migrationDowntimes.sorted()
             text += "downtime p50 ms".padding(toLength: 28, withPad: " ", startingAt: 0)
-                + String(format: "%9.1f %9.1f\n", testbed.migrations.downtimeP50Ms ?? .nan, d.isEmpty ? .nan : percentile(d, 50) * 1000)
+                + String(format: "%9.1f %9.1f\n", mean { $0.migrations.downtimeP50Ms }, d.isEmpty ? .nan : percentile(d, 50) * 1000)
             print("\n" + text)
             print(worst <= 0.10 ? "twin within 10 % on P99 TTFT and migration counts: target met" : String(format: "twin off by %.1f %% at worst (target 10 %%): NOT met", worst * 100))
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
