@@ -62,16 +62,22 @@ public struct EnvelopeCodec: Sendable {
         if frame.count > maxFrameBytes {
             throw EnvelopeDecodeError.frameTooLarge(size: frame.count, limit: maxFrameBytes)
         }
-        let envelope: Envelope
         if let fast = HotPathCodec.decode(frame) {
-            envelope = fast
-        } else { do {
+            // The fast path returns only envelopes with a body; reading `body` back to check would
+            // copy the whole oneof.
+            if fast.protocolVersion != currentProtocolVersion {
+                throw EnvelopeDecodeError.unsupportedVersion(fast.protocolVersion)
+            }
+            return fast
+        }
+        let envelope: Envelope
+        do {
             var options = BinaryDecodingOptions()
             options.messageDepthLimit = 32
             envelope = try Envelope(serializedBytes: frame, options: options)
         } catch {
             throw EnvelopeDecodeError.malformed("\(error)")
-        } }
+        }
         if envelope.protocolVersion != currentProtocolVersion {
             throw EnvelopeDecodeError.unsupportedVersion(envelope.protocolVersion)
         }

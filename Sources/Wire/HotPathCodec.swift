@@ -18,15 +18,20 @@ enum HotPathCodec {
     // MARK: Encoding
 
     static func encode(_ e: Envelope) -> [UInt8]? {
-        guard e.unknownFields.data.isEmpty else { return nil }
         var w = Writer(capacity: 256)
+        guard write(e, into: &w) else { return nil }
+        return w.bytes()
+    }
+
+    private static func write(_ e: Envelope, into w: inout Writer) -> Bool {
+        guard e.unknownFields.data.isEmpty else { return false }
         w.varintField(1, UInt64(e.protocolVersion))
         w.varintField(2, e.messageID)
         w.stringField(3, e.sender)
         w.varintField(4, UInt64(bitPattern: e.sentAtUnixNanos))
         if e.hasTrace {
             let t = e.trace
-            guard t.unknownFields.data.isEmpty else { return nil }
+            guard t.unknownFields.data.isEmpty else { return false }
             w.message(5) { w in
                 w.bytesField(1, t.traceID)
                 w.varintField(2, t.spanID)
@@ -37,14 +42,10 @@ enum HotPathCodec {
         w.stringField(6, e.recipient)
         w.varintField(7, e.inReplyTo)
         switch e.body {
-        case .heartbeat(let hb)?:
-            guard encodeHeartbeat(hb, into: &w) else { return nil }
-        case .heartbeatAck(let ack)?:
-            guard encodeAck(ack, into: &w) else { return nil }
-        default:
-            return nil
+        case .heartbeat(let hb)?: return encodeHeartbeat(hb, into: &w)
+        case .heartbeatAck(let ack)?: return encodeAck(ack, into: &w)
+        default: return false
         }
-        return w.bytes()
     }
 
     private static func encodeHeartbeat(_ hb: Heartbeat, into w: inout Writer) -> Bool {
@@ -193,7 +194,7 @@ enum HotPathCodec {
         }
         /// A length-delimited submessage: written in place, then its length put before it (one
         /// byte for the small messages of this path; the body is moved up when longer).
-        mutating func message(_ field: Int, _ body: (inout Writer) -> Void) {
+        @inline(__always) mutating func message(_ field: Int, _ body: (inout Writer) -> Void) {
             tag(field, 2)
             ensure(1)
             let lengthAt = count
@@ -221,36 +222,55 @@ enum HotPathCodec {
     /// The envelope in `frame` when it is a heartbeat or heartbeat ack this path reads entirely;
     /// nil to let SwiftProtobuf decide (every other body, anything unexpected, every error).
     static func decode(_ frame: [UInt8]) -> Envelope? {
-        frame.withUnsafeBufferPointer { p -> Envelope? in
-            var r = Reader(p, 0, p.count)
-            var e = Envelope()
-            var seen: UInt32 = 0
-            while !r.atEnd {
-                guard let (field, wire) = r.tag(), field < 32 else { return nil }
-                // A singular field seen twice merges or overrides in protobuf: leave that to SwiftProtobuf.
-                guard seen & (1 << field) == 0 else { return nil }
-                seen |= 1 << field
-                switch (field, wire) {
-                case (1, 0): guard let v = r.varint(), v <= UInt64(UInt32.max) else { return nil }; e.protocolVersion = UInt32(v)
-                case (2, 0): guard let v = r.varint() else { return nil }; e.messageID = v
-                case (3, 2): guard let s = r.string() else { return nil }; e.sender = s
-                case (4, 0): guard let v = r.varint() else { return nil }; e.sentAtUnixNanos = Int64(bitPattern: v)
-                case (5, 2):
-                    guard var sub = r.submessage(), let t = decodeTrace(&sub) else { return nil }
-                    e.trace = t
-                case (6, 2): guard let s = r.string() else { return nil }; e.recipient = s
-                case (7, 0): guard let v = r.varint() else { return nil }; e.inReplyTo = v
-                case (12, 2):
-                    guard e.body == nil, var sub = r.submessage(), let hb = decodeHeartbeat(&sub) else { return nil }
-                    e.body = .heartbeat(hb)
-                case (13, 2):
-                    guard e.body == nil, var sub = r.submessage(), let ack = decodeAck(&sub) else { return nil }
-                    e.body = .heartbeatAck(ack)
-                default: return nil
-                }
+        frame.withUnsafeBufferPointer { decode($0) }
+    }
+
+    private static func decode(_ p: UnsafeBufferPointer<UInt8>) -> Envelope? {
+        var r = Reader(p, 0, p.count)
+        // Fields are gathered here and the envelope built once at the end: each setter of a
+        // SwiftProtobuf message with heap storage checks uniqueness and exclusivity, and reading
+        // its `body` back copies the whole oneof, which cost more than the parsing.
+        var version: UInt32 = 0, messageID: UInt64 = 0, sentAt: Int64 = 0, inReplyTo: UInt64 = 0
+        var sender = "", recipient = ""
+        var trace: TraceContext?
+        var body: Envelope.OneOf_Body?
+        var seen: UInt32 = 0
+        while !r.atEnd {
+            guard let (field, wire) = r.tag(), field < 32 else { return nil }
+            // A singular field seen twice merges or overrides in protobuf: leave that to SwiftProtobuf.
+            guard seen & (1 << field) == 0 else { return nil }
+            seen |= 1 << field
+            switch (field, wire) {
+            case (1, 0): guard let v = r.varint(), v <= UInt64(UInt32.max) else { return nil }; version = UInt32(v)
+            case (2, 0): guard let v = r.varint() else { return nil }; messageID = v
+            case (3, 2): guard let s = r.string() else { return nil }; sender = s
+            case (4, 0): guard let v = r.varint() else { return nil }; sentAt = Int64(bitPattern: v)
+            case (5, 2):
+                guard var sub = r.submessage(), let t = decodeTrace(&sub) else { return nil }
+                trace = t
+            case (6, 2): guard let s = r.string() else { return nil }; recipient = s
+            case (7, 0): guard let v = r.varint() else { return nil }; inReplyTo = v
+            case (12, 2):
+                // One body only (`seen` holds the other's bit): two oneof members is SwiftProtobuf's case.
+                guard seen & (1 << 13) == 0, var sub = r.submessage(), let hb = decodeHeartbeat(&sub) else { return nil }
+                body = .heartbeat(hb)
+            case (13, 2):
+                guard seen & (1 << 12) == 0, var sub = r.submessage(), let ack = decodeAck(&sub) else { return nil }
+                body = .heartbeatAck(ack)
+            default: return nil
             }
-            return e.body == nil ? nil : e
         }
+        guard let body else { return nil }
+        var e = Envelope()
+        e.protocolVersion = version
+        e.messageID = messageID
+        e.sender = sender
+        e.sentAtUnixNanos = sentAt
+        if let trace { e.trace = trace }
+        e.recipient = recipient
+        e.inReplyTo = inReplyTo
+        e.body = body
+        return e
     }
 
     private static func decodeTrace(_ r: inout Reader) -> TraceContext? {
