@@ -18,20 +18,15 @@ enum HotPathCodec {
     // MARK: Encoding
 
     static func encode(_ e: Envelope) -> [UInt8]? {
+        guard e.unknownFields.data.isEmpty else { return nil }
         var w = Writer(capacity: 256)
-        guard write(e, into: &w) else { return nil }
-        return w.bytes()
-    }
-
-    private static func write(_ e: Envelope, into w: inout Writer) -> Bool {
-        guard e.unknownFields.data.isEmpty else { return false }
         w.varintField(1, UInt64(e.protocolVersion))
         w.varintField(2, e.messageID)
         w.stringField(3, e.sender)
         w.varintField(4, UInt64(bitPattern: e.sentAtUnixNanos))
         if e.hasTrace {
             let t = e.trace
-            guard t.unknownFields.data.isEmpty else { return false }
+            guard t.unknownFields.data.isEmpty else { return nil }
             w.message(5) { w in
                 w.bytesField(1, t.traceID)
                 w.varintField(2, t.spanID)
@@ -42,10 +37,14 @@ enum HotPathCodec {
         w.stringField(6, e.recipient)
         w.varintField(7, e.inReplyTo)
         switch e.body {
-        case .heartbeat(let hb)?: return encodeHeartbeat(hb, into: &w)
-        case .heartbeatAck(let ack)?: return encodeAck(ack, into: &w)
-        default: return false
+        case .heartbeat(let hb)?:
+            guard encodeHeartbeat(hb, into: &w) else { return nil }
+        case .heartbeatAck(let ack)?:
+            guard encodeAck(ack, into: &w) else { return nil }
+        default:
+            return nil
         }
+        return w.bytes()
     }
 
     private static func encodeHeartbeat(_ hb: Heartbeat, into w: inout Writer) -> Bool {
