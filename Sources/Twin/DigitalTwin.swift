@@ -41,6 +41,10 @@ public struct TwinOptions: Sendable {
     public var drains: [(node: String, from: Double, until: Double)] = []
     /// Memory hosts' tiers and the offload policy (nil: no memory tier).
     public var tiers: TiersTwinModel.Settings?
+    /// Requests the router lets a replica have outstanding, as a multiple of its batch (the
+    /// coordinator's 2); nil: none held at the router, each goes to a replica on arrival and waits
+    /// in its engine's queue (vLLM behind Llumnix's dispatcher). Twin only for now.
+    public var routerHoldFactor: Int? = 2
     public init() {}
 }
 
@@ -108,6 +112,7 @@ public struct DigitalTwin {
         replicas.tiers = tierModel
         // Cache-aware routing comes with our offload policy, as on the coordinator.
         router.prefixAffinity = tierModel?.policy.name == "tiered"
+        router.holdFactor = options.routerHoldFactor
 
         let servicesByID = Dictionary(uniqueKeysWithValues: scheduler.services.map { ($0.id, $0) })
         for (i, q) in options.requests.enumerated() { queue.push(q.arrival, .request(i)) }

@@ -243,6 +243,7 @@ extension TwinCommand {
         @Option(name: .customLong("run-dir"), help: "Run directory of the local testbed.") var runDir = ".strato/validate"
         @Flag(name: .customLong("twin-only"), help: "Run the twin alone (no testbed run, nothing compared): a quick look at a policy.") var twinOnly = false
 
+        @Option(name: .customLong("queue-at"), help: "Service specs with --twin-only: where requests wait for a replica: 'router' (the coordinator holds them and sends a replica at most twice its batch, as the testbed does) or 'replicas' (each goes to a replica on arrival and waits in its engine's queue, as behind Llumnix's dispatcher; twin only).") var queueAt = "router"
         @Option(help: "Game specs with --twin-only: scale the players to this many (the device mix kept).") var players: Int?
         @Option(help: "Run the testbed this many times and compare the twin with the means (game specs: the twin with as many seeds). Service specs: the same requests each time; a testbed's migrations are few and their count varies from run to run with its timing.") var repetitions = 1
 
@@ -260,6 +261,8 @@ extension TwinCommand {
                 if !sv.offload.isEmpty { sv.offload = [o]; s.workload.services = sv }
                 s.topology.coordinator.offloadPolicy = o
             }
+            guard ["router", "replicas"].contains(queueAt) else { throw ValidationError("--queue-at must be 'router' or 'replicas' (got '\(queueAt)')") }
+            guard queueAt == "router" || twinOnly else { throw ValidationError("--queue-at replicas needs --twin-only: the testbed's coordinator always holds requests at its router") }
             guard (1...20).contains(repetitions) else { throw ValidationError("--repetitions must be 1…20 (got \(repetitions))") }
             // The same requests in every testbed run (one seed), as in the twin.
             s.seeds = Array(repeating: s.seeds.first ?? 1, count: twinOnly ? 1 : repetitions); s.repetitions = s.seeds.count
@@ -275,6 +278,7 @@ extension TwinCommand {
             let scale = s.topology.coordinator.timeScale
             var options = TwinOptions()
             options.requests = requests
+            if queueAt == "replicas" { options.routerHoldFactor = nil }
             options.reportLatency = 0.010 * scale
             options.startLatency = 0.010 * scale
             options.serveLatency = 0.0014 * scale
@@ -316,7 +320,7 @@ extension TwinCommand {
                       + ", \(t["gpu_hits"] ?? 0) from GPU caches, \(t["hits"] ?? 0)/\(t["lookups"] ?? 0) tier lookups, \(t["fallbacks"] ?? 0) fallbacks, \(t["swap_outs"] ?? 0) swaps, \(t["prefix_routed"] ?? 0) routed by prefix")
             }
             if twinOnly {
-                print("twin only, migration policy \(policy)" + (options.tiers.map { ", offload policy \($0.policy)" } ?? "") + ":")
+                print("twin only, migration policy \(policy), requests wait at the \(queueAt == "router" ? "router (up to 2× batch per replica)" : "replicas")" + (options.tiers.map { ", offload policy \($0.policy)" } ?? "") + ":")
                 for b in twin.services {
                     print("  \(b.id): " + String(format: "P50 TTFT %.2f s, P99 TTFT %.2f s, P99 latency %.2f s, preemptions %d", b.ttftP50 ?? .nan, b.ttftP99 ?? .nan, b.latencyP99 ?? .nan, b.preemptions ?? 0))
                 }

@@ -96,6 +96,26 @@ struct ServiceTests {
         #expect(t.submitted == 4 && t.completed == 3 && t.withinSLO == 1 && t.resent == 2)
     }
 
+    @Test("without a hold at the router every arrived request goes to a replica at once (join-shortest-queue), past twice its batch")
+    func routerWithoutHold() {
+        let svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1, rateCurve: [RatePoint(time: 0, rps: 1)],
+                              meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 20)
+        let held = RequestRouter(), open = RequestRouter()
+        open.holdFactor = nil
+        for r in [held, open] {
+            _ = r.submit((1...7).map { request("q\($0)", arrival: Double($0)) }, services: ["s": svc])
+            r.replicaReady("s-r1", service: "s", node: "n1", batch: 1)
+            r.replicaReady("s-r2", service: "s", node: "n2", batch: 1)
+        }
+        // Held: two per replica (2 × batch 1), three wait at the router.
+        #expect(held.route(now: 10).reduce(0) { $0 + $1.requests.count } == 4)
+        // Not held: all seven go out, alternating between the replicas by outstanding count.
+        let routes = open.route(now: 10)
+        #expect(routes.map(\.replica) == ["s-r1", "s-r2"])
+        #expect(routes[0].requests.map(\.id) == ["q1", "q3", "q5", "q7"] && routes[1].requests.map(\.id) == ["q2", "q4", "q6"])
+        #expect(open.route(now: 10).isEmpty)
+    }
+
     @Test("services, replicas and requests survive a coordinator restart; unfinished requests are sent again, to their own replica when it is still there")
     func storeRoundTrip() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("strato-svc-\(UUID().uuidString)").path

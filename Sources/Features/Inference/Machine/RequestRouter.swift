@@ -203,6 +203,14 @@ public final class RequestRouter {
     /// replica's batch outstanding.
     public enum Dispatch: String, Sendable { case shortestQueue = "shortest-queue", freeness }
     public var dispatch = Dispatch.shortestQueue
+    /// Requests a replica may have outstanding, as a multiple of its batch (nil: no bound, every
+    /// request goes to a replica on arrival and waits in its engine's queue, as with vLLM behind
+    /// Llumnix's dispatcher).
+    public var holdFactor: Int? = 2
+    private func hasRoom(_ load: Int, _ rep: String) -> Bool {
+        guard let f = holdFactor else { return true }
+        return load < f * ready[rep]!.batch
+    }
     /// Each replica's KV as last reported: free blocks (less what its waiting requests need) and
     /// running requests. Dispatching takes each routed request's prompt off its replica's free
     /// blocks until the next report.
@@ -276,7 +284,7 @@ public final class RequestRouter {
                 var bestFree = -Double.infinity
                 for rep in replicas {
                     let load = outstanding[rep]?.count ?? 0
-                    guard load < 2 * ready[rep]!.batch else { continue }
+                    guard hasRoom(load, rep) else { continue }
                     if dispatch == .freeness {
                         let f = freeness(rep, unreported: unreportedFree)
                         if f > bestFree || (f == bestFree && load < bestLoad) { best = rep; bestLoad = load; bestFree = f }
@@ -287,7 +295,7 @@ public final class RequestRouter {
                     var pick: (rep: String, matched: Int, load: Int)?
                     for rep in replicas {
                         let load = outstanding[rep]?.count ?? 0
-                        guard load < 2 * ready[rep]!.batch, load <= bestLoad + max(1, Int(affinitySlack * Double(ready[rep]!.batch))) else { continue }
+                        guard hasRoom(load, rep), load <= bestLoad + max(1, Int(affinitySlack * Double(ready[rep]!.batch))) else { continue }
                         let m = affinity(r.request.prefixKeys, rep)
                         if m > (pick?.matched ?? 0) || (m > 0 && m == pick?.matched && load < pick!.load) { pick = (rep, m, load) }
                     }
