@@ -77,6 +77,7 @@ final class GameOnDataPlaneTests: XCTestCase {
         try drive(10, until: { player.showing == .site("edge-0") })
         XCTAssertEqual(player.showing, .site("edge-0"))
         XCTAssertFalse(player.localActive, "the local renderer stopped once the stream showed")
+        let drawing = player.lastLocalFrameMs
         XCTAssertEqual(site.players, ["p-0"])
         let shown = player.meter.framesShown
         try drive(10, until: { player.meter.framesShown >= shown + 30 })
@@ -101,6 +102,7 @@ final class GameOnDataPlaneTests: XCTestCase {
         XCTAssertEqual(records.map(\.to), ["edge-0", "local"])
         XCTAssertEqual(records.map(\.forced), [false, true])
         XCTAssertLessThan(records[0].gapMs, 1000, "make-before-break: the switch itself shows no long gap")
+        XCTAssertGreaterThanOrEqual(records[0].oldFrameMs, drawing, "the gap is judged against the frame the local renderer was drawing, when longer than its last")
         XCTAssertGreaterThanOrEqual(records[1].gapMs, 500, "the fall-back waited for the silence")
         XCTAssertLessThan(records[1].gapMs, 3000, "and was bounded by it, far under the failure detector's time")
         XCTAssertGreaterThan(world.world.tick, 20)

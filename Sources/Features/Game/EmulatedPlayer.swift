@@ -39,7 +39,8 @@ public final class EmulatedPlayer {
     public private(set) var battery: Double
     public private(set) var pluggedIn: Bool
     private var lastEnergyAt: Int64
-    private var lastLocalFrameMs = 16.7
+    /// The local renderer's latest frame time (ms): the frame it is drawing while active.
+    private(set) var lastLocalFrameMs = 16.7
     private var bytesIn: UInt64 = 0, bytesOut: UInt64 = 0
     private var bytesInAtReport: UInt64 = 0, bytesOutAtReport: UInt64 = 0
     private var reportedAt: Int64 = 0
@@ -247,7 +248,10 @@ public final class EmulatedPlayer {
                 r.player = id; r.from = from.description; r.to = to.description; r.forced = forced
                 r.warmupMs = max(0, t - startedAt) * 1000; r.atUnixNanos = wall
                 r.reason = forced ? "\(from) stopped serving" : "placed"
-                r.oldFrameMs = meter.frameTimesMs.last ?? 0
+                // The frame time the gap is judged against: the old renderer's last one, or, when
+                // the local renderer was drawing a longer frame (meshing new chunks), that one: the
+                // player would have waited for it had nothing switched.
+                r.oldFrameMs = max(meter.frameTimesMs.last ?? 0, from == .local ? lastLocalFrameMs : 0)
                 if forced { fallbacks += 1 }
                 pendingGap = (r, meter.lastFrameAt ?? t)
             case let .rolledBack(from, target, reason):

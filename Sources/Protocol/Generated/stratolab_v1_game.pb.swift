@@ -334,7 +334,7 @@ public nonisolated struct Stratolab_V1_SwitchRecord: Sendable {
 
   public var player: String = String()
 
-  /// The old renderer's last frame time before the switch (ms): the gap is judged against it.
+  /// The old renderer's frame time at the switch (ms): its last frame's, or the one it was drawing when longer. The gap is judged against it.
   public var oldFrameMs: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()

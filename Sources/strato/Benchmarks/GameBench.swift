@@ -49,6 +49,9 @@ struct GameBenchCommand: ParsableCommand {
         let excess = s.excess
         print(String(format: "  gap beyond the old renderer's own frame interval: P50 %.1f ms, P99 %.1f ms; target (P99 ≤ 5 ms, i.e. the gap is at most one frame interval): %@",
                      PlayerMeter.percentile(excess, 50), PlayerMeter.percentile(excess, 99), PlayerMeter.percentile(excess, 99) <= 5 ? "met" : "NOT met"))
+        for (direction, e) in s.excessByDirection.sorted(by: { $0.key < $1.key }) {
+            print(String(format: "    %@: %d switches, beyond P50 %.1f ms, P99 %.1f ms, max %.1f ms", direction as NSString, e.count, PlayerMeter.percentile(e, 50), PlayerMeter.percentile(e, 99), e.max() ?? 0))
+        }
         print(String(format: "fall-back after the site is killed (%d players): gap P50 %.0f ms, max %.0f ms (stream silence timeout %.0f ms, then a cold local start)",
                      s.fallbacks.count, PlayerMeter.percentile(s.fallbacks, 50), s.fallbacks.max() ?? 0, 500.0))
     }
@@ -184,7 +187,7 @@ enum GameBench {
         return RenderResult(meanFPS: fps.reduce(0, +) / Double(n), minFPS: fps.min() ?? 0, mbps: Double(b1 - b0) * 8 / 1e6 / seconds)
     }
 
-    static func switches(players n: Int) throws -> (gaps: [Double], fallbacks: [Double], localFrameMs: Double, excess: [Double]) {
+    static func switches(players n: Int) throws -> (gaps: [Double], fallbacks: [Double], localFrameMs: Double, excess: [Double], excessByDirection: [String: [Double]]) {
         let worldPlane = try plane("world"), sitePlane = try plane("edge"), playerPlane = try plane("players")
         let world = WorldServerHandler(nodeID: "world", plane: worldPlane, tickHz: 20, entities: 32)
         let site = RenderSiteHandler(nodeID: "edge", plane: sitePlane, slots: n, gpuModel: "L4")
@@ -223,17 +226,18 @@ enum GameBench {
         siteAlive = false
         sitePlane.close()
         try drive(3)
-        var gaps: [Double] = [], fallbacks: [Double] = [], excess: [Double] = []
+        var gaps: [Double] = [], fallbacks: [Double] = [], excess: [Double] = [], byDirection: [String: [Double]] = [:]
         for node in nodes {
             for r in node.handler.reports(wallNanos: 0) where r.key.hasPrefix("switch-") {
                 guard let s = try? SwitchRecord(serializedBytes: r.body), !s.rolledBack else { continue }
                 if s.forced { fallbacks.append(s.gapMs) } else if s.from != "" {
                     gaps.append(s.gapMs)
                     excess.append(max(0, s.gapMs - max(1000.0 / 60, s.oldFrameMs)))
+                    byDirection["\(s.from) → \(s.to)", default: []].append(excess.last!)
                 }
             }
         }
         let local = nodes.flatMap { $0.handler.player.meter.frameTimesMs }
-        return (gaps, fallbacks, PlayerMeter.percentile(local, 50), excess)
+        return (gaps, fallbacks, PlayerMeter.percentile(local, 50), excess, byDirection)
     }
 }
