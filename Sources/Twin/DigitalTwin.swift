@@ -42,9 +42,9 @@ public struct TwinOptions: Sendable {
     /// Memory hosts' tiers and the offload policy (nil: no memory tier).
     public var tiers: TiersTwinModel.Settings?
     /// Requests the router lets a replica have outstanding, as a multiple of its batch (the
-    /// coordinator's 2); nil: none held at the router, each goes to a replica on arrival and waits
+    /// coordinator's); nil: none held at the router, each goes to a replica on arrival and waits
     /// in its engine's queue (vLLM behind Llumnix's dispatcher). Twin only for now.
-    public var routerHoldFactor: Int? = 2
+    public var routerHoldFactor: Int? = RequestRouter.defaultHoldFactor
     public init() {}
 }
 

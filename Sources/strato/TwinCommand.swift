@@ -320,7 +320,7 @@ extension TwinCommand {
                       + ", \(t["gpu_hits"] ?? 0) from GPU caches, \(t["hits"] ?? 0)/\(t["lookups"] ?? 0) tier lookups, \(t["fallbacks"] ?? 0) fallbacks, \(t["swap_outs"] ?? 0) swaps, \(t["prefix_routed"] ?? 0) routed by prefix")
             }
             if twinOnly {
-                print("twin only, migration policy \(policy), requests wait at the \(queueAt == "router" ? "router (up to 2× batch per replica)" : "replicas")" + (options.tiers.map { ", offload policy \($0.policy)" } ?? "") + ":")
+                print("twin only, migration policy \(policy), requests wait at the \(queueAt == "router" ? "router (up to \(RequestRouter.defaultHoldFactor)× batch per replica)" : "replicas")" + (options.tiers.map { ", offload policy \($0.policy)" } ?? "") + ":")
                 for b in twin.services {
                     print("  \(b.id): " + String(format: "P50 TTFT %.2f s, P99 TTFT %.2f s, P99 latency %.2f s, preemptions %d", b.ttftP50 ?? .nan, b.ttftP99 ?? .nan, b.latencyP99 ?? .nan, b.preemptions ?? 0))
                 }

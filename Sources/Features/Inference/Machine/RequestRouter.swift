@@ -206,7 +206,9 @@ public final class RequestRouter {
     /// Requests a replica may have outstanding, as a multiple of its batch (nil: no bound, every
     /// request goes to a replica on arrival and waits in its engine's queue, as with vLLM behind
     /// Llumnix's dispatcher).
-    public var holdFactor: Int? = 2
+    public var holdFactor: Int? = RequestRouter.defaultHoldFactor
+    /// The coordinator's hold: twice the batch, so a new replica takes load at once.
+    public static let defaultHoldFactor = 2
     private func hasRoom(_ load: Int, _ rep: String) -> Bool {
         guard let f = holdFactor else { return true }
         return load < f * ready[rep]!.batch
