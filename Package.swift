@@ -69,7 +69,7 @@ let package = Package(
             ]),
         .testTarget(
             name: "StratolabTests",
-            dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "Features", "Twin", "GPUAgent", "MemoryAgent", "RenderAgent", "DataPlane"]),
+            dependencies: ["Wire", "Cluster", "Coordinator", "Scheduling", "Experiments", "Features", "Twin", "GPUAgent", "MemoryAgent", "RenderAgent", "DataPlane", "Yams"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["Wire", "Cluster", "Experiments", "Scheduling", "GPUAgent", "Features"]),

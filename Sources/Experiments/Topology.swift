@@ -335,8 +335,12 @@ public struct Topology: Equatable {
 
     /// The `strato agent …` arguments that start this node.
     /// With `netControlDirectory`, the agent follows `<dir>/<node id>.json` (see `--net-control`).
+    /// With `container` (a generated compose file, see `ComposeFile`), the paths and addresses are
+    /// the image's: the coordinator by its service name, keys under /run/secrets (the node's own
+    /// pair mounted as agent.key), data and NVMe paths inside the container, and the data plane
+    /// bound on every interface, advertised under the node's hostname.
     public func agentArguments(for node: Node, keysDirectory: String?, nvmeRoot: String,
-                               netControlDirectory: String? = nil) -> [String] {
+                               netControlDirectory: String? = nil, container: ComposeFile.Layout? = nil) -> [String] {
         let command: [String]
         switch node.kind {
         case .world: command = ["game", "server"]
@@ -344,23 +348,26 @@ public struct Topology: Equatable {
         default: command = ["agent", node.kind.name]
         }
         var args = command + ["--id", node.id, "--site", node.siteKind.name, "--site-name", node.siteName,
-                    "--endpoint", coordinator.endpoint, "--heartbeat-ms", "\(coordinator.heartbeatMs)",
+                    "--endpoint", container?.agentEndpoint ?? coordinator.endpoint, "--heartbeat-ms", "\(coordinator.heartbeatMs)",
                     "--coordinator-timeout-ms", "\(coordinator.deadAfterMs)"]
         if let k = keysDirectory {
             args += ["--keys", k]
             // Its own key pair when the directory has one (the testbed writes one per process).
             let own = KeyDirectory(path: k).agentKeyFile(node.id)
-            if FileManager.default.fileExists(atPath: own) { args += ["--client-key", own] }
+            if container == nil, FileManager.default.fileExists(atPath: own) { args += ["--client-key", own] }
         }
         if node.virtual > 1 { args += ["--virtual", "\(node.virtual)"] }
         for (k, v) in node.labels.sorted(by: { $0.key < $1.key }) { args += ["--label", "\(k)=\(v)"] }
         switch node.spec {
         case let .gpu(model, count):
-            args += ["--gpu-model", model, "--gpus", "\(count)", "--data", DataPaths.dataDirectory()]
+            args += ["--gpu-model", model, "--gpus", "\(count)"]
+            // In the image STRATO_DATA names the seed data.
+            if container == nil { args += ["--data", DataPaths.dataDirectory()] }
             if let c = node.jobCommand { args += ["--backend", "process", "--job-command", c, "--job-dir", (nvmeRoot as NSString).deletingLastPathComponent + "/jobs"] }
         case let .memory(tiers):
             for t in tiers {
-                let path = t.kind == .nvme ? (t.path.isEmpty ? "\(nvmeRoot)/\(node.id)" : t.path) : ""
+                // A container writes only under its own /var/lib/strato: a host path would not be there.
+                let path = t.kind == .nvme ? (t.path.isEmpty || container != nil ? "\(nvmeRoot)/\(node.id)" : t.path) : ""
                 args += ["--tier", "\(t.kind.name):\(t.capacityBytes)" + (path.isEmpty ? "" : ":\(path)")]
             }
         case let .render(slots, gpu): args += ["--slots", "\(slots)", "--render-gpu", gpu]
@@ -379,15 +386,17 @@ public struct Topology: Equatable {
             if let b = c.bandwidthBytesPerSecond { args += ["--net-bandwidth", NetworkConditions.bandwidthArgument(b)] }
         }
         if let d = netControlDirectory { args += ["--net-control", "\(d)/\(node.id).json"] }
+        if let c = container { args += ["--data-endpoint", c.dataEndpoint, "--data-advertise-host", node.id] }
         return args
     }
 
-    public func coordinatorArguments(stateDirectory: String, keysDirectory: String?) -> [String] {
-        var args = ["coordinator", "--endpoint", coordinator.endpoint, "--state-dir", stateDirectory,
+    public func coordinatorArguments(stateDirectory: String, keysDirectory: String?, container: ComposeFile.Layout? = nil) -> [String] {
+        var args = ["coordinator", "--endpoint", container?.coordinatorBind ?? coordinator.endpoint, "--state-dir", stateDirectory,
                     "--heartbeat-ms", "\(coordinator.heartbeatMs)", "--suspect-after-ms", "\(coordinator.suspectAfterMs)",
                     "--dead-after-ms", "\(coordinator.deadAfterMs)", "--policy", coordinator.policy,
-                    "--time-scale", "\(coordinator.timeScale)", "--data", DataPaths.dataDirectory(),
-                    "--migration-policy", coordinator.migrationPolicy, "--migration-method", coordinator.migrationMethod]
+                    "--time-scale", "\(coordinator.timeScale)"]
+        if container == nil { args += ["--data", DataPaths.dataDirectory()] }
+        args += ["--migration-policy", coordinator.migrationPolicy, "--migration-method", coordinator.migrationMethod]
         if let x = coordinator.kvBytesScale { args += ["--kv-bytes-scale", "\(x)"] }
         if let x = coordinator.kvLink { args += ["--kv-link", x] }
         if let x = coordinator.offloadPolicy { args += ["--offload-policy", x] }

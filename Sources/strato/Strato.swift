@@ -11,7 +11,7 @@ struct Strato: ParsableCommand {
             CoordinatorCommand.self, AgentCommand.self, StatusCommand.self, NodeCommand.self,
             TestbedCommand.self, KeysCommand.self, BenchCommand.self, KBCommand.self, TwinCommand.self, SubmitCommand.self, JobsCommand.self, ServicesCommand.self,
             ExperimentCommand.self, FaultCommand.self, TraceCommand.self, ReportCommand.self, DataPlaneCommand.self,
-            MigrationsCommand.self, RequestCommand.self, TiersCommand.self, GameCommandGroup.self, ClientCommand.self,
+            MigrationsCommand.self, RequestCommand.self, TiersCommand.self, GameCommandGroup.self, ClientCommand.self, ComposeCommand.self,
         ])
 
     static func bootstrapLogging() {

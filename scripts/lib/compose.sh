@@ -11,7 +11,8 @@
 #   STRATO_DOCKERD_LOG  where a dockerd started by these scripts logs (default /var/log/stratolab-dockerd.log)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-COMPOSE_FILE="$REPO/compose/docker-compose.yml"
+# STRATO_COMPOSE_FILE: another compose file (e.g. one from `strato compose generate`); absolute here.
+COMPOSE_FILE=$(realpath -m "${STRATO_COMPOSE_FILE:-$REPO/compose/docker-compose.yml}")
 WORK="$REPO/.strato/compose"
 export STRATO_IMAGE=${STRATO_IMAGE:-stratolab:local}
 # Absolute, so that `docker run -v` and the compose file (which resolves paths from compose/) agree.
@@ -90,9 +91,11 @@ ensure_keys() {
   done
   # One key pair per node, pinned to its id: the nodes are those whose agents/NODE.key the compose
   # file mounts. Missing ones are added (to an older key set too) and appended to authorized_keys.
+  # A generated file names the ids each key may claim (`# strato-agent NAME=ID,ID`: N virtual
+  # players in one process); otherwise a key claims its node's id.
   local nodes=() add=() n
   mapfile -t nodes < <(sed -n 's#.*/agents/\([A-Za-z0-9._-]*\)\.key".*#\1#p' "$COMPOSE_FILE" | sort -u)
-  for n in "${nodes[@]}"; do [ -f "$STRATO_KEYS/agents/$n.key" ] || add+=(--agent "$n=$n"); done
+  for n in "${nodes[@]}"; do [ -f "$STRATO_KEYS/agents/$n.key" ] || add+=(--agent "$(agent_claim "$n")"); done
   if [ ${#add[@]} -gt 0 ]; then
     docker run --rm --user 0:0 -v "$STRATO_KEYS:/keys" "$STRATO_IMAGE" keys add-agents /keys "${add[@]}" >/dev/null \
       || fail "could not add per-node keys in $STRATO_KEYS with $STRATO_IMAGE (is the image built? scripts/build-image)"
@@ -116,8 +119,23 @@ require_image() {
   docker image inspect "$STRATO_IMAGE" >/dev/null 2>&1 || fail "image $STRATO_IMAGE not found: build it with scripts/build-image"
 }
 
-# Node ids the compose file deploys: every service but the coordinator (service name = node id).
-compose_nodes() { "${COMPOSE[@]}" config --services | grep -vx coordinator | sort; }
+# NAME=IDS for a node service's key: its `# strato-agent` line, else NAME=NAME.
+agent_claim() {
+  local line
+  line=$(sed -n "s/^# strato-agent \($1=[A-Za-z0-9._,-]*\)\$/\1/p" "$COMPOSE_FILE" | head -n 1)
+  echo "${line:-$1=$1}"
+}
+
+# node_ids SERVICE…: the node ids these services register (a service of N virtual players, N ids).
+node_ids() { local s; for s in "$@"; do agent_claim "$s" | cut -d= -f2 | tr , '\n'; done; }
+
+# Node ids the compose file deploys: every service but the coordinator (service name = node id,
+# or the ids of its `# strato-agent` line).
+compose_nodes() {
+  local services=()
+  mapfile -t services < <("${COMPOSE[@]}" config --services | grep -vx coordinator | sort)
+  node_ids "${services[@]}" | sort
+}
 
 # The running coordinator container: compose service, or this host's task of the swarm service.
 coordinator_container() {

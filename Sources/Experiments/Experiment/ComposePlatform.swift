@@ -60,12 +60,25 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
     /// Each node's configured link (the topology's `network:`), applied through its control file.
     private var base: [String: NetworkConditions] = [:]
 
+    /// The compose file of the run: generated from the spec's topology (`ComposeFile`), so every
+    /// setting of the spec (policies, time scale, KV scale, render policy and script) and every
+    /// node (world server and players included) is in it.
+    public var composeFile: String { repository + "/.strato/compose/generated/\(project).yml" }
+
+    /// The environment of every script call: the project, tracing, and the generated file.
+    private var env: [String: String] = [:]
+
     public func up(_ spec: ExperimentSpec, progress: (String) -> Void) throws -> OperatorClient {
-        guard FileManager.default.fileExists(atPath: repository + "/compose/docker-compose.yml") else {
-            throw CommandError(description: "--on compose runs from the repository root (compose/docker-compose.yml not found in \(repository))")
+        guard FileManager.default.fileExists(atPath: repository + "/scripts/compose-up") else {
+            throw CommandError(description: "--on compose runs from the repository root (scripts/compose-up not found in \(repository))")
         }
-        let env = ["STRATO_PROJECT": project, "STRATO_TRACE": "1", "STRATO_TRACE_DIR": "/var/lib/strato/trace",
-                   "STRATO_TRACE_SAMPLE": "\(spec.heartbeatSample)"]
+        let yaml: String
+        do { yaml = try ComposeFile.render(spec.topology, source: spec.file, keysDefault: keys) } catch { throw CommandError(description: "--on compose: \(error)") }
+        try FileManager.default.createDirectory(atPath: (composeFile as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try yaml.write(toFile: composeFile, atomically: true, encoding: .utf8)
+        progress("compose file for topology '\(spec.topology.name)': \(composeFile) (\(spec.topology.nodes.count) node services, \(spec.topology.nodeIDs.count) nodes)")
+        env = ["STRATO_PROJECT": project, "STRATO_TRACE": "1", "STRATO_TRACE_DIR": "/var/lib/strato/trace",
+               "STRATO_TRACE_SAMPLE": "\(spec.heartbeatSample)", "STRATO_COMPOSE_FILE": composeFile]
         progress("building the image (scripts/build-image) …")
         try sh(["bash", "scripts/build-image"], environment: env)
         // A fresh project for every run: results must hold only this run.
@@ -75,17 +88,10 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
         services = try sh(composeCommand + ["config", "--services"], environment: env).split(separator: "\n").map(String.init).filter { $0 != "coordinator" }.sorted()
         let wanted = spec.topology.nodes.map(\.id).sorted()
         guard services == wanted else {
-            throw CommandError(description: "--on compose deploys compose/docker-compose.yml (nodes \(services.joined(separator: ", "))), which is not the spec's topology (\(wanted.joined(separator: ", "))); use the default topology or edit the compose file")
+            throw CommandError(description: "the generated \(composeFile) deploys nodes \(services.joined(separator: ", ")), not the spec's topology (\(wanted.joined(separator: ", ")))")
         }
         progress("compose up (project \(project)) …")
-        // The compose file takes the policy and time scale from the environment.
-        var upEnv = env
-        upEnv["STRATO_POLICY"] = spec.topology.coordinator.policy
-        upEnv["STRATO_TIME_SCALE"] = "\(spec.topology.coordinator.timeScale)"
-        upEnv["STRATO_MIGRATION_POLICY"] = spec.topology.coordinator.migrationPolicy
-        upEnv["STRATO_MIGRATION_METHOD"] = spec.topology.coordinator.migrationMethod
-        upEnv["STRATO_OFFLOAD_POLICY"] = spec.topology.coordinator.offloadPolicy ?? "tiered"
-        try sh(["bash", "scripts/compose-up", "--timeout", "\(Int(spec.startTimeout))"], environment: upEnv)
+        try sh(["bash", "scripts/compose-up", "--timeout", "\(Int(spec.startTimeout))"], environment: env)
         // The topology's network conditions, in the agents' own transport (no netem here either).
         for n in spec.topology.nodes { if let c = spec.topology.network[n.siteName], !c.isNone { base[n.id] = c } }
         for (node, c) in base.sorted(by: { $0.key < $1.key }) {
@@ -97,7 +103,7 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
             .split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
         guard let ip = ips.first else { throw CommandError(description: "the coordinator container has no address") }
         progress("coordinator at tcp://\(ip):7700 (container \(coordinator.prefix(12)))")
-        return try OperatorClient(endpoint: "tcp://\(ip):7700", keysDirectory: keys)
+        return try OperatorClient(endpoint: "tcp://\(ip):7700", keysDirectory: spec.topology.security == .curve ? keys : nil)
     }
 
     public func down(progress: (String) -> Void) {
@@ -124,7 +130,7 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
             let log = try sh(["docker", "logs", c], allowFailure: true)
             try log.write(toFile: logDir + "/\(s).log", atomically: true, encoding: .utf8)
         }
-        try sh(["bash", "scripts/compose-down", "--volumes"], environment: ["STRATO_PROJECT": project], allowFailure: true)
+        try sh(["bash", "scripts/compose-down", "--volumes"], environment: env, allowFailure: true)
     }
 
     // MARK: Faults
