@@ -81,6 +81,10 @@ public enum ComposeFile {
             out.append("    image: ${STRATO_IMAGE:-stratolab:local}")
             out.append("    depends_on: [coordinator]")
             out.append("    hostname: \(n.id)")
+            // Peers reach a node's data plane by its name: in a swarm that name must be the task's
+            // own address, not a virtual IP (behind the VIP the game's frames never arrived: every
+            // warm-up rolled back; with dnsrr the same stack switched players and streamed).
+            out.append("    deploy: {endpoint_mode: dnsrr}")
             out.append("    environment:")
             out.append("      STRATO_TRACE_DIR: \"${STRATO_TRACE_DIR:-}\"")
             out.append("      STRATO_TRACE_SAMPLE: \"${STRATO_TRACE_SAMPLE:-5}\"")

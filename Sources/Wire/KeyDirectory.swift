@@ -99,26 +99,45 @@ public struct KeyDirectory {
     }
 
     /// Adds per-agent key pairs for the agents that have none yet (an older key directory, or a
-    /// topology that grew), appending their pinned lines to authorized_keys. Returns the names added.
+    /// topology that grew), appending their pinned lines to authorized_keys, and re-pins an agent
+    /// whose key exists to the node ids given now (a topology whose process hosts other ids: a
+    /// generated compose file with 2 laptops where it had 3). Returns the names added or re-pinned.
     @discardableResult
     public func addAgents(_ agents: [(name: String, nodes: [String])]) throws -> [String] {
         let fm = FileManager.default
-        let missing = agents.filter { !fm.fileExists(atPath: agentKeyFile($0.name)) }
-        guard !missing.isEmpty else { return [] }
-        for a in missing where !KeyDirectory.isValidAgentName(a.name) {
+        for a in agents where !KeyDirectory.isValidAgentName(a.name) {
             throw KeyError.invalid(file: file("agents"), line: 0, reason: "'\(a.name)' is not a usable agent name (letters, digits, '-', '_', '.')")
         }
-        try fm.createDirectory(atPath: file("agents"), withIntermediateDirectories: true)
-        var text = try KeyDirectory.read(file("authorized_keys"))
-        if !text.isEmpty && !text.hasSuffix("\n") { text += "\n" }
+        let missing = agents.filter { !fm.fileExists(atPath: agentKeyFile($0.name)) }
+        // Existing keys whose pinned ids differ from those wanted now: public key → wanted ids.
+        let entries = try authorizedEntries()
+        var repin: [String: (name: String, nodes: [String])] = [:]
+        for a in agents where fm.fileExists(atPath: agentKeyFile(a.name)) {
+            let key = try KeyDirectory.readPair(agentKeyFile(a.name)).publicKey
+            if entries[key]?.nodes != a.nodes { repin[key] = a }
+        }
+        guard !missing.isEmpty || !repin.isEmpty else { return [] }
+        var lines = try KeyDirectory.read(file("authorized_keys")).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        if lines.last == "" { lines.removeLast() }
+        var listed: Set<String> = []
+        for i in lines.indices {
+            let key = lines[i].split(separator: " ").first.map(String.init) ?? ""
+            if let a = repin[key] {
+                lines[i] = AuthorizedKey(publicKey: key, role: .agent, nodes: a.nodes).line
+                listed.insert(key)
+            }
+        }
+        // A key file whose public key authorized_keys lacks (removed by hand): listed again.
+        for (key, a) in repin where !listed.contains(key) { lines.append(AuthorizedKey(publicKey: key, role: .agent, nodes: a.nodes).line) }
+        if !missing.isEmpty { try fm.createDirectory(atPath: file("agents"), withIntermediateDirectories: true) }
         for a in missing {
             let pair = try CurveKeyPair.generate()
             try KeyDirectory.write(pair, role: "agent \(a.name)", to: agentKeyFile(a.name))
             chmod(agentKeyFile(a.name), 0o600)
-            text += AuthorizedKey(publicKey: pair.publicKey, role: .agent, nodes: a.nodes).line + "\n"
+            lines.append(AuthorizedKey(publicKey: pair.publicKey, role: .agent, nodes: a.nodes).line)
         }
-        try text.write(toFile: file("authorized_keys"), atomically: true, encoding: .utf8)
-        return missing.map(\.name)
+        try (lines.joined(separator: "\n") + "\n").write(toFile: file("authorized_keys"), atomically: true, encoding: .utf8)
+        return missing.map(\.name) + repin.values.map(\.name).sorted()
     }
 
     static func isValidAgentName(_ name: String) -> Bool {

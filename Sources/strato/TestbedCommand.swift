@@ -60,7 +60,7 @@ struct KeysCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "add-agents",
             abstract: "Add per-agent key pairs to an existing key directory (agents/NAME.key), pinned in authorized_keys.",
-            discussion: "A NAME whose key file exists is left alone. A running coordinator reloads authorized_keys by itself.")
+            discussion: "A NAME whose key file exists keeps its key, pinned in authorized_keys to the ids given now. A running coordinator reloads authorized_keys by itself.")
         @Argument var directory: String
         @Option(name: .customLong("agent"), help: "A per-agent key pair NAME=ID,ID,PREFIX* (repeatable).") var agent: [String] = []
         func run() throws {
@@ -77,8 +77,8 @@ struct KeysCommand: ParsableCommand {
                     throw UserFacingError("\(dir.file("authorized_keys")) does not exist: run `strato keys generate \(directory)` first")
                 }
                 let added = try dir.addAgents(list)
-                print(added.isEmpty ? "every named agent already has its key in \(directory)/agents"
-                                    : "added \(added.count) per-agent keys in \(directory)/agents: \(added.joined(separator: ", "))")
+                print(added.isEmpty ? "every named agent already has its key in \(directory)/agents, pinned to those ids"
+                                    : "\(added.count) per-agent keys in \(directory)/agents added or pinned to new ids: \(added.joined(separator: ", "))")
             } catch let e as UserFacingError { throw e } catch { throw UserFacingError("\(error)") }
         }
     }

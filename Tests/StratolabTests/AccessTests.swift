@@ -154,7 +154,7 @@ struct AccessTests {
         #expect(ControlAccess.checkSender(e, node: "gpu-a") == .wrongRecipient("gpu-b"))
     }
 
-    @Test("keys generate writes one pinned key per agent; addAgents appends only the missing ones")
+    @Test("keys generate writes one pinned key per agent; addAgents appends the missing ones and re-pins changed ones")
     func generate() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("keys-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -168,6 +168,13 @@ struct AccessTests {
         let m = try KeyDirectory.readPair(kd.agentKeyFile("mem"))
         #expect(try kd.authorizedEntries()[m.publicKey]?.nodes == ["mem"])
         #expect(try kd.authorizedEntries()[a.publicKey]?.nodes == ["gpu-a"], "existing lines kept")
+        // A topology whose process now hosts other ids (3 players where it had 2): same key, new pin.
+        let p = try KeyDirectory.readPair(kd.agentKeyFile("players"))
+        #expect(try kd.addAgents([("gpu-a", ["gpu-a"]), ("players", ["players-0", "players-1", "players-2"])]) == ["players"])
+        #expect(try KeyDirectory.readPair(kd.agentKeyFile("players")) == p, "the key itself is kept")
+        #expect(try kd.authorizedEntries()[p.publicKey]?.nodes == ["players-0", "players-1", "players-2"])
+        #expect(try kd.authorizedEntries().count == 6, "re-pinned in place, not listed twice")
+        #expect(try kd.addAgents([("players", ["players-0", "players-1", "players-2"])]).isEmpty)
         #expect(throws: (any Error).self) { try KeyDirectory.generate(at: dir) }
     }
 

@@ -56,6 +56,7 @@ struct ComposeFileTests {
         #expect(Set(try #require(services["render-edge-0"]).networks) == ["edge", "cloud"])
         #expect(yaml.contains("# strato-agent player-phone=player-phone-0,player-phone-1,player-phone-2\n"))
         #expect(yaml.contains("# strato-agent world-0=world-0\n"))
+        #expect(yaml.components(separatedBy: "deploy: {endpoint_mode: dnsrr}").count - 1 == t.nodes.count, "in a swarm, names resolve to tasks, not VIPs")
         let coordinator = try #require(services["coordinator"]).command
         #expect(coordinator.contains("--render-policy") && coordinator.contains("adaptive"))
         #expect(coordinator[coordinator.firstIndex(of: "--endpoint")! + 1] == "tcp://0.0.0.0:7700")

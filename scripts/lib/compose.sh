@@ -95,11 +95,14 @@ ensure_keys() {
   # players in one process); otherwise a key claims its node's id.
   local nodes=() add=() n
   mapfile -t nodes < <(sed -n 's#.*/agents/\([A-Za-z0-9._-]*\)\.key".*#\1#p' "$COMPOSE_FILE" | sort -u)
-  for n in "${nodes[@]}"; do [ -f "$STRATO_KEYS/agents/$n.key" ] || add+=(--agent "$(agent_claim "$n")"); done
+  # Every node's claim goes to add-agents: missing keys are made, and a key whose pinned ids
+  # differ from this file's (another topology used the same key directory) is pinned again.
+  for n in "${nodes[@]}"; do add+=(--agent "$(agent_claim "$n")"); done
   if [ ${#add[@]} -gt 0 ]; then
-    docker run --rm --user 0:0 -v "$STRATO_KEYS:/keys" "$STRATO_IMAGE" keys add-agents /keys "${add[@]}" >/dev/null \
-      || fail "could not add per-node keys in $STRATO_KEYS with $STRATO_IMAGE (is the image built? scripts/build-image)"
-    say "generated $(( ${#add[@]} / 2 )) per-node CURVE keys in $STRATO_KEYS/agents, each pinned to its node id"
+    local out
+    out=$(docker run --rm --user 0:0 -v "$STRATO_KEYS:/keys" "$STRATO_IMAGE" keys add-agents /keys "${add[@]}" 2>&1) \
+      || fail "could not add per-node keys in $STRATO_KEYS with $STRATO_IMAGE (is the image built? scripts/build-image): $out"
+    case "$out" in "every named agent"*) ;; *) say "$out" ;; esac
   fi
   for n in "${nodes[@]}"; do
     [ -f "$STRATO_KEYS/agents/$n.key" ] || fail "key file $STRATO_KEYS/agents/$n.key is missing"
