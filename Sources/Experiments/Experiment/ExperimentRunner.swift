@@ -47,6 +47,7 @@ public final class ExperimentRunner: @unchecked Sendable {
         try? fm.removeItem(atPath: out)
         try fm.createDirectory(atPath: out, withIntermediateDirectories: true)
         var summaries: [ExperimentSummary] = []
+        var directories: [String] = []
         let variants = variants
         let total = variants.count * spec.seeds.count
         var n = 0
@@ -60,6 +61,7 @@ public final class ExperimentRunner: @unchecked Sendable {
                 let what = variants.count > 1 ? "\(variantsAreOffload ? "offload" : "migration") policy \(policy), " : ""
                 print("== \(spec.name): run \(n)/\(total) (\(what)seed \(seed)) on \(platform.name) ==")
                 summaries.append(try runOnce(seed: seed, dir: dir))
+                directories.append(dir)
                 if isInterrupted { break }   // Ctrl-C ends the remaining runs too
             }
             if isInterrupted { print("  interrupted: \(total - n) runs not started"); break }
@@ -67,10 +69,13 @@ public final class ExperimentRunner: @unchecked Sendable {
         if total > 1 {
             try ExperimentSummary.writeAll(summaries, to: out)
             if variants.count > 1 { try ExperimentComparison.write(summaries, variants: variants, to: out, title: spec.name) }
+            // A game over several seeds: the D2.1 phases with their spread over the runs.
+            else { try GamePhasesOverRuns.write(summaries, runDirectories: directories, to: out, title: spec.name) }
         }
         print("")
         print(ExperimentSummary.table(summaries))
         if variants.count > 1 { print(""); print(ExperimentComparison.text(summaries)) }
+        else if let phases = GamePhasesOverRuns.text(summaries) { print(""); print(phases); print("(\(out)/report.html, phases.csv)") }
         return summaries
     }
 
