@@ -26,7 +26,7 @@ enum TiersBench {
         /// state), and out of them into one reused buffer (a get's: the reader copies out).
         var memcpyPutGBps = 0.0, memcpyGetGBps = 0.0
         var diskWriteGBps = 0.0, diskReadGBps = 0.0, diskDirect = true
-        /// NVMe as a memory host runs it: written behind by the writer thread (group commit), timed
+        /// NVMe as a memory host runs it: written behind by the writer thread (a batch made durable by one syncfs), timed
         /// from the first put until every block is on disk (`flush`).
         var nvmeBehindPutGBps = 0.0
         var planePutGBps = 0.0, planeGetGBps = 0.0, rawZMQGBps = 0.0
@@ -121,7 +121,7 @@ enum TiersBench {
             precondition(tier.writeBehindFailures == 0, "the writer failed \(tier.writeBehindFailures) blocks")
             let last = try store.get("b/\(count - 1)", promote: false).bytes
             precondition(last == blocks[count - 1])
-            progress(String(format: "  nvme written behind (writer thread, group commit), until all on disk: put %.2f GB/s", f.nvmeBehindPutGBps))
+            progress(String(format: "  nvme written behind (writer thread, one syncfs per batch), until all on disk: put %.2f GB/s", f.nvmeBehindPutGBps))
             try? FileManager.default.removeItem(atPath: dir)
         }
 

@@ -148,9 +148,10 @@ public final class FileTier: TierBackend {
 
     /// fsyncs and closes a `.tmp` written by `writeTemp`, then renames it over `<name>.blk`
     /// unless the block is no longer wanted.
-    fileprivate func commitTemp(_ key: String, _ fd: Int32, stillWanted: () -> Bool) throws {
+    /// `synced`: a syncfs since the write made it durable already (see the write-behind writer).
+    fileprivate func commitTemp(_ key: String, _ fd: Int32, synced: Bool = false, stillWanted: () -> Bool) throws {
         let tmp = path(key, ".tmp"), final = path(key, ".blk")
-        guard fsync(fd) == 0 else { let e = ioError(tmp, errno); close(fd); unlink(tmp); throw e }
+        guard synced || fsync(fd) == 0 else { let e = ioError(tmp, errno); close(fd); unlink(tmp); throw e }
         close(fd)
         guard stillWanted() else { unlink(tmp); return }
         // The rename is not fsynced into the directory: after a power loss a block put just before
@@ -164,7 +165,7 @@ public final class FileTier: TierBackend {
     private var writeBehind: WriteBehind?
 
     /// From now on a write copies its block into the file image and queues it; a writer thread
-    /// does the pwrite, fsync and rename. Reads of a queued block are served from the queued copy,
+    /// does the pwrite, the sync (one syncfs per batch) and the rename. Reads of a queued block are served from the queued copy,
     /// a remove cancels it. Why: a memory host's session thread also sends its heartbeats and
     /// runs its data plane, and an fsync per block under load stalled it long enough to be
     /// declared dead (seen in offload.yaml under `nvme`). What a kill -9 loses: blocks still
@@ -252,9 +253,8 @@ public final class FileTier: TierBackend {
             while head < queue.count || busy { lock.wait() }
         }
 
-        /// Jobs taken at once: their files are all written before any is fsynced, so the first
-        /// fsync commits the filesystem's journal for all of them and the rest find theirs done
-        /// (group commit; one journal commit per block made puts a third slower than the disk).
+        /// Jobs taken at once: their files are all written, then made durable together (group
+        /// commit; one journal commit per block made puts a third slower than the disk).
         static let batchJobs = 32, batchBytes = 32 << 20
 
         private func run() {
@@ -283,12 +283,18 @@ public final class FileTier: TierBackend {
                     guard wanted[i] else { continue }
                     do { fds[i] = try tier.writeTemp(job.key, buf, length: job.length) } catch let e as BlockStoreError { errors[i] = e } catch {}
                 }
-                // fsync and rename each, the rename only if the block is still this one: checked
-                // under the lock so a remove that races with the write never leaves a file behind.
+                // One syncfs makes every file of the batch durable at once (data and inodes: the
+                // filesystem's dirty state, whoever wrote it), where an fsync per file waited on the
+                // disk once per file: in ten alternating `bench tiers` runs written-behind puts
+                // reached 0.46-0.98x the raw disk (median 0.60) against 0.41-0.52x (median 0.47).
+                // If it fails, each file is fsynced on its own, which says which one failed.
+                let synced = fds.contains { $0 != nil } && FileTier.syncFilesystem(of: fds.compactMap { $0 }[0])
+                // Rename each (fsynced first unless synced), only if the block is still this one:
+                // checked under the lock so a remove that races with the write never leaves a file behind.
                 for (i, job) in batch.enumerated() {
                     guard let fd = fds[i] else { continue }
                     do {
-                        try tier.commitTemp(job.key, fd) { [self] in
+                        try tier.commitTemp(job.key, fd, synced: synced) { [self] in
                             lock.lock(); defer { lock.unlock() }
                             return pending[job.key]?.seq == job.seq
                         }
@@ -462,3 +468,12 @@ public final class FileTier: TierBackend {
         return found.sorted { ($0.mtime, $0.key) < ($1.mtime, $1.key) }.map { ($0.key, $0.size) }
     }
 }
+
+extension FileTier {
+    /// syncfs(2) on the filesystem holding `fd`: every dirty page and inode there written and the
+    /// disk's cache flushed; it reports a write-back error seen since `fd` was opened (Linux 5.8+).
+    static func syncFilesystem(of fd: Int32) -> Bool { strato_syncfs(fd) == 0 }
+}
+
+// Glibc's module map leaves out syncfs (a GNU extension); the symbol is in libc.
+@_silgen_name("syncfs") private func strato_syncfs(_ fd: Int32) -> Int32
