@@ -28,17 +28,12 @@ struct ComposeCommand: ParsableCommand {
                     topology = try Topology.load(file: file)
                 } else {
                     let spec = try ExperimentSpec.load(file: file)
-                    var t = spec.topology
                     // A spec that compares policies runs one per run; this file is the first run's.
-                    let offload = spec.workload.services?.offload ?? []
-                    let listed = offload.isEmpty ? spec.workload.services?.migration ?? [] : offload
-                    if let first = listed.first {
-                        if offload.isEmpty { t.coordinator.migrationPolicy = first } else { t.coordinator.offloadPolicy = first }
-                    }
+                    let listed = spec.variants
+                    topology = spec.topology(forVariant: listed[0])
                     if listed.count > 1 {
                         note = "the spec compares \(listed.count) policies (\(listed.joined(separator: ", "))); this file is the first run's (\(listed[0])): `strato experiment run \(file) --on compose` generates one per run"
                     }
-                    topology = t
                 }
             } catch { throw UserFacingError("\(error)") }
             let keys = (keysDefault as NSString).isAbsolutePath ? keysDefault : FileManager.default.currentDirectoryPath + "/" + keysDefault

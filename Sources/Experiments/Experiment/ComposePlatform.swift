@@ -92,12 +92,10 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
         }
         progress("compose up (project \(project)) …")
         try sh(["bash", "scripts/compose-up", "--timeout", "\(Int(spec.startTimeout))"], environment: env)
-        // The topology's network conditions, in the agents' own transport (no netem here either).
+        // The topology's network conditions, in the agents' own transport (no netem here either):
+        // the generated commands carry them as --net-* flags; a fault's control file adds to them.
         for n in spec.topology.nodes { if let c = spec.topology.network[n.siteName], !c.isNone { base[n.id] = c } }
-        for (node, c) in base.sorted(by: { $0.key < $1.key }) {
-            try writeControl(node, c)
-            progress("link of \(node): \(c) (emulated in the transport)")
-        }
+        for (node, c) in base.sorted(by: { $0.key < $1.key }) { progress("link of \(node): \(c) (emulated in the transport)") }
         let coordinator = try container("coordinator")
         let ips = try sh(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", coordinator])
             .split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }

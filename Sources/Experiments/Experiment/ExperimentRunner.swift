@@ -52,7 +52,7 @@ public final class ExperimentRunner: @unchecked Sendable {
         let total = variants.count * spec.seeds.count
         var n = 0
         for policy in variants {
-            if variantsAreOffload { spec.topology.coordinator.offloadPolicy = policy } else { spec.topology.coordinator.migrationPolicy = policy }
+            spec.topology = spec.topology(forVariant: policy)
             for (i, seed) in spec.seeds.enumerated() {
                 n += 1
                 var dir = out
@@ -86,13 +86,8 @@ public final class ExperimentRunner: @unchecked Sendable {
                                                 sloSeconds: sv.sloSeconds, model: sv.model ?? "Meta-Llama-3-8B", minReplicas: sv.replicas ?? 1)
     }
 
-    /// The policies to compare, one run (per seed) each: migration policies, or offload policies.
-    var variants: [String] {
-        if let o = spec.workload.services?.offload, !o.isEmpty { return o }
-        let listed = spec.workload.services?.migration ?? []
-        return listed.isEmpty ? [spec.topology.coordinator.migrationPolicy] : listed
-    }
-    var variantsAreOffload: Bool { !(spec.workload.services?.offload.isEmpty ?? true) }
+    var variants: [String] { spec.variants }
+    var variantsAreOffload: Bool { spec.variantsAreOffload }
 
     /// The workload for one seed (jobs to submit; none for idle).
     func workload(seed: UInt64) throws -> Workload? {

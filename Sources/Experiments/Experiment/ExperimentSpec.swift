@@ -684,3 +684,21 @@ func fmt(_ x: Double) -> String {
 extension String {
     func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
 }
+
+extension ExperimentSpec {
+    /// The policies a spec compares, one run (per seed) each: offload policies, or migration
+    /// policies (one, the topology's, when the spec lists none).
+    public var variants: [String] {
+        if let o = workload.services?.offload, !o.isEmpty { return o }
+        let listed = workload.services?.migration ?? []
+        return listed.isEmpty ? [topology.coordinator.migrationPolicy] : listed
+    }
+    public var variantsAreOffload: Bool { !(workload.services?.offload.isEmpty ?? true) }
+
+    /// The topology one variant's runs start: the coordinator set to that policy.
+    public func topology(forVariant policy: String) -> Topology {
+        var t = topology
+        if variantsAreOffload { t.coordinator.offloadPolicy = policy } else { t.coordinator.migrationPolicy = policy }
+        return t
+    }
+}
