@@ -237,7 +237,7 @@ public final class AgentSession: @unchecked Sendable {
         hb.running = running(i)
         let wall = clock.wallNanos()
         for h in nodes[i].handlers.values { hb.reports += h.reports(wallNanos: wall) }
-        let sentAt = send(.heartbeat(hb), from: i, dealer)
+        let sentAt = sendHeartbeat(hb, from: i, dealer)
         nodes[i].lastHeartbeatSentWall = sentAt
         nodes[i].lastHeartbeatSequence = hb.sequence
     }
@@ -257,22 +257,34 @@ public final class AgentSession: @unchecked Sendable {
     // MARK: Messages
 
     private func handle(_ frames: [[UInt8]], _ dealer: ZMQSocket) {
-        guard frames.count == 1, let envelope = try? codec.decode(frames[0]) else {
+        guard frames.count == 1, let frame = try? frames[0].withUnsafeBytes({ try codec.decodeFrame($0) }) else {
             logger.warning("dropped an undecodable message from the coordinator")
             return
         }
+        // Heartbeat acks, most of what comes in, are taken as header and body (no envelope built).
+        let header: EnvelopeHeader
+        var envelope = Envelope()
+        switch frame {
+        case .hot(let h, _): header = h
+        case .envelope(let e): header = EnvelopeHeader(e); envelope = e
+        }
         let now = clock.monotonicNanos()
-        let target = envelope.recipient
+        let target = header.recipient
         guard let i = index[target] else { return }
         nodes[i].lastAnswerMono = now
-        let flow = tracer.receivedFlow(envelope)
+        let flow = tracer.receivedFlow(header)
         let handledFrom = flow != 0 ? clock.wallNanos() : 0
         defer {
             if flow != 0 {
-                tracer.record(.flowIn, envelope.bodyName, category: "message", track: "control", at: handledFrom, flow: flow)
-                tracer.span("recv \(envelope.bodyName)", category: "message", track: "control", start: handledFrom, end: clock.wallNanos(),
-                            args: ["from": envelope.sender, "node": target])
+                let name = envelope.body == nil ? "heartbeat_ack" : envelope.bodyName
+                tracer.record(.flowIn, name, category: "message", track: "control", at: handledFrom, flow: flow)
+                tracer.span("recv \(name)", category: "message", track: "control", start: handledFrom, end: clock.wallNanos(),
+                            args: ["from": header.sender, "node": target])
             }
+        }
+        if case .hot(_, .heartbeatAck(let ack)) = frame {
+            handleHeartbeatAck(ack, i, dealer)
+            return
         }
         switch envelope.body {
         case .registerAck(let ack):
@@ -290,17 +302,7 @@ public final class AgentSession: @unchecked Sendable {
             nodes[i].nextHeartbeatMono = now + heartbeatIntervalNanos
             timers.schedule(i, at: now + heartbeatIntervalNanos)
         case .heartbeatAck(let ack):
-            for settled in ack.settled where !settled.keys.isEmpty { nodes[i].handlers[settled.feature]?.settle(settled.keys) }
-            if ack.sequence == nodes[i].lastHeartbeatSequence {
-                nodes[i].estimator.add(ClockSample(t1: nodes[i].lastHeartbeatSentWall, t2: ack.receivedAtUnixNanos,
-                                                   t3: ack.sentAtUnixNanos, t4: clock.wallNanos()))
-            }
-            if nodes[i].registered && ack.coordinatorEpoch != nodes[i].epoch {
-                // The coordinator restarted: tell the new one what we run.
-                logger.info("coordinator restarted; reconciling", metadata: ["node": "\(target)", "epoch": "\(ack.coordinatorEpoch)"])
-                nodes[i].epoch = ack.coordinatorEpoch
-                sendRegister(i, dealer)
-            }
+            handleHeartbeatAck(ack, i, dealer)
         case .traceBatchAck(let ack):
             tracer.acknowledge(ack)
         case .command(let command):
@@ -386,6 +388,37 @@ public final class AgentSession: @unchecked Sendable {
 
     private var handlerSockets: [ZMQSocket] { pumpedHandlers.flatMap(\.sockets) }
 
+
+    private func handleHeartbeatAck(_ ack: HeartbeatAck, _ i: Int, _ dealer: ZMQSocket) {
+        for settled in ack.settled where !settled.keys.isEmpty { nodes[i].handlers[settled.feature]?.settle(settled.keys) }
+        if ack.sequence == nodes[i].lastHeartbeatSequence {
+            nodes[i].estimator.add(ClockSample(t1: nodes[i].lastHeartbeatSentWall, t2: ack.receivedAtUnixNanos,
+                                               t3: ack.sentAtUnixNanos, t4: clock.wallNanos()))
+        }
+        if nodes[i].registered && ack.coordinatorEpoch != nodes[i].epoch {
+            // The coordinator restarted: tell the new one what we run.
+            logger.info("coordinator restarted; reconciling", metadata: ["node": "\(nodes[i].identity.nodeID)", "epoch": "\(ack.coordinatorEpoch)"])
+            nodes[i].epoch = ack.coordinatorEpoch
+            sendRegister(i, dealer)
+        }
+    }
+
+    /// A heartbeat, encoded from header and body (no envelope built: the message sent most).
+    private func sendHeartbeat(_ hb: Heartbeat, from i: Int, _ dealer: ZMQSocket) -> Int64 {
+        nextMessageID += 1
+        let now = clock.wallNanos()
+        var header = EnvelopeHeader(messageID: nextMessageID, sender: nodes[i].identity.nodeID, sentAtUnixNanos: now)
+        let body = HotBody.heartbeat(hb)
+        let flow = tracer.tracesMessage(header, body) ? tracer.markTraced(&header) : 0
+        let frame = codec.encode(header, body)
+        if transmit(frame, dealer) { sent += 1; bytesSent += UInt64(frame.count) }
+        if flow != 0 {
+            tracer.span("send heartbeat", category: "message", track: "control", start: now, end: clock.wallNanos(),
+                        args: ["to": "coordinator", "node": header.sender])
+            tracer.record(.flowOut, "heartbeat", category: "message", track: "control", at: now, flow: flow)
+        }
+        return now
+    }
 
     @discardableResult
     private func send(_ body: Envelope.OneOf_Body, from i: Int, _ dealer: ZMQSocket) -> Int64 {

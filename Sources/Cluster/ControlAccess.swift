@@ -111,8 +111,16 @@ public struct ControlAccess: Sendable {
     /// A node message (register, heartbeat, ack, deregister) names its node in `sender`; the
     /// recipient, if any, is the coordinator.
     public static func checkSender(_ envelope: Envelope, node: String) -> Refusal? {
-        if envelope.sender != node { return .senderMismatch(sender: envelope.sender, node: node) }
-        if !envelope.recipient.isEmpty && envelope.recipient != "coordinator" { return .wrongRecipient(envelope.recipient) }
+        checkSender(sender: envelope.sender, recipient: envelope.recipient, node: node)
+    }
+
+    public static func checkSender(_ header: EnvelopeHeader, node: String) -> Refusal? {
+        checkSender(sender: header.sender, recipient: header.recipient, node: node)
+    }
+
+    private static func checkSender(sender: String, recipient: String, node: String) -> Refusal? {
+        if sender != node { return .senderMismatch(sender: sender, node: node) }
+        if !recipient.isEmpty && recipient != "coordinator" { return .wrongRecipient(recipient) }
         return nil
     }
 

@@ -173,20 +173,20 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
 
         var lastTick: Int64 = 0, lastResend: Int64 = 0, lastFlush: Int64 = 0, lastHeartbeatFlush: Int64 = 0, lastCounters: Int64 = 0
         var lastKeyCheck: Int64 = 0
-        var frames: [(frames: [[UInt8]], userID: String?)] = []
+        var inbox: [Inbound] = []
         var collectTrace = false
         while !shouldStop {
             // Wake for the next job arrival or rate change rather than up to 20 ms late: at 1000×
             // every wall millisecond is a trace second, and the twin releases jobs on time.
             var waitMs = 20
             if let due = controllers.compactMap({ $0.nextDueWall() }).min() { waitMs = Int(max(0, min(20, (due - clock.wallNanos() + 999_999) / 1_000_000))) }
-            frames.removeAll(keepingCapacity: true)
+            inbox.removeAll(keepingCapacity: true)
             if try ZMQPoller.readable([router], timeoutMs: waitMs)[0] {
-                // Drain what is queued, bounded so timers still run under load.
+                // Drain what is queued, bounded so timers still run under load. Each message is
+                // decoded in the buffer the socket lends (its payload is never copied out).
                 for _ in 0..<4096 {
-                    guard let f = try router.receiveWithUserID(dontWait: true) else { break }
-                    for part in f.frames { bytesReceived += UInt64(part.count) }
-                    frames.append(f)
+                    guard let m = try router.receiveWithUserID(dontWait: true, { frames, userID in self.inbound(frames, userID: userID) }) else { break }
+                    inbox.append(m)
                 }
             }
             // One loop turn = one transaction: everything the turn changes is committed together,
@@ -195,7 +195,7 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
             turnOpen = true
             do {
                 try store.batch {
-                    for f in frames { handle(f.frames, userID: f.userID, on: router) }
+                    for m in inbox { handle(m, on: router) }
                     let mono = clock.monotonicNanos()
                     if config.keysDirectory != nil && (takeReloadRequest() || mono - lastKeyCheck >= .millis(1000)) {
                         lastKeyCheck = mono
@@ -248,33 +248,72 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
 
     // MARK: Messages
 
-    private func handle(_ frames: [[UInt8]], userID: String?, on router: ZMQSocket) {
-        let receivedAt = clock.wallNanos()
+    /// One message as it came off the socket: its routing identity and key, and its frame decoded.
+    private struct Inbound {
+        var identity: [UInt8]
+        var userID: String?
+        var frameCount: Int
+        var message: Result<DecodedFrame, EnvelopeDecodeError>
+        /// The id of a message that did not decode, where it could be read (0 otherwise).
+        var offendingMessageID: UInt64 = 0
+    }
+
+    private func inbound(_ frames: [UnsafeRawBufferPointer], userID: String?) -> Inbound {
+        for f in frames { bytesReceived += UInt64(f.count) }
+        let identity = frames.first.map { [UInt8]($0) } ?? []
         guard frames.count == 2 else {
+            return Inbound(identity: identity, userID: userID, frameCount: frames.count, message: .failure(.malformed("frame count")))
+        }
+        do {
+            return Inbound(identity: identity, userID: userID, frameCount: 2, message: .success(try codec.decodeFrame(frames[1])))
+        } catch {
+            let e = error as? EnvelopeDecodeError ?? .malformed("\(error)")
+            return Inbound(identity: identity, userID: userID, frameCount: 2, message: .failure(e),
+                           offendingMessageID: codec.messageIDIfReadable([UInt8](frames[1])))
+        }
+    }
+
+    private func handle(_ m: Inbound, on router: ZMQSocket) {
+        let receivedAt = clock.wallNanos()
+        guard m.frameCount == 2 else {
             count("rejected_malformed")
-            logLimited("malformed", "dropped a message with \(frames.count) frames (expected identity + one envelope)")
-            if let id = frames.first, frames.count > 1 {
-                reply(on: router, to: id, recipient: "", inReplyTo: 0, .error(errorReply(.malformed, "expected exactly one envelope frame, got \(frames.count - 1)")))
+            logLimited("malformed", "dropped a message with \(m.frameCount) frames (expected identity + one envelope)")
+            if m.frameCount > 1 {
+                reply(on: router, to: m.identity, recipient: "", inReplyTo: 0, .error(errorReply(.malformed, "expected exactly one envelope frame, got \(m.frameCount - 1)")))
             }
             return
         }
-        let identity = frames[0], payload = frames[1]
-        let envelope: Envelope
-        do {
-            envelope = try codec.decode(payload)
-        } catch let e as EnvelopeDecodeError {
+        let identity = m.identity
+        let frame: DecodedFrame
+        switch m.message {
+        case .success(let f): frame = f
+        case .failure(let e):
             count(e.counterName)
             logLimited(e.counterName, "rejected a frame: \(e)")
             var err = errorReply(e.code, e.description)
-            err.offendingMessageID = codec.messageIDIfReadable(payload)
+            err.offendingMessageID = m.offendingMessageID
             reply(on: router, to: identity, recipient: "", inReplyTo: err.offendingMessageID, .error(err))
             return
-        } catch {
-            count("rejected_malformed")
+        }
+        let peer = Peer(connection: identity, key: m.userID)
+        // Heartbeats, most of the traffic, are taken as header and body: no envelope is built.
+        if case .hot(let header, .heartbeat(let hb)) = frame {
+            count("received_heartbeat")
+            if let refusal = access.admit(peer, need: .agent) {
+                refuse(refusal, header, bodyName: "heartbeat", isError: false, identity, router)
+                return
+            }
+            let flow = tracer.receivedFlow(header)
+            handleHeartbeat(hb, header, peer, router, receivedAt: receivedAt)
+            if flow != 0 {
+                tracer.record(.flowIn, "heartbeat", category: "message", track: "control", at: receivedAt, flow: flow)
+                tracer.span("handle heartbeat", category: "message", track: "control", start: receivedAt, end: clock.wallNanos(),
+                            args: ["from": header.sender])
+            }
             return
         }
+        let envelope = frame.envelope
         count("received_\(envelope.bodyName)")
-        let peer = Peer(connection: identity, key: userID)
         // The key's role first: a key removed from authorized_keys, or one sending what its role
         // may not, gets a named error (errors from peers are only counted: no reply to a reply).
         if let refusal = access.admit(peer, need: need(for: envelope)) {
@@ -301,7 +340,7 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
                 logLimited("trace_store", "could not store a trace batch from \(b.process): \(error)")
             }
         case .register(let r): handleRegister(r, envelope, peer, router)
-        case .heartbeat(let hb): handleHeartbeat(hb, envelope, peer, router, receivedAt: receivedAt)
+        case .heartbeat(let hb): handleHeartbeat(hb, EnvelopeHeader(envelope), peer, router, receivedAt: receivedAt)
         case .commandAck(let ack): handleCommandAck(ack, envelope, peer, router)
         case .deregister(let d):
             if let refusal = ControlAccess.checkSender(envelope, node: d.nodeID) ?? speaks(for: d.nodeID, peer) {
@@ -359,10 +398,16 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
     }
 
     private func refuse(_ refusal: ControlAccess.Refusal, _ envelope: Envelope, _ identity: [UInt8], _ router: ZMQSocket) {
+        var isError = false
+        if case .error? = envelope.body { isError = true }
+        refuse(refusal, EnvelopeHeader(envelope), bodyName: envelope.bodyName, isError: isError, identity, router)
+    }
+
+    private func refuse(_ refusal: ControlAccess.Refusal, _ header: EnvelopeHeader, bodyName: String, isError: Bool, _ identity: [UInt8], _ router: ZMQSocket) {
         count(refusal.counter)
-        logLimited(refusal.counter, "refused '\(envelope.bodyName)' from \(envelope.sender.isEmpty ? "?" : envelope.sender): \(refusal.message)")
-        if case .error? = envelope.body { return }
-        reply(on: router, to: identity, recipient: envelope.sender, inReplyTo: envelope.messageID, .error(errorReply(refusal.code, refusal.message)))
+        logLimited(refusal.counter, "refused '\(bodyName)' from \(header.sender.isEmpty ? "?" : header.sender): \(refusal.message)")
+        if isError { return }
+        reply(on: router, to: identity, recipient: header.sender, inReplyTo: header.messageID, .error(errorReply(refusal.code, refusal.message)))
     }
 
     /// Reads authorized_keys again when it changed (or on request): new keys are admitted at their
@@ -427,10 +472,10 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         }
     }
 
-    private func handleHeartbeat(_ hb: Heartbeat, _ envelope: Envelope, _ peer: Peer, _ router: ZMQSocket, receivedAt: Int64) {
+    private func handleHeartbeat(_ hb: Heartbeat, _ envelope: EnvelopeHeader, _ peer: Peer, _ router: ZMQSocket, receivedAt: Int64) {
         let identity = peer.connection
         if let refusal = ControlAccess.checkSender(envelope, node: hb.nodeID) ?? (membership.nodes[hb.nodeID] == nil ? nil : speaks(for: hb.nodeID, peer)) {
-            refuse(refusal, envelope, identity, router)
+            refuse(refusal, envelope, bodyName: "heartbeat", isError: false, identity, router)
             return
         }
         let mono = clock.monotonicNanos()
@@ -679,11 +724,37 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         transmit(body, to: identity, recipient: recipient, inReplyTo: inReplyTo, on: router)
     }
 
+    /// A heartbeat ack, encoded from header and body (no envelope built: acks are most of what
+    /// the coordinator sends).
+    private func transmitAck(_ ack: HeartbeatAck, to identity: [UInt8], recipient: String, inReplyTo: UInt64, on router: ZMQSocket) {
+        nextMessageID += 1
+        var header = EnvelopeHeader(messageID: nextMessageID, sender: "coordinator", sentAtUnixNanos: ack.sentAtUnixNanos,
+                                    recipient: recipient, inReplyTo: inReplyTo)
+        let body = HotBody.heartbeatAck(ack)
+        let flow = tracer.tracesMessage(header, body) ? tracer.markTraced(&header) : 0
+        do {
+            let frame = codec.encode(header, body)
+            let sent = try frame.withUnsafeBytes { f in try identity.withUnsafeBytes { try router.send(buffers: [$0, f], dontWait: true) } }
+            if sent { bytesSent += UInt64(frame.count + identity.count) } else { count("send_dropped") }
+        } catch {
+            count("send_failed")
+        }
+        if flow != 0 {
+            tracer.span("send heartbeat_ack", category: "message", track: "control", start: header.sentAtUnixNanos, end: clock.wallNanos(),
+                        args: ["to": recipient])
+            tracer.record(.flowOut, "heartbeat_ack", category: "message", track: "control", at: header.sentAtUnixNanos, flow: flow)
+        }
+    }
+
     private func transmit(_ body: Envelope.OneOf_Body, to identity: [UInt8], recipient: String, inReplyTo: UInt64, on router: ZMQSocket) {
         var body = body
         // The agent's clock estimate takes t3 as the moment the ack leaves, not when it was built
         // (the turn's commit came in between).
-        if case .heartbeatAck(var ack) = body { ack.sentAtUnixNanos = clock.wallNanos(); body = .heartbeatAck(ack) }
+        if case .heartbeatAck(var ack) = body {
+            ack.sentAtUnixNanos = clock.wallNanos()
+            transmitAck(ack, to: identity, recipient: recipient, inReplyTo: inReplyTo, on: router)
+            return
+        }
         nextMessageID += 1
         var e = Envelope.make(sender: "coordinator", messageID: nextMessageID, sentAtNanos: clock.wallNanos(),
                               recipient: recipient, inReplyTo: inReplyTo, body: body)

@@ -39,6 +39,72 @@ public enum EnvelopeDecodeError: Error, Equatable, CustomStringConvertible {
     }
 }
 
+/// The fields every envelope carries besides its body (envelope.proto fields 1–7).
+public struct EnvelopeHeader: Sendable, Equatable {
+    public var protocolVersion: UInt32
+    public var messageID: UInt64
+    public var sender: String
+    public var sentAtUnixNanos: Int64
+    public var trace: TraceContext?
+    public var recipient: String
+    public var inReplyTo: UInt64
+
+    public init(protocolVersion: UInt32 = currentProtocolVersion, messageID: UInt64, sender: String, sentAtUnixNanos: Int64,
+                trace: TraceContext? = nil, recipient: String = "", inReplyTo: UInt64 = 0) {
+        self.protocolVersion = protocolVersion
+        self.messageID = messageID
+        self.sender = sender
+        self.sentAtUnixNanos = sentAtUnixNanos
+        self.trace = trace
+        self.recipient = recipient
+        self.inReplyTo = inReplyTo
+    }
+
+    public init(_ e: Envelope) {
+        self.init(protocolVersion: e.protocolVersion, messageID: e.messageID, sender: e.sender, sentAtUnixNanos: e.sentAtUnixNanos,
+                  trace: e.hasTrace ? e.trace : nil, recipient: e.recipient, inReplyTo: e.inReplyTo)
+    }
+}
+
+/// The two bodies that make up most of the control plane's traffic (an agent's heartbeats and
+/// the coordinator's acks), which a receiver can take without an `Envelope` around them.
+public enum HotBody: Sendable, Equatable {
+    case heartbeat(Heartbeat)
+    case heartbeatAck(HeartbeatAck)
+}
+
+/// One decoded frame: a heartbeat or its ack as header and body, or any envelope.
+public enum DecodedFrame: Sendable {
+    case hot(EnvelopeHeader, HotBody)
+    case envelope(Envelope)
+
+    /// The frame as an envelope (built for the hot bodies: for code off the hot path).
+    public var envelope: Envelope {
+        switch self {
+        case .envelope(let e): return e
+        case .hot(let h, let body): return Envelope(h, body)
+        }
+    }
+}
+
+extension Envelope {
+    /// The envelope of `header` and a hot body.
+    public init(_ h: EnvelopeHeader, _ body: HotBody) {
+        self.init()
+        protocolVersion = h.protocolVersion
+        messageID = h.messageID
+        sender = h.sender
+        sentAtUnixNanos = h.sentAtUnixNanos
+        if let t = h.trace { trace = t }
+        recipient = h.recipient
+        inReplyTo = h.inReplyTo
+        switch body {
+        case .heartbeat(let hb): heartbeat = hb
+        case .heartbeatAck(let ack): heartbeatAck = ack
+        }
+    }
+}
+
 /// Encodes and decodes control-plane frames. Pure: no sockets, no clocks.
 public struct EnvelopeCodec: Sendable {
     /// Frames larger than this are rejected before parsing.
@@ -55,6 +121,25 @@ public struct EnvelopeCodec: Sendable {
         // SwiftProtobuf. Serializing a message with only known fields cannot fail.
         if let fast = HotPathCodec.encode(envelope) { return fast }
         return (try? envelope.serializedBytes()) ?? []
+    }
+
+    /// A heartbeat or ack envelope from its header and body: the same bytes as `encode(Envelope(header, body))`.
+    public func encode(_ header: EnvelopeHeader, _ body: HotBody) -> [UInt8] {
+        if let fast = HotPathCodec.encode(header, body) { return fast }
+        return (try? Envelope(header, body).serializedBytes()) ?? []
+    }
+
+    /// Decodes a frame in place (a buffer lent by the socket), with `decode`'s checks and errors;
+    /// heartbeats and acks come back as header and body, without an `Envelope` built around them.
+    public func decodeFrame(_ frame: UnsafeRawBufferPointer) throws -> DecodedFrame {
+        if frame.count > maxFrameBytes {
+            throw EnvelopeDecodeError.frameTooLarge(size: frame.count, limit: maxFrameBytes)
+        }
+        if let (h, body) = HotPathCodec.decodeParts(frame.assumingMemoryBound(to: UInt8.self)) {
+            if h.protocolVersion != currentProtocolVersion { throw EnvelopeDecodeError.unsupportedVersion(h.protocolVersion) }
+            return .hot(h, body)
+        }
+        return .envelope(try decode([UInt8](frame)))
     }
 
     /// Decodes a frame, checking size, wire format, version and body, in that order.

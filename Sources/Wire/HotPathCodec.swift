@@ -19,14 +19,30 @@ enum HotPathCodec {
 
     static func encode(_ e: Envelope) -> [UInt8]? {
         guard e.unknownFields.data.isEmpty else { return nil }
+        let body: HotBody
+        switch e.body {
+        case .heartbeat(let hb)?: body = .heartbeat(hb)
+        case .heartbeatAck(let ack)?: body = .heartbeatAck(ack)
+        default: return nil
+        }
+        return encode(EnvelopeHeader(e), body)
+    }
+
+    /// The envelope of `header` and `body`, without building an `Envelope` (whose storage is
+    /// copied on its first setter and whose oneof is copied on every read and write).
+    static func encode(_ header: EnvelopeHeader, _ body: HotBody) -> [UInt8]? {
         var w = Writer(capacity: 256)
-        w.varintField(1, UInt64(e.protocolVersion))
-        w.varintField(2, e.messageID)
-        w.stringField(3, e.sender)
-        w.varintField(4, UInt64(bitPattern: e.sentAtUnixNanos))
-        if e.hasTrace {
-            let t = e.trace
-            guard t.unknownFields.data.isEmpty else { return nil }
+        guard write(header, body, into: &w) else { return nil }
+        return w.bytes()
+    }
+
+    private static func write(_ h: EnvelopeHeader, _ body: HotBody, into w: inout Writer) -> Bool {
+        w.varintField(1, UInt64(h.protocolVersion))
+        w.varintField(2, h.messageID)
+        w.stringField(3, h.sender)
+        w.varintField(4, UInt64(bitPattern: h.sentAtUnixNanos))
+        if let t = h.trace {
+            guard t.unknownFields.data.isEmpty else { return false }
             w.message(5) { w in
                 w.bytesField(1, t.traceID)
                 w.varintField(2, t.spanID)
@@ -34,17 +50,12 @@ enum HotPathCodec {
                 if t.sampled { w.varintField(4, 1) }
             }
         }
-        w.stringField(6, e.recipient)
-        w.varintField(7, e.inReplyTo)
-        switch e.body {
-        case .heartbeat(let hb)?:
-            guard encodeHeartbeat(hb, into: &w) else { return nil }
-        case .heartbeatAck(let ack)?:
-            guard encodeAck(ack, into: &w) else { return nil }
-        default:
-            return nil
+        w.stringField(6, h.recipient)
+        w.varintField(7, h.inReplyTo)
+        switch body {
+        case .heartbeat(let hb): return encodeHeartbeat(hb, into: &w)
+        case .heartbeatAck(let ack): return encodeAck(ack, into: &w)
         }
-        return w.bytes()
     }
 
     private static func encodeHeartbeat(_ hb: Heartbeat, into w: inout Writer) -> Bool {
@@ -221,18 +232,27 @@ enum HotPathCodec {
     /// The envelope in `frame` when it is a heartbeat or heartbeat ack this path reads entirely;
     /// nil to let SwiftProtobuf decide (every other body, anything unexpected, every error).
     static func decode(_ frame: [UInt8]) -> Envelope? {
-        frame.withUnsafeBufferPointer { decode($0) }
+        guard let (h, body) = frame.withUnsafeBufferPointer({ decodeParts($0) }) else { return nil }
+        var e = Envelope()
+        e.protocolVersion = h.protocolVersion
+        e.messageID = h.messageID
+        e.sender = h.sender
+        e.sentAtUnixNanos = h.sentAtUnixNanos
+        if let trace = h.trace { e.trace = trace }
+        e.recipient = h.recipient
+        e.inReplyTo = h.inReplyTo
+        switch body {
+        case .heartbeat(let hb): e.heartbeat = hb
+        case .heartbeatAck(let ack): e.heartbeatAck = ack
+        }
+        return e
     }
 
-    private static func decode(_ p: UnsafeBufferPointer<UInt8>) -> Envelope? {
+    /// The header and body of a heartbeat or heartbeat ack envelope, read in place; nil as above.
+    static func decodeParts(_ p: UnsafeBufferPointer<UInt8>) -> (EnvelopeHeader, HotBody)? {
         var r = Reader(p, 0, p.count)
-        // Fields are gathered here and the envelope built once at the end: each setter of a
-        // SwiftProtobuf message with heap storage checks uniqueness and exclusivity, and reading
-        // its `body` back copies the whole oneof, which cost more than the parsing.
-        var version: UInt32 = 0, messageID: UInt64 = 0, sentAt: Int64 = 0, inReplyTo: UInt64 = 0
-        var sender = "", recipient = ""
-        var trace: TraceContext?
-        var body: Envelope.OneOf_Body?
+        var h = EnvelopeHeader(protocolVersion: 0, messageID: 0, sender: "", sentAtUnixNanos: 0)
+        var body: HotBody?
         var seen: UInt32 = 0
         while !r.atEnd {
             guard let (field, wire) = r.tag(), field < 32 else { return nil }
@@ -240,15 +260,15 @@ enum HotPathCodec {
             guard seen & (1 << field) == 0 else { return nil }
             seen |= 1 << field
             switch (field, wire) {
-            case (1, 0): guard let v = r.varint(), v <= UInt64(UInt32.max) else { return nil }; version = UInt32(v)
-            case (2, 0): guard let v = r.varint() else { return nil }; messageID = v
-            case (3, 2): guard let s = r.string() else { return nil }; sender = s
-            case (4, 0): guard let v = r.varint() else { return nil }; sentAt = Int64(bitPattern: v)
+            case (1, 0): guard let v = r.varint(), v <= UInt64(UInt32.max) else { return nil }; h.protocolVersion = UInt32(v)
+            case (2, 0): guard let v = r.varint() else { return nil }; h.messageID = v
+            case (3, 2): guard let s = r.string() else { return nil }; h.sender = s
+            case (4, 0): guard let v = r.varint() else { return nil }; h.sentAtUnixNanos = Int64(bitPattern: v)
             case (5, 2):
                 guard var sub = r.submessage(), let t = decodeTrace(&sub) else { return nil }
-                trace = t
-            case (6, 2): guard let s = r.string() else { return nil }; recipient = s
-            case (7, 0): guard let v = r.varint() else { return nil }; inReplyTo = v
+                h.trace = t
+            case (6, 2): guard let s = r.string() else { return nil }; h.recipient = s
+            case (7, 0): guard let v = r.varint() else { return nil }; h.inReplyTo = v
             case (12, 2):
                 // One body only (`seen` holds the other's bit): two oneof members is SwiftProtobuf's case.
                 guard seen & (1 << 13) == 0, var sub = r.submessage(), let hb = decodeHeartbeat(&sub) else { return nil }
@@ -260,16 +280,7 @@ enum HotPathCodec {
             }
         }
         guard let body else { return nil }
-        var e = Envelope()
-        e.protocolVersion = version
-        e.messageID = messageID
-        e.sender = sender
-        e.sentAtUnixNanos = sentAt
-        if let trace { e.trace = trace }
-        e.recipient = recipient
-        e.inReplyTo = inReplyTo
-        e.body = body
-        return e
+        return (h, body)
     }
 
     private static func decodeTrace(_ r: inout Reader) -> TraceContext? {

@@ -187,7 +187,9 @@ public final class ZMQSocket {
         // A ROUTER's identity frame carries no metadata: take the first frame that does.
         var userID: String?
         if wantUserID {
-            for m in messages { if let p = zmq_msg_gets(m, "User-Id") { userID = String(cString: p); break } }
+            for m in messages {
+                if let p = zmq_msg_gets(m, "User-Id") { let s = String(cString: p); if !s.isEmpty { userID = s; break } }
+            }
         }
         return try body(frames, userID)
     }

@@ -65,6 +65,36 @@ struct HotPathCodecTests {
         }
     }
 
+    @Test("header and body (the coordinator's and agent's path): the same bytes both ways, decoded in place, same errors")
+    func headerAndBody() throws {
+        let codec = EnvelopeCodec()
+        var r = RNG(state: 99)
+        var hot = 0
+        for _ in 0..<1000 {
+            let e = Self.randomEnvelope(&r)
+            let body: HotBody = e.body.flatMap { if case .heartbeat(let hb) = $0 { return .heartbeat(hb) } else { return nil } } ?? .heartbeatAck(e.heartbeatAck)
+            let bytes = codec.encode(EnvelopeHeader(e), body)
+            #expect(bytes == (try e.serializedBytes() as [UInt8]))
+            let frame = bytes.withUnsafeBytes { try? codec.decodeFrame($0) }
+            if e.protocolVersion != currentProtocolVersion {
+                #expect(throws: EnvelopeDecodeError.unsupportedVersion(e.protocolVersion)) { try bytes.withUnsafeBytes { try codec.decodeFrame($0) } }
+                continue
+            }
+            guard case .hot(let h, let b)? = frame else { Issue.record("a heartbeat or ack comes back as header and body"); continue }
+            hot += 1
+            #expect(h == EnvelopeHeader(e) && b == body)
+            #expect(Envelope(h, b) == e)
+        }
+        #expect(hot > 500)
+        // Anything else comes back as an envelope; a frame over the limit is refused by size.
+        let status = Envelope.make(sender: "op", messageID: 1, sentAtNanos: 1, body: .statusRequest(StatusRequest()))
+        let statusBytes: [UInt8] = try status.serializedBytes()
+        guard case .envelope(let back)? = statusBytes.withUnsafeBytes({ try? codec.decodeFrame($0) }) else { Issue.record("status request"); return }
+        #expect(back == status)
+        let small = EnvelopeCodec(maxFrameBytes: 4)
+        #expect(throws: EnvelopeDecodeError.frameTooLarge(size: statusBytes.count, limit: 4)) { try statusBytes.withUnsafeBytes { try small.decodeFrame($0) } }
+    }
+
     @Test("mutated and truncated frames: the hot path reads only what SwiftProtobuf reads identically; the rest falls back")
     func mutatedFrames() throws {
         var r = RNG(state: 7)

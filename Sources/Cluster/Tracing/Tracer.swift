@@ -1,5 +1,6 @@
 import Foundation
 import Protocol
+import Wire
 import SwiftProtobuf
 
 /// The process-wide trace recorder. Disabled (every call a cheap no-op) until `enable` is called.
@@ -134,13 +135,42 @@ public final class Tracer: @unchecked Sendable {
     /// Marks an outgoing message as traced: its trace context carries a fresh span id, which is
     /// the flow id both ends record (unique across restarts, unlike message ids). Returns it.
     public func markTraced(_ e: inout Envelope) -> UInt64 {
-        lock.lock(); defer { lock.unlock() }
-        flowCounter &+= 1
-        var id = Tracer.flowID(sender: process + instance, messageID: flowCounter)
-        if id == 0 { id = 1 }
+        let id = nextFlowID()
         e.trace.sampled = true
         e.trace.spanID = id
         return id
+    }
+
+    /// As `markTraced(_:)` for an envelope sent as header and body.
+    public func markTraced(_ h: inout EnvelopeHeader) -> UInt64 {
+        let id = nextFlowID()
+        var t = h.trace ?? TraceContext()
+        t.sampled = true
+        t.spanID = id
+        h.trace = t
+        return id
+    }
+
+    private func nextFlowID() -> UInt64 {
+        lock.lock(); defer { lock.unlock() }
+        flowCounter &+= 1
+        let id = Tracer.flowID(sender: process + instance, messageID: flowCounter)
+        return id == 0 ? 1 : id
+    }
+
+    /// As `tracesMessage(_:)` for a heartbeat or ack sent as header and body.
+    public func tracesMessage(_ h: EnvelopeHeader, _ body: HotBody) -> Bool {
+        guard isEnabled else { return false }
+        switch body {
+        case .heartbeat: return Tracer.flowID(sender: h.sender, messageID: h.messageID) % heartbeatSample == 0
+        case .heartbeatAck: return h.inReplyTo % heartbeatSample == 0
+        }
+    }
+
+    /// As `receivedFlow(_:)` for a message received as header and body.
+    public func receivedFlow(_ h: EnvelopeHeader) -> UInt64 {
+        guard let t = h.trace, t.sampled, t.spanID != 0, isEnabled else { return 0 }
+        return t.spanID
     }
 
     /// The flow id of a received message the sender traced (0: not traced, or tracing is off here).
