@@ -262,12 +262,9 @@ public final class AgentSession: @unchecked Sendable {
             return
         }
         // Heartbeat acks, most of what comes in, are taken as header and body (no envelope built).
-        let header: EnvelopeHeader
+        let header = frame.header
         var envelope = Envelope()
-        switch frame {
-        case .hot(let h, _): header = h
-        case .envelope(let e): header = EnvelopeHeader(e); envelope = e
-        }
+        if case .envelope(let e) = frame { envelope = e }
         let now = clock.monotonicNanos()
         let target = header.recipient
         guard let i = index[target] else { return }
@@ -282,8 +279,8 @@ public final class AgentSession: @unchecked Sendable {
                             args: ["from": header.sender, "node": target])
             }
         }
-        if case .hot(_, .heartbeatAck(let ack)) = frame {
-            handleHeartbeatAck(ack, i, dealer)
+        if case .heartbeatAck(let f) = frame {
+            handleHeartbeatAck(f.ack, i, dealer)
             return
         }
         switch envelope.body {
@@ -410,8 +407,14 @@ public final class AgentSession: @unchecked Sendable {
         var header = EnvelopeHeader(messageID: nextMessageID, sender: nodes[i].identity.nodeID, sentAtUnixNanos: now)
         let body = HotBody.heartbeat(hb)
         let flow = tracer.tracesMessage(header, body) ? tracer.markTraced(&header) : 0
-        let frame = codec.encode(header, body)
-        if transmit(frame, dealer) { sent += 1; bytesSent += UInt64(frame.count) }
+        if network == nil {
+            // Lent straight to the socket; the emulated network below holds a copy.
+            let (ok, size) = codec.withEncoded(header, body) { f in ((try? dealer.send(buffers: [f], dontWait: true)) == true, f.count) }
+            if ok { sent += 1; bytesSent += UInt64(size) }
+        } else {
+            let frame = codec.encode(header, body)
+            if transmit(frame, dealer) { sent += 1; bytesSent += UInt64(frame.count) }
+        }
         if flow != 0 {
             tracer.span("send heartbeat", category: "message", track: "control", start: now, end: clock.wallNanos(),
                         args: ["to": "coordinator", "node": header.sender])

@@ -297,14 +297,15 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         }
         let peer = Peer(connection: identity, key: m.userID)
         // Heartbeats, most of the traffic, are taken as header and body: no envelope is built.
-        if case .hot(let header, .heartbeat(let hb)) = frame {
+        if case .heartbeat(let f) = frame {
+            let header = f.header
             count("received_heartbeat")
             if let refusal = access.admit(peer, need: .agent) {
                 refuse(refusal, header, bodyName: "heartbeat", isError: false, identity, router)
                 return
             }
             let flow = tracer.receivedFlow(header)
-            handleHeartbeat(hb, header, peer, router, receivedAt: receivedAt)
+            handleHeartbeat(f.heartbeat, header, peer, router, receivedAt: receivedAt)
             if flow != 0 {
                 tracer.record(.flowIn, "heartbeat", category: "message", track: "control", at: receivedAt, flow: flow)
                 tracer.span("handle heartbeat", category: "message", track: "control", start: receivedAt, end: clock.wallNanos(),
@@ -733,9 +734,10 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         let body = HotBody.heartbeatAck(ack)
         let flow = tracer.tracesMessage(header, body) ? tracer.markTraced(&header) : 0
         do {
-            let frame = codec.encode(header, body)
-            let sent = try frame.withUnsafeBytes { f in try identity.withUnsafeBytes { try router.send(buffers: [$0, f], dontWait: true) } }
-            if sent { bytesSent += UInt64(frame.count + identity.count) } else { count("send_dropped") }
+            let (sent, size) = try codec.withEncoded(header, body) { f in
+                (try identity.withUnsafeBytes { try router.send(buffers: [$0, f], dontWait: true) }, f.count)
+            }
+            if sent { bytesSent += UInt64(size + identity.count) } else { count("send_dropped") }
         } catch {
             count("send_failed")
         }

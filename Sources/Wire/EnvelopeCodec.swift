@@ -73,16 +73,43 @@ public enum HotBody: Sendable, Equatable {
     case heartbeatAck(HeartbeatAck)
 }
 
+/// A heartbeat as received: its envelope's header and its body. A class, so the decoded frame
+/// moves from the socket to its handler as one reference (a `Heartbeat` is a large value, and
+/// each copy of it moves and retains every field).
+public final class HeartbeatFrame: Sendable {
+    public let header: EnvelopeHeader
+    public let heartbeat: Heartbeat
+    init(_ header: EnvelopeHeader, _ heartbeat: Heartbeat) { self.header = header; self.heartbeat = heartbeat }
+}
+
+/// A heartbeat ack as received (as `HeartbeatFrame`).
+public final class HeartbeatAckFrame: Sendable {
+    public let header: EnvelopeHeader
+    public let ack: HeartbeatAck
+    init(_ header: EnvelopeHeader, _ ack: HeartbeatAck) { self.header = header; self.ack = ack }
+}
+
 /// One decoded frame: a heartbeat or its ack as header and body, or any envelope.
 public enum DecodedFrame: Sendable {
-    case hot(EnvelopeHeader, HotBody)
+    case heartbeat(HeartbeatFrame)
+    case heartbeatAck(HeartbeatAckFrame)
     case envelope(Envelope)
+
+    /// The frame's header.
+    public var header: EnvelopeHeader {
+        switch self {
+        case .heartbeat(let f): return f.header
+        case .heartbeatAck(let f): return f.header
+        case .envelope(let e): return EnvelopeHeader(e)
+        }
+    }
 
     /// The frame as an envelope (built for the hot bodies: for code off the hot path).
     public var envelope: Envelope {
         switch self {
         case .envelope(let e): return e
-        case .hot(let h, let body): return Envelope(h, body)
+        case .heartbeat(let f): return Envelope(f.header, .heartbeat(f.heartbeat))
+        case .heartbeatAck(let f): return Envelope(f.header, .heartbeatAck(f.ack))
         }
     }
 }
@@ -129,15 +156,22 @@ public struct EnvelopeCodec: Sendable {
         return (try? Envelope(header, body).serializedBytes()) ?? []
     }
 
+    /// As `encode(_:_:)`, lending the bytes to `use` (no array is made of them).
+    public func withEncoded<T>(_ header: EnvelopeHeader, _ body: HotBody, _ use: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        if let r = try HotPathCodec.withEncoded(header, body, use) { return r }
+        return try encode(header, body).withUnsafeBytes(use)
+    }
+
     /// Decodes a frame in place (a buffer lent by the socket), with `decode`'s checks and errors;
     /// heartbeats and acks come back as header and body, without an `Envelope` built around them.
     public func decodeFrame(_ frame: UnsafeRawBufferPointer) throws -> DecodedFrame {
         if frame.count > maxFrameBytes {
             throw EnvelopeDecodeError.frameTooLarge(size: frame.count, limit: maxFrameBytes)
         }
-        if let (h, body) = HotPathCodec.decodeParts(frame.assumingMemoryBound(to: UInt8.self)) {
-            if h.protocolVersion != currentProtocolVersion { throw EnvelopeDecodeError.unsupportedVersion(h.protocolVersion) }
-            return .hot(h, body)
+        if let hot = HotPathCodec.decodeFrame(frame.assumingMemoryBound(to: UInt8.self)) {
+            let version = hot.header.protocolVersion
+            if version != currentProtocolVersion { throw EnvelopeDecodeError.unsupportedVersion(version) }
+            return hot
         }
         return .envelope(try decode([UInt8](frame)))
     }

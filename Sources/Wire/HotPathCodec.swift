@@ -36,6 +36,14 @@ enum HotPathCodec {
         return w.bytes()
     }
 
+    /// As `encode(_:_:)`, lending the bytes to `use` (no array made of them); nil when this path
+    /// does not take the body.
+    static func withEncoded<T>(_ header: EnvelopeHeader, _ body: HotBody, _ use: (UnsafeRawBufferPointer) throws -> T) rethrows -> T? {
+        var w = Writer(capacity: 256)
+        guard write(header, body, into: &w) else { return nil }
+        return try w.withBytes(use)
+    }
+
     private static func write(_ h: EnvelopeHeader, _ body: HotBody, into w: inout Writer) -> Bool {
         w.varintField(1, UInt64(h.protocolVersion))
         w.varintField(2, h.messageID)
@@ -148,6 +156,11 @@ enum HotPathCodec {
         }
         deinit { base.deallocate() }
 
+        /// The bytes written, lent for the call.
+        func withBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+            try body(UnsafeRawBufferPointer(start: base, count: count))
+        }
+
         /// The bytes written, as the array the codec returns.
         func bytes() -> [UInt8] {
             [UInt8](unsafeUninitializedCapacity: count) { out, n in
@@ -232,27 +245,15 @@ enum HotPathCodec {
     /// The envelope in `frame` when it is a heartbeat or heartbeat ack this path reads entirely;
     /// nil to let SwiftProtobuf decide (every other body, anything unexpected, every error).
     static func decode(_ frame: [UInt8]) -> Envelope? {
-        guard let (h, body) = frame.withUnsafeBufferPointer({ decodeParts($0) }) else { return nil }
-        var e = Envelope()
-        e.protocolVersion = h.protocolVersion
-        e.messageID = h.messageID
-        e.sender = h.sender
-        e.sentAtUnixNanos = h.sentAtUnixNanos
-        if let trace = h.trace { e.trace = trace }
-        e.recipient = h.recipient
-        e.inReplyTo = h.inReplyTo
-        switch body {
-        case .heartbeat(let hb): e.heartbeat = hb
-        case .heartbeatAck(let ack): e.heartbeatAck = ack
-        }
-        return e
+        frame.withUnsafeBufferPointer { decodeFrame($0) }?.envelope
     }
 
     /// The header and body of a heartbeat or heartbeat ack envelope, read in place; nil as above.
-    static func decodeParts(_ p: UnsafeBufferPointer<UInt8>) -> (EnvelopeHeader, HotBody)? {
+    /// The body is read after the header, straight into the frame that carries it.
+    static func decodeFrame(_ p: UnsafeBufferPointer<UInt8>) -> DecodedFrame? {
         var r = Reader(p, 0, p.count)
         var h = EnvelopeHeader(protocolVersion: 0, messageID: 0, sender: "", sentAtUnixNanos: 0)
-        var body: HotBody?
+        var bodyField = 0, bodyAt = 0, bodyEnd = 0
         var seen: UInt32 = 0
         while !r.atEnd {
             guard let (field, wire) = r.tag(), field < 32 else { return nil }
@@ -269,18 +270,23 @@ enum HotPathCodec {
                 h.trace = t
             case (6, 2): guard let s = r.string() else { return nil }; h.recipient = s
             case (7, 0): guard let v = r.varint() else { return nil }; h.inReplyTo = v
-            case (12, 2):
+            case (12, 2), (13, 2):
                 // One body only (`seen` holds the other's bit): two oneof members is SwiftProtobuf's case.
-                guard seen & (1 << 13) == 0, var sub = r.submessage(), let hb = decodeHeartbeat(&sub) else { return nil }
-                body = .heartbeat(hb)
-            case (13, 2):
-                guard seen & (1 << 12) == 0, var sub = r.submessage(), let ack = decodeAck(&sub) else { return nil }
-                body = .heartbeatAck(ack)
+                guard seen & (1 << (field == 12 ? 13 : 12)) == 0, let sub = r.submessage() else { return nil }
+                bodyField = field; bodyAt = sub.i; bodyEnd = sub.end
             default: return nil
             }
         }
-        guard let body else { return nil }
-        return (h, body)
+        var sub = Reader(p, bodyAt, bodyEnd)
+        if bodyField == 12 {
+            guard let hb = decodeHeartbeat(&sub) else { return nil }
+            return .heartbeat(HeartbeatFrame(h, hb))
+        }
+        if bodyField == 13 {
+            guard let ack = decodeAck(&sub) else { return nil }
+            return .heartbeatAck(HeartbeatAckFrame(h, ack))
+        }
+        return nil
     }
 
     private static func decodeTrace(_ r: inout Reader) -> TraceContext? {

@@ -31,6 +31,12 @@ public final class ZMQSocket {
     public let type: ZMQSocketType
     let handle: UnsafeMutableRawPointer
     private var closed = false
+    /// Messages and frame views a lending receive reuses (no allocation per message on the
+    /// control plane's hot path); a nested lending receive on the same socket makes its own.
+    private static let scratchMessages = 4
+    private let scratch = UnsafeMutablePointer<zmq_msg_t>.allocate(capacity: ZMQSocket.scratchMessages)
+    private var scratchFrames: [UnsafeRawBufferPointer] = []
+    private var scratchInUse = false
 
     public init(_ context: ZMQContext, _ type: ZMQSocketType) throws {
         guard let handle = zmq_socket(context.handle, type.raw) else { throw ZMQError.last("zmq_socket") }
@@ -40,7 +46,10 @@ public final class ZMQSocket {
         try setOption(ZMQ_LINGER, Int32(0))
     }
 
-    deinit { close() }
+    deinit {
+        close()
+        scratch.deallocate()
+    }
 
     /// Closes the socket, discarding unsent messages after `linger` milliseconds.
     public func close(linger: Int32 = 0) {
@@ -166,6 +175,51 @@ public final class ZMQSocket {
     }
 
     private func receiveLending<T>(dontWait: Bool, userID wantUserID: Bool, _ body: ([UnsafeRawBufferPointer], String?) throws -> T) throws -> T? {
+        if scratchInUse { return try receiveLendingAllocating(dontWait: dontWait, userID: wantUserID, body) }
+        scratchInUse = true
+        // The first frames go into the scratch messages; a longer message's further frames into
+        // messages of their own.
+        var used = 0
+        var extra: [UnsafeMutablePointer<zmq_msg_t>] = []
+        func message(_ k: Int) -> UnsafeMutablePointer<zmq_msg_t> { k < ZMQSocket.scratchMessages ? scratch + k : extra[k - ZMQSocket.scratchMessages] }
+        var frames = scratchFrames
+        scratchFrames = []
+        frames.removeAll(keepingCapacity: true)
+        defer {
+            for k in 0..<used { zmq_msg_close(message(k)) }
+            for m in extra { m.deallocate() }
+            frames.removeAll(keepingCapacity: true)
+            scratchFrames = frames
+            scratchInUse = false
+        }
+        while true {
+            if used >= ZMQSocket.scratchMessages && extra.count == used - ZMQSocket.scratchMessages { extra.append(.allocate(capacity: 1)) }
+            let msg = message(used)
+            zmq_msg_init(msg)
+            let flags: Int32 = (dontWait && used == 0) ? ZMQ_DONTWAIT : 0
+            let rc = zmq_msg_recv(msg, handle, flags)
+            if rc < 0 {
+                zmq_msg_close(msg)
+                let err = zmq_errno()
+                if err == EINTR { continue }
+                if err == EAGAIN && used == 0 { return nil }
+                throw ZMQError(code: err, operation: "zmq_msg_recv")
+            }
+            used += 1
+            if zmq_msg_more(msg) == 0 { break }
+        }
+        for k in 0..<used { frames.append(UnsafeRawBufferPointer(start: zmq_msg_data(message(k)), count: zmq_msg_size(message(k)))) }
+        // A ROUTER's identity frame carries no metadata: take the first frame that does.
+        var userID: String?
+        if wantUserID {
+            for k in 0..<used {
+                if let p = zmq_msg_gets(message(k), "User-Id") { let s = String(cString: p); if !s.isEmpty { userID = s; break } }
+            }
+        }
+        return try body(frames, userID)
+    }
+
+    private func receiveLendingAllocating<T>(dontWait: Bool, userID wantUserID: Bool, _ body: ([UnsafeRawBufferPointer], String?) throws -> T) throws -> T? {
         var messages: [UnsafeMutablePointer<zmq_msg_t>] = []
         defer { for m in messages { zmq_msg_close(m); m.deallocate() } }
         while true {

@@ -44,6 +44,41 @@ struct ZMQWrapperTests {
         try roundTrip(context: context, bindTo: "inproc://zmq-wrapper-\(UUID().uuidString)")
     }
 
+    @Test("a lending receive reuses its frames: short and long messages, one after another, and one received inside another's call")
+    func lendingReceive() throws {
+        let context = ZMQContext()
+        defer { context.terminate() }
+        let endpoint = "inproc://zmq-lending-\(UUID().uuidString)"
+        let router = try ZMQSocket(context, .router)
+        defer { router.close() }
+        try router.bind(endpoint)
+        let dealer = try ZMQSocket(context, .dealer)
+        defer { dealer.close() }
+        try dealer.setRoutingID(bytes("d"))
+        try dealer.connect(endpoint)
+        let long = (0..<7).map { bytes("frame-\($0)") }
+        for message in [[bytes("a")], long, [bytes("b"), []], long] { #expect(try dealer.send(message)) }
+        var got: [[[UInt8]]] = []
+        for _ in 0..<4 {
+            guard try ZMQPoller.readable([router], timeoutMs: boundedWaitMs)[0] else { break }
+            let frames = try router.receive(dontWait: true) { $0.map { [UInt8]($0) } }
+            got.append(try #require(frames))
+        }
+        #expect(got == [[bytes("d"), bytes("a")], [bytes("d")] + long, [bytes("d"), bytes("b"), []], [bytes("d")] + long])
+        // A receive inside another's call on the same socket gets frames of its own.
+        for message in [[bytes("outer")], [bytes("inner")]] { #expect(try dealer.send(message)) }
+        _ = try ZMQPoller.readable([router], timeoutMs: boundedWaitMs)
+        let both = try router.receive(dontWait: true) { outer -> [[UInt8]] in
+            var inner: [[UInt8]] = []
+            for _ in 0..<100 where inner.isEmpty {
+                _ = try ZMQPoller.readable([router], timeoutMs: 50)
+                inner = try router.receive(dontWait: true) { $0.map { [UInt8]($0) } } ?? []
+            }
+            return outer.map { [UInt8]($0) } + inner
+        }
+        #expect(both == [bytes("d"), bytes("outer"), bytes("d"), bytes("inner")])
+    }
+
     @Test("binding tcp://127.0.0.1:* picks a free port that lastEndpoint() reports and a DEALER can reach")
     func tcpRoundTrip() throws {
         let context = ZMQContext()

@@ -85,10 +85,12 @@ public enum WireBench {
         var sum: UInt64 = 0
         for _ in 0..<5 {
             let t0 = DispatchTime.now().uptimeNanoseconds
-            for i in 0..<iterations { header.messageID = UInt64(i); bytes = codec.encode(header, body) }
+            // As agents and the coordinator send: encoded and lent to the socket.
+            for i in 0..<iterations { header.messageID = UInt64(i); sum &+= codec.withEncoded(header, body) { UInt64($0.count) } }
+            bytes = codec.encode(header, body)
             let t1 = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<iterations {
-                if case .hot(let h, _)? = bytes.withUnsafeBytes({ try? codec.decodeFrame($0) }) { sum &+= h.messageID }
+                if case .heartbeat(let f)? = bytes.withUnsafeBytes({ try? codec.decodeFrame($0) }) { sum &+= f.header.messageID }
             }
             let t2 = DispatchTime.now().uptimeNanoseconds
             best.0 = min(best.0, Double(t1 - t0) / Double(iterations))
@@ -186,7 +188,7 @@ public enum WireBench {
                 let ok = try? routerBox.value.receive { frames -> Bool in
                     guard frames.count == 2 else { return false }
                     guard useCodec else { return true }
-                    guard case .hot(_, .heartbeat)? = try? codec.decodeFrame(frames[1]) else { return false }
+                    guard case .heartbeat? = try? codec.decodeFrame(frames[1]) else { return false }
                     return true
                 }
                 if ok == true { received += 1 }
@@ -197,7 +199,7 @@ public enum WireBench {
             if useCodec {
                 header.messageID = UInt64(i)
                 header.sentAtUnixNanos = SystemClock.shared.wallNanos()
-                try dealer.send([codec.encode(header, body)])
+                try codec.withEncoded(header, body) { _ = try dealer.send(buffers: [$0]) }
             } else {
                 try dealer.send([preEncoded])
             }
@@ -222,7 +224,8 @@ public enum WireBench {
             header.sentAtUnixNanos = SystemClock.shared.wallNanos()
             try dealer.send([codec.encode(header, body)])
             let answered = try router.receive { frames -> Bool in
-                guard frames.count == 2, case .hot(let h, .heartbeat(let hb))? = try? codec.decodeFrame(frames[1]) else { return false }
+                guard frames.count == 2, case .heartbeat(let f)? = try? codec.decodeFrame(frames[1]) else { return false }
+                let h = f.header, hb = f.heartbeat
                 var ack = HeartbeatAck()
                 ack.nodeID = hb.nodeID
                 ack.sequence = hb.sequence
