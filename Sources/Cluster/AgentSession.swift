@@ -409,7 +409,8 @@ public final class AgentSession: @unchecked Sendable {
         let flow = tracer.tracesMessage(header, body) ? tracer.markTraced(&header) : 0
         if network == nil {
             // Lent straight to the socket; the emulated network below holds a copy.
-            let (ok, size) = codec.withEncoded(header, body) { f in ((try? dealer.send(buffers: [f], dontWait: true)) == true, f.count) }
+            var ok = false, size = 0
+            codec.withEncoded(header, body) { f in size = f.count; ok = (try? dealer.send(buffers: [f], dontWait: true)) == true }
             if ok { sent += 1; bytesSent += UInt64(size) }
         } else {
             let frame = codec.encode(header, body)

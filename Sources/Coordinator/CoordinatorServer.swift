@@ -734,8 +734,10 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         let body = HotBody.heartbeatAck(ack)
         let flow = tracer.tracesMessage(header, body) ? tracer.markTraced(&header) : 0
         do {
-            let (sent, size) = try codec.withEncoded(header, body) { f in
-                (try identity.withUnsafeBytes { try router.send(buffers: [$0, f], dontWait: true) }, f.count)
+            var sent = false, size = 0
+            try codec.withEncoded(header, body) { f in
+                size = f.count
+                sent = try identity.withUnsafeBytes { try router.send(buffers: [$0, f], dontWait: true) }
             }
             if sent { bytesSent += UInt64(size + identity.count) } else { count("send_dropped") }
         } catch {

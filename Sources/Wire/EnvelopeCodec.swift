@@ -157,9 +157,11 @@ public struct EnvelopeCodec: Sendable {
     }
 
     /// As `encode(_:_:)`, lending the bytes to `use` (no array is made of them).
-    public func withEncoded<T>(_ header: EnvelopeHeader, _ body: HotBody, _ use: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
-        if let r = try HotPathCodec.withEncoded(header, body, use) { return r }
-        return try encode(header, body).withUnsafeBytes(use)
+    /// Not generic: a generic function called from another module runs unspecialized, looking up
+    /// type metadata on every call (which showed in the profile of this hot path).
+    public func withEncoded(_ header: EnvelopeHeader, _ body: HotBody, _ use: (UnsafeRawBufferPointer) throws -> Void) rethrows {
+        if try HotPathCodec.withEncoded(header, body, use) { return }
+        try encode(header, body).withUnsafeBytes(use)
     }
 
     /// Decodes a frame in place (a buffer lent by the socket), with `decode`'s checks and errors;

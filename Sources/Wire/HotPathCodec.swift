@@ -38,10 +38,11 @@ enum HotPathCodec {
 
     /// As `encode(_:_:)`, lending the bytes to `use` (no array made of them); nil when this path
     /// does not take the body.
-    static func withEncoded<T>(_ header: EnvelopeHeader, _ body: HotBody, _ use: (UnsafeRawBufferPointer) throws -> T) rethrows -> T? {
+    static func withEncoded(_ header: EnvelopeHeader, _ body: HotBody, _ use: (UnsafeRawBufferPointer) throws -> Void) rethrows -> Bool {
         var w = Writer(capacity: 256)
-        guard write(header, body, into: &w) else { return nil }
-        return try w.withBytes(use)
+        guard write(header, body, into: &w) else { return false }
+        try w.withBytes(use)
+        return true
     }
 
     private static func write(_ h: EnvelopeHeader, _ body: HotBody, into w: inout Writer) -> Bool {
@@ -157,7 +158,7 @@ enum HotPathCodec {
         deinit { base.deallocate() }
 
         /// The bytes written, lent for the call.
-        func withBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        func withBytes(_ body: (UnsafeRawBufferPointer) throws -> Void) rethrows {
             try body(UnsafeRawBufferPointer(start: base, count: count))
         }
 

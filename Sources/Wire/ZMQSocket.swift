@@ -164,17 +164,27 @@ public final class ZMQSocket {
 
     /// Receives one multipart message and lends its frames to `body` without copying them out of
     /// libzmq's buffers (valid only during the call). Returns nil if `dontWait` and nothing is queued.
+    @inlinable
     public func receive<T>(dontWait: Bool = false, _ body: ([UnsafeRawBufferPointer]) throws -> T) throws -> T? {
-        try receiveLending(dontWait: dontWait, userID: false) { frames, _ in try body(frames) }
+        var result: T?
+        _ = try receiveLending(dontWait: dontWait, userID: false) { frames, _ in result = try body(frames) }
+        return result
     }
 
     /// As `receive(dontWait:_:)`, with the `User-Id` the sending connection was admitted with (a
     /// CURVE client's Z85 public key under Stratolab's ZAP handler; nil without one).
+    @inlinable
     public func receiveWithUserID<T>(dontWait: Bool = false, _ body: ([UnsafeRawBufferPointer], String?) throws -> T) throws -> T? {
-        try receiveLending(dontWait: dontWait, userID: true, body)
+        var result: T?
+        _ = try receiveLending(dontWait: dontWait, userID: true) { frames, userID in result = try body(frames, userID) }
+        return result
     }
 
-    private func receiveLending<T>(dontWait: Bool, userID wantUserID: Bool, _ body: ([UnsafeRawBufferPointer], String?) throws -> T) throws -> T? {
+    /// The lending receive itself, not generic (the generic entry points above are specialized
+    /// where they are called; a generic function called across modules looks up type metadata
+    /// on every call). False when `dontWait` and nothing is queued.
+    @usableFromInline
+    func receiveLending(dontWait: Bool, userID wantUserID: Bool, _ body: ([UnsafeRawBufferPointer], String?) throws -> Void) throws -> Bool {
         if scratchInUse { return try receiveLendingAllocating(dontWait: dontWait, userID: wantUserID, body) }
         scratchInUse = true
         // The first frames go into the scratch messages; a longer message's further frames into
@@ -202,7 +212,7 @@ public final class ZMQSocket {
                 zmq_msg_close(msg)
                 let err = zmq_errno()
                 if err == EINTR { continue }
-                if err == EAGAIN && used == 0 { return nil }
+                if err == EAGAIN && used == 0 { return false }
                 throw ZMQError(code: err, operation: "zmq_msg_recv")
             }
             used += 1
@@ -216,10 +226,11 @@ public final class ZMQSocket {
                 if let p = zmq_msg_gets(message(k), "User-Id") { let s = String(cString: p); if !s.isEmpty { userID = s; break } }
             }
         }
-        return try body(frames, userID)
+        try body(frames, userID)
+        return true
     }
 
-    private func receiveLendingAllocating<T>(dontWait: Bool, userID wantUserID: Bool, _ body: ([UnsafeRawBufferPointer], String?) throws -> T) throws -> T? {
+    private func receiveLendingAllocating(dontWait: Bool, userID wantUserID: Bool, _ body: ([UnsafeRawBufferPointer], String?) throws -> Void) throws -> Bool {
         var messages: [UnsafeMutablePointer<zmq_msg_t>] = []
         defer { for m in messages { zmq_msg_close(m); m.deallocate() } }
         while true {
@@ -231,7 +242,7 @@ public final class ZMQSocket {
                 zmq_msg_close(msg); msg.deallocate()
                 let err = zmq_errno()
                 if err == EINTR { continue }
-                if err == EAGAIN && messages.isEmpty { return nil }
+                if err == EAGAIN && messages.isEmpty { return false }
                 throw ZMQError(code: err, operation: "zmq_msg_recv")
             }
             messages.append(msg)
@@ -245,7 +256,8 @@ public final class ZMQSocket {
                 if let p = zmq_msg_gets(m, "User-Id") { let s = String(cString: p); if !s.isEmpty { userID = s; break } }
             }
         }
-        return try body(frames, userID)
+        try body(frames, userID)
+        return true
     }
 
     /// Receives one multipart message with the `User-Id` its connection was admitted with (a CURVE

@@ -86,7 +86,7 @@ public enum WireBench {
         for _ in 0..<5 {
             let t0 = DispatchTime.now().uptimeNanoseconds
             // As agents and the coordinator send: encoded and lent to the socket.
-            for i in 0..<iterations { header.messageID = UInt64(i); sum &+= codec.withEncoded(header, body) { UInt64($0.count) } }
+            for i in 0..<iterations { header.messageID = UInt64(i); codec.withEncoded(header, body) { sum &+= UInt64($0.count) } }
             bytes = codec.encode(header, body)
             let t1 = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<iterations {
