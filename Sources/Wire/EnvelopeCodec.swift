@@ -118,13 +118,7 @@ extension Envelope {
     /// The envelope of `header` and a hot body.
     public init(_ h: EnvelopeHeader, _ body: HotBody) {
         self.init()
-        protocolVersion = h.protocolVersion
-        messageID = h.messageID
-        sender = h.sender
-        sentAtUnixNanos = h.sentAtUnixNanos
-        if let t = h.trace { trace = t }
-        recipient = h.recipient
-        inReplyTo = h.inReplyTo
+        header = h
         switch body {
         case .heartbeat(let hb): heartbeat = hb
         case .heartbeatAck(let ack): heartbeatAck = ack
@@ -222,14 +216,23 @@ extension Envelope {
         inReplyTo: UInt64 = 0, body: Envelope.OneOf_Body
     ) -> Envelope {
         var e = Envelope()
-        e.protocolVersion = currentProtocolVersion
-        e.sender = sender
-        e.messageID = messageID
-        e.sentAtUnixNanos = sentAtNanos
-        e.recipient = recipient
-        e.inReplyTo = inReplyTo
+        e.header = EnvelopeHeader(messageID: messageID, sender: sender, sentAtUnixNanos: sentAtNanos, recipient: recipient, inReplyTo: inReplyTo)
         e.body = body
         return e
+    }
+
+    /// The header fields (1–7), read or written together.
+    public var header: EnvelopeHeader {
+        get { EnvelopeHeader(self) }
+        set {
+            protocolVersion = newValue.protocolVersion
+            messageID = newValue.messageID
+            sender = newValue.sender
+            sentAtUnixNanos = newValue.sentAtUnixNanos
+            if let t = newValue.trace { trace = t } else { clearTrace() }
+            recipient = newValue.recipient
+            inReplyTo = newValue.inReplyTo
+        }
     }
 
     /// A short name for the body, for logs and counters.
