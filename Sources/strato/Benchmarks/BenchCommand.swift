@@ -142,8 +142,10 @@ struct BenchCommand: ParsableCommand {
         @Option(help: "Messages per throughput run.") var messages = 200_000
         @Option(help: "Round trips for latency.") var roundTrips = 20_000
         @Option(name: .customLong("telemetry-gpus"), help: "GPU entries in the heartbeat's telemetry (message size).") var telemetryGPUs = 4
+        @Option(help: "Interleaved throughput rounds of the three paths; each path's median counts.") var rounds = 5
         func run() throws {
-            let r = try WireBench.run(messages: messages, roundTrips: roundTrips, telemetryGPUs: telemetryGPUs) { print($0); fflush(stdout) }
+            guard (1...50).contains(rounds) else { throw ValidationError("--rounds \(rounds) must be within 1 … 50") }
+            let r = try WireBench.run(messages: messages, roundTrips: roundTrips, rounds: rounds, telemetryGPUs: telemetryGPUs) { print($0); fflush(stdout) }
             print(r.table)
         }
     }
