@@ -263,8 +263,9 @@ public final class AgentSession: @unchecked Sendable {
         }
         // Heartbeat acks, most of what comes in, are taken as header and body (no envelope built).
         let header = frame.header
-        var envelope = Envelope()
-        if case .envelope(let e) = frame { envelope = e }
+        var ack: HeartbeatAckFrame?
+        if case .heartbeatAck(let f) = frame { ack = f }
+        let envelope = ack == nil ? frame.envelope : Envelope()
         let now = clock.monotonicNanos()
         let target = header.recipient
         guard let i = index[target] else { return }
@@ -273,14 +274,14 @@ public final class AgentSession: @unchecked Sendable {
         let handledFrom = flow != 0 ? clock.wallNanos() : 0
         defer {
             if flow != 0 {
-                let name = envelope.body == nil ? "heartbeat_ack" : envelope.bodyName
+                let name = ack == nil ? envelope.bodyName : "heartbeat_ack"
                 tracer.record(.flowIn, name, category: "message", track: "control", at: handledFrom, flow: flow)
                 tracer.span("recv \(name)", category: "message", track: "control", start: handledFrom, end: clock.wallNanos(),
                             args: ["from": header.sender, "node": target])
             }
         }
-        if case .heartbeatAck(let f) = frame {
-            handleHeartbeatAck(f.ack, i, dealer)
+        if let ack {
+            handleHeartbeatAck(ack.ack, i, dealer)
             return
         }
         switch envelope.body {

@@ -169,7 +169,7 @@ public struct EnvelopeCodec: Sendable {
             if version != currentProtocolVersion { throw EnvelopeDecodeError.unsupportedVersion(version) }
             return hot
         }
-        return .envelope(try decode([UInt8](frame)))
+        return .envelope(try decodeWithSwiftProtobuf([UInt8](frame)))
     }
 
     /// Decodes a frame, checking size, wire format, version and body, in that order.
@@ -185,6 +185,11 @@ public struct EnvelopeCodec: Sendable {
             }
             return fast
         }
+        return try decodeWithSwiftProtobuf(frame)
+    }
+
+    /// A frame the hand-written path does not take (any other body, anything unexpected).
+    private func decodeWithSwiftProtobuf(_ frame: [UInt8]) throws -> Envelope {
         let envelope: Envelope
         do {
             var options = BinaryDecodingOptions()
