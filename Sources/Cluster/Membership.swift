@@ -1,9 +1,29 @@
 import Protocol
+import Wire
 
 /// What the coordinator knows of one node. `status` is the operator-facing record (and what the
 /// state store persists); the other fields are volatile bookkeeping.
 public struct NodeRecord: Sendable {
-    public var status: NodeStatus
+    /// The node's status without its telemetry, which is kept apart as received and decoded only
+    /// when `status` is read (status replies, the periodic flush): not on each of thousands of
+    /// heartbeats a second. What every other reader (features, liveness) reads.
+    public private(set) var info: NodeStatus
+    private var telemetry: TelemetryBytes?
+
+    /// The whole status, telemetry decoded.
+    public var status: NodeStatus {
+        get {
+            guard let t = telemetry else { return info }
+            var s = info
+            s.telemetry = t.decoded()
+            return s
+        }
+        _modify {
+            yield &info
+            keepTelemetryApart()
+        }
+    }
+
     public var instanceID: String
     /// Monotonic time last heard, since this coordinator started; nil if not heard yet.
     public var lastHeardMono: Int64?
@@ -12,25 +32,33 @@ public struct NodeRecord: Sendable {
     /// True once heard by this coordinator process (restored records start unconfirmed).
     public var confirmed: Bool
 
-    public var id: String { status.nodeID }
+    public var id: String { info.nodeID }
 
     public init(status: NodeStatus, instanceID: String, lastHeardMono: Int64?, lastHeardWall: Int64, confirmed: Bool) {
-        self.status = status
+        self.info = status
         self.instanceID = instanceID
         self.lastHeardMono = lastHeardMono
         self.lastHeardWall = lastHeardWall
         self.confirmed = confirmed
+        keepTelemetryApart()
     }
 
-    /// A heartbeat of the current incarnation arrived.
-    mutating func heard(_ hb: Heartbeat, now: Int64, wallNow: Int64) {
+    private mutating func keepTelemetryApart() {
+        guard info.hasTelemetry else { return }
+        telemetry = TelemetryBytes(info.telemetry)
+        info.clearTelemetry()
+    }
+
+    /// A heartbeat of the current incarnation arrived; `telemetry`, when given, is its telemetry
+    /// as received (`hb` then carries none).
+    mutating func heard(_ hb: Heartbeat, telemetry: TelemetryBytes? = nil, now: Int64, wallNow: Int64) {
         lastHeardMono = now
         lastHeardWall = wallNow
         confirmed = true
-        status.state = .alive
-        status.telemetry = hb.telemetry
-        if hb.hasClock { status.clock = hb.clock }
-        status.running = hb.running
+        info.state = .alive
+        self.telemetry = telemetry ?? (hb.hasTelemetry ? TelemetryBytes(hb.telemetry) : nil)
+        if hb.hasClock { info.clock = hb.clock }
+        info.running = hb.running
     }
 }
 
@@ -63,7 +91,7 @@ public struct Membership: Sendable {
         for var r in records {
             r.confirmed = false
             r.lastHeardMono = nil
-            if r.status.state == .alive || r.status.state == .suspect {
+            if r.info.state == .alive || r.info.state == .suspect {
                 detector.track(r.id, now: now)
                 r.status.state = .alive
             }
@@ -79,17 +107,17 @@ public struct Membership: Sendable {
         let incarnation: UInt64
         let newLife: Bool
         if let existing = nodes[reg.nodeID] {
-            let live = existing.status.state == .alive || existing.status.state == .suspect
+            let live = existing.info.state == .alive || existing.info.state == .suspect
             let sameProcess = existing.instanceID == instanceID
             if live && !sameProcess && existing.confirmed {
                 return .rejected(.nodeIDConflict,
-                    "node id '\(reg.nodeID)' is held by a live node (pid \(existing.status.pid) on \(existing.status.host), incarnation \(existing.status.incarnation)); a second node cannot claim it until that one is dead")
+                    "node id '\(reg.nodeID)' is held by a live node (pid \(existing.info.pid) on \(existing.info.host), incarnation \(existing.info.incarnation)); a second node cannot claim it until that one is dead")
             }
             if live && sameProcess {
-                incarnation = existing.status.incarnation
+                incarnation = existing.info.incarnation
                 newLife = false
             } else {
-                incarnation = max(existing.status.incarnation, reg.lastIncarnation) + 1
+                incarnation = max(existing.info.incarnation, reg.lastIncarnation) + 1
                 newLife = true
             }
         } else {
@@ -116,10 +144,11 @@ public struct Membership: Sendable {
         return .accepted(incarnation: incarnation, newLife: newLife)
     }
 
-    public mutating func heartbeat(_ hb: Heartbeat, now: Int64, wallNow: Int64) -> HeartbeatOutcome {
+    /// `telemetry`: the heartbeat's telemetry as received, when `hb` carries it that way (`HeartbeatFrame`).
+    public mutating func heartbeat(_ hb: Heartbeat, telemetry: TelemetryBytes? = nil, now: Int64, wallNow: Int64) -> HeartbeatOutcome {
         // Read what the checks need, then update the record in place: copying a record out and
         // back would copy its protobuf storage on every heartbeat (thousands a second).
-        guard let state = nodes[hb.nodeID]?.status.state, let incarnation = nodes[hb.nodeID]?.status.incarnation else {
+        guard let state = nodes[hb.nodeID]?.info.state, let incarnation = nodes[hb.nodeID]?.info.incarnation else {
             return .mustRegister("node '\(hb.nodeID)' is not registered")
         }
         switch state {
@@ -131,13 +160,13 @@ public struct Membership: Sendable {
             return .mustRegister("heartbeat for incarnation \(hb.incarnation) but '\(hb.nodeID)' is at incarnation \(incarnation)")
         }
         let transition = detector.heard(hb.nodeID, now: now)
-        nodes[hb.nodeID]!.heard(hb, now: now, wallNow: wallNow)
+        nodes[hb.nodeID]!.heard(hb, telemetry: telemetry, now: now, wallNow: wallNow)
         return .ok(revived: transition != nil)
     }
 
     /// A clean departure: the node is marked left and no longer watched.
     public mutating func deregister(_ d: Deregister) -> Bool {
-        guard var record = nodes[d.nodeID], record.status.incarnation == d.incarnation else { return false }
+        guard var record = nodes[d.nodeID], record.info.incarnation == d.incarnation else { return false }
         record.status.state = .left
         nodes[d.nodeID] = record
         detector.forget(d.nodeID)
@@ -167,10 +196,10 @@ public struct Membership: Sendable {
     /// Whether a node can be sent commands now.
     public func isReachable(_ nodeID: String) -> Bool {
         guard let r = nodes[nodeID] else { return false }
-        return r.status.state == .alive || r.status.state == .suspect
+        return r.info.state == .alive || r.info.state == .suspect
     }
 
     public func count(in state: NodeState) -> Int {
-        nodes.values.filter { $0.status.state == state }.count
+        nodes.values.filter { $0.info.state == state }.count
     }
 }

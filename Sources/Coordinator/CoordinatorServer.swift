@@ -305,7 +305,7 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
                 return
             }
             let flow = tracer.receivedFlow(header)
-            handleHeartbeat(f.heartbeat, header, peer, router, receivedAt: receivedAt)
+            handleHeartbeat(f.withoutTelemetry, telemetry: f.telemetry, header, peer, router, receivedAt: receivedAt)
             if flow != 0 {
                 tracer.record(.flowIn, "heartbeat", category: "message", track: "control", at: receivedAt, flow: flow)
                 tracer.span("handle heartbeat", category: "message", track: "control", start: receivedAt, end: clock.wallNanos(),
@@ -394,7 +394,7 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
     private func speaks(for id: String, _ peer: Peer) -> ControlAccess.Refusal? {
         guard let r = membership.nodes[id] else { return .notRegistered(node: id) }
         // A dead or departed node speaks again only by registering (membership says so).
-        guard r.status.state == .alive || r.status.state == .suspect else { return nil }
+        guard r.info.state == .alive || r.info.state == .suspect else { return nil }
         return access.speaksFor(id, peer)
     }
 
@@ -473,14 +473,15 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
         }
     }
 
-    private func handleHeartbeat(_ hb: Heartbeat, _ envelope: EnvelopeHeader, _ peer: Peer, _ router: ZMQSocket, receivedAt: Int64) {
+    /// `telemetry`: the heartbeat's telemetry as received, kept undecoded until the node's status is read.
+    private func handleHeartbeat(_ hb: Heartbeat, telemetry: TelemetryBytes? = nil, _ envelope: EnvelopeHeader, _ peer: Peer, _ router: ZMQSocket, receivedAt: Int64) {
         let identity = peer.connection
         if let refusal = ControlAccess.checkSender(envelope, node: hb.nodeID) ?? (membership.nodes[hb.nodeID] == nil ? nil : speaks(for: hb.nodeID, peer)) {
             refuse(refusal, envelope, bodyName: "heartbeat", isError: false, identity, router)
             return
         }
         let mono = clock.monotonicNanos()
-        switch membership.heartbeat(hb, now: mono, wallNow: receivedAt) {
+        switch membership.heartbeat(hb, telemetry: telemetry, now: mono, wallNow: receivedAt) {
         case .ok(let revived):
             dirtyNodes.insert(hb.nodeID)
             heartbeatsHandled += 1
@@ -804,7 +805,7 @@ public final class CoordinatorServer: CoordinatorServices, @unchecked Sendable {
 
     private func recordCounters(now: Int64) {
         var byState: [NodeState: Int] = [:]
-        for r in membership.nodes.values { byState[r.status.state, default: 0] += 1 }
+        for r in membership.nodes.values { byState[r.info.state, default: 0] += 1 }
         let cpu = ProcessStats.cpuSeconds()
         var values: [String: Double] = [
             "rss_mb": Double(ProcessStats.residentBytes()) / 1_048_576,

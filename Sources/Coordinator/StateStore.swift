@@ -94,8 +94,8 @@ public final class StateStore {
                     INSERT INTO nodes(id, instance, incarnation, state, last_heard_wall, record) VALUES(?,?,?,?,?,?)
                     ON CONFLICT(id) DO UPDATE SET instance=excluded.instance, incarnation=excluded.incarnation,
                       state=excluded.state, last_heard_wall=excluded.last_heard_wall, record=excluded.record
-                    """, [.text(r.id), .text(r.instanceID), .int(Int64(r.status.incarnation)),
-                          .int(Int64(r.status.state.rawValue)), .int(r.lastHeardWall),
+                    """, [.text(r.id), .text(r.instanceID), .int(Int64(r.info.incarnation)),
+                          .int(Int64(r.info.state.rawValue)), .int(r.lastHeardWall),
                           .blob(try status.serializedBytes())])
             }
         }

@@ -76,10 +76,79 @@ public enum HotBody: Sendable, Equatable {
 /// A heartbeat as received: its envelope's header and its body. A class, so the decoded frame
 /// moves from the socket to its handler as one reference (a `Heartbeat` is a large value, and
 /// each copy of it moves and retains every field).
+///
+/// Its telemetry stays as the bytes received (checked as the decoder would check them): the
+/// coordinator keeps each node's latest telemetry that way and decodes it only when its status is
+/// read, so a heartbeat's GPU entries are not built thousands of times a second for nothing.
 public final class HeartbeatFrame: Sendable {
     public let header: EnvelopeHeader
-    public let heartbeat: Heartbeat
-    init(_ header: EnvelopeHeader, _ heartbeat: Heartbeat) { self.header = header; self.heartbeat = heartbeat }
+    /// The heartbeat with its telemetry left out (`hasTelemetry` false): see `telemetry`.
+    public let withoutTelemetry: Heartbeat
+    /// Its telemetry, when it has one.
+    public let telemetry: TelemetryBytes?
+    init(_ header: EnvelopeHeader, _ heartbeat: Heartbeat, telemetry: TelemetryBytes?) {
+        self.header = header; self.withoutTelemetry = heartbeat; self.telemetry = telemetry
+    }
+    /// The whole heartbeat, telemetry decoded (for code off the hot path).
+    public var heartbeat: Heartbeat {
+        var hb = withoutTelemetry
+        if let t = telemetry { hb.telemetry = t.decoded() }
+        return hb
+    }
+}
+
+/// A `Telemetry` message as received: its bytes, already checked to be one the hand-written
+/// decoder reads entirely, so `decoded()` cannot fail. A node's usual telemetry (up to 120 bytes:
+/// eight GPUs) is held in the value itself, so keeping it costs no allocation per heartbeat.
+public struct TelemetryBytes: Sendable, Equatable {
+    static let inlineCapacity = 120
+    private typealias Inline = (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+    private var inline: Inline = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    private var inlineCount = 0
+    /// The bytes when longer than `inlineCapacity`.
+    private var spilled: [UInt8]?
+
+    /// Bytes the hot-path decoder checked.
+    init(checked p: UnsafeRawBufferPointer) {
+        if p.count <= Self.inlineCapacity {
+            inlineCount = p.count
+            if let from = p.baseAddress, p.count > 0 {
+                withUnsafeMutableBytes(of: &inline) { $0.baseAddress!.copyMemory(from: from, byteCount: p.count) }
+            }
+        } else {
+            spilled = Array(p)
+        }
+    }
+
+    /// A telemetry message's bytes (as SwiftProtobuf writes them).
+    public init(_ t: Telemetry) {
+        let b: [UInt8] = (try? t.serializedBytes()) ?? []
+        self = b.withUnsafeBytes { TelemetryBytes(checked: $0) }
+    }
+
+    /// The bytes, lent for the call.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        if let spilled { return try spilled.withUnsafeBytes(body) }
+        return try withUnsafeBytes(of: inline) { try body(UnsafeRawBufferPointer(rebasing: $0[0..<inlineCount])) }
+    }
+
+    public var bytes: [UInt8] { withBytes { Array($0) } }
+
+    public func decoded() -> Telemetry {
+        withBytes { raw in
+            let p = raw.assumingMemoryBound(to: UInt8.self)
+            var r = HotPathCodec.Reader(p, 0, p.count)
+            var t = Telemetry()
+            // Checked at receive time; SwiftProtobuf as the fallback would read the same bytes.
+            if HotPathCodec.scanTelemetry(&r, into: &t) { return t }
+            return (try? Telemetry(serializedBytes: Array(raw))) ?? Telemetry()
+        }
+    }
+
+    public static func == (a: TelemetryBytes, b: TelemetryBytes) -> Bool {
+        a.withBytes { x in b.withBytes { y in x.elementsEqual(y) } }
+    }
 }
 
 /// A heartbeat ack as received (as `HeartbeatFrame`).
@@ -165,7 +234,13 @@ public struct EnvelopeCodec: Sendable {
             throw EnvelopeDecodeError.frameTooLarge(size: frame.count, limit: maxFrameBytes)
         }
         if let hot = HotPathCodec.decodeFrame(frame.assumingMemoryBound(to: UInt8.self)) {
-            let version = hot.header.protocolVersion
+            // The version straight from the frame's header (`hot.header` would copy the header).
+            let version: UInt32
+            switch hot {
+            case .heartbeat(let f): version = f.header.protocolVersion
+            case .heartbeatAck(let f): version = f.header.protocolVersion
+            case .envelope(let e): version = e.protocolVersion
+            }
             if version != currentProtocolVersion { throw EnvelopeDecodeError.unsupportedVersion(version) }
             return hot
         }

@@ -39,10 +39,13 @@ enum HotPathCodec {
     /// As `encode(_:_:)`, lending the bytes to `use` (no array made of them); nil when this path
     /// does not take the body.
     static func withEncoded(_ header: EnvelopeHeader, _ body: HotBody, _ use: (UnsafeRawBufferPointer) throws -> Void) rethrows -> Bool {
-        var w = Writer(capacity: 256)
-        guard write(header, body, into: &w) else { return false }
-        try w.withBytes(use)
-        return true
+        // Written on the stack (a heartbeat is about a hundred bytes): no allocation per message.
+        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 512) { scratch in
+            var w = Writer(scratch: scratch)
+            guard write(header, body, into: &w) else { return false }
+            try w.withBytes(use)
+            return true
+        }
     }
 
     private static func write(_ h: EnvelopeHeader, _ body: HotBody, into w: inout Writer) -> Bool {
@@ -150,12 +153,21 @@ enum HotPathCodec {
         private var base: UnsafeMutablePointer<UInt8>
         private var capacity: Int
         private(set) var count = 0
+        /// Whether `base` is this writer's to free (false while it writes into a lent scratch buffer).
+        private var owned: Bool
 
         init(capacity: Int) {
             self.capacity = max(capacity, 16)
             base = .allocate(capacity: self.capacity)
+            owned = true
         }
-        deinit { base.deallocate() }
+        /// Writes into `scratch` (lent for the writer's life), moving to the heap if it outgrows it.
+        init(scratch: UnsafeMutableBufferPointer<UInt8>) {
+            base = scratch.baseAddress!
+            capacity = scratch.count
+            owned = false
+        }
+        deinit { if owned { base.deallocate() } }
 
         /// The bytes written, lent for the call.
         func withBytes(_ body: (UnsafeRawBufferPointer) throws -> Void) rethrows {
@@ -178,9 +190,10 @@ enum HotPathCodec {
             while c < needed { c *= 2 }
             let b = UnsafeMutablePointer<UInt8>.allocate(capacity: c)
             b.update(from: base, count: count)
-            base.deallocate()
+            if owned { base.deallocate() }
             base = b
             capacity = c
+            owned = true
         }
 
         @inline(__always) mutating func varint(_ v: UInt64) {
@@ -246,12 +259,13 @@ enum HotPathCodec {
     /// The envelope in `frame` when it is a heartbeat or heartbeat ack this path reads entirely;
     /// nil to let SwiftProtobuf decide (every other body, anything unexpected, every error).
     static func decode(_ frame: [UInt8]) -> Envelope? {
-        frame.withUnsafeBufferPointer { decodeFrame($0) }?.envelope
+        frame.withUnsafeBufferPointer { decodeFrame($0, telemetryAsBytes: false) }?.envelope
     }
 
     /// The header and body of a heartbeat or heartbeat ack envelope, read in place; nil as above.
     /// The body is read after the header, straight into the frame that carries it.
-    static func decodeFrame(_ p: UnsafeBufferPointer<UInt8>) -> DecodedFrame? {
+    /// With `telemetryAsBytes` a heartbeat's telemetry is checked and kept as its bytes.
+    static func decodeFrame(_ p: UnsafeBufferPointer<UInt8>, telemetryAsBytes: Bool = true) -> DecodedFrame? {
         var r = Reader(p, 0, p.count)
         var h = EnvelopeHeader(protocolVersion: 0, messageID: 0, sender: "", sentAtUnixNanos: 0)
         var bodyField = 0, bodyAt = 0, bodyEnd = 0
@@ -280,8 +294,16 @@ enum HotPathCodec {
         }
         var sub = Reader(p, bodyAt, bodyEnd)
         if bodyField == 12 {
-            guard let hb = decodeHeartbeat(&sub) else { return nil }
-            return .heartbeat(HeartbeatFrame(h, hb))
+            var telemetry: Range<Int>?
+            // Read into one value in place: an optional `Heartbeat` returned would be copied and
+            // destroyed through its value witnesses.
+            var hb = Heartbeat()
+            guard telemetryAsBytes ? decodeHeartbeat(&sub, into: &hb, telemetry: &telemetry) : decodeHeartbeat(&sub, into: &hb) else { return nil }
+            var kept: TelemetryBytes?
+            if let range = telemetry, let base = p.baseAddress {
+                kept = TelemetryBytes(checked: UnsafeRawBufferPointer(start: base + range.lowerBound, count: range.count))
+            }
+            return .heartbeat(HeartbeatFrame(h, hb, telemetry: kept))
         }
         if bodyField == 13 {
             guard let ack = decodeAck(&sub) else { return nil }
@@ -307,110 +329,124 @@ enum HotPathCodec {
         return t
     }
 
-    private static func decodeHeartbeat(_ r: inout Reader) -> Heartbeat? {
-        var hb = Heartbeat()
+    /// The heartbeat in `r`. With `telemetry` its telemetry is checked but not built: the range of
+    /// its bytes comes back there instead.
+    private static func decodeHeartbeat(_ r: inout Reader, into hb: inout Heartbeat, telemetry: UnsafeMutablePointer<Range<Int>?>? = nil) -> Bool {
         var seen: UInt32 = 0
         while !r.atEnd {
-            guard let (field, wire) = r.tag(), field < 32 else { return nil }
+            guard let (field, wire) = r.tag(), field < 32 else { return false }
             if field != 6 && field != 9 {
-                guard seen & (1 << field) == 0 else { return nil }
+                guard seen & (1 << field) == 0 else { return false }
                 seen |= 1 << field
             }
             switch (field, wire) {
-            case (1, 2): guard let s = r.string() else { return nil }; hb.nodeID = s
-            case (2, 0): guard let v = r.varint() else { return nil }; hb.incarnation = v
-            case (3, 0): guard let v = r.varint() else { return nil }; hb.sequence = v
-            case (4, 2): guard var sub = r.submessage(), let t = decodeTelemetry(&sub) else { return nil }; hb.telemetry = t
+            case (1, 2): guard let s = r.string() else { return false }; hb.nodeID = s
+            case (2, 0): guard let v = r.varint() else { return false }; hb.incarnation = v
+            case (3, 0): guard let v = r.varint() else { return false }; hb.sequence = v
+            case (4, 2):
+                guard var sub = r.submessage() else { return false }
+                if let telemetry {
+                    let range = sub.i..<sub.end
+                    guard scanTelemetry(&sub, into: nil) else { return false }
+                    telemetry.pointee = range
+                } else {
+                    var t = Telemetry()
+                    guard scanTelemetry(&sub, into: &t) else { return false }
+                    hb.telemetry = t
+                }
             case (5, 2):
-                guard var sub = r.submessage() else { return nil }
+                guard var sub = r.submessage() else { return false }
                 var c = ClockEstimate()
                 var cs: UInt32 = 0
                 while !sub.atEnd {
-                    guard let (f, wt) = sub.tag(), f < 32, cs & (1 << f) == 0 else { return nil }
+                    guard let (f, wt) = sub.tag(), f < 32, cs & (1 << f) == 0 else { return false }
                     cs |= 1 << f
                     switch (f, wt) {
-                    case (1, 0): guard let v = sub.varint() else { return nil }; c.offsetNanos = Int64(bitPattern: v)
-                    case (2, 0): guard let v = sub.varint() else { return nil }; c.errorBoundNanos = Int64(bitPattern: v)
-                    case (3, 0): guard let v = sub.varint(), v <= UInt64(UInt32.max) else { return nil }; c.samples = UInt32(v)
-                    default: return nil
+                    case (1, 0): guard let v = sub.varint() else { return false }; c.offsetNanos = Int64(bitPattern: v)
+                    case (2, 0): guard let v = sub.varint() else { return false }; c.errorBoundNanos = Int64(bitPattern: v)
+                    case (3, 0): guard let v = sub.varint(), v <= UInt64(UInt32.max) else { return false }; c.samples = UInt32(v)
+                    default: return false
                     }
                 }
                 hb.clock = c
-            case (6, 2): guard let s = r.string() else { return nil }; hb.running.append(s)
+            case (6, 2): guard let s = r.string() else { return false }; hb.running.append(s)
             case (9, 2):
-                guard var sub = r.submessage() else { return nil }
+                guard var sub = r.submessage() else { return false }
                 var fr = FeatureReport()
                 var fs: UInt32 = 0
                 while !sub.atEnd {
-                    guard let (f, wt) = sub.tag(), f < 32, fs & (1 << f) == 0 else { return nil }
+                    guard let (f, wt) = sub.tag(), f < 32, fs & (1 << f) == 0 else { return false }
                     fs |= 1 << f
                     switch (f, wt) {
-                    case (1, 2): guard let s = sub.string() else { return nil }; fr.feature = s
-                    case (2, 2): guard let s = sub.string() else { return nil }; fr.key = s
-                    case (3, 2): guard let b = sub.bytes() else { return nil }; fr.body = Data(b)
-                    default: return nil
+                    case (1, 2): guard let s = sub.string() else { return false }; fr.feature = s
+                    case (2, 2): guard let s = sub.string() else { return false }; fr.key = s
+                    case (3, 2): guard let b = sub.bytes() else { return false }; fr.body = Data(b)
+                    default: return false
                     }
                 }
                 hb.reports.append(fr)
-            default: return nil
+            default: return false
             }
         }
-        return hb
+        return true
     }
 
-    private static func decodeTelemetry(_ r: inout Reader) -> Telemetry? {
-        var t = Telemetry()
+    /// Reads a `Telemetry` into `t`, or only checks it when `t` is nil (the same checks either way:
+    /// false for anything this path leaves to SwiftProtobuf).
+    static func scanTelemetry(_ r: inout Reader, into t: UnsafeMutablePointer<Telemetry>?) -> Bool {
         var seen: UInt32 = 0
         while !r.atEnd {
-            guard let (field, wire) = r.tag(), field < 32 else { return nil }
+            guard let (field, wire) = r.tag(), field < 32 else { return false }
             if field != 3 && field != 4 {
-                guard seen & (1 << field) == 0 else { return nil }
+                guard seen & (1 << field) == 0 else { return false }
                 seen |= 1 << field
             }
             switch (field, wire) {
-            case (1, 1): guard let d = r.double() else { return nil }; t.processCpuSeconds = d
-            case (2, 0): guard let v = r.varint() else { return nil }; t.processRssBytes = v
+            case (1, 1): guard let d = r.double() else { return false }; t?.pointee.processCpuSeconds = d
+            case (2, 0): guard let v = r.varint() else { return false }; t?.pointee.processRssBytes = v
             case (3, 2):
-                guard var sub = r.submessage() else { return nil }
+                guard var sub = r.submessage() else { return false }
                 var g = GpuTelemetry()
                 var gs: UInt32 = 0
                 while !sub.atEnd {
-                    guard let (f, wt) = sub.tag(), f < 32, gs & (1 << f) == 0 else { return nil }
+                    guard let (f, wt) = sub.tag(), f < 32, gs & (1 << f) == 0 else { return false }
                     gs |= 1 << f
                     switch (f, wt) {
-                    case (1, 0): guard let v = sub.varint(), v <= UInt64(UInt32.max) else { return nil }; g.index = UInt32(v)
-                    case (2, 1): guard let d = sub.double() else { return nil }; g.utilization = d
-                    case (3, 0): guard let v = sub.varint() else { return nil }; g.memoryUsedBytes = v
-                    default: return nil
+                    case (1, 0): guard let v = sub.varint(), v <= UInt64(UInt32.max) else { return false }; g.index = UInt32(v)
+                    case (2, 1): guard let d = sub.double() else { return false }; g.utilization = d
+                    case (3, 0): guard let v = sub.varint() else { return false }; g.memoryUsedBytes = v
+                    default: return false
                     }
                 }
-                if t.gpus.isEmpty { t.gpus.reserveCapacity(8) }
-                t.gpus.append(g)
+                if let t {
+                    if t.pointee.gpus.isEmpty { t.pointee.gpus.reserveCapacity(8) }
+                    t.pointee.gpus.append(g)
+                }
             case (4, 2):
-                guard var sub = r.submessage() else { return nil }
+                guard var sub = r.submessage() else { return false }
                 var tier = TierTelemetry()
                 var ts: UInt32 = 0
                 while !sub.atEnd {
-                    guard let (f, wt) = sub.tag(), f < 32, ts & (1 << f) == 0 else { return nil }
+                    guard let (f, wt) = sub.tag(), f < 32, ts & (1 << f) == 0 else { return false }
                     ts |= 1 << f
                     switch (f, wt) {
                     case (1, 0):
                         // Known enum values only: an unknown one is SwiftProtobuf's to keep.
-                        guard let v = sub.varint(), v <= 64, let k = MemoryTierKind(rawValue: Int(v)), k.rawValue == Int(v) else { return nil }
-                        if case .UNRECOGNIZED = k { return nil }
+                        guard let v = sub.varint(), v <= 64, let k = MemoryTierKind(rawValue: Int(v)), k.rawValue == Int(v) else { return false }
+                        if case .UNRECOGNIZED = k { return false }
                         tier.kind = k
-                    case (2, 0): guard let v = sub.varint() else { return nil }; tier.usedBytes = v
-                    default: return nil
+                    case (2, 0): guard let v = sub.varint() else { return false }; tier.usedBytes = v
+                    default: return false
                     }
                 }
-                t.tiers.append(tier)
-            case (5, 0): guard let v = r.varint(), v <= UInt64(UInt32.max) else { return nil }; t.renderSlotsUsed = UInt32(v)
-            case (6, 0): guard let v = r.varint() else { return nil }; t.messagesSent = v
-            case (7, 0): guard let v = r.varint() else { return nil }; t.messagesReceived = v
-            default: return nil
+                t?.pointee.tiers.append(tier)
+            case (5, 0): guard let v = r.varint(), v <= UInt64(UInt32.max) else { return false }; t?.pointee.renderSlotsUsed = UInt32(v)
+            case (6, 0): guard let v = r.varint() else { return false }; t?.pointee.messagesSent = v
+            case (7, 0): guard let v = r.varint() else { return false }; t?.pointee.messagesReceived = v
+            default: return false
             }
         }
-        return t
+        return true
     }
 
     private static func decodeAck(_ r: inout Reader) -> HeartbeatAck? {

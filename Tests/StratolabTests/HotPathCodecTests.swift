@@ -120,6 +120,53 @@ struct HotPathCodecTests {
         #expect(read > 100 && fellBack > 100, "both paths exercised: \(read) read, \(fellBack) fell back")
     }
 
+    @Test("telemetry kept as bytes (the coordinator's path): the same frames taken, the same heartbeat once decoded")
+    func telemetryAsBytes() throws {
+        var r = RNG(state: 1234)
+        var taken = 0, refused = 0, kept = 0
+        for k in 0..<5000 {
+            var frame: [UInt8] = try Self.randomEnvelope(&r).serializedBytes()
+            // Half as sent, half mutated: the lazy path must accept and refuse exactly as the full one.
+            if k % 2 == 1, !frame.isEmpty {
+                for _ in 0..<Int(1 + r.next() % 3) { frame[Int(r.next() % UInt64(frame.count))] ^= UInt8(1 + r.next() % 255) }
+            }
+            let full = HotPathCodec.decode(frame)
+            let lazy = frame.withUnsafeBufferPointer { HotPathCodec.decodeFrame($0, telemetryAsBytes: true) }
+            #expect((full == nil) == (lazy == nil), "frame \(k): taken by one path and not the other")
+            guard let full, let lazy else { refused += 1; continue }
+            taken += 1
+            if case .heartbeat(let f) = lazy {
+                #expect(!f.withoutTelemetry.hasTelemetry)
+                if f.telemetry != nil { kept += 1 }
+                // As serialized: a mutated double may be NaN, which is not equal to itself.
+                if f.telemetry != nil {
+                    #expect(try f.heartbeat.telemetry.serializedBytes() as [UInt8] == (try full.heartbeat.telemetry.serializedBytes() as [UInt8]))
+                }
+            }
+            #expect(try lazy.envelope.serializedBytes() as [UInt8] == (try full.serializedBytes() as [UInt8]))
+        }
+        #expect(taken > 1000 && refused > 500 && kept > 500, "\(taken) taken, \(refused) refused, \(kept) with telemetry")
+    }
+
+    @Test("telemetry bytes: short ones held inline, long ones spilled, both decode to what was sent")
+    func telemetryBytesStorage() throws {
+        var small = Telemetry(); small.processCpuSeconds = 1.5
+        small.gpus = [GpuTelemetry.with { $0.index = 0; $0.utilization = 0.25; $0.memoryUsedBytes = 1 << 30 }]
+        var large = small
+        large.gpus = (0..<8).map { i in GpuTelemetry.with { $0.index = UInt32(i); $0.utilization = 0.5; $0.memoryUsedBytes = .max } }
+        large.messagesSent = .max
+        let smallBytes: [UInt8] = try small.serializedBytes(), largeBytes: [UInt8] = try large.serializedBytes()
+        #expect(smallBytes.count <= TelemetryBytes.inlineCapacity && largeBytes.count > TelemetryBytes.inlineCapacity)
+        for (t, b) in [(small, smallBytes), (large, largeBytes)] {
+            let kept = TelemetryBytes(t)
+            #expect(kept.bytes == b)
+            #expect(kept.decoded() == t)
+            #expect(kept == b.withUnsafeBytes { TelemetryBytes(checked: $0) })
+        }
+        #expect(TelemetryBytes(small) != TelemetryBytes(large))
+        #expect(TelemetryBytes(Telemetry()).decoded() == Telemetry())
+    }
+
     @Test("other bodies, unknown fields and repeated singular fields go to SwiftProtobuf")
     func fallsBack() throws {
         let status = Envelope.make(sender: "op", messageID: 1, sentAtNanos: 1, body: .statusRequest(StatusRequest()))

@@ -1,7 +1,9 @@
 import Cluster
 import Protocol
 import Scheduling
+import SwiftProtobuf
 import Testing
+@testable import Wire
 
 // Membership as a pure state machine: registrations, heartbeats and silence, in plain nanoseconds.
 
@@ -87,6 +89,28 @@ struct MembershipTests {
         #expect(m.nodes["gpu-1"]?.status.running == ["llama"])
         #expect(m.nodes["gpu-1"]?.status.clock.offsetNanos == 77)
         #expect(m.nodes["gpu-1"]?.lastHeardWall == 5)
+    }
+
+    @Test("telemetry received as bytes is decoded when the status is read, and survives other updates")
+    func telemetryKeptAsBytes() throws {
+        var m = Membership()
+        _ = m.register(gpuRegister(), instanceID: "i1", now: 0, wallNow: 0)
+        var t = Telemetry(); t.processRssBytes = 4096
+        t.gpus = [GpuTelemetry.with { $0.index = 1; $0.utilization = 0.75 }]
+        let bytes: [UInt8] = try t.serializedBytes()
+        let kept = bytes.withUnsafeBytes { TelemetryBytes(checked: $0) }
+        #expect(m.heartbeat(heartbeat(incarnation: 1), telemetry: kept, now: .millis(100), wallNow: 1) == .ok(revived: false))
+        #expect(m.nodes["gpu-1"]?.status.telemetry == t)
+        #expect(m.nodes["gpu-1"]?.info.hasTelemetry == false, "info carries no telemetry")
+        // A change through `status` keeps the telemetry; a plain heartbeat's own telemetry replaces it.
+        m.setLabels(["zone": "b"], on: "gpu-1")
+        #expect(m.nodes["gpu-1"]?.status.telemetry == t && m.nodes["gpu-1"]?.status.labels["zone"] == "b")
+        var hb = heartbeat(incarnation: 1); hb.telemetry.processRssBytes = 1
+        #expect(m.heartbeat(hb, now: .millis(200), wallNow: 2) == .ok(revived: false))
+        #expect(m.nodes["gpu-1"]?.status.telemetry == hb.telemetry)
+        // A record built from a status with telemetry (a restart's restore) keeps it.
+        let restored = NodeRecord(status: m.nodes["gpu-1"]!.status, instanceID: "i1", lastHeardMono: nil, lastHeardWall: 2, confirmed: false)
+        #expect(restored.status == m.nodes["gpu-1"]!.status && !restored.info.hasTelemetry)
     }
 
     @Test("heartbeats from unknown nodes or a stale incarnation must register")

@@ -31,7 +31,7 @@ public final class DataPlaneController: CoordinatorFeature {
         switch request.action {
         case .start(let p)?:
             if let problem = problem(with: p, s) { return .error(Self.error(.invalidRequest, problem)) }
-            let to = s.membership.nodes[p.toNode]!.status
+            let to = s.membership.nodes[p.toNode]!.info
             nextProbe += 1
             let id = "probe-\(s.counter("probes_started") + 1)-\(nextProbe)"
             var c = ProbeCommand()
@@ -58,8 +58,8 @@ public final class DataPlaneController: CoordinatorFeature {
         guard p.bytes > 0, p.bytes <= 1 << 40 else { return "bytes must be between 1 and 1 TiB (got \(p.bytes))" }
         for (role, id) in [("from", p.fromNode), ("to", p.toNode)] {
             guard let n = s.membership.nodes[id] else { return "no node '\(id)' (\(role)); see `strato status`" }
-            guard n.status.state == .alive else { return "node '\(id)' (\(role)) is \(n.status.state)" }
-            guard !n.status.dataEndpoint.isEmpty else { return "node '\(id)' (\(role)) has no data plane (started with --data-endpoint none?)" }
+            guard n.info.state == .alive else { return "node '\(id)' (\(role)) is \(n.info.state)" }
+            guard !n.info.dataEndpoint.isEmpty else { return "node '\(id)' (\(role)) has no data plane (started with --data-endpoint none?)" }
         }
         return p.fromNode == p.toNode ? "a probe needs two different nodes" : nil
     }

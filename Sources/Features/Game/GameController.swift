@@ -49,15 +49,15 @@ public final class GameController: CoordinatorFeature {
     }
 
     private func world(_ s: CoordinatorServices) -> PeerEndpoint? {
-        guard let w = s.membership.nodes.values.filter({ $0.status.kind == .world && $0.status.state == .alive && !$0.status.dataEndpoint.isEmpty })
-            .min(by: { $0.status.nodeID < $1.status.nodeID }) else { return nil }
-        var e = PeerEndpoint(); e.node = w.status.nodeID; e.endpoint = w.status.dataEndpoint; e.publicKey = w.status.dataPublicKey
+        guard let w = s.membership.nodes.values.filter({ $0.info.kind == .world && $0.info.state == .alive && !$0.info.dataEndpoint.isEmpty })
+            .min(by: { $0.info.nodeID < $1.info.nodeID }) else { return nil }
+        var e = PeerEndpoint(); e.node = w.info.nodeID; e.endpoint = w.info.dataEndpoint; e.publicKey = w.info.dataPublicKey
         return e
     }
 
     private func endpoint(_ node: String, _ s: CoordinatorServices) -> PeerEndpoint? {
-        guard let n = s.membership.nodes[node], !n.status.dataEndpoint.isEmpty else { return nil }
-        var e = PeerEndpoint(); e.node = node; e.endpoint = n.status.dataEndpoint; e.publicKey = n.status.dataPublicKey
+        guard let n = s.membership.nodes[node], !n.info.dataEndpoint.isEmpty else { return nil }
+        var e = PeerEndpoint(); e.node = node; e.endpoint = n.info.dataEndpoint; e.publicKey = n.info.dataPublicKey
         return e
     }
 
@@ -65,14 +65,14 @@ public final class GameController: CoordinatorFeature {
         // Slots a site serves now, as it reported, or at least the players placed there.
         var placedAt: [String: Int] = [:]
         for (_, p) in placed where p.place != "local" { placedAt[p.place, default: 0] += 1 }
-        return s.membership.nodes.values.filter { $0.status.kind == .render }.sorted { $0.status.nodeID < $1.status.nodeID }.map { n in
-            let c = n.status.capabilities.render
-            let id = n.status.nodeID
+        return s.membership.nodes.values.filter { $0.info.kind == .render }.sorted { $0.info.nodeID < $1.info.nodeID }.map { n in
+            let c = n.info.capabilities.render
+            let id = n.info.nodeID
             let used = max(Int(siteReports[id]?.slotsUsed ?? 0), placedAt[id] ?? 0)
             // Distance from the players: the site's round trip to the coordinator stands for it.
-            let rtt = n.status.hasClock && n.status.clock.samples > 0 ? Double(n.status.clock.errorBoundNanos) * 2 / 1e6 : 0
+            let rtt = n.info.hasClock && n.info.clock.samples > 0 ? Double(n.info.clock.errorBoundNanos) * 2 / 1e6 : 0
             return RenderSiteSnapshot(id: id, kind: c.siteKind == .edge ? "edge" : "cloud", slots: Int(c.renderSlots), used: used,
-                                      alive: n.status.state == .alive && !n.status.dataEndpoint.isEmpty, maxFPS: Double(max(1, c.maxFps)), rttMs: rtt)
+                                      alive: n.info.state == .alive && !n.info.dataEndpoint.isEmpty, maxFPS: Double(max(1, c.maxFps)), rttMs: rtt)
         }
     }
 
@@ -85,7 +85,7 @@ public final class GameController: CoordinatorFeature {
     }
 
     public func nodeDead(_ nodeID: String, _ s: CoordinatorServices) {
-        if let n = s.membership.nodes[nodeID], n.status.kind == .render {
+        if let n = s.membership.nodes[nodeID], n.info.kind == .render {
             let on = placed.filter { $0.value.place == nodeID }.map(\.key)
             if !on.isEmpty { s.event(nodeID, "game", "render site dead: \(on.count) players fall back") }
         }
@@ -133,15 +133,15 @@ public final class GameController: CoordinatorFeature {
             }
         }
         for p in unsent.sorted() {
-            guard let n = s.membership.nodes[p], n.status.state == .alive else { continue }
+            guard let n = s.membership.nodes[p], n.info.state == .alive else { continue }
             if send(p, world: w, s) { unsent.remove(p); sent = true }
         }
         return sent
     }
 
     func playerSnapshots(_ s: CoordinatorServices) -> [PlayerSnapshot] {
-        s.membership.nodes.values.filter { $0.status.kind == .player && $0.status.state == .alive }.compactMap { n in
-            let id = n.status.nodeID
+        s.membership.nodes.values.filter { $0.info.kind == .player && $0.info.state == .alive }.compactMap { n in
+            let id = n.info.nodeID
             guard let p = placed[id], let r = latest[id]?.report else { return nil }
             var snap = PlayerSnapshot(id: id, device: r.device, network: r.network, current: p.place)
             // Still on its way, or the player has not taken it yet: not a candidate this round.
@@ -210,7 +210,7 @@ public final class GameController: CoordinatorFeature {
             var row = PlayerRow()
             row.player = id
             if let l = latest[id] { row.report = l.report; row.ageSeconds = Double(now - l.at) / 1e9 } else { row.report.place = p.place }
-            row.alive = s.membership.nodes[id]?.status.state == .alive
+            row.alive = s.membership.nodes[id]?.info.state == .alive
             reply.players.append(row)
         }
         for site in sites(s) {

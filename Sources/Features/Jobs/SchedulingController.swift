@@ -50,9 +50,9 @@ public final class SchedulingController: CoordinatorFeature {
         let t0 = try store.metaValue("trace_t0_nanos")
         jobs = JobManager(policy: policy, kb: kb, timeScale: s.timeScale, t0Wall: t0)
         if weightLinkBytesPerSecond > 0 { jobs.scheduler.weightLinkBytesPerSecond = weightLinkBytesPerSecond }
-        for r in restoredNodes where SchedulingController.isGPU(r.status.capabilities) {
-            let g = r.status.capabilities.gpu
-            jobs.scheduler.state.addNode(NodeSlot(id: r.id, gpuModel: g.model, gpuCount: Int(g.count), alive: r.status.state != .dead))
+        for r in restoredNodes where SchedulingController.isGPU(r.info.capabilities) {
+            let g = r.info.capabilities.gpu
+            jobs.scheduler.state.addNode(NodeSlot(id: r.id, gpuModel: g.model, gpuCount: Int(g.count), alive: r.info.state != .dead))
         }
         let (future, records) = try store.loadJobs()
         jobs.restore(future: future, records: records)

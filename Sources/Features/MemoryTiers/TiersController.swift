@@ -41,12 +41,12 @@ public final class TiersController: CoordinatorFeature {
 
     /// Memory hosts alive with a data plane, as GPU agents reach them.
     private func hosts(_ s: CoordinatorServices) -> [MemoryHostAddress] {
-        s.membership.nodes.values.filter { $0.status.kind == .memory && $0.status.state == .alive && !$0.status.dataEndpoint.isEmpty }
-            .sorted { $0.status.nodeID < $1.status.nodeID }
+        s.membership.nodes.values.filter { $0.info.kind == .memory && $0.info.state == .alive && !$0.info.dataEndpoint.isEmpty }
+            .sorted { $0.info.nodeID < $1.info.nodeID }
             .map { n in
                 var h = MemoryHostAddress()
-                h.node = n.status.nodeID; h.endpoint = n.status.dataEndpoint; h.publicKey = n.status.dataPublicKey
-                h.tiers = n.status.capabilities.memory.tiers.sorted { $0.kind.rawValue < $1.kind.rawValue }.map { t in
+                h.node = n.info.nodeID; h.endpoint = n.info.dataEndpoint; h.publicKey = n.info.dataPublicKey
+                h.tiers = n.info.capabilities.memory.tiers.sorted { $0.kind.rawValue < $1.kind.rawValue }.map { t in
                     var f = TierFigure()
                     f.kind = t.kind == .dram ? "dram" : t.kind == .cxl ? "cxl" : "nvme"
                     f.bandwidthGbps = t.bandwidthGbps; f.latencyNs = t.latencyNs; f.emulated = t.emulated
@@ -61,16 +61,16 @@ public final class TiersController: CoordinatorFeature {
         let now = hosts(s)
         if now != sentHosts { sentHosts = now; configured.removeAll(); version += 1 }
         var sent = false
-        for n in s.membership.nodes.values where n.status.kind == .gpu && n.status.state == .alive && !n.status.dataEndpoint.isEmpty
-            && !configured.contains(n.status.nodeID) {
+        for n in s.membership.nodes.values where n.info.kind == .gpu && n.info.state == .alive && !n.info.dataEndpoint.isEmpty
+            && !configured.contains(n.info.nodeID) {
             var c = TierConfig()
             c.policy = policy; c.hosts = now; c.linkBytesPerSecond = linkBytesPerSecond; c.linkLatencySeconds = linkLatencySeconds; c.version = version
             var cmd = TierCommand(); cmd.config = c
             do {
-                try s.enqueueTransient(.feature(TierStoreHandler.feature, node: n.status.nodeID, cmd))
-                configured.insert(n.status.nodeID)
+                try s.enqueueTransient(.feature(TierStoreHandler.feature, node: n.info.nodeID, cmd))
+                configured.insert(n.info.nodeID)
                 sent = true
-            } catch { s.logLimited("tiers_config", "could not send the tier config to \(n.status.nodeID): \(error)") }
+            } catch { s.logLimited("tiers_config", "could not send the tier config to \(n.info.nodeID): \(error)") }
         }
         return sent
     }
@@ -115,7 +115,7 @@ public final class TiersController: CoordinatorFeature {
         }
         if request.hasDiskFault {
             var e = ErrorReply(); e.code = .invalidRequest
-            guard let n = s.membership.nodes[request.node], n.status.kind == .memory else {
+            guard let n = s.membership.nodes[request.node], n.info.kind == .memory else {
                 e.message = "a disk fault needs a memory host in `node` ('\(request.node)' is not one)"
                 return .error(e)
             }
@@ -128,7 +128,7 @@ public final class TiersController: CoordinatorFeature {
             }
             s.event(request.node, "tiers", request.diskFault.full ? "NVMe disk full (fault, emulated)" : "NVMe disk freed")
             var reply = TiersApiReply(); reply.policy = policy
-            reply.notes.append("\(request.node): NVMe tier's disk \(request.diskFault.full ? "full (emulated)" : "free again"), sent" + (n.status.state == .alive ? "" : " (the host is \(n.status.state); it gets it when it answers again)"))
+            reply.notes.append("\(request.node): NVMe tier's disk \(request.diskFault.full ? "full (emulated)" : "free again"), sent" + (n.info.state == .alive ? "" : " (the host is \(n.info.state); it gets it when it answers again)"))
             var out = FeatureMessage(); out.feature = TierStoreHandler.feature; out.body = (try? reply.serializedData()) ?? Data()
             return .featureReply(out)
         }
@@ -149,7 +149,7 @@ public final class TiersController: CoordinatorFeature {
         for (node, l) in latest.sorted(by: { $0.key < $1.key }) where request.node.isEmpty || node == request.node {
             var h = HostTiers()
             h.node = node
-            h.alive = s.membership.nodes[node]?.status.state == .alive
+            h.alive = s.membership.nodes[node]?.info.state == .alive
             h.stats = l.stats
             h.ageSeconds = Double(now - l.at) / 1e9
             reply.hosts.append(h)

@@ -214,8 +214,8 @@ public final class MigrationController: CoordinatorFeature {
         var sent = false
         for id in order where Self.live.contains(records[id]!.state) {
             var r = records[id]!
-            let sourceDead = s.membership.nodes[r.fromNode].map { $0.status.state == .dead } ?? true
-            let destDead = s.membership.nodes[r.toNode].map { $0.status.state == .dead } ?? true
+            let sourceDead = s.membership.nodes[r.fromNode].map { $0.info.state == .dead } ?? true
+            let destDead = s.membership.nodes[r.toNode].map { $0.info.state == .dead } ?? true
             if r.sourceOutcome.isEmpty && sourceDead && !destDead && !resolving.contains(id) {
                 // The destination resumes it (or says it holds nothing, and the request waits again).
                 let finished = router.records[r.requestID]?.finished != nil
@@ -247,7 +247,7 @@ public final class MigrationController: CoordinatorFeature {
     private var closedForDrain = Set<String>()
     private func closeDrainedReplicas(_ s: CoordinatorServices) {
         for (id, rep) in router.ready {
-            let drained = s.membership.nodes[rep.node]?.status.drained ?? false
+            let drained = s.membership.nodes[rep.node]?.info.drained ?? false
             if drained && !router.closed.contains(id) { router.setClosed(id, true); closedForDrain.insert(id) }
             if !drained && closedForDrain.remove(id) != nil { router.setClosed(id, false) }
         }
@@ -300,8 +300,8 @@ public final class MigrationController: CoordinatorFeature {
     /// it arrived and its remaining tokens at its own pace so far.
     private func instance(_ id: String, _ l: Load, _ s: CoordinatorServices, traceNow: Double) -> InstanceLoad {
         let node = s.membership.nodes[l.node]
-        let health: InstanceLoad.Health = (node?.status.drained ?? false) || router.closed.contains(id) ? .draining
-            : node?.status.state == .suspect ? .suspect : .alive
+        let health: InstanceLoad.Health = (node?.info.drained ?? false) || router.closed.contains(id) ? .draining
+            : node?.info.state == .suspect ? .suspect : .alive
         let running = l.report.running.map { q -> RequestLoad in
             var slack = Double.infinity
             if let rec = router.records[q.requestID], let slo = jobs.services[rec.request.serviceID]?.sloSeconds {
@@ -336,10 +336,10 @@ public final class MigrationController: CoordinatorFeature {
         guard dest.service == rec.request.serviceID else {
             throw Refusal(description: "replica \(toReplica) serves \(dest.service), not \(rec.request.serviceID) (another model)")
         }
-        guard let node = s.membership.nodes[dest.node], node.status.state == .alive else {
-            throw Refusal(description: "node \(dest.node) is \(s.membership.nodes[dest.node].map { "\($0.status.state)" } ?? "unknown")")
+        guard let node = s.membership.nodes[dest.node], node.info.state == .alive else {
+            throw Refusal(description: "node \(dest.node) is \(s.membership.nodes[dest.node].map { "\($0.info.state)" } ?? "unknown")")
         }
-        guard !node.status.dataEndpoint.isEmpty else { throw Refusal(description: "node \(dest.node) has no data plane") }
+        guard !node.info.dataEndpoint.isEmpty else { throw Refusal(description: "node \(dest.node) has no data plane") }
         if let l = loads[toReplica] {
             // Its KV so far (as its source last reported it) and a block to grow into.
             let held = loads[from]?.report.running.first { $0.requestID == request }.map { Int($0.blocks) }
@@ -358,7 +358,7 @@ public final class MigrationController: CoordinatorFeature {
         var m = MigrateRequest()
         m.migrationID = id; m.requestID = request; m.sourceReplica = from
         m.destinationNode = dest.node; m.destinationReplica = toReplica
-        m.destinationEndpoint = node.status.dataEndpoint; m.destinationPublicKey = node.status.dataPublicKey
+        m.destinationEndpoint = node.info.dataEndpoint; m.destinationPublicKey = node.info.dataPublicKey
         m.method = method.rawValue; m.downtimeBudgetSeconds = settings.downtimeBudget; m.stageCap = UInt32(settings.stageCap)
         m.kvLinkBytesPerSecond = settings.kvLinkBytesPerSecond
         // Held bytes per wall second: what the stages measured lately, else what the emulated link allows.
@@ -426,7 +426,7 @@ public final class MigrationController: CoordinatorFeature {
                 method = x
             }
             guard let node = s.membership.nodes[m.toNode] else { return .error(Self.error("no node '\(m.toNode)'; see `strato status`")) }
-            guard node.status.state == .alive else { return .error(Self.error("node \(m.toNode) is \(node.status.state)")) }
+            guard node.info.state == .alive else { return .error(Self.error("node \(m.toNode) is \(node.info.state)")) }
             guard let rec = router.records[m.requestID] else { return .error(Self.error("no request '\(m.requestID)'")) }
             guard rec.finished == nil else { return .error(Self.error("request \(m.requestID) has finished")) }
             if rec.node == m.toNode { return .error(Self.error("request \(m.requestID) is already on node \(m.toNode)")) }

@@ -139,7 +139,7 @@ struct BenchCommand: ParsableCommand {
 
     struct Wire: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Raw libzmq ROUTER/DEALER vs Stratolab's wrapper + envelope, in one run.")
-        @Option(help: "Messages per throughput run.") var messages = 200_000
+        @Option(help: "Messages per throughput run (a round of 200,000 lasts about 0.2 s, where thread start and connection warm-up swing the figure).") var messages = 1_000_000
         @Option(help: "Round trips for latency.") var roundTrips = 20_000
         @Option(name: .customLong("telemetry-gpus"), help: "GPU entries in the heartbeat's telemetry (message size).") var telemetryGPUs = 4
         @Option(help: "Interleaved throughput rounds of the three paths; each path's median counts.") var rounds = 5
