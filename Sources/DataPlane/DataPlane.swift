@@ -70,6 +70,20 @@ public protocol DataPlaneStreamReceiver: AnyObject {
 /// Bytes to send, read chunk by chunk when flow control allows (never all at once).
 public typealias TransferSource = (_ offset: Int, _ length: Int, _ emit: (UnsafeRawBufferPointer) throws -> Void) throws -> Void
 
+/// A chunk a source hands over for sending without a copy: `bytes[range]`. The socket keeps the
+/// array alive until it has sent it; nobody can change it meanwhile (a writer copies a shared array).
+public struct SharedChunk {
+    public let bytes: [UInt8]
+    public let range: Range<Int>
+    public init(_ bytes: [UInt8], _ range: Range<Int>) { self.bytes = bytes; self.range = range }
+}
+/// A source that can hand over a chunk as a `SharedChunk` (nil: not this one; the transfer's
+/// `TransferSource` gives it instead).
+public typealias SharedTransferSource = (_ offset: Int, _ length: Int) throws -> SharedChunk?
+
+/// Keeps a shared chunk's array alive while libzmq sends from it.
+private final class ChunkOwner { let bytes: [UInt8]; init(_ b: [UInt8]) { bytes = b } }
+
 /// One node's data plane: a ROUTER peer socket that receives transfers, a DEALER per peer it
 /// sends to, the pure `TransferSender`/`TransferReceiver` machines, and the emulated uplink.
 ///
@@ -120,6 +134,7 @@ public final class DataPlane {
     private struct Outgoing {
         var sender: TransferSender
         let source: TransferSource
+        let shared: SharedTransferSource?
         let done: (Result<Int, DataPlaneError>) -> Void
         let socket: ZMQSocket
     }
@@ -204,7 +219,7 @@ public final class DataPlane {
     /// the byte count once the receiver has verified and consumed everything, or the error.
     @discardableResult
     public func send(to peer: PeerAddress, kind: String, meta: [String: String] = [:], totalBytes: Int,
-                     chunkBytes: Int? = nil, source: @escaping TransferSource,
+                     chunkBytes: Int? = nil, source: @escaping TransferSource, shared: SharedTransferSource? = nil,
                      done: @escaping (Result<Int, DataPlaneError>) -> Void) throws -> UInt64 {
         let socket = try connection(to: peer)
         nextTransferID += 1
@@ -213,7 +228,7 @@ public final class DataPlane {
         var machine = TransferSender(id: id, totalBytes: totalBytes, chunkBytes: chunkBytes ?? config.chunkBytes, kind: kind,
                                      meta: meta, peerEndpoint: peer.endpoint, timeoutNanos: config.peerTimeoutNanos, now: now)
         let first = machine.start(now: now)
-        outgoing[id] = Outgoing(sender: machine, source: source, done: done, socket: socket)
+        outgoing[id] = Outgoing(sender: machine, source: source, shared: shared, done: done, socket: socket)
         stats.transfersSent += 1
         carryOut(first, transfer: id)
         return id
@@ -529,6 +544,14 @@ public final class DataPlane {
                 transmit(.peer(o.socket), body: .offer(offer), transfer: id)
             case let .sendChunk(index, offset, length):
                 do {
+                    if let shared = try o.shared?(offset, length) {
+                        precondition(shared.range.count == length && shared.range.upperBound <= shared.bytes.count,
+                                     "a transfer source shared \(shared.range) of \(shared.bytes.count) bytes for a \(length)-byte chunk")
+                        sendSharedChunk(o.socket, shared, index: index, offset: offset, transfer: id)
+                        stats.chunksSent += 1
+                        stats.bytesSent += UInt64(length)
+                        continue
+                    }
                     try o.source(offset, length) { bytes in
                         precondition(bytes.count == length, "a transfer source gave \(bytes.count) bytes for a \(length)-byte chunk")
                         var h = ChunkHeader()
@@ -576,6 +599,23 @@ public final class DataPlane {
             header.withUnsafeBytes { h in deliverNow(.peer(socket), buffers: [h, payload]) }
         } else {
             send(.peer(socket), [header, Array(payload)])
+        }
+    }
+
+    /// A chunk sent from the array it lives in: no copy into libzmq's message when nothing is
+    /// emulated on the uplink (the emulated link holds frames of its own).
+    private func sendSharedChunk(_ socket: ZMQSocket, _ c: SharedChunk, index: UInt64, offset: Int, transfer id: UInt64) {
+        c.bytes.withUnsafeBytes { all in
+            let bytes = UnsafeRawBufferPointer(rebasing: all[c.range])
+            var h = ChunkHeader()
+            h.index = index; h.offset = UInt64(offset); h.length = UInt32(bytes.count); h.crc32C = CRC32C.checksum(bytes)
+            let header = frameBytes(.chunk(h), transfer: id)
+            if conditions.isNone && link.isEmpty {
+                // The array's storage outlives this closure: the owner holds it until libzmq is done.
+                _ = try? socket.send(buffers: header, lending: bytes, owner: ChunkOwner(c.bytes), dontWait: true)
+            } else {
+                send(.peer(socket), [header, Array(bytes)])
+            }
         }
     }
 

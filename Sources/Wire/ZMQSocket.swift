@@ -142,6 +142,42 @@ public final class ZMQSocket {
         return true
     }
 
+    /// Sends `head` (copied, as `send(buffers:)`) and then `tail` without copying it: libzmq's
+    /// I/O thread writes it straight from its memory, which `owner` keeps alive until libzmq lets
+    /// go of it (then released on that thread). The bytes must not change meanwhile: an owner such
+    /// as a boxed Swift array guarantees it (a writer to a shared array copies it first).
+    /// Same results as `send(buffers:dontWait:)`.
+    @discardableResult
+    public func send(buffers head: [UInt8], lending tail: UnsafeRawBufferPointer, owner: AnyObject, dontWait: Bool = false) throws -> Bool {
+        let flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
+        while true {
+            let rc = head.withUnsafeBytes { zmq_send(handle, $0.baseAddress, $0.count, flags | ZMQ_SNDMORE) }
+            if rc >= 0 { break }
+            let err = zmq_errno()
+            if err == EINTR { continue }
+            if err == EAGAIN || err == EHOSTUNREACH { return false }
+            throw ZMQError(code: err, operation: "zmq_send")
+        }
+        var msg = zmq_msg_t()
+        let hint = Unmanaged.passRetained(owner).toOpaque()
+        // libzmq calls this once it is done with the bytes (sent, or the message closed unsent).
+        let release: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Void = { _, hint in
+            if let hint { Unmanaged<AnyObject>.fromOpaque(hint).release() }
+        }
+        guard zmq_msg_init_data(&msg, UnsafeMutableRawPointer(mutating: tail.baseAddress), tail.count, release, hint) == 0 else {
+            Unmanaged<AnyObject>.fromOpaque(hint).release()
+            throw ZMQError(code: zmq_errno(), operation: "zmq_msg_init_data")
+        }
+        while true {
+            // The later frames of a message never block once its first is taken.
+            if zmq_msg_send(&msg, handle, 0) >= 0 { return true }
+            let err = zmq_errno()
+            if err == EINTR { continue }
+            zmq_msg_close(&msg)
+            throw ZMQError(code: err, operation: "zmq_msg_send")
+        }
+    }
+
     /// Sends one multipart message straight from the callers' buffers (libzmq copies them once into
     /// its own message; no Swift array is built). Same results as `send(_:dontWait:)`.
     @discardableResult

@@ -311,6 +311,12 @@ enum BlockBatch {
                 i += 1; at = 0
             }
             try scratch.withUnsafeBytes { try emit($0) }
+        }, shared: { offset, length in
+            // A chunk within one block goes from the block itself, without a copy.
+            var lo = 0, hi = starts.count - 1
+            while lo < hi { let mid = (lo + hi + 1) / 2; if starts[mid] <= offset { lo = mid } else { hi = mid - 1 } }
+            let within = offset - starts[lo]
+            return within + length <= blocks[lo].count ? SharedChunk(blocks[lo], within..<(within + length)) : nil
         }, done: done)
     }
 }
