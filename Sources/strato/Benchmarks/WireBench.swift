@@ -252,7 +252,7 @@ public enum WireBench {
             try dealer.send([codec.encode(header, body)])
             let answered = try router.receive { frames -> Bool in
                 guard frames.count == 2, case .heartbeat(let f)? = try? codec.decodeFrame(frames[1]) else { return false }
-                let h = f.header, hb = f.heartbeat
+                let h = f.header, hb = f.withoutTelemetry
                 var ack = HeartbeatAck()
                 ack.nodeID = hb.nodeID
                 ack.sequence = hb.sequence
