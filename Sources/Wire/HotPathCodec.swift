@@ -491,7 +491,7 @@ enum HotPathCodec {
         init(_ p: UnsafeBufferPointer<UInt8>, _ start: Int, _ end: Int) { self.p = p; i = start; self.end = end }
         var atEnd: Bool { i >= end }
 
-        mutating func varint() -> UInt64? {
+        @inline(__always) mutating func varint() -> UInt64? {
             var v: UInt64 = 0
             var shift: UInt64 = 0
             while i < end {
@@ -505,15 +505,15 @@ enum HotPathCodec {
             return nil
         }
         /// Field number and wire type; nil for field 0 or a malformed tag.
-        mutating func tag() -> (Int, UInt64)? {
+        @inline(__always) mutating func tag() -> (Int, UInt64)? {
             guard let t = varint(), t >> 3 > 0, t >> 3 < 1 << 29 else { return nil }
             return (Int(t >> 3), t & 7)
         }
-        mutating func length() -> Int? {
+        @inline(__always) mutating func length() -> Int? {
             guard let n = varint(), n <= UInt64(end - i) else { return nil }
             return Int(n)
         }
-        mutating func submessage() -> Reader? {
+        @inline(__always) mutating func submessage() -> Reader? {
             guard let n = length() else { return nil }
             defer { i += n }
             return Reader(p, i, i + n)
@@ -534,7 +534,7 @@ enum HotPathCodec {
             if high < 0x80 { return String(decoding: slice, as: UTF8.self) }
             return String(validating: slice, as: UTF8.self)
         }
-        mutating func double() -> Double? {
+        @inline(__always) mutating func double() -> Double? {
             guard end - i >= 8 else { return nil }
             var bits: UInt64 = 0
             for k in 0..<8 { bits |= UInt64(p[i + k]) << (8 * UInt64(k)) }
