@@ -612,7 +612,7 @@ public final class DataPlane {
             let header = frameBytes(.chunk(h), transfer: id)
             if conditions.isNone && link.isEmpty {
                 // The array's storage outlives this closure: the owner holds it until libzmq is done.
-                _ = try? socket.send(buffers: header, lending: bytes, owner: ChunkOwner(c.bytes), dontWait: true)
+                _ = try? socket.send(head: header, lending: bytes, owner: ChunkOwner(c.bytes), dontWait: true)
             } else {
                 send(.peer(socket), [header, Array(bytes)])
             }

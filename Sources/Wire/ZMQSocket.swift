@@ -142,13 +142,13 @@ public final class ZMQSocket {
         return true
     }
 
-    /// Sends `head` (copied, as `send(buffers:)`) and then `tail` without copying it: libzmq's
+    /// Sends the frame `head` (copied, as `send(buffers:)` does) and then `tail` without copying it: libzmq's
     /// I/O thread writes it straight from its memory, which `owner` keeps alive until libzmq lets
     /// go of it (then released on that thread). The bytes must not change meanwhile: an owner such
     /// as a boxed Swift array guarantees it (a writer to a shared array copies it first).
     /// Same results as `send(buffers:dontWait:)`.
     @discardableResult
-    public func send(buffers head: [UInt8], lending tail: UnsafeRawBufferPointer, owner: AnyObject, dontWait: Bool = false) throws -> Bool {
+    public func send(head: [UInt8], lending tail: UnsafeRawBufferPointer, owner: AnyObject, dontWait: Bool = false) throws -> Bool {
         let flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
         while true {
             let rc = head.withUnsafeBytes { zmq_send(handle, $0.baseAddress, $0.count, flags | ZMQ_SNDMORE) }

@@ -79,6 +79,37 @@ struct ZMQWrapperTests {
         #expect(both == [bytes("d"), bytes("outer"), bytes("d"), bytes("inner")])
     }
 
+    @Test("a frame lent without a copy arrives whole over tcp, and libzmq lets go of its owner once it is sent")
+    func lentFrame() throws {
+        final class Flag: @unchecked Sendable { let lock = NSLock(); var set = false }
+        final class Tracked { let flag: Flag; let bytes: [UInt8]; init(_ f: Flag, _ b: [UInt8]) { flag = f; bytes = b }
+            deinit { flag.lock.lock(); flag.set = true; flag.lock.unlock() } }
+        let context = ZMQContext()
+        defer { context.terminate() }
+        let router = try ZMQSocket(context, .router)
+        defer { router.close() }
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(context, .dealer)
+        defer { dealer.close() }
+        try dealer.connect(try router.lastEndpoint())
+        let payload = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let flag = Flag()
+        do {
+            let owner = Tracked(flag, payload)
+            let sent = try owner.bytes.withUnsafeBytes { try dealer.send(head: bytes("header"), lending: UnsafeRawBufferPointer(rebasing: $0[10..<90_010]), owner: owner) }
+            #expect(sent)
+        }
+        let got = try #require(try receiveWithin(router))
+        #expect(got.count == 3 && got[1] == bytes("header") && got[2] == Array(payload[10..<90_010]))
+        // Released on libzmq's I/O thread once written to the connection: wait for it, bounded.
+        var released = false
+        for _ in 0..<500 where !released {
+            flag.lock.lock(); released = flag.set; flag.lock.unlock()
+            if !released { usleep(10_000) }
+        }
+        #expect(released, "libzmq still holds the lent frame's owner")
+    }
+
     @Test("binding tcp://127.0.0.1:* picks a free port that lastEndpoint() reports and a DEALER can reach")
     func tcpRoundTrip() throws {
         let context = ZMQContext()
