@@ -554,9 +554,7 @@ public final class DataPlane {
                     }
                     try o.source(offset, length) { bytes in
                         precondition(bytes.count == length, "a transfer source gave \(bytes.count) bytes for a \(length)-byte chunk")
-                        var h = ChunkHeader()
-                        h.index = index; h.offset = UInt64(offset); h.length = UInt32(length); h.crc32C = CRC32C.checksum(bytes)
-                        sendChunk(o.socket, header: frameBytes(.chunk(h), transfer: id), payload: bytes)
+                        sendChunk(o.socket, header: chunkFrame(index: index, offset: offset, bytes, transfer: id), payload: bytes)
                     }
                     stats.chunksSent += 1
                     stats.bytesSent += UInt64(length)
@@ -602,14 +600,19 @@ public final class DataPlane {
         }
     }
 
+    /// The frame that goes before a chunk's bytes: where they belong and their CRC-32C.
+    private func chunkFrame(index: UInt64, offset: Int, _ bytes: UnsafeRawBufferPointer, transfer id: UInt64) -> [UInt8] {
+        var h = ChunkHeader()
+        h.index = index; h.offset = UInt64(offset); h.length = UInt32(bytes.count); h.crc32C = CRC32C.checksum(bytes)
+        return frameBytes(.chunk(h), transfer: id)
+    }
+
     /// A chunk sent from the array it lives in: no copy into libzmq's message when nothing is
     /// emulated on the uplink (the emulated link holds frames of its own).
     private func sendSharedChunk(_ socket: ZMQSocket, _ c: SharedChunk, index: UInt64, offset: Int, transfer id: UInt64) {
         c.bytes.withUnsafeBytes { all in
             let bytes = UnsafeRawBufferPointer(rebasing: all[c.range])
-            var h = ChunkHeader()
-            h.index = index; h.offset = UInt64(offset); h.length = UInt32(bytes.count); h.crc32C = CRC32C.checksum(bytes)
-            let header = frameBytes(.chunk(h), transfer: id)
+            let header = chunkFrame(index: index, offset: offset, bytes, transfer: id)
             if conditions.isNone && link.isEmpty {
                 // The array's storage outlives this closure: the owner holds it until libzmq is done.
                 _ = try? socket.send(head: header, lending: bytes, owner: ChunkOwner(c.bytes), dontWait: true)

@@ -90,6 +90,19 @@ struct TierStoreHandlerTests {
         #expect(stats.gets == 1 && stats.puts == 4)
     }
 
+    @Test("blocks of 64 KiB go chunk by chunk from the blocks themselves (no copy into libzmq) both ways, every byte right")
+    func blockSizedChunks() throws {
+        let rig = try Rig()
+        let keys = (0..<3).map { "kv/big/\($0)" }
+        let blocks = keys.map { (key: $0, bytes: content($0, 64 << 10)) }
+        #expect(BlockBatch.chunkBytes(blocks.map(\.bytes)) == 64 << 10, "one chunk per block: each is shared, not assembled")
+        guard case .success(let n) = try rig.put(0, blocks) else { Issue.record("put failed"); return }
+        #expect(n == 3 * (64 << 10))
+        guard case .success(let f) = try rig.get(1, keys) else { Issue.record("get failed"); return }
+        #expect(f.header.blocks.map(\.key) == keys)
+        for (i, k) in keys.enumerated() { #expect(Array(f.bytes(i)) == content(k, 64 << 10)) }
+    }
+
     @Test("NVMe blocks are read on the tier's reader thread: the answer comes once they are in, in order, every byte right, the prefix ending at the first missing key")
     func detachedNVMeReads() throws {
         let rig = try Rig(detachedReads: true)

@@ -293,18 +293,17 @@ enum BlockBatch {
         var starts: [Int] = []
         var total = 0
         for b in blocks { starts.append(total); total += b.count }
-        var scratch: [UInt8] = []
-        return try plane.send(to: peer, kind: kind, meta: ["header": header], totalBytes: total, chunkBytes: chunkBytes(blocks), source: { offset, length, emit in
-            // The block holding `offset` (binary search over the starts).
+        // The block holding `offset`, and where in it (binary search over the starts).
+        func locate(_ offset: Int) -> (block: Int, within: Int) {
             var lo = 0, hi = starts.count - 1
             while lo < hi { let mid = (lo + hi + 1) / 2; if starts[mid] <= offset { lo = mid } else { hi = mid - 1 } }
-            let within = offset - starts[lo]
-            if within + length <= blocks[lo].count {
-                try blocks[lo].withUnsafeBytes { try emit(UnsafeRawBufferPointer(rebasing: $0[within..<(within + length)])) }
-                return
-            }
+            return (lo, offset - starts[lo])
+        }
+        var scratch: [UInt8] = []
+        return try plane.send(to: peer, kind: kind, meta: ["header": header], totalBytes: total, chunkBytes: chunkBytes(blocks), source: { offset, length, emit in
+            // Only chunks spanning blocks come here (`shared` takes the others): assembled.
+            var (i, at) = locate(offset)
             scratch.removeAll(keepingCapacity: true)
-            var i = lo, at = within
             while scratch.count < length {
                 let n = min(blocks[i].count - at, length - scratch.count)
                 scratch.append(contentsOf: blocks[i][at..<(at + n)])
@@ -313,10 +312,8 @@ enum BlockBatch {
             try scratch.withUnsafeBytes { try emit($0) }
         }, shared: { offset, length in
             // A chunk within one block goes from the block itself, without a copy.
-            var lo = 0, hi = starts.count - 1
-            while lo < hi { let mid = (lo + hi + 1) / 2; if starts[mid] <= offset { lo = mid } else { hi = mid - 1 } }
-            let within = offset - starts[lo]
-            return within + length <= blocks[lo].count ? SharedChunk(blocks[lo], within..<(within + length)) : nil
+            let (i, within) = locate(offset)
+            return within + length <= blocks[i].count ? SharedChunk(blocks[i], within..<(within + length)) : nil
         }, done: done)
     }
 }
