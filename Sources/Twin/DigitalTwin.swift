@@ -266,7 +266,11 @@ public struct DigitalTwin {
                     for s in steps { queue.push(s.at, .migrationStep(s.id)) }
                     retireEmptied(at: now)
                     for id in replicas.replicaIDs { wake(id, at: replicas.nextLook(id)) }
-                    if requestsDone < options.requests.count || migration!.inFlight > 0 { queue.push(now + migration!.settings.interval, .migrationRound) }
+                    // With nothing else queued no request can ever finish (none can be served):
+                    // another round would only spin.
+                    if migration!.inFlight > 0 || (requestsDone < options.requests.count && queue.nextTime != nil) {
+                        queue.push(now + migration!.settings.interval, .migrationRound)
+                    }
                 case .migrationStep(let id):
                     guard migration != nil else { continue }
                     for s in migration!.step(id, at: now, replicas: &replicas, router: router) { queue.push(s.at, .migrationStep(s.id)) }

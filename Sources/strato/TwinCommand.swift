@@ -303,6 +303,12 @@ extension TwinCommand {
             var w = Workload(name: s.name, jobs: [], skipped: [])
             w.services = services
             guard let p = Policies.named(s.topology.coordinator.policy) else { throw ValidationError("unknown policy \(s.topology.coordinator.policy)") }
+            // A service no replica can be planned for would leave its requests waiting for ever
+            // (the coordinator rejects it too): say why before anything runs.
+            let unplanned = Scheduler(policy: p, kb: kb, services: services).skippedServices
+            if !unplanned.isEmpty {
+                throw ValidationError("\(spec): " + unplanned.map { "service \($0.id): \($0.reason)" }.joined(separator: "; "))
+            }
             // The testbed first: the twin's memory tiers take the figures its hosts probed.
             var testbedRuns: [ExperimentSummary] = []
             if !twinOnly {

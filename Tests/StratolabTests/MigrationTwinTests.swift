@@ -53,6 +53,21 @@ struct MigrationTwinTests {
         }
     }
 
+    @Test("a service no replica can be planned for (no profile on its GPU) ends the run naming why, instead of migration rounds spinning for ever")
+    func unplannedServiceEnds() throws {
+        var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A10", gpusPerReplica: 1,
+                              rateCurve: [RatePoint(time: 0, rps: 2)], meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 60, minReplicas: 2)
+        svc.maxNumSeqs = 256
+        var options = TwinOptions()
+        options.requests = (0..<5).map { ServiceRequest(id: "q\($0)", serviceID: "s", arrival: Double($0), prefill: 500, decode: 100) }
+        options.migration = MigrationTwinModel.Settings(MigrationSettings(), timeScale: 10)
+        let nodes = (0..<2).map { NodeSlot(id: "n\($0)", gpuModel: "A10", gpuCount: 1) }
+        let r = DigitalTwin(nodes: nodes, workload: Workload(name: "svc", jobs: [], services: [svc]), kb: llamaA100KB, options: options)
+            .run(policy: Policies.named("hybrid")!)
+        #expect(r.skipped.contains { $0.contains("service s: no inference profile for Llama-2-7b on 1xA10") && $0.contains("1xA100-80GB") }, "\(r.skipped)")
+        #expect(r.services.isEmpty, "no outcome is made up for a service that never ran: \(r.services)")
+    }
+
     @Test("the same policies move requests on virtual time; every request finishes once; a drained node is emptied even under `none`")
     func policies() throws {
         let none = run("none")

@@ -52,7 +52,10 @@ public struct Scheduler: Sendable {
 
     public mutating func addService(_ s: ServiceSpec) {
         guard let model = plannedModel(s) else {
-            skippedServices.append(SkippedService(id: s.id, reason: "no inference profile for \(s.model) on \(s.gpusPerReplica)x\(s.gpuModel)"))
+            let profiled = Set(kb.offline.keys.filter { $0.task == "inference" && $0.model == (ModelCatalog.model(named: s.model)?.name ?? s.model) }
+                .map { "\($0.gpuCount)x\($0.gpuModel)" }).sorted()
+            skippedServices.append(SkippedService(id: s.id, reason: "no inference profile for \(s.model) on \(s.gpusPerReplica)x\(s.gpuModel)"
+                + (profiled.isEmpty ? " (none for that model at all)" : " (profiled on: \(profiled.joined(separator: ", ")))")))
             return
         }
         if model.gpuWeightBytes > model.gpu.memoryGiB * 1_073_741_824 * 0.9 {
