@@ -172,9 +172,20 @@ struct AgentCommand: ParsableCommand {
                     throw ValidationError("--backend process needs --job-command")
                 }
                 let real = NvidiaSMI.list()
-                if let real {
+                var gpuModel = gpuModel
+                if let real, let first = real.first {
                     guard real.count >= gpus else { throw ValidationError("--gpus \(gpus): nvidia-smi lists only \(real.count) GPUs on this host") }
-                    print("process backend: \(real.count) real GPUs (nvidia-smi): \(real.map(\.name).joined(separator: ", "))")
+                    print("process backend: \(real.count) real GPUs (nvidia-smi): \(real.map { "\($0.name) \($0.memoryMiB) MiB" }.joined(separator: ", "))")
+                    // The node registers what it has: the scheduler plans on these figures.
+                    if let found = GPUCatalog.model(smiName: first.name, memoryMiB: first.memoryMiB) {
+                        if GPUCatalog.model(named: gpuModel)?.name != found.name {
+                            print("process backend: registering as \(found.name), the catalogue's model for \(first.name), not --gpu-model \(gpuModel)")
+                        }
+                        gpuModel = found.name
+                    } else {
+                        print("process backend: the catalogue has no model for \(first.name); registering as --gpu-model \(gpuModel)")
+                    }
+                    if Set(real.prefix(gpus).map(\.name)).count > 1 { print("process backend: warning: the GPUs differ; all are described as \(gpuModel)") }
                 } else {
                     print("process backend: no nvidia-smi on this host; jobs run as processes, GPUs described from the catalogue (emulated)")
                 }

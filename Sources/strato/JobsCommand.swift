@@ -40,11 +40,15 @@ struct JobsCommand: ParsableCommand {
         let r = try client.jobs()
         if json { print(try r.jsonString()); return }
         print("policy \(r.policy), time scale \(r.timeScale)×, trace time \(String(format: "%.0f", r.traceNow)) s, \(r.unfinished) unfinished — \(r.notes.first ?? "")")
-        print("job".padding(toLength: 12, withPad: " ", startingAt: 0) + "phase     node             config       done    arrival  start    finish   preempt restarts")
+        // Columns as wide as their longest entry (a job id of 12 characters or more ran into its phase).
+        let idWidth = max(12, (r.jobs.map(\.jobID.count).max() ?? 0) + 2)
+        let nodeWidth = max(17, (r.jobs.map(\.nodeID.count).max() ?? 0) + 2)
+        print("job".padding(toLength: idWidth, withPad: " ", startingAt: 0) + "phase     " + "node".padding(toLength: nodeWidth, withPad: " ", startingAt: 0)
+              + "config       done    arrival  start    finish   preempt restarts")
         for j in r.jobs {
             let cfg = j.gpus > 0 ? "\(j.gpus)x\(j.gpuModel)" : "-"
-            print(j.jobID.padding(toLength: 12, withPad: " ", startingAt: 0) + j.phase.padding(toLength: 10, withPad: " ", startingAt: 0)
-                  + j.nodeID.padding(toLength: 17, withPad: " ", startingAt: 0) + cfg.padding(toLength: 13, withPad: " ", startingAt: 0)
+            print(j.jobID.padding(toLength: idWidth, withPad: " ", startingAt: 0) + j.phase.padding(toLength: 10, withPad: " ", startingAt: 0)
+                  + j.nodeID.padding(toLength: nodeWidth, withPad: " ", startingAt: 0) + cfg.padding(toLength: 13, withPad: " ", startingAt: 0)
                   + String(format: "%5.1f%%  %7.0f  %7.0f  %7.0f  %-7u %u", 100 * j.workDone / max(j.work, 1e-9), j.arrival, j.firstStart, j.finish, j.preemptions, j.restarts))
         }
     }

@@ -2,6 +2,7 @@ import Foundation
 import Features
 import GPUAgent
 import Protocol
+import Scheduling
 import Testing
 
 /// The process backend with real processes (shell scripts stand in for training programs).
@@ -115,5 +116,20 @@ struct ProcessJobRunnerTests {
         #expect(ProcessJobRunner.parse("hello") == nil)
         let gpus = NvidiaSMI.parse("0, NVIDIA H100 80GB HBM3, 81559\n1, NVIDIA H100 80GB HBM3, 81559\nbad line\n")
         #expect(gpus.count == 2 && gpus[1].index == 1 && gpus[0].memoryMiB == 81559)
+    }
+
+    @Test("nvidia-smi's product names map to the catalogue's models, memory telling variants apart; an unknown GPU maps to none")
+    func catalogueFromSMINames() {
+        let cases: [(String, Int, String?)] = [
+            ("NVIDIA H200", 143771, "H200"), ("NVIDIA H100 80GB HBM3", 81559, "H100"), ("NVIDIA H100 PCIe", 81559, "H100"),
+            ("NVIDIA A100-SXM4-80GB", 81920, "A100-80GB"), ("NVIDIA A100-PCIE-40GB", 40960, "A100-40GB"),
+            ("Tesla V100-SXM2-16GB", 16160, "V100"), ("Tesla V100-SXM2-32GB", 32510, "V100-32GB"), ("Tesla V100S-PCIE-32GB", 32510, "V100-32GB"),
+            ("Tesla T4", 15360, "T4"), ("NVIDIA A10G", 23028, "A10"), ("NVIDIA A10", 23028, "A10"), ("NVIDIA A40", 46068, "A40"),
+            ("NVIDIA L4", 23034, "L4"), ("NVIDIA L40S", 46068, "L40S"), ("Tesla K80", 11441, "K80"), ("Tesla P100-PCIE-16GB", 16280, "P100"),
+            ("NVIDIA GeForce RTX 4090", 24564, nil), ("", 0, nil),
+        ]
+        for (name, mib, want) in cases {
+            #expect(GPUCatalog.model(smiName: name, memoryMiB: mib)?.name == want, "\(name)")
+        }
     }
 }

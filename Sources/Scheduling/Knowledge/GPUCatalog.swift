@@ -75,6 +75,25 @@ public enum GPUCatalog {
 
     public static var names: [String] { models.map(\.name) }
 
+    /// The catalogue's model for a GPU as `nvidia-smi` names it ("NVIDIA H200", "NVIDIA
+    /// A100-SXM4-80GB", "Tesla V100-SXM2-32GB", "NVIDIA A10G"), its memory telling variants of one
+    /// family apart where the name does not; nil for a GPU the catalogue does not hold.
+    public static func model(smiName: String, memoryMiB: Int) -> GPUModel? {
+        var u = smiName.uppercased()
+        for prefix in ["NVIDIA ", "TESLA "] where u.hasPrefix(prefix) { u.removeFirst(prefix.count) }
+        guard let family = u.split(whereSeparator: { $0 == " " || $0 == "-" }).first.map(String.init) else { return nil }
+        let gib = Double(memoryMiB) / 1024
+        switch family {
+        case "H200": return model(named: "H200")
+        case "H100": return model(named: "H100")
+        case "A100": return model(named: gib > 48 ? "A100-80GB" : "A100-40GB")
+        case "V100", "V100S": return model(named: gib > 20 ? "V100-32GB" : "V100")
+        case "A10", "A10G": return model(named: "A10")   // AWS's A10G: the A10's chip and memory
+        case "A40", "L4", "L40S", "T4", "K80", "P100": return model(named: family)
+        default: return nil
+        }
+    }
+
     private static func normalize(_ s: String) -> String {
         var u = s.uppercased().replacingOccurrences(of: "_", with: "-")
         if u.hasSuffix("G") && !u.hasSuffix("GB") { u += "B" }
