@@ -1,3 +1,4 @@
+import Coordinator
 @testable import Features
 import Foundation
 import Protocol
@@ -27,6 +28,24 @@ struct JobsFeatureTests {
         var r = JobReport(); r.jobID = id; r.state = state; r.workDone = work; r.checkpointedWork = work; r.startCommandID = start
         r.endedAtUnixNanos = endedAt
         return r
+    }
+
+    @Test("rates measured by running jobs are stored at the flush and load back as online rows (a restart keeps them; `strato kb show` counts them)")
+    func onlineRatesStored() throws {
+        let m = manager()
+        guard case .startJob(_, let p, _)? = m.tick(wall: 10 * Self.second).first else { Issue.record("expected a start"); return }
+        m.noteStartCommand(job: "j1", commandID: 7)
+        var r = report("j1", .jobRunning, work: 40, start: 7)
+        r.throughput = 2.5; r.meanStepSeconds = 0.4
+        _ = m.apply(reports: [r], from: "n1", clockOffsetNanos: 0)
+        let rows = m.takeDirtyOnline()
+        #expect(rows.count == 1 && rows.first?.key == p.key && rows.first?.origin == .online && rows.first?.throughput == 2.5, "\(rows)")
+        #expect(m.takeDirtyOnline().isEmpty, "taken once")
+        let dir = NSTemporaryDirectory() + "strato-online-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try StateStore(directory: dir, schemas: SchedulingController.storeSchema).saveKnowledge(rows: rows)
+        let kb = try StateStore(directory: dir, schemas: SchedulingController.storeSchema).loadKnowledge()
+        #expect(kb.online[p.key]?.throughput == 2.5 && kb.online[p.key]?.stepTime == 0.4 && kb.offline[p.key] == nil)
     }
 
     @Test("a job starts once it has arrived; its current reports count, a stale one is settled and ignored, a zombie is stopped once")

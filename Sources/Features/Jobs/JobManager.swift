@@ -17,6 +17,8 @@ final class JobManager {
     /// Start command id per running job: reports from an older start are ignored.
     private(set) var startCommand: [String: UInt64] = [:]
     private(set) var dirtyJobs = Set<String>()
+    /// Configurations whose online (measured on this testbed) rate changed since they were stored.
+    private(set) var dirtyOnline = Set<ConfigKey>()
     /// Failures the agents reported (the last 50), shown in `strato jobs`.
     private(set) var notes: [String] = [] { didSet { if notes.count > 50 { notes.removeFirst(notes.count - 50) } } }
     private var needsDecision = true
@@ -74,6 +76,12 @@ final class JobManager {
     }
 
     func takeLostReplicas() -> [String] { defer { lostReplicas.removeAll() }; return lostReplicas }
+
+    /// The online rows changed since the last call, to store (a restart keeps what was learnt).
+    func takeDirtyOnline() -> [PerfRow] {
+        defer { dirtyOnline.removeAll() }
+        return dirtyOnline.sorted { "\($0)" < "\($1)" }.compactMap { scheduler.kb.online[$0] }
+    }
 
     private func markDirty(_ ids: [String]) { for i in ids { dirtyJobs.insert(i) } }
 
@@ -223,6 +231,7 @@ final class JobManager {
                 scheduler.state.progress(job: r.jobID, workDone: r.workDone, checkpointed: r.checkpointedWork)
                 if r.state == .jobRunning, r.throughput > 0, let key = j?.placement?.key {
                     scheduler.kb.recordOnline(key, throughput: r.throughput, unit: j!.spec.unit, stepTime: r.meanStepSeconds > 0 ? r.meanStepSeconds : nil)
+                    dirtyOnline.insert(key)
                 }
                 dirtyJobs.insert(r.jobID)
             case .jobFinished:

@@ -195,8 +195,12 @@ public final class SchedulingController: CoordinatorFeature {
         do { try s.store.batch { try s.store.saveJobs(jobs.takeDirty()) } } catch { s.logger.error("could not persist jobs: \(error)") }
     }
 
+    /// Jobs as they change; the rates learnt online at each flush (they change with every
+    /// progress report: a row per configuration every flush period is enough to survive a restart
+    /// and to show in `strato kb show`).
     public func flush(_ s: CoordinatorServices) throws {
         if !jobs.dirtyJobs.isEmpty { try s.store.saveJobs(jobs.takeDirty()) }
+        if !jobs.dirtyOnline.isEmpty { try s.store.saveKnowledge(rows: jobs.takeDirtyOnline()) }
     }
 
     public func nextDueWall() -> Int64? { jobs.nextDueWall() }
