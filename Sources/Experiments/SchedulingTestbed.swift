@@ -21,6 +21,7 @@ extension ServiceSpec {
         s.meanPrefillTokens = meanPrefillTokens; s.meanDecodeTokens = meanDecodeTokens
         s.sloSeconds = sloSeconds; s.minReplicas = UInt32(minReplicas); s.maxNumSeqs = UInt32(maxNumSeqs)
         s.offloadWeights = offloadWeights
+        s.gpuMemoryUtilization = gpuMemoryUtilization
         return s
     }
 }

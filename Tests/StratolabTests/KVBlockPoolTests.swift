@@ -102,6 +102,23 @@ struct KVBlockPoolTests {
         #expect(throws: KVBlockPool.PoolError.self) { try source.read("req-1", blocks: 0..<41, offset: 0, length: 8, into: { _ in }) }
     }
 
+    @Test("a replica started with gpu_memory_utilization has the KV blocks that share leaves; one out of range is refused, naming it")
+    func replicaMemoryUtilization() throws {
+        func blocks(_ u: Double) -> (Bool, String, Int?) {
+            let replicas = EmulatedReplicas(kb: llamaA100KB)
+            var s = StartReplica()
+            s.replicaID = "r1"; s.serviceID = "s"; s.model = "Llama-2-7b"; s.gpuModel = "A100-80GB"; s.gpus = [0]; s.batch = 4; s.timeScale = 1
+            s.gpuMemoryUtilization = u
+            let r = replicas.start(s, nodeGPUModel: "A100-80GB", nodeGPUs: 1, busy: [], wallNanos: 0)
+            return (r.ok, r.detail, replicas.loads(wallNanos: 0).first?.load.totalBlocks)
+        }
+        let arch = llamaA100.arch
+        #expect(blocks(0).2 == Int((80 * 1_073_741_824 * 0.9 - arch.weightBytes) / (arch.kvBytesPerToken * 16)), "0: vLLM's default, 0.9")
+        #expect(blocks(0.5).2 == Int((80 * 1_073_741_824 * 0.5 - arch.weightBytes) / (arch.kvBytesPerToken * 16)))
+        let bad = blocks(1.5)
+        #expect(!bad.0 && bad.1.contains("gpu_memory_utilization 1.5"), "\(bad.1)")
+    }
+
     @Test("an emulated replica holds its engine's KV blocks as real bytes while requests run, and none once they are done")
     func replicaHoldsBytes() throws {
         let replicas = EmulatedReplicas(kb: llamaA100KB)

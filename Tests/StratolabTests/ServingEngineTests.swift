@@ -1,3 +1,4 @@
+import Experiments
 import Foundation
 import Scheduling
 import Testing
@@ -13,6 +14,26 @@ struct ServingEngineTests {
         var c = ServingEngine.Config(maxRunning: running)
         c.gpuBlocks = blocks; c.swapBlocks = swap; c.preemption = preemption; c.maxBatchedTokens = budget
         return ServingEngine(model: m, config: c)
+    }
+
+    @Test("gpu_memory_utilization sets the memory the weights and KV cache share (vLLM's): half of it leaves fewer blocks, exactly what is left after the weights")
+    func memoryUtilization() {
+        var half = m
+        half.memoryUtilization = 0.5
+        let e = ServingEngine(model: half, config: ServingEngine.Config(maxRunning: 8))
+        #expect(e.gpuBlocks == Int((80 * 1_073_741_824 * 0.5 - m.arch.weightBytes) / (m.arch.kvBytesPerToken * 16)))
+        #expect(e.gpuBlocks < engine().gpuBlocks / 2, "the weights take the same bytes out of less memory")
+        // The service's value reaches the planned model (the twin's engines and the coordinator's batch).
+        var s = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1, rateCurve: [RatePoint(time: 0, rps: 1)],
+                            meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 60)
+        s.gpuMemoryUtilization = 0.5
+        #expect(Scheduler(policy: Policies.named("hybrid")!, kb: llamaA100KB).plannedModel(s)?.memoryUtilization == 0.5)
+        #expect(s.submission.gpuMemoryUtilization == 0.5)
+        // Too little for the weights: refused with the reason.
+        s.gpuMemoryUtilization = 0.1
+        var sched = Scheduler(policy: Policies.named("hybrid")!, kb: llamaA100KB)
+        sched.addService(s)
+        #expect(sched.skippedServices.first?.reason.contains("does not fit") == true, "\(sched.skippedServices)")
     }
 
     @Test("one request: a prefill step, then one decode step per further token; its blocks come back")

@@ -122,12 +122,16 @@ public final class ExperimentRunner: @unchecked Sendable {
         if sv.trace == "mooncake" {
             var s = try mooncake().0
             s.offloadWeights = sv.offloadWeights
+            s.gpuMemoryUtilization = sv.gpuMemoryUtilization ?? s.gpuMemoryUtilization
             return [s]
         }
         var out = try ServiceSetup.azureServices(dataDirectory: dataDirectory, seconds: spec.workload.hours * 3600, gpuModel: sv.gpu,
                                                  meanRPS: sv.rps, sloSeconds: sv.sloSeconds, trace: sv.trace, minReplicas: sv.replicas ?? 1,
                                                  model: sv.model ?? "Llama-2-7b")
-        for i in out.indices { out[i].maxNumSeqs = sv.maxNumSeqs ?? 0; out[i].offloadWeights = sv.offloadWeights }
+        for i in out.indices {
+            out[i].maxNumSeqs = sv.maxNumSeqs ?? 0; out[i].offloadWeights = sv.offloadWeights
+            out[i].gpuMemoryUtilization = sv.gpuMemoryUtilization ?? out[i].gpuMemoryUtilization
+        }
         return out
     }
 

@@ -96,6 +96,9 @@ public struct ExperimentSpec: Equatable {
         /// Sequences each replica's engine runs at once while KV blocks last (vLLM's
         /// `max_num_seqs`; nil: the planned batch).
         public var maxNumSeqs: Int?
+        /// Share of each GPU's memory replicas use for weights and KV cache (vLLM's
+        /// `gpu_memory_utilization`; nil: 0.9). Lower it for a KV-memory-bound engine.
+        public var gpuMemoryUtilization: Double?
         /// Control-plane delay assumed per request (wall seconds) when checking the time scale.
         public static let controlPlaneSeconds = 0.005
         /// The largest time scale at which `controlPlaneSeconds` of wall time stays within 10 % of
@@ -419,7 +422,7 @@ public struct ExperimentSpec: Equatable {
         }
         if let sv = m["services"] {
             guard kind == .scheduling || kind == .services else { throw sv.fail("'services' belongs to scheduling and services workloads") }
-            let sm = try sv.mapping(allowed: ["rps", "gpu", "slo_s", "trace", "replicas", "migration", "method", "priority_share", "kv_bytes_scale", "kv_link", "max_num_seqs",
+            let sm = try sv.mapping(allowed: ["rps", "gpu", "slo_s", "trace", "replicas", "migration", "method", "priority_share", "kv_bytes_scale", "kv_link", "max_num_seqs", "gpu_memory_utilization",
                                               "model", "offload", "weights"])
             guard let r = sm["rps"] else { throw sv.fail("services need 'rps' (mean requests per trace second, per service)") }
             let rps = try r.double()
@@ -441,6 +444,11 @@ public struct ExperimentSpec: Equatable {
             }
             if let v = sm["replicas"] { out2.replicas = try v.int(in: 1...1000) }
             if let v = sm["max_num_seqs"] { out2.maxNumSeqs = try v.int(in: 1...4096) }
+            if let v = sm["gpu_memory_utilization"] {
+                let x = try v.double()
+                guard x > 0 && x <= 1 else { throw v.fail("gpu_memory_utilization \(x) must be > 0 and ≤ 1 (the share of each GPU's memory for weights and KV cache, as vLLM's)") }
+                out2.gpuMemoryUtilization = x
+            }
             if let v = sm["migration"] { out2.migration = try Self.policyList(v, what: "migration", known: MigrationPolicies.names) }
             if let v = sm["method"] {
                 let x = try v.string()

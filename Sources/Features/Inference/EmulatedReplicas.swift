@@ -105,13 +105,17 @@ public final class EmulatedReplicas {
         guard var model = InferenceModel(kb: kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpus.count) else {
             return (false, "no inference profile for \(s.model) on \(s.gpus.count)x\(s.gpuModel)")
         }
+        if s.gpuMemoryUtilization > 0 {
+            guard s.gpuMemoryUtilization <= 1 else { return (false, "gpu_memory_utilization \(s.gpuMemoryUtilization) must be within 0 … 1") }
+            model.memoryUtilization = s.gpuMemoryUtilization
+        }
         // A model larger than its GPUs: the layers that do not fit are streamed from a memory
         // host every step; no step starts until they are there.
         let plan = s.offloadWeights ? WeightOffloadPlan.plan(arch: model.arch, gpu: model.gpu, tensorParallel: s.gpus.count) : nil
         if let plan {
             guard weightSource != nil else { return (false, "\(s.model) does not fit \(s.gpus.count)x\(s.gpuModel) and this agent has no memory tiers to stream weights from") }
             model = model.offloadingWeights(plan, streamSeconds: 0)
-        } else if model.gpuWeightBytes > model.gpu.memoryGiB * 1_073_741_824 * 0.9 {
+        } else if model.gpuWeightBytes > model.usableGPUBytes {
             return (false, "\(s.model) does not fit \(s.gpus.count)x\(s.gpuModel) (\(Int(model.arch.weightBytes / 1e9)) GB of weights) and start_replica does not offload its weights")
         }
         var config = ServingEngine.Config(maxRunning: max(Int(s.batch), Int(s.maxNumSeqs)))
@@ -132,7 +136,8 @@ public final class EmulatedReplicas {
                               args: ["replica": s.replicaID, "service": s.serviceID, "gpus": s.gpus.map(String.init).joined(separator: ","),
                                      "batch": "\(s.batch)", "emulated": "true"])
         let offload = plan.map { String(format: "; %d of %d layers streamed from a memory tier (%.1f GB a step)", $0.offloadedLayers, $0.layers, $0.streamedBytesPerStep / 1e9) } ?? ""
-        return (true, "serving \(s.serviceID) as \(s.replicaID) on GPUs \(s.gpus.map(String.init).joined(separator: ","))\(offload) (emulated)")
+        let kv = "\(replicas[s.replicaID]!.engine.gpuBlocks) KV blocks at gpu_memory_utilization \(model.memoryUtilization)"
+        return (true, "serving \(s.serviceID) as \(s.replicaID) on GPUs \(s.gpus.map(String.init).joined(separator: ","))\(offload), \(kv) (emulated)")
     }
 
     /// Stops a replica; the requests it still held are dropped (the coordinator re-sends them).

@@ -15,6 +15,7 @@ extension SchedulingController {
         sr.timeScale = jobs.timeScale
         sr.kvBytesScale = kvBytesScale
         sr.maxNumSeqs = UInt32(jobs.services[service]?.maxNumSeqs ?? 0)
+        sr.gpuMemoryUtilization = jobs.services[service]?.gpuMemoryUtilization ?? 0
         // Only a model that does not fit streams its weights.
         sr.offloadWeights = jobs.services[service].flatMap { jobs.scheduler.plannedModel($0)?.weightOffload } != nil
         var ic = InferenceCommand(); ic.startReplica = sr

@@ -138,6 +138,12 @@ final class JobManager {
                                    minReplicas: Int(s.minReplicas))
             spec.maxNumSeqs = Int(s.maxNumSeqs)
             spec.offloadWeights = s.offloadWeights
+            if s.gpuMemoryUtilization != 0 {
+                guard s.gpuMemoryUtilization > 0 && s.gpuMemoryUtilization <= 1 else {
+                    rejected.append("\(s.serviceID): gpu_memory_utilization \(s.gpuMemoryUtilization) must be > 0 and ≤ 1"); continue
+                }
+                spec.gpuMemoryUtilization = s.gpuMemoryUtilization
+            }
             let skipped = scheduler.skippedServices.count
             scheduler.addService(spec)
             if scheduler.skippedServices.count > skipped { rejected.append("\(s.serviceID): \(scheduler.skippedServices.last!.reason)"); continue }

@@ -140,6 +140,9 @@ public nonisolated struct Stratolab_V1_StartReplica: Sendable {
   /// layers that do not fit the GPUs are streamed from a memory host's tier every step (feature "tiers")
   public var offloadWeights: Bool = false
 
+  /// share of each GPU's memory for weights and KV cache (vLLM's gpu_memory_utilization); 0: 0.9
+  public var gpuMemoryUtilization: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -233,6 +236,9 @@ public nonisolated struct Stratolab_V1_ServiceSubmission: Sendable {
 
   /// a model larger than its GPUs keeps the layers that do not fit in a memory tier (else it is refused)
   public var offloadWeights: Bool = false
+
+  /// share of each GPU's memory its replicas use for weights and KV cache (vLLM's); 0: 0.9
+  public var gpuMemoryUtilization: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -734,7 +740,7 @@ nonisolated extension Stratolab_V1_InferenceCommand: SwiftProtobuf.Message, Swif
 
 nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StartReplica"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{1}gpus\0\u{1}batch\0\u{3}time_scale\0\u{3}kv_bytes_scale\0\u{3}max_num_seqs\0\u{3}offload_weights\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{1}gpus\0\u{1}batch\0\u{3}time_scale\0\u{3}kv_bytes_scale\0\u{3}max_num_seqs\0\u{3}offload_weights\0\u{3}gpu_memory_utilization\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -752,6 +758,7 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.kvBytesScale) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.maxNumSeqs) }()
       case 10: try { try decoder.decodeSingularBoolField(value: &self.offloadWeights) }()
+      case 11: try { try decoder.decodeSingularDoubleField(value: &self.gpuMemoryUtilization) }()
       default: break
       }
     }
@@ -788,6 +795,9 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
     if self.offloadWeights != false {
       try visitor.visitSingularBoolField(value: self.offloadWeights, fieldNumber: 10)
     }
+    if self.gpuMemoryUtilization.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.gpuMemoryUtilization, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -802,6 +812,7 @@ nonisolated extension Stratolab_V1_StartReplica: SwiftProtobuf.Message, SwiftPro
     if lhs.kvBytesScale != rhs.kvBytesScale {return false}
     if lhs.maxNumSeqs != rhs.maxNumSeqs {return false}
     if lhs.offloadWeights != rhs.offloadWeights {return false}
+    if lhs.gpuMemoryUtilization != rhs.gpuMemoryUtilization {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -939,7 +950,7 @@ nonisolated extension Stratolab_V1_InferenceRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ServiceSubmission"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{3}gpus_per_replica\0\u{3}rate_curve\0\u{3}mean_prefill_tokens\0\u{3}mean_decode_tokens\0\u{3}slo_seconds\0\u{3}min_replicas\0\u{3}max_num_seqs\0\u{3}offload_weights\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}service_id\0\u{1}model\0\u{3}gpu_model\0\u{3}gpus_per_replica\0\u{3}rate_curve\0\u{3}mean_prefill_tokens\0\u{3}mean_decode_tokens\0\u{3}slo_seconds\0\u{3}min_replicas\0\u{3}max_num_seqs\0\u{3}offload_weights\0\u{3}gpu_memory_utilization\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -958,6 +969,7 @@ nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, Swi
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.minReplicas) }()
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.maxNumSeqs) }()
       case 11: try { try decoder.decodeSingularBoolField(value: &self.offloadWeights) }()
+      case 12: try { try decoder.decodeSingularDoubleField(value: &self.gpuMemoryUtilization) }()
       default: break
       }
     }
@@ -997,6 +1009,9 @@ nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, Swi
     if self.offloadWeights != false {
       try visitor.visitSingularBoolField(value: self.offloadWeights, fieldNumber: 11)
     }
+    if self.gpuMemoryUtilization.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.gpuMemoryUtilization, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1012,6 +1027,7 @@ nonisolated extension Stratolab_V1_ServiceSubmission: SwiftProtobuf.Message, Swi
     if lhs.minReplicas != rhs.minReplicas {return false}
     if lhs.maxNumSeqs != rhs.maxNumSeqs {return false}
     if lhs.offloadWeights != rhs.offloadWeights {return false}
+    if lhs.gpuMemoryUtilization != rhs.gpuMemoryUtilization {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -41,7 +41,8 @@ public struct Scheduler: Sendable {
     /// What a replica of `s` is planned on: its profile, with its offloaded layers streamed at
     /// `weightLinkBytesPerSecond` when the service offloads weights and they do not fit.
     public func plannedModel(_ s: ServiceSpec) -> InferenceModel? {
-        guard let model = InferenceModel(kb: kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpusPerReplica) else { return nil }
+        guard var model = InferenceModel(kb: kb, model: s.model, gpuModel: s.gpuModel, tensorParallel: s.gpusPerReplica) else { return nil }
+        model.memoryUtilization = s.gpuMemoryUtilization
         guard s.offloadWeights, let plan = WeightOffloadPlan.plan(arch: model.arch, gpu: model.gpu, tensorParallel: s.gpusPerReplica) else { return model }
         let link = TierFigures(kind: "link", bandwidthBytesPerSecond: weightLinkBytesPerSecond, latencySeconds: 0)
         return model.offloadingWeights(plan, streamSeconds: plan.streamSeconds(tier: link, linkBytesPerSecond: weightLinkBytesPerSecond, linkLatencySeconds: 0))
@@ -58,7 +59,7 @@ public struct Scheduler: Sendable {
                 + (profiled.isEmpty ? " (none for that model at all)" : " (profiled on: \(profiled.joined(separator: ", ")))")))
             return
         }
-        if model.gpuWeightBytes > model.gpu.memoryGiB * 1_073_741_824 * 0.9 {
+        if model.gpuWeightBytes > model.usableGPUBytes {
             skippedServices.append(SkippedService(id: s.id, reason: "\(s.model) (\(Int(model.arch.weightBytes / 1e9)) GB of weights) does not fit \(s.gpusPerReplica)x\(s.gpuModel); offload its weights to a memory tier (`weights: offload`) or use more GPUs"))
             return
         }

@@ -75,6 +75,11 @@ public struct InferenceModel: Sendable {
     public private(set) var weightOffload: WeightOffloadPlan?
     /// Seconds to stream the offloaded layers once: no step is shorter.
     public private(set) var weightStreamSeconds = 0.0
+    /// Share of each GPU's memory for weights and KV cache (vLLM's `gpu_memory_utilization`).
+    public var memoryUtilization = InferenceModel.defaultMemoryUtilization
+    public static let defaultMemoryUtilization = 0.9
+    /// Bytes of each GPU's memory the engine may use (weights and KV cache).
+    public var usableGPUBytes: Double { gpu.memoryGiB * 1_073_741_824 * memoryUtilization }
 
     /// This model with its layers beyond `plan.residentLayers` streamed in `streamSeconds` a step.
     public func offloadingWeights(_ plan: WeightOffloadPlan, streamSeconds: Double) -> InferenceModel {
@@ -152,7 +157,7 @@ public struct InferenceModel: Sendable {
 
     /// The best operating point for requests of `prefill` + `decode` tokens under `slo` seconds.
     public func operatingPoint(prefill: Double, decode: Double, slo: Double) -> Operating? {
-        let free = (gpu.memoryGiB * 1_073_741_824 * 0.9 - gpuWeightBytes) * Double(tensorParallel)
+        let free = (usableGPUBytes - gpuWeightBytes) * Double(tensorParallel)
         guard free > 0 else { return nil }
         let maxBatch = max(1, Int(free / (arch.kvBytesPerToken * (prefill + decode))))
         var best: Operating? = nil

@@ -45,6 +45,9 @@ public struct ServiceSpec: Sendable, Codable, Equatable {
     /// Layers that do not fit the GPUs are kept in a memory host's tier and streamed every step
     /// (`WeightOffloadPlan`); off: a model larger than its GPUs is refused.
     public var offloadWeights = false
+    /// Share of each GPU's memory a replica uses for weights and KV cache, as vLLM's
+    /// `gpu_memory_utilization`: lower it to study a KV-memory-bound engine.
+    public var gpuMemoryUtilization = InferenceModel.defaultMemoryUtilization
     /// What each replica's engine may run at once.
     public func engineSlots(batch: Int) -> Int { max(batch, maxNumSeqs) }
 
@@ -56,7 +59,7 @@ public struct ServiceSpec: Sendable, Codable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, model, gpuModel, gpusPerReplica, rateCurve, meanPrefillTokens, meanDecodeTokens, sloSeconds, minReplicas, requestMix, maxNumSeqs, offloadWeights
+        case id, model, gpuModel, gpusPerReplica, rateCurve, meanPrefillTokens, meanDecodeTokens, sloSeconds, minReplicas, requestMix, maxNumSeqs, offloadWeights, gpuMemoryUtilization
     }
 
     /// Fields added later decode as their defaults when a stored spec lacks them.
@@ -70,6 +73,7 @@ public struct ServiceSpec: Sendable, Codable, Equatable {
         requestMix = try c.decodeIfPresent([TokenCount].self, forKey: .requestMix) ?? []
         maxNumSeqs = try c.decodeIfPresent(Int.self, forKey: .maxNumSeqs) ?? 0
         offloadWeights = try c.decodeIfPresent(Bool.self, forKey: .offloadWeights) ?? false
+        gpuMemoryUtilization = try c.decodeIfPresent(Double.self, forKey: .gpuMemoryUtilization) ?? InferenceModel.defaultMemoryUtilization
     }
 
     public func rate(at t: Double) -> Double {

@@ -103,7 +103,7 @@ public struct ServingEngine: Sendable {
         self.model = model
         self.config = config
         let blockBytes = model.arch.kvBytesPerToken * Double(config.blockTokens) / Double(model.tensorParallel)
-        let free = model.gpu.memoryGiB * 1_073_741_824 * 0.9 - model.gpuWeightBytes
+        let free = model.usableGPUBytes - model.gpuWeightBytes
         self.gpuBlocks = max(1, config.gpuBlocks ?? Int(max(0, free) / blockBytes))
         self.freeBlocks = gpuBlocks
         self.freeSwapBlocks = config.swapBlocks
