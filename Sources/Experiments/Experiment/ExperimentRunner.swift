@@ -231,7 +231,10 @@ public final class ExperimentRunner: @unchecked Sendable {
                 driver = try RequestDriver.start(requests, via: client)
                 let high = requests.filter(\.highPriority).count
                 print("  driving \(requests.count) inference requests for \(services.map(\.id).joined(separator: ", ")) at their arrival times"
-                      + (high > 0 ? " (\(high) high priority)" : "") + (services.isEmpty ? "" : ", migration policy \(spec.topology.coordinator.migrationPolicy), offload policy \(spec.topology.coordinator.offloadPolicy ?? "tiered")"))
+                      + (high > 0 ? " (\(high) high priority)" : "") + (services.isEmpty ? "" : ", migration policy \(spec.topology.coordinator.migrationPolicy)")
+                      // Offload needs memory hosts: without any the policy decides nothing, so it is not named.
+                      + (services.isEmpty || !spec.topology.nodes.contains(where: { if case .memory = $0.spec { return true }; return false })
+                         ? "" : ", offload policy \(spec.topology.coordinator.offloadPolicy ?? "tiered")"))
             }
             defer { driver?.stop() }
             // The timeline: every start and stop, in time order.
