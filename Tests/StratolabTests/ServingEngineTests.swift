@@ -33,7 +33,7 @@ struct ServingEngineTests {
         s.gpuMemoryUtilization = 0.1
         var sched = Scheduler(policy: Policies.named("hybrid")!, kb: llamaA100KB)
         sched.addService(s)
-        #expect(sched.skippedServices.first?.reason.contains("does not fit") == true, "\(sched.skippedServices)")
+        #expect(sched.skippedServices.first?.reason.contains("does not fit 1xA100-80GB at gpu_memory_utilization 0.1") == true, "\(sched.skippedServices)")
     }
 
     @Test("one request: a prefill step, then one decode step per further token; its blocks come back")

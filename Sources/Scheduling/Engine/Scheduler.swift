@@ -60,7 +60,9 @@ public struct Scheduler: Sendable {
             return
         }
         if model.gpuWeightBytes > model.usableGPUBytes {
-            skippedServices.append(SkippedService(id: s.id, reason: "\(s.model) (\(Int(model.arch.weightBytes / 1e9)) GB of weights) does not fit \(s.gpusPerReplica)x\(s.gpuModel); offload its weights to a memory tier (`weights: offload`) or use more GPUs"))
+            skippedServices.append(SkippedService(id: s.id, reason: "\(s.model) (\(Int(model.arch.weightBytes / 1e9)) GB of weights) does not fit \(s.gpusPerReplica)x\(s.gpuModel)"
+                + (s.gpuMemoryUtilization == InferenceModel.defaultMemoryUtilization ? "" : " at gpu_memory_utilization \(s.gpuMemoryUtilization)")
+                + "; offload its weights to a memory tier (`weights: offload`) or use more GPUs"))
             return
         }
         guard let op = model.operatingPoint(prefill: s.meanPrefillTokens, decode: s.meanDecodeTokens, slo: s.sloSeconds) else {
