@@ -78,6 +78,7 @@ public struct DigitalTwin {
         case replicaWake(String)
         case migrationRound
         case migrationStep(String)
+        case loadReport
         case drain(String, Bool)
     }
 
@@ -129,7 +130,12 @@ public struct DigitalTwin {
                 replicaLost(id, at: now)
             }
         }
-        if migration != nil, let first = options.requests.map(\.arrival).min() { queue.push(first, .migrationRound) }
+        if migration != nil, let first = options.requests.map(\.arrival).min() {
+            queue.push(first, .migrationRound)
+        }
+        /// Load reports fall every `loadReportInterval` from the first arrival; each round queues
+        /// those before the next round (so they never keep a finished run going on their own).
+        let reportsFrom = options.requests.map(\.arrival).min() ?? 0
         for d in options.drains { queue.push(d.from, .drain(d.node, true)); queue.push(d.until, .drain(d.node, false)) }
         var drained = Set<String>(), silent = Set<String>(), closedForDrain = Set<String>()
         /// Replicas on drained nodes take no new requests (a retiring replica stays closed).
@@ -192,7 +198,7 @@ public struct DigitalTwin {
             // nothing changes nothing it sees.
             var routerChanged = false
             for ev in batch {
-                if case .replicaWake = ev {} else { routerChanged = true }
+                switch ev { case .replicaWake, .loadReport: break; default: routerChanged = true }
                 events += 1
                 switch ev {
                 case .arrival(let i):
@@ -269,8 +275,17 @@ public struct DigitalTwin {
                     // With nothing else queued no request can ever finish (none can be served):
                     // another round would only spin.
                     if migration!.inFlight > 0 || (requestsDone < options.requests.count && queue.nextTime != nil) {
-                        queue.push(now + migration!.settings.interval, .migrationRound)
+                        let next = now + migration!.settings.interval
+                        queue.push(next, .migrationRound)
+                        let every = migration!.settings.loadReportInterval
+                        if every > 0 {
+                            var k = (max(0, now - reportsFrom) / every).rounded(.down) + 1
+                            while reportsFrom + k * every <= next { queue.push(reportsFrom + k * every, .loadReport); k += 1 }
+                        }
                     }
+                case .loadReport:
+                    guard migration != nil else { continue }
+                    migration!.reportLoads(at: now, replicas: &replicas)
                 case .migrationStep(let id):
                     guard migration != nil else { continue }
                     for s in migration!.step(id, at: now, replicas: &replicas, router: router) { queue.push(s.at, .migrationStep(s.id)) }
@@ -336,7 +351,7 @@ public struct DigitalTwin {
                 let done = options.requests.filter { $0.serviceID == s.id }.compactMap { router.records[$0.id] }.filter { $0.finished != nil }
                 let ttfts = done.compactMap(\.ttft).sorted(), tbts = done.map(\.meanTBT).sorted()
                 if !ttfts.isEmpty { o.ttftP50 = percentile(ttfts, 50); o.ttftP99 = percentile(ttfts, 99) }
-                if !tbts.isEmpty { o.tbtP99 = percentile(tbts, 99) }
+                if !tbts.isEmpty { o.tbtP99 = percentile(tbts, 99); o.maxTBTP50 = percentile(done.map(\.maxTBT).sorted(), 50) }
                 o.preemptions = done.reduce(0) { $0 + $1.preemptions }
                 serviceOut[s.id] = o
             }

@@ -299,6 +299,8 @@ extension TwinCommand {
             // A decision reaches the source with the next command round and its reservation takes a
             // data-plane round trip: a few wall milliseconds.
             m.controlLatency = 0.003 * scale
+            // The coordinator decides on the loads replicas report with each heartbeat.
+            m.loadReportInterval = Double(s.topology.coordinator.heartbeatMs) / 1000 * scale
             options.migration = m
             var w = Workload(name: s.name, jobs: [], skipped: [])
             w.services = services
@@ -328,7 +330,8 @@ extension TwinCommand {
             if twinOnly {
                 print("twin only, migration policy \(policy), requests wait at the \(queueAt == "router" ? "router (up to \(RequestRouter.defaultHoldFactor)× batch per replica)" : "replicas")" + (options.tiers.map { ", offload policy \($0.policy)" } ?? "") + ":")
                 for b in twin.services {
-                    print("  \(b.id): " + String(format: "P50 TTFT %.2f s, P99 TTFT %.2f s, P99 latency %.2f s, preemptions %d", b.ttftP50 ?? .nan, b.ttftP99 ?? .nan, b.latencyP99 ?? .nan, b.preemptions ?? 0))
+                    print("  \(b.id): " + String(format: "P50 TTFT %.2f s, P99 TTFT %.2f s, P99 latency %.2f s, preemptions %d, P50 of each request's longest gap between tokens %.3f s",
+                                                   b.ttftP50 ?? .nan, b.ttftP99 ?? .nan, b.latencyP99 ?? .nan, b.preemptions ?? 0, b.maxTBTP50 ?? .nan))
                 }
                 let moved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
                 print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", "))
@@ -339,6 +342,17 @@ extension TwinCommand {
             func mean(_ f: (ExperimentSummary) -> Double?) -> Double {
                 let v = testbedRuns.compactMap(f).filter(\.isFinite)
                 return v.isEmpty ? .nan : v.reduce(0, +) / Double(v.count)
+            }
+            /// A figure's lowest and highest over the testbed runs: how much the testbed itself varies.
+            func range(_ f: (ExperimentSummary) -> Double?) -> (Double, Double)? {
+                let v = testbedRuns.compactMap(f).filter(\.isFinite)
+                guard v.count > 1, let lo = v.min(), let hi = v.max() else { return nil }
+                return (lo, hi)
+            }
+            /// "  testbed runs LO–HI; the twin's inside|outside", for a figure compared.
+            func spread(_ f: (ExperimentSummary) -> Double?, twin y: Double, format: String) -> String {
+                guard let (lo, hi) = range(f) else { return "" }
+                return "  testbed runs " + String(format: format, lo) + "–" + String(format: format, hi) + ((lo...hi).contains(y) ? "; the twin's inside" : "; the twin's outside")
             }
             let over = testbedRuns.count > 1 ? " (testbed: mean of \(testbedRuns.count) runs)" : ""
             if testbedRuns.count > 1 {
@@ -368,13 +382,15 @@ extension TwinCommand {
                 for (name, x, y, target) in rows {
                     let e = err(x, y)
                     if target { worst = max(worst, e) }
-                    text += name.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.3f %9.3f   %6.1f%%", x, y, e * 100) + (target ? "  (target ≤ 10 %)" : "") + "\n"
+                    text += name.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.3f %9.3f   %6.1f%%", x, y, e * 100) + (target ? "  (target ≤ 10 %)" : "")
+                        + (target ? spread({ of($0)?.ttftP99 }, twin: y, format: "%.2f") : "") + "\n"
                 }
             }
             let tbMoved = mean { Double($0.migrations.started) }, twMoved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
             let e = err(tbMoved, Double(twMoved))
             worst = max(worst, e)
-            text += "migrations".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9d   %6.1f%%  (target ≤ 10 %%)\n", tbMoved, twMoved, e * 100)
+            text += "migrations".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9d   %6.1f%%  (target ≤ 10 %%)", tbMoved, twMoved, e * 100)
+                + spread({ Double($0.migrations.started) }, twin: Double(twMoved), format: "%.0f") + "\n"
             let reasons = Set(testbedRuns.flatMap(\.migrations.byReason.keys)).union(twin.migrations.keys.filter { $0.hasPrefix("reason/") }.map { String($0.dropFirst(7)) })
             for k in reasons.sorted() {
                 text += "  \(k)".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9d\n", mean { Double($0.migrations.byReason[k] ?? 0) }, twin.migrations["reason/" + k] ?? 0)

@@ -8,7 +8,7 @@ import Twin
 @Suite("Migration in the twin")
 struct MigrationTwinTests {
     /// Four single-GPU replicas of a service whose engines run as many sequences as KV allows.
-    func run(_ policy: String, drains: [(node: String, from: Double, until: Double)] = [], rps: Double = 6) -> RunResult {
+    func run(_ policy: String, drains: [(node: String, from: Double, until: Double)] = [], rps: Double = 6, reportEvery: Double = 0) -> RunResult {
         var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
                               rateCurve: [RatePoint(time: 0, rps: rps)], meanPrefillTokens: 1000, meanDecodeTokens: 400, sloSeconds: 60, minReplicas: 4)
         svc.requestMix = [TokenCount(prefill: 600, decode: 50), TokenCount(prefill: 2000, decode: 1500), TokenCount(prefill: 1000, decode: 300)]
@@ -21,8 +21,20 @@ struct MigrationTwinTests {
         var m = MigrationSettings()
         m.policy = policy
         options.migration = MigrationTwinModel.Settings(m, timeScale: 10)
+        options.migration!.loadReportInterval = reportEvery
         return DigitalTwin(nodes: nodes, workload: Workload(name: "svc", jobs: [], services: [svc]), kb: llamaA100KB, options: options)
             .run(policy: Policies.named("hybrid")!)
+    }
+
+    @Test("on load reports (every 2 trace s, as heartbeats at 10×) the policy decides on what replicas last reported: it still moves requests, not the same as on live loads, and every request finishes once")
+    func reportedLoads() throws {
+        let live = run("llumnix", rps: 9), reported = run("llumnix", rps: 9, reportEvery: 2)
+        let count = { (r: RunResult) in r.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value } }
+        #expect(count(reported) > 0, "\(reported.migrations)")
+        #expect(count(reported) != count(live), "the view changes the decisions: live \(live.migrations), reported \(reported.migrations)")
+        #expect(reported.migrations["state/in-flight"] == nil)
+        let s = try #require(reported.services.first)
+        #expect(s.offeredRequests > 0 && (s.latencyP99 ?? .infinity).isFinite, "every request finished: \(s)")
     }
 
     @Test("scale-down by migration: when the rate falls, a migrating policy empties the replicas it no longer needs before they stop; `none` stops them and sends their requests again")
@@ -61,6 +73,7 @@ struct MigrationTwinTests {
         var options = TwinOptions()
         options.requests = (0..<5).map { ServiceRequest(id: "q\($0)", serviceID: "s", arrival: Double($0), prefill: 500, decode: 100) }
         options.migration = MigrationTwinModel.Settings(MigrationSettings(), timeScale: 10)
+        options.migration!.loadReportInterval = 2   // its reports must not keep the run going either
         let nodes = (0..<2).map { NodeSlot(id: "n\($0)", gpuModel: "A10", gpuCount: 1) }
         let r = DigitalTwin(nodes: nodes, workload: Workload(name: "svc", jobs: [], services: [svc]), kb: llamaA100KB, options: options)
             .run(policy: Policies.named("hybrid")!)

@@ -17,6 +17,10 @@ public struct MigrationTwinModel {
         /// Trace seconds from a decision to the source acting on it and the destination's
         /// reservation (command delivery and a data-plane round trip on the testbed).
         public var controlLatency = 0.0
+        /// Trace seconds between the replicas' load reports (each heartbeat on the testbed): the
+        /// policy decides on the last report, as the coordinator does, so a queue head that comes
+        /// and goes between two reports is not seen. 0: on the engines' live loads.
+        public var loadReportInterval = 0.0
         public var interval: Double { migration.interval * timeScale }
         public init(_ migration: MigrationSettings = MigrationSettings(), timeScale: Double = 10) { self.migration = migration; self.timeScale = timeScale }
     }
@@ -53,6 +57,8 @@ public struct MigrationTwinModel {
         var outcome: Int
     }
     private var flights: [String: Flight] = [:]
+    /// The replicas' loads at their last report (`loadReportInterval` > 0).
+    private var reported: [String: (replica: String, node: String, load: ServingEngine.Load, blockBytes: Double)] = [:]
     private var nextNumber = 1
     public private(set) var outcomes: [Outcome] = []
     /// Committed moves whose first token on the destination is awaited: (outcome, request, replica, normal TBT).
@@ -77,6 +83,11 @@ public struct MigrationTwinModel {
 
     // MARK: Rounds
 
+    /// The replicas report their loads at `now` (a heartbeat on the testbed).
+    public mutating func reportLoads(at now: Double, replicas: inout InferenceTwinModel) {
+        reported = Dictionary(replicas.loads(at: now).map { ($0.replica, $0) }, uniquingKeysWith: { a, _ in a })
+    }
+
     /// A policy round at `now`: the replicas' loads (each serving replica of a service with a ready
     /// router entry), the policy's decisions, migrations started. Returns the times to call `step`.
     public mutating func round(at now: Double, replicas: inout InferenceTwinModel, router: RequestRouter,
@@ -84,7 +95,9 @@ public struct MigrationTwinModel {
         collectDowntimes(at: now, replicas: &replicas)
         let busyRequests = Set(flights.values.map(\.request))
         let busyReplicas = Set(flights.values.flatMap { [$0.from, $0.to] })
-        let loads = replicas.loads(at: now)
+        let live = replicas.loads(at: now)
+        // The coordinator's view: each serving replica's last report (live until its first).
+        let loads = settings.loadReportInterval > 0 ? live.map { reported[$0.replica] ?? $0 } : live
         // Llumnix's dispatching reads the same loads.
         router.dispatch = policy.dispatchesByFreeness ? .freeness : .shortestQueue
         if policy.dispatchesByFreeness {

@@ -35,6 +35,9 @@ public struct ServiceOutcome: Sendable, Codable, Equatable {
     public var ttftP50: Double?
     public var ttftP99: Double?
     public var tbtP99: Double?
+    /// The median over requests of each one's longest time between tokens (a prefill step
+    /// stalling its batch, a migration's gap), trace s.
+    public var maxTBTP50: Double?
     /// Engine preemptions (out of KV blocks) over its completed requests.
     public var preemptions: Int?
     public var attainment: Double { offeredRequests > 0 ? servedWithinSLO / offeredRequests : 1 }
