@@ -22,6 +22,8 @@ public struct Topology: Equatable {
         /// coordinator's default).
         public var migrationPolicy = "none"
         public var migrationMethod = "live"
+        /// Stage a migration's KV on a memory host when the destination has no room yet.
+        public var migrationStaging = false
         public var kvBytesScale: Double? = nil
         /// The emulated link KV caches cross between GPU nodes, for their real size (nil: the
         /// coordinator's default).
@@ -105,7 +107,7 @@ public struct Topology: Equatable {
         }
         if let c = top["coordinator"] {
             let m = try c.mapping(allowed: ["endpoint", "heartbeat_ms", "suspect_after_ms", "dead_after_ms", "policy", "time_scale",
-                                            "migration_policy", "migration_method", "kv_bytes_scale", "kv_link", "offload_policy", "tier_link",
+                                            "migration_policy", "migration_method", "migration_staging", "kv_bytes_scale", "kv_link", "offload_policy", "tier_link",
                                             "render_policy", "render_script"])
             if let v = m["render_script"] { t.coordinator.renderScript = try v.sequence().map { try $0.string() } }
             if let v = m["render_policy"] {
@@ -140,6 +142,7 @@ public struct Topology: Equatable {
                 guard ["live", "blocking", "recompute"].contains(x) else { throw v.fail("migration_method '\(x)' must be live, blocking or recompute") }
                 t.coordinator.migrationMethod = x
             }
+            if let v = m["migration_staging"] { t.coordinator.migrationStaging = try v.bool() }
             if let v = m["kv_bytes_scale"] {
                 let x = try v.double()
                 guard x >= 0 && x <= 1 else { throw v.fail("kv_bytes_scale \(x) must be within 0 … 1") }
@@ -397,6 +400,7 @@ public struct Topology: Equatable {
                     "--time-scale", "\(coordinator.timeScale)"]
         if container == nil { args += ["--data", DataPaths.dataDirectory()] }
         args += ["--migration-policy", coordinator.migrationPolicy, "--migration-method", coordinator.migrationMethod]
+        if coordinator.migrationStaging { args.append("--migration-staging") }
         if let x = coordinator.kvBytesScale { args += ["--kv-bytes-scale", "\(x)"] }
         if let x = coordinator.kvLink { args += ["--kv-link", x] }
         if let x = coordinator.offloadPolicy { args += ["--offload-policy", x] }

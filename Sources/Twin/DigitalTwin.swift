@@ -371,6 +371,8 @@ public struct DigitalTwin {
         if let m = migration {
             for (k, v) in m.byReason { result.migrations["reason/" + k] = v }
             for (k, v) in m.byState { result.migrations["state/" + k] = v }
+            let staged = m.outcomes.filter(\.staged).count
+            if staged > 0 { result.migrations["staged"] = staged }
             result.migrationDowntimes = m.outcomes.compactMap(\.downtime)
         }
         if let t = tierModel { result.tiers = t.counters; if router.prefixAffinity { result.tiers["prefix_routed"] = router.prefixRouted } }

@@ -214,6 +214,8 @@ struct AgentCommand: ParsableCommand {
             let migration: MigrationHandler? = replicas.flatMap { r in plane.map { MigrationHandler(replicas: r, plane: $0.plane) } }
             // KV prefixes are loaded from and stored on the memory hosts over the same data plane.
             let tiers: KVTierCache? = replicas.flatMap { r in plane.map { KVTierCache(replicas: r, plane: $0.plane) } }
+            // A migration whose destination has no room stages the request's KV on a memory host.
+            migration?.staging = tiers
             node.handlers = [jobs as FeatureHandler?, inference as FeatureHandler?, migration as FeatureHandler?, tiers as FeatureHandler?].compactMap { $0 }
             node.busyGPUs = { (jobs?.busyGPUs ?? []).union(inference?.busyGPUs ?? []) }
             return node

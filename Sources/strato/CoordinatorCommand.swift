@@ -29,6 +29,8 @@ struct CoordinatorCommand: ParsableCommand {
     var migrationPolicy = "none"
     @Option(name: .customLong("migration-method"), help: "How they move: live (copy while decoding, then a short final stage), blocking (stop, copy, resume) or recompute (stop, prefill again).")
     var migrationMethod = "live"
+    @Flag(name: .customLong("migration-staging"), help: "A migration whose destination has no room stages the request's KV on a memory host until it has (drains then need not wait for room).")
+    var migrationStaging = false
     @Option(name: .customLong("migration-downtime-ms"), help: "The stall (trace milliseconds) a live migration's final stage may add.") var migrationDowntimeMs = 20.0
     @Option(name: .customLong("migration-interval-ms"), help: "Wall milliseconds between migration-policy rounds.") var migrationIntervalMs = 250.0
     @Option(name: .customLong("migration-max-concurrent"), help: "Migrations in flight at once.") var migrationMaxConcurrent = 4
@@ -92,6 +94,7 @@ struct CoordinatorCommand: ParsableCommand {
         migration.downtimeBudget = migrationDowntimeMs / 1000
         migration.interval = migrationIntervalMs / 1000
         migration.maxConcurrent = migrationMaxConcurrent
+        migration.staging = migrationStaging
         migration.kvLinkBytesPerSecond = kvLink == "0" ? 0 : (try NetworkConditions.parseBandwidth(kvLink) ?? 0)
         let server = CoordinatorServer(config: config, features: [
             scheduling,                             // features "jobs" and "inference"

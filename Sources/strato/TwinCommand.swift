@@ -295,6 +295,7 @@ extension TwinCommand {
             var m = MigrationTwinModel.Settings(MigrationSettings(), timeScale: scale)
             m.migration.policy = policy
             m.migration.method = MigrationMethod(rawValue: s.topology.coordinator.migrationMethod) ?? .live
+            m.migration.staging = s.topology.coordinator.migrationStaging
             if let link = s.topology.coordinator.kvLink { m.migration.kvLinkBytesPerSecond = link == "0" ? 0 : (try NetworkConditions.parseBandwidth(link) ?? 0) }
             // A decision reaches the source with the next command round and its reservation takes a
             // data-plane round trip: a few wall milliseconds.

@@ -63,11 +63,13 @@ private final class MigrationBed {
         try client.migrations().migrations.first { $0.migrationID == id }
     }
 
+    /// The migration once it ended; a done one once both sides' reports are in (either may come
+    /// first: the destination's "committed" alone settles it).
     func waitEnded(_ id: String, seconds: Double = 40) throws -> MigrationRecord {
         var m: MigrationRecord?
         try cluster.waitFor("migration \(id) to end", seconds: seconds) {
             m = try self.migration(id)
-            return m.map { $0.state != "in-flight" && $0.state != "orphaned" } ?? false
+            return m.map { $0.state != "in-flight" && $0.state != "orphaned" && ($0.state != "done" || !$0.sourceOutcome.isEmpty) } ?? false
         }
         return m!
     }

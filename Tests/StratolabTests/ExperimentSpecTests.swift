@@ -128,6 +128,8 @@ struct ExperimentSpecTests {
         ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A40, model: Llama-2-70b, weights: cpu}}\n", 3, "weights 'cpu' must be gpu"),
         ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, trace: kimi}}\n", 3, "or mooncake"),
         ("name: t\ntopology: default-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A100-80GB, gpu_memory_utilization: 1.5}}\n", 3, "gpu_memory_utilization 1.5 must be > 0 and ≤ 1"),
+        ("name: t\ntopology: migration-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A40, migration: [llumnix], migration_staging: true}}\n", 3, "migration_staging needs a memory host"),
+        ("name: t\ntopology: migration-staging-topology.yaml\nworkload: {kind: services, services: {rps: 1, gpu: A40, migration_staging: often}}\n", 3, "true or false"),
     ])
     func badSpecs(_ text: String, _ line: Int, _ message: String) throws {
         let e = failure(text)

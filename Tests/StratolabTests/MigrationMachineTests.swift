@@ -22,10 +22,22 @@ private struct Harness {
     let request = "q"
     let prompt: Int, decode: Int
 
-    init(method: MigrationMethod, prompt: Int = 2000, decode: Int = 400, bandwidth: Double = 10e9, dstBlocks: Int? = nil) {
+    /// Staging: blocks on the memory host, whether its put fails, whether the destination refuses the hand-over.
+    var hostHolds: Int?
+    var stageFails = false, handOverFails = false
+    /// Everything the destination finished, and when it asked the host for the KV back.
+    var dstAll: [ServingEngine.Finished] = []
+    var fetchAskedAt: Double?
+
+    init(method: MigrationMethod, prompt: Int = 2000, decode: Int = 400, bandwidth: Double = 10e9, dstBlocks: Int? = nil,
+         staging: Bool = false, stageFails: Bool = false, handOverFails: Bool = false, dstBusy: (prompt: Int, decode: Int)? = nil) {
         self.prompt = prompt; self.decode = decode
+        self.stageFails = stageFails; self.handOverFails = handOverFails
         if let b = dstBlocks { var c = ServingEngine.Config(maxRunning: 8); c.gpuBlocks = b; dst = ServingEngine(model: model, config: c) }
-        plan = MigrationPlan(method: method, blockBytes: model.arch.kvBytesPerToken * 16, bandwidthBytesPerSecond: bandwidth)
+        if let busy = dstBusy { _ = dst.add(id: "other", prompt: busy.prompt, decode: busy.decode, at: 0); dst.advance(to: 1) }
+        var plan = MigrationPlan(method: method, blockBytes: model.arch.kvBytesPerToken * 16, bandwidthBytesPerSecond: bandwidth)
+        plan.staging = staging
+        self.plan = plan
         _ = src.add(id: request, prompt: prompt, decode: decode, at: 0)
         now = 1   // prefill done, decoding
         src.advance(to: now)
@@ -67,6 +79,19 @@ private struct Harness {
                 run(source.finalDelivered(at: now))
                 for r in dest!.commit() { if case .resume(let b) = r { dst.resume(kept!, reserved: dest!.reservedBlocks, kvBlocks: b, at: now); log.append("resumed with \(b)") } }
                 run(source.committed(at: now))
+            case .stageOut(let blocks):
+                now += Double(blocks.count) * plan.blockBytes / plan.bandwidthBytesPerSecond
+                log.append("staged \(blocks)")
+                if !stageFails { hostHolds = blocks.count }
+                run(source.stagedOut(!stageFails, reason: "host gone", blocks: blocks.count, at: now))
+            case .handOver(let n):
+                if handOverFails { run(source.destinationFailed("refused")); return }
+                dst.adoptStaged(kept!, at: now)
+                log.append("handed over \(n)")
+                run(source.committed(at: now))
+            case .dropStaged:
+                hostHolds = nil
+                log.append("dropped staged")
             case .free:
                 kept = nil
             case .resumeHere:
@@ -79,9 +104,18 @@ private struct Harness {
         }
     }
 
-    /// Runs both engines to the end; the request's results on each.
-    mutating func finish() -> (src: [ServingEngine.Finished], dst: [ServingEngine.Finished]) {
-        (src.takeFinished(by: 1e9).filter { $0.id == request }, dst.takeFinished(by: 1e9).filter { $0.id == request })
+    /// Runs both engines to the end; the request's results on each. KV the destination asks back
+    /// from the memory host arrives `fetchSeconds` after it asks.
+    mutating func finish(fetchSeconds: Double = 0.01) -> (src: [ServingEngine.Finished], dst: [ServingEngine.Finished]) {
+        var dstDone: [ServingEngine.Finished] = []
+        for _ in 0..<10_000 {
+            dstDone += dst.takeFinished(by: 1e9)
+            let ins = dst.takeSwapIns()
+            if ins.isEmpty { break }
+            for i in ins { dst.swapInDone(i.id, readyAt: i.at + fetchSeconds); log.append("fetched \(i.blocks) at \(i.at)"); hostHolds = nil; fetchAskedAt = i.at }
+        }
+        dstAll = dstDone
+        return (src.takeFinished(by: 1e9).filter { $0.id == request }, dstDone.filter { $0.id == request })
     }
 }
 
@@ -100,6 +134,50 @@ struct MigrationMachineTests {
         let final = Double(h.plan.finalStageBlocks) * h.plan.blockBytes / h.plan.bandwidthBytesPerSecond
         #expect(f.maxTBT < final + 0.0005 + 0.1, "\(f.maxTBT)")
         #expect(h.src.usedBlocks == 0 && h.dst.usedBlocks == 0, "no block leaks on either side")
+    }
+
+    @Test("staging: a destination without room takes the request through a memory host; it waits there ahead of new arrivals, runs once room comes with its KV fetched back, and finishes once with every token")
+    func staging() throws {
+        // The destination's 300 blocks are mostly held by a long request; q needs about 140.
+        var h = Harness(method: .live, bandwidth: 2e9, dstBlocks: 300, staging: true, dstBusy: (prompt: 3000, decode: 200))
+        #expect(h.source.phase == .done && h.source.staged && h.source.stagedBlocks > 0, "\(h.log)")
+        #expect(h.log.first { $0.hasPrefix("staged") } != nil && h.log.contains { $0.hasPrefix("handed over") }, "\(h.log)")
+        #expect(h.src.usedBlocks == 0 && h.src.state(of: h.request) == nil, "the source is emptied at once")
+        #expect(h.dst.place(of: h.request) == .swapped && h.hostHolds == h.source.stagedBlocks)
+        let generated = try #require(h.dst.peek(h.request)).generated
+        // A new arrival after the hand-over queues behind it.
+        _ = h.dst.add(id: "late", prompt: 100, decode: 10, at: h.now)
+        let stepsBefore = h.dst.steps
+        let (s, d) = h.finish()
+        #expect(s.isEmpty && d.count == 1, "served once, on the destination")
+        let f = try #require(d.first)
+        #expect(f.firstToken < 1 && generated > 1, "its first token was on the source")
+        #expect(h.hostHolds == nil && h.log.contains { $0.hasPrefix("fetched") }, "its KV came back from the host: \(h.log)")
+        #expect(h.dst.usedBlocks == 0 && h.src.usedBlocks == 0, "no block leaks on either side")
+        #expect(h.dst.steps > stepsBefore)
+        let late = try #require(h.dstAll.first { $0.id == "late" }), asked = try #require(h.fetchAskedAt)
+        #expect(late.admitted >= asked, "the new arrival waited behind the staged request: admitted \(late.admitted), KV asked back at \(asked)")
+    }
+
+    @Test("staging that fails (the memory host refuses the put, or the destination the hand-over): the request resumes on the source from its KV, the host's copy is dropped, and it finishes once there")
+    func stagingFails() throws {
+        for (put, handOver) in [(true, false), (false, true)] {
+            var h = Harness(method: .live, bandwidth: 2e9, dstBlocks: 100, staging: true, stageFails: put, handOverFails: handOver)
+            guard case .aborted(let why) = h.source.phase else { Issue.record("\(h.source.phase) \(h.log)"); continue }
+            #expect(put ? why == .stagingFailed("host gone") : why == .destinationFailed("refused"))
+            #expect(h.hostHolds == nil && h.log.contains("dropped staged"), "\(h.log)")
+            let (s, d) = h.finish()
+            #expect(s.count == 1 && d.isEmpty, "served once, on the source")
+            #expect(h.src.usedBlocks == 0 && h.dst.usedBlocks == 0)
+        }
+    }
+
+    @Test("without staging a full destination ends the migration, and the request keeps running on the source")
+    func fullWithoutStaging() throws {
+        var h = Harness(method: .live, bandwidth: 2e9, dstBlocks: 100)
+        #expect({ if case .aborted(.destinationFull) = h.source.phase { return true }; return false }(), "\(h.source.phase)")
+        let (s, d) = h.finish()
+        #expect(s.count == 1 && d.isEmpty && !h.source.staged)
     }
 
     @Test("blocking copies everything at once, recompute only the state: both stall longer than live, and grow with the sequence")
@@ -253,7 +331,7 @@ struct MigrationMachineTests {
                         case .copyFinal(let b): _ = dest?.receive(b)
                         case .resumeHere: sourceRuns = true
                         case .abortDestination: if case .release(let n)? = dest?.abort().first { free += n }
-                        case .free, .reserve, .report: break
+                        case .free, .reserve, .report, .stageOut, .handOver, .dropStaged: break
                         }
                     }
                 }

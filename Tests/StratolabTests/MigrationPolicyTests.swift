@@ -36,6 +36,21 @@ struct MigrationPolicyTests {
         #expect(p.decide([drained], costs: costs, busy: []).isEmpty, "nowhere to go")
     }
 
+    @Test("a drain with staging does not wait for room: with no instance able to hold the request, it goes to the one with the most free blocks (its KV waits on a memory host); without staging it stays")
+    func drainWithStaging() {
+        let drained = busy("d", used: 300, running: reqs("d", [300]), health: .draining)
+        let fullA = busy("a", used: 990, running: reqs("a", [500, 490])), fullB = busy("b", used: 950, running: reqs("b", [950]), demand: 20)
+        var staged = costs; staged.staging = true
+        for p in [LlumnixMigration() as MigrationPolicy, SlackAwareMigration()] {
+            #expect(p.decide([drained, fullA, fullB], costs: costs, busy: []).isEmpty, "\(p.name): nowhere with room")
+            #expect(p.decide([drained, fullA, fullB], costs: staged, busy: []) == [MigrationDecision(request: "d0", from: "d", to: "b", reason: .drain)],
+                    "\(p.name): b has 30 free after its queue's head, a 10")
+            // An instance with room is still preferred.
+            let roomy = busy("c", used: 600, running: reqs("c", [600]))
+            #expect(p.decide([drained, fullA, roomy], costs: staged, busy: []).first?.to == "c")
+        }
+    }
+
     @Test("slack-aware: suspect nodes drain first, least slack first; for balance only requests with slack move, the most blocks freed per copy second")
     func slackAware() {
         let p = SlackAwareMigration()

@@ -8,20 +8,28 @@ import Twin
 @Suite("Migration in the twin")
 struct MigrationTwinTests {
     /// Four single-GPU replicas of a service whose engines run as many sequences as KV allows.
-    func run(_ policy: String, drains: [(node: String, from: Double, until: Double)] = [], rps: Double = 6, reportEvery: Double = 0) -> RunResult {
+    func run(_ policy: String, drains: [(node: String, from: Double, until: Double)] = [], rps: Double = 6, reportEvery: Double = 0,
+             staging: Bool = false, memoryHost: Bool = false, memoryUtilization: Double? = nil, until: Double = 600) -> RunResult {
         var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
                               rateCurve: [RatePoint(time: 0, rps: rps)], meanPrefillTokens: 1000, meanDecodeTokens: 400, sloSeconds: 60, minReplicas: 4)
         svc.requestMix = [TokenCount(prefill: 600, decode: 50), TokenCount(prefill: 2000, decode: 1500), TokenCount(prefill: 1000, decode: 300)]
         svc.maxNumSeqs = 256
-        let requests = RequestStream.generate([svc], until: 600, seed: 3)
+        if let u = memoryUtilization { svc.gpuMemoryUtilization = u }
+        let requests = RequestStream.generate([svc], until: until, seed: 3)
         let nodes = (0..<4).map { NodeSlot(id: "n\($0)", gpuModel: "A100-80GB", gpuCount: 1) }
         var options = TwinOptions()
         options.requests = requests
         options.drains = drains
         var m = MigrationSettings()
         m.policy = policy
+        m.staging = staging
         options.migration = MigrationTwinModel.Settings(m, timeScale: 10)
         options.migration!.loadReportInterval = reportEvery
+        if memoryHost {
+            let tiers = [TiersTwinModel.Tier(kind: "dram", capacityBytes: 64 << 30, figures: TiersTwinModel.Settings.nominal("dram"))]
+            options.tiers = TiersTwinModel.Settings(policy: "none", hosts: [TiersTwinModel.Host(node: "mem-0", tiers: tiers)],
+                                                    linkBytesPerSecond: 12.5e9, kvBytesScale: 1.0 / 4096, lookupTimeout: 30, figuresSource: "nominal")
+        }
         return DigitalTwin(nodes: nodes, workload: Workload(name: "svc", jobs: [], services: [svc]), kb: llamaA100KB, options: options)
             .run(policy: Policies.named("hybrid")!)
     }
@@ -35,6 +43,24 @@ struct MigrationTwinTests {
         #expect(reported.migrations["state/in-flight"] == nil)
         let s = try #require(reported.services.first)
         #expect(s.offeredRequests > 0 && (s.latencyP99 ?? .infinity).isFinite, "every request finished: \(s)")
+    }
+
+    @Test("staging in the twin: a drain with every other replica short of room moves requests through the memory host instead of waiting; every request finishes once")
+    func stagedDrain() throws {
+        let drains = [(node: "n0", from: 60.0, until: 200.0)]
+        let plain = run("none", drains: drains, rps: 9, memoryHost: true, memoryUtilization: 0.3, until: 150)
+        let staged = run("none", drains: drains, rps: 9, staging: true, memoryHost: true, memoryUtilization: 0.3, until: 150)
+        let off = run("none", drains: drains, rps: 9, staging: true, memoryHost: false, memoryUtilization: 0.3, until: 150)
+        #expect(plain.migrations["staged"] == nil && off.migrations["staged"] == nil, "staging needs both the setting and a memory host")
+        let n = try #require(staged.migrations["staged"], "\(staged.migrations)")
+        #expect(n > 0 && (staged.migrations["reason/drain"] ?? 0) > (plain.migrations["reason/drain"] ?? 0),
+                "plain \(plain.migrations), staged \(staged.migrations)")
+        #expect((staged.tiers["staged_ins"] ?? 0) == n && (staged.tiers["swap_ins"] ?? 0) > 0, "\(staged.tiers)")
+        #expect(staged.migrations["state/in-flight"] == nil)
+        for r in [plain, staged] {
+            let s = try #require(r.services.first)
+            #expect(s.offeredRequests > 0 && (s.latencyP99 ?? .infinity).isFinite, "every request finished: \(s)")
+        }
     }
 
     @Test("scale-down by migration: when the rate falls, a migrating policy empties the replicas it no longer needs before they stop; `none` stops them and sends their requests again")

@@ -90,6 +90,8 @@ public struct ExperimentSpec: Equatable {
         /// How requests migrate (`live`, `blocking`, `recompute`), what share of them is high
         /// priority, and the KV bytes replicas hold (nil: the coordinator's default).
         public var method: String?
+        /// Stage a migration's KV on a memory host when its destination has no room (nil: off).
+        public var staging: Bool?
         public var priorityShare = 0.0
         public var kvBytesScale: Double?
         public var kvLink: String?
@@ -231,6 +233,12 @@ public struct ExperimentSpec: Equatable {
         }
         if let sv = spec.workload.services {
             if let x = sv.method { spec.topology.coordinator.migrationMethod = x }
+            if let x = sv.staging {
+                if x && !spec.topology.nodes.contains(where: { if case .memory = $0.spec { return true }; return false }) {
+                    throw (m["workload"] ?? m["name"]!).fail("migration_staging needs a memory host in the topology to stage KV on")
+                }
+                spec.topology.coordinator.migrationStaging = x
+            }
             if let x = sv.kvBytesScale { spec.topology.coordinator.kvBytesScale = x }
             if let x = sv.kvLink { spec.topology.coordinator.kvLink = x }
             if let first = sv.migration.first { spec.topology.coordinator.migrationPolicy = first }
@@ -422,7 +430,7 @@ public struct ExperimentSpec: Equatable {
         }
         if let sv = m["services"] {
             guard kind == .scheduling || kind == .services else { throw sv.fail("'services' belongs to scheduling and services workloads") }
-            let sm = try sv.mapping(allowed: ["rps", "gpu", "slo_s", "trace", "replicas", "migration", "method", "priority_share", "kv_bytes_scale", "kv_link", "max_num_seqs", "gpu_memory_utilization",
+            let sm = try sv.mapping(allowed: ["rps", "gpu", "slo_s", "trace", "replicas", "migration", "method", "migration_staging", "priority_share", "kv_bytes_scale", "kv_link", "max_num_seqs", "gpu_memory_utilization",
                                               "model", "offload", "weights"])
             guard let r = sm["rps"] else { throw sv.fail("services need 'rps' (mean requests per trace second, per service)") }
             let rps = try r.double()
@@ -450,6 +458,7 @@ public struct ExperimentSpec: Equatable {
                 out2.gpuMemoryUtilization = x
             }
             if let v = sm["migration"] { out2.migration = try Self.policyList(v, what: "migration", known: MigrationPolicies.names) }
+            if let v = sm["migration_staging"] { out2.staging = try v.bool() }
             if let v = sm["method"] {
                 let x = try v.string()
                 guard ["live", "blocking", "recompute"].contains(x) else { throw v.fail("method '\(x)' must be live, blocking or recompute") }

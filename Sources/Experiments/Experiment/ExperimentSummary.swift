@@ -132,6 +132,8 @@ public struct MigrationAccounting: Codable, Equatable {
         public var to = ""
         public var started = 0.0
         public var ended = 0.0
+        /// Its KV went through a memory host: the downtime includes the wait for room.
+        public var staged: Bool? = nil
     }
     public var policy = ""
     public var method = ""
@@ -145,6 +147,10 @@ public struct MigrationAccounting: Codable, Equatable {
     public var downtimeP50Ms: Double?
     public var downtimeP99Ms: Double?
     public var bytesMoved: UInt64 = 0
+    /// Migrations staged through a memory host, and the median stall they saw (waiting for room
+    /// on the destination; not among the downtime percentiles above, which are the copy's).
+    public var staged = 0
+    public var stagedStallP50Ms: Double?
     /// Whether the coordinator answered for migrations at the end.
     public var known = false
 
@@ -162,10 +168,13 @@ public struct MigrationAccounting: Codable, Equatable {
             if m.state == "in-flight" || m.state == "orphaned" { unfinished.append(m.migrationID) }
             samples.append(Sample(id: m.migrationID, tokens: Int(m.tokens), downtimeMs: m.downtimeSeconds >= 0 ? m.downtimeSeconds * 1000 : nil,
                                   method: m.method, reason: m.reason, state: m.state, stages: Int(m.stages), bytes: m.bytes,
-                                  from: m.fromNode, to: m.toNode, started: m.started, ended: m.ended))
+                                  from: m.fromNode, to: m.toNode, started: m.started, ended: m.ended, staged: m.staged ? true : nil))
+            if m.staged { staged += 1 }
         }
-        let d = samples.compactMap(\.downtimeMs).sorted()
+        let d = samples.filter { $0.staged != true }.compactMap(\.downtimeMs).sorted()
         if !d.isEmpty { downtimeP50Ms = percentile(d, 50); downtimeP99Ms = percentile(d, 99) }
+        let w = samples.filter { $0.staged == true }.compactMap(\.downtimeMs).sorted()
+        if !w.isEmpty { stagedStallP50Ms = percentile(w, 50) }
     }
 
     public var ok: Bool { unfinished.isEmpty }
@@ -453,6 +462,7 @@ public struct ExperimentSummary: Codable {
                            + g.byReason.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ") + " · "
                            + g.byState.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
                            + (g.downtimeP50Ms.map { String(format: " · downtime p50 %.1f ms, p99 %.1f ms", $0, g.downtimeP99Ms ?? 0) } ?? "")
+                           + (g.staged > 0 ? " · \(g.staged) staged through a memory host" + (g.stagedStallP50Ms.map { String(format: " (stall waiting for room p50 %.0f ms)", $0) } ?? "") : "")
                            + String(format: " · %.1f MiB of KV moved", Double(g.bytesMoved) / 1_048_576))
             }
             if let g = s.game { out += GameSection.text(g).map { "run \(i + 1) " + $0 } }

@@ -4,10 +4,10 @@ import Scheduling
 /// `migrations.csv`: one row per migration as the coordinator recorded it.
 public enum MigrationsTable {
     public static func write(_ m: MigrationAccounting, to file: String) throws {
-        var s = "migration,from,to,method,reason,state,tokens,stages,bytes,downtime_ms,started_trace_s,ended_trace_s\n"
+        var s = "migration,from,to,method,reason,state,tokens,stages,bytes,downtime_ms,started_trace_s,ended_trace_s,staged\n"
         for x in m.samples {
             s += "\(x.id),\(x.from),\(x.to),\(x.method),\(x.reason),\(x.state),\(x.tokens),\(x.stages),\(x.bytes),"
-            s += (x.downtimeMs.map { String(format: "%.3f", $0) } ?? "") + String(format: ",%.3f,%.3f\n", x.started, x.ended)
+            s += (x.downtimeMs.map { String(format: "%.3f", $0) } ?? "") + String(format: ",%.3f,%.3f,", x.started, x.ended) + (x.staged == true ? "yes" : "no") + "\n"
         }
         try s.write(toFile: file, atomically: true, encoding: .utf8)
     }
@@ -24,9 +24,13 @@ public enum MigrationsTable {
         out += "<table><tr><th>outcome</th><th>migrations</th></tr>" + m.byState.sorted { $0.key < $1.key }.map { "<tr><td>\(esc($0.key))</td><td>\($0.value)</td></tr>" }.joined() + "</table>"
         out += String(format: "<p>%.1f MiB of KV moved", Double(m.bytesMoved) / 1_048_576)
             + (m.downtimeP50Ms.map { String(format: "; downtime p50 %.1f ms, p99 %.1f ms", $0, m.downtimeP99Ms ?? 0) } ?? "") + ".</p>"
+        if m.staged > 0 {
+            out += "<p>\(m.staged) migrations were staged through a memory host: their destination had no room, so the source put the request's KV on the host and the destination fetched it back once it had room. Their stall includes that wait"
+                + (m.stagedStallP50Ms.map { String(format: " (p50 %.0f ms)", $0) } ?? "") + ", so they are left out of the downtime figures and plot.</p>"
+        }
         var plot = SVGPlot(title: "Downtime against sequence length", xLabel: "tokens of the request when it moved", yLabel: "downtime, trace ms")
         for method in Set(m.samples.map(\.method)).sorted() {
-            let pts = m.samples.filter { $0.method == method }.compactMap { x in x.downtimeMs.map { (Double(x.tokens), $0) } }
+            let pts = m.samples.filter { $0.method == method && $0.staged != true }.compactMap { x in x.downtimeMs.map { (Double(x.tokens), $0) } }
             if !pts.isEmpty { plot.series.append(SVGPlot.Series(name: method, points: pts.sorted { $0.0 < $1.0 }, dots: true)) }
         }
         if !plot.series.isEmpty { out += "<h3>Downtime against sequence length</h3>" + plot.render() }
@@ -42,6 +46,7 @@ public enum ExperimentComparison {
         var ttftP50 = 0.0, ttftP99 = 0.0, tbtP50 = 0.0, tbtP99 = 0.0, latencyP50 = 0.0, latencyP99 = 0.0
         var preemptions = 0, completed = 0, submitted = 0, migrations = 0
         var reasons: [String: Int] = [:]
+        var staged = 0
         var downtimeP50: Double?
         var lostNothing = true
         var prefixHitRatio: Double?
@@ -61,6 +66,7 @@ public enum ExperimentComparison {
             r.preemptions = svc.reduce(0) { $0 + $1.preemptions }
             r.completed = svc.reduce(0) { $0 + $1.completed }; r.submitted = svc.reduce(0) { $0 + $1.submitted }
             r.migrations = s.migrations.started; r.reasons = s.migrations.byReason; r.downtimeP50 = s.migrations.downtimeP50Ms
+            r.staged = s.migrations.staged
             r.lostNothing = s.lostNothing.ok
             if s.offload.known && s.offload.prefixRequests > 0 { r.prefixHitRatio = s.offload.hitRatio }
             r.tokensPerSecond = s.requests.outputTokensPerSecond
@@ -73,7 +79,7 @@ public enum ExperimentComparison {
         let rs = rows(all)
         var lines = ["policy     TTFT p50 s  TTFT p99 s  TBT p50 ms  TBT p99 ms  E2E p50 s  E2E p99 s  preemptions  migrations (by reason)                 lost nothing"]
         for r in rs {
-            let reasons = r.reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+            let reasons = r.reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ") + (r.staged > 0 ? "; \(r.staged) staged" : "")
             lines.append(r.policy.padding(toLength: 11, withPad: " ", startingAt: 0)
                          + String(format: "%-11.2f %-11.2f %-11.1f %-11.1f %-10.2f %-10.2f %-12d ", r.ttftP50, r.ttftP99, r.tbtP50 * 1000, r.tbtP99 * 1000, r.latencyP50, r.latencyP99, r.preemptions)
                          + "\(r.migrations)\(reasons.isEmpty ? "" : " (\(reasons))")".padding(toLength: 39, withPad: " ", startingAt: 0) + (r.lostNothing ? "yes" : "NO")

@@ -126,6 +126,32 @@ extension EmulatedReplicas {
         tracer.instant("resume \(st.id)", category: "migration", track: "replicas", args: ["replica": replica, "kv_blocks": "\(kvBlocks)"])
     }
 
+    /// Takes on at `wallNanos` a request moved here whose KV a migration staged on a memory host
+    /// (this replica had no room): it queues as swapped out to that host, and its KV is fetched
+    /// (`takeSwapWork`) as soon as its blocks fit, ahead of new arrivals.
+    public func adoptStaged(_ st: ServingEngine.SequenceState, highPriority high: Bool, in replica: String, wallNanos: Int64) {
+        guard replicas[replica] != nil else { return }
+        let t = replicas[replica]!.clock.trace(wall: wallNanos)
+        replicas[replica]!.engine.adoptStaged(st, at: t)
+        replicas[replica]!.held[st.id] = nil
+        replicas[replica]!.movedAway.remove(st.id)
+        if high { highPriority.insert(st.id) }
+        replicas[replica]!.syncPool()
+        tracer.instant("adopt staged \(st.id)", category: "migration", track: "replicas", args: ["replica": replica, "kv_tokens": "\(st.computed)"])
+    }
+
+    /// The first `count` KV blocks of a request as real bytes (a taken-out request's, held for its
+    /// migration); without a pool, each block's contents as the request's KV must be.
+    public func blockBytes(_ request: String, count: Int, in replica: String) throws -> [[UInt8]] {
+        guard let r = replicas[replica] else { throw KVBlockPool.PoolError("replica \(replica) is not serving on this node") }
+        guard let pool = r.pool else { return (0..<count).map { KVBlockPool.contents(request: request, block: $0, bytes: 8) } }
+        return try (0..<count).map { b in
+            var out: [UInt8] = []
+            try pool.read(request, blocks: b..<(b + 1), offset: 0, length: pool.blockBytes, into: { out.append(contentsOf: $0) })
+            return out
+        }
+    }
+
     /// The gap between a moved request's last token before the move and its first one here, once out.
     public func takeResumeGap(_ request: String, in replica: String, wallNanos: Int64) -> Double? {
         guard replicas[replica] != nil else { return nil }

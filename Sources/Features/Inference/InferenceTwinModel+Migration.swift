@@ -52,6 +52,22 @@ extension InferenceTwinModel {
         replicas[replica]!.engine.resume(st, reserved: reserved, kvBlocks: kvBlocks, at: t)
     }
 
+    /// Seconds one way to stage `blocks` KV blocks of the replica's model on a memory host; nil
+    /// without memory hosts (no staging).
+    public func stageSeconds(blocks: Int, in replica: String) -> Double? {
+        guard let tiers, let e = replicas[replica]?.engine else { return nil }
+        return tiers.stageSeconds(model: e.model, blocks: blocks, blockTokens: e.config.blockTokens)
+    }
+
+    /// Takes on at `t` a request whose KV a migration staged on a memory host (`seconds` each way):
+    /// it queues as swapped out there, as on the agent (`EmulatedReplicas.adoptStaged`).
+    public mutating func adoptStaged(_ st: ServingEngine.SequenceState, seconds: Double, in replica: String, at t: Double) {
+        guard serving(replica) else { return }
+        swappedOut[st.id] = (t - seconds, seconds)
+        replicas[replica]!.engine.adoptStaged(st, at: t)
+        tiers?.countSwap("staged_ins")
+    }
+
     public mutating func takeResumeGap(_ request: String, in replica: String, at t: Double) -> Double? {
         guard replicas[replica] != nil else { return nil }
         replicas[replica]!.engine.advance(to: t)

@@ -85,7 +85,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         let now = clock.monotonicNanos()
         let g = replicas.gpuPrefix
         stats.gpuHits = UInt64(g.hits); stats.gpuHitTokens = UInt64(g.hitTokens); stats.gpuPromptTokens = UInt64(g.promptTokens)
-        guard stats.lookups > 0 || stats.storedChunks > 0 || !weights.streams.isEmpty || stats.swapOuts > 0 || stats.swapFallbacks > 0 || g.hits > 0, now - statsSentAt >= 1_000_000_000 else { return [] }
+        guard stats.lookups > 0 || stats.storedChunks > 0 || !weights.streams.isEmpty || stats.swapOuts > 0 || stats.swapFallbacks > 0 || stats.stagedOuts + stats.stagedIns > 0 || g.hits > 0, now - statsSentAt >= 1_000_000_000 else { return [] }
         statsSentAt = now
         stats.weights = weights.report(wallNanos: wallNanos)
         let (preempted, swapped) = replicas.preemptionCounts

@@ -183,6 +183,18 @@ public final class TiersTwinModel {
                             linkLatencySeconds: settings.linkLatencySeconds, recomputeSeconds: 0).loadSeconds
     }
 
+    /// Modelled seconds one way for a migration's KV staged on a memory host (`KVTierCache+Staging`):
+    /// the tier the policy swaps to, or the host's fastest.
+    public func stageSeconds(model: InferenceModel, blocks: Int, blockTokens: Int) -> Double? {
+        guard let h = liveHosts.first else { return nil }
+        let all = h.tiers.map(\.figures)
+        guard let tier = policy.swapTier(figures(h)).tier.flatMap({ n in all.first { $0.kind == n } })
+                ?? all.max(by: { ($0.bandwidthBytesPerSecond, $1.kind) < ($1.bandwidthBytesPerSecond, $0.kind) }) else { return nil }
+        let bytes = Double(blocks * blockTokens) * model.arch.kvBytesPerToken / Double(model.tensorParallel)
+        return PrefixChoice(tokens: 0, bytes: bytes, tier: tier, linkBytesPerSecond: settings.linkBytesPerSecond,
+                            linkLatencySeconds: settings.linkLatencySeconds, recomputeSeconds: 0).loadSeconds
+    }
+
     public func countSwap(_ what: String, _ n: Int = 1) { bump(what, n) }
 
     /// Share of prompt tokens whose KV came from a tier.

@@ -24,6 +24,10 @@ public struct MigrationSettings: Sendable {
     /// real cache has; each transfer then takes at least the time the real bytes need on this
     /// link. 0: as fast as the data plane moves the scaled bytes.
     public var kvLinkBytesPerSecond = 25e9 / 8
+    /// A destination with no room does not end a migration while a memory host is alive: the
+    /// request's KV is staged there until the destination has room (and drains may pick a full
+    /// destination). Off by default: the moves then wait for room, as in Llumnix.
+    public var staging = false
     public init() {}
 }
 
@@ -127,6 +131,7 @@ public final class MigrationController: CoordinatorFeature {
             if m.measuredBytesPerSecond > 0 { bandwidth = bandwidth.map { 0.7 * $0 + 0.3 * m.measuredBytesPerSecond } ?? m.measuredBytesPerSecond }
             switch m.outcome {
             case "done":
+                if m.staged { r.staged = true; r.detail = m.detail }
                 if Self.live.contains(r.state) { router.moved(r.requestID, to: r.toReplica, node: r.toNode) }
                 if r.state == "in-flight" { r.state = "done"; r.ended = ended }
             default:   // aborted, or resumed here after the destination failed: it stays on the source
@@ -139,6 +144,7 @@ public final class MigrationController: CoordinatorFeature {
             }
         case .destination:
             r.destinationOutcome = m.outcome
+            if m.staged { r.staged = true }
             if m.downtimeSeconds >= 0 { r.downtimeSeconds = m.downtimeSeconds; r.normalTbtSeconds = m.normalTbtSeconds }
             r.bytes = max(r.bytes, m.bytes); r.blocks = max(r.blocks, m.blocks)
             switch m.outcome {
@@ -271,8 +277,9 @@ public final class MigrationController: CoordinatorFeature {
             guard instances.count >= 2 else { continue }
             // Costs in real bytes over the KV link (trace seconds), as the real system would pay them.
             let full = loads[instances.first!.id]?.report.blockBytes ?? 0
-            let costs = settings.kvLinkBytesPerSecond > 0 ? MigrationCosts(blockBytes: full, bandwidthBytesPerSecond: settings.kvLinkBytesPerSecond)
+            var costs = settings.kvLinkBytesPerSecond > 0 ? MigrationCosts(blockBytes: full, bandwidthBytesPerSecond: settings.kvLinkBytesPerSecond)
                 : MigrationCosts(blockBytes: blockBytes(instances.first!.id), bandwidthBytesPerSecond: (bandwidth ?? 1e9) * jobs.timeScale)
+            costs.staging = canStage(s)
             // A drained node's replicas are emptied whatever the policy: with `none`, by the drain
             // rule alone (Llumnix's, whose virtual usage is infinite on a draining instance).
             let chosen = !policy.migrates
@@ -289,6 +296,11 @@ public final class MigrationController: CoordinatorFeature {
             }
         }
         return started
+    }
+
+    /// Whether a migration may stage KV on a memory host: staging is on and one is alive.
+    private func canStage(_ s: CoordinatorServices) -> Bool {
+        settings.staging && s.membership.nodes.values.contains { $0.info.kind == .memory && $0.info.state == .alive && !$0.info.dataEndpoint.isEmpty }
     }
 
     private func blockBytes(_ replica: String) -> Double {
@@ -340,7 +352,7 @@ public final class MigrationController: CoordinatorFeature {
             throw Refusal(description: "node \(dest.node) is \(s.membership.nodes[dest.node].map { "\($0.info.state)" } ?? "unknown")")
         }
         guard !node.info.dataEndpoint.isEmpty else { throw Refusal(description: "node \(dest.node) has no data plane") }
-        if let l = loads[toReplica] {
+        if let l = loads[toReplica], !canStage(s) {
             // Its KV so far (as its source last reported it) and a block to grow into.
             let held = loads[from]?.report.running.first { $0.requestID == request }.map { Int($0.blocks) }
             let need = (held ?? (rec.request.prefill + 15) / 16) + 1
@@ -364,6 +376,7 @@ public final class MigrationController: CoordinatorFeature {
         // Held bytes per wall second: what the stages measured lately, else what the emulated link allows.
         m.bandwidthBytesPerSecond = bandwidth ?? (settings.kvLinkBytesPerSecond > 0 ? settings.kvLinkBytesPerSecond * scheduling.kvBytesScale * jobs.timeScale : 0)
         m.reason = reason
+        m.stageViaMemoryHost = canStage(s)
         var mc = MigrationCommand(); mc.migrate = m
         save(r)
         order.append(id)

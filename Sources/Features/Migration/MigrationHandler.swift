@@ -27,6 +27,9 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
     public var sourceSilenceNanos: Int64 = 10_000_000_000
     /// Load reports per replica at most this often.
     public var loadReportNanos: Int64 = 200_000_000
+    /// A memory host to stage a request's KV on when its destination has no room (the tiers
+    /// feature on this node; nil: a full destination ends the migration).
+    public var staging: KVStaging?
 
     /// One migration this node is the source of.
     final class Outgoing {
@@ -42,6 +45,8 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
         var tokens = 0
         var highPriority = false
         var flows: UInt64 = 0
+        /// Where its KV was staged (the destination had no room).
+        var staged: StagedKV?
         init(command: MigrateRequest, machine: MigrationSource, peer: PeerAddress, startedWall: Int64) {
             self.command = command; self.machine = machine; self.peer = peer; self.startedWall = startedWall
         }
@@ -59,6 +64,8 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
         var committedWall: Int64?
         /// Resumed from a partial copy after its source went silent.
         var partial = false
+        /// Taken on with its KV staged on a memory host.
+        var staged: StagedKV?
         init(id: String, request: String, replica: String, sourceNode: String, machine: MigrationDestination, state: MigratingRequest, now: Int64, wall: Int64) {
             self.id = id; self.request = request; self.replica = replica; self.sourceNode = sourceNode
             self.machine = machine; self.state = state; self.lastHeard = now; self.startedWall = wall
@@ -131,6 +138,7 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
                                  bandwidthBytesPerSecond: m.bandwidthBytesPerSecond > 0 ? m.bandwidthBytesPerSecond : 1e9)
         plan.downtimeBudget = (m.downtimeBudgetSeconds > 0 ? m.downtimeBudgetSeconds : 0.02) / tc.timeScale
         if m.stageCap > 0 { plan.stageCap = Int(m.stageCap) }
+        plan.staging = m.stageViaMemoryHost && staging?.canStage == true
         // Room for the KV it has and a block to grow into; later stages extend the reservation.
         let total = (t.prompt + t.generated + replicas.blockTokens - 1) / replicas.blockTokens + 1
         let (machine, first) = MigrationSource.start(request: m.requestID, plan: plan, totalBlocks: total, at: seconds)
@@ -201,6 +209,20 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
                         self.run(o, o.machine.destinationFailed("\(e)"))
                     }
                 }
+            case .stageOut(let range):
+                stageOut(o, blocks: range)
+            case .handOver:
+                guard let staged = o.staged else { queue += o.machine.destinationFailed("nothing was staged"); continue }
+                send(o, phase: "staged", blocks: 0..<0, extra: staged.meta) { [weak self] result in
+                    guard let self else { return }
+                    switch result {
+                    case .success: self.run(o, o.machine.committed(at: self.seconds))
+                    case .failure(.refused(let why)): self.run(o, o.machine.destinationFailed("it refused the staged request: \(why)"))
+                    case .failure(let e): self.run(o, o.machine.destinationFailed("\(e)"))
+                    }
+                }
+            case .dropStaged:
+                if let staged = o.staged { staging?.discard(staged) }
             case .free:
                 replicas.free(request, from: replica)
             case .resumeHere:
@@ -214,6 +236,39 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             case .report(let phase):
                 if o.kept == nil { replicas.hold(request, blocks: nil, in: replica) }
                 finish(o, phase)
+            }
+        }
+    }
+
+    /// Staging: puts the suspended request's KV on a memory host; the destination hears of it once
+    /// the put is done and its modelled time (the real bytes over the tier and the link) is up.
+    private func stageOut(_ o: Outgoing, blocks range: Range<Int>) {
+        let c = o.command
+        guard let staging else { run(o, o.machine.stagedOut(false, reason: "no memory host on this node", at: seconds)); return }
+        let bytes: [[UInt8]]
+        do { bytes = try replicas.blockBytes(c.requestID, count: range.upperBound, in: c.sourceReplica) } catch {
+            run(o, o.machine.stagedOut(false, reason: "\(error)", at: seconds)); return
+        }
+        let started = clock.monotonicNanos(), startWall = clock.wallNanos()
+        let scale = replicas.clock(of: c.sourceReplica)?.timeScale ?? 1
+        tracer.instant("stage \(c.requestID)", category: "migration", track: "migrations", args: ["migration": c.migrationID, "blocks": "\(range.count)"])
+        staging.stage(keyPrefix: "stage/\(c.migrationID)/", request: c.requestID, replica: c.sourceReplica, blocks: bytes) { [weak self] result in
+            guard let self else { return }
+            switch result {
+            case .success(let staged):
+                o.staged = staged
+                o.blocks += staged.blocks
+                o.bytes += bytes.reduce(0) { $0 + $1.count }
+                let end = self.clock.monotonicNanos()
+                o.copyNanos += end - started
+                self.tracer.span("kv staged on \(staged.host)", category: "migration", track: "migrations", start: startWall, end: startWall + (end - started),
+                                 args: ["migration": c.migrationID, "blocks": "\(staged.blocks)", "tier": staged.tier, "modelled_s": String(format: "%.4f", staged.seconds)])
+                let due = started + Int64(staged.seconds / scale * 1e9)
+                let go = { [weak self] in guard let self else { return }; self.run(o, o.machine.stagedOut(true, blocks: staged.blocks, at: self.seconds)) }
+                if due > end { self.paced.append((due, go)) } else { go() }
+            case .failure(let e):
+                self.problem("staging_failed", "migration \(c.migrationID): \(e)")
+                self.run(o, o.machine.stagedOut(false, reason: "\(e)", at: self.seconds))
             }
         }
     }
@@ -316,7 +371,9 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
         var r = MigrationReport()
         r.migrationID = c.migrationID; r.requestID = c.requestID; r.role = .source
         switch phase {
-        case .done: r.outcome = "done"
+        case .done:
+            r.outcome = "done"
+            if let s = o.staged { r.detail = "staged on memory host \(s.host) (\(s.tier)): the destination had no room" }
         case .aborted(let a):
             if case .destinationFailed = a, o.kept != nil { r.outcome = "resumed-here" } else { r.outcome = "aborted" }
             r.detail = "\(a)"
@@ -328,6 +385,7 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
         r.startedUnixNanos = o.startedWall; r.endedUnixNanos = clock.wallNanos()
         r.kvBytesScale = replicas.blockBytes(of: c.sourceReplica)?.scale ?? 0
         r.measuredBytesPerSecond = o.machine.measuredBandwidth ?? (o.copyNanos > 0 ? Double(o.bytes) / (Double(o.copyNanos) / 1e9) : 0)
+        r.staged = o.staged != nil && phase == .done
         outcomes["\(c.migrationID)/source"] = r
         tracer.instant("migration \(r.outcome)", category: "migration", track: "migrations",
                        args: ["migration": c.migrationID, "request": c.requestID, "stages": "\(r.stages)", "bytes": "\(r.bytes)", "detail": r.detail])
@@ -353,6 +411,8 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             guard case .success(let machine) = MigrationDestination.reserve(request: request, blocks: blocks, free: blocks) else { return "impossible" }
             incoming[id] = Incoming(id: id, request: request, replica: replica, sourceNode: sender, machine: machine, state: state, now: now, wall: clock.wallNanos())
             return nil
+        case "staged":
+            return adoptStaged(id: id, request: request, replica: replica, sender: sender, meta: m, state: state, now: now)
         case "stage", "final", "abort":
             guard let i = incoming[id] else {
                 problem("unknown_migration", "\(phase) of \(request) from \(sender) for migration \(id), which is not in progress here (aborted or unknown)")
@@ -394,7 +454,7 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             return nil
         default:
             problem("malformed_offer", "phase '\(phase)' from \(sender)")
-            return "unknown phase '\(phase)' (reserve, stage, final or abort)"
+            return "unknown phase '\(phase)' (reserve, stage, final, abort or staged)"
         }
     }
 
@@ -438,6 +498,31 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
         case .failure(let e):
             release(i, outcome: "released", detail: "\(e)")
         }
+    }
+
+    /// A request whose KV its source staged on a memory host (there was no room here): it queues
+    /// here as swapped out to that host, and the move is committed by accepting the offer.
+    private func adoptStaged(id: String, request: String, replica: String, sender: String, meta m: [String: String], state: MigratingRequest?, now: Int64) -> String? {
+        if let i = incoming[id] { return i.staged != nil ? nil : "migration \(id) is \(i.machine.phase) here" }   // a re-sent offer
+        if finished.contains(id) { return "migration \(id) already ended here" }
+        guard let state, let kv = StagedKV(meta: m) else {
+            problem("malformed_offer", "a staged offer for \(request) from \(sender) without the request's state or where its KV is")
+            return "a staged offer needs the request's state and staged_host, staged_tier, staged_prefix, staged_blocks, staged_seconds"
+        }
+        guard let staging else { return "this node cannot fetch staged KV (no memory-tiers feature here)" }
+        guard let tc = replicas.clock(of: replica) else { return "replica \(replica) is not serving on this node" }
+        guard replicas.place(of: request, in: replica) == nil else { return "request \(request) is already on replica \(replica)" }
+        if let why = staging.adopt(kv, request: request, replica: replica) { return why }
+        let wall = clock.wallNanos()
+        replicas.adoptStaged(MigrationHandler.decode(state, clock: tc), highPriority: state.highPriority, in: replica, wallNanos: wall)
+        let i = Incoming(id: id, request: request, replica: replica, sourceNode: sender, machine: MigrationDestination(request: request, reservedBlocks: 0),
+                         state: state, now: now, wall: wall)
+        i.staged = kv
+        _ = i.machine.commit()
+        i.committedWall = wall
+        incoming[id] = i
+        tracer.instant("commit \(request)", category: "migration", track: "migrations", args: ["migration": id, "staged_on": kv.host, "kv_blocks": "\(kv.blocks)"])
+        return nil
     }
 
     /// The request resumes here with what arrived (the rest recomputed).
@@ -493,9 +578,10 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
     private func report(_ i: Incoming, outcome: String, detail: String, downtime: Double, final: Bool = true, normalTBT: Double = 0) {
         var r = MigrationReport()
         r.migrationID = i.id; r.requestID = i.request; r.role = .destination; r.outcome = outcome; r.detail = detail
-        r.bytes = UInt64(i.bytes); r.blocks = UInt32(i.machine.received)
+        r.bytes = UInt64(i.bytes); r.blocks = UInt32(i.staged?.blocks ?? i.machine.received)
         r.tokens = i.state.promptTokens + i.state.generatedTokens
         r.downtimeSeconds = downtime; r.normalTbtSeconds = normalTBT
+        r.staged = i.staged != nil
         r.startedUnixNanos = i.startedWall; r.endedUnixNanos = clock.wallNanos()
         r.kvBytesScale = replicas.blockBytes(of: i.replica)?.scale ?? 0
         outcomes["\(i.id)/destination"] = r
@@ -526,8 +612,9 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             case .resumed:
                 // Downtime: the gap to its first token here, less its normal time between tokens.
                 let normal = i.state.generatedTokens > 1 ? i.state.gapSumSeconds / Double(i.state.generatedTokens - 1) : 0
+                let detail = i.staged.map { "staged on memory host \($0.host) (\($0.tier)), \($0.blocks) blocks fetched when room came" } ?? ""
                 if let gap = replicas.takeResumeGap(i.request, in: i.replica, wallNanos: wallNanos) {
-                    report(i, outcome: i.partial ? "resumed-partial" : "committed", detail: "", downtime: max(0, gap - normal), normalTBT: normal)
+                    report(i, outcome: i.partial ? "resumed-partial" : "committed", detail: detail, downtime: max(0, gap - normal), normalTBT: normal)
                 } else if replicas.place(of: i.request, in: i.replica) == nil, wallNanos - (i.committedWall ?? wallNanos) > 5_000_000_000 {
                     report(i, outcome: i.partial ? "resumed-partial" : "committed", detail: "no token seen here", downtime: -1, normalTBT: normal)
                 }

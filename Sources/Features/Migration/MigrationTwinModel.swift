@@ -35,6 +35,8 @@ public struct MigrationTwinModel {
         public var stages: Int
         /// The extra stall (trace s); nil until the destination's first token, or when it never came.
         public var downtime: Double?
+        /// Its KV went through a memory host (the destination had no room).
+        public var staged = false
     }
 
     public let settings: Settings
@@ -52,6 +54,8 @@ public struct MigrationTwinModel {
         var kept: ServingEngine.SequenceState?
         var started: Double
         var copying: (blocks: Range<Int>, final: Bool)?
+        /// Staging: modelled seconds one way for its KV on the memory host.
+        var stageSeconds = 0.0
         /// The request's normal time between tokens before it moved.
         var normalTBT = 0.0
         var outcome: Int
@@ -119,7 +123,8 @@ public struct MigrationTwinModel {
                                     headOfQueueDemand: l.load.headOfQueueDemand, running: running, health: h)
             }
             guard instances.count >= 2, let first = loads.first(where: { $0.replica == instances[0].id }) else { continue }
-            let costs = MigrationCosts(blockBytes: first.blockBytes, bandwidthBytesPerSecond: settings.migration.kvLinkBytesPerSecond)
+            var costs = MigrationCosts(blockBytes: first.blockBytes, bandwidthBytesPerSecond: settings.migration.kvLinkBytesPerSecond)
+            costs.staging = settings.migration.staging && replicas.tiers != nil
             decisions += !policy.migrates
                 ? (instances.contains { $0.health == .draining } ? LlumnixMigration().decide(instances, costs: costs, busy: busyRequests).filter { $0.reason == .drain } : [])
                 : policy.decide(instances, costs: costs, busy: busyRequests)
@@ -137,10 +142,11 @@ public struct MigrationTwinModel {
             var plan = MigrationPlan(method: settings.migration.method, blockBytes: fullBlockBytes(replicas, d.from), bandwidthBytesPerSecond: settings.migration.kvLinkBytesPerSecond)
             plan.downtimeBudget = settings.migration.downtimeBudget
             plan.stageCap = settings.migration.stageCap
+            plan.staging = settings.migration.staging && replicas.tiers != nil
             let total = (tokens + replicas.blockTokens - 1) / replicas.blockTokens + 1
             let at = now + settings.controlLatency
             let (machine, first) = MigrationSource.start(request: d.request, plan: plan, totalBlocks: total, at: at)
-            outcomes.append(Outcome(id: id, request: d.request, reason: d.reason.rawValue, state: "in-flight", tokens: tokens, stages: 0, downtime: nil))
+            outcomes.append(Outcome(id: id, request: d.request, reason: d.reason.rawValue, state: "in-flight", tokens: tokens, stages: 0, downtime: nil, staged: false))
             var f = Flight(id: id, request: d.request, from: d.from, to: d.to, toNode: toNode, reason: d.reason.rawValue, source: machine, started: at, outcome: outcomes.count - 1)
             if let st, st.generated > 1 { f.normalTBT = st.gapSum / Double(st.generated - 1) }
             router.migrationStarted(d.request, to: d.to)
@@ -195,8 +201,26 @@ public struct MigrationTwinModel {
                         f.copying = (range, true)
                         events.append((due + copySeconds(range.count, replicas, f.from), f.id))
                     }
+                    if case .stageOut(let range) = d {
+                        guard let s = replicas.stageSeconds(blocks: range.count, in: f.from) else {
+                            queue += f.source.stagedOut(false, reason: "no memory host", at: due)
+                            continue
+                        }
+                        f.stageSeconds = s
+                        f.copying = (range, true)
+                        events.append((due + s, f.id))
+                    }
                 }
-            case .copyFinal: break   // handled with the suspension
+            case .copyFinal, .stageOut: break   // handled with the suspension
+            case .handOver:
+                // The destination takes it on as swapped out to the memory host: the move commits.
+                guard let st = f.kept, replicas.serving(f.to) else { queue += f.source.destinationFailed("destination replica gone"); continue }
+                replicas.adoptStaged(st, seconds: f.stageSeconds, in: f.to, at: now)
+                router.moved(f.request, to: f.to, node: f.toNode)
+                watching.append((f.outcome, f.request, f.to, f.normalTBT))
+                outcomes[f.outcome].staged = true
+                queue += f.source.committed(at: now)
+            case .dropStaged: break
             case .free: break        // out of the source's engine since the suspension
             case .resumeHere:
                 if let st = f.kept {
@@ -222,6 +246,10 @@ public struct MigrationTwinModel {
         guard var f = flights[id], let (range, final) = f.copying else { return [] }
         f.copying = nil
         var events: [(Double, String)] = []
+        if f.source.staged {
+            events = run(&f, f.source.stagedOut(true, blocks: range.count, at: now), at: now, replicas: &replicas, router: router)
+            return finish(f, events)
+        }
         // The destination gone (crashed or stopped) fails the copy.
         guard replicas.serving(f.to) else {
             events = run(&f, f.source.destinationFailed("destination replica gone"), at: now, replicas: &replicas, router: router)

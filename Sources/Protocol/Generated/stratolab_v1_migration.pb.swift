@@ -31,6 +31,11 @@
 ///   phase "final"    after the source suspended the request: the remaining blocks and its state;
 ///                    once every byte is verified the destination resumes the request.
 ///   phase "abort"    0 bytes: the source gave up; the destination drops what it reserved.
+///   phase "staged"   0 bytes, with `state` and `staged_host`, `staged_tier`, `staged_prefix`,
+///                    `staged_blocks`, `staged_seconds`: the destination had no room, so the source
+///                    put the request's KV on that memory host (keys prefix + block number); the
+///                    destination queues the request as swapped out there (refusing the offer if it
+///                    cannot), and fetches the KV when it has room. Accepting it commits the move.
 /// Every byte of a block is checked against its contents (a function of request and block) on
 /// arrival; a wrong one fails the transfer by name.
 
@@ -159,6 +164,11 @@ public nonisolated struct Stratolab_V1_MigrateRequest: Sendable {
   /// as slowly as the real one would. 0: as fast as the data plane moves the scaled bytes.
   public var kvLinkBytesPerSecond: Double = 0
 
+  /// A destination with no room yet does not end the migration: the source puts the request's KV
+  /// on a memory host and hands the destination its state; the destination holds it as swapped
+  /// out there and fetches it as soon as it has room (needs memory hosts in the testbed).
+  public var stageViaMemoryHost: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -225,56 +235,112 @@ public nonisolated struct Stratolab_V1_MigratingRequest: Sendable {
 }
 
 /// What one side of a migration saw. Times are the reporting agent's.
-public nonisolated struct Stratolab_V1_MigrationReport: Sendable {
+public nonisolated struct Stratolab_V1_MigrationReport: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var migrationID: String = String()
+  public var migrationID: String {
+    get {_storage._migrationID}
+    set {_uniqueStorage()._migrationID = newValue}
+  }
 
-  public var requestID: String = String()
+  public var requestID: String {
+    get {_storage._requestID}
+    set {_uniqueStorage()._requestID = newValue}
+  }
 
-  public var role: Stratolab_V1_MigrationRole = .unspecified
+  public var role: Stratolab_V1_MigrationRole {
+    get {_storage._role}
+    set {_uniqueStorage()._role = newValue}
+  }
 
   /// source: done | aborted | resumed-here
   /// destination: committed | released | orphaned | resumed-partial | dropped
-  public var outcome: String = String()
+  public var outcome: String {
+    get {_storage._outcome}
+    set {_uniqueStorage()._outcome = newValue}
+  }
 
-  public var detail: String = String()
+  public var detail: String {
+    get {_storage._detail}
+    set {_uniqueStorage()._detail = newValue}
+  }
 
   /// copy stages before the final one
-  public var stages: UInt32 = 0
+  public var stages: UInt32 {
+    get {_storage._stages}
+    set {_uniqueStorage()._stages = newValue}
+  }
 
   /// KV bytes moved (after kv_bytes_scale)
-  public var bytes: UInt64 = 0
+  public var bytes: UInt64 {
+    get {_storage._bytes}
+    set {_uniqueStorage()._bytes = newValue}
+  }
 
   /// KV blocks moved
-  public var blocks: UInt32 = 0
+  public var blocks: UInt32 {
+    get {_storage._blocks}
+    set {_uniqueStorage()._blocks = newValue}
+  }
 
   /// the request's sequence length when it moved (prompt + generated)
-  public var tokens: UInt32 = 0
+  public var tokens: UInt32 {
+    get {_storage._tokens}
+    set {_uniqueStorage()._tokens = newValue}
+  }
 
   /// wall seconds the transfers took
-  public var copySeconds: Double = 0
+  public var copySeconds: Double {
+    get {_storage._copySeconds}
+    set {_uniqueStorage()._copySeconds = newValue}
+  }
 
   /// destination: the extra stall (trace seconds), -1 unknown
-  public var downtimeSeconds: Double = 0
+  public var downtimeSeconds: Double {
+    get {_storage._downtimeSeconds}
+    set {_uniqueStorage()._downtimeSeconds = newValue}
+  }
 
   /// destination: the request's time between tokens before the move
-  public var normalTbtSeconds: Double = 0
+  public var normalTbtSeconds: Double {
+    get {_storage._normalTbtSeconds}
+    set {_uniqueStorage()._normalTbtSeconds = newValue}
+  }
 
-  public var startedUnixNanos: Int64 = 0
+  public var startedUnixNanos: Int64 {
+    get {_storage._startedUnixNanos}
+    set {_uniqueStorage()._startedUnixNanos = newValue}
+  }
 
-  public var endedUnixNanos: Int64 = 0
+  public var endedUnixNanos: Int64 {
+    get {_storage._endedUnixNanos}
+    set {_uniqueStorage()._endedUnixNanos = newValue}
+  }
 
-  public var kvBytesScale: Double = 0
+  public var kvBytesScale: Double {
+    get {_storage._kvBytesScale}
+    set {_uniqueStorage()._kvBytesScale = newValue}
+  }
 
   /// source: what its stages achieved
-  public var measuredBytesPerSecond: Double = 0
+  public var measuredBytesPerSecond: Double {
+    get {_storage._measuredBytesPerSecond}
+    set {_uniqueStorage()._measuredBytesPerSecond = newValue}
+  }
+
+  /// its KV went through a memory host (the destination had no room)
+  public var staged: Bool {
+    get {_storage._staged}
+    set {_uniqueStorage()._staged = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// One replica's load, as the migration policy sees it.
@@ -517,6 +583,12 @@ public nonisolated struct Stratolab_V1_MigrationRecord: @unchecked Sendable {
     set {_uniqueStorage()._highPriority = newValue}
   }
 
+  /// its KV went through a memory host; downtime then includes the wait for room
+  public var staged: Bool {
+    get {_storage._staged}
+    set {_uniqueStorage()._staged = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -627,7 +699,7 @@ nonisolated extension Stratolab_V1_MigrationCommand: SwiftProtobuf.Message, Swif
 
 nonisolated extension Stratolab_V1_MigrateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MigrateRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}migration_id\0\u{3}request_id\0\u{3}source_replica\0\u{3}destination_node\0\u{3}destination_replica\0\u{3}destination_endpoint\0\u{3}destination_public_key\0\u{1}method\0\u{3}downtime_budget_seconds\0\u{3}stage_cap\0\u{3}bandwidth_bytes_per_second\0\u{1}reason\0\u{3}kv_link_bytes_per_second\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}migration_id\0\u{3}request_id\0\u{3}source_replica\0\u{3}destination_node\0\u{3}destination_replica\0\u{3}destination_endpoint\0\u{3}destination_public_key\0\u{1}method\0\u{3}downtime_budget_seconds\0\u{3}stage_cap\0\u{3}bandwidth_bytes_per_second\0\u{1}reason\0\u{3}kv_link_bytes_per_second\0\u{3}stage_via_memory_host\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -648,6 +720,7 @@ nonisolated extension Stratolab_V1_MigrateRequest: SwiftProtobuf.Message, SwiftP
       case 11: try { try decoder.decodeSingularDoubleField(value: &self.bandwidthBytesPerSecond) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.reason) }()
       case 13: try { try decoder.decodeSingularDoubleField(value: &self.kvLinkBytesPerSecond) }()
+      case 14: try { try decoder.decodeSingularBoolField(value: &self.stageViaMemoryHost) }()
       default: break
       }
     }
@@ -693,6 +766,9 @@ nonisolated extension Stratolab_V1_MigrateRequest: SwiftProtobuf.Message, SwiftP
     if self.kvLinkBytesPerSecond.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.kvLinkBytesPerSecond, fieldNumber: 13)
     }
+    if self.stageViaMemoryHost != false {
+      try visitor.visitSingularBoolField(value: self.stageViaMemoryHost, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -710,6 +786,7 @@ nonisolated extension Stratolab_V1_MigrateRequest: SwiftProtobuf.Message, SwiftP
     if lhs.bandwidthBytesPerSecond != rhs.bandwidthBytesPerSecond {return false}
     if lhs.reason != rhs.reason {return false}
     if lhs.kvLinkBytesPerSecond != rhs.kvLinkBytesPerSecond {return false}
+    if lhs.stageViaMemoryHost != rhs.stageViaMemoryHost {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -847,104 +924,177 @@ nonisolated extension Stratolab_V1_MigratingRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Stratolab_V1_MigrationReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MigrationReport"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}migration_id\0\u{3}request_id\0\u{1}role\0\u{1}outcome\0\u{1}detail\0\u{1}stages\0\u{1}bytes\0\u{1}blocks\0\u{1}tokens\0\u{3}copy_seconds\0\u{3}downtime_seconds\0\u{3}normal_tbt_seconds\0\u{3}started_unix_nanos\0\u{3}ended_unix_nanos\0\u{3}kv_bytes_scale\0\u{3}measured_bytes_per_second\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}migration_id\0\u{3}request_id\0\u{1}role\0\u{1}outcome\0\u{1}detail\0\u{1}stages\0\u{1}bytes\0\u{1}blocks\0\u{1}tokens\0\u{3}copy_seconds\0\u{3}downtime_seconds\0\u{3}normal_tbt_seconds\0\u{3}started_unix_nanos\0\u{3}ended_unix_nanos\0\u{3}kv_bytes_scale\0\u{3}measured_bytes_per_second\0\u{1}staged\0")
+
+  fileprivate class _StorageClass {
+    var _migrationID: String = String()
+    var _requestID: String = String()
+    var _role: Stratolab_V1_MigrationRole = .unspecified
+    var _outcome: String = String()
+    var _detail: String = String()
+    var _stages: UInt32 = 0
+    var _bytes: UInt64 = 0
+    var _blocks: UInt32 = 0
+    var _tokens: UInt32 = 0
+    var _copySeconds: Double = 0
+    var _downtimeSeconds: Double = 0
+    var _normalTbtSeconds: Double = 0
+    var _startedUnixNanos: Int64 = 0
+    var _endedUnixNanos: Int64 = 0
+    var _kvBytesScale: Double = 0
+    var _measuredBytesPerSecond: Double = 0
+    var _staged: Bool = false
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _migrationID = source._migrationID
+      _requestID = source._requestID
+      _role = source._role
+      _outcome = source._outcome
+      _detail = source._detail
+      _stages = source._stages
+      _bytes = source._bytes
+      _blocks = source._blocks
+      _tokens = source._tokens
+      _copySeconds = source._copySeconds
+      _downtimeSeconds = source._downtimeSeconds
+      _normalTbtSeconds = source._normalTbtSeconds
+      _startedUnixNanos = source._startedUnixNanos
+      _endedUnixNanos = source._endedUnixNanos
+      _kvBytesScale = source._kvBytesScale
+      _measuredBytesPerSecond = source._measuredBytesPerSecond
+      _staged = source._staged
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.migrationID) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
-      case 3: try { try decoder.decodeSingularEnumField(value: &self.role) }()
-      case 4: try { try decoder.decodeSingularStringField(value: &self.outcome) }()
-      case 5: try { try decoder.decodeSingularStringField(value: &self.detail) }()
-      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.stages) }()
-      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
-      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.blocks) }()
-      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.tokens) }()
-      case 10: try { try decoder.decodeSingularDoubleField(value: &self.copySeconds) }()
-      case 11: try { try decoder.decodeSingularDoubleField(value: &self.downtimeSeconds) }()
-      case 12: try { try decoder.decodeSingularDoubleField(value: &self.normalTbtSeconds) }()
-      case 13: try { try decoder.decodeSingularInt64Field(value: &self.startedUnixNanos) }()
-      case 14: try { try decoder.decodeSingularInt64Field(value: &self.endedUnixNanos) }()
-      case 15: try { try decoder.decodeSingularDoubleField(value: &self.kvBytesScale) }()
-      case 16: try { try decoder.decodeSingularDoubleField(value: &self.measuredBytesPerSecond) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._migrationID) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._requestID) }()
+        case 3: try { try decoder.decodeSingularEnumField(value: &_storage._role) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._outcome) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._detail) }()
+        case 6: try { try decoder.decodeSingularUInt32Field(value: &_storage._stages) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._bytes) }()
+        case 8: try { try decoder.decodeSingularUInt32Field(value: &_storage._blocks) }()
+        case 9: try { try decoder.decodeSingularUInt32Field(value: &_storage._tokens) }()
+        case 10: try { try decoder.decodeSingularDoubleField(value: &_storage._copySeconds) }()
+        case 11: try { try decoder.decodeSingularDoubleField(value: &_storage._downtimeSeconds) }()
+        case 12: try { try decoder.decodeSingularDoubleField(value: &_storage._normalTbtSeconds) }()
+        case 13: try { try decoder.decodeSingularInt64Field(value: &_storage._startedUnixNanos) }()
+        case 14: try { try decoder.decodeSingularInt64Field(value: &_storage._endedUnixNanos) }()
+        case 15: try { try decoder.decodeSingularDoubleField(value: &_storage._kvBytesScale) }()
+        case 16: try { try decoder.decodeSingularDoubleField(value: &_storage._measuredBytesPerSecond) }()
+        case 17: try { try decoder.decodeSingularBoolField(value: &_storage._staged) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.migrationID.isEmpty {
-      try visitor.visitSingularStringField(value: self.migrationID, fieldNumber: 1)
-    }
-    if !self.requestID.isEmpty {
-      try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 2)
-    }
-    if self.role != .unspecified {
-      try visitor.visitSingularEnumField(value: self.role, fieldNumber: 3)
-    }
-    if !self.outcome.isEmpty {
-      try visitor.visitSingularStringField(value: self.outcome, fieldNumber: 4)
-    }
-    if !self.detail.isEmpty {
-      try visitor.visitSingularStringField(value: self.detail, fieldNumber: 5)
-    }
-    if self.stages != 0 {
-      try visitor.visitSingularUInt32Field(value: self.stages, fieldNumber: 6)
-    }
-    if self.bytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 7)
-    }
-    if self.blocks != 0 {
-      try visitor.visitSingularUInt32Field(value: self.blocks, fieldNumber: 8)
-    }
-    if self.tokens != 0 {
-      try visitor.visitSingularUInt32Field(value: self.tokens, fieldNumber: 9)
-    }
-    if self.copySeconds.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.copySeconds, fieldNumber: 10)
-    }
-    if self.downtimeSeconds.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.downtimeSeconds, fieldNumber: 11)
-    }
-    if self.normalTbtSeconds.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.normalTbtSeconds, fieldNumber: 12)
-    }
-    if self.startedUnixNanos != 0 {
-      try visitor.visitSingularInt64Field(value: self.startedUnixNanos, fieldNumber: 13)
-    }
-    if self.endedUnixNanos != 0 {
-      try visitor.visitSingularInt64Field(value: self.endedUnixNanos, fieldNumber: 14)
-    }
-    if self.kvBytesScale.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.kvBytesScale, fieldNumber: 15)
-    }
-    if self.measuredBytesPerSecond.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.measuredBytesPerSecond, fieldNumber: 16)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._migrationID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._migrationID, fieldNumber: 1)
+      }
+      if !_storage._requestID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._requestID, fieldNumber: 2)
+      }
+      if _storage._role != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._role, fieldNumber: 3)
+      }
+      if !_storage._outcome.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._outcome, fieldNumber: 4)
+      }
+      if !_storage._detail.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._detail, fieldNumber: 5)
+      }
+      if _storage._stages != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._stages, fieldNumber: 6)
+      }
+      if _storage._bytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._bytes, fieldNumber: 7)
+      }
+      if _storage._blocks != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._blocks, fieldNumber: 8)
+      }
+      if _storage._tokens != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._tokens, fieldNumber: 9)
+      }
+      if _storage._copySeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._copySeconds, fieldNumber: 10)
+      }
+      if _storage._downtimeSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._downtimeSeconds, fieldNumber: 11)
+      }
+      if _storage._normalTbtSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._normalTbtSeconds, fieldNumber: 12)
+      }
+      if _storage._startedUnixNanos != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._startedUnixNanos, fieldNumber: 13)
+      }
+      if _storage._endedUnixNanos != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._endedUnixNanos, fieldNumber: 14)
+      }
+      if _storage._kvBytesScale.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._kvBytesScale, fieldNumber: 15)
+      }
+      if _storage._measuredBytesPerSecond.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._measuredBytesPerSecond, fieldNumber: 16)
+      }
+      if _storage._staged != false {
+        try visitor.visitSingularBoolField(value: _storage._staged, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Stratolab_V1_MigrationReport, rhs: Stratolab_V1_MigrationReport) -> Bool {
-    if lhs.migrationID != rhs.migrationID {return false}
-    if lhs.requestID != rhs.requestID {return false}
-    if lhs.role != rhs.role {return false}
-    if lhs.outcome != rhs.outcome {return false}
-    if lhs.detail != rhs.detail {return false}
-    if lhs.stages != rhs.stages {return false}
-    if lhs.bytes != rhs.bytes {return false}
-    if lhs.blocks != rhs.blocks {return false}
-    if lhs.tokens != rhs.tokens {return false}
-    if lhs.copySeconds != rhs.copySeconds {return false}
-    if lhs.downtimeSeconds != rhs.downtimeSeconds {return false}
-    if lhs.normalTbtSeconds != rhs.normalTbtSeconds {return false}
-    if lhs.startedUnixNanos != rhs.startedUnixNanos {return false}
-    if lhs.endedUnixNanos != rhs.endedUnixNanos {return false}
-    if lhs.kvBytesScale != rhs.kvBytesScale {return false}
-    if lhs.measuredBytesPerSecond != rhs.measuredBytesPerSecond {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._migrationID != rhs_storage._migrationID {return false}
+        if _storage._requestID != rhs_storage._requestID {return false}
+        if _storage._role != rhs_storage._role {return false}
+        if _storage._outcome != rhs_storage._outcome {return false}
+        if _storage._detail != rhs_storage._detail {return false}
+        if _storage._stages != rhs_storage._stages {return false}
+        if _storage._bytes != rhs_storage._bytes {return false}
+        if _storage._blocks != rhs_storage._blocks {return false}
+        if _storage._tokens != rhs_storage._tokens {return false}
+        if _storage._copySeconds != rhs_storage._copySeconds {return false}
+        if _storage._downtimeSeconds != rhs_storage._downtimeSeconds {return false}
+        if _storage._normalTbtSeconds != rhs_storage._normalTbtSeconds {return false}
+        if _storage._startedUnixNanos != rhs_storage._startedUnixNanos {return false}
+        if _storage._endedUnixNanos != rhs_storage._endedUnixNanos {return false}
+        if _storage._kvBytesScale != rhs_storage._kvBytesScale {return false}
+        if _storage._measuredBytesPerSecond != rhs_storage._measuredBytesPerSecond {return false}
+        if _storage._staged != rhs_storage._staged {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1204,7 +1354,7 @@ nonisolated extension Stratolab_V1_ListMigrations: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Stratolab_V1_MigrationRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MigrationRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}migration_id\0\u{3}request_id\0\u{3}service_id\0\u{3}from_node\0\u{3}from_replica\0\u{3}to_node\0\u{3}to_replica\0\u{1}method\0\u{1}reason\0\u{1}state\0\u{1}detail\0\u{1}stages\0\u{1}bytes\0\u{1}blocks\0\u{1}tokens\0\u{3}downtime_seconds\0\u{3}copy_seconds\0\u{1}started\0\u{1}ended\0\u{3}source_outcome\0\u{3}destination_outcome\0\u{3}normal_tbt_seconds\0\u{3}high_priority\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}migration_id\0\u{3}request_id\0\u{3}service_id\0\u{3}from_node\0\u{3}from_replica\0\u{3}to_node\0\u{3}to_replica\0\u{1}method\0\u{1}reason\0\u{1}state\0\u{1}detail\0\u{1}stages\0\u{1}bytes\0\u{1}blocks\0\u{1}tokens\0\u{3}downtime_seconds\0\u{3}copy_seconds\0\u{1}started\0\u{1}ended\0\u{3}source_outcome\0\u{3}destination_outcome\0\u{3}normal_tbt_seconds\0\u{3}high_priority\0\u{1}staged\0")
 
   fileprivate class _StorageClass {
     var _migrationID: String = String()
@@ -1230,6 +1380,7 @@ nonisolated extension Stratolab_V1_MigrationRecord: SwiftProtobuf.Message, Swift
     var _destinationOutcome: String = String()
     var _normalTbtSeconds: Double = 0
     var _highPriority: Bool = false
+    var _staged: Bool = false
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1263,6 +1414,7 @@ nonisolated extension Stratolab_V1_MigrationRecord: SwiftProtobuf.Message, Swift
       _destinationOutcome = source._destinationOutcome
       _normalTbtSeconds = source._normalTbtSeconds
       _highPriority = source._highPriority
+      _staged = source._staged
     }
   }
 
@@ -1304,6 +1456,7 @@ nonisolated extension Stratolab_V1_MigrationRecord: SwiftProtobuf.Message, Swift
         case 21: try { try decoder.decodeSingularStringField(value: &_storage._destinationOutcome) }()
         case 22: try { try decoder.decodeSingularDoubleField(value: &_storage._normalTbtSeconds) }()
         case 23: try { try decoder.decodeSingularBoolField(value: &_storage._highPriority) }()
+        case 24: try { try decoder.decodeSingularBoolField(value: &_storage._staged) }()
         default: break
         }
       }
@@ -1381,6 +1534,9 @@ nonisolated extension Stratolab_V1_MigrationRecord: SwiftProtobuf.Message, Swift
       if _storage._highPriority != false {
         try visitor.visitSingularBoolField(value: _storage._highPriority, fieldNumber: 23)
       }
+      if _storage._staged != false {
+        try visitor.visitSingularBoolField(value: _storage._staged, fieldNumber: 24)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1413,6 +1569,7 @@ nonisolated extension Stratolab_V1_MigrationRecord: SwiftProtobuf.Message, Swift
         if _storage._destinationOutcome != rhs_storage._destinationOutcome {return false}
         if _storage._normalTbtSeconds != rhs_storage._normalTbtSeconds {return false}
         if _storage._highPriority != rhs_storage._highPriority {return false}
+        if _storage._staged != rhs_storage._staged {return false}
         return true
       }
       if !storagesAreEqual {return false}

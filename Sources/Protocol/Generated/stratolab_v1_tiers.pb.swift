@@ -609,6 +609,24 @@ public nonisolated struct Stratolab_V1_KVCacheStats: @unchecked Sendable {
     set {_uniqueStorage()._gpuPromptTokens = newValue}
   }
 
+  /// Migrations staged through a memory host (the destination had no room): requests whose KV
+  /// this agent put there as a source, bytes put, and requests it took on that way as a destination
+  /// (their swap-ins count among swap_ins above).
+  public var stagedOuts: UInt64 {
+    get {_storage._stagedOuts}
+    set {_uniqueStorage()._stagedOuts = newValue}
+  }
+
+  public var stagedBytes: UInt64 {
+    get {_storage._stagedBytes}
+    set {_uniqueStorage()._stagedBytes = newValue}
+  }
+
+  public var stagedIns: UInt64 {
+    get {_storage._stagedIns}
+    set {_uniqueStorage()._stagedIns = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1591,7 +1609,7 @@ nonisolated extension Stratolab_V1_TierFigure: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".KVCacheStats"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}lookups\0\u{1}hits\0\u{3}hit_tokens\0\u{3}prompt_tokens\0\u{3}loaded_bytes\0\u{3}load_seconds\0\u{3}stored_chunks\0\u{3}stored_bytes\0\u{1}fallbacks\0\u{1}decisions\0\u{3}loaded_by_tier\0\u{3}stored_by_tier\0\u{3}kv_bytes_scale\0\u{1}weights\0\u{3}swap_outs\0\u{3}swap_ins\0\u{3}swap_fallbacks\0\u{3}swap_bytes_out\0\u{3}swap_bytes_in\0\u{3}swap_seconds\0\u{3}swap_declined\0\u{3}gpu_hits\0\u{3}gpu_hit_tokens\0\u{3}gpu_prompt_tokens\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}policy\0\u{1}lookups\0\u{1}hits\0\u{3}hit_tokens\0\u{3}prompt_tokens\0\u{3}loaded_bytes\0\u{3}load_seconds\0\u{3}stored_chunks\0\u{3}stored_bytes\0\u{1}fallbacks\0\u{1}decisions\0\u{3}loaded_by_tier\0\u{3}stored_by_tier\0\u{3}kv_bytes_scale\0\u{1}weights\0\u{3}swap_outs\0\u{3}swap_ins\0\u{3}swap_fallbacks\0\u{3}swap_bytes_out\0\u{3}swap_bytes_in\0\u{3}swap_seconds\0\u{3}swap_declined\0\u{3}gpu_hits\0\u{3}gpu_hit_tokens\0\u{3}gpu_prompt_tokens\0\u{3}staged_outs\0\u{3}staged_bytes\0\u{3}staged_ins\0")
 
   fileprivate class _StorageClass {
     var _policy: String = String()
@@ -1619,6 +1637,9 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
     var _gpuHits: UInt64 = 0
     var _gpuHitTokens: UInt64 = 0
     var _gpuPromptTokens: UInt64 = 0
+    var _stagedOuts: UInt64 = 0
+    var _stagedBytes: UInt64 = 0
+    var _stagedIns: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1654,6 +1675,9 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
       _gpuHits = source._gpuHits
       _gpuHitTokens = source._gpuHitTokens
       _gpuPromptTokens = source._gpuPromptTokens
+      _stagedOuts = source._stagedOuts
+      _stagedBytes = source._stagedBytes
+      _stagedIns = source._stagedIns
     }
   }
 
@@ -1697,6 +1721,9 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
         case 23: try { try decoder.decodeSingularUInt64Field(value: &_storage._gpuHits) }()
         case 24: try { try decoder.decodeSingularUInt64Field(value: &_storage._gpuHitTokens) }()
         case 25: try { try decoder.decodeSingularUInt64Field(value: &_storage._gpuPromptTokens) }()
+        case 26: try { try decoder.decodeSingularUInt64Field(value: &_storage._stagedOuts) }()
+        case 27: try { try decoder.decodeSingularUInt64Field(value: &_storage._stagedBytes) }()
+        case 28: try { try decoder.decodeSingularUInt64Field(value: &_storage._stagedIns) }()
         default: break
         }
       }
@@ -1780,6 +1807,15 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
       if _storage._gpuPromptTokens != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._gpuPromptTokens, fieldNumber: 25)
       }
+      if _storage._stagedOuts != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._stagedOuts, fieldNumber: 26)
+      }
+      if _storage._stagedBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._stagedBytes, fieldNumber: 27)
+      }
+      if _storage._stagedIns != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._stagedIns, fieldNumber: 28)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1814,6 +1850,9 @@ nonisolated extension Stratolab_V1_KVCacheStats: SwiftProtobuf.Message, SwiftPro
         if _storage._gpuHits != rhs_storage._gpuHits {return false}
         if _storage._gpuHitTokens != rhs_storage._gpuHitTokens {return false}
         if _storage._gpuPromptTokens != rhs_storage._gpuPromptTokens {return false}
+        if _storage._stagedOuts != rhs_storage._stagedOuts {return false}
+        if _storage._stagedBytes != rhs_storage._stagedBytes {return false}
+        if _storage._stagedIns != rhs_storage._stagedIns {return false}
         return true
       }
       if !storagesAreEqual {return false}

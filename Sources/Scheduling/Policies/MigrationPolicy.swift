@@ -48,6 +48,9 @@ public struct MigrationCosts: Sendable {
     public var blockBytes: Double
     public var bandwidthBytesPerSecond: Double
     public var blockTokens = 16
+    /// A memory host can hold a request's KV until its destination has room (migration staging):
+    /// a drain need not wait for a destination with free blocks.
+    public var staging = false
     public init(blockBytes: Double, bandwidthBytesPerSecond: Double) { self.blockBytes = blockBytes; self.bandwidthBytesPerSecond = bandwidthBytesPerSecond }
     /// Seconds to copy `blocks` blocks.
     public func copySeconds(_ blocks: Int) -> Double { Double(blocks) * blockBytes / max(1, bandwidthBytesPerSecond) }
@@ -119,10 +122,17 @@ public struct LlumnixMigration: MigrationPolicy {
     public init() {}
 
     /// Where a draining instance's request goes: the freest alive instance that has the free blocks
-    /// to hold it (a drain does not wait for a destination to be comfortably free).
-    static func drainDestination(for q: RequestLoad, among all: [InstanceLoad], freeness: (InstanceLoad) -> Double, excluding: Set<String>) -> InstanceLoad? {
-        all.filter { $0.health == .alive && !excluding.contains($0.id) && $0.totalBlocks - $0.usedBlocks - $0.headOfQueueDemand >= q.blocks }
-            .max { (freeness($0), $1.id) < (freeness($1), $0.id) }
+    /// to hold it (a drain does not wait for a destination to be comfortably free). With staging,
+    /// when none has room, the alive instance with the most free blocks: the request's KV waits on
+    /// a memory host until it has room, and the draining instance empties now.
+    static func drainDestination(for q: RequestLoad, among all: [InstanceLoad], freeness: (InstanceLoad) -> Double, excluding: Set<String>,
+                                 staging: Bool = false) -> InstanceLoad? {
+        let alive = all.filter { $0.health == .alive && !excluding.contains($0.id) }
+        if let d = alive.filter({ $0.totalBlocks - $0.usedBlocks - $0.headOfQueueDemand >= q.blocks }).max(by: { (freeness($0), $1.id) < (freeness($1), $0.id) }) {
+            return d
+        }
+        guard staging else { return nil }
+        return alive.max { ($0.totalBlocks - $0.usedBlocks - $0.headOfQueueDemand, $1.id) < ($1.totalBlocks - $1.usedBlocks - $1.headOfQueueDemand, $0.id) }
     }
 
     public func virtualUsage(_ i: InstanceLoad) -> Double {
@@ -147,7 +157,7 @@ public struct LlumnixMigration: MigrationPolicy {
         // Draining instances first: each request to the freest instance with room for it.
         for s in sources where s.health == .draining {
             guard let q = s.running.filter({ !busy.contains($0.id) }).min(by: { ($0.blocks, $0.id) < ($1.blocks, $1.id) }),
-                  let d = Self.drainDestination(for: q, among: instances, freeness: freeness, excluding: used.union([s.id])) else { continue }
+                  let d = Self.drainDestination(for: q, among: instances, freeness: freeness, excluding: used.union([s.id]), staging: costs.staging) else { continue }
             used.insert(s.id); used.insert(d.id)
             out.append(MigrationDecision(request: q.id, from: s.id, to: d.id, reason: .drain))
         }
@@ -194,7 +204,7 @@ public struct SlackAwareMigration: MigrationPolicy {
         // Off a failing or draining instance the least slack goes first, to the freest instance with room.
         for s in sources where s.health == .draining {
             guard let q = s.running.filter({ !busy.contains($0.id) }).min(by: { ($0.sloSlack, $0.id) < ($1.sloSlack, $1.id) }),
-                  let d = LlumnixMigration.drainDestination(for: q, among: seen, freeness: llumnix.freeness, excluding: used.union([s.id])) else { continue }
+                  let d = LlumnixMigration.drainDestination(for: q, among: seen, freeness: llumnix.freeness, excluding: used.union([s.id]), staging: costs.staging) else { continue }
             used.insert(s.id); used.insert(d.id)
             out.append(MigrationDecision(request: q.id, from: s.id, to: d.id, reason: .drain))
         }

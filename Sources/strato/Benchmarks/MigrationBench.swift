@@ -212,6 +212,8 @@ enum MigrationBench {
                             srcPool.drop(request)
                         case .resumeHere, .abortDestination, .report:
                             break
+                        case .stageOut, .handOver, .dropStaged:
+                            break   // the bench's plan never stages (its destination always has room)
                         }
                     }
                     if case .aborted = machine.phase { finished = true }

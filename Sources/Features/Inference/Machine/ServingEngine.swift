@@ -385,6 +385,24 @@ public struct ServingEngine: Sendable {
         if time < t { time = t }
     }
 
+    /// Takes in at `t` a request moved here whose KV waits on a memory host (a migration staged it
+    /// there because this engine had no room): it joins the swapped queue as if it had been
+    /// swapped out here, so it comes back ahead of new arrivals as soon as its blocks fit, its KV
+    /// is asked for (`takeSwapIns`) and it runs once that is back (`swapInDone`); a lost copy is
+    /// recomputed (`swapInFailed`). A request with no KV computed simply waits first in line.
+    public mutating func adoptStaged(_ st: SequenceState, at t: Double) {
+        advance(to: t, before: true)
+        var s = Sequence(id: st.id, prompt: st.prompt, decode: st.decode, arrived: st.arrived, ready: st.arrived)
+        s.admitted = st.admitted; s.generated = st.generated; s.computed = st.computed
+        s.firstToken = st.firstToken; s.lastToken = st.lastToken; s.gapSum = st.gapSum; s.maxGap = st.maxGap; s.preemptions = st.preemptions
+        s.resumed = st.lastToken != nil
+        s.blocks = blocks(for: st.computed)
+        guard s.blocks > 0 else { s.computed = 0; waiting.insert(s, at: 0); if time < t { time = t }; return }
+        s.remote = true
+        swapped.append(s)
+        if time < t { time = t }
+    }
+
     private static func export(_ s: Sequence) -> SequenceState {
         SequenceState(id: s.id, prompt: s.prompt, decode: s.decode, generated: s.generated, computed: s.computed, arrived: s.arrived,
                       admitted: s.admitted, firstToken: s.firstToken, lastToken: s.lastToken, gapSum: s.gapSum, maxGap: s.maxGap, preemptions: s.preemptions)

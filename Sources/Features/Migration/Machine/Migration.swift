@@ -13,6 +13,13 @@
 /// 3. Baselines in the same path: `blocking` suspends at once and copies everything; `recompute`
 ///    suspends at once and sends only the state (the destination prefills again).
 ///
+/// 4. Staging (when the plan allows it and a memory host is at hand): a destination with no room
+///    yet does not end the migration. The source suspends the request, puts all its KV on a
+///    memory host, and hands the destination the request's state with where its KV is; the
+///    destination queues it as a request swapped out to that host, which comes back ahead of new
+///    arrivals as soon as its blocks fit. The source is emptied at once (a drain or a make-room
+///    move need not wait for room elsewhere).
+///
 /// Every abort leaves the request served by exactly one replica: before the final stage it keeps
 /// running on the source; once suspended, the destination holds it.
 public enum MigrationMethod: String, Sendable, CaseIterable { case live, blocking, recompute }
@@ -24,6 +31,7 @@ public enum MigrationAbort: Error, Equatable, Sendable, CustomStringConvertible 
     case destinationFailed(String)
     case stageCap(Int)
     case cancelled(String)
+    case stagingFailed(String)
 
     public var description: String {
         switch self {
@@ -33,6 +41,7 @@ public enum MigrationAbort: Error, Equatable, Sendable, CustomStringConvertible 
         case .destinationFailed(let why): return "destination failed: \(why)"
         case .stageCap(let n): return "did not converge within \(n) stages"
         case .cancelled(let why): return "cancelled: \(why)"
+        case .stagingFailed(let why): return "could not stage the KV on a memory host: \(why)"
         }
     }
 }
@@ -53,6 +62,9 @@ public struct MigrationPlan: Sendable, Equatable {
     /// budget. The budget stays the bound: a remainder within it that stopped shrinking, or one
     /// at the stage cap, goes final.
     public var settleBlocks = 0
+    /// A destination without room gets the request through a memory host (see 4. above) instead
+    /// of the migration ending.
+    public var staging = false
     public init(method: MigrationMethod, blockBytes: Double, bandwidthBytesPerSecond: Double) {
         self.method = method; self.blockBytes = blockBytes; self.bandwidthBytesPerSecond = bandwidthBytesPerSecond
     }
@@ -87,6 +99,13 @@ public struct MigrationSource: Sendable {
         case suspend
         /// Send these blocks and the request's state.
         case copyFinal(blocks: Range<Int>)
+        /// Staging: put these blocks on a memory host (then call `stagedOut`).
+        case stageOut(blocks: Range<Int>)
+        /// Staging: hand the destination the request's state and where its KV waits (then call
+        /// `committed`, or `destinationFailed`).
+        case handOver(blocks: Int)
+        /// Staging failed after the put: delete what the memory host holds of it.
+        case dropStaged
         /// The destination has it: free the request's blocks and state here.
         case free
         /// The destination failed after the suspension: put the request back on this engine
@@ -112,6 +131,9 @@ public struct MigrationSource: Sendable {
     private var stageStarted: (at: Double, blocks: Int)?
     /// The engine gave the request up (`suspended` was called).
     private var outOfEngine = false
+    /// Going through a memory host (the destination had no room), and the blocks put there.
+    public private(set) var staged = false
+    public private(set) var stagedBlocks = 0
 
     /// Starts a migration of `request`, asking the destination to set `totalBlocks` aside.
     public static func start(request: String, plan: MigrationPlan, totalBlocks: Int, at now: Double) -> (MigrationSource, [Directive]) {
@@ -126,7 +148,13 @@ public struct MigrationSource: Sendable {
     /// request has now (a partly filled block waits for the final stage).
     public mutating func reserved(_ ok: Bool, reason: String = "", computed: Int, at now: Double) -> [Directive] {
         guard phase == .reserving else { return [] }
-        guard ok else { return abort(.destinationFull(reason), tellDestination: false) }
+        guard ok else {
+            guard plan.staging else { return abort(.destinationFull(reason), tellDestination: false) }
+            staged = true
+            phase = .finalCopy
+            suspendedAt = now
+            return [.suspend]
+        }
         switch plan.method {
         case .blocking, .recompute:
             phase = .finalCopy
@@ -166,9 +194,22 @@ public struct MigrationSource: Sendable {
     public mutating func suspended(computed: Int, at now: Double) -> [Directive] {
         guard phase == .finalCopy, !outOfEngine else { return [] }
         outOfEngine = true
+        if staged { return [.stageOut(blocks: 0..<computed)] }
         let range = plan.method == .recompute ? 0..<0 : sent..<max(sent, computed)
         sent = range.upperBound
         return [.copyFinal(blocks: range)]
+    }
+
+    /// Staging: the memory host has the blocks (`ok`), or the put failed and the request resumes here.
+    public mutating func stagedOut(_ ok: Bool, reason: String = "", blocks: Int = 0, at now: Double) -> [Directive] {
+        guard phase == .finalCopy, staged, outOfEngine else { return [] }
+        guard ok else {
+            phase = .aborted(.stagingFailed(reason))
+            return [.dropStaged, .resumeHere, .report(phase)]
+        }
+        stagedBlocks = blocks
+        phase = .committing
+        return [.handOver(blocks: blocks)]
     }
 
     /// The final copy arrived at the destination.
@@ -190,7 +231,7 @@ public struct MigrationSource: Sendable {
     public mutating func requestEnded(preempted: Bool) -> [Directive] {
         switch phase {
         case .reserving, .copying: return abort(preempted ? .requestPreempted : .requestFinished, tellDestination: true)
-        case .finalCopy where !outOfEngine: return abort(preempted ? .requestPreempted : .requestFinished, tellDestination: true)
+        case .finalCopy where !outOfEngine: return abort(preempted ? .requestPreempted : .requestFinished, tellDestination: !staged)
         default: return []   // out of the engine: it no longer runs here
         }
     }
@@ -204,7 +245,7 @@ public struct MigrationSource: Sendable {
         case .reserving, .copying: return abort(.destinationFailed(why), tellDestination: false)
         case .finalCopy, .committing:
             phase = .aborted(.destinationFailed(why))
-            return [.resumeHere, .report(phase)]
+            return (staged && stagedBlocks > 0 ? [.dropStaged] : []) + [.resumeHere, .report(phase)]
         default: return []
         }
     }

@@ -1,0 +1,180 @@
+import Cluster
+import DataPlane
+import Foundation
+import Protocol
+import Scheduling
+import Testing
+import Wire
+@testable import Features
+
+/// A memory host and two GPU nodes in one process on real data planes (TCP loopback): each GPU
+/// node has its migration handler staging through its memory-tiers cache, as the agent wires them.
+private final class StagingRig {
+    let hostPlane: DataPlane, srcPlane: DataPlane, dstPlane: DataPlane
+    let host: TierStoreHandler
+    let srcReplicas = EmulatedReplicas(kb: llamaA100KB), dstReplicas = EmulatedReplicas(kb: llamaA100KB)
+    let srcCache: KVTierCache, dstCache: KVTierCache
+    let src: MigrationHandler, dst: MigrationHandler
+
+    init() throws {
+        hostPlane = try DataPlane(config: DataPlaneConfig(nodeID: "mem-0"))
+        host = TierStoreHandler(store: try TieredBlockStore(tiers: [(DRAMTier(), 64 << 20)]), plane: hostPlane)
+        srcPlane = try DataPlane(config: DataPlaneConfig(nodeID: "node-src"))
+        dstPlane = try DataPlane(config: DataPlaneConfig(nodeID: "node-dst"))
+        srcCache = KVTierCache(replicas: srcReplicas, plane: srcPlane)
+        dstCache = KVTierCache(replicas: dstReplicas, plane: dstPlane)
+        src = MigrationHandler(replicas: srcReplicas, plane: srcPlane)
+        dst = MigrationHandler(replicas: dstReplicas, plane: dstPlane)
+        src.staging = srcCache; dst.staging = dstCache
+        let wall = SystemClock.shared.wallNanos()
+        for (r, id) in [(srcReplicas, "r-src"), (dstReplicas, "r-dst")] {
+            var s = StartReplica()
+            s.replicaID = id; s.serviceID = "svc"; s.model = "Llama-2-7b"; s.gpuModel = "A100-80GB"; s.gpus = [0]; s.batch = 8; s.timeScale = 1
+            s.kvBytesScale = 1.0 / 4096
+            precondition(r.start(s, nodeGPUModel: "A100-80GB", nodeGPUs: 1, busy: [], wallNanos: wall).ok)
+        }
+        var cfg = TierConfig()
+        cfg.policy = "none"; cfg.linkBytesPerSecond = 12.5e9; cfg.linkLatencySeconds = 10e-6; cfg.version = 1
+        var h = MemoryHostAddress(); h.node = "mem-0"; h.endpoint = hostPlane.endpoint
+        var f = TierFigure(); f.kind = "dram"; f.bandwidthGbps = 20; f.latencyNs = 100; h.tiers = [f]
+        cfg.hosts = [h]
+        var c = TierCommand(); c.config = cfg
+        let body = Array(try c.serializedData())
+        precondition(srcCache.execute(body, commandID: 1, wallNanos: 0).ok && dstCache.execute(body, commandID: 1, wallNanos: 0).ok)
+    }
+
+    deinit { hostPlane.close(); srcPlane.close(); dstPlane.close() }
+
+    func serve(_ id: String, prompt: Int = 1000, decode: Int = 300) {
+        var q = InferenceRequest(); q.requestID = id; q.serviceID = "svc"; q.prefillTokens = UInt32(prompt); q.decodeTokens = UInt32(decode)
+        var sr = ServeRequests(); sr.replicaID = "r-src"; sr.requests = [q]
+        _ = srcReplicas.serve(sr, wallNanos: SystemClock.shared.wallNanos())
+    }
+
+    func migrate(_ request: String, id: String, staging: Bool = true) -> FeatureOutcome {
+        var m = MigrateRequest()
+        m.migrationID = id; m.requestID = request; m.sourceReplica = "r-src"; m.destinationNode = "node-dst"; m.destinationReplica = "r-dst"
+        m.destinationEndpoint = dstPlane.endpoint; m.method = "live"; m.downtimeBudgetSeconds = 0.02; m.stageCap = 8
+        m.stageViaMemoryHost = staging
+        var c = MigrationCommand(); c.migrate = m
+        return src.execute(Array(try! c.serializedData()), commandID: 1, wallNanos: SystemClock.shared.wallNanos())
+    }
+
+    @discardableResult
+    func run(seconds: Double = 10, each: () -> Void = {}, until done: () -> Bool) throws -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if done() { return true }
+            _ = try ZMQPoller.readable(hostPlane.sockets + srcPlane.sockets + dstPlane.sockets, timeoutMs: 2)
+            try hostPlane.pump(); try srcPlane.pump(); try dstPlane.pump()
+            let wall = SystemClock.shared.wallNanos()
+            host.pump(wallNanos: wall)
+            srcCache.pump(wallNanos: wall); dstCache.pump(wallNanos: wall)
+            src.pump(wallNanos: wall); dst.pump(wallNanos: wall)
+            each()
+        }
+        return done()
+    }
+
+    func outcomes(_ h: MigrationHandler) -> [String: MigrationReport] {
+        var out: [String: MigrationReport] = [:]
+        for r in h.reports(wallNanos: SystemClock.shared.wallNanos()) where !r.key.hasPrefix("load/") { out[r.key] = try? MigrationReport(serializedBytes: r.body) }
+        return out
+    }
+
+    /// Sets aside every free block of the destination (as if other requests held them).
+    func fillDestination() -> Int {
+        let free = dstReplicas.loads(wallNanos: SystemClock.shared.wallNanos())[0].load.totalBlocks
+        precondition(dstReplicas.reserve(free, for: "other", in: "r-dst") == nil)
+        return free
+    }
+}
+
+@Suite("Migration staged through a memory host")
+struct MigrationStagingTests {
+    @Test("a full destination: the source puts the request's KV on the memory host as real bytes and is emptied at once; the destination queues it, fetches it (every byte checked) when room comes, and it finishes there once")
+    func stagedThroughHost() throws {
+        let rig = try StagingRig()
+        rig.serve("q")
+        usleep(150_000)   // prefilled and decoding
+        let held = rig.fillDestination()
+        #expect(rig.migrate("q", id: "m1").ok)
+        #expect(try rig.run { rig.outcomes(rig.src)["m1/source"] != nil })
+        let s = try #require(rig.outcomes(rig.src)["m1/source"])
+        #expect(s.outcome == "done" && s.detail.contains("staged on memory host mem-0 (dram)"), "\(s)")
+        #expect(s.blocks > 0 && s.bytes == UInt64(s.blocks) * 2048, "its blocks as real bytes (8 MiB at 1/4096): \(s)")
+        #expect(rig.srcReplicas.place(of: "q", in: "r-src") == nil, "the source is empty of it")
+        #expect(rig.dstReplicas.place(of: "q", in: "r-dst") == .swapped, "queued on the destination as swapped out to the host")
+        #expect(rig.host.store.count == Int(s.blocks) && rig.host.store.keys.allSatisfy { $0.hasPrefix("stage/m1/") })
+        // Still no room: it waits, and the host keeps its KV.
+        try rig.run(seconds: 0.3) { false }
+        #expect(rig.dstReplicas.place(of: "q", in: "r-dst") == .swapped && rig.host.store.count == Int(s.blocks))
+        // Room comes: it is fetched back and finishes on the destination, once.
+        rig.dstReplicas.release(held, for: "other", in: "r-dst")
+        var results: [RequestResult] = []
+        try rig.run(seconds: 20) {
+            results += rig.dstReplicas.results(wallNanos: SystemClock.shared.wallNanos())
+            return results.contains { $0.requestID == "q" }
+        }
+        #expect(results.filter { $0.requestID == "q" }.count == 1)
+        #expect(rig.dstCache.stats.swapIns == 1 && rig.dstCache.stats.swapFallbacks == 0 && rig.dstCache.stats.swapBytesIn == s.bytes)
+        #expect(rig.srcCache.stats.stagedOuts == 1 && rig.srcCache.stats.stagedBytes == s.bytes && rig.dstCache.stats.stagedIns == 1)
+        #expect(rig.host.store.count == 0, "taken off the host")
+        #expect(try rig.run(seconds: 10) { rig.outcomes(rig.dst)["m1/destination"] != nil })
+        let d = try #require(rig.outcomes(rig.dst)["m1/destination"])
+        #expect(d.outcome == "committed" && d.detail.contains("staged on memory host mem-0") && d.downtimeSeconds > 0.3, "it waited for room: \(d)")
+        #expect(rig.srcReplicas.results(wallNanos: SystemClock.shared.wallNanos()).allSatisfy { $0.requestID != "q" })
+    }
+
+    @Test("the staged KV lost on the host before room comes: the destination recomputes the request, counts it, and it still finishes once")
+    func stagedKVLost() throws {
+        let rig = try StagingRig()
+        rig.serve("q")
+        usleep(150_000)
+        let held = rig.fillDestination()
+        #expect(rig.migrate("q", id: "m2").ok)
+        #expect(try rig.run { rig.outcomes(rig.src)["m2/source"]?.outcome == "done" })
+        for k in rig.host.store.keys { rig.host.store.delete(k) }   // the host restarted
+        rig.dstReplicas.release(held, for: "other", in: "r-dst")
+        var results: [RequestResult] = []
+        try rig.run(seconds: 20) {
+            results += rig.dstReplicas.results(wallNanos: SystemClock.shared.wallNanos())
+            return results.contains { $0.requestID == "q" }
+        }
+        #expect(results.filter { $0.requestID == "q" }.count == 1)
+        #expect(rig.dstCache.stats.swapFallbacks == 1 && rig.dstCache.stats.swapIns == 0)
+    }
+
+    @Test("staging not asked for: a full destination ends the migration and nothing goes to the host")
+    func notAsked() throws {
+        let rig = try StagingRig()
+        rig.serve("q")
+        usleep(150_000)
+        _ = rig.fillDestination()
+        #expect(rig.migrate("q", id: "m3", staging: false).ok)
+        #expect(try rig.run { rig.outcomes(rig.src)["m3/source"] != nil })
+        #expect(rig.outcomes(rig.src)["m3/source"]?.outcome == "aborted" && rig.host.store.count == 0)
+        #expect(rig.srcReplicas.place(of: "q", in: "r-src") == .running)
+    }
+
+    @Test("a staged offer without where the KV is, or to a node with no memory hosts: refused by name")
+    func badStagedOffer() throws {
+        let rig = try StagingRig()
+        var offer = TransferOffer()
+        offer.meta = ["migration": "mx", "request": "q", "replica": "r-dst", "phase": "staged", "first_block": "0"]
+        let why = try #require(rig.dst.shouldAccept(from: "node-src", transfer: 1, offer: offer))
+        #expect(why.contains("staged_host"), "\(why)")
+        #expect(rig.dst.problems["malformed_offer"] == 1)
+        // Well formed, to a node whose agent has no memory-tiers feature.
+        var st = MigratingRequest(); st.requestID = "q"; st.promptTokens = 100; st.decodeTokens = 10; st.computedTokens = 100
+        offer.meta["state"] = try st.serializedData().base64EncodedString()
+        offer.meta.merge(StagedKV(host: "mem-0", tier: "dram", keyPrefix: "stage/mx/", blocks: 7, seconds: 0.001).meta) { _, b in b }
+        rig.dst.staging = nil
+        #expect(rig.dst.shouldAccept(from: "node-src", transfer: 2, offer: offer)?.contains("no memory-tiers feature") == true)
+        // A memory host this node does not know of.
+        rig.dst.staging = rig.dstCache
+        offer.meta["staged_host"] = "mem-9"
+        #expect(rig.dst.shouldAccept(from: "node-src", transfer: 3, offer: offer)?.contains("mem-9") == true)
+        #expect(rig.dstReplicas.place(of: "q", in: "r-dst") == nil, "nothing was queued")
+    }
+}
