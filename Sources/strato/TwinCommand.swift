@@ -335,7 +335,8 @@ extension TwinCommand {
                                                    b.ttftP50 ?? .nan, b.ttftP99 ?? .nan, b.latencyP99 ?? .nan, b.preemptions ?? 0, b.maxTBTP50 ?? .nan))
                 }
                 let moved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
-                print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", "))
+                print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", ")
+                      + (twin.migrations["staged"].map { "; \($0) staged through a memory host" } ?? ""))
                 return
             }
             let testbed = testbedRuns[0]
@@ -361,7 +362,8 @@ extension TwinCommand {
                     let figures: [String] = r.requests.services.map { String(format: "%@ P99 TTFT %.2f s, P50 %.2f s", $0.id as NSString, $0.ttftP99, $0.ttftP50) }
                     let reasons: [String] = r.migrations.byReason.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
                     let downtime: String = r.migrations.downtimeP50Ms.map { String(format: ", downtime p50 %.1f ms", $0) } ?? ""
-                    print("  testbed run \(k + 1): \(figures.joined(separator: "; ")), migrations \(r.migrations.started) (\(reasons.joined(separator: ", ")))\(downtime)")
+                    let staged = r.migrations.staged > 0 ? ", \(r.migrations.staged) staged" : ""
+                    print("  testbed run \(k + 1): \(figures.joined(separator: "; ")), migrations \(r.migrations.started) (\(reasons.joined(separator: ", "))\(staged))\(downtime)")
                 }
             }
             if testbed.offload.known && testbed.offload.lookups > 0 {

@@ -15,18 +15,21 @@ private final class MigrationBed {
     static let service = "svc"
 
     init(name: String, network: String = "", kvBytesScale: Double = 1.0 / 4096, timeScale: Double = 4, migrationPolicy: String = "none",
-         rateCurve: [RatePoint] = [RatePoint(time: 0, rps: 0.05)], minReplicas: Int = 2) throws {
-        let nodes = """
+         rateCurve: [RatePoint] = [RatePoint(time: 0, rps: 0.05)], minReplicas: Int = 2, staging: Bool = false, memoryUtilization: Double? = nil) throws {
+        var nodes = """
               - {id: gpu-a, kind: gpu, site: cloud, gpu: {model: A100-80GB, count: 1}}
               - {id: gpu-b, kind: gpu, site: cloud, gpu: {model: A100-80GB, count: 1}}
             """
+        if staging { nodes += "\n  - {id: mem-0, kind: memory, site: cloud, tiers: [dram:64MiB]}" }
         cluster = try TestCluster(name: name, security: .curve, nodes: nodes,
-                                  coordinatorExtra: "  time_scale: \(timeScale)\n  kv_bytes_scale: \(kvBytesScale)\n  migration_policy: \(migrationPolicy)", network: network, timeout: 60)
+                                  coordinatorExtra: "  time_scale: \(timeScale)\n  kv_bytes_scale: \(kvBytesScale)\n  migration_policy: \(migrationPolicy)"
+                                      + (staging ? "\n  migration_staging: true" : ""), network: network, timeout: 60)
         do {
             client = try cluster.client()
             var spec = ServiceSpec(id: MigrationBed.service, model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
                                    rateCurve: rateCurve, meanPrefillTokens: 1024, meanDecodeTokens: 1024, sloSeconds: 3600, minReplicas: minReplicas)
             spec.maxNumSeqs = 256
+            if let u = memoryUtilization { spec.gpuMemoryUtilization = u }
             let sub = try client.submit([], services: [spec.submission])
             guard sub.accepted == 1 else { throw TestFailure("service rejected: \(sub.rejected)") }
             try cluster.waitFor("two ready replicas", seconds: 30) { try self.client.requests().services.first?.ready == 2 }
@@ -149,6 +152,28 @@ struct MigrationTests {
         refused("q-late", late.nodeID, "is already on node")
         let count = try bed.client.migrations().migrations.count
         #expect(count == 3)
+    }
+
+    @Test("staging: moved by hand to a replica without room, the request's KV goes through the memory host; it waits there, runs once room comes, and finishes once on the destination")
+    func stagedThroughMemoryHost() throws {
+        // 0.2 of an A100-80GB leaves about 440 KV blocks: a 6,500-token prompt takes 407 of them.
+        let bed = try MigrationBed(name: "migrate-staged", staging: true, memoryUtilization: 0.2)
+        defer { bed.shutdown() }
+        try bed.submit(["big"], prompt: 6500, decode: 150)
+        let big = try bed.placed("big")
+        try bed.submit(["q"], prompt: 1024, decode: 600)
+        let q = try bed.placed("q")
+        #expect(q.nodeID != big.nodeID, "the router sent q to the idle replica")
+        usleep(400_000)   // decoding by now
+        let m = try bed.client.migrate(request: "q", to: big.nodeID, method: "live")
+        let done = try bed.waitEnded(m.migrationID)
+        #expect(done.state == "done" && done.staged && done.detail.contains("staged on memory host mem-0"), "\(done.state) \(done.detail)")
+        #expect(done.blocks > 0 && done.bytes == UInt64(done.blocks) * 2048, "its blocks as real bytes: \(done.blocks) blocks, \(done.bytes) bytes")
+        let finished = try bed.waitFinished(["q", "big"])
+        let r = try #require(finished["q"])
+        #expect(r.nodeID == big.nodeID && r.migrations == 1 && r.attempts == 1, "finished on \(r.nodeID) after \(r.migrations) moves, \(r.attempts) attempts")
+        let after = try #require(try bed.migration(m.migrationID))
+        #expect(after.destinationOutcome == "committed" && after.downtimeSeconds > 0, "it waited for room: \(after.downtimeSeconds) s")
     }
 
     @Test("the destination killed mid-copy: the source keeps the request, which finishes there once")
