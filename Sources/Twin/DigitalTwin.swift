@@ -373,7 +373,8 @@ public struct DigitalTwin {
             for (k, v) in m.byState { result.migrations["state/" + k] = v }
             let staged = m.outcomes.filter(\.staged).count
             if staged > 0 { result.migrations["staged"] = staged }
-            result.migrationDowntimes = m.outcomes.compactMap(\.downtime)
+            // Staged moves' stall is the wait for room, not the copy's downtime (as the testbed's summary).
+            result.migrationDowntimes = m.outcomes.filter { !$0.staged }.compactMap(\.downtime)
         }
         if let t = tierModel { result.tiers = t.counters; if router.prefixAffinity { result.tiers["prefix_routed"] = router.prefixRouted } }
         return result

@@ -398,6 +398,10 @@ extension TwinCommand {
             for k in reasons.sorted() {
                 text += "  \(k)".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9d\n", mean { Double($0.migrations.byReason[k] ?? 0) }, twin.migrations["reason/" + k] ?? 0)
             }
+            let tbStaged = mean { Double($0.migrations.staged) }
+            if tbStaged > 0 || twin.migrations["staged"] != nil {
+                text += "  staged via a memory host".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9d\n", tbStaged, twin.migrations["staged"] ?? 0)
+            }
             let d = twin.migrationDowntimes.sorted()
             text += "downtime p50 ms".padding(toLength: 28, withPad: " ", startingAt: 0)
                 + String(format: "%9.1f %9.1f\n", mean { $0.migrations.downtimeP50Ms }, d.isEmpty ? .nan : percentile(d, 50) * 1000)
