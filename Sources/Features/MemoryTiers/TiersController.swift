@@ -223,11 +223,12 @@ public enum TiersTable {
         for l in labels { s += "  \(l)\n" }
         if !reply.gpus.isEmpty {
             s += "\n" + pad("GPU NODE", 14) + pad("LOOKUPS", 9) + pad("HITS", 7) + pad("HIT TOKENS", 12) + pad("PROMPT TOK", 12) + pad("LOADED MiB", 12)
-            s += pad("STORED", 8) + pad("FALLBACK", 9) + pad("SWAP OUT/IN/LOST", 18) + "DECISIONS\n"
+            s += pad("STORED", 8) + pad("FALLBACK", 9) + pad("SWAP OUT/IN/LOST", 18) + pad("STAGED OUT/IN", 15) + "DECISIONS\n"
             for g in reply.gpus {
                 let st = g.stats
                 s += pad(g.node, 14) + pad("\(st.lookups)", 9) + pad("\(st.hits)", 7) + pad("\(st.hitTokens)", 12) + pad("\(st.promptTokens)", 12)
                 s += pad(mib(st.loadedBytes), 12) + pad("\(st.storedChunks)", 8) + pad("\(st.fallbacks)", 9) + pad("\(st.swapOuts)/\(st.swapIns)/\(st.swapFallbacks)", 18)
+                s += pad("\(st.stagedOuts)/\(st.stagedIns)", 15)
                 s += st.decisions.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + "\n"
             }
         }
