@@ -61,10 +61,14 @@ private final class Pair {
         return done()
     }
 
+    func outcomes(_ h: MigrationHandler) -> [String: MigrationReport] { h.outcomeReports() }
+}
+
+extension MigrationHandler {
     /// Outcome reports (not load reports), by key.
-    func outcomes(_ h: MigrationHandler) -> [String: MigrationReport] {
+    func outcomeReports() -> [String: MigrationReport] {
         var out: [String: MigrationReport] = [:]
-        for r in h.reports(wallNanos: SystemClock.shared.wallNanos()) where !r.key.hasPrefix("load/") {
+        for r in reports(wallNanos: SystemClock.shared.wallNanos()) where !r.key.hasPrefix("load/") {
             out[r.key] = try? MigrationReport(serializedBytes: r.body)
         }
         return out

@@ -76,10 +76,16 @@ private final class StagingRig {
         return done()
     }
 
-    func outcomes(_ h: MigrationHandler) -> [String: MigrationReport] {
-        var out: [String: MigrationReport] = [:]
-        for r in h.reports(wallNanos: SystemClock.shared.wallNanos()) where !r.key.hasPrefix("load/") { out[r.key] = try? MigrationReport(serializedBytes: r.body) }
-        return out
+    func outcomes(_ h: MigrationHandler) -> [String: MigrationReport] { h.outcomeReports() }
+
+    /// Pumps until `id` finishes on the destination; its results there.
+    func finishedOnDestination(_ id: String) throws -> [RequestResult] {
+        var results: [RequestResult] = []
+        try run(seconds: 20) {
+            results += dstReplicas.results(wallNanos: SystemClock.shared.wallNanos())
+            return results.contains { $0.requestID == id }
+        }
+        return results.filter { $0.requestID == id }
     }
 
     /// Sets aside every free block of the destination (as if other requests held them).
@@ -111,12 +117,7 @@ struct MigrationStagingTests {
         #expect(rig.dstReplicas.place(of: "q", in: "r-dst") == .swapped && rig.host.store.count == Int(s.blocks))
         // Room comes: it is fetched back and finishes on the destination, once.
         rig.dstReplicas.release(held, for: "other", in: "r-dst")
-        var results: [RequestResult] = []
-        try rig.run(seconds: 20) {
-            results += rig.dstReplicas.results(wallNanos: SystemClock.shared.wallNanos())
-            return results.contains { $0.requestID == "q" }
-        }
-        #expect(results.filter { $0.requestID == "q" }.count == 1)
+        #expect(try rig.finishedOnDestination("q").count == 1)
         #expect(rig.dstCache.stats.swapIns == 1 && rig.dstCache.stats.swapFallbacks == 0 && rig.dstCache.stats.swapBytesIn == s.bytes)
         #expect(rig.srcCache.stats.stagedOuts == 1 && rig.srcCache.stats.stagedBytes == s.bytes && rig.dstCache.stats.stagedIns == 1)
         #expect(rig.host.store.count == 0, "taken off the host")
@@ -136,12 +137,7 @@ struct MigrationStagingTests {
         #expect(try rig.run { rig.outcomes(rig.src)["m2/source"]?.outcome == "done" })
         for k in rig.host.store.keys { rig.host.store.delete(k) }   // the host restarted
         rig.dstReplicas.release(held, for: "other", in: "r-dst")
-        var results: [RequestResult] = []
-        try rig.run(seconds: 20) {
-            results += rig.dstReplicas.results(wallNanos: SystemClock.shared.wallNanos())
-            return results.contains { $0.requestID == "q" }
-        }
-        #expect(results.filter { $0.requestID == "q" }.count == 1)
+        #expect(try rig.finishedOnDestination("q").count == 1)
         #expect(rig.dstCache.stats.swapFallbacks == 1 && rig.dstCache.stats.swapIns == 0)
     }
 
