@@ -111,7 +111,9 @@ struct MigrationStagingTests {
         #expect(s.blocks > 0 && s.bytes == UInt64(s.blocks) * 2048, "its blocks as real bytes (8 MiB at 1/4096): \(s)")
         #expect(rig.srcReplicas.place(of: "q", in: "r-src") == nil, "the source is empty of it")
         #expect(rig.dstReplicas.place(of: "q", in: "r-dst") == .swapped, "queued on the destination as swapped out to the host")
-        #expect(rig.host.store.count == Int(s.blocks) && rig.host.store.keys.allSatisfy { $0.hasPrefix("stage/m1/") })
+        // Its blocks stay on the host; the state kept beside them goes once the destination has the request.
+        #expect(try rig.run(seconds: 3) { rig.host.store.count == Int(s.blocks) }, "\(rig.host.store.keys)")
+        #expect(rig.host.store.keys.allSatisfy { $0.hasPrefix("stage/m1/") && !$0.hasSuffix("state") })
         // Still no room: it waits, and the host keeps its KV.
         try rig.run(seconds: 0.3) { false }
         #expect(rig.dstReplicas.place(of: "q", in: "r-dst") == .swapped && rig.host.store.count == Int(s.blocks))
@@ -139,6 +141,42 @@ struct MigrationStagingTests {
         rig.dstReplicas.release(held, for: "other", in: "r-dst")
         #expect(try rig.finishedOnDestination("q").count == 1)
         #expect(rig.dstCache.stats.swapFallbacks == 1 && rig.dstCache.stats.swapIns == 0)
+    }
+
+    /// The coordinator's resolve for a migration whose source died, as it sends it to the destination.
+    fileprivate func resolve(_ rig: StagingRig, migration: String, request: String) -> FeatureOutcome {
+        var r = ResolveOrphan(); r.migrationID = migration; r.resume = true; r.requestID = request; r.destinationReplica = "r-dst"
+        var c = MigrationCommand(); c.resolve = r
+        return rig.dst.execute(Array(try! c.serializedData()), commandID: 9, wallNanos: SystemClock.shared.wallNanos())
+    }
+
+    @Test("the source dies after staging, before the hand-over: resolved by the coordinator, the destination takes the request on from the memory host alone (state and KV) and it finishes once there; with nothing staged it reports it holds nothing")
+    func sourceDiedAfterStaging() throws {
+        let rig = try StagingRig()
+        rig.serve("q")
+        usleep(150_000)
+        // What the source does before its hand-over: the request out of its engine, its KV and state on the host.
+        let st = try #require(rig.srcReplicas.takeOut("q", from: "r-src", wallNanos: SystemClock.shared.wallNanos()))
+        let blocks = try rig.srcReplicas.blockBytes("q", count: (st.computed + 15) / 16, in: "r-src")
+        let tc = try #require(rig.srcReplicas.clock(of: "r-src"))
+        let state: [UInt8] = try MigrationHandler.encode(st, clock: tc, highPriority: false).serializedBytes()
+        var staged: StagedKV?
+        rig.srcCache.stage(keyPrefix: "stage/m7/", request: "q", replica: "r-src", blocks: blocks, state: state) { if case .success(let k) = $0 { staged = k } }
+        #expect(try rig.run { staged != nil })
+        #expect(rig.host.store.count == blocks.count + 1, "its blocks and its state")
+        // The source is gone; the coordinator resolves the migration on the destination.
+        #expect(resolve(rig, migration: "m7", request: "q").ok)
+        #expect(try rig.run { rig.outcomes(rig.dst)["m7/destination"] != nil })
+        let d = try #require(rig.outcomes(rig.dst)["m7/destination"])
+        #expect(d.outcome == "resumed-partial" && d.detail.contains("after the source died"), "\(d)")
+        #expect(try rig.finishedOnDestination("q").count == 1)
+        #expect(rig.dstCache.stats.swapIns == 1 && rig.host.store.count == 0, "its KV came back from the host, and the state was removed")
+        // Nothing staged for another one: the destination says so, and the coordinator sends the request again.
+        #expect(resolve(rig, migration: "m8", request: "q2").ok)
+        #expect(try rig.run { rig.outcomes(rig.dst)["m8/destination"] != nil })
+        let none = try #require(rig.outcomes(rig.dst)["m8/destination"])
+        #expect(none.outcome == "dropped" && none.detail.contains("no KV staged"), "\(none)")
+        #expect(rig.dst.problems["staged_recovery_failed"] == 1)
     }
 
     @Test("staging not asked for: a full destination ends the migration and nothing goes to the host")

@@ -21,27 +21,48 @@ extension KVTierCache: KVStaging {
         return (host, tier.kind, seconds)
     }
 
-    public func stage(keyPrefix: String, request: String, replica: String, blocks: [[UInt8]], done: @escaping (Result<StagedKV, StagingError>) -> Void) {
-        guard let full = replicas.blockBytes(of: replica)?.full else { done(.failure(StagingError("replica \(replica) is not serving here"))); return }
-        guard let target = stagingTarget(keyPrefix: keyPrefix, realBytes: Double(blocks.count) * full) else {
+    public func locate(keyPrefix: String, blocks: Int, replica: String) -> StagedKV? {
+        guard let full = replicas.blockBytes(of: replica)?.full, let target = stagingTarget(keyPrefix: keyPrefix, realBytes: Double(blocks) * full) else { return nil }
+        return StagedKV(host: target.host.node, tier: target.tier, keyPrefix: keyPrefix, blocks: blocks, seconds: target.seconds)
+    }
+
+    public func stage(keyPrefix: String, request: String, replica: String, blocks: [[UInt8]], state: [UInt8], done: @escaping (Result<StagedKV, StagingError>) -> Void) {
+        guard replicas.blockBytes(of: replica) != nil else { done(.failure(StagingError("replica \(replica) is not serving here"))); return }
+        guard let staged = locate(keyPrefix: keyPrefix, blocks: blocks.count, replica: replica), let host = host(for: [keyPrefix]) else {
             done(.failure(StagingError("no memory host in this testbed's tier configuration")))
             return
         }
-        let staged = StagedKV(host: target.host.node, tier: target.tier, keyPrefix: keyPrefix, blocks: blocks.count, seconds: target.seconds)
-        let peer = PeerAddress(endpoint: target.host.endpoint, publicKey: target.host.publicKey.isEmpty ? nil : target.host.publicKey)
+        let peer = PeerAddress(endpoint: host.endpoint, publicKey: host.publicKey.isEmpty ? nil : host.publicKey)
         do {
-            _ = try client.put(Array(zip(staged.keys, blocks)).map { (key: $0.0, bytes: $0.1) }, to: peer, tier: TierKind(rawValue: target.tier)) { [weak self] r in
+            let items = Array(zip(staged.keys, blocks)).map { (key: $0.0, bytes: $0.1) } + [(key: staged.stateKey, bytes: state)]
+            _ = try client.put(items, to: peer, tier: TierKind(rawValue: staged.tier)) { [weak self] r in
                 switch r {
                 case .success(let n):
                     self?.stats.stagedOuts += 1
-                    self?.stats.stagedBytes += UInt64(n)
+                    self?.stats.stagedBytes += UInt64(n - state.count)
                     done(.success(staged))
                 case .failure(let e):
-                    done(.failure(StagingError("putting \(blocks.count) blocks of \(request) on \(target.host.node) failed: \(e)")))
+                    done(.failure(StagingError("putting \(blocks.count) blocks of \(request) on \(host.node) failed: \(e)")))
                 }
             }
         } catch {
-            done(.failure(StagingError("could not reach memory host \(target.host.node): \(error)")))
+            done(.failure(StagingError("could not reach memory host \(host.node): \(error)")))
+        }
+    }
+
+    public func stagedState(keyPrefix: String, done: @escaping (Result<[UInt8], StagingError>) -> Void) {
+        guard let host = host(for: [keyPrefix]) else { done(.failure(StagingError("no memory host in this agent's tier configuration"))); return }
+        let key = keyPrefix + "state"
+        do {
+            _ = try client.get([key], from: PeerAddress(endpoint: host.endpoint, publicKey: host.publicKey.isEmpty ? nil : host.publicKey), promote: false) { r in
+                switch r {
+                case .success(let f) where f.header.blocks.map(\.key) == [key]: done(.success(Array(f.bytes(0))))
+                case .success: done(.failure(StagingError("memory host \(host.node) holds no \(key)")))
+                case .failure(let e): done(.failure(StagingError("asking memory host \(host.node) for \(key) failed: \(e)")))
+                }
+            }
+        } catch {
+            done(.failure(StagingError("could not reach memory host \(host.node): \(error)")))
         }
     }
 
@@ -57,9 +78,9 @@ extension KVTierCache: KVStaging {
         return nil
     }
 
-    public func discard(_ staged: StagedKV) {
+    public func discard(_ staged: StagedKV, stateOnly: Bool) {
         guard let host = config.hosts.first(where: { $0.node == staged.host }) else { return }
         let peer = PeerAddress(endpoint: host.endpoint, publicKey: host.publicKey.isEmpty ? nil : host.publicKey)
-        _ = try? client.get(staged.keys, from: peer, promote: false, take: true) { _ in }
+        _ = try? client.get((stateOnly ? [] : staged.keys) + [staged.stateKey], from: peer, promote: false, take: true) { _ in }
     }
 }

@@ -5,14 +5,21 @@ public protocol KVStaging: AnyObject {
     /// Whether a memory host is at hand to stage on.
     var canStage: Bool { get }
     /// Source: puts `blocks` (real bytes, in order) of `request` on a memory host under
-    /// `keyPrefix` + block number; `done` gets where they are, or why not.
-    func stage(keyPrefix: String, request: String, replica: String, blocks: [[UInt8]], done: @escaping (Result<StagedKV, StagingError>) -> Void)
+    /// `keyPrefix` + block number, and its `state` (a `MigratingRequest`) under `keyPrefix` +
+    /// "state", so a destination can take the request on from the host alone if the source dies
+    /// before the hand-over; `done` gets where they are, or why not.
+    func stage(keyPrefix: String, request: String, replica: String, blocks: [[UInt8]], state: [UInt8], done: @escaping (Result<StagedKV, StagingError>) -> Void)
+    /// Destination: the state a source staged under `keyPrefix`, if a memory host has it.
+    func stagedState(keyPrefix: String, done: @escaping (Result<[UInt8], StagingError>) -> Void)
+    /// Where `blocks` blocks staged under `keyPrefix` for `replica` are (host, tier, modelled seconds).
+    func locate(keyPrefix: String, blocks: Int, replica: String) -> StagedKV?
     /// Destination: `request` (already queued on `replica`'s engine as swapped out) has its KV at
     /// `staged`: fetch it when the engine asks. The reason when it cannot (the request is then
     /// recomputed).
     func adopt(_ staged: StagedKV, request: String, replica: String) -> String?
-    /// Deletes what a memory host holds of a staging that did not go through.
-    func discard(_ staged: StagedKV)
+    /// Deletes what a memory host holds of a staging: all of it when it did not go through, the
+    /// state alone once the destination has taken the request on (its blocks come back by swap-in).
+    func discard(_ staged: StagedKV, stateOnly: Bool)
 }
 
 public struct StagingError: Error, CustomStringConvertible, Sendable {
@@ -32,6 +39,7 @@ public struct StagedKV: Sendable, Equatable {
         self.host = host; self.tier = tier; self.keyPrefix = keyPrefix; self.blocks = blocks; self.seconds = seconds
     }
     public var keys: [String] { (0..<blocks).map { keyPrefix + "\($0)" } }
+    public var stateKey: String { keyPrefix + "state" }
 
     /// In a data-plane offer's metadata.
     var meta: [String: String] {

@@ -157,7 +157,7 @@ public final class MigrationController: CoordinatorFeature {
             case "orphaned":
                 if r.state == "in-flight" { r.state = "orphaned"; r.detail = m.detail }
             default:   // released, dropped: the destination holds nothing of it
-                if r.state == "orphaned" {
+                if r.state == "orphaned" || (r.state == "in-flight" && resolving.contains(r.migrationID)) {
                     r.state = "aborted"; r.ended = ended; r.detail = m.detail
                     router.migrationEnded(r.requestID)
                 }
@@ -226,6 +226,7 @@ public final class MigrationController: CoordinatorFeature {
                 // The destination resumes it (or says it holds nothing, and the request waits again).
                 let finished = router.records[r.requestID]?.finished != nil
                 var rc = ResolveOrphan(); rc.migrationID = id; rc.resume = !finished
+                rc.requestID = r.requestID; rc.destinationReplica = r.toReplica
                 var mc = MigrationCommand(); mc.resolve = rc
                 do { try s.enqueue(.feature(MigrationHandler.feature, node: r.toNode, mc)); resolving.insert(id); sent = true }
                 catch { s.logger.error("could not persist a resolve command: \(error)") }

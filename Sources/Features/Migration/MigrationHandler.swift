@@ -222,7 +222,7 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
                     }
                 }
             case .dropStaged:
-                if let staged = o.staged { staging?.discard(staged) }
+                if let staged = o.staged { staging?.discard(staged, stateOnly: false) }
             case .free:
                 replicas.free(request, from: replica)
             case .resumeHere:
@@ -252,7 +252,8 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
         let started = clock.monotonicNanos(), startWall = clock.wallNanos()
         let scale = replicas.clock(of: c.sourceReplica)?.timeScale ?? 1
         tracer.instant("stage \(c.requestID)", category: "migration", track: "migrations", args: ["migration": c.migrationID, "blocks": "\(range.count)"])
-        staging.stage(keyPrefix: "stage/\(c.migrationID)/", request: c.requestID, replica: c.sourceReplica, blocks: bytes) { [weak self] result in
+        let state: [UInt8] = self.state(o).flatMap { try? $0.serializedBytes() } ?? []
+        staging.stage(keyPrefix: MigrationHandler.stagePrefix(c.migrationID), request: c.requestID, replica: c.sourceReplica, blocks: bytes, state: state) { [weak self] result in
             guard let self else { return }
             switch result {
             case .success(let staged):
@@ -509,15 +510,27 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             problem("malformed_offer", "a staged offer for \(request) from \(sender) without the request's state or where its KV is")
             return "a staged offer needs the request's state and staged_host, staged_tier, staged_prefix, staged_blocks, staged_seconds"
         }
+        return takeOnStaged(id: id, request: request, replica: replica, sender: sender, kv: kv, state: state, now: now, recovered: false)
+    }
+
+    /// Keys a migration's KV and state are staged under on a memory host.
+    static func stagePrefix(_ migration: String) -> String { "stage/\(migration)/" }
+
+    /// Queues a request whose KV is staged on a memory host as swapped out there (see `adoptStaged`,
+    /// and `resolve` for one whose source died before the hand-over); the reason when it cannot.
+    private func takeOnStaged(id: String, request: String, replica: String, sender: String, kv: StagedKV, state: MigratingRequest, now: Int64, recovered: Bool) -> String? {
         guard let staging else { return "this node cannot fetch staged KV (no memory-tiers feature here)" }
         guard let tc = replicas.clock(of: replica) else { return "replica \(replica) is not serving on this node" }
         guard replicas.place(of: request, in: replica) == nil else { return "request \(request) is already on replica \(replica)" }
         if let why = staging.adopt(kv, request: request, replica: replica) { return why }
+        // Its blocks come back by swap-in; the state kept beside them is no longer needed.
+        staging.discard(kv, stateOnly: true)
         let wall = clock.wallNanos()
         replicas.adoptStaged(MigrationHandler.decode(state, clock: tc), highPriority: state.highPriority, in: replica, wallNanos: wall)
         let i = Incoming(id: id, request: request, replica: replica, sourceNode: sender, machine: MigrationDestination(request: request, reservedBlocks: 0),
                          state: state, now: now, wall: wall)
         i.staged = kv
+        i.partial = recovered
         _ = i.machine.commit()
         i.committedWall = wall
         incoming[id] = i
@@ -560,8 +573,12 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
 
     private func resolve(_ r: ResolveOrphan, wallNanos: Int64) -> FeatureOutcome {
         guard let i = incoming[r.migrationID] else {
-            return finished.contains(r.migrationID) ? FeatureOutcome(ok: true, detail: "migration \(r.migrationID) already resolved")
-                                                     : .refused("no migration \(r.migrationID) is held on this node")
+            if finished.contains(r.migrationID) { return FeatureOutcome(ok: true, detail: "migration \(r.migrationID) already resolved") }
+            if r.resume, let staging, staging.canStage, !r.requestID.isEmpty, replicas.serves(r.destinationReplica), !recovering.contains(r.migrationID) {
+                recoverStaged(r, staging: staging)
+                return FeatureOutcome(ok: true, detail: "looking for \(r.requestID)'s KV staged on a memory host")
+            }
+            return .refused("no migration \(r.migrationID) is held on this node")
         }
         if i.machine.phase == .receiving { orphan(i, why: "the coordinator resolved it") }
         guard i.machine.phase == .orphaned else { return FeatureOutcome(ok: true, detail: "migration \(r.migrationID) is \(i.machine.phase)") }
@@ -573,6 +590,48 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
         replicas.release(i.machine.reservedBlocks, for: i.request, in: i.replica)
         report(i, outcome: "dropped", detail: "the coordinator dropped it", downtime: -1)
         return FeatureOutcome(ok: true, detail: "dropped \(i.request)")
+    }
+
+    /// Migrations whose staged state is being looked for on a memory host.
+    private var recovering = Set<String>()
+
+    /// The source died after staging the request's KV, before the hand-over: the state it put
+    /// beside the blocks lets this node take the request on from the host alone. Found, the move
+    /// commits here (reported "resumed-partial"); not found (the source died before its put
+    /// ended), this node reports it holds nothing and the coordinator sends the request again.
+    private func recoverStaged(_ r: ResolveOrphan, staging: KVStaging) {
+        let id = r.migrationID, prefix = MigrationHandler.stagePrefix(r.migrationID)
+        recovering.insert(id)
+        staging.stagedState(keyPrefix: prefix) { [weak self] result in
+            guard let self else { return }
+            self.recovering.remove(id)
+            guard self.incoming[id] == nil, !self.finished.contains(id) else { return }
+            var why = ""
+            switch result {
+            case .success(let bytes):
+                if let st = try? MigratingRequest(serializedBytes: bytes), st.requestID == r.requestID,
+                   let kv = staging.locate(keyPrefix: prefix, blocks: (Int(st.computedTokens) + self.replicas.blockTokens - 1) / self.replicas.blockTokens, replica: r.destinationReplica) {
+                    if let refused = self.takeOnStaged(id: id, request: r.requestID, replica: r.destinationReplica, sender: "", kv: kv, state: st,
+                                                       now: self.clock.monotonicNanos(), recovered: true) {
+                        why = refused
+                    } else {
+                        self.logger.info("migration: \(id): the source died before the hand-over; \(r.requestID) resumes here from its KV staged on \(kv.host)")
+                        return
+                    }
+                } else {
+                    why = "the staged state of \(r.requestID) is not readable"
+                }
+            case .failure(let e):
+                why = "\(e)"
+            }
+            self.problem("staged_recovery_failed", "migration \(id): \(why)")
+            var m = MigrationReport()
+            m.migrationID = id; m.requestID = r.requestID; m.role = .destination; m.outcome = "dropped"
+            m.detail = "nothing of it here, and no KV staged for it: \(why)"
+            m.downtimeSeconds = -1; m.endedUnixNanos = self.clock.wallNanos()
+            self.outcomes["\(id)/destination"] = m
+            self.finished.insert(id)
+        }
     }
 
     private func report(_ i: Incoming, outcome: String, detail: String, downtime: Double, final: Bool = true, normalTBT: Double = 0) {
@@ -612,7 +671,8 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             case .resumed:
                 // Downtime: the gap to its first token here, less its normal time between tokens.
                 let normal = i.state.generatedTokens > 1 ? i.state.gapSumSeconds / Double(i.state.generatedTokens - 1) : 0
-                let detail = i.staged.map { "staged on memory host \($0.host) (\($0.tier)), \($0.blocks) blocks fetched when room came" } ?? ""
+                let detail = i.staged.map { "staged on memory host \($0.host) (\($0.tier)), \($0.blocks) blocks fetched when room came"
+                    + (i.partial ? "; taken from there after the source died before the hand-over" : "") } ?? ""
                 if let gap = replicas.takeResumeGap(i.request, in: i.replica, wallNanos: wallNanos) {
                     report(i, outcome: i.partial ? "resumed-partial" : "committed", detail: detail, downtime: max(0, gap - normal), normalTBT: normal)
                 } else if replicas.place(of: i.request, in: i.replica) == nil, wallNanos - (i.committedWall ?? wallNanos) > 5_000_000_000 {

@@ -185,6 +185,13 @@ public nonisolated struct Stratolab_V1_ResolveOrphan: Sendable {
 
   public var resume: Bool = false
 
+  /// The request and the destination's replica: a destination that holds nothing of the migration
+  /// looks for the request's KV staged on a memory host (its source died after the put, before
+  /// the hand-over) and resumes it from there.
+  public var requestID: String = String()
+
+  public var destinationReplica: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -794,7 +801,7 @@ nonisolated extension Stratolab_V1_MigrateRequest: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Stratolab_V1_ResolveOrphan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ResolveOrphan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}migration_id\0\u{1}resume\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}migration_id\0\u{1}resume\0\u{3}request_id\0\u{3}destination_replica\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -804,6 +811,8 @@ nonisolated extension Stratolab_V1_ResolveOrphan: SwiftProtobuf.Message, SwiftPr
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.migrationID) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.resume) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.destinationReplica) }()
       default: break
       }
     }
@@ -816,12 +825,20 @@ nonisolated extension Stratolab_V1_ResolveOrphan: SwiftProtobuf.Message, SwiftPr
     if self.resume != false {
       try visitor.visitSingularBoolField(value: self.resume, fieldNumber: 2)
     }
+    if !self.requestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 3)
+    }
+    if !self.destinationReplica.isEmpty {
+      try visitor.visitSingularStringField(value: self.destinationReplica, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Stratolab_V1_ResolveOrphan, rhs: Stratolab_V1_ResolveOrphan) -> Bool {
     if lhs.migrationID != rhs.migrationID {return false}
     if lhs.resume != rhs.resume {return false}
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.destinationReplica != rhs.destinationReplica {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
