@@ -358,7 +358,10 @@ public final class MigrationController: CoordinatorFeature {
             let held = loads[from]?.report.running.first { $0.requestID == request }.map { Int($0.blocks) }
             let need = (held ?? (rec.request.prefill + 15) / 16) + 1
             let free = Int(l.report.totalBlocks) - Int(l.report.usedBlocks)
-            if need > free { throw Refusal(description: "replica \(toReplica) on \(dest.node) has \(free) free KV blocks; request \(request) needs \(need)") }
+            if need > free {
+                throw Refusal(description: "replica \(toReplica) on \(dest.node) has \(free) free KV blocks; request \(request) needs \(need)"
+                              + (settings.staging ? " (no memory host is alive to stage its KV on)" : " (with migration_staging on and a memory host, its KV would wait there for room)"))
+            }
         }
         let id = "mig-\(nextNumber)"
         nextNumber += 1
