@@ -39,7 +39,7 @@ extension KVTierCache: KVStaging {
                 switch r {
                 case .success(let n):
                     self?.stats.stagedOuts += 1
-                    self?.stats.stagedBytes += UInt64(n - state.count)
+                    self?.stats.stagedBytes += UInt64(max(0, n - state.count))   // the KV alone
                     done(.success(staged))
                 case .failure(let e):
                     done(.failure(StagingError("putting \(blocks.count) blocks of \(request) on \(host.node) failed: \(e)")))
