@@ -13,7 +13,7 @@ extension KVTierCache: KVStaging {
     /// The host and tier staged KV goes to, with the modelled seconds for `realBytes` one way.
     private func stagingTarget(keyPrefix: String, realBytes: Double) -> (host: MemoryHostAddress, tier: String, seconds: Double)? {
         guard let host = host(for: [keyPrefix]) else { return nil }
-        let figures = host.tiers.map { TierFigures(kind: $0.kind, bandwidthBytesPerSecond: $0.bandwidthGbps * 1e9, latencySeconds: $0.latencyNs * 1e-9) }
+        let figures = host.tierFigures
         guard let tier = policy.swapTier(figures).tier.flatMap({ t in figures.first { $0.kind == t } })
                 ?? figures.max(by: { ($0.bandwidthBytesPerSecond, $1.kind) < ($1.bandwidthBytesPerSecond, $0.kind) }) else { return nil }
         let seconds = PrefixChoice(tokens: 0, bytes: realBytes, tier: tier, linkBytesPerSecond: config.linkBytesPerSecond,
@@ -32,7 +32,7 @@ extension KVTierCache: KVStaging {
             done(.failure(StagingError("no memory host in this testbed's tier configuration")))
             return
         }
-        let peer = PeerAddress(endpoint: host.endpoint, publicKey: host.publicKey.isEmpty ? nil : host.publicKey)
+        let peer = host.peer
         do {
             let items = Array(zip(staged.keys, blocks)).map { (key: $0.0, bytes: $0.1) } + [(key: staged.stateKey, bytes: state)]
             _ = try client.put(items, to: peer, tier: TierKind(rawValue: staged.tier)) { [weak self] r in
@@ -54,7 +54,7 @@ extension KVTierCache: KVStaging {
         guard let host = host(for: [keyPrefix]) else { done(.failure(StagingError("no memory host in this agent's tier configuration"))); return }
         let key = keyPrefix + "state"
         do {
-            _ = try client.get([key], from: PeerAddress(endpoint: host.endpoint, publicKey: host.publicKey.isEmpty ? nil : host.publicKey), promote: false) { r in
+            _ = try client.get([key], from: host.peer, promote: false) { r in
                 switch r {
                 case .success(let f) where f.header.blocks.map(\.key) == [key]: done(.success(Array(f.bytes(0))))
                 case .success: done(.failure(StagingError("memory host \(host.node) holds no \(key)")))
@@ -80,7 +80,7 @@ extension KVTierCache: KVStaging {
 
     public func discard(_ staged: StagedKV, stateOnly: Bool) {
         guard let host = config.hosts.first(where: { $0.node == staged.host }) else { return }
-        let peer = PeerAddress(endpoint: host.endpoint, publicKey: host.publicKey.isEmpty ? nil : host.publicKey)
+        let peer = host.peer
         _ = try? client.get((stateOnly ? [] : staged.keys) + [staged.stateKey], from: peer, promote: false, take: true) { _ in }
     }
 }

@@ -30,7 +30,7 @@ extension KVTierCache {
     /// (none: preempted requests are recomputed).
     func configureSwap() {
         guard policy.name != "none", let host = config.hosts.sorted(by: { $0.node < $1.node }).first else { replicas.remoteSwap = nil; return }
-        let figures = host.tiers.map { TierFigures(kind: $0.kind, bandwidthBytesPerSecond: $0.bandwidthGbps * 1e9, latencySeconds: $0.latencyNs * 1e-9) }
+        let figures = host.tierFigures
         guard let tierName = policy.swapTier(figures).tier, let tier = figures.first(where: { $0.kind == tierName }) else { replicas.remoteSwap = nil; return }
         let policy = self.policy, link = config.linkBytesPerSecond, linkLatency = config.linkLatencySeconds
         let blockTokens = replicas.blockTokens
@@ -55,7 +55,7 @@ extension KVTierCache {
             swaps[o.id] = nil
             return
         }
-        let figures = host.tiers.map { TierFigures(kind: $0.kind, bandwidthBytesPerSecond: $0.bandwidthGbps * 1e9, latencySeconds: $0.latencyNs * 1e-9) }
+        let figures = host.tierFigures
         let tier = policy.swapTier(figures).tier ?? figures.first?.kind ?? "dram"
         let fig = figures.first { $0.kind == tier } ?? TierFigures(kind: tier, bandwidthBytesPerSecond: 0, latencySeconds: 0)
         let real = Double(o.blocks.count * replicas.blockTokens) * per.real
@@ -66,7 +66,7 @@ extension KVTierCache {
         swaps[o.id] = SwapRecord(host: host, keys: keys, tier: tier, outAt: o.at, seconds: seconds, realBytes: real)
         let id = o.id
         do {
-            try client.put(Array(zip(keys, o.blocks)).map { (key: $0.0, bytes: $0.1) }, to: PeerAddress(endpoint: host.endpoint, publicKey: host.publicKey.isEmpty ? nil : host.publicKey),
+            try client.put(Array(zip(keys, o.blocks)).map { (key: $0.0, bytes: $0.1) }, to: host.peer,
                            tier: TierKind(rawValue: tier)) { [weak self] r in
                 guard let self, var rec = self.swaps[id], rec.keys == keys else { return }
                 switch r {
@@ -99,7 +99,7 @@ extension KVTierCache {
         swaps[i.id] = nil
         let keys = rec.keys
         do {
-            try client.get(keys, from: PeerAddress(endpoint: rec.host.endpoint, publicKey: rec.host.publicKey.isEmpty ? nil : rec.host.publicKey),
+            try client.get(keys, from: rec.host.peer,
                            promote: false, take: true) { [weak self] r in
                 guard let self else { return }
                 guard case .success(let f) = r, f.header.blocks.map(\.key) == keys else {

@@ -123,7 +123,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         return hosts[PrefixKeys.owner(of: first, among: hosts.count)]
     }
 
-    private func peer(_ h: MemoryHostAddress) -> PeerAddress { PeerAddress(endpoint: h.endpoint, publicKey: h.publicKey.isEmpty ? nil : h.publicKey) }
+    private func peer(_ h: MemoryHostAddress) -> PeerAddress { h.peer }
 
     /// A chunk's bytes: a function of its key and position, so whoever reads it checks every byte.
     static func chunkByte(_ seed: UInt64, _ i: Int) -> UInt8 {
@@ -256,7 +256,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
               let per = replicas.kvBytesPerToken(replica: replica), per.held > 0 else { return }
         let full = min(q.prefixKeys.count, Int(q.prefillTokens) / chunkTokens)
         let bytes = max(8, Int((Double(chunkTokens) * per.held).rounded()))
-        let figures = host.tiers.map { TierFigures(kind: $0.kind, bandwidthBytesPerSecond: $0.bandwidthGbps * 1e9, latencySeconds: $0.latencyNs * 1e-9) }
+        let figures = host.tierFigures
         let recompute = replicas.prefillSeconds(chunkTokens, replica: replica) ?? 0
         var byTier: [String: [(key: String, bytes: [UInt8])]] = [:]
         for k in q.prefixKeys.prefix(full) where !stored.contains(k) {

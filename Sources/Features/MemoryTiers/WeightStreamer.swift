@@ -108,10 +108,10 @@ final class WeightStreamer: WeightSource {
 
     // MARK: Placing
 
-    private func peer(_ h: MemoryHostAddress) -> PeerAddress { PeerAddress(endpoint: h.endpoint, publicKey: h.publicKey.isEmpty ? nil : h.publicKey) }
+    private func peer(_ h: MemoryHostAddress) -> PeerAddress { h.peer }
 
     private func figures(_ h: MemoryHostAddress) -> [TierFigures] {
-        h.tiers.map { TierFigures(kind: $0.kind, bandwidthBytesPerSecond: $0.bandwidthGbps * 1e9, latencySeconds: $0.latencyNs * 1e-9) }
+        h.tierFigures
     }
 
     /// Puts the replica's offloaded shards on the first live host, in the policy's tier.
