@@ -376,6 +376,14 @@ public struct DigitalTwin {
             // Staged moves' stall is the wait for room, not the copy's downtime (as the testbed's summary).
             result.migrationDowntimes = m.outcomes.filter { !$0.staged }.compactMap(\.downtime)
         }
+        if requestLevel {
+            result.requests = options.requests.map { q in
+                let r = router.records[q.id]
+                return RequestOutcome(id: q.id, serviceID: q.serviceID, arrival: q.arrival, prefill: q.prefill, decode: q.decode, replica: r?.replica, node: r?.node,
+                                      attempts: r?.attempts ?? 0, finished: r?.finished, latency: r?.latency, queued: r?.queued ?? 0, serviceSeconds: r?.service ?? 0,
+                                      ttft: r?.ttft, meanTBT: r?.meanTBT ?? 0, maxTBT: r?.maxTBT ?? 0, preemptions: r?.preemptions ?? 0)
+            }
+        }
         if let t = tierModel { result.tiers = t.counters; if router.prefixAffinity { result.tiers["prefix_routed"] = router.prefixRouted } }
         return result
     }

@@ -322,6 +322,11 @@ extension TwinCommand {
             options.tiers = try TwinValidateSpec.tierSettings(s, measured: testbedRuns.first?.offload.figures)
             if let t = options.tiers { print("  twin memory tiers: policy \(t.policy), \(t.hosts.count) hosts, figures \(t.figuresSource)") }
             let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: options).run(policy: p)
+            // The twin's requests in the testbed's columns, and how evenly its replicas made them wait.
+            try FileManager.default.createDirectory(atPath: out + "/twin", withIntermediateDirectories: true)
+            let csv = RequestsTable.csv(twin.requests)
+            try csv.write(toFile: out + "/twin/requests.csv", atomically: true, encoding: .utf8)
+            let twinBalance = ReplicaBalance(ReplicaBalance.rows(csv: csv))
             if !twin.tiers.isEmpty {
                 let t = twin.tiers
                 let prompt = Double((t["prompt_tokens"] ?? 0) + (t["gpu_prompt_tokens"] ?? 0))
@@ -337,6 +342,8 @@ extension TwinCommand {
                 let moved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
                 print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", ")
                       + (twin.migrations["staged"].map { "; \($0) staged through a memory host" } ?? ""))
+                print("  " + twinBalance.sentence)
+                print("  each request: \(out)/twin/requests.csv")
                 return
             }
             let testbed = testbedRuns[0]

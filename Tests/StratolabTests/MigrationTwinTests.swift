@@ -111,6 +111,9 @@ struct MigrationTwinTests {
     func policies() throws {
         let none = run("none")
         #expect(none.migrations.isEmpty, "none moves nothing without a drain: \(none.migrations)")
+        // Each request's outcome comes back (the twin's requests.csv): all answered, on a replica.
+        #expect(!none.requests.isEmpty && none.requests.allSatisfy { $0.ttft != nil && $0.replica != nil && $0.finished != nil })
+        #expect(Double(none.requests.count) == none.services.first?.offeredRequests)
         let drained = run("none", drains: [("n3", 120, 400)])
         #expect((drained.migrations["reason/drain"] ?? 0) > 0 && drained.migrations.keys.filter { $0.hasPrefix("reason/") } == ["reason/drain"], "\(drained.migrations)")
         #expect(drained.migrations["state/in-flight"] == nil)

@@ -166,6 +166,20 @@ public enum ExperimentReport {
             ttftCDF.series.append(SVGPlot.Series(name: k, points: Swift.stride(from: 0, to: points.count, by: step).map { points[$0] } + [points.last!]))
         }
         return out + "<h3>Request latency CDF</h3>" + cdf.render() + (ttfts.isEmpty ? "" : "<h3>Time to first token</h3>" + ttftCDF.render())
-            + "<h3>p99 latency over time</h3>" + p99.render()
+            + "<h3>p99 latency over time</h3>" + p99.render() + balanceSection(csv: text, services: latencies.keys.sorted(), esc: esc)
+    }
+
+    /// Per service with two replicas or more: each replica's median TTFT per minute of arrivals,
+    /// and how far apart they were when the tail formed (what migration could take away).
+    static func balanceSection(csv: String, services: [String], esc: (String) -> String) -> String {
+        var out = ""
+        for svc in services {
+            let b = ReplicaBalance(ReplicaBalance.rows(csv: csv, service: svc))
+            guard !b.windows.isEmpty else { continue }
+            var plot = SVGPlot(title: "\(svc): median TTFT per replica, per minute of arrivals", xLabel: "arrival, trace minutes", yLabel: "median TTFT, trace seconds")
+            for (name, points) in b.series { plot.series.append(SVGPlot.Series(name: name, points: points)) }
+            out += "<h3>Load balance across replicas: \(esc(svc))</h3><p>\(esc(b.sentence))</p>" + plot.render()
+        }
+        return out
     }
 }

@@ -74,7 +74,8 @@ public final class ExperimentRunner: @unchecked Sendable {
         }
         print("")
         print(ExperimentSummary.table(summaries))
-        if variants.count > 1 { print(""); print(ExperimentComparison.text(summaries)) }
+        // The comparison as written beside report.html (with each policy's load-balance line).
+        if variants.count > 1 { print(""); print((try? String(contentsOfFile: out + "/comparison.txt", encoding: .utf8))?.trimmingCharacters(in: .newlines) ?? ExperimentComparison.text(summaries)) }
         else if let phases = GamePhasesOverRuns.text(summaries) { print(""); print(phases); print("(\(out)/report.html, phases.csv)") }
         return summaries
     }

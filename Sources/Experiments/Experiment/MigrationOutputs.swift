@@ -147,6 +147,15 @@ public enum ExperimentComparison {
             if !ttfts.isEmpty { cdf.series.append(SVGPlot.Series(name: s.variantLabel, points: thin(SVGPlot.cdf(ttfts)))) }
             if !lat.isEmpty { e2e.series.append(SVGPlot.Series(name: s.variantLabel, points: thin(SVGPlot.cdf(lat)))) }
         }
+        // How evenly each policy's replicas made the tail wait (what migration could take away).
+        var balance: [String] = []
+        for (i, s) in all.enumerated() {
+            let sub = variants.count == all.count ? variants[i] : s.variantLabel
+            guard let csv = try? String(contentsOfFile: dir + "/" + sub + "/requests.csv", encoding: .utf8) else { continue }
+            let b = ReplicaBalance(ReplicaBalance.rows(csv: csv))
+            if b.tail != nil { balance.append(s.variantLabel + ": " + b.sentence) }
+        }
+        let comparison = text(all) + (balance.isEmpty ? "" : "\n" + balance.joined(separator: "\n"))
         let links = variants.map { "<a href=\"\(esc($0))/report.html\">\(esc($0))</a>" }.joined(separator: " · ")
         let html = """
         <!doctype html><html><head><meta charset="utf-8"><title>\(esc(title)): \(kind) policies</title>
@@ -154,12 +163,12 @@ public enum ExperimentComparison {
         <h1>\(esc(title)): \(kind) policies compared</h1>
         <p>The same requests (same seed) on the same testbed, once per \(kind == "offload" ? (weights ? "memory tier the model's offloaded layers are streamed from every step (DRAM, CXL (emulated), NVMe)" : "memory-tier offload policy (KV prefixes stored on and loaded from the memory hosts' DRAM, CXL (emulated) and NVMe tiers)") : "live-migration policy"). Replicas are emulated (an iteration-level serving engine timed by Vidur's profiles); KV blocks move as real bytes at the stated kv_bytes_scale. Each run's own report: \(links).</p>
         \(table)
-        <pre>\(esc(text(all)))</pre>
+        <pre>\(esc(comparison))</pre>
         \(cdf.series.isEmpty ? "" : "<h2>Time to first token</h2>" + cdf.render())
         \(e2e.series.isEmpty ? "" : "<h2>End-to-end latency</h2>" + e2e.render())
         </body></html>
         """
         try html.write(toFile: dir + "/report.html", atomically: true, encoding: .utf8)
-        try (text(all) + "\n").write(toFile: dir + "/comparison.txt", atomically: true, encoding: .utf8)
+        try (comparison + "\n").write(toFile: dir + "/comparison.txt", atomically: true, encoding: .utf8)
     }
 }

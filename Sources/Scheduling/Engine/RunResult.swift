@@ -44,6 +44,33 @@ public struct ServiceOutcome: Sendable, Codable, Equatable {
     public init(id: String) { self.id = id }
 }
 
+/// One inference request's outcome, as the router recorded it: a row of `requests.csv`.
+public struct RequestOutcome: Sendable, Codable, Equatable {
+    public var id: String
+    public var serviceID: String
+    public var arrival: Double
+    public var prefill: Int
+    public var decode: Int
+    public var replica: String?
+    public var node: String?
+    public var attempts: Int
+    /// Trace seconds; nil until it finished.
+    public var finished: Double?
+    public var latency: Double?
+    public var queued: Double
+    public var serviceSeconds: Double
+    public var ttft: Double?
+    public var meanTBT: Double
+    public var maxTBT: Double
+    public var preemptions: Int
+    public init(id: String, serviceID: String, arrival: Double, prefill: Int, decode: Int, replica: String?, node: String?, attempts: Int,
+                finished: Double?, latency: Double?, queued: Double, serviceSeconds: Double, ttft: Double?, meanTBT: Double, maxTBT: Double, preemptions: Int) {
+        self.id = id; self.serviceID = serviceID; self.arrival = arrival; self.prefill = prefill; self.decode = decode; self.replica = replica
+        self.node = node; self.attempts = attempts; self.finished = finished; self.latency = latency; self.queued = queued
+        self.serviceSeconds = serviceSeconds; self.ttft = ttft; self.meanTBT = meanTBT; self.maxTBT = maxTBT; self.preemptions = preemptions
+    }
+}
+
 /// The measurements of one run (testbed or twin) and their summary.
 public struct RunResult: Sendable, Codable {
     public var policy: String
@@ -66,6 +93,14 @@ public struct RunResult: Sendable, Codable {
     /// Memory tiers: what the GPU agents' KV caches counted (`lookups`, `hits`, `hit_tokens`,
     /// `prompt_tokens`, `fallbacks`, `stored_chunks`, `swap_outs`, `swap_ins`, `decision/<why>`).
     public var tiers: [String: Int] = [:]
+    /// Each inference request as the router recorded it (the rows of `requests.csv`). Left out
+    /// of the run's JSON: a run of many requests is written as its own CSV instead.
+    public var requests: [RequestOutcome] = []
+
+    enum CodingKeys: String, CodingKey {
+        case policy, workload, engine, emulated, jobs, services, busyGPUSeconds, gpusByModel, makespan, skipped, events, wallSeconds
+        case migrations, migrationDowntimes, tiers
+    }
 
     public var finished: [JobOutcome] { jobs.filter { $0.finish != nil } }
 
