@@ -156,6 +156,14 @@ struct RouterMigrationTests {
         fresh.updateKV("r1", freeBlocks: 1000, running: 0)
         _ = fresh.submit((0..<6).map { ServiceRequest(id: "b\($0)", serviceID: "s", arrival: 0, prefill: 320, decode: 10) }, services: services)
         #expect(fresh.route(now: 1).map(\.requests.count) == [3, 3])
+        // Replicas short of blocks for their waiting requests (negative free) rank by the shortfall,
+        // below any with room: 40 short with 2 running is worse than 10 short with 50 (dividing the
+        // shortfall by the running count would pick the first).
+        let short = router(.freeness)
+        short.updateKV("r1", freeBlocks: -40, running: 2)
+        short.updateKV("r2", freeBlocks: -10, running: 50)
+        _ = short.submit([ServiceRequest(id: "s0", serviceID: "s", arrival: 0, prefill: 16, decode: 10)], services: services)
+        #expect(short.route(now: 1).map(\.replica) == ["r2"])
         let jsq = router(.shortestQueue)
         _ = jsq.submit((0..<2).map { ServiceRequest(id: "q\($0)", serviceID: "s", arrival: 0, prefill: 320, decode: 10) }, services: services)
         #expect(jsq.route(now: 1).map(\.requests.count) == [1, 1])

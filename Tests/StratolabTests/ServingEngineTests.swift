@@ -96,6 +96,18 @@ struct ServingEngineTests {
         #expect(pair.takeFinished(by: 1000).count == 2 && pair.steps == 100)
     }
 
+    @Test("the load the policies read: the head of the queue's demand, and every waiting request's (what dispatching counts)")
+    func waitingDemand() {
+        var e = engine(running: 1)
+        _ = e.add(id: "q0", prompt: 10, decode: 20, at: 0)
+        _ = e.add(id: "q1", prompt: 33, decode: 5, at: 0)      // 3 blocks of 16 tokens
+        _ = e.add(id: "q2", prompt: 160, decode: 5, at: 0)     // 10 blocks
+        _ = e.takeFinished(by: 0.001)                          // q0 is admitted; one slot, so q1 and q2 wait
+        let l = e.loadSnapshot
+        #expect(l.running.map(\.id) == ["q0"] && l.waiting == 2)
+        #expect(l.headOfQueueDemand == 3 && l.waitingDemand == 13, "\(l)")
+    }
+
     @Test("at most max-running sequences run; the next waits for a slot, first come first served")
     func slots() {
         var e = engine(running: 2)

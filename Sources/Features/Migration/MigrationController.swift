@@ -105,7 +105,7 @@ public final class MigrationController: CoordinatorFeature {
                     loads[l.replicaID] = Load(report: l, node: nodeID, at: s.clock.wallNanos())
                     // Llumnix's dispatching reads the same reports.
                     if policy.dispatchesByFreeness {
-                        router.updateKV(l.replicaID, freeBlocks: Int(l.totalBlocks) - Int(l.usedBlocks) - Int(l.headOfQueueDemand), running: l.running.count)
+                        router.updateKV(l.replicaID, freeBlocks: Int(l.totalBlocks) - Int(l.usedBlocks) - max(Int(l.waitingDemand), Int(l.headOfQueueDemand)), running: l.running.count)
                     }
                 } else { s.count("malformed_migration_reports") }
                 settled.append(r.key)

@@ -707,6 +707,7 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             var l = InstanceLoadReport()
             l.replicaID = replica; l.totalBlocks = UInt32(load.totalBlocks); l.usedBlocks = UInt32(load.usedBlocks)
             l.headOfQueueDemand = UInt32(load.headOfQueueDemand); l.waiting = UInt32(load.waiting); l.blockBytes = full
+            l.waitingDemand = UInt32(clamping: load.waitingDemand)
             l.running = load.running.map { q in
                 var r = RunningRequestLoad()
                 r.requestID = q.id; r.blocks = UInt32(q.blocks); r.remainingTokens = UInt32(q.remaining); r.generatedTokens = UInt32(q.generated)

@@ -105,7 +105,7 @@ public struct MigrationTwinModel {
         // Llumnix's dispatching reads the same loads.
         router.dispatch = policy.dispatchesByFreeness ? .freeness : .shortestQueue
         if policy.dispatchesByFreeness {
-            for l in loads { router.updateKV(l.replica, freeBlocks: l.load.totalBlocks - l.load.usedBlocks - l.load.headOfQueueDemand, running: l.load.running.count) }
+            for l in loads { router.updateKV(l.replica, freeBlocks: l.load.totalBlocks - l.load.usedBlocks - max(l.load.waitingDemand, l.load.headOfQueueDemand), running: l.load.running.count) }
         }
         var decisions: [MigrationDecision] = []
         for service in Set(router.ready.values.map(\.service)).sorted() {

@@ -372,6 +372,9 @@ public nonisolated struct Stratolab_V1_InstanceLoad: Sendable {
   /// a block's real size (before kv_bytes_scale)
   public var blockBytes: Double = 0
 
+  /// blocks every waiting request needs (dispatching counts them all; 0 from older agents)
+  public var waitingDemand: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1119,7 +1122,7 @@ nonisolated extension Stratolab_V1_MigrationReport: SwiftProtobuf.Message, Swift
 
 nonisolated extension Stratolab_V1_InstanceLoad: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".InstanceLoad"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}total_blocks\0\u{3}used_blocks\0\u{3}head_of_queue_demand\0\u{1}waiting\0\u{1}running\0\u{3}block_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}total_blocks\0\u{3}used_blocks\0\u{3}head_of_queue_demand\0\u{1}waiting\0\u{1}running\0\u{3}block_bytes\0\u{3}waiting_demand\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1134,6 +1137,7 @@ nonisolated extension Stratolab_V1_InstanceLoad: SwiftProtobuf.Message, SwiftPro
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.waiting) }()
       case 6: try { try decoder.decodeRepeatedMessageField(value: &self.running) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.blockBytes) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.waitingDemand) }()
       default: break
       }
     }
@@ -1161,6 +1165,9 @@ nonisolated extension Stratolab_V1_InstanceLoad: SwiftProtobuf.Message, SwiftPro
     if self.blockBytes.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.blockBytes, fieldNumber: 7)
     }
+    if self.waitingDemand != 0 {
+      try visitor.visitSingularUInt32Field(value: self.waitingDemand, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1172,6 +1179,7 @@ nonisolated extension Stratolab_V1_InstanceLoad: SwiftProtobuf.Message, SwiftPro
     if lhs.waiting != rhs.waiting {return false}
     if lhs.running != rhs.running {return false}
     if lhs.blockBytes != rhs.blockBytes {return false}
+    if lhs.waitingDemand != rhs.waitingDemand {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -213,8 +213,9 @@ public final class RequestRouter {
         guard let f = holdFactor else { return true }
         return load < f * ready[rep]!.batch
     }
-    /// Each replica's KV as last reported: free blocks (less what its waiting requests need) and
-    /// running requests. Dispatching takes each routed request's prompt off its replica's free
+    /// Each replica's KV as last reported: free blocks less what all its waiting requests need
+    /// (Llumnix dispatches on that; its migration counts only the head of the queue) and running
+    /// requests. Dispatching takes each routed request's prompt off its replica's free
     /// blocks until the next report.
     private var kv: [String: (free: Int, running: Int)] = [:]
     public func updateKV(_ replica: String, freeBlocks: Int, running: Int) { kv[replica] = (freeBlocks, running) }
@@ -254,9 +255,12 @@ public final class RequestRouter {
     /// that has reported (or without bound when none has). Requests sent to it before its first
     /// report come off that estimate like any other, so a late first report does not make it look
     /// empty to every request of a burst.
+    /// A replica whose waiting requests need more blocks than it has free ranks by how many it
+    /// lacks, below every replica with room (dividing a shortfall by few running requests would
+    /// make the worst look best).
     private func freeness(_ replica: String, unreported: Int) -> Double {
         let k = kv[replica] ?? (unreported, 0)
-        return Double(k.free) / Double(max(1, k.running))
+        return k.free < 0 ? Double(k.free) : Double(k.free) / Double(max(1, k.running))
     }
 
     /// Routes requests that have arrived by `now` to ready replicas: (replica, node, requests).

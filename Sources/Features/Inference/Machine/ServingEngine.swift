@@ -340,15 +340,23 @@ public struct ServingEngine: Sendable {
         public var totalBlocks: Int
         public var usedBlocks: Int
         public var headOfQueueDemand: Int
+        /// Blocks every waiting request needs (swapped ones included) before it can run: the
+        /// demand Llumnix's dispatching counts, where migration counts only the head's.
+        public var waitingDemand = 0
         public var waiting: Int
         /// Oldest first: the last is the one the engine preempts first when blocks run out.
         public var running: [Request]
+        public init(totalBlocks: Int, usedBlocks: Int, headOfQueueDemand: Int, waiting: Int, running: [Request], waitingDemand: Int = 0) {
+            self.totalBlocks = totalBlocks; self.usedBlocks = usedBlocks; self.headOfQueueDemand = headOfQueueDemand
+            self.waiting = waiting; self.running = running; self.waitingDemand = waitingDemand
+        }
     }
 
     public var loadSnapshot: Load {
         Load(totalBlocks: gpuBlocks, usedBlocks: usedBlocks, headOfQueueDemand: waiting.first.map { blocks(for: $0.target) } ?? 0,
              waiting: waiting.count + swapped.count,
-             running: running.sorted(by: Self.older).map { Load.Request(id: $0.id, blocks: $0.blocks, remaining: max(0, $0.decode - $0.generated), generated: $0.generated) })
+             running: running.sorted(by: Self.older).map { Load.Request(id: $0.id, blocks: $0.blocks, remaining: max(0, $0.decode - $0.generated), generated: $0.generated) },
+             waitingDemand: (waiting + swapped).reduce(0) { $0 + blocks(for: $1.target) })
     }
 
     /// Sets aside `count` blocks for a request about to arrive (a migration's destination); false
