@@ -35,7 +35,7 @@ public struct SVGPlot {
         let l = 70.0, r = 170.0, t = 40.0, b = 50.0
         let pw = width - l - r, ph = height - t - b
         let xs = series.flatMap { $0.points.map(\.0) }.filter { !logX || $0 > 0 }
-        let ys = series.flatMap { $0.points.map(\.1) }
+        let ys = series.flatMap { $0.points.map(\.1) }.filter(\.isFinite)
         var x0 = xs.min() ?? 0, x1 = xs.max() ?? 1
         var y0 = min(ys.min() ?? 0, 0), y1 = ys.max() ?? 1
         if logX { x0 = log10(max(x0, 1e-9)); x1 = log10(max(x1, 1e-9)) }
@@ -66,13 +66,20 @@ public struct SVGPlot {
             let pts = se.points.filter { !logX || $0.0 > 0 }
             // Thin long series so the page stays small.
             let stride = max(1, pts.count / 1500)
-            let path = pts.enumerated().filter { $0.offset % stride == 0 || $0.offset == pts.count - 1 }
-                .map { String(format: "%.1f,%.1f", px($0.element.0), py($0.element.1)) }.joined(separator: " ")
+            let kept = pts.enumerated().filter { $0.offset % stride == 0 || $0.offset == pts.count - 1 }.map(\.element)
             if se.dots {
-                for p in pts.prefix(3000) { s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%@\" opacity=\"0.75\"/>", px(p.0), py(p.1), color as NSString) }
+                for p in pts.prefix(3000) where p.1.isFinite { s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%@\" opacity=\"0.75\"/>", px(p.0), py(p.1), color as NSString) }
                 s += "\n"
             } else {
-                s += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.8\" points=\"\(path)\"/>\n"
+                // A non-finite y is a gap (no data there): the line breaks instead of bridging it,
+                // and a point alone between gaps is drawn as a dot.
+                var runs: [[(Double, Double)]] = [[]]
+                for p in kept { if p.1.isFinite { runs[runs.count - 1].append(p) } else if !runs[runs.count - 1].isEmpty { runs.append([]) } }
+                for run in runs where !run.isEmpty {
+                    if run.count == 1 { s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%@\"/>\n", px(run[0].0), py(run[0].1), color as NSString); continue }
+                    let path = run.map { String(format: "%.1f,%.1f", px($0.0), py($0.1)) }.joined(separator: " ")
+                    s += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.8\" points=\"\(path)\"/>\n"
+                }
             }
             let ly = t + 14 + Double(i) * 18
             s += "<line x1=\"\(l + pw + 12)\" y1=\"\(ly - 4)\" x2=\"\(l + pw + 34)\" y2=\"\(ly - 4)\" stroke=\"\(color)\" stroke-width=\"3\"/><text x=\"\(l + pw + 40)\" y=\"\(ly)\">\(esc(se.name))</text>\n"

@@ -28,6 +28,15 @@ struct ReplicaBalanceTests {
         #expect(tail.windows == 1 && abs(tail.spread - 2) < 1e-9)
         #expect(b.sentence.contains("differed by at most 2.00 s") && b.sentence.contains("whole cluster"), "\(b.sentence)")
         #expect(b.series.map(\.name) == ["a", "b"] && b.series[0].points.count == 2)
+        // A replica missing from a window in between (drained, say) leaves a gap, not a bridge.
+        let gap = ReplicaBalance(rows("a", minute: 0, ttft: 1) + rows("b", minute: 0, ttft: 1) + rows("b", minute: 1, ttft: 2) + rows("c", minute: 1, ttft: 2)
+                                 + rows("a", minute: 2, ttft: 3) + rows("b", minute: 2, ttft: 3))
+        let a = try #require(gap.series.first { $0.name == "a" })
+        #expect(a.points.count == 3 && a.points[1].1.isNaN && a.points[1].0 == 1, "\(a.points)")
+        var plot = SVGPlot(title: "t", xLabel: "x", yLabel: "y")
+        plot.series = [SVGPlot.Series(name: "a", points: a.points)]
+        let svg = plot.render()
+        #expect(!svg.contains("nan") && svg.components(separatedBy: "<circle").count == 3, "two lone points either side of the gap are dots")
     }
 
     @Test("an uneven minute reads as load migration could balance; a single replica gives nothing to compare")

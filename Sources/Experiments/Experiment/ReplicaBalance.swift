@@ -83,10 +83,21 @@ public struct ReplicaBalance: Equatable {
         }
     }
 
-    /// Each replica's median TTFT per window, as plot series (minutes of arrivals on x).
+    /// Each replica's median TTFT per window, as plot series (minutes of arrivals on x); a window
+    /// a replica has no median in (drained, dead, not yet started) is a gap (NaN), not bridged.
     public var series: [(name: String, points: [(Double, Double)])] {
         let names = Set(windows.flatMap { $0.medianTTFT.keys }).sorted()
-        return names.map { n in (n, windows.compactMap { w in w.medianTTFT[n].map { (w.start / 60, $0) } }) }
+        return names.map { n in
+            var points: [(Double, Double)] = []
+            var previous: Double?
+            for w in windows {
+                guard let m = w.medianTTFT[n] else { continue }
+                if let p = previous, w.start - p > windowSeconds * 1.5 { points.append(((p + windowSeconds) / 60, .nan)) }
+                points.append((w.start / 60, m))
+                previous = w.start
+            }
+            return (n, points)
+        }
     }
 
     static func median(_ v: [Double]) -> Double {
