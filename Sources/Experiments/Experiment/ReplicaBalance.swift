@@ -53,8 +53,9 @@ public struct ReplicaBalance: Equatable {
         tailWindows = windows.filter { tailKeys.contains(Int($0.start / windowSeconds)) }
     }
 
-    /// The tail's windows summed: the replicas' largest spread, and the cluster's median wait in
-    /// that window; nil when no tail window had two replicas to compare.
+    /// The tail window where the replicas were furthest apart: that spread, the median wait over
+    /// all replicas in it, and how many tail windows there were; nil when no tail window had two
+    /// replicas to compare.
     public var tail: (spread: Double, clusterMedian: Double, windows: Int)? {
         guard let worst = tailWindows.max(by: { $0.spread < $1.spread }) else { return nil }
         return (worst.spread, worst.clusterMedian, tailWindows.count)
