@@ -324,9 +324,8 @@ extension TwinCommand {
             let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: options).run(policy: p)
             // The twin's requests in the testbed's columns, and how evenly its replicas made them wait.
             try FileManager.default.createDirectory(atPath: out + "/twin", withIntermediateDirectories: true)
-            let csv = RequestsTable.csv(twin.requests)
-            try csv.write(toFile: out + "/twin/requests.csv", atomically: true, encoding: .utf8)
-            let twinBalance = ReplicaBalance(ReplicaBalance.rows(csv: csv))
+            try RequestsTable.csv(twin.requests).write(toFile: out + "/twin/requests.csv", atomically: true, encoding: .utf8)
+            let twinBalance = ReplicaBalance(twin.requests.compactMap { q in q.ttft.map { ReplicaBalance.Row(arrival: q.arrival, replica: q.replica ?? "", ttft: $0) } })
             if !twin.tiers.isEmpty {
                 let t = twin.tiers
                 let prompt = Double((t["prompt_tokens"] ?? 0) + (t["gpu_prompt_tokens"] ?? 0))

@@ -48,6 +48,9 @@ struct ReplicaBalanceTests {
         #expect(alone.windows.isEmpty && alone.tail == nil)
         #expect(alone.sentence.contains("too few"))
         #expect(ReplicaBalance([]).tail == nil)
+        // Tens of milliseconds apart at a fraction of a second is no queue, whatever the ratio.
+        let quick = ReplicaBalance(rows("a", minute: 0, ttft: 0.15) + rows("b", minute: 0, ttft: 0.3))
+        #expect(quick.sentence.contains("without queueing"), "\(quick.sentence)")
     }
 
     @Test("the twin's requests.csv has the testbed's columns and reads back by name, per service; rows without a first token are left out")

@@ -109,7 +109,10 @@ public enum ExperimentComparison {
 
     /// `report.html` at the top of a multi-policy results folder: the comparison table and each
     /// policy's TTFT CDF from its own `requests.csv`.
-    public static func write(_ all: [ExperimentSummary], variants: [String], to dir: String, title: String) throws {
+    /// Returns the comparison as written to `comparison.txt` (the table's text and each policy's
+    /// load-balance line).
+    @discardableResult
+    public static func write(_ all: [ExperimentSummary], variants: [String], to dir: String, title: String) throws -> String {
         func esc(_ x: String) -> String { x.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;") }
         let rs = rows(all)
         let kind = all.first?.variantKind ?? "migration"
@@ -128,11 +131,15 @@ public enum ExperimentComparison {
         }
         table += "</table>"
         var cdf = SVGPlot(title: "Time to first token by \(kind) policy", xLabel: "TTFT, trace seconds (log)", yLabel: "fraction of requests", logX: true)
+        var balance: [String] = []
         var e2e = SVGPlot(title: "Request latency by \(kind) policy", xLabel: "latency, trace seconds (log)", yLabel: "fraction of requests", logX: true)
         for (i, s) in all.enumerated() {
             let sub = variants.count == all.count ? variants[i] : s.variantLabel
             let file = dir + "/" + sub + "/requests.csv"
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
+            // How evenly the policy's replicas made the tail wait (what migration could take away).
+            let b = ReplicaBalance(ReplicaBalance.rows(csv: text))
+            if b.tail != nil { balance.append(s.variantLabel + ": " + b.sentence) }
             var ttfts: [Double] = [], lat: [Double] = []
             for line in text.split(separator: "\n").dropFirst() {
                 let c = line.split(separator: ",", omittingEmptySubsequences: false)
@@ -146,14 +153,6 @@ public enum ExperimentComparison {
             }
             if !ttfts.isEmpty { cdf.series.append(SVGPlot.Series(name: s.variantLabel, points: thin(SVGPlot.cdf(ttfts)))) }
             if !lat.isEmpty { e2e.series.append(SVGPlot.Series(name: s.variantLabel, points: thin(SVGPlot.cdf(lat)))) }
-        }
-        // How evenly each policy's replicas made the tail wait (what migration could take away).
-        var balance: [String] = []
-        for (i, s) in all.enumerated() {
-            let sub = variants.count == all.count ? variants[i] : s.variantLabel
-            guard let csv = try? String(contentsOfFile: dir + "/" + sub + "/requests.csv", encoding: .utf8) else { continue }
-            let b = ReplicaBalance(ReplicaBalance.rows(csv: csv))
-            if b.tail != nil { balance.append(s.variantLabel + ": " + b.sentence) }
         }
         let comparison = text(all) + (balance.isEmpty ? "" : "\n" + balance.joined(separator: "\n"))
         let links = variants.map { "<a href=\"\(esc($0))/report.html\">\(esc($0))</a>" }.joined(separator: " · ")
@@ -170,5 +169,6 @@ public enum ExperimentComparison {
         """
         try html.write(toFile: dir + "/report.html", atomically: true, encoding: .utf8)
         try (comparison + "\n").write(toFile: dir + "/comparison.txt", atomically: true, encoding: .utf8)
+        return comparison
     }
 }

@@ -30,6 +30,10 @@ public struct ReplicaBalance: Equatable {
     /// The windows holding the slowest 1 % of first tokens (each at least one of them).
     public var tailWindows: [Window]
 
+    /// Below this median TTFT (trace seconds) a minute had no queue worth balancing: a prefill
+    /// and a step or two.
+    public static let queueingSeconds = 1.0
+
     /// A replica's median counts in a window only from this many requests on (fewer say little).
     public static let minRequestsPerReplica = 5
 
@@ -66,8 +70,9 @@ public struct ReplicaBalance: Equatable {
         guard let t = tail else { return "TTFT balance: too few requests per replica and minute to compare the replicas." }
         let share = t.clusterMedian > 0 ? t.spread / t.clusterMedian * 100 : 0
         return String(format: "TTFT balance: in the %d minute(s) of arrivals holding the slowest 1 %% of first tokens, the replicas' median TTFT differed by at most %.2f s, against a median of %.2f s over all replicas in that minute (%.0f %%): ", t.windows, t.spread, t.clusterMedian, share)
-            + (share < 10 ? "the wait was the whole cluster's; moving requests between replicas could at best take away the difference."
-                          : "the replicas were unevenly loaded: migration has that difference to take away.")
+            + (t.clusterMedian < Self.queueingSeconds ? "first tokens came without queueing to speak of; there was little for migration to balance."
+               : share < 10 ? "the wait was the whole cluster's; moving requests between replicas could at best take away the difference."
+                            : "the replicas were unevenly loaded: migration has that difference to take away.")
     }
 
     /// Rows of a `requests.csv` (arrival_s, replica, ttft_s by the header's names), of one service

@@ -123,8 +123,6 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         return hosts[PrefixKeys.owner(of: first, among: hosts.count)]
     }
 
-    private func peer(_ h: MemoryHostAddress) -> PeerAddress { h.peer }
-
     /// A chunk's bytes: a function of its key and position, so whoever reads it checks every byte.
     static func chunkByte(_ seed: UInt64, _ i: Int) -> UInt8 {
         UInt8(truncatingIfNeeded: ((seed &+ UInt64(i >> 3)) &* 0x9E37_79B9_7F4A_7C15) >> (UInt64(i & 7) * 8))
@@ -154,7 +152,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         guard usable > localChunks else { return false }
         let keys = Array(q.prefixKeys[localChunks..<usable])
         do {
-            try client.get(keys, from: peer(host), prefixOnly: true, existsOnly: true) { [weak self] r in
+            try client.get(keys, from: host.peer, prefixOnly: true, existsOnly: true) { [weak self] r in
                 self?.lookedUp(q, replica: replica, arrival: arrival, host: host, result: r)
             }
             localTokens[q.requestID] = localChunks * chunkTokens
@@ -209,7 +207,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         }
         let keys = f.header.blocks.map(\.key)
         do {
-            try client.get(keys, from: peer(host), prefixOnly: true) { [weak self] r in
+            try client.get(keys, from: host.peer, prefixOnly: true) { [weak self] r in
                 self?.loaded(q, replica: replica, arrival: arrival, choice: choice, result: r)
             }
         } catch {
@@ -270,7 +268,7 @@ public final class KVTierCache: FeatureHandler, KVPrefixCache {
         }
         for (tier, blocks) in byTier.sorted(by: { $0.key < $1.key }) {
             do {
-                try client.put(blocks, to: peer(host), tier: TierKind(rawValue: tier)) { [weak self] r in
+                try client.put(blocks, to: host.peer, tier: TierKind(rawValue: tier)) { [weak self] r in
                     guard let self else { return }
                     switch r {
                     case .success(let n):

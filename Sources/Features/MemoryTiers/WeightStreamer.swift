@@ -108,16 +108,10 @@ final class WeightStreamer: WeightSource {
 
     // MARK: Placing
 
-    private func peer(_ h: MemoryHostAddress) -> PeerAddress { h.peer }
-
-    private func figures(_ h: MemoryHostAddress) -> [TierFigures] {
-        h.tierFigures
-    }
-
     /// Puts the replica's offloaded shards on the first live host, in the policy's tier.
     private func place(_ id: String) {
         guard var s = streams[id], s.state == .stalled, let host = hosts.first else { return }
-        let (tier, reason) = policy.weightTier(figures(host))
+        let (tier, reason) = policy.weightTier(host.tierFigures)
         guard let tier else {
             s.reason = reason
             streams[id] = s
@@ -137,7 +131,7 @@ final class WeightStreamer: WeightSource {
         guard let s = streams[id], let host = s.host else { return }
         let blocks = keys.map { (key: $0, bytes: Self.shard($0, bytes: s.shardBytes)) }
         do {
-            try client.put(blocks, to: peer(host), tier: TierKind(rawValue: s.tier)) { [weak self] r in
+            try client.put(blocks, to: host.peer, tier: TierKind(rawValue: s.tier)) { [weak self] r in
                 self?.placed(id, keys: keys, generation: generation, result: r)
             }
         } catch {
@@ -155,7 +149,7 @@ final class WeightStreamer: WeightSource {
         case .success:
             if s.state == .placing {
                 s.state = .streaming
-                let fig = figures(host).first { $0.kind == s.tier } ?? TierFigures(kind: s.tier, bandwidthBytesPerSecond: 0, latencySeconds: 0)
+                let fig = host.tierFigures.first { $0.kind == s.tier } ?? TierFigures(kind: s.tier, bandwidthBytesPerSecond: 0, latencySeconds: 0)
                 s.stats.streamSeconds = s.plan.streamSeconds(tier: fig, linkBytesPerSecond: linkBytesPerSecond, linkLatencySeconds: linkLatencySeconds)
                 streams[id] = s
                 replicas.weightsReady(replica: id, streamSeconds: s.stats.streamSeconds, wallNanos: clock.wallNanos())
@@ -182,7 +176,7 @@ final class WeightStreamer: WeightSource {
             streams[id]!.lastRoundStep = progress.steps
             streams[id]!.roundStartedAt = clock.monotonicNanos()
             do {
-                try client.get(keys, from: peer(host), promote: false) { [weak self] r in self?.streamed(id, generation: generation, result: r) }
+                try client.get(keys, from: host.peer, promote: false) { [weak self] r in self?.streamed(id, generation: generation, result: r) }
             } catch {
                 streamed(id, generation: generation, result: .failure(.refused(host.node, "\(error)")))
             }
