@@ -285,7 +285,7 @@ public struct DigitalTwin {
                     }
                 case .loadReport:
                     guard migration != nil else { continue }
-                    migration!.reportLoads(at: now, replicas: &replicas)
+                    migration!.reportLoads(at: now, replicas: &replicas, router: router)
                 case .migrationStep(let id):
                     guard migration != nil else { continue }
                     for s in migration!.step(id, at: now, replicas: &replicas, router: router) { queue.push(s.at, .migrationStep(s.id)) }
@@ -375,6 +375,7 @@ public struct DigitalTwin {
             if staged > 0 { result.migrations["staged"] = staged }
             // Staged moves' stall is the wait for room, not the copy's downtime (as the testbed's summary).
             result.migrationDowntimes = m.outcomes.filter { !$0.staged }.compactMap(\.downtime)
+            result.migrationRecords = m.outcomes
         }
         if requestLevel {
             result.requests = options.requests.map { q in

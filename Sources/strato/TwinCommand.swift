@@ -325,6 +325,9 @@ extension TwinCommand {
             // The twin's requests in the testbed's columns, and how evenly its replicas made them wait.
             try FileManager.default.createDirectory(atPath: out + "/twin", withIntermediateDirectories: true)
             try RequestsTable.csv(twin.requests).write(toFile: out + "/twin/requests.csv", atomically: true, encoding: .utf8)
+            if !twin.migrationRecords.isEmpty {
+                try MigrationsTable.write(twin: twin.migrationRecords, method: options.migration?.migration.method.rawValue ?? "", to: out + "/twin/migrations.csv")
+            }
             let twinBalance = ReplicaBalance(twin.requests.compactMap { q in q.ttft.map { ReplicaBalance.Row(arrival: q.arrival, replica: q.replica ?? "", ttft: $0) } })
             if !twin.tiers.isEmpty {
                 let t = twin.tiers
@@ -340,7 +343,8 @@ extension TwinCommand {
                 }
                 let moved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
                 print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", ")
-                      + (twin.migrations["staged"].map { "; \($0) staged through a memory host" } ?? ""))
+                      + (twin.migrations["staged"].map { "; \($0) staged through a memory host" } ?? "")
+                      + " (" + twin.migrations.filter { $0.key.hasPrefix("state/") }.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.dropFirst(6))" }.joined(separator: ", ") + ")")
                 print("  " + twinBalance.sentence)
                 print("  each request: \(out)/twin/requests.csv")
                 return

@@ -107,6 +107,33 @@ struct MigrationTwinTests {
         #expect(r.services.isEmpty, "no outcome is made up for a service that never ran: \(r.services)")
     }
 
+    @Test("Llumnix's dispatching in the twin takes each load report once, as it comes (as the coordinator does): a later round does not put back the blocks the router took off for requests sent since")
+    func dispatchOnReports() {
+        var replicas = InferenceTwinModel()
+        replicas.start("r1", node: "n1", model: llamaA100, batch: 256)
+        replicas.start("r2", node: "n2", model: llamaA100, batch: 256)
+        replicas.serve("r1", [ServiceRequest(id: "busy", serviceID: "s", arrival: 0, prefill: 16, decode: 100_000)], at: 0)
+        let router = RequestRouter()
+        router.replicaReady("r1", service: "s", node: "n1", batch: 256)
+        router.replicaReady("r2", service: "s", node: "n2", batch: 256)
+        let services = ["s": ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1, rateCurve: [RatePoint(time: 0, rps: 1)],
+                                         meanPrefillTokens: 100, meanDecodeTokens: 10, sloSeconds: 10)]
+        var m = MigrationSettings()
+        m.policy = "dispatch"
+        var settings = MigrationTwinModel.Settings(m, timeScale: 10)
+        settings.loadReportInterval = 2
+        var twin = MigrationTwinModel(settings: settings)!
+        twin.reportLoads(at: 1, replicas: &replicas, router: router)
+        // r2 is empty, r1 runs one short request: the first big prompt goes to r2 …
+        _ = router.submit([ServiceRequest(id: "q0", serviceID: "s", arrival: 1, prefill: 3200, decode: 10)], services: services)
+        #expect(router.route(now: 1.1).map(\.replica) == ["r2"])
+        // … which then holds 200 blocks for one request, less free per request than r1: the next goes
+        // to r1, round or no round before it (the round must not restore r2's report).
+        _ = twin.round(at: 1.5, replicas: &replicas, router: router, health: { _ in .alive }, slo: { _ in 60 })
+        _ = router.submit([ServiceRequest(id: "q1", serviceID: "s", arrival: 1.6, prefill: 3200, decode: 10)], services: services)
+        #expect(router.route(now: 1.6).map(\.replica) == ["r1"])
+    }
+
     @Test("the same policies move requests on virtual time; every request finishes once; a drained node is emptied even under `none`")
     func policies() throws {
         let none = run("none")
@@ -122,6 +149,12 @@ struct MigrationTwinTests {
         #expect(moved > 0, "KV-bound replicas under load: Llumnix moves requests")
         #expect(llumnix.migrations["state/in-flight"] == nil)
         #expect(llumnix.migrationDowntimes.allSatisfy { $0 >= 0 && $0 < 5 }, "\(llumnix.migrationDowntimes.max() ?? 0)")
+        // Each migration's record (the twin's migrations.csv): the counts', between two of the nodes, ended after it started.
+        #expect(llumnix.migrationRecords.count == moved)
+        #expect(Dictionary(grouping: llumnix.migrationRecords, by: \.reason).mapValues(\.count) == llumnix.migrations.filter { $0.key.hasPrefix("reason/") }
+            .reduce(into: [String: Int]()) { $0[String($1.key.dropFirst(7))] = $1.value })
+        #expect(llumnix.migrationRecords.allSatisfy { r in ["n0", "n1", "n2", "n3"].contains(r.from) && ["n0", "n1", "n2", "n3"].contains(r.to) && r.from != r.to
+                                                       && r.ended.map { $0 >= r.started } == true && r.tokens > 0 }, "\(llumnix.migrationRecords)")
         for r in [none, drained, llumnix] {
             let s = try #require(r.services.first)
             #expect(s.offeredRequests > 0 && (s.latencyP99 ?? .infinity).isFinite, "every request finished: \(s)")

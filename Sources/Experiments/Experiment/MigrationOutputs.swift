@@ -12,6 +12,16 @@ public enum MigrationsTable {
         try s.write(toFile: file, atomically: true, encoding: .utf8)
     }
 
+    /// The twin's migrations in the same columns (the twin moves no bytes: that column is 0).
+    public static func write(twin records: [MigrationOutcome], method: String, to file: String) throws {
+        var m = MigrationAccounting()
+        m.samples = records.map { x in
+            MigrationAccounting.Sample(id: x.id, tokens: x.tokens, downtimeMs: x.downtime.map { $0 * 1000 }, method: method, reason: x.reason, state: x.state,
+                                       stages: x.stages, bytes: 0, from: x.from, to: x.to, started: x.started, ended: x.ended ?? -1, staged: x.staged)
+        }
+        try write(m, to: file)
+    }
+
     /// The report's migration section: counts by reason and outcome, and downtime against the
     /// request's sequence length per method.
     static func section(_ s: ExperimentSummary, esc: (String) -> String) -> String {

@@ -287,13 +287,22 @@ public final class MigrationController: CoordinatorFeature {
                 ? (instances.contains { $0.health == .draining } ? LlumnixMigration().decide(instances, costs: costs, busy: busyRequests).filter { $0.reason == .drain } : [])
                 : policy.decide(instances, costs: costs, busy: busyRequests)
             decisions += chosen.map { ($0, service) }
+            if s.logger.logLevel <= .debug {
+                s.logger.debug("migration round t=\(String(format: "%.1f", traceNow)) \(Self.roundLine(instances, chosen))")
+            }
         }
         var started = false
         var used = busyReplicas
         for (d, _) in decisions where inFlight.count < settings.maxConcurrent && !used.contains(d.from) && !used.contains(d.to) {
-            if (try? start(request: d.request, from: d.from, to: d.to, method: settings.method, reason: d.reason.rawValue, s)) != nil {
+            do {
+                try start(request: d.request, from: d.from, to: d.to, method: settings.method, reason: d.reason.rawValue, s)
                 used.insert(d.from); used.insert(d.to)
                 started = true
+            } catch {
+                // The policy decided on a report older than the router's view (the request finished
+                // or moved since, the destination filled): counted, and decided afresh next round.
+                s.count("migration_decisions_refused")
+                s.logger.debug("migration decision \(d.request) \(d.from)→\(d.to) (\(d.reason.rawValue)) refused: \(error)")
             }
         }
         return started
@@ -326,6 +335,20 @@ public final class MigrationController: CoordinatorFeature {
         }
         return InstanceLoad(id: id, node: l.node, totalBlocks: Int(l.report.totalBlocks), usedBlocks: Int(l.report.usedBlocks),
                             headOfQueueDemand: Int(l.report.headOfQueueDemand), running: running, health: health)
+    }
+
+    /// One policy round as the policy saw it, for a debug log: each instance's blocks, queue head,
+    /// running and high-priority requests and Llumnix freeness, and what was decided.
+    static func roundLine(_ instances: [InstanceLoad], _ chosen: [MigrationDecision]) -> String {
+        let llumnix = LlumnixMigration()
+        var parts: [String] = []
+        for i in instances {
+            let hp = i.running.filter(\.highPriority).count
+            let f = String(format: "%.1f", llumnix.freeness(i))
+            parts.append("\(i.id)[\(i.usedBlocks)/\(i.totalBlocks) hoq \(i.headOfQueueDemand) run \(i.running.count) hp \(hp) f \(f)]")
+        }
+        let moves = chosen.map { "\($0.request) \($0.from)→\($0.to) \($0.reason.rawValue)" }
+        return parts.joined(separator: " ") + " -> " + moves.joined(separator: ", ")
     }
 
     // MARK: Starting one

@@ -26,18 +26,7 @@ public struct MigrationTwinModel {
     }
 
     /// One migration's outcome, as the coordinator records it.
-    public struct Outcome: Sendable, Equatable {
-        public var id: String
-        public var request: String
-        public var reason: String
-        public var state: String
-        public var tokens: Int
-        public var stages: Int
-        /// The extra stall (trace s); nil until the destination's first token, or when it never came.
-        public var downtime: Double?
-        /// Its KV went through a memory host (the destination had no room).
-        public var staged = false
-    }
+    public typealias Outcome = MigrationOutcome
 
     public let settings: Settings
     let policy: MigrationPolicy
@@ -87,9 +76,17 @@ public struct MigrationTwinModel {
 
     // MARK: Rounds
 
-    /// The replicas report their loads at `now` (a heartbeat on the testbed).
-    public mutating func reportLoads(at now: Double, replicas: inout InferenceTwinModel) {
-        reported = Dictionary(replicas.loads(at: now).map { ($0.replica, $0) }, uniquingKeysWith: { a, _ in a })
+    /// The replicas report their loads at `now` (a heartbeat on the testbed). Llumnix's
+    /// dispatching takes each report as it comes, as the coordinator does: applied again at a
+    /// later round it would undo what the router took off for the requests sent since.
+    public mutating func reportLoads(at now: Double, replicas: inout InferenceTwinModel, router: RequestRouter) {
+        let loads = replicas.loads(at: now)
+        reported = Dictionary(loads.map { ($0.replica, $0) }, uniquingKeysWith: { a, _ in a })
+        if policy.dispatchesByFreeness { router.dispatch = .freeness; updateDispatch(loads, router: router) }
+    }
+
+    private func updateDispatch(_ loads: [(replica: String, node: String, load: ServingEngine.Load, blockBytes: Double)], router: RequestRouter) {
+        for l in loads { router.updateKV(l.replica, freeBlocks: l.load.totalBlocks - l.load.usedBlocks - max(l.load.waitingDemand, l.load.headOfQueueDemand), running: l.load.running.count) }
     }
 
     /// A policy round at `now`: the replicas' loads (each serving replica of a service with a ready
@@ -102,11 +99,9 @@ public struct MigrationTwinModel {
         let live = replicas.loads(at: now)
         // The coordinator's view: each serving replica's last report (live until its first).
         let loads = settings.loadReportInterval > 0 ? live.map { reported[$0.replica] ?? $0 } : live
-        // Llumnix's dispatching reads the same loads.
+        // Llumnix's dispatching reads the same loads: live ones at each round, else each report as it comes.
         router.dispatch = policy.dispatchesByFreeness ? .freeness : .shortestQueue
-        if policy.dispatchesByFreeness {
-            for l in loads { router.updateKV(l.replica, freeBlocks: l.load.totalBlocks - l.load.usedBlocks - max(l.load.waitingDemand, l.load.headOfQueueDemand), running: l.load.running.count) }
-        }
+        if policy.dispatchesByFreeness && settings.loadReportInterval <= 0 { updateDispatch(live, router: router) }
         var decisions: [MigrationDecision] = []
         for service in Set(router.ready.values.map(\.service)).sorted() {
             let instances = loads.filter { router.ready[$0.replica]?.service == service && !busyReplicas.contains($0.replica) }.map { l -> InstanceLoad in
@@ -146,7 +141,8 @@ public struct MigrationTwinModel {
             let total = (tokens + replicas.blockTokens - 1) / replicas.blockTokens + 1
             let at = now + settings.controlLatency
             let (machine, first) = MigrationSource.start(request: d.request, plan: plan, totalBlocks: total, at: at)
-            outcomes.append(Outcome(id: id, request: d.request, reason: d.reason.rawValue, state: "in-flight", tokens: tokens, stages: 0, downtime: nil, staged: false))
+            outcomes.append(Outcome(id: id, request: d.request, from: replicas.node(of: d.from) ?? d.from, to: toNode, reason: d.reason.rawValue,
+                                    state: "in-flight", tokens: tokens, stages: 0, started: at))
             var f = Flight(id: id, request: d.request, from: d.from, to: d.to, toNode: toNode, reason: d.reason.rawValue, source: machine, started: at, outcome: outcomes.count - 1)
             if let st, st.generated > 1 { f.normalTBT = st.gapSum / Double(st.generated - 1) }
             router.migrationStarted(d.request, to: d.to)
@@ -236,6 +232,7 @@ public struct MigrationTwinModel {
                     router.migrationEnded(f.request)
                 }
                 outcomes[f.outcome].stages = f.source.stages
+                outcomes[f.outcome].ended = now
             }
         }
         return events

@@ -96,6 +96,9 @@ public struct RunResult: Sendable, Codable {
     /// Each inference request as the router recorded it (the rows of `requests.csv`). Left out
     /// of the run's JSON: a run of many requests is written as its own CSV instead.
     public var requests: [RequestOutcome] = []
+    /// Each live migration as the twin's coordinator recorded it (the rows of `migrations.csv`);
+    /// left out of the run's JSON, as `requests` is.
+    public var migrationRecords: [MigrationOutcome] = []
 
     enum CodingKeys: String, CodingKey {
         case policy, workload, engine, emulated, jobs, services, busyGPUSeconds, gpusByModel, makespan, skipped, events, wallSeconds
@@ -162,5 +165,29 @@ extension JobRecord {
         JobOutcome(id: spec.id, kind: spec.kind.description, arrival: spec.arrival, firstStart: firstStart, finish: phase == .finished ? finishedAt : nil,
                    queueing: queueingDelay, preemptions: preemptions, restarts: restarts, failedStarts: failedStarts,
                    gpuModel: placement?.key.gpuModel ?? lastKey?.gpuModel, gpus: placement?.key.gpuCount ?? lastKey?.gpuCount)
+    }
+}
+
+/// One live migration of an inference request, as the twin records it: what moved where, why,
+/// how it ended, and when (trace seconds).
+public struct MigrationOutcome: Sendable, Equatable {
+    public var id: String
+    public var request: String
+    public var from = ""
+    public var to = ""
+    public var reason: String
+    public var state: String
+    public var tokens: Int
+    public var stages: Int
+    /// The extra stall (trace s); nil until the destination's first token, or when it never came.
+    public var downtime: Double?
+    /// Its KV went through a memory host (the destination had no room).
+    public var staged = false
+    public var started = 0.0
+    /// When it ended (done or aborted); nil while in flight.
+    public var ended: Double?
+    public init(id: String, request: String, from: String, to: String, reason: String, state: String, tokens: Int, stages: Int, started: Double) {
+        self.id = id; self.request = request; self.from = from; self.to = to; self.reason = reason
+        self.state = state; self.tokens = tokens; self.stages = stages; self.started = started
     }
 }
