@@ -28,12 +28,13 @@ extension ServiceSpec {
 
 /// `requests.csv`: one row per inference request as the coordinator recorded it.
 public enum RequestsTable {
-    static let header = "request_id,service_id,arrival_s,prefill_tokens,decode_tokens,finished_s,latency_s,queued_s,service_s,replica,node,attempts,ttft_s,mean_tbt_s,max_tbt_s,preemptions\n"
+    static let header = "request_id,service_id,arrival_s,prefill_tokens,decode_tokens,finished_s,latency_s,queued_s,service_s,replica,node,attempts,ttft_s,mean_tbt_s,max_tbt_s,preemptions,high_priority\n"
 
-    public static func write(_ r: RequestsReply, to path: String) throws {
+    /// `highPriority`: the ids of the requests drawn high priority (the driver's, as it sent them).
+    public static func write(_ r: RequestsReply, highPriority: Set<String> = [], to path: String) throws {
         var out = header
         for q in r.requests {
-            out += "\(q.requestID),\(q.serviceID),\(q.arrival),\(q.prefillTokens),\(q.decodeTokens),\(q.finished),\(q.latency),\(q.queuedSeconds),\(q.serviceSeconds),\(q.replicaID),\(q.nodeID),\(q.attempts),\(q.ttft),\(q.meanTbtSeconds),\(q.maxTbtSeconds),\(q.preemptions)\n"
+            out += "\(q.requestID),\(q.serviceID),\(q.arrival),\(q.prefillTokens),\(q.decodeTokens),\(q.finished),\(q.latency),\(q.queuedSeconds),\(q.serviceSeconds),\(q.replicaID),\(q.nodeID),\(q.attempts),\(q.ttft),\(q.meanTbtSeconds),\(q.maxTbtSeconds),\(q.preemptions),\(highPriority.contains(q.requestID) ? "yes" : "no")\n"
         }
         try out.write(toFile: path, atomically: true, encoding: .utf8)
     }
@@ -43,7 +44,7 @@ public enum RequestsTable {
     public static func csv(_ rs: [RequestOutcome]) -> String {
         var out = header
         for q in rs {
-            out += "\(q.id),\(q.serviceID),\(q.arrival),\(q.prefill),\(q.decode),\(q.finished ?? -1),\(q.latency ?? -1),\(q.queued),\(q.serviceSeconds),\(q.replica ?? ""),\(q.node ?? ""),\(q.attempts),\(q.ttft ?? -1),\(q.meanTBT),\(q.maxTBT),\(q.preemptions)\n"
+            out += "\(q.id),\(q.serviceID),\(q.arrival),\(q.prefill),\(q.decode),\(q.finished ?? -1),\(q.latency ?? -1),\(q.queued),\(q.serviceSeconds),\(q.replica ?? ""),\(q.node ?? ""),\(q.attempts),\(q.ttft ?? -1),\(q.meanTBT),\(q.maxTBT),\(q.preemptions),\(q.highPriority ? "yes" : "no")\n"
         }
         return out
     }

@@ -380,9 +380,11 @@ public struct DigitalTwin {
         if requestLevel {
             result.requests = options.requests.map { q in
                 let r = router.records[q.id]
-                return RequestOutcome(id: q.id, serviceID: q.serviceID, arrival: q.arrival, prefill: q.prefill, decode: q.decode, replica: r?.replica, node: r?.node,
+                var o = RequestOutcome(id: q.id, serviceID: q.serviceID, arrival: q.arrival, prefill: q.prefill, decode: q.decode, replica: r?.replica, node: r?.node,
                                       attempts: r?.attempts ?? 0, finished: r?.finished, latency: r?.latency, queued: r?.queued ?? 0, serviceSeconds: r?.service ?? 0,
                                       ttft: r?.ttft, meanTBT: r?.meanTBT ?? 0, maxTBT: r?.maxTBT ?? 0, preemptions: r?.preemptions ?? 0)
+                o.highPriority = q.highPriority
+                return o
             }
         }
         if let t = tierModel { result.tiers = t.counters; if router.prefixAffinity { result.tiers["prefix_routed"] = router.prefixRouted } }

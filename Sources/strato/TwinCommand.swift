@@ -346,6 +346,9 @@ extension TwinCommand {
                       + (twin.migrations["staged"].map { "; \($0) staged through a memory host" } ?? "")
                       + " (" + twin.migrations.filter { $0.key.hasPrefix("state/") }.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.dropFirst(6))" }.joined(separator: ", ") + ")")
                 print("  " + twinBalance.sentence)
+                if let p = PriorityClasses(twin.requests.compactMap { q in q.ttft.map { PriorityClasses.Row(highPriority: q.highPriority, ttft: $0, meanTBT: q.meanTBT, maxTBT: q.maxTBT) } }) {
+                    print("  " + p.sentence)
+                }
                 print("  each request: \(out)/twin/requests.csv")
                 return
             }

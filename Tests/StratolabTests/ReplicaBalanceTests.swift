@@ -71,3 +71,32 @@ struct ReplicaBalanceTests {
         #expect(ReplicaBalance.rows(csv: "no,header\n1,2").isEmpty)
     }
 }
+
+@Suite("High-priority requests against the others")
+struct PriorityClassesTests {
+    @Test("each class's count and percentiles (nearest rank), unanswered requests left out, read by column name from both CSVs; nothing to compare without a high-priority request")
+    func classes() throws {
+        let csv = """
+        request_id,service_id,arrival_s,prefill_tokens,decode_tokens,finished_s,latency_s,queued_s,service_s,replica,node,attempts,ttft_s,mean_tbt_s,max_tbt_s,preemptions,high_priority
+        a,s,1,10,5,9,8,0,8,r1,n1,1,0.5,0.02,0.05,0,yes
+        b,s,2,10,5,9,7,0,7,r1,n1,1,1.5,0.04,0.30,0,yes
+        c,s,3,10,5,9,6,0,6,r2,n2,1,4.0,0.10,2.00,1,no
+        d,s,4,10,5,9,5,0,5,r2,n2,1,2.0,0.03,0.10,0,no
+        e,s,5,10,5,-1,-1,0,0,,,0,-1,0,0,0,yes
+        """
+        let p = try #require(PriorityClasses(PriorityClasses.rows(csv: csv)))
+        #expect(p.high.requests == 2 && p.normal.requests == 2, "the unanswered one is left out")
+        #expect(p.high.ttftP50 == 0.5 && p.high.ttftP99 == 1.5 && p.high.tbtP99 == 0.04 && p.high.maxTBTP99 == 0.30)
+        #expect(p.normal.ttftP50 == 2.0 && p.normal.ttftP99 == 4.0 && p.normal.maxTBTP99 == 2.0)
+        #expect(p.sentence.hasPrefix("high priority 2: TTFT p50 0.50 s, p99 1.50 s; TBT p99 40 ms"), "\(p.sentence)")
+        // The twin's CSV carries the same column.
+        var o = RequestOutcome(id: "x", serviceID: "s", arrival: 1, prefill: 10, decode: 5, replica: "r1", node: "n1", attempts: 1, finished: 3, latency: 2,
+                               queued: 0, serviceSeconds: 2, ttft: 0.25, meanTBT: 0.02, maxTBT: 0.04, preemptions: 0)
+        o.highPriority = true
+        let twin = PriorityClasses.rows(csv: RequestsTable.csv([o]))
+        #expect(twin == [PriorityClasses.Row(highPriority: true, ttft: 0.25, meanTBT: 0.02, maxTBT: 0.04)])
+        // No high-priority request, or a CSV from before the column: nothing to compare.
+        #expect(PriorityClasses(PriorityClasses.rows(csv: csv.replacingOccurrences(of: ",yes", with: ",no"))) == nil)
+        #expect(PriorityClasses.rows(csv: csv.replacingOccurrences(of: ",high_priority", with: "")).isEmpty)
+    }
+}

@@ -376,7 +376,7 @@ public final class ExperimentRunner: @unchecked Sendable {
             summary.requests = RequestAccounting(generated: requests.count, accepted: p.accepted, rejected: p.rejected, reply: lastRequests,
                                                  expectAllDone: spec.end == .jobsDone)
             if p.sent < requests.count { summary.problems.append("\(requests.count - p.sent) requests were not sent before the run ended") }
-            if let r = lastRequests { try RequestsTable.write(r, to: dir + "/requests.csv") }
+            if let r = lastRequests { try RequestsTable.write(r, highPriority: Set(requests.filter(\.highPriority).map(\.id)), to: dir + "/requests.csv") }
             summary.migrations = MigrationAccounting(lastMigrations)
             summary.offload = OffloadAccounting(lastTiers)
             if let t = lastTiers { try t.jsonString().write(toFile: dir + "/raw/tiers.json", atomically: true, encoding: .utf8) }

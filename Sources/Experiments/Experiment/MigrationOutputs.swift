@@ -119,8 +119,8 @@ public enum ExperimentComparison {
 
     /// `report.html` at the top of a multi-policy results folder: the comparison table and each
     /// policy's TTFT CDF from its own `requests.csv`.
-    /// Returns the comparison as written to `comparison.txt` (the table's text and each policy's
-    /// load-balance line).
+    /// Returns the comparison as written to `comparison.txt` (the table's text, each policy's
+    /// load-balance line, and how its high-priority requests fared against the others).
     @discardableResult
     public static func write(_ all: [ExperimentSummary], variants: [String], to dir: String, title: String) throws -> String {
         func esc(_ x: String) -> String { x.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;") }
@@ -141,7 +141,7 @@ public enum ExperimentComparison {
         }
         table += "</table>"
         var cdf = SVGPlot(title: "Time to first token by \(kind) policy", xLabel: "TTFT, trace seconds (log)", yLabel: "fraction of requests", logX: true)
-        var balance: [String] = []
+        var balance: [String] = [], priority: [String] = []
         var e2e = SVGPlot(title: "Request latency by \(kind) policy", xLabel: "latency, trace seconds (log)", yLabel: "fraction of requests", logX: true)
         for (i, s) in all.enumerated() {
             let sub = variants.count == all.count ? variants[i] : s.variantLabel
@@ -150,6 +150,7 @@ public enum ExperimentComparison {
             // How evenly the policy's replicas made the tail wait (what migration could take away).
             let b = ReplicaBalance(ReplicaBalance.rows(csv: text))
             if b.tail != nil { balance.append(s.variantLabel + ": " + b.sentence) }
+            if let p = PriorityClasses(PriorityClasses.rows(csv: text)) { priority.append(s.variantLabel + ": " + p.sentence) }
             var ttfts: [Double] = [], lat: [Double] = []
             for line in text.split(separator: "\n").dropFirst() {
                 let c = line.split(separator: ",", omittingEmptySubsequences: false)
@@ -164,7 +165,7 @@ public enum ExperimentComparison {
             if !ttfts.isEmpty { cdf.series.append(SVGPlot.Series(name: s.variantLabel, points: thin(SVGPlot.cdf(ttfts)))) }
             if !lat.isEmpty { e2e.series.append(SVGPlot.Series(name: s.variantLabel, points: thin(SVGPlot.cdf(lat)))) }
         }
-        let comparison = text(all) + (balance.isEmpty ? "" : "\n" + balance.joined(separator: "\n"))
+        let comparison = text(all) + (balance.isEmpty ? "" : "\n" + balance.joined(separator: "\n")) + (priority.isEmpty ? "" : "\n" + priority.joined(separator: "\n"))
         let links = variants.map { "<a href=\"\(esc($0))/report.html\">\(esc($0))</a>" }.joined(separator: " · ")
         let html = """
         <!doctype html><html><head><meta charset="utf-8"><title>\(esc(title)): \(kind) policies</title>

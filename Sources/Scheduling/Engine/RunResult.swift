@@ -63,6 +63,8 @@ public struct RequestOutcome: Sendable, Codable, Equatable {
     public var meanTBT: Double
     public var maxTBT: Double
     public var preemptions: Int
+    /// Drawn high priority (the policies keep KV headroom for it).
+    public var highPriority = false
     public init(id: String, serviceID: String, arrival: Double, prefill: Int, decode: Int, replica: String?, node: String?, attempts: Int,
                 finished: Double?, latency: Double?, queued: Double, serviceSeconds: Double, ttft: Double?, meanTBT: Double, maxTBT: Double, preemptions: Int) {
         self.id = id; self.serviceID = serviceID; self.arrival = arrival; self.prefill = prefill; self.decode = decode; self.replica = replica
