@@ -100,3 +100,14 @@ struct PriorityClassesTests {
         #expect(PriorityClasses.rows(csv: csv.replacingOccurrences(of: ",high_priority", with: "")).isEmpty)
     }
 }
+
+@Suite("Policies' comparison table")
+struct ComparisonColumnTests {
+    @Test("a cell shorter than its column is padded to it; a longer one keeps a space before the next column")
+    func column() {
+        #expect(ExperimentComparison.column("4 (4 drain)", 15) == "4 (4 drain)    ")
+        let long = "47 (1 balance, 42 make-room, 4 priority)"
+        #expect(ExperimentComparison.column(long, 39) == long + " ")
+        #expect(ExperimentComparison.column(long, 39) + "yes" == long + " yes")
+    }
+}

@@ -85,6 +85,11 @@ public enum ExperimentComparison {
         }
     }
 
+    /// `text` padded to `width`, or followed by one space when longer (never run into the next column).
+    static func column(_ text: String, _ width: Int) -> String {
+        text.count < width ? text.padding(toLength: width, withPad: " ", startingAt: 0) : text + " "
+    }
+
     public static func text(_ all: [ExperimentSummary]) -> String {
         let rs = rows(all)
         var lines = ["policy     TTFT p50 s  TTFT p99 s  TBT p50 ms  TBT p99 ms  E2E p50 s  E2E p99 s  preemptions  migrations (by reason)                 lost nothing"]
@@ -92,7 +97,7 @@ public enum ExperimentComparison {
             let reasons = r.reasons.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ") + (r.staged > 0 ? "; \(r.staged) staged" : "")
             lines.append(r.policy.padding(toLength: 11, withPad: " ", startingAt: 0)
                          + String(format: "%-11.2f %-11.2f %-11.1f %-11.1f %-10.2f %-10.2f %-12d ", r.ttftP50, r.ttftP99, r.tbtP50 * 1000, r.tbtP99 * 1000, r.latencyP50, r.latencyP99, r.preemptions)
-                         + "\(r.migrations)\(reasons.isEmpty ? "" : " (\(reasons))")".padding(toLength: 39, withPad: " ", startingAt: 0) + (r.lostNothing ? "yes" : "NO")
+                         + column("\(r.migrations)\(reasons.isEmpty ? "" : " (\(reasons))")", 39) + (r.lostNothing ? "yes" : "NO")
                          + (r.prefixHitRatio.map { String(format: "   prefix hits %.1f%% of prompt tokens", $0 * 100) } ?? "")
                          + (r.tokensPerSecond.map { String(format: "   %.2f output tok/s", $0) } ?? "")
                          + (r.weightTier.map { "   weights streamed from \($0)" } ?? ""))
