@@ -344,12 +344,12 @@ extension TwinCommand {
                 let moved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
                 print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", ")
                       + (twin.migrations["staged"].map { "; \($0) staged through a memory host" } ?? "")
-                      + " (" + twin.migrations.filter { $0.key.hasPrefix("state/") }.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.dropFirst(6))" }.joined(separator: ", ") + ")")
+                      + (moved > 0 ? " (" + twin.migrations.filter { $0.key.hasPrefix("state/") }.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.dropFirst(6))" }.joined(separator: ", ") + ")" : ""))
                 print("  " + twinBalance.sentence)
                 if let p = PriorityClasses(twin.requests.compactMap { q in q.ttft.map { PriorityClasses.Row(highPriority: q.highPriority, ttft: $0, meanTBT: q.meanTBT, maxTBT: q.maxTBT) } }) {
                     print("  " + p.sentence)
                 }
-                print("  each request: \(out)/twin/requests.csv")
+                print("  each request: \(out)/twin/requests.csv" + (twin.migrationRecords.isEmpty ? "" : "; each migration: \(out)/twin/migrations.csv"))
                 return
             }
             let testbed = testbedRuns[0]

@@ -171,17 +171,6 @@ public enum ExperimentReport {
 
     /// Per service with two replicas or more: each replica's median TTFT per minute of arrivals,
     /// and how far apart they were when the tail formed (what migration could take away).
-    /// High-priority requests against the others (when the spec draws some: `priority_share`).
-    static func prioritySection(csv: String) -> String {
-        guard let p = PriorityClasses(PriorityClasses.rows(csv: csv)) else { return "" }
-        func row(_ name: String, _ c: PriorityClasses.Class) -> String {
-            "<tr><td>\(name)</td><td>\(c.requests)</td>" + String(format: "<td>%.2f</td><td>%.2f</td><td>%.0f</td><td>%.2f</td></tr>", c.ttftP50, c.ttftP99, c.tbtP99 * 1000, c.maxTBTP99)
-        }
-        return "<h3>High-priority requests</h3><p>The migration policies keep KV headroom for each high-priority request (and move others away to make it); how each class fared. TBT is each request's mean time between tokens; the longest gap is its longest stall (a preemption or a move).</p>"
-            + "<table><tr><th>class</th><th>requests answered</th><th>TTFT p50 s</th><th>TTFT p99 s</th><th>TBT p99 ms</th><th>longest gap p99 s</th></tr>"
-            + row("high priority", p.high) + row("normal", p.normal) + "</table>"
-    }
-
     static func balanceSection(csv: String, services: [String], esc: (String) -> String) -> String {
         var out = ""
         for svc in services {
@@ -192,5 +181,16 @@ public enum ExperimentReport {
             out += "<h3>Load balance across replicas: \(esc(svc))</h3><p>\(esc(b.sentence))</p>" + plot.render()
         }
         return out
+    }
+
+    /// High-priority requests against the others (when the spec draws some: `priority_share`).
+    static func prioritySection(csv: String) -> String {
+        guard let p = PriorityClasses(PriorityClasses.rows(csv: csv)) else { return "" }
+        func row(_ name: String, _ c: PriorityClasses.Class) -> String {
+            "<tr><td>\(name)</td><td>\(c.requests)</td>" + String(format: "<td>%.2f</td><td>%.2f</td><td>%.0f</td><td>%.2f</td></tr>", c.ttftP50, c.ttftP99, c.tbtP99 * 1000, c.maxTBTP99)
+        }
+        return "<h3>High-priority requests</h3><p>The migration policies keep KV headroom for each high-priority request (and move others away to make it); how each class fared. TBT is each request's mean time between tokens; the longest gap is its longest stall (a preemption or a move).</p>"
+            + "<table><tr><th>class</th><th>requests answered</th><th>TTFT p50 s</th><th>TTFT p99 s</th><th>TBT p99 ms</th><th>longest gap p99 s</th></tr>"
+            + row("high priority", p.high) + row("normal", p.normal) + "</table>"
     }
 }
