@@ -74,7 +74,7 @@ struct ReplicaBalanceTests {
 
 @Suite("High-priority requests against the others")
 struct PriorityClassesTests {
-    @Test("each class's count and percentiles (nearest rank), unanswered requests left out, read by column name from both CSVs; nothing to compare without a high-priority request")
+    @Test("each class's count and percentiles (interpolated, as every run figure), unanswered requests left out, read by column name from both CSVs; nothing to compare without a high-priority request")
     func classes() throws {
         let csv = """
         request_id,service_id,arrival_s,prefill_tokens,decode_tokens,finished_s,latency_s,queued_s,service_s,replica,node,attempts,ttft_s,mean_tbt_s,max_tbt_s,preemptions,high_priority
@@ -86,9 +86,10 @@ struct PriorityClassesTests {
         """
         let p = try #require(PriorityClasses(PriorityClasses.rows(csv: csv)))
         #expect(p.high.requests == 2 && p.normal.requests == 2, "the unanswered one is left out")
-        #expect(p.high.ttftP50 == 0.5 && p.high.ttftP99 == 1.5 && p.high.tbtP99 == 0.04 && p.high.maxTBTP99 == 0.30)
-        #expect(p.normal.ttftP50 == 2.0 && p.normal.ttftP99 == 4.0 && p.normal.maxTBTP99 == 2.0)
-        #expect(p.sentence.hasPrefix("high priority 2: TTFT p50 0.50 s, p99 1.50 s; TBT p99 40 ms"), "\(p.sentence)")
+        // Two values: p50 halfway, p99 99 % of the way from the lower to the higher.
+        #expect(abs(p.high.ttftP50 - 1.0) < 1e-9 && abs(p.high.ttftP99 - 1.49) < 1e-9 && abs(p.high.tbtP99 - 0.0398) < 1e-9 && abs(p.high.maxTBTP99 - 0.2975) < 1e-9)
+        #expect(abs(p.normal.ttftP50 - 3.0) < 1e-9 && abs(p.normal.ttftP99 - 3.98) < 1e-9 && abs(p.normal.maxTBTP99 - 1.981) < 1e-9)
+        #expect(p.sentence.hasPrefix("high priority 2: TTFT p50 1.00 s, p99 1.49 s; TBT p99 40 ms"), "\(p.sentence)")
         // The twin's CSV carries the same column.
         var o = RequestOutcome(id: "x", serviceID: "s", arrival: 1, prefill: 10, decode: 5, replica: "r1", node: "n1", attempts: 1, finished: 3, latency: 2,
                                queued: 0, serviceSeconds: 2, ttft: 0.25, meanTBT: 0.02, maxTBT: 0.04, preemptions: 0)

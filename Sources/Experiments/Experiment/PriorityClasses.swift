@@ -1,4 +1,5 @@
 import Foundation
+import Scheduling
 
 /// How high-priority requests fared against the others: what the policies' headroom for them
 /// (Llumnix's, kept free per high-priority request, and the migrations it triggers) buys. Pure:
@@ -38,14 +39,10 @@ public struct PriorityClasses: Equatable {
         c.requests = rows.count
         guard !rows.isEmpty else { return c }
         let ttft = rows.map(\.ttft).sorted(), tbt = rows.map(\.meanTBT).sorted(), gap = rows.map(\.maxTBT).sorted()
-        c.ttftP50 = Self.percentile(ttft, 50); c.ttftP99 = Self.percentile(ttft, 99)
-        c.tbtP99 = Self.percentile(tbt, 99); c.maxTBTP99 = Self.percentile(gap, 99)
+        // The same percentile as every other figure of a run (interpolated between ranks).
+        c.ttftP50 = percentile(ttft, 50); c.ttftP99 = percentile(ttft, 99)
+        c.tbtP99 = percentile(tbt, 99); c.maxTBTP99 = percentile(gap, 99)
         return c
-    }
-
-    /// Nearest rank on sorted values.
-    static func percentile(_ sorted: [Double], _ p: Double) -> Double {
-        sorted[min(sorted.count - 1, max(0, Int((p / 100 * Double(sorted.count)).rounded(.up)) - 1))]
     }
 
     /// Rows from a `requests.csv` text, by column name (none without a `high_priority` column).
