@@ -17,11 +17,16 @@ struct ExperimentCommand: ParsableCommand {
         @Option(help: "Results folder (default: results/<name>).") var out: String?
         @Option(name: .customLong("run-dir"), help: "Run directory of the local testbed.") var runDir = Testbed.defaultRunDirectory
         @Option(help: "Seed data folder.") var data: String?
+        @Option(help: "Runs of each policy, overriding the spec's repetitions (seeds count up from the spec's first); the policy comparison then gives each figure's mean, its range over the runs and the ratio to none per seed.") var repetitions: Int?
+        @Option(help: "Only these of the policies the spec compares, comma-separated (e.g. none,slack).") var policies: String?
 
         func run() throws {
             setvbuf(stdout, nil, _IOLBF, 0)   // progress lines appear as they happen, also through a pipe
-            let s: ExperimentSpec
-            do { s = try ExperimentSpec.load(file: spec) } catch { throw UserFacingError("\(error)") }
+            var s: ExperimentSpec
+            do {
+                s = try ExperimentSpec.load(file: spec)
+                try s.override(repetitions: repetitions, policies: policies.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } })
+            } catch { throw UserFacingError("\(error)") }
             guard ["local", "compose"].contains(on) else { throw ValidationError("--on '\(on)' must be local or compose") }
             print(s.plan())
             if dryRun { print("spec is valid (dry run: nothing started)"); return }

@@ -69,7 +69,7 @@ public final class ExperimentRunner: @unchecked Sendable {
         var comparison: String?
         if total > 1 {
             try ExperimentSummary.writeAll(summaries, to: out)
-            if variants.count > 1 { comparison = try ExperimentComparison.write(summaries, variants: variants, to: out, title: spec.name) }
+            if variants.count > 1 { comparison = try ExperimentComparison.write(summaries, runDirectories: directories, to: out, title: spec.name) }
             // A game over several seeds: the D2.1 phases with their spread over the runs.
             else { try GamePhasesOverRuns.write(summaries, runDirectories: directories, to: out, title: spec.name) }
         }

@@ -712,6 +712,33 @@ extension ExperimentSpec {
     }
     public var variantsAreOffload: Bool { !(workload.services?.offload.isEmpty ?? true) }
 
+    /// The command line's overrides of a spec: `repetitions` runs of each policy (seeds counting
+    /// up from the spec's first), and only `policies` of those the spec compares. A policy claim
+    /// needs the run-to-run spread, and repeating all of a spec's policies is often more than
+    /// the question needs.
+    public mutating func override(repetitions: Int?, policies: [String]?) throws {
+        if let n = repetitions {
+            guard (1...100).contains(n) else {
+                throw SpecError(file: file, line: 0, field: "--repetitions", message: "\(n) runs: give 1 to 100")
+            }
+            let first = seeds.first ?? 1
+            self.repetitions = n
+            seeds = (0..<n).map { first &+ UInt64($0) }
+        }
+        if let wanted = policies {
+            let known = variants
+            let unknown = wanted.filter { !known.contains($0) }
+            guard !wanted.isEmpty, unknown.isEmpty, Set(wanted).count == wanted.count else {
+                let what = wanted.isEmpty ? "no policy given" : unknown.isEmpty ? "a policy is named twice" : "\(unknown.joined(separator: ", ")) not compared by this spec"
+                throw SpecError(file: file, line: 0, field: "--policies", message: "\(what); the spec compares \(known.joined(separator: ", "))")
+            }
+            if variantsAreOffload { workload.services?.offload = wanted } else if workload.services != nil {
+                workload.services?.migration = wanted
+            }
+            if !variantsAreOffload { topology.coordinator.migrationPolicy = wanted[0] }
+        }
+    }
+
     /// The topology one variant's runs start: the coordinator set to that policy.
     public func topology(forVariant policy: String) -> Topology {
         var t = topology

@@ -1,0 +1,70 @@
+import Foundation
+import Testing
+@testable import Experiments
+
+@Suite("Policy comparison over repeated runs")
+struct PolicyComparisonTests {
+    func run(_ policy: String, seed: UInt64, p99: Double, preemptions: Double = 0, migrations: Double = 0, lost: Bool = false) -> ExperimentComparison.Row {
+        var r = ExperimentComparison.Row(policy: policy, seed: seed)
+        r.ttftP99 = p99; r.ttftP50 = p99 / 10; r.preemptions = preemptions; r.migrations = migrations
+        r.reasons = migrations > 0 ? ["make-room": migrations] : [:]
+        r.completed = 100; r.submitted = 100; r.lostNothing = !lost
+        return r
+    }
+
+    @Test("a policy's runs become one row of means, with P99 TTFT's range; one lost request in any run shows")
+    func means() throws {
+        let runs = [run("slack", seed: 1, p99: 12, preemptions: 11, migrations: 40), run("slack", seed: 2, p99: 15, preemptions: 14, migrations: 45),
+                    run("slack", seed: 3, p99: 18, preemptions: 9, migrations: 50, lost: true)]
+        let m = ExperimentComparison.mean(runs)
+        #expect(m.runs == 3 && m.ttftP99 == 15 && m.ttftP50 == 1.5)
+        #expect(m.ttftP99Range == 12...18)
+        #expect(abs(m.preemptions - 34.0 / 3) < 1e-9 && m.migrations == 45 && m.reasons == ["make-room": 45])
+        #expect(m.completed == 300 && m.submitted == 300 && !m.lostNothing)
+        #expect(ExperimentComparison.count(45) == "45" && ExperimentComparison.count(34.0 / 3) == "11.3")
+        let groups = ExperimentComparison.byPolicy([run("none", seed: 1, p99: 1), run("slack", seed: 1, p99: 2), run("none", seed: 2, p99: 3)])
+        #expect(groups.map(\.policy) == ["none", "slack"] && groups[0].runs.map(\.seed) == [1, 2])
+    }
+
+    @Test("the best policy against none: ratio of means, run by run on the same seeds, and whether it holds beyond the spread")
+    func verdicts() throws {
+        func lines(_ best: [Double], _ none: [Double], bestSeeds: [UInt64] = [1, 2, 3]) -> [String] {
+            ExperimentComparison.overRuns(best: ("slack", zip(bestSeeds, best).map { run("slack", seed: $0, p99: $1) }),
+                                          none: ("none", none.enumerated().map { run("none", seed: UInt64($0 + 1), p99: $1) }), what: "migration")
+        }
+        // Every slack run below every none run.
+        let clear = lines([10, 11, 12], [15, 16, 17])
+        #expect(clear[0].contains("11.00 s vs 16.00 s, ratio 0.69"), "\(clear)")
+        #expect(clear[1].contains("0.67 (seed 1), 0.69 (seed 2), 0.71 (seed 3); below 1 in 3 of 3"), "\(clear)")
+        #expect(clear[2].contains("every slack run beat every none run"), "\(clear)")
+        // Overlapping ranges, better in two pairs of three: not shown.
+        let noisy = lines([13.93, 15.29, 14.60], [18.28, 13.60, 16.80])
+        #expect(noisy[1].contains("below 1 in 2 of 3") && noisy[2].contains("the ranges overlap: not shown beyond the run-to-run spread"), "\(noisy)")
+        // Overlapping ranges, but better in every pair (the seeds differ in load).
+        let paired = lines([9, 14, 19], [10, 15, 20])
+        #expect(paired[2].contains("the ranges overlap, but it helped in every pair of runs"), "\(paired)")
+        // Worse everywhere.
+        #expect(lines([20, 21, 22], [10, 11, 12])[2].contains("every none run beat every slack run"))
+        // Different seeds: no pairing, ranges only.
+        let unpaired = lines([9, 14, 19], [10, 15, 20], bestSeeds: [4, 5, 6])
+        #expect(unpaired.count == 2 && unpaired[1].contains("not shown beyond the run-to-run spread"), "\(unpaired)")
+        // One run each: the single-run headline stands alone.
+        #expect(ExperimentComparison.overRuns(best: ("slack", [run("slack", seed: 1, p99: 1)]), none: ("none", [run("none", seed: 1, p99: 2)]), what: "migration").isEmpty)
+    }
+
+    @Test("--repetitions and --policies override a spec; a policy the spec does not compare is named")
+    func overrides() throws {
+        let body = "name: t\ntopology: migration-topology.yaml\nseeds: [5]\nworkload: {kind: services, services: {rps: 1, gpu: A40, migration: [none, dispatch, llumnix, slack]}}\n"
+        var s = try ExperimentSpec.parse(body, file: "t.yaml", baseDirectory: ExperimentSpecTests.repo + "/experiments")
+        try s.override(repetitions: 3, policies: ["none", "slack"])
+        #expect(s.repetitions == 3 && s.seeds == [5, 6, 7])
+        #expect(s.variants == ["none", "slack"] && s.topology.coordinator.migrationPolicy == "none")
+        var t = try ExperimentSpec.parse(body, file: "t.yaml", baseDirectory: ExperimentSpecTests.repo + "/experiments")
+        #expect(throws: SpecError.self) { try t.override(repetitions: 0, policies: nil) }
+        do { try t.override(repetitions: nil, policies: ["none", "fastest"]); Issue.record("accepted an unknown policy") } catch let e as SpecError {
+            #expect("\(e)".contains("fastest not compared by this spec") && "\(e)".contains("none, dispatch, llumnix, slack"), "\(e)")
+        }
+        #expect(throws: SpecError.self) { try t.override(repetitions: nil, policies: ["none", "none"]) }
+        #expect(t.variants.count == 4, "a refused override changes nothing")
+    }
+}
