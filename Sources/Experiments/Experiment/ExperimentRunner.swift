@@ -67,16 +67,18 @@ public final class ExperimentRunner: @unchecked Sendable {
             if isInterrupted { print("  interrupted: \(total - n) runs not started"); break }
         }
         var comparison: String?
+        // Policies side by side; or one policy's repeated runs of a services workload (its means and spread).
+        let compared = variants.count > 1 || spec.workload.kind == .services
         if total > 1 {
             try ExperimentSummary.writeAll(summaries, to: out)
-            if variants.count > 1 { comparison = try ExperimentComparison.write(summaries, runDirectories: directories, to: out, title: spec.name) }
+            if compared { comparison = try ExperimentComparison.write(summaries, runDirectories: directories, to: out, title: spec.name) }
             // A game over several seeds: the D2.1 phases with their spread over the runs.
             else { try GamePhasesOverRuns.write(summaries, runDirectories: directories, to: out, title: spec.name) }
         }
         print("")
         print(ExperimentSummary.table(summaries))
         // The comparison as written beside report.html (with each policy's load-balance line).
-        if variants.count > 1 { print(""); print(comparison ?? ExperimentComparison.text(summaries)) }
+        if compared && total > 1 { print(""); print(comparison ?? ExperimentComparison.text(summaries)) }
         else if let phases = GamePhasesOverRuns.text(summaries) { print(""); print(phases); print("(\(out)/report.html, phases.csv)") }
         return summaries
     }

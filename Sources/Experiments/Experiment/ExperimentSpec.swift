@@ -674,11 +674,16 @@ public struct ExperimentSpec: Equatable {
         case .gavelTrace: s += "  workload    gavel trace \(workload.traceFile ?? "")\(workload.maxJobs.map { ", first \($0) jobs" } ?? "")\n"
         }
         s += "  policy      \(topology.coordinator.policy), time scale \(fmt(topology.coordinator.timeScale))×\n"
+        let runsEach = repetitions == 1 ? "one run" : "\(repetitions) runs"
         if let sv = workload.services {
-            s += "  migration   \((sv.migration.isEmpty ? [topology.coordinator.migrationPolicy] : sv.migration).joined(separator: ", ")) (one run each), method \(topology.coordinator.migrationMethod)"
+            s += "  migration   \((sv.migration.isEmpty ? [topology.coordinator.migrationPolicy] : sv.migration).joined(separator: ", ")) (\(runsEach) each), method \(topology.coordinator.migrationMethod)"
                 + (topology.coordinator.kvBytesScale.map { ", kv_bytes_scale \($0)" } ?? "") + (topology.coordinator.kvLink.map { ", KV link \($0)" } ?? "") + "\n"
-            s += "  offload     \((sv.offload.isEmpty ? [topology.coordinator.offloadPolicy ?? "tiered"] : sv.offload).joined(separator: ", "))"
-                + (sv.offload.count > 1 ? " (one run each)" : "") + (topology.coordinator.tierLink.map { ", tier link \($0)" } ?? "") + "\n"
+            // Offload needs memory hosts: without any, the coordinator's default policy has nothing to place.
+            let memoryHosts = topology.nodes.contains { if case .memory = $0.spec { return true } else { return false } }
+            if memoryHosts || !sv.offload.isEmpty {
+                s += "  offload     \((sv.offload.isEmpty ? [topology.coordinator.offloadPolicy ?? "tiered"] : sv.offload).joined(separator: ", "))"
+                    + (sv.offload.count > 1 ? " (\(runsEach) each)" : "") + (topology.coordinator.tierLink.map { ", tier link \($0)" } ?? "") + "\n"
+            } else { s += "  offload     none (no memory hosts in the topology)\n" }
         }
         let allDone = workload.kind == .services ? "when every request is answered" : "when every job is done"
         s += "  end         \(end == .jobsDone ? "\(allDone), at most \(fmt(duration)) s" : "after \(fmt(duration)) s")\n"
