@@ -14,6 +14,9 @@ public struct SVGPlot {
     public var series: [Series] = []
     public var shaded: [(Double, Double, String)] = []
     public var width = 720.0, height = 420.0
+    /// Room left of the lowest and right of the highest x, in x's units (dots at whole numbers, such
+    /// as seeds, then sit clear of the axes).
+    public var xMargin = 0.0
 
     public init(title: String, xLabel: String, yLabel: String, logX: Bool = false) {
         self.title = title; self.xLabel = xLabel; self.yLabel = yLabel; self.logX = logX
@@ -38,7 +41,7 @@ public struct SVGPlot {
         let ys = series.flatMap { $0.points.map(\.1) }.filter(\.isFinite)
         var x0 = xs.min() ?? 0, x1 = xs.max() ?? 1
         var y0 = min(ys.min() ?? 0, 0), y1 = ys.max() ?? 1
-        if logX { x0 = log10(max(x0, 1e-9)); x1 = log10(max(x1, 1e-9)) }
+        if logX { x0 = log10(max(x0, 1e-9)); x1 = log10(max(x1, 1e-9)) } else { x0 -= xMargin; x1 += xMargin }
         if x1 <= x0 { x1 = x0 + 1 }
         if y1 <= y0 { y1 = y0 + 1 }
         y0 = min(y0, 0)

@@ -62,10 +62,16 @@ struct ExperimentCommand: ParsableCommand {
 
 struct ReportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "report", abstract: "Rebuild trace.json, metrics, summary.json and report.html of a results folder from its raw files.")
+        commandName: "report", abstract: "Rebuild trace.json, metrics, summary.json and report.html of a results folder from its raw files; of a folder of several runs, its comparison (report.html, comparison.txt).")
     @Argument(help: "Results folder of `strato experiment run`.") var dir: String
     func run() throws {
         do {
+            // A folder of several runs (policies compared, or repetitions): its comparison.
+            if let comparison = try ExperimentComparison.rebuild(directory: dir) {
+                print(comparison)
+                print("wrote \(dir)/report.html, comparison.txt (each run's own folder: strato report RUN_FOLDER)")
+                return
+            }
             let s = try ExperimentReport.build(directory: dir)
             print(ExperimentSummary.table([s]))
             print("wrote \(dir)/report.html, trace.json, metrics.csv, summary.json")

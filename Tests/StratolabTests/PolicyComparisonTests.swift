@@ -67,4 +67,17 @@ struct PolicyComparisonTests {
         #expect(throws: SpecError.self) { try t.override(repetitions: nil, policies: ["none", "none"]) }
         #expect(t.variants.count == 4, "a refused override changes nothing")
     }
+
+    @Test("a comparison folder's run folders are found as the runner names them")
+    func runFolders() {
+        func summary(_ policy: String, _ seed: UInt64) -> ExperimentSummary {
+            var s = ExperimentSummary(name: "t", seed: seed, platform: "local", startedAt: Date(timeIntervalSince1970: 0))
+            s.migrationPolicy = policy
+            return s
+        }
+        let repeated = [summary("none", 1), summary("none", 2), summary("slack", 1), summary("slack", 2)]
+        #expect(ExperimentComparison.runDirectories(repeated, in: "r") == ["r/none/run-1-seed-1", "r/none/run-2-seed-2", "r/slack/run-1-seed-1", "r/slack/run-2-seed-2"])
+        #expect(ExperimentComparison.runDirectories([summary("none", 1), summary("slack", 1)], in: "r") == ["r/none", "r/slack"])
+        #expect(ExperimentComparison.runDirectories([summary("slack", 4), summary("slack", 5)], in: "r") == ["r/run-1-seed-4", "r/run-2-seed-5"])
+    }
 }

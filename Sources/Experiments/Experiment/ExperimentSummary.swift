@@ -393,10 +393,21 @@ public struct ExperimentSummary: Codable {
         guard let data = FileManager.default.contents(atPath: dir + "/summary.json") else {
             throw SpecError(file: dir + "/summary.json", line: 0, field: "(file)", message: "no summary.json: is this an experiment results folder?")
         }
+        return try decoder.decode(ExperimentSummary.self, from: data)
+    }
+
+    /// Every run's summary of a folder of several runs (as `writeAll` leaves it); nil when the
+    /// folder holds one run's summary or none.
+    public static func loadAll(from dir: String) -> [ExperimentSummary]? {
+        guard let data = FileManager.default.contents(atPath: dir + "/summary.json") else { return nil }
+        return try? decoder.decode([ExperimentSummary].self, from: data)
+    }
+
+    static var decoder: JSONDecoder {
         let d = JSONDecoder()
         d.dateDecodingStrategy = .iso8601
         d.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        return try d.decode(ExperimentSummary.self, from: data)
+        return d
     }
 
     public static func writeAll(_ all: [ExperimentSummary], to dir: String) throws {

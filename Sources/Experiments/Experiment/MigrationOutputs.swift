@@ -166,6 +166,25 @@ public enum ExperimentComparison {
         return lines
     }
 
+    /// The best policy against `none`: P99 TTFT (over repeated runs, with the run-by-run ratios and
+    /// whether it holds beyond the spread) and P50 TTFT. Empty without `none` or another policy.
+    static func headline(_ groups: [(policy: String, runs: [Row])], what: String) -> [String] {
+        let rs = groups.map { mean($0.runs) }
+        let repeated = groups.contains { $0.runs.count > 1 }
+        guard let base = rs.first(where: { $0.policy == "none" }), base.ttftP99 > 0,
+              let best = rs.filter({ $0.policy != "none" }).min(by: { $0.ttftP99 < $1.ttftP99 }) else { return [] }
+        var lines = groups.first { $0.policy == best.policy }.flatMap { b in groups.first { $0.policy == "none" }.map { overRuns(best: b, none: $0, what: what) } } ?? []
+        if lines.isEmpty {
+            lines.append(String(format: "P99 TTFT, best %@ policy (%@) vs none: %.2f s vs %.2f s, ratio %.2f (below 1: it helps)",
+                                what as NSString, best.policy as NSString, best.ttftP99, base.ttftP99, best.ttftP99 / base.ttftP99))
+        }
+        if let b50 = rs.filter({ $0.policy != "none" }).min(by: { $0.ttftP50 < $1.ttftP50 }), base.ttftP50 > 0 {
+            lines.append(String(format: "P50 TTFT, best %@ policy (%@) vs none%@: %.2f s vs %.2f s, ratio %.2f",
+                                what as NSString, b50.policy as NSString, (repeated ? ", means" : "") as NSString, b50.ttftP50, base.ttftP50, b50.ttftP50 / base.ttftP50))
+        }
+        return lines
+    }
+
     /// `text` padded to `width`, or followed by one space when longer (never run into the next column).
     static func column(_ text: String, _ width: Int) -> String {
         text.count < width ? text.padding(toLength: width, withPad: " ", startingAt: 0) : text + " "
@@ -200,19 +219,7 @@ public enum ExperimentComparison {
                 g.policy + " " + g.runs.map { String(format: "%.2f (%llu)", $0.ttftP99, $0.seed) }.joined(separator: ", ")
             }.joined(separator: " | "))
         }
-        let what = all.first?.variantKind ?? "migration"
-        if let base = rs.first(where: { $0.policy == "none" }), base.ttftP99 > 0,
-           let best = rs.filter({ $0.policy != "none" }).min(by: { $0.ttftP99 < $1.ttftP99 }) {
-            let spread = groups.first { $0.policy == best.policy }.flatMap { b in groups.first { $0.policy == "none" }.map { overRuns(best: b, none: $0, what: what) } } ?? []
-            if spread.isEmpty {
-                lines.append(String(format: "P99 TTFT, best %@ policy (%@) vs none: %.2f s vs %.2f s, ratio %.2f (below 1: it helps)",
-                                    what as NSString, best.policy as NSString, best.ttftP99, base.ttftP99, best.ttftP99 / base.ttftP99))
-            } else { lines += spread }
-            if let b50 = rs.filter({ $0.policy != "none" }).min(by: { $0.ttftP50 < $1.ttftP50 }), base.ttftP50 > 0 {
-                lines.append(String(format: "P50 TTFT, best %@ policy (%@) vs none%@: %.2f s vs %.2f s, ratio %.2f",
-                                    what as NSString, b50.policy as NSString, (repeated ? ", means" : "") as NSString, b50.ttftP50, base.ttftP50, b50.ttftP50 / base.ttftP50))
-            }
-        }
+        lines += headline(groups, what: all.first?.variantKind ?? "migration")
         // Streamed weights: throughput per tier against the fastest.
         let streamed = rs.filter { $0.weightTier != nil && ($0.tokensPerSecond ?? 0) > 0 }
         if streamed.count > 1, let best = streamed.max(by: { $0.tokensPerSecond! < $1.tokensPerSecond! }) {
@@ -221,6 +228,29 @@ public enum ExperimentComparison {
             }.joined(separator: ", "))
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// The run folders of a comparison as `ExperimentRunner` names them: DIR/POLICY when the runs
+    /// differ by policy, then run-I-seed-S when a policy ran more than once.
+    static func runDirectories(_ all: [ExperimentSummary], in dir: String) -> [String] {
+        let labels = all.map(\.variantLabel)
+        let policies = Set(labels).count > 1
+        let repeated = Dictionary(labels.map { ($0, 1) }, uniquingKeysWith: +).values.contains { $0 > 1 }
+        var index: [String: Int] = [:]
+        return all.map { s in
+            var d = dir
+            if policies { d += "/" + s.variantLabel }
+            index[s.variantLabel, default: 0] += 1
+            if repeated { d += "/run-\(index[s.variantLabel]!)-seed-\(s.seed)" }
+            return d
+        }
+    }
+
+    /// Rebuilds a comparison folder's `report.html` and `comparison.txt` from its `summary.json`
+    /// (every run's summary) and each run's `requests.csv`; nil when DIR holds a single run.
+    public static func rebuild(directory dir: String) throws -> String? {
+        guard let all = ExperimentSummary.loadAll(from: dir), all.count > 1 else { return nil }
+        return try write(all, runDirectories: runDirectories(all, in: dir), to: dir, title: all[0].name)
     }
 
     /// `report.html` at the top of a multi-policy results folder: the comparison table and each
@@ -279,6 +309,13 @@ public enum ExperimentComparison {
             if let t = ttfts[g.policy], !t.isEmpty { cdf.series.append(SVGPlot.Series(name: g.policy, points: thin(SVGPlot.cdf(t)))) }
             if let l = lat[g.policy], !l.isEmpty { e2e.series.append(SVGPlot.Series(name: g.policy, points: thin(SVGPlot.cdf(l)))) }
         }
+        // Each run's P99 TTFT by seed: the spread a claim must clear, at a glance.
+        var perRun = SVGPlot(title: "P99 TTFT of each run", xLabel: "seed (the same requests for every policy)", yLabel: "P99 TTFT, trace seconds")
+        perRun.xMargin = 0.5
+        if repeated {
+            for g in groups { perRun.series.append(SVGPlot.Series(name: g.policy, points: g.runs.map { (Double($0.seed), $0.ttftP99) }.sorted { $0.0 < $1.0 }, dots: true)) }
+        }
+        let claim = headline(groups, what: kind)
         let comparison = text(all) + (balance.isEmpty ? "" : "\n" + balance.joined(separator: "\n")) + (priority.isEmpty ? "" : "\n" + priority.joined(separator: "\n"))
         let links = zip(all, runDirectories).map { s, d in
             let rel = d.hasPrefix(dir + "/") ? String(d.dropFirst(dir.count + 1)) : d
@@ -289,10 +326,12 @@ public enum ExperimentComparison {
             : "The same requests (same seed) on the same testbed, once per policy."
         let html = """
         <!doctype html><html><head><meta charset="utf-8"><title>\(esc(title)): \(kind) policies</title>
-        <style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>
+        <style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>
         <h1>\(esc(title)): \(kind) policies compared</h1>
         <p>\(runsSentence) Policies: \(kind == "offload" ? (weights ? "the memory tier the model's offloaded layers are streamed from every step (DRAM, CXL (emulated), NVMe)" : "memory-tier offload (KV prefixes stored on and loaded from the memory hosts' DRAM, CXL (emulated) and NVMe tiers)") : "live migration"). Replicas are emulated (an iteration-level serving engine timed by Vidur's profiles); KV blocks move as real bytes at the stated kv_bytes_scale. Each run's own report: \(links).</p>
+        \(claim.isEmpty ? "" : "<p><b>" + claim.map(esc).joined(separator: "<br>") + "</b></p>")
         \(table)
+        \(perRun.series.isEmpty ? "" : "<h2>P99 TTFT of each run</h2>" + perRun.render())
         <pre>\(esc(comparison))</pre>
         \(cdf.series.isEmpty ? "" : "<h2>Time to first token</h2>" + cdf.render())
         \(e2e.series.isEmpty ? "" : "<h2>End-to-end latency</h2>" + e2e.render())
