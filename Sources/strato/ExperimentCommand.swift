@@ -12,7 +12,7 @@ struct ExperimentCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Bring the topology up, drive the workload, apply the faults, stop at the end condition, collect, tear down and write the results folder.")
         @Argument(help: "Experiment spec (see experiments/*.yaml).") var spec: String
-        @Option(help: "Where to run: local (processes, the default) or compose (containers).") var on = "local"
+        @Option(help: "Where to run: local (processes, the default), compose (containers) or swarm (a Docker Swarm stack of the same containers).") var on = "local"
         @Flag(name: .customLong("dry-run"), help: "Validate the spec and print the plan; start nothing.") var dryRun = false
         @Option(help: "Results folder (default: results/<name>).") var out: String?
         @Option(name: .customLong("run-dir"), help: "Run directory of the local testbed.") var runDir = Testbed.defaultRunDirectory
@@ -27,12 +27,13 @@ struct ExperimentCommand: ParsableCommand {
                 s = try ExperimentSpec.load(file: spec)
                 try s.override(repetitions: repetitions, policies: policies.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } })
             } catch { throw UserFacingError("\(error)") }
-            guard ["local", "compose"].contains(on) else { throw ValidationError("--on '\(on)' must be local or compose") }
+            guard ["local", "compose", "swarm"].contains(on) else { throw ValidationError("--on '\(on)' must be local, compose or swarm") }
             print(s.plan())
             if dryRun { print("spec is valid (dry run: nothing started)"); return }
             let platform: ExperimentPlatform
             switch on {
             case "compose": platform = ComposePlatform()
+            case "swarm": platform = SwarmPlatform()
             default: platform = LocalPlatform(runDirectory: runDir)
             }
             let runner = ExperimentRunner(spec: s, platform: platform, out: out ?? "results/\(s.name)")

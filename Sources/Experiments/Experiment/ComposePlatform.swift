@@ -8,12 +8,15 @@ import Foundation
 /// disconnect`/`connect`, `docker update --cpus`, and `tc tbf` in the container's network
 /// namespace for bandwidth (this kernel has tbf, not netem). Added latency is Stratolab's own
 /// transport emulation (a control file copied into the container).
-public final class ComposePlatform: ExperimentPlatform, FaultBackend {
-    public let name = "compose"
+public class ComposePlatform: ExperimentPlatform, FaultBackend {
+    public var name: String { "compose" }
     public let repository: String
     public let project: String
-    private var keys: String { repository + "/.strato/compose/keys" }
+    var keys: String { repository + "/.strato/compose/keys" }
     private var composeCommand: [String] = []
+    /// The scripts that take this platform's testbed up and down (`scripts/NAME`).
+    var upScript: String { "compose-up" }
+    var downScript: String { "compose-down" }
 
     public init(repository: String = FileManager.default.currentDirectoryPath, project: String = ProcessInfo.processInfo.environment["STRATO_PROJECT"] ?? "stratolab") {
         self.repository = repository
@@ -58,7 +61,10 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
 
     var services: [String] = []
     /// Each node's configured link (the topology's `network:`), applied through its control file.
-    private var base: [String: NetworkConditions] = [:]
+    var base: [String: NetworkConditions] = [:]
+    /// Faults' additions to a node's link in its transport: added latency, and (swarm) a partition.
+    var addedLatencyMs: [String: Double] = [:]
+    var partitioned: Set<String> = []
 
     /// The compose file of the run: generated from the spec's topology (`ComposeFile`), so every
     /// setting of the spec (policies, time scale, KV scale, render policy and script) and every
@@ -66,14 +72,14 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
     public var composeFile: String { repository + "/.strato/compose/generated/\(project).yml" }
 
     /// The environment of every script call: the project, tracing, and the generated file.
-    private var env: [String: String] = [:]
+    var env: [String: String] = [:]
 
     public func up(_ spec: ExperimentSpec, progress: (String) -> Void) throws -> OperatorClient {
-        guard FileManager.default.fileExists(atPath: repository + "/scripts/compose-up") else {
-            throw CommandError(description: "--on compose runs from the repository root (scripts/compose-up not found in \(repository))")
+        guard FileManager.default.fileExists(atPath: repository + "/scripts/\(upScript)") else {
+            throw CommandError(description: "--on \(name) runs from the repository root (scripts/\(upScript) not found in \(repository))")
         }
         let yaml: String
-        do { yaml = try ComposeFile.render(spec.topology, source: spec.file, keysDefault: keys) } catch { throw CommandError(description: "--on compose: \(error)") }
+        do { yaml = try ComposeFile.render(spec.topology, source: spec.file, keysDefault: keys) } catch { throw CommandError(description: "--on \(name): \(error)") }
         try FileManager.default.createDirectory(atPath: (composeFile as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try yaml.write(toFile: composeFile, atomically: true, encoding: .utf8)
         progress("compose file for topology '\(spec.topology.name)': \(composeFile) (\(spec.topology.nodes.count) node services, \(spec.topology.nodeIDs.count) nodes)")
@@ -82,26 +88,38 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
         progress("building the image (scripts/build-image) …")
         try sh(["bash", "scripts/build-image"], environment: env)
         // A fresh project for every run: results must hold only this run.
-        try sh(["bash", "scripts/compose-down", "--volumes"], environment: env, allowFailure: true)
-        let compose = try sh(["bash", "-c", "source scripts/lib/compose.sh && select_compose && echo \"${COMPOSE[*]}\""], environment: env)
-        composeCommand = compose.split(separator: "\n").last.map { $0.split(separator: " ").map(String.init) } ?? []
-        services = try sh(composeCommand + ["config", "--services"], environment: env).split(separator: "\n").map(String.init).filter { $0 != "coordinator" }.sorted()
+        try sh(["bash", "scripts/\(downScript)", "--volumes"], environment: env, allowFailure: true)
+        addedLatencyMs = [:]; partitioned = []; base = [:]
+        try start(spec, progress: progress)
         let wanted = spec.topology.nodes.map(\.id).sorted()
         guard services == wanted else {
             throw CommandError(description: "the generated \(composeFile) deploys nodes \(services.joined(separator: ", ")), not the spec's topology (\(wanted.joined(separator: ", ")))")
         }
-        progress("compose up (project \(project)) …")
-        try sh(["bash", "scripts/compose-up", "--timeout", "\(Int(spec.startTimeout))"], environment: env)
         // The topology's network conditions, in the agents' own transport (no netem here either):
         // the generated commands carry them as --net-* flags; a fault's control file adds to them.
         for n in spec.topology.nodes { if let c = spec.topology.network[n.siteName], !c.isNone { base[n.id] = c } }
         for (node, c) in base.sorted(by: { $0.key < $1.key }) { progress("link of \(node): \(c) (emulated in the transport)") }
         let coordinator = try container("coordinator")
-        let ips = try sh(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", coordinator])
-            .split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
-        guard let ip = ips.first else { throw CommandError(description: "the coordinator container has no address") }
+        let ip = try address(ofCoordinator: coordinator)
         progress("coordinator at tcp://\(ip):7700 (container \(coordinator.prefix(12)))")
         return try OperatorClient(endpoint: "tcp://\(ip):7700", keysDirectory: spec.topology.security == .curve ? keys : nil)
+    }
+
+    /// Brings the generated file up and sets `services` (the node services it deploys).
+    func start(_ spec: ExperimentSpec, progress: (String) -> Void) throws {
+        let compose = try sh(["bash", "-c", "source scripts/lib/compose.sh && select_compose && echo \"${COMPOSE[*]}\""], environment: env)
+        composeCommand = compose.split(separator: "\n").last.map { $0.split(separator: " ").map(String.init) } ?? []
+        services = try sh(composeCommand + ["config", "--services"], environment: env).split(separator: "\n").map(String.init).filter { $0 != "coordinator" }.sorted()
+        progress("compose up (project \(project)) …")
+        try sh(["bash", "scripts/compose-up", "--timeout", "\(Int(spec.startTimeout))"], environment: env)
+    }
+
+    /// An address of the coordinator's container this host reaches (its first network's).
+    func address(ofCoordinator container: String) throws -> String {
+        let ips = try sh(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container])
+            .split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
+        guard let ip = ips.first else { throw CommandError(description: "the coordinator container has no address") }
+        return ip
     }
 
     public func down(progress: (String) -> Void) {
@@ -161,8 +179,17 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
         try sh(["docker", "update", "--cpus", cpu.map { String(format: "%.2f", $0) } ?? "0", try container(node)])
     }
 
+    /// The node's link as its transport should emulate it now: configured, plus the faults' latency
+    /// and partition.
+    func currentLink(_ node: String) -> NetworkConditions {
+        var link = base[node] ?? .none
+        link.delayMs += addedLatencyMs[node] ?? 0
+        if partitioned.contains(node) { link.partitioned = true }
+        return link
+    }
+
     /// Copies a control file into the agent's container: the conditions its transport emulates.
-    private func writeControl(_ node: String, _ c: NetworkConditions) throws {
+    func writeControl(_ node: String, _ c: NetworkConditions) throws {
         let tmp = NSTemporaryDirectory() + "strato-net-\(node)-\(getpid()).json"
         try JSONEncoder().encode(c).write(to: URL(fileURLWithPath: tmp))
         defer { try? FileManager.default.removeItem(atPath: tmp) }
@@ -181,8 +208,7 @@ public final class ComposePlatform: ExperimentPlatform, FaultBackend {
         } else {
             try sh(["nsenter", "-t", pid, "-n", "tc", "qdisc", "del", "dev", "eth0", "root"], allowFailure: true)
         }
-        var link = base[node] ?? .none
-        link.delayMs += latencyMs ?? 0
-        try writeControl(node, link)
+        addedLatencyMs[node] = latencyMs
+        try writeControl(node, currentLink(node))
     }
 }
