@@ -41,7 +41,11 @@ public final class SwarmPlatform: ComposePlatform {
         return newest
     }
 
+    /// The coordinator's address this run's operator connection was given.
+    private var reachedAt: String?
+
     override func start(_ spec: ExperimentSpec, progress: (String) -> Void) throws {
+        reachedAt = nil
         progress("docker stack deploy (stack \(project)) …")
         try sh(["bash", "scripts/swarm-up", "--timeout", "\(Int(spec.startTimeout))"], environment: env)
         services = try sh(["docker", "stack", "services", project, "--format", "{{.Name}}"])
@@ -54,7 +58,10 @@ public final class SwarmPlatform: ComposePlatform {
         let table = try sh(["docker", "network", "inspect", "docker_gwbridge", "-f", "{{range $id, $c := .Containers}}{{$id}} {{$c.IPv4Address}}\n{{end}}"])
         for line in table.split(separator: "\n") {
             let f = line.split(separator: " ")
-            if f.count == 2, f[0] == full, let ip = f[1].split(separator: "/").first { return String(ip) }
+            if f.count == 2, f[0] == full, let ip = f[1].split(separator: "/").first {
+                if reachedAt == nil { reachedAt = String(ip) }
+                return String(ip)
+            }
         }
         throw CommandError(description: "the coordinator's task container \(container.prefix(12)) has no address on docker_gwbridge (is it running on this host?)")
     }
@@ -120,7 +127,25 @@ public final class SwarmPlatform: ComposePlatform {
     }
 
     public override func crashCoordinator() throws { try kill("coordinator") }
-    public override func restartCoordinator() throws { try restart("coordinator") }
+
+    /// A new coordinator task; the run's operator connection keeps the address it was given, so
+    /// a new task at another `docker_gwbridge` address is said at once, not left as silence.
+    public override func restartCoordinator() throws {
+        let before = reachedAt
+        try restart("coordinator")
+        for _ in 0..<120 {
+            let running = try sh(["docker", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=\(service("coordinator"))", "--filter", "status=running"])
+                .split(separator: "\n").first.map(String.init) ?? ""
+            if !running.isEmpty, let now = try? address(ofCoordinator: running) {
+                if let before, now != before {
+                    throw FaultError(description: "the coordinator's new task is at \(now) on docker_gwbridge, not \(before), where this run's operator connection points: the run cannot reach it again")
+                }
+                return
+            }
+            usleep(250_000)
+        }
+        throw FaultError(description: "no coordinator task running on this host 30 s after scaling \(service("coordinator")) back to 1")
+    }
 
     /// In the node's own transport: a swarm task cannot be disconnected from its overlay network.
     public override func partition(_ node: String, on: Bool) throws {
