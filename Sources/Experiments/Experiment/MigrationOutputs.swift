@@ -247,9 +247,10 @@ public enum ExperimentComparison {
     }
 
     /// Rebuilds a comparison folder's `report.html` and `comparison.txt` from its `summary.json`
-    /// (every run's summary) and each run's `requests.csv`; nil when DIR holds a single run.
+    /// (every run's summary) and each run's `requests.csv`; nil when DIR holds a single run, or
+    /// runs of a workload without inference requests (no policy comparison: the runner writes none).
     public static func rebuild(directory dir: String) throws -> String? {
-        guard let all = ExperimentSummary.loadAll(from: dir), all.count > 1 else { return nil }
+        guard let all = ExperimentSummary.loadAll(from: dir), all.count > 1, all.contains(where: { !$0.requests.services.isEmpty }) else { return nil }
         return try write(all, runDirectories: runDirectories(all, in: dir), to: dir, title: all[0].name)
     }
 
