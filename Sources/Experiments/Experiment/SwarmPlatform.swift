@@ -45,7 +45,7 @@ public final class SwarmPlatform: ComposePlatform {
     private var reachedAt: String?
 
     override func start(_ spec: ExperimentSpec, progress: (String) -> Void) throws {
-        reachedAt = nil
+        reachedAt = nil; tasksAtDown = [:]
         progress("docker stack deploy (stack \(project)) …")
         try sh(["bash", "scripts/swarm-up", "--timeout", "\(Int(spec.startTimeout))"], environment: env)
         services = try sh(["docker", "stack", "services", project, "--format", "{{.Name}}"])
