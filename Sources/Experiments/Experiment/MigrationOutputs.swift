@@ -295,10 +295,14 @@ public enum ExperimentComparison {
             let b = ReplicaBalance(ReplicaBalance.rows(csv: text))
             if b.tail != nil { balance.append(label + ": " + b.sentence) }
             if let p = PriorityClasses(PriorityClasses.rows(csv: text)) { priority.append(label + ": " + p.sentence) }
-            for line in text.split(separator: "\n").dropFirst() {
+            // Columns by name, as the balance and priority readers take them.
+            let lines = text.split(separator: "\n")
+            let header = lines.first?.split(separator: ",").map(String.init) ?? []
+            let t = header.firstIndex(of: "ttft_s"), l = header.firstIndex(of: "latency_s")
+            for line in lines.dropFirst() {
                 let c = line.split(separator: ",", omittingEmptySubsequences: false)
-                if c.count >= 13, let t = Double(c[12]), t >= 0 { ttfts[s.variantLabel, default: []].append(max(t, 1e-3)) }
-                if c.count >= 7, let l = Double(c[6]), l >= 0 { lat[s.variantLabel, default: []].append(max(l, 1e-3)) }
+                if let t, c.count > t, let x = Double(c[t]), x >= 0 { ttfts[s.variantLabel, default: []].append(max(x, 1e-3)) }
+                if let l, c.count > l, let x = Double(c[l]), x >= 0 { lat[s.variantLabel, default: []].append(max(x, 1e-3)) }
             }
         }
         func thin(_ p: [(Double, Double)]) -> [(Double, Double)] {
