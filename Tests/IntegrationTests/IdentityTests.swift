@@ -141,7 +141,7 @@ struct IdentityTests {
         defer { cluster.shutdown() }
         let state = cluster.directory + "/run/state"
         // Hold the live coordinator still so its own writes cannot blur the comparison.
-        cluster.signal("coordinator", SIGSTOP)
+        try cluster.freeze("coordinator")
         defer { cluster.signal("coordinator", SIGCONT) }
         func snapshot() throws -> [String: Data] {
             var out: [String: Data] = [:]

@@ -75,6 +75,24 @@ final class TestCluster {
         kill(pid(of: name), sig)
     }
 
+    /// SIGSTOP, then waits until every thread of the process is stopped: kill(2) returns before a
+    /// thread running on the other core has taken the signal, and a write it is making then lands
+    /// after the caller's next look at the disk.
+    func freeze(_ name: String, seconds: Double = 5) throws {
+        let p = pid(of: name)
+        kill(p, SIGSTOP)
+        try waitFor("\(name) stopped (every thread in state T)", seconds: seconds) {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(p)/task")) ?? []
+            return !tasks.isEmpty && tasks.allSatisfy { tid in
+                // /proc/PID/task/TID/stat: "tid (comm) S ..."; comm may hold spaces, so read after the last ')'.
+                guard let stat = try? String(contentsOfFile: "/proc/\(p)/task/\(tid)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return true }   // a thread that just exited
+                let state = stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first
+                return state == "T" || state == "t"
+            }
+        }
+    }
+
     /// Starts another process with the same binary (e.g. a second coordinator or a rogue agent).
     @discardableResult
     func spawn(_ name: String, _ args: [String]) throws -> pid_t {
