@@ -19,13 +19,15 @@ struct ExperimentCommand: ParsableCommand {
         @Option(help: "Seed data folder.") var data: String?
         @Option(help: "Runs of each policy, overriding the spec's repetitions (seeds count up from the spec's first); the policy comparison then gives each figure's mean, its range over the runs and the ratio to none per seed.") var repetitions: Int?
         @Option(help: "Only these of the policies the spec compares, comma-separated (e.g. none,slack).") var policies: String?
+        @Option(help: "Run these seeds instead of the spec's, as 4,5,6 or 4-6 (with --repetitions, each that many times).") var seeds: String?
 
         func run() throws {
             setvbuf(stdout, nil, _IOLBF, 0)   // progress lines appear as they happen, also through a pipe
             var s: ExperimentSpec
             do {
                 s = try ExperimentSpec.load(file: spec)
-                try s.override(repetitions: repetitions, policies: policies.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } })
+                try s.override(repetitions: repetitions, policies: policies.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } },
+                               seeds: seeds.map { try ExperimentSpec.parseSeeds($0) })
             } catch { throw UserFacingError("\(error)") }
             guard ["local", "compose", "swarm"].contains(on) else { throw ValidationError("--on '\(on)' must be local, compose or swarm") }
             print(s.plan())

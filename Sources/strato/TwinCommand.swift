@@ -246,8 +246,11 @@ extension TwinCommand {
         @Option(name: .customLong("queue-at"), help: "Service specs with --twin-only: where requests wait for a replica: 'router' (the coordinator holds them and sends a replica at most twice its batch, as the testbed does) or 'replicas' (each goes to a replica on arrival and waits in its engine's queue, as behind Llumnix's dispatcher; twin only).") var queueAt = "router"
         @Option(help: "Game specs with --twin-only: scale the players to this many (the device mix kept).") var players: Int?
         @Option(help: "Run the testbed this many times and compare the twin with the means (game specs: the twin with as many seeds). Service specs: the same requests each time; a testbed's migrations are few and their count varies from run to run with its timing.") var repetitions = 1
+        @Option(help: "Service specs: validate over these request seeds, as 1,2,3 or 1-6 (default: the spec's first). Each seed's requests run on the testbed (--repetitions times) and in the twin; the figures are compared on their means over the seeds, and seed by seed: one run's P99 rests on its few slowest requests.") var seeds: String?
+        @Option(name: .customLong("against"), help: "Service specs: compare with testbed runs already made instead of running the testbed: a results folder of this spec (one run, or several from --repetitions or a policy comparison); repeatable. Its runs of the policy validated are taken, with their seeds (or those of --seeds).") var against: [String] = []
 
         func run() throws {
+            setvbuf(stdout, nil, _IOLBF, 0)   // the testbed runs' progress appears as it happens, also through a pipe
             var s = try ExperimentSpec.load(file: spec)
             if s.workload.kind == .game { try TwinGame.validate(s, out: out, runDir: runDir, twinOnly: twinOnly, players: players, repetitions: repetitions); return }
             guard var sv = s.workload.services else { throw ValidationError("\(spec) has no workload.services or workload.game to validate") }
@@ -264,8 +267,18 @@ extension TwinCommand {
             guard ["router", "replicas"].contains(queueAt) else { throw ValidationError("--queue-at must be 'router' or 'replicas' (got '\(queueAt)')") }
             guard queueAt == "router" || twinOnly else { throw ValidationError("--queue-at replicas needs --twin-only: the testbed's coordinator always holds requests at its router") }
             guard (1...20).contains(repetitions) else { throw ValidationError("--repetitions must be 1…20 (got \(repetitions))") }
-            // The same requests in every testbed run (one seed), as in the twin.
-            s.seeds = Array(repeating: s.seeds.first ?? 1, count: twinOnly ? 1 : repetitions); s.repetitions = s.seeds.count
+            var seedList = try seeds.map { try ExperimentSpec.parseSeeds($0) } ?? [s.seeds.first ?? 1]
+            // Runs already made: their seeds are the ones the twin replays.
+            var earlier: [ExperimentSummary] = []
+            if !against.isEmpty {
+                guard !twinOnly else { throw ValidationError("--against compares with testbed runs; --twin-only compares nothing: give one or the other") }
+                let offloadCompared = !(s.workload.services?.offload.isEmpty ?? true)
+                earlier = try TwinValidateSpec.runs(in: against, spec: s.name, policy: offloadCompared ? s.topology.coordinator.offloadPolicy ?? "" : policy,
+                                                    offload: offloadCompared, seeds: seeds == nil ? nil : seedList)
+                seedList = earlier.map(\.seed).reduce(into: [UInt64]()) { if !$0.contains($1) { $0.append($1) } }
+            }
+            // Each seed's requests, the same in its testbed runs and in its twin run.
+            s.seeds = twinOnly ? seedList : seedList.flatMap { Array(repeating: $0, count: repetitions) }; s.repetitions = s.seeds.count
             let dataDir = DataPaths.dataDirectory(data)
             let runner = ExperimentRunner(spec: s, platform: LocalPlatform(runDirectory: runDir), out: out + "/testbed")
             runner.dataDirectory = dataDir
@@ -274,10 +287,8 @@ extension TwinCommand {
             let nodes = ClusterSpec.nodes(of: s.topology)
             let (kb, _, _) = KnowledgeSeeding.seeded(dataDirectory: dataDir, gpuModels: Array(Set(nodes.map(\.gpuModel))))
             let services = try runner.services()
-            let requests = runner.requests(services, seed: s.seeds[0])
             let scale = s.topology.coordinator.timeScale
             var options = TwinOptions()
-            options.requests = requests
             if queueAt == "replicas" { options.routerHoldFactor = nil }
             options.reportLatency = 0.010 * scale
             options.startLatency = 0.010 * scale
@@ -314,21 +325,37 @@ extension TwinCommand {
             }
             // The testbed first: the twin's memory tiers take the figures its hosts probed.
             var testbedRuns: [ExperimentSummary] = []
-            if !twinOnly {
+            if !earlier.isEmpty {
+                testbedRuns = earlier
+                print("  testbed: \(earlier.count) run(s) already made, seeds \(seedList.map(String.init).joined(separator: ", ")), from \(against.joined(separator: ", "))")
+            } else if !twinOnly {
                 if let old = Testbed.load(runDirectory: runDir) { old.down() }
                 testbedRuns = try runner.runAll()
                 guard testbedRuns.count == s.seeds.count else { throw ValidationError("\(s.seeds.count - testbedRuns.count) of \(s.seeds.count) testbed runs did not finish") }
             }
             options.tiers = try TwinValidateSpec.tierSettings(s, measured: testbedRuns.first?.offload.figures)
             if let t = options.tiers { print("  twin memory tiers: policy \(t.policy), \(t.hosts.count) hosts, figures \(t.figuresSource)") }
-            let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: options).run(policy: p)
-            // The twin's requests in the testbed's columns, and how evenly its replicas made them wait.
-            try FileManager.default.createDirectory(atPath: out + "/twin", withIntermediateDirectories: true)
-            try RequestsTable.csv(twin.requests).write(toFile: out + "/twin/requests.csv", atomically: true, encoding: .utf8)
-            if !twin.migrationRecords.isEmpty {
-                try MigrationsTable.write(twin: twin.migrationRecords, method: options.migration?.migration.method.rawValue ?? "", to: out + "/twin/migrations.csv")
+            let several = seedList.count > 1
+            /// Where a seed's twin writes its tables: twin/, or twin/seed-N/ when there are several.
+            func twinDirectory(_ seed: UInt64) -> String { out + "/twin" + (several ? "/seed-\(seed)" : "") }
+            var twins: [RunResult] = []
+            for seed in seedList {
+                var o = options
+                o.requests = runner.requests(services, seed: seed)
+                let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: o).run(policy: p)
+                twins.append(twin)
+                // The twin's requests and migrations in the testbed's columns.
+                try FileManager.default.createDirectory(atPath: twinDirectory(seed), withIntermediateDirectories: true)
+                try RequestsTable.csv(twin.requests).write(toFile: twinDirectory(seed) + "/requests.csv", atomically: true, encoding: .utf8)
+                if !twin.migrationRecords.isEmpty {
+                    try MigrationsTable.write(twin: twin.migrationRecords, method: options.migration?.migration.method.rawValue ?? "", to: twinDirectory(seed) + "/migrations.csv")
+                }
             }
+            /// How many requests a twin run moved.
+            func moved(_ r: RunResult) -> Int { r.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value } }
+            for (seed, twin) in zip(seedList, twins) where twinOnly || seed == seedList[0] {
             let twinBalance = ReplicaBalance(twin.requests.compactMap { q in q.ttft.map { ReplicaBalance.Row(arrival: q.arrival, replica: q.replica ?? "", ttft: $0) } })
+            if several && twinOnly { print("seed \(seed):") }
             if !twin.tiers.isEmpty {
                 let t = twin.tiers
                 let prompt = Double((t["prompt_tokens"] ?? 0) + (t["gpu_prompt_tokens"] ?? 0))
@@ -341,7 +368,7 @@ extension TwinCommand {
                     print("  \(b.id): " + String(format: "P50 TTFT %.2f s, P99 TTFT %.2f s, P99 latency %.2f s, preemptions %d, P50 of each request's longest gap between tokens %.3f s",
                                                    b.ttftP50 ?? .nan, b.ttftP99 ?? .nan, b.latencyP99 ?? .nan, b.preemptions ?? 0, b.maxTBTP50 ?? .nan))
                 }
-                let moved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
+                let moved = moved(twin)
                 print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", ")
                       + (twin.migrations["staged"].map { "; \($0) staged through a memory host" } ?? "")
                       + (moved > 0 ? " (" + twin.migrations.filter { $0.key.hasPrefix("state/") }.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.dropFirst(6))" }.joined(separator: ", ") + ")" : ""))
@@ -349,17 +376,25 @@ extension TwinCommand {
                 if let p = PriorityClasses(twin.requests.compactMap { q in q.ttft.map { PriorityClasses.Row(highPriority: q.highPriority, ttft: $0, meanTBT: q.meanTBT, maxTBT: q.maxTBT) } }) {
                     print("  " + p.sentence)
                 }
-                print("  each request: \(out)/twin/requests.csv" + (twin.migrationRecords.isEmpty ? "" : "; each migration: \(out)/twin/migrations.csv"))
-                return
+                print("  each request: \(twinDirectory(seed))/requests.csv" + (twin.migrationRecords.isEmpty ? "" : "; each migration: \(twinDirectory(seed))/migrations.csv"))
             }
+            }
+            if twinOnly { return }
             let testbed = testbedRuns[0]
             /// A figure's mean over the testbed runs (those that have it).
             func mean(_ f: (ExperimentSummary) -> Double?) -> Double {
                 let v = testbedRuns.compactMap(f).filter(\.isFinite)
                 return v.isEmpty ? .nan : v.reduce(0, +) / Double(v.count)
             }
-            /// A figure's lowest and highest over the testbed runs: how much the testbed itself varies.
+            /// A figure's mean over the twin's runs, one per seed.
+            func twinMean(_ f: (RunResult) -> Double?) -> Double {
+                let v = twins.compactMap(f).filter(\.isFinite)
+                return v.isEmpty ? .nan : v.reduce(0, +) / Double(v.count)
+            }
+            /// A figure's lowest and highest over the testbed runs of one seed: how much the testbed
+            /// itself varies (over several seeds the requests differ too: the seed-by-seed lines say that).
             func range(_ f: (ExperimentSummary) -> Double?) -> (Double, Double)? {
+                guard !several else { return nil }
                 let v = testbedRuns.compactMap(f).filter(\.isFinite)
                 guard v.count > 1, let lo = v.min(), let hi = v.max() else { return nil }
                 return (lo, hi)
@@ -369,14 +404,15 @@ extension TwinCommand {
                 guard let (lo, hi) = range(f) else { return "" }
                 return "  testbed runs " + String(format: format, lo) + "–" + String(format: format, hi) + ((lo...hi).contains(y) ? "; the twin's inside" : "; the twin's outside")
             }
-            let over = testbedRuns.count > 1 ? " (testbed: mean of \(testbedRuns.count) runs)" : ""
+            let over = several ? " (means over \(seedList.count) seeds; testbed: \(testbedRuns.count) runs)"
+                : testbedRuns.count > 1 ? " (testbed: mean of \(testbedRuns.count) runs)" : ""
             if testbedRuns.count > 1 {
                 for (k, r) in testbedRuns.enumerated() {
                     let figures: [String] = r.requests.services.map { String(format: "%@ P99 TTFT %.2f s, P50 %.2f s", $0.id as NSString, $0.ttftP99, $0.ttftP50) }
                     let reasons: [String] = r.migrations.byReason.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
                     let downtime: String = r.migrations.downtimeP50Ms.map { String(format: ", downtime p50 %.1f ms", $0) } ?? ""
                     let staged = r.migrations.staged > 0 ? ", \(r.migrations.staged) staged" : ""
-                    print("  testbed run \(k + 1): \(figures.joined(separator: "; ")), migrations \(r.migrations.started) (\(reasons.joined(separator: ", "))\(staged))\(downtime)")
+                    print("  testbed run \(k + 1)\(several ? " (seed \(r.seed))" : ""): \(figures.joined(separator: "; ")), migrations \(r.migrations.started) (\(reasons.joined(separator: ", "))\(staged))\(downtime)")
                 }
             }
             if testbed.offload.known && testbed.offload.lookups > 0 {
@@ -387,13 +423,14 @@ extension TwinCommand {
             var text = "figure                        testbed      twin     error\(over)\n"
             var worst = 0.0
             for a in testbed.requests.services {
-                guard let b = twin.services.first(where: { $0.id == a.id }) else { continue }
+                guard twins[0].services.contains(where: { $0.id == a.id }) else { continue }
                 func of(_ r: ExperimentSummary) -> RequestAccounting.Service? { r.requests.services.first { $0.id == a.id } }
+                func of(_ r: RunResult) -> ServiceOutcome? { r.services.first { $0.id == a.id } }
                 let rows: [(String, Double, Double, Bool)] = [
-                    ("\(a.id) P99 TTFT s", mean { of($0)?.ttftP99 }, b.ttftP99 ?? .nan, true),
-                    ("\(a.id) P50 TTFT s", mean { of($0)?.ttftP50 }, b.ttftP50 ?? .nan, false),
-                    ("\(a.id) P99 latency s", mean { of($0)?.latencyP99 }, b.latencyP99 ?? .nan, false),
-                    ("\(a.id) preemptions", mean { of($0).map { Double($0.preemptions) } }, Double(b.preemptions ?? 0), false),
+                    ("\(a.id) P99 TTFT s", mean { of($0)?.ttftP99 }, twinMean { of($0)?.ttftP99 }, true),
+                    ("\(a.id) P50 TTFT s", mean { of($0)?.ttftP50 }, twinMean { of($0)?.ttftP50 }, false),
+                    ("\(a.id) P99 latency s", mean { of($0)?.latencyP99 }, twinMean { of($0)?.latencyP99 }, false),
+                    ("\(a.id) preemptions", mean { of($0).map { Double($0.preemptions) } }, twinMean { Double(of($0)?.preemptions ?? 0) }, false),
                 ]
                 for (name, x, y, target) in rows {
                     let e = err(x, y)
@@ -402,24 +439,40 @@ extension TwinCommand {
                         + (target ? spread({ of($0)?.ttftP99 }, twin: y, format: "%.2f") : "") + "\n"
                 }
             }
-            let tbMoved = mean { Double($0.migrations.started) }, twMoved = twin.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value }
-            let e = err(tbMoved, Double(twMoved))
+            let tbMoved = mean { Double($0.migrations.started) }, twMoved = twinMean { Double(moved($0)) }
+            let e = err(tbMoved, twMoved)
             worst = max(worst, e)
-            text += "migrations".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9d   %6.1f%%  (target ≤ 10 %%)", tbMoved, twMoved, e * 100)
-                + spread({ Double($0.migrations.started) }, twin: Double(twMoved), format: "%.0f") + "\n"
-            let reasons = Set(testbedRuns.flatMap(\.migrations.byReason.keys)).union(twin.migrations.keys.filter { $0.hasPrefix("reason/") }.map { String($0.dropFirst(7)) })
+            text += "migrations".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9.1f   %6.1f%%  (target ≤ 10 %%)", tbMoved, twMoved, e * 100)
+                + spread({ Double($0.migrations.started) }, twin: twMoved, format: "%.0f") + "\n"
+            let reasons = Set(testbedRuns.flatMap(\.migrations.byReason.keys)).union(twins.flatMap(\.migrations.keys).filter { $0.hasPrefix("reason/") }.map { String($0.dropFirst(7)) })
             for k in reasons.sorted() {
-                text += "  \(k)".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9d\n", mean { Double($0.migrations.byReason[k] ?? 0) }, twin.migrations["reason/" + k] ?? 0)
+                text += "  \(k)".padding(toLength: 28, withPad: " ", startingAt: 0)
+                    + String(format: "%9.1f %9.1f\n", mean { Double($0.migrations.byReason[k] ?? 0) }, twinMean { Double($0.migrations["reason/" + k] ?? 0) })
             }
             let tbStaged = mean { Double($0.migrations.staged) }
-            if tbStaged > 0 || twin.migrations["staged"] != nil {
-                text += "  staged via a memory host".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9d\n", tbStaged, twin.migrations["staged"] ?? 0)
+            if tbStaged > 0 || twins.contains(where: { $0.migrations["staged"] != nil }) {
+                text += "  staged via a memory host".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9.1f\n", tbStaged, twinMean { Double($0.migrations["staged"] ?? 0) })
             }
-            let d = twin.migrationDowntimes.sorted()
+            let d = twins.flatMap(\.migrationDowntimes).sorted()
             text += "downtime p50 ms".padding(toLength: 28, withPad: " ", startingAt: 0)
                 + String(format: "%9.1f %9.1f\n", mean { $0.migrations.downtimeP50Ms }, d.isEmpty ? .nan : percentile(d, 50) * 1000)
+            if several {
+                // Seed by seed: that seed's testbed runs against its twin run.
+                var rows: [SeedBySeed.Row] = []
+                for (seed, twin) in zip(seedList, twins) {
+                    let runs = testbedRuns.filter { $0.seed == seed }
+                    for a in testbed.requests.services {
+                        guard let b = twin.services.first(where: { $0.id == a.id }), let y = b.ttftP99 else { continue }
+                        rows.append(SeedBySeed.Row(seed: seed, figure: "\(a.id) P99 TTFT s",
+                                                   testbed: runs.compactMap { $0.requests.services.first { $0.id == a.id }?.ttftP99 }, twin: y))
+                    }
+                    rows.append(SeedBySeed.Row(seed: seed, figure: "migrations", testbed: runs.map { Double($0.migrations.started) }, twin: Double(moved(twin))))
+                }
+                text += SeedBySeed(rows: rows).text
+            }
             print("\n" + text)
-            print(worst <= 0.10 ? "twin within 10 % on P99 TTFT and migration counts: target met" : String(format: "twin off by %.1f %% at worst (target 10 %%): NOT met", worst * 100))
+            let onWhat = several ? " (means over \(seedList.count) seeds)" : ""
+            print(worst <= 0.10 ? "twin within 10 % on P99 TTFT and migration counts\(onWhat): target met" : String(format: "twin off by %.1f %% at worst (target 10 %%)%@: NOT met", worst * 100, onWhat))
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             try text.write(toFile: out + "/validation.txt", atomically: true, encoding: .utf8)
             print("results in \(out)/ (testbed run in \(out)/testbed/)")
@@ -428,6 +481,30 @@ extension TwinCommand {
 }
 
 enum TwinValidateSpec {
+    /// The runs of one policy of `spec` in results folders made before (`--against`): each folder
+    /// holds one run's summary.json or several's; a folder of another spec, or with no run of the
+    /// policy (of the seeds asked for), is a named error rather than a comparison with nothing.
+    static func runs(in folders: [String], spec: String, policy: String, offload: Bool, seeds: [UInt64]?) throws -> [ExperimentSummary] {
+        var out: [ExperimentSummary] = []
+        for dir in folders {
+            let all: [ExperimentSummary]
+            if let several = ExperimentSummary.loadAll(from: dir) { all = several } else {
+                do { all = [try ExperimentSummary.load(from: dir)] } catch { throw ValidationError("--against \(dir): \(error)") }
+            }
+            if let other = all.first(where: { $0.name != spec }) {
+                throw ValidationError("--against \(dir): its runs are of spec '\(other.name)', not '\(spec)'")
+            }
+            let mine = all.filter { (offload ? $0.offloadPolicy : $0.migrationPolicy) == policy && (seeds?.contains($0.seed) ?? true) }
+            guard !mine.isEmpty else {
+                let had = Set(all.map { offload ? $0.offloadPolicy : $0.migrationPolicy }).sorted().joined(separator: ", ")
+                throw ValidationError("--against \(dir): no run of \(offload ? "offload" : "migration") policy '\(policy)'" + (seeds.map { " on seeds \($0.map(String.init).joined(separator: ","))" } ?? "") + " (it has \(had))")
+            }
+            out += mine
+        }
+        // Seed by seed, in the order the seeds first appear.
+        return out.enumerated().sorted { ($0.element.seed, $0.offset) < ($1.element.seed, $1.offset) }.map(\.element)
+    }
+
     /// The twin's memory hosts from the topology's memory nodes (their tiers and capacities), the
     /// offload policy, link and scale of the spec, and each tier's figures as the testbed's hosts
     /// probed them (`measured`: "host/kind" → [GB/s, ns]) or nominal ones. Nil: no memory node.

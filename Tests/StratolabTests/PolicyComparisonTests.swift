@@ -68,6 +68,45 @@ struct PolicyComparisonTests {
         #expect(t.variants.count == 4, "a refused override changes nothing")
     }
 
+    @Test("--seeds: lists and ranges read in order, each seed run --repetitions times; bad lists are named")
+    func seedLists() throws {
+        #expect(try ExperimentSpec.parseSeeds("4") == [4])
+        #expect(try ExperimentSpec.parseSeeds("1-3, 7") == [1, 2, 3, 7])
+        #expect(try ExperimentSpec.parseSeeds("6,2") == [6, 2])
+        for (text, why) in [("", "an empty item"), ("1,,2", "an empty item"), ("3-1", "runs backwards"), ("1-x", "not a seed"),
+                            ("2,1-3", "seed 2 is named twice"), ("1-500", "over 100 seeds"), ("-1", "not a seed")] {
+            do { _ = try ExperimentSpec.parseSeeds(text); Issue.record("accepted '\(text)'") } catch let e as ExperimentSpec.SeedListError {
+                #expect(e.description.contains(why) && e.description.hasPrefix("--seeds '\(text)'"), "\(e)")
+            }
+        }
+        let body = "name: t\ntopology: migration-topology.yaml\nseeds: [5]\nworkload: {kind: services, services: {rps: 1, gpu: A40, migration: [none, llumnix]}}\n"
+        var s = try ExperimentSpec.parse(body, file: "t.yaml", baseDirectory: ExperimentSpecTests.repo + "/experiments")
+        try s.override(repetitions: 2, policies: nil, seeds: [4, 9])
+        #expect(s.seeds == [4, 4, 9, 9] && s.repetitions == 4)
+        var t = try ExperimentSpec.parse(body, file: "t.yaml", baseDirectory: ExperimentSpecTests.repo + "/experiments")
+        try t.override(repetitions: nil, policies: nil, seeds: [2, 3])
+        #expect(t.seeds == [2, 3] && t.repetitions == 2)
+        #expect(throws: SpecError.self) { try t.override(repetitions: 40, policies: nil, seeds: [1, 2, 3]) }
+    }
+
+    @Test("seed by seed: each seed's testbed mean against its twin run, the errors' spread and on which side the twin falls")
+    func seedBySeed() {
+        let v = SeedBySeed(rows: [
+            .init(seed: 1, figure: "p99", testbed: [10, 12], twin: 8.8),     // mean 11: 20 % below
+            .init(seed: 2, figure: "p99", testbed: [20], twin: 21),          // 5 % above
+            .init(seed: 3, figure: "p99", testbed: [10], twin: 10),          // 0 %
+            .init(seed: 1, figure: "migrations", testbed: [0], twin: 0),     // both none: no error
+            .init(seed: 2, figure: "migrations", testbed: [40], twin: 50),   // 25 % above
+        ])
+        #expect(v.figures == ["p99", "migrations"])
+        let p = v.errorSpread("p99")!
+        #expect(abs(p.low) < 1e-12 && abs(p.median - 0.05) < 1e-12 && abs(p.high - 0.2) < 1e-12)
+        #expect(v.sides("p99") == (above: 1, below: 1))
+        #expect(v.errorSpread("migrations")!.high == 0.25 && v.sides("migrations") == (above: 1, below: 0))
+        #expect(v.text.contains("(10.00, 12.00)") && v.text.contains("20.0%"), "\(v.text)")
+        #expect(v.text.contains("p99: seed by seed the twin errs by 0.0–20.0 % (median 5.0 %); above the testbed on 1 seed(s), below on 1"), "\(v.text)")
+    }
+
     @Test("a comparison folder's run folders are found as the runner names them")
     func runFolders() {
         func summary(_ policy: String, _ seed: UInt64) -> ExperimentSummary {

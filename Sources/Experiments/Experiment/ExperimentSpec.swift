@@ -721,11 +721,45 @@ extension ExperimentSpec {
     /// up from the spec's first), and only `policies` of those the spec compares. A policy claim
     /// needs the run-to-run spread, and repeating all of a spec's policies is often more than
     /// the question needs.
-    public mutating func override(repetitions: Int?, policies: [String]?) throws {
+    /// A seed list typed on the command line that cannot be read.
+    public struct SeedListError: Error, CustomStringConvertible, Equatable {
+        public let description: String
+    }
+
+    /// A seed list as a user types it: "4", "1,2,3", "1-6" or "1-3,7"; each seed once, in order.
+    public static func parseSeeds(_ text: String, option: String = "--seeds") throws -> [UInt64] {
+        func bad(_ why: String) -> SeedListError { SeedListError(description: "\(option) '\(text)': \(why); write e.g. 1,2,3 or 1-6") }
+        var out: [UInt64] = []
+        for part in text.split(separator: ",", omittingEmptySubsequences: false).map({ $0.trimmingCharacters(in: .whitespaces) }) {
+            guard !part.isEmpty else { throw bad("an empty item") }
+            let ends = part.split(separator: "-", omittingEmptySubsequences: false)
+            guard ends.count <= 2, let lo = UInt64(ends[0]), let hi = ends.count == 2 ? UInt64(ends[1]) : lo else { throw bad("'\(part)' is not a seed or a range of seeds") }
+            guard lo <= hi else { throw bad("the range \(part) runs backwards") }
+            guard hi - lo < 100 else { throw bad("the range \(part) holds over 100 seeds") }
+            for seed in lo...hi {
+                guard !out.contains(seed) else { throw bad("seed \(seed) is named twice") }
+                out.append(seed)
+            }
+        }
+        guard out.count <= 100 else { throw bad("over 100 seeds") }
+        return out
+    }
+
+    public mutating func override(repetitions: Int?, policies: [String]?, seeds chosen: [UInt64]? = nil) throws {
         if let n = repetitions {
             guard (1...100).contains(n) else {
                 throw SpecError(file: file, line: 0, field: "--repetitions", message: "\(n) runs: give 1 to 100")
             }
+        }
+        if let list = chosen {
+            // Each seed run `repetitions` times (once without it), seeds in the order given.
+            let n = repetitions ?? 1
+            guard list.count * n <= 100 else {
+                throw SpecError(file: file, line: 0, field: "--seeds", message: "\(list.count) seeds × \(n) runs: give at most 100 runs")
+            }
+            seeds = list.flatMap { Array(repeating: $0, count: n) }
+            self.repetitions = seeds.count
+        } else if let n = repetitions {
             let first = seeds.first ?? 1
             self.repetitions = n
             seeds = (0..<n).map { first &+ UInt64($0) }

@@ -4,10 +4,11 @@ import Scheduling
 /// `migrations.csv`: one row per migration as the coordinator recorded it.
 public enum MigrationsTable {
     public static func write(_ m: MigrationAccounting, to file: String) throws {
-        var s = "migration,from,to,method,reason,state,tokens,stages,bytes,downtime_ms,started_trace_s,ended_trace_s,staged\n"
+        var s = "migration,from,to,method,reason,state,tokens,stages,bytes,downtime_ms,started_trace_s,ended_trace_s,staged,why\n"
         for x in m.samples {
             s += "\(x.id),\(x.from),\(x.to),\(x.method),\(x.reason),\(x.state),\(x.tokens),\(x.stages),\(x.bytes),"
-            s += (x.downtimeMs.map { String(format: "%.3f", $0) } ?? "") + String(format: ",%.3f,%.3f,", x.started, x.ended) + (x.staged == true ? "yes" : "no") + "\n"
+            s += (x.downtimeMs.map { String(format: "%.3f", $0) } ?? "") + String(format: ",%.3f,%.3f,", x.started, x.ended) + (x.staged == true ? "yes" : "no")
+            s += "," + csvField(x.detail ?? "") + "\n"
         }
         try s.write(toFile: file, atomically: true, encoding: .utf8)
     }
@@ -17,7 +18,7 @@ public enum MigrationsTable {
         var m = MigrationAccounting()
         m.samples = records.map { x in
             MigrationAccounting.Sample(id: x.id, tokens: x.tokens, downtimeMs: x.downtime.map { $0 * 1000 }, method: method, reason: x.reason, state: x.state,
-                                       stages: x.stages, bytes: 0, from: x.from, to: x.to, started: x.started, ended: x.ended ?? -1, staged: x.staged)
+                                       stages: x.stages, bytes: 0, from: x.from, to: x.to, started: x.started, ended: x.ended ?? -1, staged: x.staged, detail: x.detail)
         }
         try write(m, to: file)
     }
@@ -346,4 +347,10 @@ public enum ExperimentComparison {
         try (comparison + "\n").write(toFile: dir + "/comparison.txt", atomically: true, encoding: .utf8)
         return comparison
     }
+}
+
+/// One CSV field: quoted (inner quotes doubled) when it holds a comma, a quote or a line break.
+func csvField(_ s: String) -> String {
+    guard s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return s }
+    return "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\""
 }

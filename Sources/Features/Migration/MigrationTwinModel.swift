@@ -227,6 +227,10 @@ public struct MigrationTwinModel {
             case .report(let phase):
                 switch phase {
                 case .done: outcomes[f.outcome].state = "done"
+                case .aborted(let why):
+                    outcomes[f.outcome].state = "aborted"
+                    outcomes[f.outcome].detail = why.description
+                    router.migrationEnded(f.request)
                 default:
                     outcomes[f.outcome].state = "aborted"
                     router.migrationEnded(f.request)

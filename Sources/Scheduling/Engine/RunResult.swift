@@ -188,6 +188,8 @@ public struct MigrationOutcome: Sendable, Equatable {
     public var started = 0.0
     /// When it ended (done or aborted); nil while in flight.
     public var ended: Double?
+    /// Why it aborted, in the testbed's words (`MigrationAbort`'s description); nil when it did not.
+    public var detail: String?
     public init(id: String, request: String, from: String, to: String, reason: String, state: String, tokens: Int, stages: Int, started: Double) {
         self.id = id; self.request = request; self.from = from; self.to = to; self.reason = reason
         self.state = state; self.tokens = tokens; self.stages = stages; self.started = started
