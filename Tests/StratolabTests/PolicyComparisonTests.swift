@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import Experiments
+import Features
+import Scheduling
 
 @Suite("Policy comparison over repeated runs")
 struct PolicyComparisonTests {
@@ -105,6 +107,22 @@ struct PolicyComparisonTests {
         #expect(v.errorSpread("migrations")!.high == 0.25 && v.sides("migrations") == (above: 1, below: 0))
         #expect(v.text.contains("(10.00, 12.00)") && v.text.contains("20.0%"), "\(v.text)")
         #expect(v.text.contains("p99: seed by seed the twin errs by 0.0–20.0 % (median 5.0 %); above the testbed on 1 seed(s), below on 1"), "\(v.text)")
+    }
+
+    @Test("migrations.csv: the request moved and why an abort happened, quoted where the reason holds a comma; the twin's rows the same")
+    func migrationsTable() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("migtable-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var a = MigrationOutcome(id: "mig-1", request: "q7", from: "gpu-0", to: "gpu-1", reason: "make-room", state: "aborted", tokens: 3000, stages: 0, started: 1)
+        a.ended = 1; a.detail = MigrationAbort.destinationFull("needs 5 blocks, 2 free").description
+        var b = MigrationOutcome(id: "mig-2", request: "q8", from: "gpu-1", to: "gpu-0", reason: "balance", state: "done", tokens: 100, stages: 2, started: 2)
+        b.ended = 2.5; b.downtime = 0.01
+        try MigrationsTable.write(twin: [a, b], method: "live", to: dir + "/m.csv")
+        let lines = try String(contentsOfFile: dir + "/m.csv", encoding: .utf8).split(separator: "\n").map(String.init)
+        #expect(lines[0] == "migration,request,from,to,method,reason,state,tokens,stages,bytes,downtime_ms,started_trace_s,ended_trace_s,staged,why")
+        #expect(lines[1] == "mig-1,q7,gpu-0,gpu-1,live,make-room,aborted,3000,0,0,,1.000,1.000,no,\"destination has no room: needs 5 blocks, 2 free\"", "\(lines[1])")
+        #expect(lines[2] == "mig-2,q8,gpu-1,gpu-0,live,balance,done,100,2,0,10.000,2.000,2.500,no,", "\(lines[2])")
     }
 
     @Test("a comparison folder's run folders are found as the runner names them")

@@ -136,6 +136,8 @@ public struct MigrationAccounting: Codable, Equatable {
         public var staged: Bool? = nil
         /// Why it ended as it did, when not plainly done (an abort's cause, as the source said it).
         public var detail: String? = nil
+        /// The request it moved.
+        public var request: String? = nil
     }
     public var policy = ""
     public var method = ""
@@ -171,7 +173,7 @@ public struct MigrationAccounting: Codable, Equatable {
             samples.append(Sample(id: m.migrationID, tokens: Int(m.tokens), downtimeMs: m.downtimeSeconds >= 0 ? m.downtimeSeconds * 1000 : nil,
                                   method: m.method, reason: m.reason, state: m.state, stages: Int(m.stages), bytes: m.bytes,
                                   from: m.fromNode, to: m.toNode, started: m.started, ended: m.ended, staged: m.staged ? true : nil,
-                                  detail: m.detail.isEmpty ? nil : m.detail))
+                                  detail: m.detail.isEmpty ? nil : m.detail, request: m.requestID))
             if m.staged { staged += 1 }
         }
         let d = samples.filter { $0.staged != true }.compactMap(\.downtimeMs).sorted()

@@ -4,9 +4,9 @@ import Scheduling
 /// `migrations.csv`: one row per migration as the coordinator recorded it.
 public enum MigrationsTable {
     public static func write(_ m: MigrationAccounting, to file: String) throws {
-        var s = "migration,from,to,method,reason,state,tokens,stages,bytes,downtime_ms,started_trace_s,ended_trace_s,staged,why\n"
+        var s = "migration,request,from,to,method,reason,state,tokens,stages,bytes,downtime_ms,started_trace_s,ended_trace_s,staged,why\n"
         for x in m.samples {
-            s += "\(x.id),\(x.from),\(x.to),\(x.method),\(x.reason),\(x.state),\(x.tokens),\(x.stages),\(x.bytes),"
+            s += "\(x.id),\(x.request ?? ""),\(x.from),\(x.to),\(x.method),\(x.reason),\(x.state),\(x.tokens),\(x.stages),\(x.bytes),"
             s += (x.downtimeMs.map { String(format: "%.3f", $0) } ?? "") + String(format: ",%.3f,%.3f,", x.started, x.ended) + (x.staged == true ? "yes" : "no")
             s += "," + csvField(x.detail ?? "") + "\n"
         }
@@ -18,7 +18,7 @@ public enum MigrationsTable {
         var m = MigrationAccounting()
         m.samples = records.map { x in
             MigrationAccounting.Sample(id: x.id, tokens: x.tokens, downtimeMs: x.downtime.map { $0 * 1000 }, method: method, reason: x.reason, state: x.state,
-                                       stages: x.stages, bytes: 0, from: x.from, to: x.to, started: x.started, ended: x.ended ?? -1, staged: x.staged, detail: x.detail)
+                                       stages: x.stages, bytes: 0, from: x.from, to: x.to, started: x.started, ended: x.ended ?? -1, staged: x.staged, detail: x.detail, request: x.request)
         }
         try write(m, to: file)
     }
