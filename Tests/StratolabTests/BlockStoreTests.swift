@@ -27,6 +27,40 @@ private func threeTiers(_ dir: String, policy: EvictionPolicy = LRUEviction()) t
 
 @Suite("Block store")
 struct BlockStoreTests {
+    @Test("NVMe's aligned buffers are reused by size; at most `keep` and `keepBytes` wait; blocks of every size read back whole through reused buffers")
+    func alignedBuffersAreReused() throws {
+        let pool = FileTier.AlignedBufferPool(keep: 2, keepBytes: 3 * 8192)
+        let (a, sa) = pool.take(5000)
+        #expect(sa == 8192 && Int(bitPattern: a) % FileTier.alignment == 0)
+        pool.give(a, sa)
+        let (b, sb) = pool.take(8000)
+        #expect(b == a && sb == 8192, "the same aligned size is reused")
+        let (c, sc) = pool.take(100)
+        #expect(c != a && sc == 4096, "another size gets a buffer of its own")
+        pool.give(b, sb); pool.give(c, sc)
+        #expect(pool.waiting == (2, 12288))
+        let (d, sd) = pool.take(12000)   // 12288: a third buffer, over `keep`
+        pool.give(d, sd)
+        #expect(pool.waiting == (2, 16384), "the oldest (8192) went: \(pool.waiting)")
+        let (e, se) = pool.take(20000)   // 20480: with the two waiting, over keepBytes
+        pool.give(e, se)
+        #expect(pool.waiting == (1, 20480), "the oldest went until within keepBytes: \(pool.waiting)")
+        // Through the tier: sizes that share and do not share an aligned size, each read twice.
+        let dir = NSTemporaryDirectory() + "filetier-reuse-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let tier = try FileTier(directory: dir)
+        let sizes = [1, 4000, 4064, 4065, 70_000, 1 << 20, 4000]
+        for (i, n) in sizes.enumerated() {
+            let bytes = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) }
+            try bytes.withUnsafeBytes { try tier.write("k\(i)", $0) }
+        }
+        for _ in 0..<2 {
+            for (i, n) in sizes.enumerated() {
+                #expect(try tier.read("k\(i)") == (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) }, "block \(i) of \(n) bytes")
+            }
+        }
+    }
+
     @Test func leastRecentlyUsedIsDemotedDownTheHierarchyThenDropped() throws {
         let dir = tempDir("lru"); defer { try? FileManager.default.removeItem(atPath: dir) }
         let (s, _) = try threeTiers(dir)

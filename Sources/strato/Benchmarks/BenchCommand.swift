@@ -42,10 +42,12 @@ struct BenchCommand: ParsableCommand {
         @Option(name: .customLong("block-kib"), help: "Block size in KiB (a KV chunk or weight shard).") var blockKiB = 1024
         @Option(help: "MiB put and got per tier.") var mib = 256
         @Option(help: "Directory for the NVMe tier and the raw disk run (on the disk to measure).") var dir = ".strato/bench-tiers"
+        @Option(help: "Rounds of the raw disk and the NVMe tier back to back (their medians are the figures).") var rounds = 3
         func run() throws {
             Strato.bootstrapLogging()
             print("tiers benchmark: \(blockKiB) KiB blocks, \(mib) MiB per tier, NVMe in \(dir)")
-            let f = try TiersBench.run(blockBytes: blockKiB << 10, totalBytes: mib << 20, directory: dir) { print($0); fflush(stdout) }
+            guard (1...20).contains(rounds) else { throw ValidationError("--rounds must be 1…20 (got \(rounds))") }
+            let f = try TiersBench.run(blockBytes: blockKiB << 10, totalBytes: mib << 20, directory: dir, rounds: rounds) { print($0); fflush(stdout) }
             try? FileManager.default.removeItem(atPath: dir)
             print("\nTIER  PUT GB/s  GET GB/s  CEILING GB/s       PUT ÷ CEIL  GET ÷ CEIL  4KiB PUT µs  4KiB GET µs")
             for r in f.rows {
@@ -57,6 +59,11 @@ struct BenchCommand: ParsableCommand {
                          f.planePutGBps / f.rawZMQGBps, f.rawZMQGBps, f.planeGetGBps, f.planeGetGBps / f.rawZMQGBps))
             if let d = f.rows.first(where: { $0.kind == .dram }), let c = f.rows.first(where: { $0.kind == .cxl }) {
                 print(String(format: "CXL vs DRAM here: get bandwidth %.2f× (D2.1: 51/70 = %.2f×), 4 KiB get latency %.2f× (D2.1 load latency: 2.54×); CXL is emulated (DRAM throttled), so these follow from the throttle", c.getGBps / d.getGBps, 51.0 / 70, c.getLatencyUs / d.getLatencyUs))
+            }
+            if f.nvmeRounds.count > 1 {
+                func span(_ v: [Double]) -> String { String(format: "%.2f … %.2f", v.min()!, v.max()!) }
+                print("NVMe: medians of \(f.nvmeRounds.count) rounds, each the raw disk then the tier; the rounds' own ratios: put "
+                      + span(f.nvmeRounds.map(\.put)) + ", written behind " + span(f.nvmeRounds.map(\.behind)) + ", get " + span(f.nvmeRounds.map(\.get)))
             }
             let dram = f.rows.first { $0.kind == .dram }, nvme = f.rows.first { $0.kind == .nvme }
             print("targets: DRAM ≥ 0.8× memcpy in process: " + String(format: "get %.2f×, put %.2f×", (dram?.getGBps ?? 0) / f.memcpyGetGBps, (dram?.putGBps ?? 0) / f.memcpyPutGBps)

@@ -31,7 +31,10 @@ enum TiersBench {
         var nvmeBehindPutGBps = 0.0
         var planePutGBps = 0.0, planeGetGBps = 0.0, rawZMQGBps = 0.0
         var dramProbe: TierProbe.Figures
+        /// Each round's NVMe tier ÷ the raw disk measured just before it.
+        var nvmeRounds: [NVMeRound] = []
     }
+    struct NVMeRound { var put: Double, get: Double, behind: Double }
 
     static func median(_ v: [Double]) -> Double { let s = v.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
     static func now() -> Int64 { SystemClock.shared.monotonicNanos() }
@@ -46,90 +49,113 @@ enum TiersBench {
         return b
     }
 
-    static func run(blockBytes: Int, totalBytes: Int, directory: String, progress: (String) -> Void) throws -> Figures {
+    static func run(blockBytes: Int, totalBytes: Int, directory: String, rounds: Int = 3, progress: (String) -> Void) throws -> Figures {
         let count = max(4, totalBytes / blockBytes)
         let probe = TierProbe.probeDRAM()
         var f = Figures(blockBytes: blockBytes, totalBytes: count * blockBytes, dramProbe: probe)
         let blocks = (0..<count).map { block($0, blockBytes) }
         progress(String(format: "DRAM probe: %.2f GB/s memcpy, %.0f ns latency (%@)", probe.bandwidthGBps, probe.latencyNs, probe.method as NSString))
 
-        // Ceilings.
+        // Ceilings in memory.
         (f.memcpyPutGBps, f.memcpyGetGBps) = memcpyCeilings(blocks)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        (f.diskWriteGBps, f.diskReadGBps, f.diskDirect) = try rawDisk(directory: directory, blocks: blocks)
-        progress(String(format: "ceilings: memcpy into buffers touched before %.2f GB/s, out into one buffer %.2f GB/s; raw disk (%@) write %.2f GB/s, read %.2f GB/s", f.memcpyPutGBps, f.memcpyGetGBps,
-                        (f.diskDirect ? "direct I/O" : "buffered: O_DIRECT refused") as NSString, f.diskWriteGBps, f.diskReadGBps))
+        progress(String(format: "ceilings: memcpy into buffers touched before %.2f GB/s, out into one buffer %.2f GB/s", f.memcpyPutGBps, f.memcpyGetGBps))
 
-        // Each tier alone, in process.
-        for kind in TierKind.allCases {
-            let dir = directory + "/store-\(kind.rawValue)"
-            try? FileManager.default.removeItem(atPath: dir)
-            let backend: TierBackend
-            switch kind {
-            case .dram: backend = DRAMTier()
-            case .cxl: backend = EmulatedCXLTier(dramBandwidthBytesPerSecond: probe.bandwidthGBps * 1e9, dramLatencySeconds: probe.latencyNs * 1e-9)
-            case .nvme: backend = try FileTier(directory: dir)
-            }
-            let store = try TieredBlockStore(tiers: [(backend, f.totalBytes + (1 << 20))])
-            var row = TierRow(kind: kind, label: backend.label)
-            // A first pass, deleted, so the timed one runs on the tier's recycled memory (steady state).
-            for (i, b) in blocks.enumerated() { try store.put("w/\(i)", b) }
-            for i in blocks.indices { store.delete("w/\(i)") }
-            var t0 = now()
-            for (i, b) in blocks.enumerated() { try store.put("b/\(i)", b) }
-            row.putGBps = Double(f.totalBytes) / Double(now() - t0)
-            t0 = now()
-            // The reader copies each block into its own buffer (as a GPU agent fills its KV blocks).
-            var sink = [UInt8](repeating: 0, count: blockBytes)
-            for i in 0..<count {
-                let got = try store.get("b/\(i)", promote: false).bytes
-                got.withUnsafeBytes { g in sink.withUnsafeMutableBytes { _ = memcpy($0.baseAddress!, g.baseAddress!, blockBytes) } }
-            }
-            row.getGBps = Double(f.totalBytes) / Double(now() - t0)
-            precondition(sink == blocks[count - 1])
-            // One 4 KiB block at a time.
-            let small = block(7, 4096)
-            var puts: [Double] = [], gets: [Double] = []
-            for i in 0..<(kind == .nvme ? 50 : 500) {
-                let a = now(); try store.put("s/\(i)", small); let b = now()
-                _ = try store.get("s/\(i)", promote: false); let c = now()
-                puts.append(Double(b - a) / 1e3); gets.append(Double(c - b) / 1e3)
-            }
-            row.putLatencyUs = median(puts); row.getLatencyUs = median(gets)
+        // DRAM and CXL, each alone, in process.
+        for kind in [TierKind.dram, .cxl] {
+            let backend: TierBackend = kind == .dram ? DRAMTier()
+                : EmulatedCXLTier(dramBandwidthBytesPerSecond: probe.bandwidthGBps * 1e9, dramLatencySeconds: probe.latencyNs * 1e-9)
+            let row = try measure(backend, kind: kind, blocks: blocks, total: f.totalBytes)
             f.rows.append(row)
             progress(String(format: "  %@: put %.2f GB/s, get %.2f GB/s; 4 KiB put %.1f µs, get %.1f µs", kind.rawValue as NSString,
                             row.putGBps, row.getGBps, row.putLatencyUs, row.getLatencyUs))
-            try? FileManager.default.removeItem(atPath: dir)
         }
 
-        // NVMe written behind, as on a memory host: puts return once queued; the clock stops when
-        // the writer has every block on disk.
-        do {
-            let dir = directory + "/store-nvme-behind"
+        // NVMe against the raw disk, back to back in each round: a virtual disk's speed drifts
+        // within a minute, so a ceiling measured once would judge the tier against another disk.
+        var nvmeRows: [TierRow] = [], raws: [(w: Double, r: Double)] = [], behinds: [Double] = []
+        for k in 0..<max(1, rounds) {
+            let raw = try rawDisk(directory: directory, blocks: blocks)
+            f.diskDirect = raw.2
+            raws.append((raw.0, raw.1))
+            let dir = directory + "/store-nvme"
             try? FileManager.default.removeItem(atPath: dir)
-            let tier = try FileTier(directory: dir)
-            tier.enableWriteBehind(maxQueuedBytes: f.totalBytes + (1 << 20))
-            let store = try TieredBlockStore(tiers: [(tier, f.totalBytes + (1 << 20))])
-            for (i, b) in blocks.enumerated() { try store.put("w/\(i)", b) }
-            tier.flush()
-            for i in blocks.indices { store.delete("w/\(i)") }
-            tier.flush()
-            let t0 = now()
-            for (i, b) in blocks.enumerated() { try store.put("b/\(i)", b) }
-            tier.flush()
-            f.nvmeBehindPutGBps = Double(f.totalBytes) / Double(now() - t0)
-            precondition(tier.writeBehindFailures == 0, "the writer failed \(tier.writeBehindFailures) blocks")
-            let last = try store.get("b/\(count - 1)", promote: false).bytes
-            precondition(last == blocks[count - 1])
-            progress(String(format: "  nvme written behind (writer thread, one syncfs per batch), until all on disk: put %.2f GB/s", f.nvmeBehindPutGBps))
+            let row = try measure(try FileTier(directory: dir), kind: .nvme, blocks: blocks, total: f.totalBytes)
             try? FileManager.default.removeItem(atPath: dir)
+            nvmeRows.append(row)
+            let behind = try writtenBehind(blocks: blocks, total: f.totalBytes, directory: directory + "/store-nvme-behind")
+            behinds.append(behind)
+            f.nvmeRounds.append(TiersBench.NVMeRound(put: row.putGBps / raw.0, get: row.getGBps / raw.1, behind: behind / raw.0))
+            progress(String(format: "  nvme, round %d of %d: raw disk (%@) write %.2f GB/s, read %.2f GB/s; tier put %.2f GB/s, get %.2f GB/s, written behind %.2f GB/s; 4 KiB put %.1f µs, get %.1f µs",
+                            k + 1, max(1, rounds), (raw.2 ? "direct I/O" : "buffered: O_DIRECT refused") as NSString, raw.0, raw.1, row.putGBps, row.getGBps, behind, row.putLatencyUs, row.getLatencyUs))
         }
+        f.diskWriteGBps = median(raws.map(\.w)); f.diskReadGBps = median(raws.map(\.r))
+        f.nvmeBehindPutGBps = median(behinds)
+        var nvme = TierRow(kind: .nvme, label: nvmeRows[0].label)
+        nvme.putGBps = median(nvmeRows.map(\.putGBps)); nvme.getGBps = median(nvmeRows.map(\.getGBps))
+        nvme.putLatencyUs = median(nvmeRows.map(\.putLatencyUs)); nvme.getLatencyUs = median(nvmeRows.map(\.getLatencyUs))
+        f.rows.append(nvme)
 
         // Over the data plane: DRAM tier on a host thread, the client here.
         f.rawZMQGBps = median((0..<3).map { _ in (try? DataPlaneBench.rawZMQRate(total: f.totalBytes, chunk: min(blockBytes, 4 << 20))) ?? 0 })
         (f.planePutGBps, f.planeGetGBps) = try overDataPlane(blocks: blocks)
         progress(String(format: "over the data plane: put %.2f GB/s, get %.2f GB/s; raw libzmq %.2f GB/s", f.planePutGBps, f.planeGetGBps, f.rawZMQGBps))
         return f
+    }
+
+    /// One tier alone in process: put and get bandwidth over the blocks, and one 4 KiB block's put
+    /// and get latency (medians).
+    static func measure(_ backend: TierBackend, kind: TierKind, blocks: [[UInt8]], total: Int) throws -> TierRow {
+        let blockBytes = blocks[0].count, count = blocks.count
+        let store = try TieredBlockStore(tiers: [(backend, total + (1 << 20))])
+        var row = TierRow(kind: kind, label: backend.label)
+        // A first pass, deleted, so the timed one runs on the tier's recycled memory (steady state).
+        for (i, b) in blocks.enumerated() { try store.put("w/\(i)", b) }
+        for i in blocks.indices { store.delete("w/\(i)") }
+        var t0 = now()
+        for (i, b) in blocks.enumerated() { try store.put("b/\(i)", b) }
+        row.putGBps = Double(total) / Double(now() - t0)
+        t0 = now()
+        // The reader copies each block into its own buffer (as a GPU agent fills its KV blocks).
+        var sink = [UInt8](repeating: 0, count: blockBytes)
+        for i in 0..<count {
+            let got = try store.get("b/\(i)", promote: false).bytes
+            got.withUnsafeBytes { g in sink.withUnsafeMutableBytes { _ = memcpy($0.baseAddress!, g.baseAddress!, blockBytes) } }
+        }
+        row.getGBps = Double(total) / Double(now() - t0)
+        precondition(sink == blocks[count - 1])
+        // One 4 KiB block at a time.
+        let small = block(7, 4096)
+        var puts: [Double] = [], gets: [Double] = []
+        for i in 0..<(kind == .nvme ? 50 : 500) {
+            let a = now(); try store.put("s/\(i)", small); let b = now()
+            _ = try store.get("s/\(i)", promote: false); let c = now()
+            puts.append(Double(b - a) / 1e3); gets.append(Double(c - b) / 1e3)
+        }
+        row.putLatencyUs = median(puts); row.getLatencyUs = median(gets)
+        return row
+    }
+
+    /// NVMe written behind, as on a memory host: puts return once queued; the clock stops when
+    /// the writer has every block on disk. GB/s.
+    static func writtenBehind(blocks: [[UInt8]], total: Int, directory dir: String) throws -> Double {
+        try? FileManager.default.removeItem(atPath: dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let tier = try FileTier(directory: dir)
+        tier.enableWriteBehind(maxQueuedBytes: total + (1 << 20))
+        let store = try TieredBlockStore(tiers: [(tier, total + (1 << 20))])
+        for (i, b) in blocks.enumerated() { try store.put("w/\(i)", b) }
+        tier.flush()
+        for i in blocks.indices { store.delete("w/\(i)") }
+        tier.flush()
+        let t0 = now()
+        for (i, b) in blocks.enumerated() { try store.put("b/\(i)", b) }
+        tier.flush()
+        let rate = Double(total) / Double(now() - t0)
+        precondition(tier.writeBehindFailures == 0, "the writer failed \(tier.writeBehindFailures) blocks")
+        let last = try store.get("b/\(blocks.count - 1)", promote: false).bytes
+        precondition(last == blocks[blocks.count - 1])
+        return rate
     }
 
     /// memcpy of the blocks into buffers allocated and touched once before (a put's least work in

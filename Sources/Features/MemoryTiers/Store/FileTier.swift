@@ -86,11 +86,56 @@ public final class FileTier: TierBackend {
     }
 
     /// A buffer aligned for direct I/O, `count` rounded up to the alignment.
-    private static func alignedBuffer(_ count: Int) -> (UnsafeMutableRawPointer, Int) {
+    fileprivate static func alignedBuffer(_ count: Int) -> (UnsafeMutableRawPointer, Int) {
         let size = (count + alignment - 1) / alignment * alignment
         var p: UnsafeMutableRawPointer?
         posix_memalign(&p, alignment, max(size, alignment))
         return (p!, max(size, alignment))
+    }
+
+    /// Aligned buffers that reads and writes reuse (any thread may read: the session, the reader
+    /// thread; the writer thread gives written images back).
+    private let readBuffers = AlignedBufferPool()
+    fileprivate let writeBuffers = AlignedBufferPool(keep: 8)
+
+    /// A few aligned buffers kept for reuse: a read or write takes one of the aligned size it
+    /// needs (or makes one) and gives it back; at most `keep` wait, and `keepBytes` in all.
+    final class AlignedBufferPool: @unchecked Sendable {
+        private let lock = NSLock()
+        private var free: [(UnsafeMutableRawPointer, Int)] = []
+        let keep: Int
+        /// Bytes kept at most: large blocks (weight shards) are not held for ever.
+        let keepBytes: Int
+        init(keep: Int = 4, keepBytes: Int = 32 << 20) { self.keep = keep; self.keepBytes = keepBytes }
+        func take(_ count: Int) -> (UnsafeMutableRawPointer, Int) {
+            let size = max(FileTier.alignment, (count + FileTier.alignment - 1) / FileTier.alignment * FileTier.alignment)
+            lock.lock()
+            // The same aligned size only: a caller writes or reads the whole buffer it gets.
+            if let i = free.firstIndex(where: { $0.1 == size }) {
+                let b = free.remove(at: i)
+                lock.unlock()
+                return b
+            }
+            lock.unlock()
+            return FileTier.alignedBuffer(count)
+        }
+        func give(_ p: UnsafeMutableRawPointer, _ size: Int) {
+            lock.lock()
+            free.append((p, size))
+            var extra: [(UnsafeMutableRawPointer, Int)] = []
+            var held = free.reduce(0) { $0 + $1.1 }
+            // The oldest go first.
+            while free.count > keep || held > keepBytes, !free.isEmpty {
+                let b = free.removeFirst()
+                held -= b.1
+                extra.append(b)
+            }
+            lock.unlock()
+            for (q, _) in extra { Foundation.free(q) }
+        }
+        /// Buffers waiting for reuse, and their bytes.
+        var waiting: (count: Int, bytes: Int) { lock.lock(); defer { lock.unlock() }; return (free.count, free.reduce(0) { $0 + $1.1 }) }
+        deinit { for (p, _) in free { Foundation.free(p) } }
     }
 
     /// A `fill_disk` fault: every write fails as it would on a full disk (emulated; reads go on).
@@ -98,22 +143,25 @@ public final class FileTier: TierBackend {
 
     public func write(_ key: String, _ bytes: UnsafeRawBufferPointer) throws {
         if diskFullEmulated { throw BlockStoreError(.tierFull, "NVMe tier \(directory) is full (emulated by a fill_disk fault) writing \(key)") }
-        let (buf, length) = Self.image(bytes)
+        let (buf, length) = image(bytes)
         if let behind = writeBehind {
             try behind.enqueue(key, buf, length: length, payload: bytes.count)
             return
         }
-        defer { free(buf) }
+        defer { writeBuffers.give(buf, length) }
         try persist(key, buf, length: length)
     }
 
     /// The file's image: header (magic, length, CRC-32C) and payload in a buffer aligned for
     /// direct I/O; `length` is what to write (whole aligned blocks with direct I/O).
-    private static func image(_ bytes: UnsafeRawBufferPointer) -> (UnsafeMutableRawPointer, Int) {
+    private func image(_ bytes: UnsafeRawBufferPointer) -> (UnsafeMutableRawPointer, Int) {
         let crc = CRC32C.checksum(bytes)
-        let (buf, size) = alignedBuffer(headerBytes + bytes.count)
+        let (buf, size) = writeBuffers.take(Self.headerBytes + bytes.count)
+        let headerBytes = Self.headerBytes
         memset(buf, 0, headerBytes)
-        magic.withUnsafeBytes { buf.copyMemory(from: $0.baseAddress!, byteCount: 8) }
+        // Direct I/O writes whole aligned blocks: the tail past the payload is zeros, not what a reused buffer held.
+        if size > headerBytes + bytes.count { memset(buf + headerBytes + bytes.count, 0, size - headerBytes - bytes.count) }
+        Self.magic.withUnsafeBytes { buf.copyMemory(from: $0.baseAddress!, byteCount: 8) }
         buf.storeBytes(of: UInt64(bytes.count).littleEndian, toByteOffset: 8, as: UInt64.self)
         buf.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
         if let base = bytes.baseAddress, !bytes.isEmpty { memcpy(buf + headerBytes, base, bytes.count) }
@@ -215,7 +263,7 @@ public final class FileTier: TierBackend {
         func enqueue(_ key: String, _ buf: UnsafeMutableRawPointer, length: Int, payload: Int) throws {
             lock.lock(); defer { lock.unlock() }
             if bytes + length > maxQueuedBytes && bytes > 0 {
-                free(buf)
+                tier.writeBuffers.give(buf, length)
                 throw BlockStoreError(.tierFull, "NVMe tier \(tier.directory) has \(bytes >> 20) MiB queued for the disk (limit \(maxQueuedBytes >> 20) MiB): writing \(key) refused")
             }
             seq += 1
@@ -311,7 +359,7 @@ public final class FileTier: TierBackend {
                         unlink(tier.directory + "/" + FileTier.fileName(job.key) + ".blk")
                     }
                     bytes -= job.length
-                    free(buf)
+                    tier.writeBuffers.give(buf, job.length)
                 }
                 busy = false
                 lock.broadcast()
@@ -418,8 +466,10 @@ public final class FileTier: TierBackend {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw ioError(p, errno) }
         let fileSize = Int(st.st_size)
-        let (buf, size) = Self.alignedBuffer(fileSize)
-        defer { free(buf) }
+        // A buffer read into before: a fresh one would be faulted in, page by page, by the read
+        // itself (about as long as the disk takes for a 1 MiB block here).
+        let (buf, size) = readBuffers.take(fileSize)
+        defer { readBuffers.give(buf, size) }
         var done = 0
         while done < fileSize {
             let n = pread(fd, buf + done, size - done, off_t(done))
