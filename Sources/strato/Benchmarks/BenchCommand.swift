@@ -42,7 +42,7 @@ struct BenchCommand: ParsableCommand {
         @Option(name: .customLong("block-kib"), help: "Block size in KiB (a KV chunk or weight shard).") var blockKiB = 1024
         @Option(help: "MiB put and got per tier.") var mib = 256
         @Option(help: "Directory for the NVMe tier and the raw disk run (on the disk to measure).") var dir = ".strato/bench-tiers"
-        @Option(help: "Rounds of the raw disk and the NVMe tier back to back (their medians are the figures).") var rounds = 3
+        @Option(help: "Rounds of each ceiling and its tier back to back: raw disk and NVMe, raw libzmq and the data plane (their medians are the figures).") var rounds = 3
         func run() throws {
             Strato.bootstrapLogging()
             print("tiers benchmark: \(blockKiB) KiB blocks, \(mib) MiB per tier, NVMe in \(dir)")
@@ -64,6 +64,11 @@ struct BenchCommand: ParsableCommand {
                 func span(_ v: [Double]) -> String { String(format: "%.2f … %.2f", v.min()!, v.max()!) }
                 print("NVMe: medians of \(f.nvmeRounds.count) rounds, each the raw disk then the tier; the rounds' own ratios: put "
                       + span(f.nvmeRounds.map(\.put)) + ", written behind " + span(f.nvmeRounds.map(\.behind)) + ", get " + span(f.nvmeRounds.map(\.get)))
+            }
+            if f.planeRounds.count > 1 {
+                func span(_ v: [Double]) -> String { String(format: "%.2f … %.2f", v.min()!, v.max()!) }
+                print("data plane: medians of \(f.planeRounds.count) rounds, each raw libzmq then the DRAM tier over the data plane; the rounds' own ratios: put "
+                      + span(f.planeRounds.map(\.put)) + ", get " + span(f.planeRounds.map(\.get)))
             }
             let dram = f.rows.first { $0.kind == .dram }, nvme = f.rows.first { $0.kind == .nvme }
             print("targets: DRAM ≥ 0.8× memcpy in process: " + String(format: "get %.2f×, put %.2f×", (dram?.getGBps ?? 0) / f.memcpyGetGBps, (dram?.putGBps ?? 0) / f.memcpyPutGBps)

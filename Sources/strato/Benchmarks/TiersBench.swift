@@ -33,6 +33,8 @@ enum TiersBench {
         var dramProbe: TierProbe.Figures
         /// Each round's NVMe tier ÷ the raw disk measured just before it.
         var nvmeRounds: [NVMeRound] = []
+        /// Each round's data plane ÷ the raw libzmq bulk measured just before it (put, get).
+        var planeRounds: [(put: Double, get: Double)] = []
     }
     struct NVMeRound { var put: Double, get: Double, behind: Double }
 
@@ -97,8 +99,16 @@ enum TiersBench {
         f.rows.append(nvme)
 
         // Over the data plane: DRAM tier on a host thread, the client here.
-        f.rawZMQGBps = median((0..<3).map { _ in (try? DataPlaneBench.rawZMQRate(total: f.totalBytes, chunk: min(blockBytes, 4 << 20))) ?? 0 })
-        (f.planePutGBps, f.planeGetGBps) = try overDataPlane(blocks: blocks)
+        // Raw libzmq then the data plane, back to back in each round, as for NVMe.
+        var zmqs: [Double] = [], puts: [Double] = [], gets: [Double] = []
+        for k in 0..<max(1, rounds) {
+            let raw = (try? DataPlaneBench.rawZMQRate(total: f.totalBytes, chunk: min(blockBytes, 4 << 20))) ?? 0
+            let (put, get) = try overDataPlane(blocks: blocks)
+            zmqs.append(raw); puts.append(put); gets.append(get)
+            if raw > 0 { f.planeRounds.append((put / raw, get / raw)) }
+            progress(String(format: "  data plane, round %d of %d: raw libzmq %.2f GB/s; DRAM tier put %.2f GB/s, get %.2f GB/s", k + 1, max(1, rounds), raw, put, get))
+        }
+        f.rawZMQGBps = median(zmqs); f.planePutGBps = median(puts); f.planeGetGBps = median(gets)
         progress(String(format: "over the data plane: put %.2f GB/s, get %.2f GB/s; raw libzmq %.2f GB/s", f.planePutGBps, f.planeGetGBps, f.rawZMQGBps))
         return f
     }
