@@ -247,6 +247,7 @@ extension TwinCommand {
         @Option(help: "Game specs with --twin-only: scale the players to this many (the device mix kept).") var players: Int?
         @Option(help: "Run the testbed this many times and compare the twin with the means (game specs: the twin with as many seeds). Service specs: the same requests each time; a testbed's migrations are few and their count varies from run to run with its timing.") var repetitions = 1
         @Option(help: "Service specs: validate over these request seeds, as 1,2,3 or 1-6 (default: the spec's first). Each seed's requests run on the testbed (--repetitions times) and in the twin; the figures are compared on their means over the seeds, and seed by seed: one run's P99 rests on its few slowest requests.") var seeds: String?
+        @Flag(name: .customLong("log-rounds"), help: "Service specs: write each migration policy round as the twin's policy saw it to twin/rounds.log (each instance's blocks, queue head, running and high-priority requests, freeness, and the decisions), in the line the testbed's coordinator logs at STRATO_LOG_LEVEL=debug.") var logRounds = false
         @Option(name: .customLong("against"), help: "Service specs: compare with testbed runs already made instead of running the testbed: a results folder of this spec (one run, or several from --repetitions or a policy comparison); repeatable. Its runs of the policy validated are taken, with their seeds (or those of --seeds).") var against: [String] = []
 
         func run() throws {
@@ -342,6 +343,8 @@ extension TwinCommand {
             for seed in seedList {
                 var o = options
                 o.requests = runner.requests(services, seed: seed)
+                let rounds = RoundLog()
+                if logRounds { o.migration?.roundLog = { t, line in rounds.append(String(format: "migration round t=%.1f ", t) + line) } }
                 let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: o).run(policy: p)
                 twins.append(twin)
                 // The twin's requests and migrations in the testbed's columns.
@@ -350,34 +353,38 @@ extension TwinCommand {
                 if !twin.migrationRecords.isEmpty {
                     try MigrationsTable.write(twin: twin.migrationRecords, method: options.migration?.migration.method.rawValue ?? "", to: twinDirectory(seed) + "/migrations.csv")
                 }
+                if logRounds {
+                    try rounds.text.write(toFile: twinDirectory(seed) + "/rounds.log", atomically: true, encoding: .utf8)
+                    print("  the twin's policy rounds (seed \(seed)): \(twinDirectory(seed))/rounds.log")
+                }
             }
             /// How many requests a twin run moved.
             func moved(_ r: RunResult) -> Int { r.migrations.filter { $0.key.hasPrefix("state/") }.reduce(0) { $0 + $1.value } }
             for (seed, twin) in zip(seedList, twins) where twinOnly || seed == seedList[0] {
-            let twinBalance = ReplicaBalance(twin.requests.compactMap { q in q.ttft.map { ReplicaBalance.Row(arrival: q.arrival, replica: q.replica ?? "", ttft: $0) } })
-            if several && twinOnly { print("seed \(seed):") }
-            if !twin.tiers.isEmpty {
-                let t = twin.tiers
-                let prompt = Double((t["prompt_tokens"] ?? 0) + (t["gpu_prompt_tokens"] ?? 0))
-                print("  twin prefix hits: " + String(format: "%.1f%% of prompt tokens", prompt > 0 ? Double((t["hit_tokens"] ?? 0) + (t["gpu_hit_tokens"] ?? 0)) / prompt * 100 : 0)
-                      + ", \(t["gpu_hits"] ?? 0) from GPU caches, \(t["hits"] ?? 0)/\(t["lookups"] ?? 0) tier lookups, \(t["fallbacks"] ?? 0) fallbacks, \(t["swap_outs"] ?? 0) swaps, \(t["prefix_routed"] ?? 0) routed by prefix")
-            }
-            if twinOnly {
-                print("twin only, migration policy \(policy), requests wait at the \(queueAt == "router" ? "router (up to \(RequestRouter.defaultHoldFactor)× batch per replica)" : "replicas")" + (options.tiers.map { ", offload policy \($0.policy)" } ?? "") + ":")
-                for b in twin.services {
-                    print("  \(b.id): " + String(format: "P50 TTFT %.2f s, P99 TTFT %.2f s, P99 latency %.2f s, preemptions %d, P50 of each request's longest gap between tokens %.3f s",
-                                                   b.ttftP50 ?? .nan, b.ttftP99 ?? .nan, b.latencyP99 ?? .nan, b.preemptions ?? 0, b.maxTBTP50 ?? .nan))
+                let twinBalance = ReplicaBalance(twin.requests.compactMap { q in q.ttft.map { ReplicaBalance.Row(arrival: q.arrival, replica: q.replica ?? "", ttft: $0) } })
+                if several && twinOnly { print("seed \(seed):") }
+                if !twin.tiers.isEmpty {
+                    let t = twin.tiers
+                    let prompt = Double((t["prompt_tokens"] ?? 0) + (t["gpu_prompt_tokens"] ?? 0))
+                    print("  twin prefix hits" + (several && !twinOnly ? " (seed \(seed))" : "") + ": " + String(format: "%.1f%% of prompt tokens", prompt > 0 ? Double((t["hit_tokens"] ?? 0) + (t["gpu_hit_tokens"] ?? 0)) / prompt * 100 : 0)
+                          + ", \(t["gpu_hits"] ?? 0) from GPU caches, \(t["hits"] ?? 0)/\(t["lookups"] ?? 0) tier lookups, \(t["fallbacks"] ?? 0) fallbacks, \(t["swap_outs"] ?? 0) swaps, \(t["prefix_routed"] ?? 0) routed by prefix")
                 }
-                let moved = moved(twin)
-                print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", ")
-                      + (twin.migrations["staged"].map { "; \($0) staged through a memory host" } ?? "")
-                      + (moved > 0 ? " (" + twin.migrations.filter { $0.key.hasPrefix("state/") }.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.dropFirst(6))" }.joined(separator: ", ") + ")" : ""))
-                print("  " + twinBalance.sentence)
-                if let p = PriorityClasses(twin.requests.compactMap { q in q.ttft.map { PriorityClasses.Row(highPriority: q.highPriority, ttft: $0, meanTBT: q.meanTBT, maxTBT: q.maxTBT) } }) {
-                    print("  " + p.sentence)
+                if twinOnly {
+                    print("twin only, migration policy \(policy), requests wait at the \(queueAt == "router" ? "router (up to \(RequestRouter.defaultHoldFactor)× batch per replica)" : "replicas")" + (options.tiers.map { ", offload policy \($0.policy)" } ?? "") + ":")
+                    for b in twin.services {
+                        print("  \(b.id): " + String(format: "P50 TTFT %.2f s, P99 TTFT %.2f s, P99 latency %.2f s, preemptions %d, P50 of each request's longest gap between tokens %.3f s",
+                                                       b.ttftP50 ?? .nan, b.ttftP99 ?? .nan, b.latencyP99 ?? .nan, b.preemptions ?? 0, b.maxTBTP50 ?? .nan))
+                    }
+                    let moved = moved(twin)
+                    print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", ")
+                          + (twin.migrations["staged"].map { "; \($0) staged through a memory host" } ?? "")
+                          + (moved > 0 ? " (" + twin.migrations.filter { $0.key.hasPrefix("state/") }.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.dropFirst(6))" }.joined(separator: ", ") + ")" : ""))
+                    print("  " + twinBalance.sentence)
+                    if let p = PriorityClasses(twin.requests.compactMap { q in q.ttft.map { PriorityClasses.Row(highPriority: q.highPriority, ttft: $0, meanTBT: q.meanTBT, maxTBT: q.maxTBT) } }) {
+                        print("  " + p.sentence)
+                    }
+                    print("  each request: \(twinDirectory(seed))/requests.csv" + (twin.migrationRecords.isEmpty ? "" : "; each migration: \(twinDirectory(seed))/migrations.csv"))
                 }
-                print("  each request: \(twinDirectory(seed))/requests.csv" + (twin.migrationRecords.isEmpty ? "" : "; each migration: \(twinDirectory(seed))/migrations.csv"))
-            }
             }
             if twinOnly { return }
             let testbed = testbedRuns[0]
@@ -480,6 +487,14 @@ extension TwinCommand {
     }
 }
 
+/// Lines a twin run's policy rounds give, gathered for `twin/rounds.log`.
+final class RoundLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    func append(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
+    var text: String { lock.lock(); defer { lock.unlock() }; return lines.joined(separator: "\n") + (lines.isEmpty ? "" : "\n") }
+}
+
 enum TwinValidateSpec {
     /// The runs of one policy of `spec` in results folders made before (`--against`): each folder
     /// holds one run's summary.json or several's; a folder of another spec, or with no run of the
@@ -501,7 +516,7 @@ enum TwinValidateSpec {
             }
             out += mine
         }
-        // Seed by seed, in the order the seeds first appear.
+        // By seed; one seed's runs in the order found.
         return out.enumerated().sorted { ($0.element.seed, $0.offset) < ($1.element.seed, $1.offset) }.map(\.element)
     }
 

@@ -9,7 +9,8 @@ import Twin
 struct MigrationTwinTests {
     /// Four single-GPU replicas of a service whose engines run as many sequences as KV allows.
     func run(_ policy: String, drains: [(node: String, from: Double, until: Double)] = [], rps: Double = 6, reportEvery: Double = 0,
-             staging: Bool = false, memoryHost: Bool = false, memoryUtilization: Double? = nil, until: Double = 600) -> RunResult {
+             staging: Bool = false, memoryHost: Bool = false, memoryUtilization: Double? = nil, until: Double = 600,
+             roundLog: (@Sendable (Double, String) -> Void)? = nil) -> RunResult {
         var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
                               rateCurve: [RatePoint(time: 0, rps: rps)], meanPrefillTokens: 1000, meanDecodeTokens: 400, sloSeconds: 60, minReplicas: 4)
         svc.requestMix = [TokenCount(prefill: 600, decode: 50), TokenCount(prefill: 2000, decode: 1500), TokenCount(prefill: 1000, decode: 300)]
@@ -25,6 +26,7 @@ struct MigrationTwinTests {
         m.staging = staging
         options.migration = MigrationTwinModel.Settings(m, timeScale: 10)
         options.migration!.loadReportInterval = reportEvery
+        options.migration!.roundLog = roundLog
         if memoryHost {
             let tiers = [TiersTwinModel.Tier(kind: "dram", capacityBytes: 64 << 30, figures: TiersTwinModel.Settings.nominal("dram"))]
             options.tiers = TiersTwinModel.Settings(policy: "none", hosts: [TiersTwinModel.Host(node: "mem-0", tiers: tiers)],
@@ -43,6 +45,21 @@ struct MigrationTwinTests {
         #expect(reported.migrations["state/in-flight"] == nil)
         let s = try #require(reported.services.first)
         #expect(s.offeredRequests > 0 && (s.latencyP99 ?? .infinity).isFinite, "every request finished: \(s)")
+    }
+
+    @Test("--log-rounds: each policy round is logged as the testbed's coordinator logs it, one line per service and round, the moves it started among the decisions")
+    func roundLog() throws {
+        final class Lines: @unchecked Sendable { var all: [(Double, String)] = []; let lock = NSLock() }
+        let lines = Lines()
+        let r = run("llumnix", rps: 9, reportEvery: 2, roundLog: { t, l in lines.lock.lock(); lines.all.append((t, l)); lines.lock.unlock() })
+        #expect(lines.all.count > 10)
+        #expect(zip(lines.all, lines.all.dropFirst()).allSatisfy { $0.0 <= $1.0 }, "in time order")
+        let first = try #require(lines.all.first?.1)
+        #expect(first.contains("[") && first.contains(" hoq ") && first.contains(" run ") && first.contains(" hp ") && first.contains(" f ") && first.contains(" -> "), "\(first)")
+        // Every migration the twin started was among the logged decisions (decisions may be more: a busy replica takes none).
+        let decided = lines.all.map(\.1).joined(separator: "\n")
+        for m in r.migrationRecords { #expect(decided.contains(m.request + " "), "\(m.request) not among the decisions") }
+        #expect(!r.migrationRecords.isEmpty)
     }
 
     @Test("staging in the twin: a drain with every other replica short of room moves requests through the memory host instead of waiting; every request finishes once")

@@ -717,10 +717,6 @@ extension ExperimentSpec {
     }
     public var variantsAreOffload: Bool { !(workload.services?.offload.isEmpty ?? true) }
 
-    /// The command line's overrides of a spec: `repetitions` runs of each policy (seeds counting
-    /// up from the spec's first), and only `policies` of those the spec compares. A policy claim
-    /// needs the run-to-run spread, and repeating all of a spec's policies is often more than
-    /// the question needs.
     /// A seed list typed on the command line that cannot be read.
     public struct SeedListError: Error, CustomStringConvertible, Equatable {
         public let description: String
@@ -745,6 +741,10 @@ extension ExperimentSpec {
         return out
     }
 
+    /// The command line's overrides of a spec: `repetitions` runs of each policy (seeds counting
+    /// up from the spec's first, or each of `seeds` that many times), and only `policies` of those
+    /// the spec compares. A policy claim needs the run-to-run spread, and repeating all of a spec's
+    /// policies is often more than the question needs.
     public mutating func override(repetitions: Int?, policies: [String]?, seeds chosen: [UInt64]? = nil) throws {
         if let n = repetitions {
             guard (1...100).contains(n) else {

@@ -21,6 +21,9 @@ public struct MigrationTwinModel {
         /// policy decides on the last report, as the coordinator does, so a queue head that comes
         /// and goes between two reports is not seen. 0: on the engines' live loads.
         public var loadReportInterval = 0.0
+        /// Each policy round as the policy saw it (trace seconds, the line the testbed's
+        /// coordinator logs at debug level): to set the two side by side. Nil: not logged.
+        public var roundLog: (@Sendable (Double, String) -> Void)?
         public var interval: Double { migration.interval * timeScale }
         public init(_ migration: MigrationSettings = MigrationSettings(), timeScale: Double = 10) { self.migration = migration; self.timeScale = timeScale }
     }
@@ -120,9 +123,11 @@ public struct MigrationTwinModel {
             guard instances.count >= 2, let first = loads.first(where: { $0.replica == instances[0].id }) else { continue }
             var costs = MigrationCosts(blockBytes: first.blockBytes, bandwidthBytesPerSecond: settings.migration.kvLinkBytesPerSecond)
             costs.staging = settings.migration.staging && replicas.tiers != nil
-            decisions += !policy.migrates
+            let chosen = !policy.migrates
                 ? (instances.contains { $0.health == .draining } ? LlumnixMigration().decide(instances, costs: costs, busy: busyRequests).filter { $0.reason == .drain } : [])
                 : policy.decide(instances, costs: costs, busy: busyRequests)
+            decisions += chosen
+            settings.roundLog?(now, MigrationController.roundLine(instances, chosen))
         }
         var events: [(Double, String)] = []
         var used = busyReplicas

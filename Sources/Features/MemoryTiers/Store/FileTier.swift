@@ -87,11 +87,14 @@ public final class FileTier: TierBackend {
 
     /// A buffer aligned for direct I/O, `count` rounded up to the alignment.
     fileprivate static func alignedBuffer(_ count: Int) -> (UnsafeMutableRawPointer, Int) {
-        let size = (count + alignment - 1) / alignment * alignment
+        let size = alignedSize(count)
         var p: UnsafeMutableRawPointer?
-        posix_memalign(&p, alignment, max(size, alignment))
-        return (p!, max(size, alignment))
+        posix_memalign(&p, alignment, size)
+        return (p!, size)
     }
+
+    /// `count` rounded up to whole aligned blocks (at least one).
+    static func alignedSize(_ count: Int) -> Int { max(alignment, (count + alignment - 1) / alignment * alignment) }
 
     /// Aligned buffers that reads and writes reuse (any thread may read: the session, the reader
     /// thread; the writer thread gives written images back).
@@ -108,7 +111,7 @@ public final class FileTier: TierBackend {
         let keepBytes: Int
         init(keep: Int = 4, keepBytes: Int = 32 << 20) { self.keep = keep; self.keepBytes = keepBytes }
         func take(_ count: Int) -> (UnsafeMutableRawPointer, Int) {
-            let size = max(FileTier.alignment, (count + FileTier.alignment - 1) / FileTier.alignment * FileTier.alignment)
+            let size = FileTier.alignedSize(count)
             lock.lock()
             // The same aligned size only: a caller writes or reads the whole buffer it gets.
             if let i = free.firstIndex(where: { $0.1 == size }) {
