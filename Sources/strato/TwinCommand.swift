@@ -247,6 +247,7 @@ extension TwinCommand {
         @Option(help: "Game specs with --twin-only: scale the players to this many (the device mix kept).") var players: Int?
         @Option(help: "Run the testbed this many times and compare the twin with the means (game specs: the twin with as many seeds). Service specs: the same requests each time; a testbed's migrations are few and their count varies from run to run with its timing.") var repetitions = 1
         @Option(help: "Service specs: validate over these request seeds, as 1,2,3 or 1-6 (default: the spec's first). Each seed's requests run on the testbed (--repetitions times) and in the twin; the figures are compared on their means over the seeds, and seed by seed: one run's P99 rests on its few slowest requests.") var seeds: String?
+        @Option(name: .customLong("twin-runs"), help: "Service specs: run the twin this many times per seed: the first as modelled, each further one with the control plane's latencies (hand-over, results, starts, migration decisions) scaled by 0.9–1.1 as the testbed's timing varies. The twin's figures are then means over its runs, and its own spread is shown: the few moves made at the policy's thresholds follow that timing.") var twinRuns = 1
         @Flag(name: .customLong("log-rounds"), help: "Service specs: write each migration policy round as the twin's policy saw it to twin/rounds.log (each instance's blocks, queue head, running and high-priority requests, freeness, and the decisions), in the line the testbed's coordinator logs at STRATO_LOG_LEVEL=debug.") var logRounds = false
         @Option(name: .customLong("against"), help: "Service specs: compare with testbed runs already made instead of running the testbed: a results folder of this spec (one run, or several from --repetitions or a policy comparison); repeatable. Its runs of the policy validated are taken, with their seeds (or those of --seeds).") var against: [String] = []
 
@@ -268,6 +269,7 @@ extension TwinCommand {
             guard ["router", "replicas"].contains(queueAt) else { throw ValidationError("--queue-at must be 'router' or 'replicas' (got '\(queueAt)')") }
             guard queueAt == "router" || twinOnly else { throw ValidationError("--queue-at replicas needs --twin-only: the testbed's coordinator always holds requests at its router") }
             guard (1...20).contains(repetitions) else { throw ValidationError("--repetitions must be 1…20 (got \(repetitions))") }
+            guard (1...20).contains(twinRuns) else { throw ValidationError("--twin-runs must be 1…20 (got \(twinRuns))") }
             var seedList = try seeds.map { try ExperimentSpec.parseSeeds($0) } ?? [s.seeds.first ?? 1]
             // Runs already made: their seeds are the ones the twin replays.
             var earlier: [ExperimentSummary] = []
@@ -340,13 +342,19 @@ extension TwinCommand {
             /// Where a seed's twin writes its tables: twin/, or twin/seed-N/ when there are several.
             func twinDirectory(_ seed: UInt64) -> String { out + "/twin" + (several ? "/seed-\(seed)" : "") }
             var twins: [RunResult] = []
+            /// Every twin run, with its seed: `twinRuns` per seed, the first as modelled.
+            var allTwins: [(seed: UInt64, result: RunResult)] = []
             for seed in seedList {
                 var o = options
                 o.requests = runner.requests(services, seed: seed)
+                for k in 1..<twinRuns {
+                    allTwins.append((seed, DigitalTwin(nodes: nodes, workload: w, kb: kb, options: o.jittered(run: k)).run(policy: p)))
+                }
                 let rounds = RoundLog()
                 if logRounds { o.migration?.roundLog = { t, line in rounds.append(String(format: "migration round t=%.1f ", t) + line) } }
                 let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: o).run(policy: p)
                 twins.append(twin)
+                allTwins.append((seed, twin))
                 // The twin's requests and migrations in the testbed's columns.
                 try FileManager.default.createDirectory(atPath: twinDirectory(seed), withIntermediateDirectories: true)
                 try RequestsTable.csv(twin.requests).write(toFile: twinDirectory(seed) + "/requests.csv", atomically: true, encoding: .utf8)
@@ -393,10 +401,17 @@ extension TwinCommand {
                 let v = testbedRuns.compactMap(f).filter(\.isFinite)
                 return v.isEmpty ? .nan : v.reduce(0, +) / Double(v.count)
             }
-            /// A figure's mean over the twin's runs, one per seed.
+            /// A figure's mean over the twin's runs (every seed, every run with jitter).
             func twinMean(_ f: (RunResult) -> Double?) -> Double {
-                let v = twins.compactMap(f).filter(\.isFinite)
+                let v = allTwins.map(\.result).compactMap(f).filter(\.isFinite)
                 return v.isEmpty ? .nan : v.reduce(0, +) / Double(v.count)
+            }
+            /// "; twin runs LO–HI" over one seed's jittered twin runs.
+            func twinSpread(_ f: (RunResult) -> Double?, format: String) -> String {
+                guard twinRuns > 1, !several else { return "" }
+                let v = allTwins.map(\.result).compactMap(f).filter(\.isFinite)
+                guard let lo = v.min(), let hi = v.max() else { return "" }
+                return "; twin runs " + String(format: format, lo) + "–" + String(format: format, hi)
             }
             /// A figure's lowest and highest over the testbed runs of one seed: how much the testbed
             /// itself varies (over several seeds the requests differ too: the seed-by-seed lines say that).
@@ -411,8 +426,9 @@ extension TwinCommand {
                 guard let (lo, hi) = range(f) else { return "" }
                 return "  testbed runs " + String(format: format, lo) + "–" + String(format: format, hi) + ((lo...hi).contains(y) ? "; the twin's inside" : "; the twin's outside")
             }
-            let over = several ? " (means over \(seedList.count) seeds; testbed: \(testbedRuns.count) runs)"
-                : testbedRuns.count > 1 ? " (testbed: mean of \(testbedRuns.count) runs)" : ""
+            let twinOver = twinRuns > 1 ? "; twin: \(allTwins.count) runs with timing jitter" : ""
+            let over = several ? " (means over \(seedList.count) seeds; testbed: \(testbedRuns.count) runs\(twinOver))"
+                : testbedRuns.count > 1 || twinRuns > 1 ? " (testbed: mean of \(testbedRuns.count) run(s)\(twinOver))" : ""
             if testbedRuns.count > 1 {
                 for (k, r) in testbedRuns.enumerated() {
                     let figures: [String] = r.requests.services.map { String(format: "%@ P99 TTFT %.2f s, P50 %.2f s", $0.id as NSString, $0.ttftP99, $0.ttftP50) }
@@ -443,14 +459,14 @@ extension TwinCommand {
                     let e = err(x, y)
                     if target { worst = max(worst, e) }
                     text += name.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.3f %9.3f   %6.1f%%", x, y, e * 100) + (target ? "  (target ≤ 10 %)" : "")
-                        + (target ? spread({ of($0)?.ttftP99 }, twin: y, format: "%.2f") : "") + "\n"
+                        + (target ? spread({ of($0)?.ttftP99 }, twin: y, format: "%.2f") + twinSpread({ of($0)?.ttftP99 }, format: "%.2f") : "") + "\n"
                 }
             }
             let tbMoved = mean { Double($0.migrations.started) }, twMoved = twinMean { Double(moved($0)) }
             let e = err(tbMoved, twMoved)
             worst = max(worst, e)
             text += "migrations".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9.1f   %6.1f%%  (target ≤ 10 %%)", tbMoved, twMoved, e * 100)
-                + spread({ Double($0.migrations.started) }, twin: twMoved, format: "%.0f") + "\n"
+                + spread({ Double($0.migrations.started) }, twin: twMoved, format: "%.0f") + twinSpread({ Double(moved($0)) }, format: "%.0f") + "\n"
             let reasons = Set(testbedRuns.flatMap(\.migrations.byReason.keys)).union(twins.flatMap(\.migrations.keys).filter { $0.hasPrefix("reason/") }.map { String($0.dropFirst(7)) })
             for k in reasons.sorted() {
                 text += "  \(k)".padding(toLength: 28, withPad: " ", startingAt: 0)
@@ -460,20 +476,22 @@ extension TwinCommand {
             if tbStaged > 0 || twins.contains(where: { $0.migrations["staged"] != nil }) {
                 text += "  staged via a memory host".padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.1f %9.1f\n", tbStaged, twinMean { Double($0.migrations["staged"] ?? 0) })
             }
-            let d = twins.flatMap(\.migrationDowntimes).sorted()
+            let d = allTwins.flatMap(\.result.migrationDowntimes).sorted()
             text += "downtime p50 ms".padding(toLength: 28, withPad: " ", startingAt: 0)
                 + String(format: "%9.1f %9.1f\n", mean { $0.migrations.downtimeP50Ms }, d.isEmpty ? .nan : percentile(d, 50) * 1000)
             if several {
                 // Seed by seed: that seed's testbed runs against its twin run.
                 var rows: [SeedBySeed.Row] = []
-                for (seed, twin) in zip(seedList, twins) {
+                for seed in seedList {
                     let runs = testbedRuns.filter { $0.seed == seed }
+                    let mine = allTwins.filter { $0.seed == seed }.map(\.result)
                     for a in testbed.requests.services {
-                        guard let b = twin.services.first(where: { $0.id == a.id }), let y = b.ttftP99 else { continue }
+                        let y = mine.compactMap { $0.services.first { $0.id == a.id }?.ttftP99 }
+                        guard !y.isEmpty else { continue }
                         rows.append(SeedBySeed.Row(seed: seed, figure: "\(a.id) P99 TTFT s",
-                                                   testbed: runs.compactMap { $0.requests.services.first { $0.id == a.id }?.ttftP99 }, twin: y))
+                                                   testbed: runs.compactMap { $0.requests.services.first { $0.id == a.id }?.ttftP99 }, twinRuns: y))
                     }
-                    rows.append(SeedBySeed.Row(seed: seed, figure: "migrations", testbed: runs.map { Double($0.migrations.started) }, twin: Double(moved(twin))))
+                    rows.append(SeedBySeed.Row(seed: seed, figure: "migrations", testbed: runs.map { Double($0.migrations.started) }, twinRuns: mine.map { Double(moved($0)) }))
                 }
                 text += SeedBySeed(rows: rows).text
             }

@@ -62,6 +62,26 @@ struct MigrationTwinTests {
         #expect(!r.migrationRecords.isEmpty)
     }
 
+    @Test("timing jitter (--twin-runs): run 0 is the model as set; each further run scales the control plane's latencies by 0.9–1.1, the same for the same run, not for another")
+    func timingJitter() {
+        var o = TwinOptions()
+        o.serveLatency = 0.014; o.reportLatency = 0.1; o.startLatency = 0.1
+        var m = MigrationTwinModel.Settings(MigrationSettings(), timeScale: 10)
+        m.controlLatency = 0.03
+        o.migration = m
+        let zero = o.jittered(run: 0)
+        #expect(zero.serveLatency == 0.014 && zero.reportLatency == 0.1 && zero.migration?.controlLatency == 0.03)
+        let a = o.jittered(run: 1), b = o.jittered(run: 1), c = o.jittered(run: 2)
+        #expect(a.serveLatency == b.serveLatency && a.migration?.controlLatency == b.migration?.controlLatency, "deterministic")
+        #expect(a.serveLatency != c.serveLatency, "another run, another draw")
+        for x in [a, c] {
+            for (v, base) in [(x.serveLatency, 0.014), (x.reportLatency, 0.1), (x.startLatency, 0.1), (x.migration!.controlLatency, 0.03)] {
+                #expect(v >= base * 0.9 && v <= base * 1.1, "\(v) against \(base)")
+            }
+        }
+        #expect(o.jittered(run: 3, spread: 0).serveLatency == 0.014)
+    }
+
     @Test("staging in the twin: a drain with every other replica short of room moves requests through the memory host instead of waiting; every request finishes once")
     func stagedDrain() throws {
         let drains = [(node: "n0", from: 60.0, until: 200.0)]

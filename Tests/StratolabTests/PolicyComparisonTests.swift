@@ -107,6 +107,10 @@ struct PolicyComparisonTests {
         #expect(v.errorSpread("migrations")!.high == 0.25 && v.sides("migrations") == (above: 1, below: 0))
         #expect(v.text.contains("(10.00, 12.00)") && v.text.contains("20.0%"), "\(v.text)")
         #expect(v.text.contains("p99: seed by seed the twin errs by 0.0–20.0 % (median 5.0 %); above the testbed on 1 seed(s), below on 1"), "\(v.text)")
+        // Several twin runs of a seed (timing jitter): their mean is the twin's figure, all listed.
+        let j = SeedBySeed(rows: [.init(seed: 1, figure: "migrations", testbed: [10], twinRuns: [11, 13, 12])])
+        #expect(j.rows[0].twin == 12 && abs(j.rows[0].error - 0.2) < 1e-12)
+        #expect(j.text.contains("(testbed runs | twin runs)") && j.text.contains("(10.00 | 11.00, 13.00, 12.00)"), "\(j.text)")
     }
 
     @Test("migrations.csv: the request moved and why an abort happened, quoted where the reason holds a comma; the twin's rows the same")

@@ -12,9 +12,14 @@ public struct SeedBySeed: Sendable {
         public var figure: String
         /// The testbed's runs of this seed (one value each).
         public var testbed: [Double]
-        public var twin: Double
+        /// The twin's runs of this seed (several when run with timing jitter); `twin` is their mean.
+        public var twinRuns: [Double]
+        public var twin: Double { twinRuns.isEmpty ? .nan : twinRuns.reduce(0, +) / Double(twinRuns.count) }
         public init(seed: UInt64, figure: String, testbed: [Double], twin: Double) {
-            self.seed = seed; self.figure = figure; self.testbed = testbed; self.twin = twin
+            self.init(seed: seed, figure: figure, testbed: testbed, twinRuns: [twin])
+        }
+        public init(seed: UInt64, figure: String, testbed: [Double], twinRuns: [Double]) {
+            self.seed = seed; self.figure = figure; self.testbed = testbed; self.twinRuns = twinRuns
         }
         public var testbedMean: Double { testbed.isEmpty ? .nan : testbed.reduce(0, +) / Double(testbed.count) }
         /// |twin − testbed| / testbed; 0 when both are 0.
@@ -51,9 +56,11 @@ public struct SeedBySeed: Sendable {
     /// The table appended to `validation.txt`: a line per seed and figure, then each figure's spread.
     public var text: String {
         let width = max(28, (rows.map { "  seed \($0.seed) \($0.figure)".count }.max() ?? 0) + 1)
-        var t = "\nseed by seed".padding(toLength: width + 1, withPad: " ", startingAt: 0) + "testbed      twin     error   (testbed runs)\n"
+        let twinRuns = rows.contains { $0.twinRuns.count > 1 }
+        var t = "\nseed by seed".padding(toLength: width + 1, withPad: " ", startingAt: 0) + "testbed      twin     error   (testbed runs" + (twinRuns ? " | twin runs)\n" : ")\n")
         for r in rows {
-            let runs = r.testbed.count > 1 ? "   (" + r.testbed.map { String(format: "%.2f", $0) }.joined(separator: ", ") + ")" : ""
+            let list = { (v: [Double]) in v.map { String(format: "%.2f", $0) }.joined(separator: ", ") }
+            let runs = r.testbed.count > 1 || r.twinRuns.count > 1 ? "   (" + list(r.testbed) + (r.twinRuns.count > 1 ? " | " + list(r.twinRuns) : "") + ")" : ""
             t += "  seed \(r.seed) \(r.figure)".padding(toLength: width, withPad: " ", startingAt: 0)
                 + String(format: "%9.2f %9.2f   %6.1f%%", r.testbedMean, r.twin, r.error * 100) + runs + "\n"
         }
