@@ -11,6 +11,8 @@ import Wire
 ///   reads of the same blocks into one file (NVMe);
 /// - over the data plane: a client on its own data plane puts and gets DRAM blocks on a memory
 ///   host's handler (its own thread), against raw libzmq bulk with the same chunk size.
+/// The raw disk and the NVMe tier, and raw libzmq and the data plane, run back to back in each of
+/// `rounds` rounds: the figures are medians, and each round's own ratios are kept.
 enum TiersBench {
     struct TierRow {
         var kind: TierKind
