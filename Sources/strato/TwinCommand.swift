@@ -383,13 +383,21 @@ extension TwinCommand {
                         print("  \(b.id): " + String(format: "P50 TTFT %.2f s, P99 TTFT %.2f s, P99 latency %.2f s, preemptions %d, P50 of each request's longest gap between tokens %.3f s",
                                                        b.ttftP50 ?? .nan, b.ttftP99 ?? .nan, b.latencyP99 ?? .nan, b.preemptions ?? 0, b.maxTBTP50 ?? .nan))
                     }
-                    let moved = moved(twin)
-                    print("  migrations \(moved): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", ")
+                    let count = moved(twin)
+                    print("  migrations \(count): " + twin.migrations.filter { $0.key.hasPrefix("reason/") }.sorted { $0.key < $1.key }.map { "\($0.key.dropFirst(7)) \($0.value)" }.joined(separator: ", ")
                           + (twin.migrations["staged"].map { "; \($0) staged through a memory host" } ?? "")
-                          + (moved > 0 ? " (" + twin.migrations.filter { $0.key.hasPrefix("state/") }.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.dropFirst(6))" }.joined(separator: ", ") + ")" : ""))
+                          + (count > 0 ? " (" + twin.migrations.filter { $0.key.hasPrefix("state/") }.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.dropFirst(6))" }.joined(separator: ", ") + ")" : ""))
                     print("  " + twinBalance.sentence)
                     if let p = PriorityClasses(twin.requests.compactMap { q in q.ttft.map { PriorityClasses.Row(highPriority: q.highPriority, ttft: $0, meanTBT: q.meanTBT, maxTBT: q.maxTBT) } }) {
                         print("  " + p.sentence)
+                    }
+                    if twinRuns > 1 {
+                        // The same seed with the control plane's timing jittered: how far the twin itself swings.
+                        let runs = allTwins.filter { $0.seed == seed }.map(\.result)
+                        let p99 = runs.compactMap { $0.services.first?.ttftP99 }, counts = runs.map { moved($0) }
+                        if let lo = p99.min(), let hi = p99.max(), let a = counts.min(), let b = counts.max() {
+                            print(String(format: "  with timing jitter (%d runs): P99 TTFT %.2f–%.2f s, migrations %d–%d", runs.count, lo, hi, a, b))
+                        }
                     }
                     print("  each request: \(twinDirectory(seed))/requests.csv" + (twin.migrationRecords.isEmpty ? "" : "; each migration: \(twinDirectory(seed))/migrations.csv"))
                 }
