@@ -30,11 +30,15 @@ public final class SwarmPlatform: ComposePlatform {
             .split(separator: "\n").map(String.init).filter { !$0.isEmpty }
     }
 
+    /// The running task's container of a service on this host; nil when none runs.
+    func runningContainer(_ node: String) throws -> String? {
+        try sh(["docker", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=\(service(node))", "--filter", "status=running"])
+            .split(separator: "\n").first.map(String.init)
+    }
+
     /// The running task's container of a service on this host, else its newest.
     override func container(_ node: String) throws -> String {
-        let running = try sh(["docker", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=\(service(node))", "--filter", "status=running"])
-            .split(separator: "\n").first.map(String.init) ?? ""
-        if !running.isEmpty { return running }
+        if let running = try runningContainer(node) { return running }
         guard let newest = try containers(node).first else {
             throw CommandError(description: "no task container of service \(service(node)) on this host (docker service ps \(service(node)))")
         }
@@ -71,10 +75,7 @@ public final class SwarmPlatform: ComposePlatform {
     /// A stopped task's container stays, with its files, until the stack is removed (a scaled-down
     /// task's would not: the swarm removes it).
     private func stop(_ nodes: [String], grace: Int = 5) {
-        let running = nodes.compactMap { n in
-            (try? sh(["docker", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=\(service(n))", "--filter", "status=running"]))?
-                .split(separator: "\n").first.map(String.init)
-        }
+        let running = nodes.compactMap { (try? runningContainer($0)) ?? nil }
         if !running.isEmpty { _ = try? sh(["docker", "stop", "-t", "\(grace)"] + running, allowFailure: true) }
         _ = try? sh(["docker", "service", "scale", "--detach"] + nodes.map { "\(service($0))=0" }, allowFailure: true)
     }
@@ -134,9 +135,7 @@ public final class SwarmPlatform: ComposePlatform {
         let before = reachedAt
         try restart("coordinator")
         for _ in 0..<120 {
-            let running = try sh(["docker", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=\(service("coordinator"))", "--filter", "status=running"])
-                .split(separator: "\n").first.map(String.init) ?? ""
-            if !running.isEmpty, let now = try? address(ofCoordinator: running) {
+            if let running = try runningContainer("coordinator"), let now = try? address(ofCoordinator: running) {
                 if let before, now != before {
                     throw FaultError(description: "the coordinator's new task is at \(now) on docker_gwbridge, not \(before), where this run's operator connection points: the run cannot reach it again")
                 }
