@@ -16,7 +16,8 @@ import Foundation
 /// - teardown stops each task's container (SIGTERM, agents first, so each ships its last trace
 ///   batch) and then scales its service to 0, which keeps the stopped containers until every
 ///   task's trace and log are collected; a node killed and brought back has two tasks, and both
-///   are collected.
+///   are collected (the killed one from the spool and log copied out at the kill, when the swarm
+///   has removed its container since).
 public final class SwarmPlatform: ComposePlatform {
     public override var name: String { "swarm" }
     override var upScript: String { "swarm-up" }
@@ -49,7 +50,8 @@ public final class SwarmPlatform: ComposePlatform {
     private var reachedAt: String?
 
     override func start(_ spec: ExperimentSpec, progress: (String) -> Void) throws {
-        reachedAt = nil; tasksAtDown = [:]
+        reachedAt = nil; tasksAtDown = [:]; stashed = [:]
+        try? FileManager.default.removeItem(atPath: stashRoot)
         progress("docker stack deploy (stack \(project)) …")
         try sh(["bash", "scripts/swarm-up", "--timeout", "\(Int(spec.startTimeout))"], environment: env)
         services = try sh(["docker", "stack", "services", project, "--format", "{{.Name}}"])
@@ -100,25 +102,56 @@ public final class SwarmPlatform: ComposePlatform {
             try? sh(["docker", "cp", "\(c):/var/lib/strato/state/trace", traceDir + "/collector"])
         }
         for node in ["coordinator"] + services {
-            // Oldest task first: a killed node's first life, then its replacement's.
-            let tasks = Array((tasksAtDown[node] ?? (try? containers(node)) ?? []).reversed())
+            // Oldest task first: a killed node's first life, then its replacement's. A killed task
+            // whose container the swarm has removed since is read from what the kill stashed.
+            let present = Array((tasksAtDown[node] ?? (try? containers(node)) ?? []).reversed())
+            let gone = (stashed[node] ?? []).filter { s in !present.contains { Self.sameContainer($0, s.container) } }
+            let tasks: [(container: String, stash: String?)] = gone.map { ($0.container, $0.directory) } + present.map { ($0, nil) }
             var log = ""
-            for (i, c) in tasks.enumerated() {
-                if node != "coordinator" { try? sh(["docker", "cp", "\(c):/var/lib/strato/trace", traceDir + "/spools/\(node)" + (i == 0 ? "" : "-task\(i + 1)")]) }
-                if tasks.count > 1 { log += "=== task \(i + 1) of \(tasks.count) (container \(c.prefix(12)))\n" }
-                log += (try? sh(["docker", "logs", c], allowFailure: true)) ?? ""
+            for (i, task) in tasks.enumerated() {
+                let spool = traceDir + "/spools/\(node)" + (i == 0 ? "" : "-task\(i + 1)")
+                if tasks.count > 1 { log += "=== task \(i + 1) of \(tasks.count) (container \(task.container.prefix(12))\(task.stash == nil ? "" : ", stashed when it was killed"))\n" }
+                if let stash = task.stash {
+                    if node != "coordinator" { try? fm.copyItem(atPath: stash + "/trace", toPath: spool) }
+                    log += (try? String(contentsOfFile: stash + "/log", encoding: .utf8)) ?? ""
+                } else {
+                    if node != "coordinator" { try? sh(["docker", "cp", "\(task.container):/var/lib/strato/trace", spool]) }
+                    log += (try? sh(["docker", "logs", task.container], allowFailure: true)) ?? ""
+                }
             }
             try log.write(toFile: logDir + "/\(node).log", atomically: true, encoding: .utf8)
         }
+        try? fm.removeItem(atPath: stashRoot)
         try sh(["bash", "scripts/swarm-down", "--volumes"], environment: env, allowFailure: true)
+    }
+
+    /// Container IDs as `docker ps` gives them (12 digits) or in full.
+    static func sameContainer(_ a: String, _ b: String) -> Bool { a.hasPrefix(b) || b.hasPrefix(a) }
+
+    /// A killed task's trace spool and log, copied out at the kill: a failed task's container is
+    /// the swarm's to remove (task history limits, a scale down), and one removed before teardown
+    /// took its node's unshipped trace events with it.
+    private var stashed: [String: [(container: String, directory: String)]] = [:]
+    private var stashRoot: String { NSTemporaryDirectory() + "strato-swarm-\(project)-\(getpid())" }
+
+    private func stash(_ node: String, container c: String) {
+        let dir = stashRoot + "/\(node)-\(stashed[node, default: []].count + 1)"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        if node != "coordinator" { _ = try? sh(["docker", "cp", "\(c):/var/lib/strato/trace", dir + "/trace"], allowFailure: true) }
+        let log = (try? sh(["docker", "logs", c], allowFailure: true)) ?? ""
+        try? log.write(toFile: dir + "/log", atomically: true, encoding: .utf8)
+        stashed[node, default: []].append((c, dir))
     }
 
     // MARK: Faults
 
-    /// SIGKILL to the task's container, then its service scaled to 0 so the swarm does not
-    /// replace it before the fault ends.
+    /// SIGKILL to the task's container, its spool and log stashed (the swarm may remove the
+    /// container before teardown), then its service scaled to 0 so the swarm does not replace it
+    /// before the fault ends (the swarm's restart delay is 5 s).
     public override func kill(_ node: String) throws {
-        try sh(["docker", "kill", try container(node)])
+        let c = try container(node)
+        try sh(["docker", "kill", c])
+        stash(node, container: c)
         try sh(["docker", "service", "scale", "--detach", "\(service(node))=0"])
     }
 
