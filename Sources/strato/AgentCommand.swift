@@ -258,7 +258,8 @@ struct AgentCommand: ParsableCommand {
                     backends.append((EmulatedCXLTier(dramBandwidthBytesPerSecond: bw, dramLatencySeconds: lat), capacity)); probed[.cxl] = (t.bandwidthGbps, t.latencyNs)
                 case .nvme:
                     do {
-                        let tier = try FileTier(directory: t.path)
+                        // Spares (removed blocks' files kept to be written over): a quarter of the tier, at most 256 MiB.
+                        let tier = try FileTier(directory: t.path, spareBudgetBytes: min(256 << 20, capacity / 4))
                         tier.enableWriteBehind()   // fsyncs off the session thread that heartbeats
                         tier.enableDetachedReads()   // and the gets' disk reads
                         backends.append((tier, capacity))

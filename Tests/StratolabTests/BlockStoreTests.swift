@@ -209,6 +209,45 @@ struct BlockStoreTests {
         for (key, size) in again.recovered() { #expect(try again.read(key).count == size && size == 1024) }
     }
 
+    @Test("NVMe spares: a removed block's file is written over by the next put of its length (same inode, new bytes), kept within the budget, never served, adopted after a restart")
+    func nvmeSpareFilesAreWrittenOver() throws {
+        let dir = tempDir("spares"); defer { try? FileManager.default.removeItem(atPath: dir) }
+        func inode(_ key: String) -> UInt64? {
+            var st = stat()
+            return stat(dir + "/" + FileTier.fileName(key) + ".blk", &st) == 0 ? UInt64(st.st_ino) : nil
+        }
+        func names(_ ext: String) throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(ext) } }
+        // Budget for two 10 000-byte files (aligned: 12 288 bytes each with direct I/O).
+        let tier = try FileTier(directory: dir, spareBudgetBytes: 2 * 12_288 + 100)
+        for k in ["a", "b", "c"] { try content(k, 10_000).withUnsafeBytes { try tier.write(k, $0) } }
+        let (ia, ib) = (inode("a"), inode("b"))
+        for k in ["a", "b", "c"] { tier.remove(k) }
+        #expect(tier.spareFiles.count == 2, "two within the budget, the third unlinked: \(tier.spareFiles)")
+        #expect(try names(".spr").count == 2 && names(".blk").isEmpty)
+        for k in ["a", "b"] {
+            do { _ = try tier.read(k); Issue.record("a spare was served as \(k)") } catch let e as BlockStoreError { #expect(e.code == .unknownKey) }
+        }
+        // The same length: written over; another length: a fresh file, the spare stays.
+        try content("d", 10_000).withUnsafeBytes { try tier.write("d", $0) }
+        try content("e", 500).withUnsafeBytes { try tier.write("e", $0) }
+        #expect(inode("d") == ib || inode("d") == ia, "d written over a spare")
+        #expect(try tier.read("d") == content("d", 10_000) && tier.read("e") == content("e", 500))
+        #expect(tier.spareFiles.count == 1)
+        // A restart adopts the spare (not a block) and writes over it.
+        let again = try FileTier(directory: dir, spareBudgetBytes: 1 << 20)
+        #expect(Set(again.recovered().map(\.key)) == ["d", "e"])
+        #expect(again.spareFiles.count == 1)
+        try content("f", 10_000).withUnsafeBytes { try again.write("f", $0) }
+        #expect(try again.spareFiles.count == 0 && names(".spr").isEmpty)
+        #expect(try again.read("f") == content("f", 10_000))
+        // No budget: removed files are unlinked.
+        let none = try FileTier(directory: dir, spareBudgetBytes: 0)
+        _ = none.recovered()
+        none.remove("f")
+        #expect(try none.spareFiles.count == 0 && names(".spr").isEmpty && inode("f") == nil)
+        #expect(none.dropSpares() == 0)
+    }
+
     @Test("NVMe reads on the reader thread: finished by the store as a get is (counted, promoted), a rotted block is named and forgotten, a block gone meanwhile misses")
     func nvmeDetachedReads() throws {
         let dir = tempDir("reader"); defer { try? FileManager.default.removeItem(atPath: dir) }

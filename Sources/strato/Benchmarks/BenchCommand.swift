@@ -55,6 +55,7 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "%-5@ %8.2f  %8.2f  %5.2f/%5.2f %-7@ %9.2f×  %9.2f×  %11.1f  %11.1f", r.kind.rawValue as NSString, r.putGBps, r.getGBps, cw, cr,
                              (name == "memcpy" ? "memcpy" : "disk") as NSString, r.putGBps / cw, r.getGBps / cr, r.putLatencyUs, r.getLatencyUs))
             }
+            print(String(format: "raw disk writes: %.2f GB/s written over the file (the NVMe put ceiling above), %.2f GB/s into it fresh (the filesystem allocating as it goes)", f.diskWriteGBps, f.diskFreshWriteGBps))
             print(String(format: "over the data plane (DRAM tier): put %.2f GB/s (%.2f× raw libzmq %.2f GB/s), get %.2f GB/s (%.2f×)", f.planePutGBps,
                          f.planePutGBps / f.rawZMQGBps, f.rawZMQGBps, f.planeGetGBps, f.planeGetGBps / f.rawZMQGBps))
             if let d = f.rows.first(where: { $0.kind == .dram }), let c = f.rows.first(where: { $0.kind == .cxl }) {
@@ -73,7 +74,7 @@ struct BenchCommand: ParsableCommand {
             let dram = f.rows.first { $0.kind == .dram }, nvme = f.rows.first { $0.kind == .nvme }
             print("targets: DRAM ≥ 0.8× memcpy in process: " + String(format: "get %.2f×, put %.2f×", (dram?.getGBps ?? 0) / f.memcpyGetGBps, (dram?.putGBps ?? 0) / f.memcpyPutGBps)
                   + String(format: "; ≥ 0.5× raw libzmq over the data plane: put %.2f×, get %.2f×", f.planePutGBps / f.rawZMQGBps, f.planeGetGBps / f.rawZMQGBps)
-                  + String(format: "; NVMe ≥ 0.8× raw disk: put %.2f× (written behind as on a memory host: %.2f×), get %.2f×", (nvme?.putGBps ?? 0) / f.diskWriteGBps,
+                  + String(format: "; NVMe ≥ 0.8× raw disk (writes: the file written over): put %.2f× (written behind as on a memory host: %.2f×), get %.2f×", (nvme?.putGBps ?? 0) / f.diskWriteGBps,
                                   f.nvmeBehindPutGBps / f.diskWriteGBps, (nvme?.getGBps ?? 0) / f.diskReadGBps))
         }
     }

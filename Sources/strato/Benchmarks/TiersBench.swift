@@ -8,7 +8,8 @@ import Wire
 /// `strato bench tiers`: the block store's tiers in one run, against this host's ceilings.
 /// - in process: put and get bandwidth per tier (blocks of `blockBytes`) and the latency of one
 ///   4 KiB block; ceilings are memcpy of the same blocks (DRAM, CXL) and raw direct-I/O writes and
-///   reads of the same blocks into one file (NVMe);
+///   reads of the same blocks in one file (NVMe: the writes' ceiling is the file written over, the
+///   disk's own bandwidth; its first write into the fresh file, which allocates, is shown beside);
 /// - over the data plane: a client on its own data plane puts and gets DRAM blocks on a memory
 ///   host's handler (its own thread), against raw libzmq bulk with the same chunk size.
 /// The raw disk and the NVMe tier, and raw libzmq and the data plane, run back to back in each of
@@ -28,6 +29,8 @@ enum TiersBench {
         /// state), and out of them into one reused buffer (a get's: the reader copies out).
         var memcpyPutGBps = 0.0, memcpyGetGBps = 0.0
         var diskWriteGBps = 0.0, diskReadGBps = 0.0, diskDirect = true
+        /// The raw disk's first write, into the fresh file (the filesystem allocates as it goes).
+        var diskFreshWriteGBps = 0.0
         /// NVMe as a memory host runs it: written behind by the writer thread (a batch made durable by one syncfs), timed
         /// from the first put until every block is on disk (`flush`).
         var nvmeBehindPutGBps = 0.0
@@ -77,11 +80,11 @@ enum TiersBench {
 
         // NVMe against the raw disk, back to back in each round: a virtual disk's speed drifts
         // within a minute, so a ceiling measured once would judge the tier against another disk.
-        var nvmeRows: [TierRow] = [], raws: [(w: Double, r: Double)] = [], behinds: [Double] = []
+        var nvmeRows: [TierRow] = [], raws: [RawDisk] = [], behinds: [Double] = []
         for k in 0..<max(1, rounds) {
             let raw = try rawDisk(directory: directory, blocks: blocks)
-            f.diskDirect = raw.2
-            raws.append((raw.0, raw.1))
+            f.diskDirect = raw.direct
+            raws.append(raw)
             let dir = directory + "/store-nvme"
             try? FileManager.default.removeItem(atPath: dir)
             let row = try measure(try FileTier(directory: dir), kind: .nvme, blocks: blocks, total: f.totalBytes)
@@ -89,11 +92,11 @@ enum TiersBench {
             nvmeRows.append(row)
             let behind = try writtenBehind(blocks: blocks, total: f.totalBytes, directory: directory + "/store-nvme-behind")
             behinds.append(behind)
-            f.nvmeRounds.append(TiersBench.NVMeRound(put: row.putGBps / raw.0, get: row.getGBps / raw.1, behind: behind / raw.0))
-            progress(String(format: "  nvme, round %d of %d: raw disk (%@) write %.2f GB/s, read %.2f GB/s; tier put %.2f GB/s, get %.2f GB/s, written behind %.2f GB/s; 4 KiB put %.1f µs, get %.1f µs",
-                            k + 1, max(1, rounds), (raw.2 ? "direct I/O" : "buffered: O_DIRECT refused") as NSString, raw.0, raw.1, row.putGBps, row.getGBps, behind, row.putLatencyUs, row.getLatencyUs))
+            f.nvmeRounds.append(TiersBench.NVMeRound(put: row.putGBps / raw.write, get: row.getGBps / raw.read, behind: behind / raw.write))
+            progress(String(format: "  nvme, round %d of %d: raw disk (%@) write %.2f GB/s (into the fresh file %.2f), read %.2f GB/s; tier put %.2f GB/s, get %.2f GB/s, written behind %.2f GB/s; 4 KiB put %.1f µs, get %.1f µs",
+                            k + 1, max(1, rounds), (raw.direct ? "direct I/O" : "buffered: O_DIRECT refused") as NSString, raw.write, raw.freshWrite, raw.read, row.putGBps, row.getGBps, behind, row.putLatencyUs, row.getLatencyUs))
         }
-        f.diskWriteGBps = median(raws.map(\.w)); f.diskReadGBps = median(raws.map(\.r))
+        f.diskWriteGBps = median(raws.map(\.write)); f.diskReadGBps = median(raws.map(\.read)); f.diskFreshWriteGBps = median(raws.map(\.freshWrite))
         f.nvmeBehindPutGBps = median(behinds)
         var nvme = TierRow(kind: .nvme, label: nvmeRows[0].label)
         nvme.putGBps = median(nvmeRows.map(\.putGBps)); nvme.getGBps = median(nvmeRows.map(\.getGBps))
@@ -189,9 +192,12 @@ enum TiersBench {
         return (median(puts), median(gets))
     }
 
-    /// Sequential writes of the blocks into one file (direct I/O where allowed), one fsync at the
-    /// end, then reads: the disk's own bandwidth for these block sizes.
-    static func rawDisk(directory: String, blocks: [[UInt8]]) throws -> (Double, Double, Bool) {
+    struct RawDisk { var freshWrite: Double, write: Double, read: Double, direct: Bool }
+
+    /// Sequential writes of the blocks into one fresh file (direct I/O where allowed), one fsync
+    /// at the end; the same writes again over it (no allocation left: the disk's own bandwidth for
+    /// these block sizes), then reads. GB/s.
+    static func rawDisk(directory: String, blocks: [[UInt8]]) throws -> RawDisk {
         let file = directory + "/raw-\(getpid())"
         defer { unlink(file) }
         let n = blocks[0].count
@@ -204,19 +210,23 @@ enum TiersBench {
         if fd < 0 { direct = false; fd = open(file, O_CREAT | O_RDWR | O_TRUNC, 0o600) }
         guard fd >= 0 else { throw BlockStoreError(.tierUnavailable, "cannot open \(file): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        var t0 = now()
-        for (i, b) in blocks.enumerated() {
-            b.withUnsafeBytes { _ = memcpy(p!, $0.baseAddress!, n) }
-            guard pwrite(fd, p!, size, off_t(i * size)) == size else { throw BlockStoreError(.io, "raw write: \(String(cString: strerror(errno)))") }
+        func writeAll() throws -> Double {
+            let t0 = now()
+            for (i, b) in blocks.enumerated() {
+                b.withUnsafeBytes { _ = memcpy(p!, $0.baseAddress!, n) }
+                guard pwrite(fd, p!, size, off_t(i * size)) == size else { throw BlockStoreError(.io, "raw write: \(String(cString: strerror(errno)))") }
+            }
+            fsync(fd)
+            return Double(blocks.count * n) / Double(now() - t0)
         }
-        fsync(fd)
-        let w = Double(blocks.count * n) / Double(now() - t0)
-        t0 = now()
+        let fresh = try writeAll()
+        let w = try writeAll()
+        let t0 = now()
         for i in 0..<blocks.count {
             guard pread(fd, p!, size, off_t(i * size)) == size else { throw BlockStoreError(.io, "raw read: \(String(cString: strerror(errno)))") }
         }
         let r = Double(blocks.count * n) / Double(now() - t0)
-        return (w, r, direct)
+        return RawDisk(freshWrite: fresh, write: w, read: r, direct: direct)
     }
 
     /// A memory host (DRAM tier, its handler and data plane on a thread of its own) and a client:
