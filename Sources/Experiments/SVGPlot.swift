@@ -17,12 +17,26 @@ public struct SVGPlot {
     /// Room left of the lowest and right of the highest x, in x's units (dots at whole numbers, such
     /// as seeds, then sit clear of the axes).
     public var xMargin = 0.0
+    /// x is a count or an index (seeds): its ticks at whole numbers only, never "1.6".
+    public var wholeNumberX = false
 
     public init(title: String, xLabel: String, yLabel: String, logX: Bool = false) {
         self.title = title; self.xLabel = xLabel; self.yLabel = yLabel; self.logX = logX
     }
 
     static let palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+
+    /// Whole numbers in [lo, hi], at most about ten of them (a step of 1, 2, 5, 10, …).
+    static func wholeTicks(from lo: Double, to hi: Double) -> [Double] {
+        let first = ceil(lo), last = floor(hi)
+        guard last >= first else { return [] }
+        var step = 1.0
+        while (last - first) / step > 10 {
+            let mantissa = step / pow(10, floor(log10(step)))
+            step *= mantissa == 2 ? 2.5 : 2   // 1, 2, 5, 10, 20, 50, …
+        }
+        return stride(from: first, through: last, by: step).map { $0 }
+    }
 
     /// Empirical CDF points of `values`.
     public static func cdf(_ values: [Double]) -> [(Double, Double)] {
@@ -55,11 +69,16 @@ public struct SVGPlot {
             if xb > xa { s += "<rect x=\"\(xa)\" y=\"\(t)\" width=\"\(xb - xa)\" height=\"\(ph)\" fill=\"#f4a582\" opacity=\"0.35\"><title>\(esc(label))</title></rect>\n" }
         }
         s += "<rect x=\"\(l)\" y=\"\(t)\" width=\"\(pw)\" height=\"\(ph)\" fill=\"none\" stroke=\"#333\"/>\n"
+        let xTicks: [Double] = wholeNumberX && !logX
+            ? Self.wholeTicks(from: x0, to: x1)
+            : (0...5).map { i in let fx = x0 + (x1 - x0) * Double(i) / 5; return logX ? pow(10, fx) : fx }
+        for xv in xTicks {
+            let xpix = px(xv)
+            s += "<line x1=\"\(xpix)\" y1=\"\(t + ph)\" x2=\"\(xpix)\" y2=\"\(t + ph + 5)\" stroke=\"#333\"/><text x=\"\(xpix)\" y=\"\(t + ph + 18)\" text-anchor=\"middle\">\(wholeNumberX ? String(format: "%.0f", xv) : fmt(xv))</text>\n"
+        }
         for i in 0...5 {
-            let fx = x0 + (x1 - x0) * Double(i) / 5, fy = y0 + (y1 - y0) * Double(i) / 5
-            let xv = logX ? pow(10, fx) : fx
-            let xpix = l + pw * Double(i) / 5, ypix = t + ph - ph * Double(i) / 5
-            s += "<line x1=\"\(xpix)\" y1=\"\(t + ph)\" x2=\"\(xpix)\" y2=\"\(t + ph + 5)\" stroke=\"#333\"/><text x=\"\(xpix)\" y=\"\(t + ph + 18)\" text-anchor=\"middle\">\(fmt(xv))</text>\n"
+            let fy = y0 + (y1 - y0) * Double(i) / 5
+            let ypix = t + ph - ph * Double(i) / 5
             s += "<line x1=\"\(l - 5)\" y1=\"\(ypix)\" x2=\"\(l)\" y2=\"\(ypix)\" stroke=\"#333\"/><text x=\"\(l - 8)\" y=\"\(ypix + 4)\" text-anchor=\"end\">\(fmt(fy))</text>\n"
         }
         s += "<text x=\"\(l + pw / 2)\" y=\"\(height - 10)\" text-anchor=\"middle\">\(esc(xLabel))</text>\n"

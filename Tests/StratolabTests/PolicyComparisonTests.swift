@@ -91,6 +91,19 @@ struct PolicyComparisonTests {
         #expect(throws: SpecError.self) { try t.override(repetitions: 40, policies: nil, seeds: [1, 2, 3]) }
     }
 
+    @Test("a seed axis has whole-number ticks only: one per seed for a few, a 2-5-10 step for many")
+    func seedAxisTicks() {
+        #expect(SVGPlot.wholeTicks(from: 0.5, to: 4.5) == [1, 2, 3, 4])
+        #expect(SVGPlot.wholeTicks(from: 0.5, to: 1.5) == [1])
+        #expect(SVGPlot.wholeTicks(from: 0.5, to: 30.5) == [1, 6, 11, 16, 21, 26])
+        #expect(SVGPlot.wholeTicks(from: 0.2, to: 0.8).isEmpty)
+        var plot = SVGPlot(title: "t", xLabel: "seed", yLabel: "y")
+        plot.xMargin = 0.5; plot.wholeNumberX = true
+        plot.series = [SVGPlot.Series(name: "a", points: [(1, 3), (2, 4), (3, 5)], dots: true)]
+        let svg = plot.render()
+        #expect(svg.contains(">2</text>") && !svg.contains(">1.4</text>") && !svg.contains(">2.6</text>"))
+    }
+
     @Test("seed by seed: each seed's testbed mean against its twin run, the errors' spread and on which side the twin falls")
     func seedBySeed() {
         let v = SeedBySeed(rows: [

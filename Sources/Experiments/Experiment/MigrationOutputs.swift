@@ -318,6 +318,7 @@ public enum ExperimentComparison {
         // Each run's P99 TTFT by seed: the spread a claim must clear, at a glance.
         var perRun = SVGPlot(title: "P99 TTFT of each run", xLabel: "seed (the same requests for every policy)", yLabel: "P99 TTFT, trace seconds")
         perRun.xMargin = 0.5
+        perRun.wholeNumberX = true
         if repeated {
             for g in groups { perRun.series.append(SVGPlot.Series(name: g.policy, points: g.runs.map { (Double($0.seed), $0.ttftP99) }.sorted { $0.0 < $1.0 }, dots: true)) }
         }
