@@ -78,7 +78,8 @@ public struct DigitalTwin {
         case replicaWake(String)
         case migrationRound
         case migrationStep(String)
-        case loadReport
+        /// One staggered group of replicas reports its loads (`MigrationTwinModel.reportPhases`).
+        case loadReport(phase: Int)
         case drain(String, Bool)
     }
 
@@ -277,15 +278,19 @@ public struct DigitalTwin {
                     if migration!.inFlight > 0 || (requestsDone < options.requests.count && queue.nextTime != nil) {
                         let next = now + migration!.settings.interval
                         queue.push(next, .migrationRound)
-                        let every = migration!.settings.loadReportInterval
+                        // Each group every `loadReportInterval`, the groups evenly apart.
+                        let phases = MigrationTwinModel.reportPhases
+                        let every = migration!.settings.loadReportInterval / Double(phases)
                         if every > 0 {
                             var k = (max(0, now - reportsFrom) / every).rounded(.down) + 1
-                            while reportsFrom + k * every <= next { queue.push(reportsFrom + k * every, .loadReport); k += 1 }
+                            while reportsFrom + k * every <= next {
+                                queue.push(reportsFrom + k * every, .loadReport(phase: Int(k) % phases)); k += 1
+                            }
                         }
                     }
-                case .loadReport:
+                case .loadReport(let phase):
                     guard migration != nil else { continue }
-                    migration!.reportLoads(at: now, replicas: &replicas, router: router)
+                    migration!.reportLoads(at: now, phase: phase, replicas: &replicas, router: router)
                 case .migrationStep(let id):
                     guard migration != nil else { continue }
                     for s in migration!.step(id, at: now, replicas: &replicas, router: router) { queue.push(s.at, .migrationStep(s.id)) }

@@ -171,6 +171,46 @@ struct MigrationTwinTests {
         #expect(router.route(now: 1.6).map(\.replica) == ["r1"])
     }
 
+    @Test("load reports come in staggered groups, as agents report on their own clocks: a round sees a group's replicas once that group has reported, and a replica that has not reported yet (just started) not at all")
+    func staggeredReports() throws {
+        let ids = (1...8).map { "r\($0)" }
+        let phases = ids.map(MigrationTwinModel.reportPhase(of:))
+        #expect(phases.allSatisfy { (0..<MigrationTwinModel.reportPhases).contains($0) })
+        #expect(Set(phases).count > 1, "the ids spread over groups: \(phases)")
+        #expect(ids.map(MigrationTwinModel.reportPhase(of:)) == phases, "stable")
+        var replicas = InferenceTwinModel()
+        let router = RequestRouter()
+        for (i, id) in ids.enumerated() {
+            replicas.start(id, node: "n\(i)", model: llamaA100, batch: 256)
+            router.replicaReady(id, service: "s", node: "n\(i)", batch: 256)
+        }
+        final class Seen: @unchecked Sendable { var lines: [String] = [] }
+        let seen = Seen()
+        var m = MigrationSettings()
+        m.policy = "llumnix"
+        var settings = MigrationTwinModel.Settings(m, timeScale: 10)
+        settings.loadReportInterval = 2
+        settings.roundLog = { _, line in seen.lines.append(line) }
+        var twin = MigrationTwinModel(settings: settings)!
+        func inRound() -> Set<String> {
+            seen.lines = []
+            _ = twin.round(at: 1, replicas: &replicas, router: router, health: { _ in .alive }, slo: { _ in 60 })
+            return Set(ids.filter { id in seen.lines.contains { $0.contains(id + "[") } })
+        }
+        #expect(inRound().isEmpty, "no replica has reported")
+        // The largest group alone, then every group.
+        let group = try #require((0..<MigrationTwinModel.reportPhases).max { a, b in phases.filter { $0 == a }.count < phases.filter { $0 == b }.count })
+        let members = Set(zip(ids, phases).filter { $0.1 == group }.map(\.0))
+        twin.reportLoads(at: 0.5, phase: group, replicas: &replicas, router: router)
+        #expect(inRound() == (members.count >= 2 ? members : []), "only group \(group) reported: \(members)")
+        for p in 0..<MigrationTwinModel.reportPhases { twin.reportLoads(at: 0.6, phase: p, replicas: &replicas, router: router) }
+        #expect(inRound() == Set(ids))
+        // A replica that stops serving is forgotten at the next report of any group.
+        replicas.stop("r1", at: 0.7)
+        twin.reportLoads(at: 0.7, phase: (phases[0] + 1) % MigrationTwinModel.reportPhases, replicas: &replicas, router: router)
+        #expect(!inRound().contains("r1"))
+    }
+
     @Test("the same policies move requests on virtual time; every request finishes once; a drained node is emptied even under `none`")
     func policies() throws {
         let none = run("none")

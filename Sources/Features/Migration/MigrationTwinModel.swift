@@ -79,13 +79,29 @@ public struct MigrationTwinModel {
 
     // MARK: Rounds
 
-    /// The replicas report their loads at `now` (a heartbeat on the testbed). Llumnix's
+    /// Replicas report in this many staggered groups, each once per `loadReportInterval`: on the
+    /// testbed each agent reports on its own clock, so the coordinator's view at a round mixes
+    /// reports of different ages; all at one instant, every round saw them the same age.
+    public static let reportPhases = 4
+
+    /// Which group a replica reports with (a stable hash of its id).
+    public static func reportPhase(of replica: String) -> Int {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in replica.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return Int(h % UInt64(reportPhases))
+    }
+
+    /// The replicas of group `phase` (every replica: nil) report their loads at `now` (a
+    /// heartbeat on the testbed); a replica no longer serving is forgotten. Llumnix's
     /// dispatching takes each report as it comes, as the coordinator does: applied again at a
     /// later round it would undo what the router took off for the requests sent since.
-    public mutating func reportLoads(at now: Double, replicas: inout InferenceTwinModel, router: RequestRouter) {
+    public mutating func reportLoads(at now: Double, phase: Int? = nil, replicas: inout InferenceTwinModel, router: RequestRouter) {
         let loads = replicas.loads(at: now)
-        reported = Dictionary(loads.map { ($0.replica, $0) }, uniquingKeysWith: { a, _ in a })
-        if policy.dispatchesByFreeness { router.dispatch = .freeness; updateDispatch(loads, router: router) }
+        let serving = Set(loads.map(\.replica))
+        reported = reported.filter { serving.contains($0.key) }
+        let due = loads.filter { phase == nil || Self.reportPhase(of: $0.replica) == phase }
+        for l in due { reported[l.replica] = l }
+        if policy.dispatchesByFreeness { router.dispatch = .freeness; updateDispatch(due, router: router) }
     }
 
     private func updateDispatch(_ loads: [(replica: String, node: String, load: ServingEngine.Load, blockBytes: Double)], router: RequestRouter) {
@@ -100,8 +116,11 @@ public struct MigrationTwinModel {
         let busyRequests = Set(flights.values.map(\.request))
         let busyReplicas = Set(flights.values.flatMap { [$0.from, $0.to] })
         let live = replicas.loads(at: now)
-        // The coordinator's view: each serving replica's last report (live until its first).
-        let loads = settings.loadReportInterval > 0 ? live.map { reported[$0.replica] ?? $0 } : live
+        // The coordinator's view: each serving replica's last report. One that has not reported
+        // yet (just started, or back after a restart) is left out of the round, as the
+        // coordinator leaves out a replica it has no load of: seen as empty, it drew a make-room
+        // move the testbed never made, while the router was already filling it.
+        let loads = settings.loadReportInterval > 0 ? live.compactMap { reported[$0.replica] } : live
         // Llumnix's dispatching reads the same loads: live ones at each round, else each report as it comes.
         router.dispatch = policy.dispatchesByFreeness ? .freeness : .shortestQueue
         if policy.dispatchesByFreeness && settings.loadReportInterval <= 0 { updateDispatch(live, router: router) }
