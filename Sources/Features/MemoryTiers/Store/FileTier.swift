@@ -2,7 +2,7 @@ import DataPlane
 import Foundation
 
 /// NVMe: one file per block in the tier's directory, direct I/O where the filesystem allows it,
-/// fsync on put. A put writes `<name>.tmp` (or a spare), fsyncs it and renames it to `<name>.blk`, so a process killed mid-put leaves at most a `.tmp` that recovery deletes (or a torn spare): a
+/// fdatasync on put. A put writes `<name>.tmp` (or a spare), fsyncs it and renames it to `<name>.blk`, so a process killed mid-put leaves at most a `.tmp` that recovery deletes (or a torn spare): a
 /// torn block is never served. Every file starts with a header holding the payload's length and
 /// CRC-32C, checked on every read. Contents survive an agent restart (`recovered`).
 /// A removed block's file is kept as a spare (`<token>-<n>.spr`, up to `spareBudgetBytes`) and the next
@@ -152,7 +152,7 @@ public final class FileTier: TierBackend {
 
     public func write(_ key: String, _ bytes: UnsafeRawBufferPointer) throws {
         if diskFullEmulated { throw BlockStoreError(.tierFull, "NVMe tier \(directory) is full (emulated by a fill_disk fault) writing \(key)") }
-        let (buf, length) = image(bytes)
+        let (buf, length) = image(bytes, key: key)
         if let behind = writeBehind {
             try behind.enqueue(key, buf, length: length, payload: bytes.count)
             return
@@ -163,7 +163,16 @@ public final class FileTier: TierBackend {
 
     /// The file's image: header (magic, length, CRC-32C) and payload in a buffer aligned for
     /// direct I/O; `length` is what to write (whole aligned blocks with direct I/O).
-    private func image(_ bytes: UnsafeRawBufferPointer) -> (UnsafeMutableRawPointer, Int) {
+    /// The header also holds a hash of the block's key (bytes 24–31): a file is written over in
+    /// place once its block is removed, so a file found under one key's name, or read while its
+    /// block was removed and another written over it, must show it holds that key's block.
+    static func keyHash(_ key: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in key.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h == 0 ? 1 : h   // 0 marks a file written before the key was recorded
+    }
+
+    private func image(_ bytes: UnsafeRawBufferPointer, key: String) -> (UnsafeMutableRawPointer, Int) {
         let crc = CRC32C.checksum(bytes)
         let (buf, size) = writeBuffers.take(Self.headerBytes + bytes.count)
         let headerBytes = Self.headerBytes
@@ -173,6 +182,7 @@ public final class FileTier: TierBackend {
         Self.magic.withUnsafeBytes { buf.copyMemory(from: $0.baseAddress!, byteCount: 8) }
         buf.storeBytes(of: UInt64(bytes.count).littleEndian, toByteOffset: 8, as: UInt64.self)
         buf.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
+        buf.storeBytes(of: Self.keyHash(key).littleEndian, toByteOffset: 24, as: UInt64.self)
         if let base = bytes.baseAddress, !bytes.isEmpty { memcpy(buf + headerBytes, base, bytes.count) }
         return (buf, size)
     }
@@ -196,7 +206,7 @@ public final class FileTier: TierBackend {
         // Direct I/O writes whole aligned blocks; buffered I/O writes exactly the file.
         let length = directIO ? size : Self.headerBytes + payload
         let temp: TempFile
-        if let spare = takeSpare(length: length), case let fd = Glibc.open(spare, O_WRONLY | (directIO ? Self.oDirect : 0)), fd >= 0 {
+        if let spare = takeSpare(length: length), let fd = openSpare(spare) {
             // The same length: the write covers all of it, nothing of the old block is left. No
             // O_TRUNC: its extents stay allocated, which is the point.
             temp = TempFile(fd: fd, path: spare)
@@ -511,6 +521,10 @@ public final class FileTier: TierBackend {
         }
         let length = Int(UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
         let crc = UInt32(littleEndian: buf.loadUnaligned(fromByteOffset: 16, as: UInt32.self))
+        let owner = UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
+        guard owner == 0 || owner == Self.keyHash(key) else {
+            throw BlockStoreError(.corrupt, "NVMe file of block '\(key)' holds another block (its file was written over meanwhile)")
+        }
         guard length <= done - Self.headerBytes else {
             throw BlockStoreError(.corrupt, "NVMe block '\(key)' is truncated: \(done - Self.headerBytes) of \(length) bytes")
         }
@@ -555,23 +569,29 @@ public final class FileTier: TierBackend {
         guard spareBudgetBytes > 0, spareBytes + length <= spareBudgetBytes else { spareLock.unlock(); unlink(blockPath); return }
         spareSerial += 1
         let spare = directory + "/\(spareToken)-\(spareSerial).spr"
-        spareBytes += length
-        spares[length, default: []].append(spare)
+        spareBytes += length   // held for this spare while it is renamed
         spareLock.unlock()
-        if rename(blockPath, spare) != 0 { unlink(blockPath); forget(spare, length: length) }
+        // Renamed before it joins the pool, so no writer can take it half-way.
+        let renamed = rename(blockPath, spare) == 0
+        spareLock.lock()
+        if renamed { spares[length, default: []].append(spare) } else { spareBytes -= length }
+        spareLock.unlock()
+        if !renamed { unlink(blockPath) }
     }
 
-    /// A spare of exactly `length` bytes (the caller renames it to its `.tmp`), nil when none.
+    /// A spare opened for writing over; one that cannot be opened is unlinked (not leaked).
+    private func openSpare(_ spare: String) -> Int32? {
+        if let fd = try? open(spare, O_WRONLY) { return fd }
+        unlink(spare)
+        return nil
+    }
+
+    /// A spare of exactly `length` bytes (the caller writes over it in place), nil when none.
     private func takeSpare(length: Int) -> String? {
         spareLock.lock(); defer { spareLock.unlock() }
         guard let spare = spares[length]?.popLast() else { return nil }
         spareBytes -= length
         return spare
-    }
-
-    private func forget(_ spare: String, length: Int) {
-        spareLock.lock(); defer { spareLock.unlock() }
-        if let i = spares[length]?.firstIndex(of: spare) { spares[length]!.remove(at: i); spareBytes -= length }
     }
 
     /// Unlinks every spare (a full disk wants the space back); how many there were.
@@ -603,6 +623,9 @@ public final class FileTier: TierBackend {
             let n = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, Self.headerBytes, 0) }
             close(fd)
             guard n == Self.headerBytes, Array(header[0..<8]) == Self.magic else { unlink(full); continue }
+            // Another key's block under this name (a spare written over whose renames a power loss undid): not this block.
+            let owner = header.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 24, as: UInt64.self)) }
+            guard owner == 0 || owner == Self.keyHash(key) else { unlink(full); continue }
             let length = header.withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))) }
             found.append((key, length, Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9))
         }
@@ -615,10 +638,11 @@ public final class FileTier: TierBackend {
         guard stat(path, &st) == 0 else { return }
         let length = Int(st.st_size)
         spareLock.lock()
-        let keep = spareBytes + length <= spareBudgetBytes
+        let known = spares[length]?.contains(path) ?? false
+        let keep = !known && spareBytes + length <= spareBudgetBytes
         if keep { spareBytes += length; spares[length, default: []].append(path) }
         spareLock.unlock()
-        if !keep { unlink(path) }
+        if !keep && !known { unlink(path) }
     }
 }
 
