@@ -85,11 +85,7 @@ public struct MigrationTwinModel {
     public static let reportPhases = 4
 
     /// Which group a replica reports with (a stable hash of its id).
-    public static func reportPhase(of replica: String) -> Int {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in replica.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return Int(h % UInt64(reportPhases))
-    }
+    public static func reportPhase(of replica: String) -> Int { Int(stableHash(replica) % UInt64(reportPhases)) }
 
     /// The replicas of group `phase` (every replica: nil) report their loads at `now` (a
     /// heartbeat on the testbed); a replica no longer serving is forgotten. Llumnix's

@@ -167,8 +167,7 @@ public final class FileTier: TierBackend {
     /// place once its block is removed, so a file found under one key's name, or read while its
     /// block was removed and another written over it, must show it holds that key's block.
     static func keyHash(_ key: String) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in key.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        let h = stableHash(key)
         return h == 0 ? 1 : h   // 0 marks a file written before the key was recorded
     }
 
