@@ -154,4 +154,32 @@ struct MigrationHandlerTests {
         #expect(d.outcome == "released")
         #expect(p.dstReplicas.loads(wallNanos: SystemClock.shared.wallNanos())[0].load.usedBlocks == 0, "the reservation is given back")
     }
+
+    @Test("a destination with no room for a stage's further blocks refuses it by name and gives its whole reservation back at once: the source ends the move on any refusal and says nothing more")
+    func refusedStageReleases() throws {
+        let p = try Pair()
+        var st = MigratingRequest(); st.requestID = "q"; st.promptTokens = 100; st.decodeTokens = 10
+        let state = try st.serializedData().base64EncodedString()
+        func offer(_ meta: [String: String], bytes: Int) throws -> Result<Int, DataPlaneError>? {
+            var result: Result<Int, DataPlaneError>?
+            try p.srcPlane.send(to: PeerAddress(endpoint: p.dstPlane.endpoint), kind: MigrationHandler.transferKind, meta: meta, totalBytes: bytes,
+                                source: { _, n, emit in try [UInt8](repeating: 0, count: n).withUnsafeBytes { try emit($0) } }, done: { result = $0 })
+            _ = try p.run { result != nil }
+            return result
+        }
+        let base = ["migration": "m5", "request": "q", "replica": "r-dst", "first_block": "0", "state": state]
+        guard case .success? = try offer(base.merging(["phase": "reserve", "blocks": "2"]) { $1 }, bytes: 0) else { Issue.record("reservation refused"); return }
+        let load = { p.dstReplicas.loads(wallNanos: SystemClock.shared.wallNanos())[0].load }
+        #expect(load().usedBlocks == 2)
+        // Everything else is taken meanwhile; the stage brings 4 blocks, 2 more than reserved.
+        let rest = load().totalBlocks - 2
+        #expect(p.dstReplicas.reserve(rest, for: "other", in: "r-dst") == nil)
+        let r = try offer(base.merging(["phase": "stage"]) { $1 }, bytes: 4 * 2048)
+        guard case .failure(.refused(let why))? = r else { Issue.record("accepted: \(String(describing: r))"); return }
+        #expect(why.contains("no room") && why.contains("2 further blocks"), "\(why)")
+        #expect(p.dst.problems["no_room"] == 1)
+        let d = try #require(p.outcomes(p.dst)["m5/destination"])
+        #expect(d.outcome == "released" && d.detail.contains("no room"), "\(d)")
+        #expect(load().usedBlocks == rest, "the migration's 2 blocks are back in the pool at once")
+    }
 }

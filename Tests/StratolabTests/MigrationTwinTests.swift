@@ -171,6 +171,50 @@ struct MigrationTwinTests {
         #expect(router.route(now: 1.6).map(\.replica) == ["r1"])
     }
 
+    @Test("a destination with no room for a stage's further blocks refuses the stage and gives its whole reservation back; the request stays on its source (kept, the reservation left a KV-bound replica unable to admit its queue for ever)")
+    func refusedStageFreesReservation() throws {
+        struct MoveOne: MigrationPolicy {
+            let name = "move-one"
+            var migrates: Bool { true }
+            func decide(_ instances: [InstanceLoad], costs: MigrationCosts, busy: Set<String>) -> [MigrationDecision] {
+                busy.isEmpty && instances.contains { $0.id == "r1" && !$0.running.isEmpty } ? [MigrationDecision(request: "q", from: "r1", to: "r2", reason: .balance)] : []
+            }
+        }
+        var replicas = InferenceTwinModel()
+        replicas.start("r1", node: "n1", model: llamaA100, batch: 256)
+        replicas.start("r2", node: "n2", model: llamaA100, batch: 256)
+        let router = RequestRouter()
+        router.replicaReady("r1", service: "s", node: "n1", batch: 256)
+        router.replicaReady("r2", service: "s", node: "n2", batch: 256)
+        let services = ["s": ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1, rateCurve: [RatePoint(time: 0, rps: 1)],
+                                         meanPrefillTokens: 100, meanDecodeTokens: 10, sloSeconds: 60)]
+        _ = router.submit([ServiceRequest(id: "q", serviceID: "s", arrival: 0, prefill: 2000, decode: 5000)], services: services)
+        for b in router.route(now: 0) { replicas.serve(b.replica, b.requests, at: 0) }
+        #expect(replicas.place(of: "q", in: "r1", at: 0.1) != nil)
+        // A slow KV link (100 MB/s of trace): the request grows by many blocks while its first stage copies.
+        var m = MigrationSettings()
+        m.kvLinkBytesPerSecond = 100e6
+        var twin = MigrationTwinModel(settings: MigrationTwinModel.Settings(m, timeScale: 10), policy: MoveOne())
+        var events = twin.round(at: 5, replicas: &replicas, router: router, health: { _ in .alive }, slo: { _ in 60 })
+        #expect(twin.inFlight == 1 && !events.isEmpty)
+        let reserved = replicas.replicas["r2"]!.engine.usedBlocks
+        #expect(reserved > 0, "the destination set blocks aside")
+        // Everything else r2 has is taken meanwhile: no room for the blocks the request added.
+        let rest = replicas.replicas["r2"]!.engine.freeBlocks
+        let took = replicas.reserve(rest, in: "r2")
+        #expect(took)
+        while let next = events.min(by: { $0.at < $1.at }) {
+            events.removeAll { $0.at == next.at && $0.id == next.id }
+            events += twin.step(next.id, at: next.at, replicas: &replicas, router: router)
+        }
+        #expect(twin.inFlight == 0)
+        let o = try #require(twin.outcomes.last)
+        #expect(o.state == "aborted" && (o.detail ?? "").contains("no room"), "\(o)")
+        #expect(replicas.replicas["r2"]!.engine.usedBlocks == rest, "the migration's \(reserved) blocks are back in r2's pool")
+        #expect(replicas.place(of: "q", in: "r1", at: 30) == .running, "it keeps running on its source")
+        #expect(router.records["q"]?.replica == "r1" && router.migrating.isEmpty)
+    }
+
     @Test("load reports come in staggered groups, as agents report on their own clocks: a round sees a group's replicas once that group has reported, and a replica that has not reported yet (just started) not at all")
     func staggeredReports() throws {
         let ids = (1...8).map { "r\($0)" }

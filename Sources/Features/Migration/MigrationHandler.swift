@@ -429,9 +429,14 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
                 return nil
             }
             guard i.machine.phase == .receiving else { return "migration \(id) is \(i.machine.phase) here" }
+            // The source takes any refusal of a stage as the destination failing and ends the move
+            // without a word more, so a refusing destination drops its side at once: held, its
+            // reservation stayed out of the pool until the source's silence timed out (10 s).
             guard first == i.machine.received else {
                 problem("out_of_order", "blocks from \(first) for migration \(id); \(i.machine.received) arrived so far")
-                return "blocks from \(first) for migration \(id) out of order: \(i.machine.received) arrived so far"
+                let why = "blocks from \(first) for migration \(id) out of order: \(i.machine.received) arrived so far"
+                release(i, outcome: "released", detail: why)
+                return why
             }
             let blockBytes = replicas.blockBytes(of: replica)?.held ?? 0
             let blocks = blockBytes > 0 ? Int(offer.totalBytes) / blockBytes : 0
@@ -444,7 +449,9 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             if more > 0 {
                 if let why = replicas.reserve(more, for: "", in: replica) {
                     problem("no_room", "migration \(id) needs \(more) more blocks: \(why)")
-                    return "destination has no room for \(request)'s \(more) further blocks: \(why)"
+                    let refusal = "destination has no room for \(request)'s \(more) further blocks: \(why)"
+                    release(i, outcome: "released", detail: refusal)
+                    return refusal
                 }
                 i.machine.extend(by: more)
             }

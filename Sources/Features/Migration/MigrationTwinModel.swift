@@ -279,7 +279,11 @@ public struct MigrationTwinModel {
         if let d = f.dest, range.upperBound > d.reservedBlocks {
             let more = range.upperBound - d.reservedBlocks
             if replicas.reserve(more, in: f.to) { f.dest!.extend(by: more) } else {
-                events = run(&f, f.source.destinationFailed("destination full"), at: now, replicas: &replicas, router: router)
+                // The destination refuses the stage and drops its side, its reservation back in the
+                // pool (as the agent's handler does); the source takes it as the destination failing.
+                replicas.release(d.reservedBlocks, in: f.to)
+                f.dest = nil
+                events = run(&f, f.source.destinationFailed("destination has no room for \(more) further blocks"), at: now, replicas: &replicas, router: router)
                 return finish(f, events)
             }
         }
