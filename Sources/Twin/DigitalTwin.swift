@@ -28,6 +28,9 @@ public struct TwinOptions: Sendable {
     /// Trace seconds between the router sending requests and the agent's engine taking them (the
     /// serve command's transit); 0 in a pure simulation.
     public var serveLatency: Double = 0
+    /// Trace seconds from a killed node's restart to its agent registering again (the process
+    /// starting and its first registration on the testbed); its replicas start only then.
+    public var rejoinLatency: Double = 0
     /// Inference requests to serve one by one, routed by the coordinator's `RequestRouter` to
     /// modelled replicas (`InferenceTwinModel`); empty: services are a fluid served up to their
     /// replicas' capacity.
@@ -95,7 +98,7 @@ public struct DigitalTwin {
         for f in options.failures {
             queue.push(f.at, .nodeCrash(f.node))
             queue.push(f.at + max(0, f.detectedAfter ?? 0), .nodeDown(f.node))
-            queue.push(f.at + f.downFor, .nodeUp(f.node))
+            queue.push(f.at + f.downFor + max(0, options.rejoinLatency), .nodeUp(f.node))
         }
         var jobs = JobsTwinModel(execution: execution)
         var serviceOut = Dictionary(uniqueKeysWithValues: scheduler.services.map { ($0.id, ServiceOutcome(id: $0.id)) })
@@ -131,8 +134,8 @@ public struct DigitalTwin {
                 replicaLost(id, at: now)
             }
         }
-        if migration != nil, let first = options.requests.map(\.arrival).min() {
-            queue.push(first, .migrationRound)
+        if let m = migration, let first = options.requests.map(\.arrival).min() {
+            queue.push(first + m.settings.firstRoundAfter, .migrationRound)
         }
         /// Load reports fall every `loadReportInterval` from the first arrival; each round queues
         /// those before the next round (so they never keep a finished run going on their own).

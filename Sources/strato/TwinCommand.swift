@@ -297,6 +297,9 @@ extension TwinCommand {
             options.startLatency = 0.010 * scale
             options.serveLatency = 0.0014 * scale
             options.reportInterval = Double(s.topology.coordinator.heartbeatMs) / 1000 * scale
+            // A killed agent's process starting again and registering: 0.66–1.19 s (mean 0.90 s)
+            // from the fault's end to the coordinator's "registered" in five local testbed runs.
+            options.rejoinLatency = 0.9 * scale
             // Faults happen at wall seconds since the workload started, which is trace second 0 at the time scale.
             let detect = (Double(s.topology.coordinator.deadAfterMs) - Double(s.topology.coordinator.heartbeatMs) / 2) / 1000 * scale
             for f in s.faults {
@@ -316,6 +319,9 @@ extension TwinCommand {
             m.controlLatency = 0.003 * scale
             // The coordinator decides on the loads replicas report with each heartbeat.
             m.loadReportInterval = Double(s.topology.coordinator.heartbeatMs) / 1000 * scale
+            // The coordinator's rounds have no phase tied to the workload: as modelled, half an
+            // interval (the mean wait from an event to the next round); jittered runs draw it.
+            m.firstRoundAfter = m.interval / 2
             options.migration = m
             var w = Workload(name: s.name, jobs: [], skipped: [])
             w.services = services

@@ -10,6 +10,7 @@ struct MigrationTwinTests {
     /// Four single-GPU replicas of a service whose engines run as many sequences as KV allows.
     func run(_ policy: String, drains: [(node: String, from: Double, until: Double)] = [], rps: Double = 6, reportEvery: Double = 0,
              staging: Bool = false, memoryHost: Bool = false, memoryUtilization: Double? = nil, until: Double = 600,
+             failures: [NodeFailure] = [], rejoin: Double = 0, firstRoundAfter: Double = 0,
              roundLog: (@Sendable (Double, String) -> Void)? = nil) -> RunResult {
         var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
                               rateCurve: [RatePoint(time: 0, rps: rps)], meanPrefillTokens: 1000, meanDecodeTokens: 400, sloSeconds: 60, minReplicas: 4)
@@ -21,12 +22,15 @@ struct MigrationTwinTests {
         var options = TwinOptions()
         options.requests = requests
         options.drains = drains
+        options.failures = failures
+        options.rejoinLatency = rejoin
         var m = MigrationSettings()
         m.policy = policy
         m.staging = staging
         options.migration = MigrationTwinModel.Settings(m, timeScale: 10)
         options.migration!.loadReportInterval = reportEvery
         options.migration!.roundLog = roundLog
+        options.migration!.firstRoundAfter = firstRoundAfter
         if memoryHost {
             let tiers = [TiersTwinModel.Tier(kind: "dram", capacityBytes: 64 << 30, figures: TiersTwinModel.Settings.nominal("dram"))]
             options.tiers = TiersTwinModel.Settings(policy: "none", hosts: [TiersTwinModel.Host(node: "mem-0", tiers: tiers)],
@@ -80,6 +84,42 @@ struct MigrationTwinTests {
             }
         }
         #expect(o.jittered(run: 3, spread: 0).serveLatency == 0.014)
+    }
+
+    @Test("a restarted agent registers `rejoinLatency` after its node comes back, and the policy's rounds start `firstRoundAfter` the first arrival; jittered runs draw the rejoin within ±30 % and the round phase anywhere in the interval")
+    func rejoinAndRoundPhase() throws {
+        final class Lines: @unchecked Sendable { var all: [(Double, String)] = []; let lock = NSLock() }
+        // n3 dies at 100 s and is back at 120 s; its new replica (s-r5) enters the rounds once it
+        // has registered, started and reported.
+        func rounds(rejoin: Double, firstRoundAfter: Double) -> [(Double, String)] {
+            let lines = Lines()
+            _ = run("llumnix", rps: 4, reportEvery: 2, until: 200, failures: [NodeFailure(node: "n3", at: 100, downFor: 20, detectedAfter: 2)],
+                    rejoin: rejoin, firstRoundAfter: firstRoundAfter,
+                    roundLog: { t, l in lines.lock.lock(); lines.all.append((t, l)); lines.lock.unlock() })
+            return lines.all
+        }
+        func firstSeen(_ r: [(Double, String)]) throws -> Double { try #require(r.first { $0.1.contains("s-r5[") }?.0) }
+        let prompt = rounds(rejoin: 0, firstRoundAfter: 0), late = rounds(rejoin: 30, firstRoundAfter: 0)
+        let seenPrompt = try firstSeen(prompt), seenLate = try firstSeen(late)
+        #expect(seenPrompt >= 120 && seenPrompt < 130, "\(seenPrompt)")
+        #expect(seenLate >= 150 && seenLate < 160, "\(seenLate)")
+        // The rounds keep their interval (2.5 s of trace at 10×), shifted by the phase.
+        let shifted = rounds(rejoin: 0, firstRoundAfter: 1.25)
+        let first = try #require(prompt.first?.0), firstShifted = try #require(shifted.first?.0)
+        #expect(abs(firstShifted - first - 1.25) < 1e-9, "\(first) \(firstShifted)")
+        #expect(shifted.dropFirst().allSatisfy { ($0.0 - firstShifted).truncatingRemainder(dividingBy: 2.5) < 1e-6 || (2.5 - ($0.0 - firstShifted).truncatingRemainder(dividingBy: 2.5)) < 1e-6 })
+
+        var o = TwinOptions()
+        o.rejoinLatency = 9
+        var m = MigrationTwinModel.Settings(MigrationSettings(), timeScale: 10)
+        m.firstRoundAfter = 1.25
+        o.migration = m
+        #expect(o.jittered(run: 0).rejoinLatency == 9 && o.jittered(run: 0).migration?.firstRoundAfter == 1.25, "run 0 as set")
+        let draws = (1...20).map { o.jittered(run: $0) }
+        #expect(draws.allSatisfy { $0.rejoinLatency >= 9 * 0.7 && $0.rejoinLatency <= 9 * 1.3 })
+        let phases = draws.map { $0.migration!.firstRoundAfter }
+        #expect(phases.allSatisfy { $0 >= 0 && $0 < m.interval })
+        #expect(phases.min()! < m.interval / 4 && phases.max()! > m.interval * 3 / 4, "spread over the interval: \(phases)")
     }
 
     @Test("staging in the twin: a drain with every other replica short of room moves requests through the memory host instead of waiting; every request finishes once")

@@ -21,6 +21,12 @@ public struct MigrationTwinModel {
         /// policy decides on the last report, as the coordinator does, so a queue head that comes
         /// and goes between two reports is not seen. 0: on the engines' live loads.
         public var loadReportInterval = 0.0
+        /// Trace seconds from the first arrival to the first policy round. The coordinator's
+        /// policy timer runs from its own start, so on the testbed a fault or a load change falls
+        /// anywhere between two rounds; a twin whose rounds fell on the faults' instants (both
+        /// whole multiples of the interval from the start) saw a reopened replica in the very
+        /// round it reopened, before its first report, every time.
+        public var firstRoundAfter = 0.0
         /// Each policy round as the policy saw it (trace seconds, the line the testbed's
         /// coordinator logs at debug level): to set the two side by side. Nil: not logged.
         public var roundLog: (@Sendable (Double, String) -> Void)?
