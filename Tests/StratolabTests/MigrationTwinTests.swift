@@ -289,10 +289,16 @@ struct MigrationTwinTests {
         #expect(inRound() == (members.count >= 2 ? members : []), "only group \(group) reported: \(members)")
         for p in 0..<MigrationTwinModel.reportPhases { twin.reportLoads(at: 0.6, phase: p, replicas: &replicas, router: router) }
         #expect(inRound() == Set(ids))
-        // A replica that stops serving is forgotten at the next report of any group.
+        // A replica that stops serving is forgotten at the next report of any group: started again
+        // under its id, it is left out until its own group reports, not seen in its old load.
         replicas.stop("r1", at: 0.7)
-        twin.reportLoads(at: 0.7, phase: (phases[0] + 1) % MigrationTwinModel.reportPhases, replicas: &replicas, router: router)
+        let other = (phases[0] + 1) % MigrationTwinModel.reportPhases
+        twin.reportLoads(at: 0.7, phase: other, replicas: &replicas, router: router)
         #expect(!inRound().contains("r1"))
+        replicas.start("r1", node: "n0", model: llamaA100, batch: 256)
+        #expect(!inRound().contains("r1"), "its report from before the stop is gone")
+        twin.reportLoads(at: 0.8, phase: phases[0], replicas: &replicas, router: router)
+        #expect(inRound().contains("r1"))
     }
 
     @Test("the same policies move requests on virtual time; every request finishes once; a drained node is emptied even under `none`")
