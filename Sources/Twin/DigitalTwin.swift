@@ -48,6 +48,10 @@ public struct TwinOptions: Sendable {
     /// coordinator's); nil: none held at the router, each goes to a replica on arrival and waits
     /// in its engine's queue (vLLM behind Llumnix's dispatcher). Twin only for now.
     public var routerHoldFactor: Int? = RequestRouter.defaultHoldFactor
+    /// Trace seconds without a request finishing, every one having arrived, after which a run is
+    /// stuck and ends naming where: twice the longest service here (a 100k-token output decodes
+    /// in under an hour).
+    public var stallLimit = 2 * 3600.0
     public init() {}
 }
 
@@ -151,6 +155,10 @@ public struct DigitalTwin {
             }
         }
         var requestsArrived = 0, requestsDone = 0
+        /// When a request last finished (trace seconds): a run whose requests have all arrived and
+        /// none finishes for `options.stallLimit` is stuck (an engine that can never admit its queue), and
+        /// ends naming where, instead of stepping engines for ever.
+        var lastRequestDone = -Double.infinity, stuck: [String] = []
         let inference = Dictionary(uniqueKeysWithValues: scheduler.services.compactMap { s in
             scheduler.plannedModel(s).map { (s.id, $0) }
         })
@@ -170,7 +178,7 @@ public struct DigitalTwin {
             guard replicas.delivers(f) else { return }
             let wasDone = router.records[f.completion.requestID]?.finished != nil
             _ = router.complete([f.completion], node: f.node, slo: slo)
-            if !wasDone { requestsDone += 1 }
+            if !wasDone { requestsDone += 1; lastRequestDone = max(lastRequestDone, f.completion.finished) }
         }
         func routeRequests(at now: Double) {
             for r in router.route(now: now) {
@@ -337,6 +345,14 @@ public struct DigitalTwin {
                 }
             }
             if requestLevel && (routerChanged || dirty) { routeRequests(at: now) }
+            if requestLevel, requestsArrived == options.requests.count, requestsDone < options.requests.count,
+               now - max(lastRequestDone, options.requests.map(\.arrival).max() ?? 0) > options.stallLimit {
+                stuck = ["requests: \(options.requests.count - requestsDone) never finished: none did for \(Int(options.stallLimit)) s of trace after the last arrival or result"]
+                    + replicas.loads(at: now).filter { $0.load.waiting > 0 || !$0.load.running.isEmpty }.map { l in
+                        "replica \(l.replica): \(l.load.running.count) running, \(l.load.waiting) waiting (the first needs \(l.load.headOfQueueDemand) blocks), \(l.load.totalBlocks - l.load.usedBlocks) of \(l.load.totalBlocks) blocks free"
+                    }
+                break
+            }
             if submitted == workload.jobs.count && scheduler.state.unfinishedCount == 0
                 && (!requestLevel || requestsDone >= options.requests.count) { break }
         }
@@ -372,6 +388,14 @@ public struct DigitalTwin {
         skipped += states.filter(\.failed).map { "job \($0.spec.id): failed to start \($0.failedStarts) times (does not fit)" }
         skipped += scheduler.rejectedDecisions
         skipped += states.filter { $0.phase != .finished }.map { "job \($0.spec.id): never finished (\($0.phase); no node could hold a configuration it fits)" }
+        skipped += stuck
+        if requestLevel {
+            // An engine with nothing on it holds no blocks: any it does were lost by a path that
+            // never gave them back (a reservation kept, a free missed), which the run names.
+            skipped += replicas.loads(at: lastServiceTime).filter { $0.load.waiting == 0 && $0.load.running.isEmpty && $0.load.usedBlocks > 0 }.map {
+                "replica \($0.replica): \($0.load.usedBlocks) KV blocks still held with no request on it (blocks lost)"
+            }
+        }
         var result = RunResult(policy: policy.name, workload: workload.name, engine: "twin", emulated: true, jobs: states.map(\.outcome),
                                services: serviceOut.values.sorted { $0.id < $1.id }, busyGPUSeconds: jobs.busyGPUSeconds, gpusByModel: gpus,
                                makespan: max(lastFinish - firstArrival, 0), skipped: skipped, events: events,

@@ -361,6 +361,12 @@ extension TwinCommand {
                 let twin = DigitalTwin(nodes: nodes, workload: w, kb: kb, options: o).run(policy: p)
                 twins.append(twin)
                 allTwins.append((seed, twin))
+                // What a twin run could not do (a service never planned, requests stuck, blocks lost), said once per seed.
+                // (The jittered runs come first, the run as modelled last.)
+                let runs = allTwins.filter { $0.seed == seed }.map(\.result)
+                for (k, r) in runs.enumerated() where !r.skipped.isEmpty {
+                    print("  twin (seed \(seed)\(k == runs.count - 1 ? "" : ", jittered run \(k + 1)")): " + r.skipped.joined(separator: "; "))
+                }
                 // The twin's requests and migrations in the testbed's columns.
                 try FileManager.default.createDirectory(atPath: twinDirectory(seed), withIntermediateDirectories: true)
                 try RequestsTable.csv(twin.requests).write(toFile: twinDirectory(seed) + "/requests.csv", atomically: true, encoding: .utf8)

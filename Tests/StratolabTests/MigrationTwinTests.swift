@@ -168,6 +168,28 @@ struct MigrationTwinTests {
         }
     }
 
+    @Test("a run whose requests have all arrived and none finishes for the stall limit ends, naming what is left and where, instead of stepping engines for ever")
+    func stuckRunEnds() throws {
+        var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
+                              rateCurve: [RatePoint(time: 0, rps: 1)], meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 60, minReplicas: 1)
+        svc.maxNumSeqs = 256
+        var options = TwinOptions()
+        // One short request and one whose output takes far longer than the (test's tiny) limit.
+        options.requests = [ServiceRequest(id: "short", serviceID: "s", arrival: 0, prefill: 100, decode: 10),
+                            ServiceRequest(id: "long", serviceID: "s", arrival: 1, prefill: 100, decode: 100_000)]
+        options.stallLimit = 60
+        let nodes = [NodeSlot(id: "n0", gpuModel: "A100-80GB", gpuCount: 1)]
+        let run = { DigitalTwin(nodes: nodes, workload: Workload(name: "svc", jobs: [], services: [svc]), kb: llamaA100KB, options: options).run(policy: Policies.named("hybrid")!) }
+        let r = run()
+        #expect(r.skipped.contains { $0.hasPrefix("requests: 1 never finished: none did for 60 s of trace") }, "\(r.skipped)")
+        #expect(r.skipped.contains { $0.contains(": 1 running, 0 waiting") }, "names the replica holding it: \(r.skipped)")
+        #expect(r.requests.first { $0.id == "short" }?.finished != nil && r.requests.first { $0.id == "long" }?.finished == nil)
+        // Under the default limit the same run finishes both, and says nothing.
+        options.stallLimit = TwinOptions().stallLimit
+        let full = run()
+        #expect(full.skipped.isEmpty && full.requests.allSatisfy { $0.finished != nil }, "\(full.skipped)")
+    }
+
     @Test("a service no replica can be planned for (no profile on its GPU) ends the run naming why, instead of migration rounds spinning for ever")
     func unplannedServiceEnds() throws {
         var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A10", gpusPerReplica: 1,
