@@ -49,9 +49,9 @@ public struct TwinOptions: Sendable {
     /// in its engine's queue (vLLM behind Llumnix's dispatcher). Twin only for now.
     public var routerHoldFactor: Int? = RequestRouter.defaultHoldFactor
     /// Trace seconds without a request finishing, every one having arrived, after which a run is
-    /// stuck and ends naming where: twice the longest service here (a 100k-token output decodes
-    /// in under an hour).
-    public var stallLimit = 2 * 3600.0
+    /// stuck and ends naming where: far beyond any request's service here (a 100k-token output
+    /// decodes in under 3 h even at 100 ms a token).
+    public var stallLimit = 6 * 3600.0
     public init() {}
 }
 
@@ -144,6 +144,14 @@ public struct DigitalTwin {
         /// Load reports fall every `loadReportInterval` from the first arrival; each round queues
         /// those before the next round (so they never keep a finished run going on their own).
         let reportsFrom = options.requests.map(\.arrival).min() ?? 0
+        // Agents report from the start: those before the first round (its phase may come later).
+        if let m = migration, let first = options.requests.map(\.arrival).min(), m.settings.loadReportInterval > 0 {
+            let every = m.settings.loadReportInterval / Double(MigrationTwinModel.reportPhases)
+            var k = 1.0
+            while reportsFrom + k * every <= first + m.settings.firstRoundAfter {
+                queue.push(reportsFrom + k * every, .loadReport(phase: Int(k) % MigrationTwinModel.reportPhases)); k += 1
+            }
+        }
         for d in options.drains { queue.push(d.from, .drain(d.node, true)); queue.push(d.until, .drain(d.node, false)) }
         var drained = Set<String>(), silent = Set<String>(), closedForDrain = Set<String>()
         /// Replicas on drained nodes take no new requests (a retiring replica stays closed).
@@ -158,7 +166,8 @@ public struct DigitalTwin {
         /// When a request last finished (trace seconds): a run whose requests have all arrived and
         /// none finishes for `options.stallLimit` is stuck (an engine that can never admit its queue), and
         /// ends naming where, instead of stepping engines for ever.
-        var lastRequestDone = -Double.infinity, stuck: [String] = []
+        var lastRequestDone = -Double.infinity, stuck: [String] = [], nextStallCheck = -Double.infinity
+        let lastArrival = options.requests.map(\.arrival).max() ?? 0
         let inference = Dictionary(uniqueKeysWithValues: scheduler.services.compactMap { s in
             scheduler.plannedModel(s).map { (s.id, $0) }
         })
@@ -345,8 +354,13 @@ public struct DigitalTwin {
                 }
             }
             if requestLevel && (routerChanged || dirty) { routeRequests(at: now) }
+            // Stuck: every job done, every request arrived and on a replica (one still waiting for a
+            // replica waits on a placement or a node, and the run goes on), and none finishing.
             if requestLevel, requestsArrived == options.requests.count, requestsDone < options.requests.count,
-               now - max(lastRequestDone, options.requests.map(\.arrival).max() ?? 0) > options.stallLimit {
+               submitted == workload.jobs.count, scheduler.state.unfinishedCount == 0, now >= nextStallCheck,
+               now - max(lastRequestDone, lastArrival) > options.stallLimit {
+                nextStallCheck = now + options.stallLimit / 10
+                guard router.backlog(now: now, age: { _ in 0 }).isEmpty else { continue }
                 stuck = ["requests: \(options.requests.count - requestsDone) never finished: none did for \(Int(options.stallLimit)) s of trace after the last arrival or result"]
                     + replicas.loads(at: now).filter { $0.load.waiting > 0 || !$0.load.running.isEmpty }.map { l in
                         "replica \(l.replica): \(l.load.running.count) running, \(l.load.waiting) waiting (the first needs \(l.load.headOfQueueDemand) blocks), \(l.load.totalBlocks - l.load.usedBlocks) of \(l.load.totalBlocks) blocks free"
@@ -392,7 +406,9 @@ public struct DigitalTwin {
         if requestLevel {
             // An engine with nothing on it holds no blocks: any it does were lost by a path that
             // never gave them back (a reservation kept, a free missed), which the run names.
-            skipped += replicas.loads(at: lastServiceTime).filter { $0.load.waiting == 0 && $0.load.running.isEmpty && $0.load.usedBlocks > 0 }.map {
+            // (A move still in flight when the last request finished holds its destination's reservation.)
+            let reserving = migration?.destinations ?? []
+            skipped += replicas.loads(at: lastServiceTime).filter { $0.load.waiting == 0 && $0.load.running.isEmpty && $0.load.usedBlocks > 0 && !reserving.contains($0.replica) }.map {
                 "replica \($0.replica): \($0.load.usedBlocks) KV blocks still held with no request on it (blocks lost)"
             }
         }

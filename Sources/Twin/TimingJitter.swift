@@ -18,9 +18,11 @@ extension TwinOptions {
         o.serveLatency *= factor()
         o.reportLatency *= factor()
         o.startLatency *= factor()
+        var m = o.migration
+        m?.controlLatency *= factor()
+        // Drawn after the latencies above, so those keep the values they had before these existed.
         o.rejoinLatency *= 1 + 3 * spread * (2 * rng.uniform() - 1)
-        if var m = o.migration {
-            m.controlLatency *= factor()
+        if var m {
             m.firstRoundAfter = rng.uniform() * m.interval
             o.migration = m
         }

@@ -181,5 +181,18 @@ struct MigrationHandlerTests {
         let d = try #require(p.outcomes(p.dst)["m5/destination"])
         #expect(d.outcome == "released" && d.detail.contains("no room"), "\(d)")
         #expect(load().usedBlocks == rest, "the migration's 2 blocks are back in the pool at once")
+        // Blocks from beyond what arrived (a stage lost in between): refused and released the same way.
+        p.dstReplicas.release(rest, for: "other", in: "r-dst")
+        let m6 = ["migration": "m6", "request": "q6", "replica": "r-dst", "first_block": "0", "state": state]
+        guard case .success? = try offer(m6.merging(["phase": "reserve", "blocks": "3"]) { $1 }, bytes: 0) else { Issue.record("reservation refused"); return }
+        let before = load().usedBlocks
+        let gap = try offer(m6.merging(["phase": "stage", "first_block": "1"]) { $1 }, bytes: 2048)
+        guard case .failure(.refused(let outOfOrder))? = gap else { Issue.record("accepted: \(String(describing: gap))"); return }
+        #expect(outOfOrder.contains("out of order") && p.dst.problems["out_of_order"] == 1, "\(outOfOrder)")
+        #expect(p.outcomes(p.dst)["m6/destination"]?.outcome == "released")
+        #expect(load().usedBlocks == before - 3, "its 3 blocks are back")
+        // The source's abort arriving after that finds nothing wrong.
+        #expect(try offer(m6.merging(["phase": "abort"]) { $1 }, bytes: 0).map { if case .success = $0 { true } else { false } } == true)
+        #expect(p.dst.problems["unknown_migration"] == nil)
     }
 }

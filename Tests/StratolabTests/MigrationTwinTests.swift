@@ -105,9 +105,12 @@ struct MigrationTwinTests {
         #expect(seenLate >= 150 && seenLate < 160, "\(seenLate)")
         // The rounds keep their interval (2.5 s of trace at 10×), shifted by the phase.
         let shifted = rounds(rejoin: 0, firstRoundAfter: 1.25)
-        let first = try #require(prompt.first?.0), firstShifted = try #require(shifted.first?.0)
-        #expect(abs(firstShifted - first - 1.25) < 1e-9, "\(first) \(firstShifted)")
-        #expect(shifted.dropFirst().allSatisfy { ($0.0 - firstShifted).truncatingRemainder(dividingBy: 2.5) < 1e-6 || (2.5 - ($0.0 - firstShifted).truncatingRemainder(dividingBy: 2.5)) < 1e-6 })
+        // Each run's rounds all fall at one phase of the interval; the shifted run's is 1.25 s later.
+        func phase(_ t: Double, from origin: Double) -> Double { ((t - origin).truncatingRemainder(dividingBy: 2.5) + 2.5).truncatingRemainder(dividingBy: 2.5) }
+        let origin = try #require(prompt.first?.0), shiftedOrigin = try #require(shifted.first?.0)
+        #expect(prompt.allSatisfy { min(phase($0.0, from: origin), 2.5 - phase($0.0, from: origin)) < 1e-6 })
+        #expect(shifted.allSatisfy { min(phase($0.0, from: shiftedOrigin), 2.5 - phase($0.0, from: shiftedOrigin)) < 1e-6 })
+        #expect(abs(phase(shiftedOrigin, from: origin) - 1.25) < 1e-6, "\(origin) \(shiftedOrigin)")
 
         var o = TwinOptions()
         o.rejoinLatency = 9

@@ -415,6 +415,9 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
         case "staged":
             return adoptStaged(id: id, request: request, replica: replica, sender: sender, meta: m, state: state, now: now)
         case "stage", "final", "abort":
+            // The source's abort for a move this side already released (it refused a stage as the
+            // request ended on the source): nothing is left to do, and nothing is wrong.
+            if phase == "abort" && incoming[id] == nil && finished.contains(id) { return nil }
             guard let i = incoming[id] else {
                 problem("unknown_migration", "\(phase) of \(request) from \(sender) for migration \(id), which is not in progress here (aborted or unknown)")
                 return "migration \(id) is not in progress on this node (aborted or unknown)"
@@ -431,18 +434,21 @@ public final class MigrationHandler: FeatureHandler, DataPlaneReceiver {
             guard i.machine.phase == .receiving else { return "migration \(id) is \(i.machine.phase) here" }
             // The source takes any refusal of a stage as the destination failing and ends the move
             // without a word more, so a refusing destination drops its side at once: held, its
-            // reservation stayed out of the pool until the source's silence timed out (10 s).
+            // reservation stayed out of the pool until the source's silence timed out (10 s). A
+            // stage from before what arrived is only a late duplicate: refused, the move goes on.
             guard first == i.machine.received else {
                 problem("out_of_order", "blocks from \(first) for migration \(id); \(i.machine.received) arrived so far")
                 let why = "blocks from \(first) for migration \(id) out of order: \(i.machine.received) arrived so far"
-                release(i, outcome: "released", detail: why)
+                if first > i.machine.received { release(i, outcome: "released", detail: why) }
                 return why
             }
             let blockBytes = replicas.blockBytes(of: replica)?.held ?? 0
             let blocks = blockBytes > 0 ? Int(offer.totalBytes) / blockBytes : 0
             guard blockBytes == 0 || Int(offer.totalBytes) % blockBytes == 0 else {
                 problem("bad_size", "\(offer.totalBytes) bytes from block \(first) for migration \(id): not whole \(blockBytes)-byte blocks")
-                return "\(offer.totalBytes) bytes from block \(first) are not whole \(blockBytes)-byte blocks"
+                let why = "\(offer.totalBytes) bytes from block \(first) are not whole \(blockBytes)-byte blocks"
+                release(i, outcome: "released", detail: why)
+                return why
             }
             // The request grew on the source since the reservation: set more aside, or refuse.
             let more = first + blocks - i.machine.reservedBlocks

@@ -178,6 +178,15 @@ public struct MigrationTwinModel {
         return events
     }
 
+    /// The destination's side of a move ends: its reserved blocks go back to its engine's pool.
+    private func dropDestination(_ f: inout Flight, replicas: inout InferenceTwinModel) {
+        if let d = f.dest { replicas.release(d.reservedBlocks, in: f.to) }
+        f.dest = nil
+    }
+
+    /// Replicas a move in flight copies to (they hold its reservation).
+    public var destinations: Set<String> { Set(flights.values.map(\.to)) }
+
     private func isEnded(_ f: Flight) -> Bool {
         switch f.source.phase { case .done, .aborted: return true; default: return false }
     }
@@ -249,7 +258,7 @@ public struct MigrationTwinModel {
                     replicas.resume(st, reserved: 0, kvBlocks: (st.computed + replicas.blockTokens - 1) / replicas.blockTokens, in: f.from, at: now)
                 }
             case .abortDestination:
-                if let d = f.dest { replicas.release(d.reservedBlocks, in: f.to) }
+                dropDestination(&f, replicas: &replicas)
             case .report(let phase):
                 switch phase {
                 case .done: outcomes[f.outcome].state = "done"
@@ -287,8 +296,7 @@ public struct MigrationTwinModel {
             if replicas.reserve(more, in: f.to) { f.dest!.extend(by: more) } else {
                 // The destination refuses the stage and drops its side, its reservation back in the
                 // pool (as the agent's handler does); the source takes it as the destination failing.
-                replicas.release(d.reservedBlocks, in: f.to)
-                f.dest = nil
+                dropDestination(&f, replicas: &replicas)
                 events = run(&f, f.source.destinationFailed("destination has no room for \(more) further blocks"), at: now, replicas: &replicas, router: router)
                 return finish(f, events)
             }
