@@ -138,19 +138,22 @@ public struct DigitalTwin {
                 replicaLost(id, at: now)
             }
         }
-        if let m = migration, let first = options.requests.map(\.arrival).min() {
-            queue.push(first + m.settings.firstRoundAfter, .migrationRound)
-        }
-        /// Load reports fall every `loadReportInterval` from the first arrival; each round queues
-        /// those before the next round (so they never keep a finished run going on their own).
+        /// Load reports fall every `loadReportInterval` from the first arrival, the groups evenly
+        /// apart; each round queues those up to the next round (so they never keep a finished run
+        /// going on their own), and the first queues those before it: agents report from the start.
         let reportsFrom = options.requests.map(\.arrival).min() ?? 0
-        // Agents report from the start: those before the first round (its phase may come later).
-        if let m = migration, let first = options.requests.map(\.arrival).min(), m.settings.loadReportInterval > 0 {
-            let every = m.settings.loadReportInterval / Double(MigrationTwinModel.reportPhases)
-            var k = 1.0
-            while reportsFrom + k * every <= first + m.settings.firstRoundAfter {
-                queue.push(reportsFrom + k * every, .loadReport(phase: Int(k) % MigrationTwinModel.reportPhases)); k += 1
+        func queueReports(after now: Double, through until: Double) {
+            let phases = MigrationTwinModel.reportPhases
+            guard let m = migration, m.settings.loadReportInterval > 0 else { return }
+            let every = m.settings.loadReportInterval / Double(phases)
+            var k = (max(0, now - reportsFrom) / every).rounded(.down) + 1
+            while reportsFrom + k * every <= until {
+                queue.push(reportsFrom + k * every, .loadReport(phase: Int(k) % phases)); k += 1
             }
+        }
+        if let m = migration, !options.requests.isEmpty {
+            queue.push(reportsFrom + m.settings.firstRoundAfter, .migrationRound)
+            queueReports(after: reportsFrom, through: reportsFrom + m.settings.firstRoundAfter)
         }
         for d in options.drains { queue.push(d.from, .drain(d.node, true)); queue.push(d.until, .drain(d.node, false)) }
         var drained = Set<String>(), silent = Set<String>(), closedForDrain = Set<String>()
@@ -298,15 +301,7 @@ public struct DigitalTwin {
                     if migration!.inFlight > 0 || (requestsDone < options.requests.count && queue.nextTime != nil) {
                         let next = now + migration!.settings.interval
                         queue.push(next, .migrationRound)
-                        // Each group every `loadReportInterval`, the groups evenly apart.
-                        let phases = MigrationTwinModel.reportPhases
-                        let every = migration!.settings.loadReportInterval / Double(phases)
-                        if every > 0 {
-                            var k = (max(0, now - reportsFrom) / every).rounded(.down) + 1
-                            while reportsFrom + k * every <= next {
-                                queue.push(reportsFrom + k * every, .loadReport(phase: Int(k) % phases)); k += 1
-                            }
-                        }
+                        queueReports(after: now, through: next)
                     }
                 case .loadReport(let phase):
                     guard migration != nil else { continue }
