@@ -163,6 +163,7 @@ public final class DataPlane {
         self.config = config
         self.clock = clock
         self.logger = logger
+        _ = AllocatorTuning.applied
         peerKeys = config.peerKeys.isEmpty && config.authorizedKeysFile == nil ? nil : config.peerKeys
         keysStamp = config.authorizedKeysFile.flatMap { FileStamp(path: $0) }
         control = NetworkControlFile(path: config.networkControlFile, configured: config.network)

@@ -52,6 +52,16 @@ struct DataPlaneTests {
         }
     }
 
+    @Test("opening a data plane fixes glibc's malloc thresholds (glibc took both), unless the operator set their own")
+    func allocatorTuned() throws {
+        let plane = try DataPlane(config: DataPlaneConfig(nodeID: "tuned"))
+        defer { plane.close() }
+        #if canImport(Glibc)
+        let ownTunables = ProcessInfo.processInfo.environment["GLIBC_TUNABLES"]?.contains("glibc.malloc.") ?? false
+        #expect(AllocatorTuning.applied == !ownTunables)
+        #endif
+    }
+
     @Test("the sender never has more chunks in flight than the receiver granted")
     func senderHonoursCredits() {
         var s = TransferSender(id: 1, totalBytes: 10 * 100, chunkBytes: 100, kind: "t", peerEndpoint: "x", timeoutNanos: 1_000_000_000, now: 0)
