@@ -399,13 +399,7 @@ public struct DigitalTwin {
         skipped += states.filter { $0.phase != .finished }.map { "job \($0.spec.id): never finished (\($0.phase); no node could hold a configuration it fits)" }
         skipped += stuck
         if requestLevel {
-            // An engine with nothing on it holds no blocks: any it does were lost by a path that
-            // never gave them back (a reservation kept, a free missed), which the run names.
-            // (A move still in flight when the last request finished holds its destination's reservation.)
-            let reserving = migration?.destinations ?? []
-            skipped += replicas.loads(at: lastServiceTime).filter { $0.load.waiting == 0 && $0.load.running.isEmpty && $0.load.usedBlocks > 0 && !reserving.contains($0.replica) }.map {
-                "replica \($0.replica): \($0.load.usedBlocks) KV blocks still held with no request on it (blocks lost)"
-            }
+            skipped += DigitalTwin.lostBlocks(replicas.loads(at: lastServiceTime).map { ($0.replica, $0.load) }, reserving: migration?.destinations ?? [])
         }
         var result = RunResult(policy: policy.name, workload: workload.name, engine: "twin", emulated: true, jobs: states.map(\.outcome),
                                services: serviceOut.values.sorted { $0.id < $1.id }, busyGPUSeconds: jobs.busyGPUSeconds, gpusByModel: gpus,
@@ -432,5 +426,17 @@ public struct DigitalTwin {
         }
         if let t = tierModel { result.tiers = t.counters; if router.prefixAffinity { result.tiers["prefix_routed"] = router.prefixRouted } }
         return result
+    }
+}
+
+extension DigitalTwin {
+    /// What a run's end says of blocks no request holds. An engine with nothing on it holds no
+    /// blocks: any it does were lost by a path that never gave them back (a reservation kept, a
+    /// free missed). A move still in flight when the last request finished holds its
+    /// destination's reservation, so `reserving` (those destinations) are not named.
+    static func lostBlocks(_ loads: [(replica: String, load: ServingEngine.Load)], reserving: Set<String>) -> [String] {
+        loads.filter { $0.load.waiting == 0 && $0.load.running.isEmpty && $0.load.usedBlocks > 0 && !reserving.contains($0.replica) }.map {
+            "replica \($0.replica): \($0.load.usedBlocks) KV blocks still held with no request on it (blocks lost)"
+        }
     }
 }

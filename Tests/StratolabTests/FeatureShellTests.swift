@@ -168,6 +168,35 @@ private final class PlainNode: AgentBehavior {
     func fillTelemetry(_ telemetry: inout Telemetry) {}
 }
 
+@Suite("Agent session")
+struct AgentRegistrationTests {
+    @Test("a register the socket refused while its connection was still being made goes again within milliseconds, not after the retry interval")
+    func registersOnceConnected() throws {
+        let dir = NSTemporaryDirectory() + "strato-register-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = CoordinatorConfig(stateDirectory: dir)
+        config.endpoint = "tcp://127.0.0.1:0"
+        config.heartbeatIntervalMs = 50
+        let coordinator = CoordinatorServer(config: config, features: [])
+        Thread { try? coordinator.run() }.start()
+        coordinator.waitUntilReady()
+        defer { coordinator.stop() }
+
+        var sc = AgentSessionConfig()
+        sc.endpoint = coordinator.boundEndpoint
+        sc.heartbeatIntervalMs = 50
+        // The first register goes out before the TCP connection is made, and the socket
+        // (ZMQ_IMMEDIATE) refuses it; had it counted as sent, the next would wait two minutes.
+        sc.registerRetryMs = 120_000
+        let session = AgentSession(config: sc, nodes: [(AgentIdentity(nodeID: "quick-0", siteName: "edge-1", siteKind: .edge), PlainNode())])
+        Thread { try? session.run() }.start()
+        defer { session.stop() }
+        let deadline = Date().addingTimeInterval(30)
+        while session.registeredNodes < 1 && Date() < deadline { usleep(20_000) }
+        #expect(session.registeredNodes == 1, "registered within 30 s, with the retry interval at 120 s")
+    }
+}
+
 @Suite("Feature: dataplane")
 struct DataPlaneFeatureTests {
     @Test("two agents advertise their data planes at registration; a probe moves verified bytes agent to agent; bad probes are refused by name")

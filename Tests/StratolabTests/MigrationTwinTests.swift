@@ -3,7 +3,7 @@ import Scheduling
 import Testing
 @testable import Experiments
 @testable import Features
-import Twin
+@testable import Twin
 
 @Suite("Migration in the twin")
 struct MigrationTwinTests {
@@ -171,11 +171,29 @@ struct MigrationTwinTests {
         }
     }
 
+    /// Service "s" of Llama-2-7b on one GPU a replica, its engines running as many sequences as KV allows.
+    func llamaService(on gpu: String, rps: Double, minReplicas: Int) -> ServiceSpec {
+        var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: gpu, gpusPerReplica: 1,
+                              rateCurve: [RatePoint(time: 0, rps: rps)], meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 60, minReplicas: minReplicas)
+        svc.maxNumSeqs = 256
+        return svc
+    }
+
+    @Test("a run's end names an engine that has no request yet holds KV blocks (blocks lost), but not one that is a move's destination, nor one with work")
+    func lostBlocksNamed() {
+        func load(used: Int, waiting: Int = 0, running: Int = 0) -> ServingEngine.Load {
+            ServingEngine.Load(totalBlocks: 100, usedBlocks: used, headOfQueueDemand: 0, waiting: waiting,
+                               running: (0..<running).map { ServingEngine.Load.Request(id: "q\($0)", blocks: 1, remaining: 1, generated: 1) })
+        }
+        let loads: [(replica: String, load: ServingEngine.Load)] = [("idle", load(used: 0)), ("leaky", load(used: 7)), ("reserved", load(used: 5)),
+                                                                    ("busy", load(used: 9, running: 1)), ("queued", load(used: 3, waiting: 2))]
+        #expect(DigitalTwin.lostBlocks(loads, reserving: ["reserved"]) == ["replica leaky: 7 KV blocks still held with no request on it (blocks lost)"])
+        #expect(DigitalTwin.lostBlocks(loads, reserving: []).count == 2, "a reservation no move holds any longer is named too")
+    }
+
     @Test("a run whose requests have all arrived and none finishes for the stall limit ends, naming what is left and where, instead of stepping engines for ever")
     func stuckRunEnds() throws {
-        var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A100-80GB", gpusPerReplica: 1,
-                              rateCurve: [RatePoint(time: 0, rps: 1)], meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 60, minReplicas: 1)
-        svc.maxNumSeqs = 256
+        let svc = llamaService(on: "A100-80GB", rps: 1, minReplicas: 1)
         var options = TwinOptions()
         // One short request and one whose output takes far longer than the (test's tiny) limit.
         options.requests = [ServiceRequest(id: "short", serviceID: "s", arrival: 0, prefill: 100, decode: 10),
@@ -195,9 +213,7 @@ struct MigrationTwinTests {
 
     @Test("a service no replica can be planned for (no profile on its GPU) ends the run naming why, instead of migration rounds spinning for ever")
     func unplannedServiceEnds() throws {
-        var svc = ServiceSpec(id: "s", model: "Llama-2-7b", gpuModel: "A10", gpusPerReplica: 1,
-                              rateCurve: [RatePoint(time: 0, rps: 2)], meanPrefillTokens: 500, meanDecodeTokens: 100, sloSeconds: 60, minReplicas: 2)
-        svc.maxNumSeqs = 256
+        let svc = llamaService(on: "A10", rps: 2, minReplicas: 2)
         var options = TwinOptions()
         options.requests = (0..<5).map { ServiceRequest(id: "q\($0)", serviceID: "s", arrival: Double($0), prefill: 500, decode: 100) }
         options.migration = MigrationTwinModel.Settings(MigrationSettings(), timeScale: 10)
