@@ -21,7 +21,7 @@ extension TwinOptions {
         var m = o.migration
         m?.controlLatency *= factor()
         // Drawn after the latencies above, so those keep the values they had before these existed.
-        o.rejoinLatency *= 1 + 3 * spread * (2 * rng.uniform() - 1)
+        o.rejoinLatency *= factor()
         if var m {
             m.firstRoundAfter = rng.uniform() * m.interval
             o.migration = m

@@ -247,7 +247,7 @@ extension TwinCommand {
         @Option(help: "Game specs with --twin-only: scale the players to this many (the device mix kept).") var players: Int?
         @Option(help: "Run the testbed this many times and compare the twin with the means (game specs: the twin with as many seeds). Service specs: the same requests each time; a testbed's migrations are few and their count varies from run to run with its timing.") var repetitions = 1
         @Option(help: "Service specs: validate over these request seeds, as 1,2,3 or 1-6 (default: the spec's first). Each seed's requests run on the testbed (--repetitions times) and in the twin; the figures are compared on their means over the seeds, and seed by seed: one run's P99 rests on its few slowest requests.") var seeds: String?
-        @Option(name: .customLong("twin-runs"), help: "Service specs: run the twin this many times per seed: the first as modelled, each further one with the control plane's latencies (hand-over, results, starts, migration decisions) scaled by 0.9–1.1 as the testbed's timing varies, a restarted agent's registration by 0.7–1.3, and the policy rounds' phase drawn anywhere in their interval. The twin's figures are then means over its runs, and its own spread is shown: the few moves made at the policy's thresholds follow that timing.") var twinRuns = 1
+        @Option(name: .customLong("twin-runs"), help: "Service specs: run the twin this many times per seed: the first as modelled, each further one with the control plane's latencies (hand-over, results, starts, migration decisions) scaled by 0.9–1.1 as the testbed's timing varies (a restarted agent's registration too), and the policy rounds' phase drawn anywhere in their interval. The twin's figures are then means over its runs, and its own spread is shown: the few moves made at the policy's thresholds follow that timing.") var twinRuns = 1
         @Flag(name: .customLong("log-rounds"), help: "Service specs: write each migration policy round as the twin's policy saw it to twin/rounds.log (each instance's blocks, queue head, running and high-priority requests, freeness, and the decisions), in the line the testbed's coordinator logs at STRATO_LOG_LEVEL=debug.") var logRounds = false
         @Option(name: .customLong("against"), help: "Service specs: compare with testbed runs already made instead of running the testbed: a results folder of this spec (one run, or several from --repetitions or a policy comparison); repeatable. Its runs of the policy validated are taken, with their seeds (or those of --seeds).") var against: [String] = []
 
@@ -297,9 +297,11 @@ extension TwinCommand {
             options.startLatency = 0.010 * scale
             options.serveLatency = 0.0014 * scale
             options.reportInterval = Double(s.topology.coordinator.heartbeatMs) / 1000 * scale
-            // A killed agent's process starting again and registering: 0.66–1.19 s (mean 0.90 s)
-            // from the fault's end to the coordinator's "registered" in five local testbed runs.
-            options.rejoinLatency = 0.9 * scale
+            // A killed agent's process starting again and registering: 0.68–0.78 s (mean 0.72 s)
+            // from the fault's end to the coordinator's "registered" in eight local testbed runs,
+            // all but 5–9 ms of it the process starting (0.66–1.19 s before a register the socket
+            // refused was sent again at once).
+            options.rejoinLatency = 0.72 * scale
             // Faults happen at wall seconds since the workload started, which is trace second 0 at the time scale.
             let detect = (Double(s.topology.coordinator.deadAfterMs) - Double(s.topology.coordinator.heartbeatMs) / 2) / 1000 * scale
             for f in s.faults {

@@ -86,7 +86,7 @@ struct MigrationTwinTests {
         #expect(o.jittered(run: 3, spread: 0).serveLatency == 0.014)
     }
 
-    @Test("a restarted agent registers `rejoinLatency` after its node comes back, and the policy's rounds start `firstRoundAfter` the first arrival; jittered runs draw the rejoin within ±30 % and the round phase anywhere in the interval")
+    @Test("a restarted agent registers `rejoinLatency` after its node comes back, and the policy's rounds start `firstRoundAfter` the first arrival; jittered runs draw the rejoin within ±10 % (as the other latencies) and the round phase anywhere in the interval")
     func rejoinAndRoundPhase() throws {
         final class Lines: @unchecked Sendable { var all: [(Double, String)] = []; let lock = NSLock() }
         // n3 dies at 100 s and is back at 120 s; its new replica (s-r5) enters the rounds once it
@@ -119,7 +119,8 @@ struct MigrationTwinTests {
         o.migration = m
         #expect(o.jittered(run: 0).rejoinLatency == 9 && o.jittered(run: 0).migration?.firstRoundAfter == 1.25, "run 0 as set")
         let draws = (1...20).map { o.jittered(run: $0) }
-        #expect(draws.allSatisfy { $0.rejoinLatency >= 9 * 0.7 && $0.rejoinLatency <= 9 * 1.3 })
+        #expect(draws.allSatisfy { $0.rejoinLatency >= 9 * 0.9 && $0.rejoinLatency <= 9 * 1.1 })
+        #expect(Set(draws.map(\.rejoinLatency)).count > 1, "drawn, not fixed")
         let phases = draws.map { $0.migration!.firstRoundAfter }
         #expect(phases.allSatisfy { $0 >= 0 && $0 < m.interval })
         #expect(phases.min()! < m.interval / 4 && phases.max()! > m.interval * 3 / 4, "spread over the interval: \(phases)")
