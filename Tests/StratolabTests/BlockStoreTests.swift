@@ -255,6 +255,36 @@ struct BlockStoreTests {
         #expect(none.dropSpares() == 0)
     }
 
+    @Test("NVMe spares: a process killed while a put wrote over a spare leaves a torn spare; a restart keeps it as a spare, serves neither key from it, and the next put of its length writes over it whole")
+    func tornSpareIsNeverServed() throws {
+        let dir = tempDir("torn-spare"), other = tempDir("torn-spare-image")
+        defer { for d in [dir, other] { try? FileManager.default.removeItem(atPath: d) } }
+        let tier = try FileTier(directory: dir, spareBudgetBytes: 1 << 20)
+        try content("old", 10_000).withUnsafeBytes { try tier.write("old", $0) }
+        tier.remove("old")
+        let spares = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".spr") }
+        #expect(spares.count == 1)
+        // The put of "new" over that spare, killed half-way: the first half of new's image (as
+        // another tier wrote it) over old's bytes, no rename.
+        let imageTier = try FileTier(directory: other)
+        try content("new", 10_000).withUnsafeBytes { try imageTier.write("new", $0) }
+        let image = try #require(FileManager.default.contents(atPath: other + "/" + FileTier.fileName("new") + ".blk"))
+        let spare = try #require(FileHandle(forWritingAtPath: dir + "/" + spares[0]))
+        spare.write(image.prefix(image.count / 2))
+        try spare.close()
+
+        let restarted = try FileTier(directory: dir, spareBudgetBytes: 1 << 20)
+        #expect(restarted.recovered().isEmpty, "a spare is no block, torn or not")
+        #expect(restarted.spareFiles.count == 1, "kept as a spare")
+        for k in ["old", "new"] {
+            do { _ = try restarted.read(k); Issue.record("the torn spare was served as \(k)") } catch let e as BlockStoreError { #expect(e.code == .unknownKey) }
+        }
+        try content("new", 10_000).withUnsafeBytes { try restarted.write("new", $0) }
+        #expect(restarted.spareFiles.count == 0, "written over")
+        #expect(try restarted.read("new") == content("new", 10_000))
+        #expect(try FileTier(directory: dir).recovered().map(\.key) == ["new"])
+    }
+
     @Test("NVMe reads on the reader thread: finished by the store as a get is (counted, promoted), a rotted block is named and forgotten, a block gone meanwhile misses")
     func nvmeDetachedReads() throws {
         let dir = tempDir("reader"); defer { try? FileManager.default.removeItem(atPath: dir) }
