@@ -100,6 +100,28 @@ private func smallRenderSite() -> Capabilities {
     var c = Capabilities(); var r = RenderCapabilities(); r.siteKind = .edge; r.renderSlots = 2; r.gpuModel = "L4"; r.maxFps = 60; c.render = r; return c
 }
 
+/// A coordinator on a free port with a fresh state directory, heartbeats every 50 ms, running on
+/// its own thread; `stop` stops it and removes the directory.
+private final class RunningCoordinator {
+    let server: CoordinatorServer
+    let directory: String
+    init(_ name: String, features: [CoordinatorFeature]) {
+        directory = NSTemporaryDirectory() + "strato-\(name)-\(UUID().uuidString)"
+        var config = CoordinatorConfig(stateDirectory: directory)
+        config.endpoint = "tcp://127.0.0.1:0"
+        config.heartbeatIntervalMs = 50
+        let server = CoordinatorServer(config: config, features: features)
+        self.server = server
+        Thread { try? server.run() }.start()
+        server.waitUntilReady()
+    }
+    var boundEndpoint: String { server.boundEndpoint }
+    func stop() {
+        server.stop()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
 private final class StubNode: AgentBehavior {
     let handler = StubHandler()
     var kind: NodeKind { .render }
@@ -112,16 +134,8 @@ private final class StubNode: AgentBehavior {
 struct FeatureShellTests {
     @Test("a feature neither shell knows works end to end once registered: command with typed result, reports settled, operator request")
     func stubFeatureThroughBothShells() throws {
-        let dir = NSTemporaryDirectory() + "strato-stub-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        var config = CoordinatorConfig(stateDirectory: dir)
-        config.endpoint = "tcp://127.0.0.1:0"
-        config.heartbeatIntervalMs = 50
         let controller = StubController()
-        let coordinator = CoordinatorServer(config: config, features: [controller])
-        let coordinatorThread = Thread { try? coordinator.run() }
-        coordinatorThread.start()
-        coordinator.waitUntilReady()
+        let coordinator = RunningCoordinator("stub", features: [controller])
         defer { coordinator.stop() }
 
         var sc = AgentSessionConfig()
@@ -172,14 +186,7 @@ private final class PlainNode: AgentBehavior {
 struct AgentRegistrationTests {
     @Test("a register the socket refused while its connection was still being made goes again within milliseconds, not after the retry interval")
     func registersOnceConnected() throws {
-        let dir = NSTemporaryDirectory() + "strato-register-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        var config = CoordinatorConfig(stateDirectory: dir)
-        config.endpoint = "tcp://127.0.0.1:0"
-        config.heartbeatIntervalMs = 50
-        let coordinator = CoordinatorServer(config: config, features: [])
-        Thread { try? coordinator.run() }.start()
-        coordinator.waitUntilReady()
+        let coordinator = RunningCoordinator("register", features: [])
         defer { coordinator.stop() }
 
         var sc = AgentSessionConfig()
@@ -201,14 +208,7 @@ struct AgentRegistrationTests {
 struct DataPlaneFeatureTests {
     @Test("two agents advertise their data planes at registration; a probe moves verified bytes agent to agent; bad probes are refused by name")
     func probeBetweenAgents() throws {
-        let dir = NSTemporaryDirectory() + "strato-probe-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        var config = CoordinatorConfig(stateDirectory: dir)
-        config.endpoint = "tcp://127.0.0.1:0"
-        config.heartbeatIntervalMs = 50
-        let coordinator = CoordinatorServer(config: config, features: [DataPlaneController()])
-        Thread { try? coordinator.run() }.start()
-        coordinator.waitUntilReady()
+        let coordinator = RunningCoordinator("probe", features: [DataPlaneController()])
         defer { coordinator.stop() }
 
         var handlers: [DataPlaneHandler] = []
