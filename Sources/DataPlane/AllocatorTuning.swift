@@ -11,7 +11,7 @@ import Glibc
 /// threshold, so the next chunk faults in and zeroes fresh pages again. `perf` showed page faults
 /// under the receive path's copy, and `strato bench dataplane --chunk-kib 1024 --repeats 15` on
 /// this 2-core box ran at 0.95–1.05 GB/s for 4 MiB transfers and 1.47–2.19 GB/s for 256 MiB ones
-/// with the defaults, 1.46–1.96 and 3.01–3.15 GB/s with thresholds like these (set then through
+/// with the defaults, 1.39–1.96 and 3.01–3.15 GB/s with thresholds like these (set then through
 /// GLIBC_TUNABLES, before this existed). The price: a process keeps up to 64 MiB of freed heap
 /// rather than returning it at once.
 public enum AllocatorTuning {

@@ -104,8 +104,8 @@ struct BenchCommand: ParsableCommand {
                 guard !s.isEmpty else { return .nan }
                 return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
             }
-            // The baseline is the bulk samples' median (each payload figure pools five runs, so a
-            // median against a median); the best sample is stated too, the stricter ratio.
+            // The baseline is the bulk samples' median (each payload figure pools a length's runs, a
+            // typical figure against a typical one); the best sample is stated too, the stricter ratio.
             let bulk = median(r.bulkSamples), bestBulk = r.bulkSamples.max() ?? .nan
             print("\nTOKENS  METHOD     RUNS  DOWNTIME ms (median, min–max)  STAGES  MiB MOVED  PAYLOAD GB/s (÷ bulk median, ÷ best)")
             var liveMedians: [Double] = []
