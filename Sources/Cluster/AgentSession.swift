@@ -192,12 +192,10 @@ public final class AgentSession: @unchecked Sendable {
             }
             nodes[i].nextHeartbeatMono = next
             timers.schedule(i, at: next)
-        } else if !sendRegister(i, dealer), nodes[i].unsentRegisters < Self.quickRegisterRetries {
+        } else if !sendRegister(i, dealer) {
             // Not sent: the connection is still being made (a restarted agent's first register
             // went nowhere in half the runs and waited the full retry). Try again soon, doubling
-            // from 5 ms; past these few, a coordinator that is not there gets the usual backoff.
-            nodes[i].registerAttempts -= 1
-            nodes[i].unsentRegisters += 1
+            // from 5 ms.
             timers.schedule(i, at: now + .millis(5) << Int64(nodes[i].unsentRegisters - 1))
         } else {
             let backoff = min(Int64(4), Int64(1) << Int64(min(nodes[i].registerAttempts, 3)))
@@ -205,11 +203,13 @@ public final class AgentSession: @unchecked Sendable {
         }
     }
 
-    /// 5 + 10 + … + 640 ms, 1.3 s in all: a connection to a coordinator that is up is made long
-    /// before, even on a loaded box.
-    static let quickRegisterRetries = 8
+    /// 5 + 10 + … + 1280 ms, 2.6 s in all: a connection to a coordinator that is up (or that
+    /// starts just after its agents) is made long before, even on a loaded box.
+    static let quickRegisterRetries = 9
 
-    /// Whether the socket took the register.
+    /// Sends a register and counts the attempt; false when the socket refused it and it is to be
+    /// tried again soon, uncounted (past `quickRegisterRetries` refusals in a row, a coordinator
+    /// that is not there, each counts and gets the usual backoff).
     private func sendRegister(_ i: Int, _ dealer: ZMQSocket) -> Bool {
         let n = nodes[i]
         var r = Register()
@@ -227,14 +227,18 @@ public final class AgentSession: @unchecked Sendable {
         r.agentVersion = StratolabVersion.string
         r.host = ProcessStats.hostName
         r.pid = getpid()
+        send(.register(r), from: i, dealer)
+        if !lastTransmitted && nodes[i].unsentRegisters < Self.quickRegisterRetries {
+            nodes[i].unsentRegisters += 1
+            return false
+        }
+        if lastTransmitted { nodes[i].unsentRegisters = 0 }
         nodes[i].registerAttempts += 1
         if nodes[i].registerAttempts == 20 && nodes.count <= 16 {
             logger.warning("still not registered after 20 attempts; is the coordinator running at \(config.endpoint)? (with CURVE, are our keys authorised?)",
                            metadata: ["node": "\(n.identity.nodeID)"])
         }
-        send(.register(r), from: i, dealer)
-        if lastTransmitted { nodes[i].unsentRegisters = 0 }
-        return lastTransmitted
+        return true
     }
 
     private func sendHeartbeat(_ i: Int, _ dealer: ZMQSocket) {

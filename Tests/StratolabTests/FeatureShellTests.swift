@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import Protocol
 import Testing
+import Wire
 import DataPlane
 import Features
 import GPUAgent
@@ -105,10 +106,10 @@ private func smallRenderSite() -> Capabilities {
 private final class RunningCoordinator {
     let server: CoordinatorServer
     let directory: String
-    init(_ name: String, features: [CoordinatorFeature]) {
+    init(_ name: String, features: [CoordinatorFeature], endpoint: String = "tcp://127.0.0.1:0") {
         directory = NSTemporaryDirectory() + "strato-\(name)-\(UUID().uuidString)"
         var config = CoordinatorConfig(stateDirectory: directory)
-        config.endpoint = "tcp://127.0.0.1:0"
+        config.endpoint = endpoint
         config.heartbeatIntervalMs = 50
         let server = CoordinatorServer(config: config, features: features)
         self.server = server
@@ -184,20 +185,28 @@ private final class PlainNode: AgentBehavior {
 
 @Suite("Agent session")
 struct AgentRegistrationTests {
-    @Test("a register the socket refused while its connection was still being made goes again within milliseconds, not after the retry interval")
+    @Test("a register the socket refused (no connection to the coordinator yet) goes again within milliseconds, uncounted, not after the retry interval")
     func registersOnceConnected() throws {
-        let coordinator = RunningCoordinator("register", features: [])
-        defer { coordinator.stop() }
+        // A free port, for a coordinator that starts only after the agent: the agent's first
+        // registers are then refused by its socket (ZMQ_IMMEDIATE) whatever this box's speed.
+        let context = ZMQContext()
+        let probe = try ZMQSocket(context, .router)
+        try probe.bind("tcp://127.0.0.1:0")
+        let endpoint = try probe.lastEndpoint()
+        probe.close()
+        context.terminate()
 
         var sc = AgentSessionConfig()
-        sc.endpoint = coordinator.boundEndpoint
+        sc.endpoint = endpoint
         sc.heartbeatIntervalMs = 50
-        // The first register goes out before the TCP connection is made, and the socket
-        // (ZMQ_IMMEDIATE) refuses it; had it counted as sent, the next would wait two minutes.
+        // Had a refused register counted as sent, the next would wait two minutes.
         sc.registerRetryMs = 120_000
         let session = AgentSession(config: sc, nodes: [(AgentIdentity(nodeID: "quick-0", siteName: "edge-1", siteKind: .edge), PlainNode())])
         Thread { try? session.run() }.start()
         defer { session.stop() }
+        usleep(50_000)
+        let coordinator = RunningCoordinator("register", features: [], endpoint: endpoint)
+        defer { coordinator.stop() }
         let deadline = Date().addingTimeInterval(30)
         while session.registeredNodes < 1 && Date() < deadline { usleep(20_000) }
         #expect(session.registeredNodes == 1, "registered within 30 s, with the retry interval at 120 s")

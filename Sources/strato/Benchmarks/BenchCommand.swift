@@ -108,7 +108,7 @@ struct BenchCommand: ParsableCommand {
             // typical figure against a typical one); the best sample is stated too, the stricter ratio.
             let bulk = median(r.bulkSamples), bestBulk = r.bulkSamples.max() ?? .nan
             print("\nTOKENS  METHOD     RUNS  DOWNTIME ms (median, min–max)  STAGES  MiB MOVED  PAYLOAD GB/s (÷ bulk median, ÷ best)")
-            var liveMedians: [Double] = []
+            var liveMedians: [Double] = [], liveRates: [Double] = []
             for tokens in lengths {
                 for method in MigrationMethod.allCases {
                     let rows = r.rows.filter { $0.tokens == tokens && $0.method == method }
@@ -117,6 +117,7 @@ struct BenchCommand: ParsableCommand {
                     let bytes = rows.map(\.bytes).reduce(0, +), secs = rows.map(\.copySeconds).reduce(0, +)
                     let rate = secs > 0 ? Double(bytes) / secs : 0
                     if method == .live, !d.isEmpty { liveMedians.append(median(d)) }
+                    if method == .live, secs > 0 { liveRates.append(rate) }
                     let range = d.count > 1 ? String(format: " (%.1f–%.1f)", (d.min() ?? 0) * 1000, (d.max() ?? 0) * 1000) : ""
                     print(String(format: "%6d  %-9@ %4d  %11.1f%-18@ %6.1f  %9.1f  %6.2f (%.2f×, %.2f×)", tokens, method.rawValue as NSString, rows.count, median(d) * 1000, range as NSString,
                                  Double(rows.map(\.stages).reduce(0, +)) / Double(rows.count), Double(bytes) / Double(rows.count) / 1_048_576, rate / 1e9, rate / bulk, rate / bestBulk))
@@ -132,11 +133,7 @@ struct BenchCommand: ParsableCommand {
             print(String(format: "bulk data plane: median %.2f GB/s of %d samples (%@), best %.2f; KV path %.2f GB/s; all in this run",
                          bulk / 1e9, r.bulkSamples.count, r.bulkSamples.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: " ") as NSString, bestBulk / 1e9, r.kvPathGBps / 1e9))
             if !live.isEmpty {
-                let worst = lengths.compactMap { t -> Double? in
-                    let rs = live.filter { $0.tokens == t }
-                    let secs = rs.map(\.copySeconds).reduce(0, +)
-                    return secs > 0 ? Double(rs.map(\.bytes).reduce(0, +)) / secs : nil
-                }.min() ?? livePayload
+                let worst = liveRates.min() ?? livePayload
                 print(String(format: "live payload %.2f GB/s over all lengths (%.2f× the bulk median, %.2f× the best sample), lowest length %.2f× (target ≥ 0.8×: %@); block size %d KiB",
                              livePayload / 1e9, livePayload / bulk, livePayload / bestBulk, worst / bulk, worst / bulk >= 0.8 ? "met" : "NOT met", r.blockBytes >> 10))
             }
