@@ -51,7 +51,7 @@ let package = Package(
         // controller and execution backends; registered by the composition roots in strato.
         .target(
             name: "Features",
-            dependencies: ["Cluster", "Coordinator", "GPUAgent", "Scheduling", "DataPlane", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["Cluster", "Coordinator", "GPUAgent", "Scheduling", "DataPlane", "CChecksum", .product(name: "Logging", package: "swift-log")]),
         // The digital twin: a discrete-event loop over the coordinator's machines and the features' twin models.
         .target(name: "Twin", dependencies: ["Features", "Scheduling"]),
         .target(name: "MemoryAgent", dependencies: ["Cluster", "Scheduling"]),

@@ -28,26 +28,52 @@ private final class PoolSink: DataPlaneReceiver {
 
 @Suite("KV block pool")
 struct KVBlockPoolTests {
-    @Test("the one-pass check accepts every slice of a block's contents at any offset and names the first wrong byte")
+    /// Word `index` of a block as the contents are defined (the definition, written out here
+    /// apart from the C code that makes and checks them).
+    private static func definedWord(request: String, block: Int, index: Int) -> UInt64 {
+        let seed = request.utf8.reduce(UInt64(0xCBF2_9CE4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01B3 }
+        var x = seed &+ UInt64(block) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(index) &* 0xBF58_476D_1CE4_E5B9
+        x ^= x >> 31
+        return x &* 0x94D0_49BB_1331_11EB
+    }
+
+    /// The levels this CPU runs: the scalar loop, and AVX2 where it has it.
+    private static let levels: [Int32] = KVBlockPool.vectorLevel > 0 ? [0, KVBlockPool.vectorLevel] : [0]
+
+    @Test("a block's contents are the defined words, little-endian, on every path")
+    func contentsAsDefined() {
+        for level in Self.levels {
+            for (request, block, bytes) in [("r", 5, 4096), ("req-17", 0, 8), ("x", 123_456, 1000)] {
+                var b = [UInt8](repeating: 0, count: bytes)
+                KVBlockPool.fill(&b, request: request, block: block, level: level)
+                let expected = (0..<(bytes / 8)).flatMap { i in withUnsafeBytes(of: Self.definedWord(request: request, block: block, index: i).littleEndian, Array.init) }
+                #expect(Array(b[..<(bytes / 8 * 8)]) == expected, "level \(level), \(request) block \(block)")
+            }
+        }
+    }
+
+    @Test("the one-pass check accepts every slice of a block's contents at any offset and names the first wrong byte, on every path")
     func checkSlices() {
-        let block = KVBlockPool.contents(request: "r", block: 5, bytes: 256)
+        let block = KVBlockPool.contents(request: "r", block: 5, bytes: 4096)
         var rng = SystemRandomNumberGenerator()
-        for _ in 0..<300 {
-            let a = Int.random(in: 0..<256, using: &rng), b = Int.random(in: a...256, using: &rng)
+        for level in Self.levels {
+          for _ in 0..<400 {
+            let a = Int.random(in: 0..<4096, using: &rng), b = Int.random(in: a...4096, using: &rng)
             var slice = Array(block[a..<b])
-            #expect(slice.withUnsafeBytes { KVBlockPool.firstMismatch($0, request: "r", block: 5, offset: a) } == nil, "\(a)..<\(b)")
+            #expect(slice.withUnsafeBytes { KVBlockPool.firstMismatch($0, request: "r", block: 5, offset: a, level: level) } == nil, "\(a)..<\(b)")
             guard !slice.isEmpty else { continue }
             let k = Int.random(in: 0..<slice.count, using: &rng)
             slice[k] ^= 0x40
-            #expect(slice.withUnsafeBytes { KVBlockPool.firstMismatch($0, request: "r", block: 5, offset: a) } == k, "\(a)..<\(b) flipped \(k)")
-            if slice.count >= 8 { #expect(slice.withUnsafeBytes { KVBlockPool.firstMismatch($0, request: "r", block: 4, offset: a) } != nil, "another block's bytes") }
+            #expect(slice.withUnsafeBytes { KVBlockPool.firstMismatch($0, request: "r", block: 5, offset: a, level: level) } == k, "\(a)..<\(b) flipped \(k)")
+            if slice.count >= 8 { #expect(slice.withUnsafeBytes { KVBlockPool.firstMismatch($0, request: "r", block: 4, offset: a, level: level) } != nil, "another block's bytes") }
             // Checked while copied: the same answer, and only the bytes before the wrong one stored.
             var out = [UInt8](repeating: 0xEE, count: slice.count)
-            let bad = slice.withUnsafeBytes { src in out.withUnsafeMutableBytes { KVBlockPool.copyChecked(src, into: $0.baseAddress!, request: "r", block: 5, offset: a) } }
+            let bad = slice.withUnsafeBytes { src in out.withUnsafeMutableBytes { KVBlockPool.copyChecked(src, into: $0.baseAddress!, request: "r", block: 5, offset: a, level: level) } }
             #expect(bad == k && Array(out[..<k]) == Array(block[a..<(a + k)]) && out[k...].allSatisfy { $0 == 0xEE }, "\(a)..<\(b) flipped \(k)")
             slice[k] ^= 0x40
             var whole = [UInt8](repeating: 0, count: slice.count)
-            #expect(slice.withUnsafeBytes { src in whole.withUnsafeMutableBytes { KVBlockPool.copyChecked(src, into: $0.baseAddress!, request: "r", block: 5, offset: a) } } == nil && whole == slice)
+            #expect(slice.withUnsafeBytes { src in whole.withUnsafeMutableBytes { KVBlockPool.copyChecked(src, into: $0.baseAddress!, request: "r", block: 5, offset: a, level: level) } } == nil && whole == slice)
+          }
         }
     }
 

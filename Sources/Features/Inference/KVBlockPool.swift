@@ -1,3 +1,4 @@
+import CChecksum
 import Foundation
 
 /// The KV blocks an emulated replica holds, as real memory: one buffer per block of each request
@@ -128,13 +129,6 @@ public final class KVBlockPool {
 
     // MARK: contents
 
-    /// 64-bit words from the request's hash and the block's token position (block × 16 …).
-    static func word(_ seed: UInt64, block: Int, index: Int) -> UInt64 {
-        var x = seed &+ UInt64(block) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(index) &* 0xBF58_476D_1CE4_E5B9
-        x ^= x >> 31
-        return x &* 0x94D0_49BB_1331_11EB
-    }
-
     static func seed(_ request: String) -> UInt64 {
         request.utf8.reduce(0xCBF2_9CE4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01B3 }   // FNV-1a
     }
@@ -145,94 +139,37 @@ public final class KVBlockPool {
         return out
     }
 
-    /// Writes a block's contents over `buffer` (whole words).
-    static func fill(_ buffer: inout [UInt8], request: String, block: Int) {
+    /// Writes a block's contents over `buffer` (whole words: 64-bit words from the request's hash
+    /// and the block's token position, made in `CChecksum`'s kvcontents.c, which also checks them).
+    static func fill(_ buffer: inout [UInt8], request: String, block: Int, level: Int32 = vectorLevel) {
         let s = seed(request)
-        buffer.withUnsafeMutableBytes { raw in
-            let words = raw.bindMemory(to: UInt64.self)
-            var x = s &+ UInt64(block) &* 0x9E37_79B9_7F4A_7C15
-            for i in 0..<words.count {
-                var y = x
-                y ^= y >> 31
-                words[i] = (y &* 0x94D0_49BB_1331_11EB).littleEndian
-                x = x &+ 0xBF58_476D_1CE4_E5B9
-            }
-        }
+        buffer.withUnsafeMutableBytes { raw in strato_kv_fill_at(level, raw.baseAddress, raw.count / 8, s, UInt64(block)) }
     }
+
+    /// 1 when the contents are made and checked with AVX2, 0 for the scalar loop (tests run both).
+    static let vectorLevel = strato_kv_level()
 
     /// The index of the first byte of `bytes` (at `offset` in the block) that differs from the
-    /// block's contents, or nil. One pass, no buffer: each expected word is made as its bytes are
-    /// read (the words of a block follow from the first by one addition each), so checking runs at
-    /// about memory speed rather than allocating and filling the expected bytes first.
-    static func firstMismatch(_ bytes: UnsafeRawBufferPointer, request: String, block: Int, offset: Int) -> Int? {
-        let n = bytes.count
-        guard n > 0 else { return nil }
-        let s = seed(request)
-        var i = 0
-        // Bytes before the first whole word.
-        while i < n && (offset + i) % 8 != 0 {
-            if expectedByte(s, block: block, position: offset + i) != bytes[i] { return i }
-            i += 1
-        }
-        // Whole words: x runs through seed + block·K1 + index·K2 as word() mixes it.
-        let k2: UInt64 = 0xBF58_476D_1CE4_E5B9
-        var x = s &+ UInt64(block) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64((offset + i) / 8) &* k2
-        @inline(__always) func word(_ x: UInt64) -> UInt64 { var y = x; y ^= y >> 31; return (y &* 0x94D0_49BB_1331_11EB).littleEndian }
-        // Four words a round, one branch for the four: every received block is checked whole, and
-        // this check is what a KV transfer pays over a plain one (the loop below finds a mismatch).
-        while n - i >= 32 {
-            let d0 = bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) ^ word(x)
-            let d1 = bytes.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self) ^ word(x &+ k2)
-            let d2 = bytes.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self) ^ word(x &+ 2 &* k2)
-            let d3 = bytes.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self) ^ word(x &+ 3 &* k2)
-            if d0 | d1 | d2 | d3 != 0 { break }
-            x = x &+ 4 &* k2
-            i += 32
-        }
-        while n - i >= 8 {
-            var y = x
-            y ^= y >> 31
-            y = y &* 0x94D0_49BB_1331_11EB
-            if bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) != y.littleEndian {
-                for k in 0..<8 where expectedByte(s, block: block, position: offset + i + k) != bytes[i + k] { return i + k }
-            }
-            x = x &+ 0xBF58_476D_1CE4_E5B9
-            i += 8
-        }
-        // Bytes after the last whole word.
-        while i < n {
-            if expectedByte(s, block: block, position: offset + i) != bytes[i] { return i }
-            i += 1
-        }
-        return nil
+    /// block's contents, or nil. One pass, no buffer: the expected words are made as the bytes are
+    /// read, four at a time with AVX2 where the CPU has it.
+    static func firstMismatch(_ bytes: UnsafeRawBufferPointer, request: String, block: Int, offset: Int, level: Int32 = vectorLevel) -> Int? {
+        check(bytes, into: nil, request: request, block: block, offset: offset, level: level)
     }
 
-    /// Copies `bytes` (at `offset` in the block) to `destination` after checking them against
-    /// the block's contents, a cache-sized piece at a time: each piece is checked (which brings it
-    /// into the cache) and then copied with memcpy from there, so the arriving bytes are read
-    /// from memory once (a check over the whole chunk and then a copy read them twice; a loop
-    /// that checks and stores word by word ran slower than memcpy's wide stores). Stops at the
-    /// first wrong byte, which it does not store, and returns its index; nil when all of them
-    /// matched and were stored.
-    static func copyChecked(_ bytes: UnsafeRawBufferPointer, into destination: UnsafeMutableRawPointer, request: String, block: Int, offset: Int) -> Int? {
-        let piece = 16 << 10
-        var at = 0
-        while at < bytes.count {
-            let n = min(piece, bytes.count - at)
-            let part = UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)])
-            if let bad = firstMismatch(part, request: request, block: block, offset: offset + at) {
-                if bad > 0 { memcpy(destination + at, part.baseAddress!, bad) }
-                return at + bad
-            }
-            memcpy(destination + at, part.baseAddress!, n)
-            at += n
-        }
-        return nil
+    /// Copies `bytes` (at `offset` in the block) to `destination`, each piece checked against the
+    /// block's contents as it is stored, so the arriving bytes are read once (checked in a pass of
+    /// their own and then copied, they were read twice, and the scalar check alone ran at half
+    /// memcpy's speed). Stops at the first wrong byte, which it does not store, and returns its
+    /// index; nil when all of them matched and were stored.
+    static func copyChecked(_ bytes: UnsafeRawBufferPointer, into destination: UnsafeMutableRawPointer, request: String, block: Int, offset: Int,
+                            level: Int32 = vectorLevel) -> Int? {
+        check(bytes, into: destination, request: request, block: block, offset: offset, level: level)
     }
 
-    /// Byte `position` of a block's contents.
-    static func expectedByte(_ seed: UInt64, block: Int, position: Int) -> UInt8 {
-        UInt8(truncatingIfNeeded: word(seed, block: block, index: position / 8).littleEndian >> (UInt64(position % 8) * 8))
+    private static func check(_ bytes: UnsafeRawBufferPointer, into destination: UnsafeMutableRawPointer?, request: String, block: Int, offset: Int, level: Int32) -> Int? {
+        guard !bytes.isEmpty else { return nil }
+        let bad = strato_kv_check_at(level, bytes.baseAddress, bytes.count, destination, seed(request), UInt64(block), UInt64(offset))
+        return bad < 0 ? nil : bad
     }
 
     public struct PoolError: Error, CustomStringConvertible {
