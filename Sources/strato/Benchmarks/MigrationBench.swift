@@ -21,6 +21,9 @@ enum MigrationBench {
         var bytes: Int
         var copySeconds: Double
         var outcome: String
+        /// Live runs: the bulk transfer measured just before this run, on the same pair.
+        var bulkBefore: Double?
+        var payloadRate: Double { copySeconds > 0 ? Double(bytes) / copySeconds : 0 }
     }
 
     /// Writes arriving blocks into the destination's pool, each byte checked.
@@ -89,13 +92,14 @@ enum MigrationBench {
         // (memory touched beforehand, as the KV pools are) into 256 MiB at the receiver, plain
         // copies. Distinct bytes, as a KV cache is: re-sending one cache-resident megabyte
         // measured the CPU cache, not a transfer. Sampled twice before the migrations, once
-        // before each further length and twice after: one transfer of this size swings ±30 %
-        // from run to run on a small box (`strato bench dataplane --repeats 9`: 1.91–3.45 GB/s),
-        // so the caller compares against the samples' median, and states the best one too.
+        // just before each live run and twice after. One transfer of this size swings by half from
+        // run to run on a small box (this box runs for seconds at a time at about half its usual
+        // rate), so each live run's payload is compared with the bulk transfer just before it, and
+        // the caller states the samples' median and best too.
         let bulkBytes = 256 << 20
         let payload = [UInt8](unsafeUninitializedCapacity: bulkBytes) { b, n in _ = memset(b.baseAddress!, 0x5A, bulkBytes); n = bulkBytes }
         let bulkSink = OffsetSink(capacity: bulkBytes)
-        func measureBulk(_ when: String) throws -> Double {
+        func measureBulk(_ when: String?) throws -> Double {
             receiver.receiver = bulkSink
             var bulkDone: Result<Int, DataPlaneError>?
             let b0 = clock.monotonicNanos()
@@ -103,7 +107,7 @@ enum MigrationBench {
                             source: { off, n, emit in try payload.withUnsafeBytes { try emit(UnsafeRawBufferPointer(rebasing: $0[off..<(off + n)])) } }, done: { bulkDone = $0 })
             while bulkDone == nil { try pumpBoth() }
             let rate = Double(256 << 20) / (Double(clock.monotonicNanos() - b0) / 1e9)
-            progress(String(format: "  data plane bulk (256 MiB, 1 MiB chunks, %@): %.2f GB/s", when as NSString, rate / 1e9))
+            if let when { progress(String(format: "  data plane bulk (256 MiB, 1 MiB chunks, %@): %.2f GB/s", when as NSString, rate / 1e9)) }
             return rate
         }
         var bulkSamples = [try measureBulk("before"), try measureBulk("before")]
@@ -125,119 +129,125 @@ enum MigrationBench {
         probeSrc.sync([:]); probeDst.sync([:])
 
         var rows: [Row] = []
-        for (li, tokens) in lengths.enumerated() {
-            if li > 0 { bulkSamples.append(try measureBulk("before \(tokens) tokens")) }
-            for method in methods {
-              for _ in 0..<(method == .live ? max(1, repetitions) : 1) {
-                var plan = MigrationPlan(method: method, blockBytes: Double(Int(fullBlock) / 8 * 8), bandwidthBytesPerSecond: kvRate)
-                plan.downtimeBudget = downtimeBudget
-                let request = "req-\(tokens)-\(method.rawValue)"
-                var src = ServingEngine(model: m, config: ServingEngine.Config(maxRunning: 8))
-                var dst = ServingEngine(model: m, config: ServingEngine.Config(maxRunning: 8))
-                let srcPool = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1), dstPool = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1)
-                // Both caches allocated before the request runs, as a serving engine's are.
-                let need = (tokens + 1024) / 16 + 1
-                srcPool.preallocate(need); dstPool.preallocate(need)
-                let sink = PoolSink(pool: dstPool, request: request)
-                receiver.receiver = sink
-                let t0 = clock.monotonicNanos()
-                func now() -> Double { Double(clock.monotonicNanos() - t0) / 1e9 }
-                // Long enough an output that the request is still decoding when a slow copy ends.
-                _ = src.add(id: request, prompt: tokens, decode: 4096, at: 0)
-                // Decode a while on the source: the normal time between tokens.
-                func step(_ e: inout ServingEngine, _ pool: KVBlockPool) {
-                    // Only when a step is due: syncing the pool with the engine's block counts on
-                    // every pass of the pump loop took CPU from the copy it measures.
-                    guard let due = e.nextStepAt, due <= now() else { return }
-                    e.advance(to: now())
-                    pool.sync(e.blockCounts)
-                }
-                while (src.state(of: request)?.generated ?? 0) < 30 { step(&src, srcPool); try pumpBoth() }
-                // The normal time between tokens, as the engine measured it so far.
-                let before = src.state(of: request)!
-                let tbt = before.gapSum / Double(max(1, before.generated - 1))
-                let total = (tokens + 4096 + 15) / 16
-                var (machine, pending) = MigrationSource.start(request: request, plan: plan, totalBlocks: total, at: now())
-                var dest: MigrationDestination?
-                var kept: ServingEngine.SequenceState?
-                var inFlight = false
-                var finished = false
-                var bytes = 0
-                var copySeconds = 0.0
-                var lastOnSource: Double?, firstOnDestination: Double?
-                var recomputedTokens = 0, finalBlocks = 0
-                let deadline = now() + 60
-                /// Blocks arrived whole at the destination: the next stage, or the commit and resume.
-                func delivered(_ range: Range<Int>, final: Bool) {
-                    _ = dest?.receive(range)
-                    guard final else { pending += machine.stageCopied(computed: src.completeBlocks(of: request) ?? 0, at: now()); return }
-                    pending += machine.finalDelivered(at: now())
-                    if dest?.commit().isEmpty == false, let st = kept {
-                        dst.resume(st, reserved: dest!.reservedBlocks, kvBlocks: dest!.received, at: now())
-                        recomputedTokens = st.computed - min(st.computed, dest!.received * 16)
-                        firstOnDestination = firstToken(&dst, after: st)
-                    }
-                    pending += machine.committed(at: now())
-                }
-                while !finished && now() < deadline {
-                    while !pending.isEmpty {
-                        let d = pending.removeFirst()
-                        switch d {
-                        case .reserve(let n):
-                            switch MigrationDestination.reserve(request: request, blocks: n, free: dst.freeBlocks) {
-                            case .success(let r): _ = dst.reserve(n); dest = r; pending += machine.reserved(true, computed: src.completeBlocks(of: request) ?? 0, at: now())
-                            case .failure(let a): pending += machine.reserved(false, reason: "\(a)", computed: 0, at: now())
-                            }
-                        case .copy(_, let range), .copyFinal(let range):
-                            let isFinal: Bool = { if case .copyFinal = d { return true }; return false }()
-                            if isFinal { finalBlocks = range.count }
-                            inFlight = true
-                            let c0 = now()
-                            // No blocks (recompute, or a request at a block boundary): the transfer carries
-                            // the request's state alone, as the agents' handler sends it.
-                            let state = range.isEmpty ? ["state": String(repeating: "s", count: 256)] : [:]
-                            try sender.send(to: PeerAddress(endpoint: receiver.endpoint), kind: "kv", meta: ["first_block": "\(range.lowerBound)"].merging(state) { a, _ in a },
-                                            totalBytes: range.count * srcPool.blockBytes, chunkBytes: 1 << 20,
-                                            source: { off, n, emit in try srcPool.read(request, blocks: range, offset: off, length: n, into: emit) },
-                                            done: { result in
-                                                inFlight = false
-                                                copySeconds += now() - c0
-                                                guard case .success(let n) = result, sink.errors.isEmpty else {
-                                                    pending += machine.destinationFailed("\(result) \(sink.errors.prefix(1))"); return
-                                                }
-                                                bytes += n
-                                                delivered(range, final: isFinal)
-                                            })
-                        case .suspend:
-                            // After the step in flight: wait for it to end, then take the request out.
-                            while now() < src.time { try pumpBoth() }
-                            lastOnSource = src.state(of: request)?.lastToken
-                            kept = src.suspend(request)   // its bytes stay in the pool until `free` (the source is not stepped again)
-                            pending += machine.suspended(computed: ((kept?.computed ?? 0) + 15) / 16, at: now())
-                        case .free:
-                            srcPool.drop(request)
-                        case .resumeHere, .abortDestination, .report:
-                            break
-                        case .stageOut, .handOver, .dropStaged:
-                            break   // the bench's plan never stages (its destination always has room)
-                        }
-                    }
-                    if case .aborted = machine.phase { finished = true }
-                    if machine.phase == .done {
-                        finished = true
-                    } else if lastOnSource == nil {
-                        step(&src, srcPool)   // it keeps decoding on the source during the stages
-                    }
-                    try pumpBoth()
-                }
-                let downtime = (firstOnDestination.flatMap { f in lastOnSource.map { f - $0 } } ?? .nan) - tbt
-                let outcome: String = { if case .aborted(let a) = machine.phase { return "aborted: \(a)" }; return firstOnDestination == nil ? "no token on the destination in 60 s" : "done" }()
-                rows.append(Row(tokens: tokens, method: method, downtime: downtime, stages: machine.stages, bytes: bytes, copySeconds: copySeconds, outcome: outcome))
-                progress(String(format: "  %5d tokens, %-9@ downtime %7.1f ms, %d stages, final %d blocks, %d tokens recomputed, %6.1f MiB in %.3f s (%@)", tokens, method.rawValue as NSString,
-                                downtime * 1000, machine.stages, finalBlocks, recomputedTokens, Double(bytes) / 1_048_576, copySeconds, outcome as NSString))
-                srcPool.sync([:]); dstPool.sync([:])
-              }
+        // Both caches allocated once, for the longest request, before any request runs, as a
+        // serving engine's are (allocating and faulting them in for every run made the box's
+        // memory busy just before each copy); each run gives its blocks back when it ends.
+        let longest = lengths.max() ?? 0
+        let srcPool = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1), dstPool = KVBlockPool(fullBlockBytes: fullBlock, kvBytesScale: 1)
+        srcPool.preallocate((longest + 1024) / 16 + 1); dstPool.preallocate((longest + 1024) / 16 + 1)
+        // The live runs go round the lengths, repetition by repetition: the box's rate drifts over
+        // seconds, and running one length's repetitions back to back gave that length the drift
+        // alone. Blocking and recompute once per length after them.
+        let liveRuns = methods.contains(.live) ? (0..<max(1, repetitions)).flatMap { _ in lengths.map { ($0, MigrationMethod.live) } } : []
+        let runs = liveRuns + lengths.flatMap { t in methods.filter { $0 != .live }.map { (t, $0) } }
+        for (tokens, method) in runs {
+            var plan = MigrationPlan(method: method, blockBytes: Double(Int(fullBlock) / 8 * 8), bandwidthBytesPerSecond: kvRate)
+            plan.downtimeBudget = downtimeBudget
+            let request = "req-\(tokens)-\(method.rawValue)"
+            var src = ServingEngine(model: m, config: ServingEngine.Config(maxRunning: 8))
+            var dst = ServingEngine(model: m, config: ServingEngine.Config(maxRunning: 8))
+            let bulkBefore = method == .live ? try measureBulk(nil) : nil
+            if let b = bulkBefore { bulkSamples.append(b) }
+            let sink = PoolSink(pool: dstPool, request: request)
+            receiver.receiver = sink
+            let t0 = clock.monotonicNanos()
+            func now() -> Double { Double(clock.monotonicNanos() - t0) / 1e9 }
+            // Long enough an output that the request is still decoding when a slow copy ends.
+            _ = src.add(id: request, prompt: tokens, decode: 4096, at: 0)
+            // Decode a while on the source: the normal time between tokens.
+            func step(_ e: inout ServingEngine, _ pool: KVBlockPool) {
+                // Only when a step is due: syncing the pool with the engine's block counts on
+                // every pass of the pump loop took CPU from the copy it measures.
+                guard let due = e.nextStepAt, due <= now() else { return }
+                e.advance(to: now())
+                pool.sync(e.blockCounts)
             }
+            while (src.state(of: request)?.generated ?? 0) < 30 { step(&src, srcPool); try pumpBoth() }
+            // The normal time between tokens, as the engine measured it so far.
+            let before = src.state(of: request)!
+            let tbt = before.gapSum / Double(max(1, before.generated - 1))
+            let total = (tokens + 4096 + 15) / 16
+            var (machine, pending) = MigrationSource.start(request: request, plan: plan, totalBlocks: total, at: now())
+            var dest: MigrationDestination?
+            var kept: ServingEngine.SequenceState?
+            var inFlight = false
+            var finished = false
+            var bytes = 0
+            var copySeconds = 0.0
+            var lastOnSource: Double?, firstOnDestination: Double?
+            var recomputedTokens = 0, finalBlocks = 0
+            let deadline = now() + 60
+            /// Blocks arrived whole at the destination: the next stage, or the commit and resume.
+            func delivered(_ range: Range<Int>, final: Bool) {
+                _ = dest?.receive(range)
+                guard final else { pending += machine.stageCopied(computed: src.completeBlocks(of: request) ?? 0, at: now()); return }
+                pending += machine.finalDelivered(at: now())
+                if dest?.commit().isEmpty == false, let st = kept {
+                    dst.resume(st, reserved: dest!.reservedBlocks, kvBlocks: dest!.received, at: now())
+                    recomputedTokens = st.computed - min(st.computed, dest!.received * 16)
+                    firstOnDestination = firstToken(&dst, after: st)
+                }
+                pending += machine.committed(at: now())
+            }
+            while !finished && now() < deadline {
+                while !pending.isEmpty {
+                    let d = pending.removeFirst()
+                    switch d {
+                    case .reserve(let n):
+                        switch MigrationDestination.reserve(request: request, blocks: n, free: dst.freeBlocks) {
+                        case .success(let r): _ = dst.reserve(n); dest = r; pending += machine.reserved(true, computed: src.completeBlocks(of: request) ?? 0, at: now())
+                        case .failure(let a): pending += machine.reserved(false, reason: "\(a)", computed: 0, at: now())
+                        }
+                    case .copy(_, let range), .copyFinal(let range):
+                        let isFinal: Bool = { if case .copyFinal = d { return true }; return false }()
+                        if isFinal { finalBlocks = range.count }
+                        inFlight = true
+                        let c0 = now()
+                        // No blocks (recompute, or a request at a block boundary): the transfer carries
+                        // the request's state alone, as the agents' handler sends it.
+                        let state = range.isEmpty ? ["state": String(repeating: "s", count: 256)] : [:]
+                        try sender.send(to: PeerAddress(endpoint: receiver.endpoint), kind: "kv", meta: ["first_block": "\(range.lowerBound)"].merging(state) { a, _ in a },
+                                        totalBytes: range.count * srcPool.blockBytes, chunkBytes: 1 << 20,
+                                        source: { off, n, emit in try srcPool.read(request, blocks: range, offset: off, length: n, into: emit) },
+                                        done: { result in
+                                            inFlight = false
+                                            copySeconds += now() - c0
+                                            guard case .success(let n) = result, sink.errors.isEmpty else {
+                                                pending += machine.destinationFailed("\(result) \(sink.errors.prefix(1))"); return
+                                            }
+                                            bytes += n
+                                            delivered(range, final: isFinal)
+                                        })
+                    case .suspend:
+                        // After the step in flight: wait for it to end, then take the request out.
+                        while now() < src.time { try pumpBoth() }
+                        lastOnSource = src.state(of: request)?.lastToken
+                        kept = src.suspend(request)   // its bytes stay in the pool until `free` (the source is not stepped again)
+                        pending += machine.suspended(computed: ((kept?.computed ?? 0) + 15) / 16, at: now())
+                    case .free:
+                        srcPool.drop(request)
+                    case .resumeHere, .abortDestination, .report:
+                        break
+                    case .stageOut, .handOver, .dropStaged:
+                        break   // the bench's plan never stages (its destination always has room)
+                    }
+                }
+                if case .aborted = machine.phase { finished = true }
+                if machine.phase == .done {
+                    finished = true
+                } else if lastOnSource == nil {
+                    step(&src, srcPool)   // it keeps decoding on the source during the stages
+                }
+                try pumpBoth()
+            }
+            let downtime = (firstOnDestination.flatMap { f in lastOnSource.map { f - $0 } } ?? .nan) - tbt
+            let outcome: String = { if case .aborted(let a) = machine.phase { return "aborted: \(a)" }; return firstOnDestination == nil ? "no token on the destination in 60 s" : "done" }()
+            let row = Row(tokens: tokens, method: method, downtime: downtime, stages: machine.stages, bytes: bytes, copySeconds: copySeconds, outcome: outcome, bulkBefore: bulkBefore)
+            rows.append(row)
+            let paired = bulkBefore.map { String(format: ", %.2f GB/s vs bulk just before %.2f GB/s", row.payloadRate / 1e9, $0 / 1e9) } ?? ""
+            progress(String(format: "  %5d tokens, %-9@ downtime %7.1f ms, %d stages, final %d blocks, %d tokens recomputed, %6.1f MiB in %.3f s%@ (%@)", tokens, method.rawValue as NSString,
+                            downtime * 1000, machine.stages, finalBlocks, recomputedTokens, Double(bytes) / 1_048_576, copySeconds, paired as NSString, outcome as NSString))
+            srcPool.sync([:]); dstPool.sync([:])
         }
         bulkSamples += [try measureBulk("after"), try measureBulk("after")]
         return (rows, bulkSamples, kvRate, Int(fullBlock))
