@@ -25,11 +25,14 @@ struct BenchCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "dataplane",
             abstract: "Data-plane bulk throughput vs raw libzmq and memcpy over the same bytes, in one run.")
         @Option(name: .customLong("mib"), help: "MiB moved per run.") var mib = 512
-        @Option(name: .customLong("chunk-kib"), parsing: .upToNextOption, help: "Chunk sizes in KiB.") var chunkKiB: [Int] = [64, 256, 1024, 4096]
+        @Option(name: .customLong("chunk-kib"), parsing: .upToNextOption, help: "Chunk sizes in KiB (spaced or comma-separated).") var chunkKiBLists: [IntList] = [IntList([64, 256, 1024, 4096])]
+        var chunkKiB: [Int] { chunkKiBLists.flattened }
         @Option(help: "Runs per chunk size (the median is shown).") var repeats = 3
         @Option(help: "Chunks in flight per transfer (the flow-control window).") var window = 8
         @Flag(help: "CURVE-encrypt the data plane (fresh keys).") var curve = false
         func run() throws {
+            if let bad = chunkKiB.first(where: { !(1...16_384).contains($0) }) { throw ValidationError("--chunk-kib: \(bad) is outside 1…16384 KiB (the data plane's largest chunk is 16 MiB)") }
+            guard (1...65_536).contains(mib) else { throw ValidationError("--mib: \(mib) is outside 1…65536") }
             let r = try DataPlaneBench.run(totalMiB: mib, chunkSizes: chunkKiB.map { $0 << 10 }, repeats: repeats, window: window,
                                            curve: curve) { print($0); fflush(stdout) }
             print(r.table)
@@ -82,7 +85,8 @@ struct BenchCommand: ParsableCommand {
     struct MigrationBenchCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "migration",
             abstract: "Live, blocking and recompute migration of one request between two engines in real time: downtime per sequence length, KV as real bytes (kv_bytes_scale 1) over the data plane.")
-        @Option(parsing: .upToNextOption, help: "Sequence lengths (prompt tokens).") var lengths: [Int] = [256, 1024, 2048, 4096, 8192]
+        @Option(name: .customLong("lengths"), parsing: .upToNextOption, help: "Sequence lengths (prompt tokens; spaced or comma-separated).") var lengthLists: [IntList] = [IntList([256, 1024, 2048, 4096, 8192])]
+        var lengths: [Int] { lengthLists.flattened }
         @Option(name: .customLong("downtime-budget-ms"), help: "The final stage's budget.") var budgetMs = 20.0
         @Option(help: "Live migrations per length (the median downtime is the figure; on a small box one run swings by a millisecond).") var repetitions = 9
         @Option(help: "Seed data folder (default: data/ of the repository).") var data: String?
@@ -97,6 +101,8 @@ struct BenchCommand: ParsableCommand {
             if concurrent > 0 { try runConcurrent(kb); return }
             print("migration benchmark: Meta-Llama-3-8B on A100-80GB (emulated: Vidur's step times), time scale 1, kv_bytes_scale 1, downtime budget \(budgetMs) ms")
             guard (1...50).contains(repetitions) else { throw ValidationError("--repetitions 1…50") }
+            // Both engines' caches are allocated for the longest length (2 MiB a block each side).
+            if let bad = lengths.first(where: { !(16...16_384).contains($0) }) { throw ValidationError("--lengths: \(bad) is outside 16…16384 tokens") }
             let r = try MigrationBench.run(model: m, lengths: lengths, methods: MigrationMethod.allCases, downtimeBudget: budgetMs / 1000,
                                            repetitions: repetitions) { print($0); fflush(stdout) }
             func median(_ xs: [Double]) -> Double {
