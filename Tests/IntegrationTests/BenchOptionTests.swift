@@ -9,14 +9,7 @@ struct BenchOptionTests {
     static func strato(_ arguments: [String]) throws -> (status: Int32, output: String) {
         let log = NSTemporaryDirectory() + "strato-bench-options-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log"
         defer { try? FileManager.default.removeItem(atPath: log) }
-        let pid = try ProcessLauncher.spawn(TestCluster.stratoBinary, arguments, logFile: log)
-        var status: Int32 = 0
-        let deadline = Date().addingTimeInterval(120)
-        while waitpid(pid, &status, WNOHANG) == 0 {
-            if Date() > deadline { kill(pid, SIGKILL); waitpid(pid, &status, 0); break }
-            usleep(20_000)
-        }
-        return (status, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        return try TestCluster.runStrato(arguments, log: log)
     }
 
     @Test("a list option takes its values comma-separated, as its help shows the default, or spaced; a bad value is named")

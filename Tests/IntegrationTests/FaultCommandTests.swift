@@ -9,11 +9,7 @@ extension MultiProcess {
 struct FaultCommandTests {
     /// Runs `strato ARGS` to completion; returns its exit status and output.
     func strato(_ cluster: TestCluster, _ args: [String]) throws -> (Int32, String) {
-        let log = cluster.directory + "/cli-\(UUID().uuidString.prefix(6)).log"
-        let pid = try ProcessLauncher.spawn(TestCluster.stratoBinary, args, logFile: log, newSession: false)
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
-        return ((status >> 8) & 0xff, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        try TestCluster.runStrato(args, log: cluster.directory + "/cli-\(UUID().uuidString.prefix(6)).log", newSession: false)
     }
 
     func state(_ cluster: TestCluster, _ node: String) -> NodeState? { try? cluster.node(node)?.state }

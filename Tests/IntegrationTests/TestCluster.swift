@@ -19,6 +19,20 @@ final class TestCluster {
         return dir + "/strato"
     }
 
+    /// Runs `strato ARGS` to its end, its output into `log` (killed after `timeout` seconds): its
+    /// exit status (128 + the signal when a signal ended it) and what it printed.
+    static func runStrato(_ args: [String], log: String, newSession: Bool = true, timeout: Double = 120) throws -> (status: Int32, output: String) {
+        let pid = try ProcessLauncher.spawn(stratoBinary, args, logFile: log, newSession: newSession)
+        var status: Int32 = 0
+        let deadline = Date().addingTimeInterval(timeout)
+        while waitpid(pid, &status, WNOHANG) == 0 {
+            if Date() > deadline { kill(pid, SIGKILL); waitpid(pid, &status, 0); break }
+            usleep(20_000)
+        }
+        let code = status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + status & 0x7F
+        return (code, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+    }
+
     init(name: String, security: Topology.Security = .curve, nodes: String? = nil, coordinatorExtra: String = "", network: String = "",
          timeout: Double = 30) throws {
         directory = NSTemporaryDirectory() + "strato-it-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
